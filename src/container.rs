@@ -1,0 +1,68 @@
+//! Iterative pruning: how a new method composes with the mask a tensor already has
+//! (PyTorch's `PruningContainer.compute_mask` / `_combine_masks`).
+
+use crate::error::{PruneError, Result};
+use crate::method::{PruningMethod, PruningType};
+use crate::structured::checked_dim;
+use tch::{Kind, Tensor};
+
+/// Applies `method` on top of `mask`, the mask the tensor has now, as PyTorch does when a pruned
+/// tensor is pruned again: the method is handed only what is still unpruned and amounts are
+/// relative to that.
+///
+/// * unstructured: the entries whose mask is exactly 1, as one flat vector;
+/// * structured along `dim`: the channels that still have a non-zero mask entry;
+/// * global: the whole tensor.
+///
+/// The result has the dtype of `scores`, like PyTorch's. `mask` is never modified.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_prune::{combine_masks, L1Unstructured};
+/// let t = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.]);
+/// let mask = Tensor::from_slice(&[0f32, 0., 1., 1., 1., 1.]);
+/// // 0.5 of the 4 entries that remain: round(2.0) = 2 more, the smallest of them.
+/// let new = combine_masks(&L1Unstructured::new(0.5).unwrap(), &t, &mask).unwrap();
+/// assert_eq!(Vec::<f32>::try_from(&new).unwrap(), [0., 0., 0., 0., 1., 1.]);
+/// ```
+pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mut new_mask = Tensor::f_empty(mask.size(), (scores.kind(), mask.device()))?;
+    new_mask.f_copy_(mask)?;
+    match method.pruning_type() {
+        PruningType::Unstructured => {
+            let live = mask.f_eq(1)?;
+            let partial = method.compute_mask(
+                &scores.f_masked_select(&live)?,
+                &mask.f_masked_select(&live)?,
+            )?;
+            let _ = new_mask.f_masked_scatter_(&live, &partial.f_to_kind(new_mask.kind())?)?;
+        }
+        PruningType::Structured { dim } => {
+            let dim = checked_dim(mask, dim)?;
+            let other_dims: Vec<i64> = (0..mask.dim() as i64).filter(|&d| d != dim).collect();
+            let live = mask
+                .f_sum_dim_intlist(&other_dims[..], false, None::<Kind>)?
+                .f_ne(0)?
+                .f_nonzero()?
+                .f_reshape([-1])?;
+            let partial = method.compute_mask(
+                &scores.f_index_select(dim, &live)?,
+                &mask.f_index_select(dim, &live)?,
+            )?;
+            let _ = new_mask.f_index_copy_(dim, &live, &partial.f_to_kind(new_mask.kind())?)?;
+        }
+        PruningType::Global => {
+            let partial = method.compute_mask(scores, mask)?;
+            if partial.size() != mask.size() {
+                return Err(PruneError::ShapeMismatch {
+                    what: "mask returned by the method",
+                    name: format!("{method:?}"),
+                    expected: mask.size(),
+                    got: partial.size(),
+                });
+            }
+            new_mask.f_copy_(&partial)?;
+        }
+    }
+    Ok(new_mask)
+}

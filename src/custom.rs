@@ -1,0 +1,43 @@
+//! A mask given by the user (PyTorch's `CustomFromMask`).
+
+use crate::error::{PruneError, Result};
+use crate::method::{PruningMethod, PruningType};
+use tch::Tensor;
+
+/// Prunes where a given mask is 0. The mask is multiplied into the current one, so entries
+/// pruned before stay pruned; values other than 0 and 1 scale the weight, as in PyTorch.
+#[derive(Debug)]
+pub struct CustomFromMask {
+    mask: Tensor,
+}
+
+impl CustomFromMask {
+    pub fn new(mask: &Tensor) -> Self {
+        Self {
+            mask: mask.shallow_clone(),
+        }
+    }
+}
+
+impl PruningMethod for CustomFromMask {
+    fn pruning_type(&self) -> PruningType {
+        PruningType::Global
+    }
+
+    fn compute_mask(&self, _scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
+        if default_mask.size() != self.mask.size() {
+            return Err(PruneError::ShapeMismatch {
+                what: "custom mask",
+                name: "the tensor".into(),
+                expected: default_mask.size(),
+                got: self.mask.size(),
+            });
+        }
+        // Unlike PyTorch, the mask follows the tensor to its device instead of failing.
+        let mask = self
+            .mask
+            .f_to_device(default_mask.device())?
+            .f_to_kind(default_mask.kind())?;
+        Ok(default_mask.f_mul(&mask)?)
+    }
+}

@@ -1,0 +1,102 @@
+//! The library's error type: every message names the tensor or the value that is wrong.
+
+use tch::TchError;
+
+/// Everything that can go wrong in `tch_prune`. No call panics on user input: a failing call
+/// returns one of these and leaves the `VarStore` and the [`Pruner`](crate::Pruner) as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// Same rule as PyTorch's `_validate_pruning_amount_init`.
+    #[error("invalid amount {0}: it must be a fraction in the range [0, 1] (e.g. 0.3) or a non-negative integer count (e.g. 12)")]
+    InvalidAmount(String),
+
+    /// A count larger than the number of units (entries or channels) still unpruned.
+    #[error("amount={amount} should be smaller than the number of parameters to prune={available}")]
+    AmountTooLarge { amount: i64, available: i64 },
+
+    #[error("structured pruning can only be applied to multidimensional tensors: found a tensor of shape {shape:?} with {} dims", shape.len())]
+    NotMultidimensional { shape: Vec<i64> },
+
+    #[error("invalid dim {dim} for a tensor of shape {shape:?}: it must lie in [-{n}, {n})", n = shape.len())]
+    InvalidDim { dim: i64, shape: Vec<i64> },
+
+    /// A norm that `torch.norm` rejects for this tensor (`fro` over 3+ dims, `nuc` over other than 2).
+    #[error("norm {norm} is not defined over {dims} reduced dims of a tensor of shape {shape:?}")]
+    InvalidNorm {
+        norm: String,
+        dims: usize,
+        shape: Vec<i64>,
+    },
+
+    #[error("unknown tensor '{0}': the VarStore has no variable of that name")]
+    UnknownTensor(String),
+
+    #[error("'{0}' is a buffer (not trainable) or not a floating-point tensor: only trainable parameters can be pruned")]
+    NotAParameter(String),
+
+    #[error("cannot prune '{name}': the VarStore already holds a variable named '{taken}'")]
+    NameTaken { name: String, taken: String },
+
+    #[error("'{0}' is not pruned: it has to be pruned before pruning can be removed")]
+    NotPruned(String),
+
+    /// Importance scores or a custom mask whose shape differs from the tensor's.
+    #[error("{what} for '{name}' have shape {got:?}, but the tensor has shape {expected:?}")]
+    ShapeMismatch {
+        what: &'static str,
+        name: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+
+    #[error("global pruning needs all tensors on one device: '{first}' is on {first_device:?} but '{other}' is on {other_device:?}")]
+    MixedDevices {
+        first: String,
+        first_device: tch::Device,
+        other: String,
+        other_device: tch::Device,
+    },
+
+    #[error("global pruning supports unstructured methods only; {0} is not one")]
+    NotUnstructured(String),
+
+    #[error("global pruning needs at least one tensor")]
+    NothingToPrune,
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// An error from libtorch, trimmed to its first line (libtorch appends a C++ backtrace).
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+/// The `Result` type of this crate.
+pub type Result<T, E = PruneError> = std::result::Result<T, E>;
+
+impl From<TchError> for PruneError {
+    fn from(err: TchError) -> Self {
+        PruneError::Torch(first_line(&err.to_string()))
+    }
+}
+
+/// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
+pub(crate) fn first_line(message: &str) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    line.trim_start_matches("Internal torch error:").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_errors_keep_only_their_first_line() {
+        let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
+        assert_eq!(first_line(raw), "shape '[3]' is invalid for input of size 4");
+    }
+}

@@ -1,0 +1,111 @@
+//! Global pruning: one ranking across many tensors (PyTorch's `global_unstructured`).
+
+use crate::container::combine_masks;
+use crate::custom::CustomFromMask;
+use crate::error::{PruneError, Result};
+use crate::method::{check_shape, PruningMethod, PruningType};
+use crate::pruner::Pruner;
+use std::collections::{HashMap, HashSet};
+use tch::Tensor;
+
+impl Pruner {
+    /// Prunes the tensors `names` together with one unstructured method, as if they were one
+    /// vector: `L1Unstructured::new(0.2)` prunes the 20 % smallest magnitudes of the whole set,
+    /// wherever they are. Amounts are relative to the entries still unpruned in all of them,
+    /// exactly as PyTorch's `prune.global_unstructured`; each tensor then carries its share of the
+    /// mask as a [`CustomFromMask`] step.
+    ///
+    /// `importance_scores` maps some of the names to scores of the tensor's shape; the others
+    /// are ranked by their current values. All tensors (and scores) must be on one device.
+    /// On error no tensor has changed.
+    ///
+    /// ```
+    /// use tch::{nn, Device, Tensor};
+    /// use tch_prune::{L1Unstructured, Pruner};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// vs.root().var_copy("m", &Tensor::from_slice(&[1f32, 2., 3., 4., -4., -3., -2., -1.]).view([2, 4]));
+    /// vs.root().var_copy("n", &Tensor::from_slice(&[0f32, 0.1, -2.]).view([1, 3]));
+    /// let pruner = Pruner::new(&vs);
+    /// pruner.global_unstructured(&["m", "n"], &L1Unstructured::new(4)?, &Default::default())?;
+    /// let n = vs.root().get("n_mask").unwrap();
+    /// assert_eq!(Vec::<f32>::try_from(&n.view([-1]))?, [0., 0., 1.]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn global_unstructured(
+        &self,
+        names: &[&str],
+        method: &dyn PruningMethod,
+        importance_scores: &HashMap<String, Tensor>,
+    ) -> Result<()> {
+        if method.pruning_type() != PruningType::Unstructured {
+            return Err(PruneError::NotUnstructured(format!("{method:?}")));
+        }
+        if names.is_empty() {
+            return Err(PruneError::NothingToPrune);
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(**n)) {
+            return Err(PruneError::InvalidArgument(format!(
+                "'{dup}' is listed twice for global pruning"
+            )));
+        }
+        if let Some(extra) = importance_scores.keys().find(|k| !seen.contains(k.as_str())) {
+            return Err(PruneError::InvalidArgument(format!(
+                "importance scores are given for '{extra}', which is not among the tensors to prune"
+            )));
+        }
+        self.prune_all(|state| {
+            let mut scores = Vec::with_capacity(names.len());
+            let mut masks = Vec::with_capacity(names.len());
+            let mut shapes = Vec::with_capacity(names.len());
+            let mut first_device: Option<(&str, tch::Device)> = None;
+            for &name in names {
+                let (values, mask) = state.current(name)?;
+                let score = match importance_scores.get(name) {
+                    Some(s) => {
+                        check_shape("importance scores", name, &values, s)?;
+                        s.shallow_clone()
+                    }
+                    None => values.shallow_clone(),
+                };
+                for device in [values.device(), score.device()] {
+                    match first_device {
+                        None => first_device = Some((name, device)),
+                        Some((first, first_dev)) if first_dev != device => {
+                            return Err(PruneError::MixedDevices {
+                                first: first.to_string(),
+                                first_device: first_dev,
+                                other: name.to_string(),
+                                other_device: device,
+                            })
+                        }
+                        Some(_) => {}
+                    }
+                }
+                masks.push(match mask {
+                    Some(m) => m.f_reshape([-1])?,
+                    None => values.f_ones_like()?.f_reshape([-1])?,
+                });
+                scores.push(score.f_reshape([-1])?);
+                shapes.push(values.size());
+            }
+            let all_scores = Tensor::f_cat(&scores, 0)?;
+            let all_masks = Tensor::f_cat(&masks, 0)?;
+            drop((scores, masks));
+            let combined = tch::no_grad(|| combine_masks(method, &all_scores, &all_masks))?;
+            drop((all_scores, all_masks));
+
+            let mut plans = Vec::with_capacity(names.len());
+            let mut offset = 0;
+            for (&name, shape) in names.iter().zip(&shapes) {
+                let numel: i64 = shape.iter().product();
+                // A copy, not a view: PyTorch keeps views of the whole vector alive in every
+                // round's CustomFromMask (pytorch#49332); a copy lets it go.
+                let slice = combined.f_narrow(0, offset, numel)?.f_reshape(&shape[..])?.f_contiguous()?;
+                offset += numel;
+                plans.push(state.plan(name, &CustomFromMask::new(&slice), None)?);
+            }
+            Ok(plans)
+        })
+    }
+}

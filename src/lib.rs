@@ -1,0 +1,38 @@
+//! # tch-prune
+//!
+//! PyTorch's `torch.nn.utils.prune` for [tch](https://docs.rs/tch) (libtorch): the same masks,
+//! bit for bit, on the tensors of a `tch::nn::VarStore`, with the masks kept applied before every
+//! forward pass and made permanent on demand.
+//!
+//! | PyTorch | tch-prune |
+//! |---|---|
+//! | `prune.l1_unstructured(m, "weight", 0.3)` | `pruner.l1_unstructured("fc1.weight", 0.3, None)` |
+//! | `prune.random_unstructured`, `random_structured`, `ln_structured`, `identity`, `custom_from_mask` | the [`Pruner`] methods of the same names |
+//! | `prune.global_unstructured(params, prune.L1Unstructured, amount=0.2)` | [`Pruner::global_unstructured`] |
+//! | `prune.remove(m, "weight")`, `prune.is_pruned(m)` | [`Pruner::remove`], [`Pruner::is_pruned`] |
+//! | forward pre-hooks | [`Pruner::wrap`], [`Pruner::forward`], [`Pruner::apply_masks`] |
+//! | `BasePruningMethod` | the [`PruningMethod`] trait |
+//! | `PruningContainer.compute_mask` | [`combine_masks`] |
+//!
+//! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
+
+mod amount;
+mod container;
+mod custom;
+mod error;
+mod global;
+mod method;
+mod module;
+mod pruner;
+mod structured;
+mod unstructured;
+
+pub use amount::Amount;
+pub use container::combine_masks;
+pub use custom::CustomFromMask;
+pub use error::{PruneError, Result};
+pub use method::{PruningMethod, PruningType};
+pub use module::{Pruned, PrunedT};
+pub use pruner::{mask_name, orig_name, Pruner};
+pub use structured::{LnStructured, Norm, RandomStructured};
+pub use unstructured::{Identity, L1Unstructured, RandomUnstructured};

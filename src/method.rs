@@ -1,0 +1,94 @@
+//! The pruning-method trait: PyTorch's `BasePruningMethod`, reduced to what a method decides.
+
+use crate::error::{PruneError, Result};
+use std::fmt::Debug;
+use tch::Tensor;
+
+/// How a method sees a tensor that is already pruned (PyTorch's `PRUNING_TYPE`), which decides
+/// the slice it is handed when it composes with earlier pruning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruningType {
+    /// Acts on the individual entries still unpruned, handed over as one flat vector.
+    Unstructured,
+    /// Acts on the channels along `dim` that still have an unpruned entry.
+    Structured { dim: i64 },
+    /// Acts on the whole tensor at once (PyTorch's `"global"`, used by [`CustomFromMask`](crate::CustomFromMask)).
+    Global,
+}
+
+/// A pruning method: the rule that turns importance scores into a mask of 1 (keep) and 0 (prune).
+///
+/// Implement it to write your own method; the [`Pruner`](crate::Pruner) takes care of the
+/// reparametrization, of iterative pruning (your method only sees what is still unpruned, as
+/// PyTorch's `PruningContainer` does) and of failures (nothing changes when you return an error).
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_prune::{PruningMethod, PruningType, Result};
+///
+/// /// Prunes every entry whose score is below a fixed threshold.
+/// #[derive(Debug)]
+/// struct Threshold(f64);
+///
+/// impl PruningMethod for Threshold {
+///     fn pruning_type(&self) -> PruningType {
+///         PruningType::Unstructured
+///     }
+///     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
+///         let keep = scores.f_abs()?.f_ge(self.0)?.f_to_kind(default_mask.kind())?;
+///         Ok(default_mask.f_mul(&keep)?)
+///     }
+/// }
+///
+/// let t = Tensor::from_slice(&[0.1f32, -2.0, 0.5, 3.0]);
+/// let pruned = Threshold(1.0).prune(&t, None, None).unwrap();
+/// assert_eq!(Vec::<f32>::try_from(&pruned).unwrap(), [0.0, -2.0, 0.0, 3.0]);
+/// ```
+pub trait PruningMethod: Debug {
+    /// How this method composes with earlier pruning of the same tensor.
+    fn pruning_type(&self) -> PruningType;
+
+    /// The new mask, given the importance scores of the units this method may prune and the
+    /// mask they currently have (`default_mask`, same shape as `scores`). Entries that are 0 in
+    /// `default_mask` must stay 0.
+    fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor>;
+
+    /// Prunes a tensor without any `VarStore`: `t * mask`, the mask computed from
+    /// `importance_scores` (default: `t`) and `default_mask` (default: all ones).
+    fn prune(
+        &self,
+        t: &Tensor,
+        importance_scores: Option<&Tensor>,
+        default_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let scores = match importance_scores {
+            Some(s) => {
+                check_shape("importance scores", "t", t, s)?;
+                s
+            }
+            None => t,
+        };
+        let ones;
+        let default_mask = match default_mask {
+            Some(m) => m,
+            None => {
+                ones = t.f_ones_like()?;
+                &ones
+            }
+        };
+        Ok(t.f_mul(&self.compute_mask(scores, default_mask)?)?)
+    }
+}
+
+/// Fails with [`PruneError::ShapeMismatch`] unless `other` has the shape of `t`.
+pub(crate) fn check_shape(what: &'static str, name: &str, t: &Tensor, other: &Tensor) -> Result<()> {
+    if t.size() != other.size() {
+        return Err(PruneError::ShapeMismatch {
+            what,
+            name: name.to_string(),
+            expected: t.size(),
+            got: other.size(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! The hook registry: pruning reparametrizes VarStore tensors, and the masks are reapplied
+//! before every forward pass (what PyTorch does with forward pre-hooks, which tch lacks).
+
+use crate::amount::Amount;
+use crate::container::combine_masks;
+use crate::custom::CustomFromMask;
+use crate::error::{PruneError, Result};
+use crate::method::{check_shape, PruningMethod};
+use crate::structured::{LnStructured, Norm, RandomStructured};
+use crate::unstructured::{fresh_copy, Identity, L1Unstructured, RandomUnstructured};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tch::nn::{VarStore, Variables};
+use tch::{Device, Tensor};
+
+/// Prunes the tensors of a [`VarStore`] the way `torch.nn.utils.prune` prunes a module's, and
+/// keeps every mask applied.
+///
+/// Pruning `fc1.weight` leaves in the store a trainable `fc1.weight_orig` (the values before
+/// masking) and a non-trainable `fc1.weight_mask` (same dtype and device as the weight), so a
+/// saved store has PyTorch's state-dict keys. The tensor that the model computes with (the one
+/// `nn::linear` or a TorchScript module holds) keeps its identity and holds
+/// `weight_orig * weight_mask`: modules built on the store need no rewiring, even inside a
+/// `Sequential` or a closure.
+///
+/// The masks must be reapplied before each forward pass once `_orig` may have changed (after an
+/// optimizer step, or a `VarStore::load`): wrap the model with [`Pruner::wrap`] /
+/// [`Pruner::wrap_t`], run the forward pass through [`Pruner::forward`], or call
+/// [`Pruner::apply_masks`] yourself. In a training step the masked tensor is linked to `_orig`
+/// by autograd, so `_orig` receives the gradient times the mask and pruned positions never move
+/// under SGD/Adam, whether the optimizer was built before or after pruning.
+///
+/// `Pruner` is a cheap handle: clones share the same registry.
+///
+/// ```
+/// use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+/// use tch_prune::Pruner;
+///
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = nn::seq()
+///     .add(nn::linear(vs.root() / "fc1", 8, 16, Default::default()))
+///     .add_fn(|x| x.relu())
+///     .add(nn::linear(vs.root() / "fc2", 16, 2, Default::default()));
+/// let pruner = Pruner::new(&vs);
+/// pruner.l1_unstructured("fc1.weight", 0.5, None)?;       // a fraction: half of the entries
+/// pruner.ln_structured("fc2.weight", 1, 2.0, 0, None)?;   // a count: one output row
+/// assert!(vs.variables().contains_key("fc1.weight_orig"));
+/// assert!(vs.variables().contains_key("fc1.weight_mask"));
+///
+/// let model = pruner.wrap(net);                            // reapplies the masks on each forward
+/// let mut opt = nn::Sgd::default().build(&vs, 0.1)?;
+/// let (x, y) = (Tensor::randn([32, 8], (Kind::Float, Device::Cpu)), Tensor::zeros([32], (Kind::Int64, Device::Cpu)));
+/// for _ in 0..3 {
+///     let loss = model.forward(&x).cross_entropy_for_logits(&y);
+///     opt.backward_step(&loss);
+/// }
+/// pruner.remove("fc1.weight")?;                            // permanent: a plain variable again
+/// assert!(vs.variables().contains_key("fc1.weight"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Pruner {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    variables: Arc<Mutex<Variables>>,
+    tensors: Vec<PrunedTensor>,
+}
+
+/// One pruned tensor: the registry's equivalent of a PyTorch pruning hook.
+#[derive(Debug)]
+struct PrunedTensor {
+    name: String,
+    /// The tensor modules compute with; its identity never changes.
+    target: Tensor,
+    orig: Tensor,
+    mask: Tensor,
+    /// The methods applied so far, oldest first (what PyTorch's `PruningContainer` lists).
+    history: Vec<String>,
+    /// Versions of (orig, mask, target) when `target` was last written outside autograd:
+    /// while they are unchanged, reapplying the mask would write the same values.
+    written_at: Option<(i64, i64, i64)>,
+    /// Whether `target` is currently an autograd function of `orig` (between a forward pass in
+    /// grad mode and [`Pruner::release`]).
+    linked: bool,
+}
+
+/// What a successful prune will change, computed before anything is changed.
+pub(crate) struct Plan {
+    name: String,
+    mask: Tensor,
+    method: String,
+    first: Option<FirstPrune>,
+}
+
+/// What pruning a tensor for the first time needs beyond its mask.
+struct FirstPrune {
+    target: Tensor,
+    group: usize,
+    trainable: bool,
+}
+
+impl Pruner {
+    /// A registry for the tensors of `vs`. It shares the store's variables, so the `VarStore`
+    /// can keep being used (saved, loaded, handed to optimizers) as usual.
+    pub fn new(vs: &VarStore) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                variables: vs.variables_.clone(),
+                tensors: Vec::new(),
+            })),
+        }
+    }
+
+    /// Prunes the variable `name` (e.g. `"fc1.weight"`) with any method, your own included.
+    ///
+    /// `importance_scores` (same shape as the tensor) replace its values when the method ranks
+    /// entries; they default to the tensor's current masked values. Pruning a tensor again
+    /// composes with its mask like PyTorch's `PruningContainer` (see [`combine_masks`]).
+    ///
+    /// On error nothing has changed: not the store, not the registry.
+    pub fn prune(
+        &self,
+        name: &str,
+        method: &dyn PruningMethod,
+        importance_scores: Option<&Tensor>,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        let plan = state.plan(name, method, importance_scores)?;
+        state.commit(plan)
+    }
+
+    /// Reparametrizes `name` with an all-ones mask (`prune.identity`).
+    pub fn identity(&self, name: &str) -> Result<()> {
+        self.prune(name, &Identity, None)
+    }
+
+    /// Prunes `amount` random entries (`prune.random_unstructured`).
+    pub fn random_unstructured(&self, name: &str, amount: impl Into<Amount>) -> Result<()> {
+        self.prune(name, &RandomUnstructured::new(amount)?, None)
+    }
+
+    /// Prunes the `amount` entries of smallest magnitude (`prune.l1_unstructured`).
+    pub fn l1_unstructured(
+        &self,
+        name: &str,
+        amount: impl Into<Amount>,
+        importance_scores: Option<&Tensor>,
+    ) -> Result<()> {
+        self.prune(name, &L1Unstructured::new(amount)?, importance_scores)
+    }
+
+    /// Prunes `amount` random channels along `dim` (`prune.random_structured`).
+    pub fn random_structured(&self, name: &str, amount: impl Into<Amount>, dim: i64) -> Result<()> {
+        self.prune(name, &RandomStructured::new(amount, dim)?, None)
+    }
+
+    /// Prunes the `amount` channels along `dim` of smallest `n`-norm (`prune.ln_structured`).
+    pub fn ln_structured(
+        &self,
+        name: &str,
+        amount: impl Into<Amount>,
+        n: impl Into<Norm>,
+        dim: i64,
+        importance_scores: Option<&Tensor>,
+    ) -> Result<()> {
+        self.prune(name, &LnStructured::new(amount, n, dim)?, importance_scores)
+    }
+
+    /// Prunes where `mask` is 0 (`prune.custom_from_mask`).
+    pub fn custom_from_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
+        self.prune(name, &CustomFromMask::new(mask), None)
+    }
+
+    /// Makes the pruning of `name` permanent (`prune.remove`): the variable `name` is back in the
+    /// store, trainable, holding the masked values; `_orig` and `_mask` are gone.
+    ///
+    /// The `_orig` tensor stays in the store's list of trainable tensors (optimizers count on
+    /// that list's order) but is frozen and its storage released.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let mut state = self.lock();
+        let index = state
+            .index_of(name)
+            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
+        let mut entry = state.tensors.remove(index);
+        entry.release();
+        entry.write_target()?;
+        let target = entry.target.shallow_clone();
+        let _ = target.set_requires_grad(entry.orig.requires_grad());
+        {
+            let mut vars = state.variables.lock().expect("VarStore lock poisoned");
+            vars.named_variables.remove(&orig_name(name));
+            vars.named_variables.remove(&mask_name(name));
+            vars.named_variables
+                .insert(name.to_string(), target.shallow_clone());
+        }
+        let _ = entry.orig.set_requires_grad(false);
+        entry
+            .orig
+            .f_set_data(&Tensor::f_empty([0], (entry.orig.kind(), entry.orig.device()))?)?;
+        Ok(())
+    }
+
+    /// Makes every pruning permanent, in the order the tensors were first pruned.
+    pub fn remove_all(&self) -> Result<()> {
+        for name in self.pruned_names() {
+            self.remove(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is currently pruned (has `_orig` and `_mask`).
+    pub fn is_pruned(&self, name: &str) -> bool {
+        self.lock().index_of(name).is_some()
+    }
+
+    /// The pruned tensors' names, in the order they were first pruned.
+    pub fn pruned_names(&self) -> Vec<String> {
+        self.lock().tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// The mask of `name` (the `_mask` buffer itself, not a copy).
+    pub fn mask(&self, name: &str) -> Option<Tensor> {
+        self.with_entry(name, |t| t.mask.shallow_clone())
+    }
+
+    /// The unmasked values of `name` (the trainable `_orig` variable itself).
+    pub fn orig(&self, name: &str) -> Option<Tensor> {
+        self.with_entry(name, |t| t.orig.shallow_clone())
+    }
+
+    /// The methods applied to `name`, oldest first.
+    pub fn history(&self, name: &str) -> Vec<String> {
+        self.with_entry(name, |t| t.history.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes `orig * mask` into every pruned tensor that modules compute with.
+    ///
+    /// Outside autograd (`tch::no_grad`, evaluation) a tensor whose `_orig` and `_mask` did not
+    /// change since the last write is skipped, so this is nearly free in inference loops. Under
+    /// grad mode each masked tensor is linked to its `_orig` so that backward reaches it; call
+    /// [`Pruner::release`] after the forward pass (before the optimizer step), or let
+    /// [`Pruner::forward`] and the wrappers do both for you.
+    pub fn apply_masks(&self) -> Result<()> {
+        let mut state = self.lock();
+        if grad_enabled() {
+            state.tensors.iter_mut().try_for_each(PrunedTensor::link)
+        } else {
+            state.tensors.iter_mut().try_for_each(PrunedTensor::write_target)
+        }
+    }
+
+    /// Detaches the masked tensors from autograd after a forward pass. The graph already built
+    /// keeps its edges to `_orig`, so backward still reaches it; the optimizer then only sees
+    /// plain leaf tensors (libtorch warns when an optimizer reads `.grad` of a non-leaf).
+    pub fn release(&self) {
+        self.lock().tensors.iter_mut().for_each(PrunedTensor::release)
+    }
+
+    /// Runs `forward` with every mask applied: [`apply_masks`](Self::apply_masks), the
+    /// closure, then [`release`](Self::release).
+    pub fn forward<T>(&self, forward: impl FnOnce() -> T) -> Result<T> {
+        self.apply_masks()?;
+        let out = forward();
+        self.release();
+        Ok(out)
+    }
+
+    /// Wraps an `nn::Module` so that each `forward` reapplies the masks first.
+    pub fn wrap<M: tch::nn::Module>(&self, module: M) -> crate::Pruned<M> {
+        crate::Pruned::new(module, self.clone())
+    }
+
+    /// Wraps an `nn::ModuleT` (batch norm, dropout, vision models) likewise.
+    pub fn wrap_t<M: tch::nn::ModuleT>(&self, module: M) -> crate::PrunedT<M> {
+        crate::PrunedT::new(module, self.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("pruner lock poisoned")
+    }
+
+    fn with_entry<T>(&self, name: &str, f: impl FnOnce(&PrunedTensor) -> T) -> Option<T> {
+        let state = self.lock();
+        state.index_of(name).map(|i| f(&state.tensors[i]))
+    }
+
+    /// Prunes several tensors atomically: every plan is made before any is committed.
+    pub(crate) fn prune_all(&self, plans: impl FnOnce(&State) -> Result<Vec<Plan>>) -> Result<()> {
+        let mut state = self.lock();
+        let plans = plans(&state)?;
+        plans.into_iter().try_for_each(|plan| state.commit(plan))
+    }
+}
+
+impl State {
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// The values `name` has now (masked, and fresh even if `_orig` changed since the last
+    /// forward pass), and its mask if it is pruned.
+    pub(crate) fn current(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(i) = self.index_of(name) {
+            let t = &self.tensors[i];
+            let values = tch::no_grad(|| t.masked_orig())?;
+            return Ok((values, Some(t.mask.shallow_clone())));
+        }
+        let vars = self.variables.lock().expect("VarStore lock poisoned");
+        let tensor = vars
+            .named_variables
+            .get(name)
+            .ok_or_else(|| PruneError::UnknownTensor(name.to_string()))?;
+        Ok((tensor.detach(), None))
+    }
+
+    /// Works out the new mask of `name`, changing nothing.
+    pub(crate) fn plan(
+        &self,
+        name: &str,
+        method: &dyn PruningMethod,
+        importance_scores: Option<&Tensor>,
+    ) -> Result<Plan> {
+        let (values, mask) = self.current(name)?;
+        let first = match mask {
+            Some(_) => None,
+            None => Some(self.first_prune(name)?),
+        };
+        let scores = match importance_scores {
+            Some(s) => {
+                check_shape("importance scores", name, &values, s)?;
+                s.shallow_clone()
+            }
+            None => values.shallow_clone(),
+        };
+        let mask = tch::no_grad(|| match mask {
+            Some(mask) => combine_masks(method, &scores, &mask),
+            None => method.compute_mask(&scores, &values.f_ones_like()?),
+        })?;
+        check_shape("mask returned by the method", name, &values, &mask)?;
+        Ok(Plan {
+            name: name.to_string(),
+            mask,
+            method: format!("{method:?}"),
+            first,
+        })
+    }
+
+    /// Checks that `name` can be pruned for the first time.
+    fn first_prune(&self, name: &str) -> Result<FirstPrune> {
+        let vars = self.variables.lock().expect("VarStore lock poisoned");
+        for taken in [orig_name(name), mask_name(name)] {
+            if vars.named_variables.contains_key(&taken) {
+                return Err(PruneError::NameTaken {
+                    name: name.to_string(),
+                    taken,
+                });
+            }
+        }
+        let target = &vars.named_variables[name];
+        let var = vars
+            .trainable_variables
+            .iter()
+            .find(|v| same_tensor(&v.tensor, target))
+            .filter(|_| target.is_floating_point())
+            .ok_or_else(|| PruneError::NotAParameter(name.to_string()))?;
+        Ok(FirstPrune {
+            target: target.shallow_clone(),
+            group: var.group,
+            trainable: target.requires_grad(),
+        })
+    }
+
+    /// Applies a plan. Nothing in here depends on user input, so it does not fail in practice
+    /// (only on an allocation failure of libtorch).
+    fn commit(&mut self, plan: Plan) -> Result<()> {
+        let Plan {
+            name,
+            mask,
+            method,
+            first,
+        } = plan;
+        match first {
+            None => {
+                let i = self.index_of(&name).expect("planned as a re-prune");
+                let entry = &mut self.tensors[i];
+                entry.mask.f_set_data(&mask)?;
+                entry.history.push(method);
+                entry.written_at = None;
+                entry.write_target()
+            }
+            Some(FirstPrune {
+                target,
+                group,
+                trainable,
+            }) => {
+                let orig = tch::no_grad(|| fresh_copy(&target))?;
+                // tch does not export the type of the store's trainable-variable entries, so
+                // one is made by a scratch store (with the right group) and moved over.
+                let scratch = VarStore::new(Device::Cpu);
+                let _ = scratch.root().set_group(group).add("v", orig.shallow_clone(), true);
+                let orig_var = scratch
+                    .variables_
+                    .lock()
+                    .expect("fresh lock")
+                    .trainable_variables
+                    .pop()
+                    .expect("just added");
+                let _ = orig.set_requires_grad(trainable);
+                {
+                    let mut vars = self.variables.lock().expect("VarStore lock poisoned");
+                    vars.named_variables.remove(&name);
+                    vars.named_variables
+                        .insert(orig_name(&name), orig.shallow_clone());
+                    vars.named_variables
+                        .insert(mask_name(&name), mask.shallow_clone());
+                    vars.trainable_variables.push(orig_var);
+                }
+                // The old variable stays where optimizers hold it but stops being trained
+                // itself: from now on it only carries `orig * mask`.
+                let _ = target.set_requires_grad(false);
+                let mut entry = PrunedTensor {
+                    name,
+                    target,
+                    orig,
+                    mask,
+                    history: vec![method],
+                    written_at: None,
+                    linked: false,
+                };
+                entry.write_target()?;
+                self.tensors.push(entry);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl PrunedTensor {
+    /// `mask * orig` as PyTorch's `apply_mask` computes it (mask cast to orig's dtype first).
+    fn masked_orig(&self) -> Result<Tensor> {
+        Ok(self
+            .mask
+            .f_to_kind(self.orig.kind())?
+            .f_mul(&self.orig)?)
+    }
+
+    fn versions(&self) -> (i64, i64, i64) {
+        (
+            self.orig.internal_version(),
+            self.mask.internal_version(),
+            self.target.internal_version(),
+        )
+    }
+
+    /// Writes the masked values into `target` outside autograd, unless they are there already.
+    fn write_target(&mut self) -> Result<()> {
+        if !self.linked && self.written_at == Some(self.versions()) {
+            return Ok(());
+        }
+        let mask = self.mask.f_to_kind(self.orig.kind())?;
+        tch::no_grad(|| -> Result<()> {
+            let _ = self.target.f_detach_()?;
+            let _ = self.target.f_mul_out(&mask, &self.orig)?;
+            Ok(())
+        })?;
+        self.linked = false;
+        self.written_at = Some(self.versions());
+        Ok(())
+    }
+
+    /// Writes the masked values into `target` as an autograd function of `orig`.
+    fn link(&mut self) -> Result<()> {
+        if !self.orig.requires_grad() {
+            return self.write_target();
+        }
+        let masked = self.masked_orig()?;
+        let _ = self.target.f_detach_()?;
+        self.target.f_copy_(&masked)?;
+        self.linked = true;
+        self.written_at = None;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if self.linked {
+            // Infallible on a tensor we own; its values are the masked ones already.
+            let _ = self.target.f_detach_();
+            self.linked = false;
+            self.written_at = Some(self.versions());
+        }
+    }
+}
+
+/// The name of the trainable unmasked values, as in PyTorch's state dicts.
+pub fn orig_name(name: &str) -> String {
+    format!("{name}_orig")
+}
+
+/// The name of the mask buffer, as in PyTorch's state dicts.
+pub fn mask_name(name: &str) -> String {
+    format!("{name}_mask")
+}
+
+/// Two handles on the same variable (tch has no identity test for tensors).
+fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
+    a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride()
+}
+
+/// Whether autograd is recording on this thread. tch has no query for it, so this sets the
+/// mode and restores it, as tch's own `no_grad` does.
+pub(crate) fn grad_enabled() -> bool {
+    // SAFETY: plain FFI calls on thread-local state, with no pointers involved.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
+}

@@ -1,0 +1,106 @@
+//! Methods that prune individual entries: identity, random and L1 unstructured.
+
+use crate::amount::Amount;
+use crate::error::Result;
+use crate::method::{PruningMethod, PruningType};
+use tch::Tensor;
+
+/// Prunes nothing: reparametrizes a tensor with an all-ones mask (PyTorch's `prune.identity`),
+/// e.g. to load a pruned checkpoint into a model that was never pruned.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Identity;
+
+impl PruningMethod for Identity {
+    fn pruning_type(&self) -> PruningType {
+        PruningType::Unstructured
+    }
+
+    fn compute_mask(&self, _scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
+        fresh_copy(default_mask)
+    }
+}
+
+/// Prunes `amount` entries chosen uniformly at random (PyTorch's `RandomUnstructured`).
+///
+/// It draws one `rand_like` of the scores from the tensor's device generator and prunes the
+/// entries with the largest draws, so after `tch::manual_seed(s)` it prunes exactly what
+/// PyTorch prunes after `torch.manual_seed(s)`.
+#[derive(Clone, Copy, Debug)]
+pub struct RandomUnstructured {
+    amount: Amount,
+}
+
+impl RandomUnstructured {
+    pub fn new(amount: impl Into<Amount>) -> Result<Self> {
+        Ok(Self {
+            amount: amount.into().validate()?,
+        })
+    }
+}
+
+impl PruningMethod for RandomUnstructured {
+    fn pruning_type(&self) -> PruningType {
+        PruningType::Unstructured
+    }
+
+    fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
+        let k = self.amount.to_count(scores.numel() as i64)?;
+        let mask = fresh_copy(default_mask)?;
+        if k != 0 {
+            let draws = scores.f_rand_like()?;
+            let (_, indices) = draws.f_reshape([-1])?.f_topk(k, -1, true, true)?;
+            zero_flat(&mask, &indices)?;
+        }
+        Ok(mask)
+    }
+}
+
+/// Prunes the `amount` entries of smallest absolute score (PyTorch's `L1Unstructured`):
+/// exactly that many, even when magnitudes tie, chosen by the same `topk` as PyTorch.
+#[derive(Clone, Copy, Debug)]
+pub struct L1Unstructured {
+    amount: Amount,
+}
+
+impl L1Unstructured {
+    pub fn new(amount: impl Into<Amount>) -> Result<Self> {
+        Ok(Self {
+            amount: amount.into().validate()?,
+        })
+    }
+
+    pub fn amount(&self) -> Amount {
+        self.amount
+    }
+}
+
+impl PruningMethod for L1Unstructured {
+    fn pruning_type(&self) -> PruningType {
+        PruningType::Unstructured
+    }
+
+    fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
+        let k = self.amount.to_count(scores.numel() as i64)?;
+        let mask = fresh_copy(default_mask)?;
+        if k != 0 {
+            // PyTorch fails on non-contiguous scores (`view(-1)`); reshape reads them in the same
+            // row-major order, so the result is what PyTorch gives for a contiguous copy.
+            let (_, indices) = scores.f_abs()?.f_reshape([-1])?.f_topk(k, -1, false, true)?;
+            zero_flat(&mask, &indices)?;
+        }
+        Ok(mask)
+    }
+}
+
+/// A new contiguous tensor with the values, dtype and device of `t`.
+pub(crate) fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+    let mut copy = Tensor::f_empty(t.size(), (t.kind(), t.device()))?;
+    copy.f_copy_(t)?;
+    Ok(copy)
+}
+
+/// Sets the entries of a contiguous `mask` at flat `indices` to zero.
+fn zero_flat(mask: &Tensor, indices: &Tensor) -> Result<()> {
+    let _ = mask.f_view([-1])?.f_index_fill_(0, indices, 0)?;
+    Ok(())
+}
