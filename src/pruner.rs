@@ -230,6 +230,12 @@ impl Pruner {
         self.with_entry(name, |t| t.orig.shallow_clone())
     }
 
+    /// The tensor that modules compute with for `name`: `orig * mask` as of the last time the
+    /// masks were applied (PyTorch's `module.<name>` attribute of a pruned module).
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        self.with_entry(name, |t| t.target.shallow_clone())
+    }
+
     /// The methods applied to `name`, oldest first.
     pub fn history(&self, name: &str) -> Vec<String> {
         self.with_entry(name, |t| t.history.clone())
@@ -463,7 +469,7 @@ impl PrunedTensor {
         let mask = self.mask.f_to_kind(self.orig.kind())?;
         tch::no_grad(|| -> Result<()> {
             let _ = self.target.f_detach_()?;
-            let _ = self.target.f_mul_out(&mask, &self.orig)?;
+            let _ = mask.f_mul_out(&self.target, &self.orig)?;
             Ok(())
         })?;
         self.linked = false;

@@ -1,0 +1,59 @@
+//! Shared by the integration tests: the real PyTorch to compare against, and small helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+/// The Python that has torch 2.13 (set by `make test` through scripts/torch-env.sh).
+/// Tests that compare with PyTorch skip, saying so, when it is absent.
+pub fn python() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("TCH_PRUNE_PYTHON")?);
+    path.exists().then_some(path)
+}
+
+/// Runs a Python script with torch available; panics with its stderr if it fails.
+/// Returns None (and prints why) when no Python torch is configured.
+pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
+    let Some(python) = python() else {
+        eprintln!("skipped: TCH_PRUNE_PYTHON is not set (run the tests through `make test`)");
+        return None;
+    };
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("failed to start python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Bitwise equality of two tensors of the same dtype, -0.0 counted as 0.0 (PyTorch keeps the
+/// sign of pruned negative values, and so do we, but comparisons should not depend on it).
+pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
+    assert_eq!(a.kind(), b.kind(), "{what}: dtypes differ");
+    let a = a.to_device(tch::Device::Cpu);
+    let b = b.to_device(tch::Device::Cpu);
+    let a = if a.is_floating_point() { &a + 0.0 } else { a };
+    let b = if b.is_floating_point() { &b + 0.0 } else { b };
+    let equal = a.to_kind(tch::Kind::Double).eq_tensor(&b.to_kind(tch::Kind::Double));
+    let nan_both = if a.is_floating_point() {
+        a.isnan().logical_and(&b.isnan())
+    } else {
+        a.zeros_like().to_kind(tch::Kind::Bool)
+    };
+    let ok = equal.logical_or(&nan_both).all().int64_value(&[]) == 1;
+    assert!(ok, "{what}: values differ\nleft:  {a}\nright: {b}");
+}
+
+/// A fresh temporary folder for a test's files.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary folder")
+}

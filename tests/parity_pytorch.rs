@@ -1,0 +1,303 @@
+//! Parity with PyTorch, measured by PyTorch itself: generated cases are pruned here and by
+//! `torch.nn.utils.prune` (the provisioned torch 2.13), and masks and pruned values must agree
+//! bit for bit (-0.0 counted as 0.0), dtypes included.
+
+mod common;
+
+use common::{assert_same, run_python};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use tch_prune::*;
+
+/// The Python side: applies each case's steps with torch.nn.utils.prune on a module that holds
+/// the case's tensor as `weight`, and saves the masks and pruned tensors.
+const PYTHON: &str = r#"
+import json, sys, torch
+import torch.nn.utils.prune as prune
+from safetensors.torch import load_file, save_file
+cases = json.load(open(sys.argv[1]))
+inputs = load_file(sys.argv[2])
+out = {}
+def norm(n):
+    return n if n in ("fro", "nuc") else float(n)
+for case in cases:
+    mods = {}
+    for name in case["tensors"]:
+        m = torch.nn.Module()
+        m.register_parameter("weight", torch.nn.Parameter(inputs[name].clone()))
+        mods[name] = m
+    for i, step in enumerate(case["steps"]):
+        if "seed" in step:
+            torch.manual_seed(step["seed"])
+        scores = {n: inputs[f"{n}.scores{i}"] for n in case["tensors"] if f"{n}.scores{i}" in inputs}
+        kind, amount = step["method"], step.get("amount")
+        if kind == "global_l1" or kind == "global_random":
+            cls = prune.L1Unstructured if kind == "global_l1" else prune.RandomUnstructured
+            prune.global_unstructured([(mods[n], "weight") for n in case["tensors"]], pruning_method=cls,
+                importance_scores={(mods[n], "weight"): s for n, s in scores.items()}, amount=amount)
+            continue
+        name = case["tensors"][0]
+        m, s = mods[name], scores.get(name)
+        if kind == "l1": prune.l1_unstructured(m, "weight", amount, importance_scores=s)
+        elif kind == "random": prune.random_unstructured(m, "weight", amount)
+        elif kind == "ln": prune.ln_structured(m, "weight", amount, norm(step["n"]), step["dim"], importance_scores=s)
+        elif kind == "random_structured": prune.random_structured(m, "weight", amount, step["dim"])
+        elif kind == "identity": prune.identity(m, "weight")
+        else: raise ValueError(kind)
+    for name, m in mods.items():
+        out[f"{name}.mask"] = m.weight_mask.contiguous()
+        out[f"{name}.pruned"] = m.weight.detach().contiguous()
+save_file(out, sys.argv[3])
+"#;
+
+/// A case: tensors (ids) and a list of steps, each a JSON object the Python side reads.
+struct Case {
+    tensors: Vec<(String, Tensor)>,
+    steps: Vec<Value>,
+    /// Importance scores per (tensor id, step index).
+    scores: Vec<(String, usize, Tensor)>,
+}
+
+fn amount_json(a: Amount) -> Value {
+    match a {
+        Amount::Count(n) => json!(n),
+        Amount::Fraction(f) => json!(f),
+    }
+}
+
+fn norm_json(n: Norm) -> Value {
+    match n {
+        Norm::P(p) if p.is_infinite() => json!(if p > 0.0 { "inf" } else { "-inf" }),
+        Norm::P(p) => json!(p),
+        Norm::Fro => json!("fro"),
+        Norm::Nuc => json!("nuc"),
+    }
+}
+
+fn randn(shape: &[i64], kind: Kind) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind)
+}
+
+/// Applies one step of a case through the crate.
+fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value) {
+    let amount = match &step["amount"] {
+        Value::Number(n) if n.is_i64() => Amount::Count(n.as_i64().unwrap()),
+        Value::Number(n) => Amount::Fraction(n.as_f64().unwrap()),
+        _ => Amount::Count(0),
+    };
+    if let Some(seed) = step.get("seed") {
+        tch::manual_seed(seed.as_i64().unwrap());
+    }
+    let scores: HashMap<String, Tensor> = case
+        .scores
+        .iter()
+        .filter(|(_, s, _)| *s == i)
+        .map(|(n, _, t)| (format!("{n}.weight"), t.shallow_clone()))
+        .collect();
+    let name = format!("{}.weight", case.tensors[0].0);
+    let s = scores.get(&name);
+    let method = step["method"].as_str().unwrap();
+    let n = || -> Norm {
+        match &step["n"] {
+            Value::String(s) => s.parse().unwrap(),
+            v => Norm::P(v.as_f64().unwrap()),
+        }
+    };
+    let dim = || step["dim"].as_i64().unwrap();
+    let result = match method {
+        "l1" => pruner.l1_unstructured(&name, amount, s),
+        "random" => pruner.random_unstructured(&name, amount),
+        "ln" => pruner.ln_structured(&name, amount, n(), dim(), s),
+        "random_structured" => pruner.random_structured(&name, amount, dim()),
+        "identity" => pruner.identity(&name),
+        "global_l1" | "global_random" => {
+            let names: Vec<String> = case.tensors.iter().map(|(n, _)| format!("{n}.weight")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            if method == "global_l1" {
+                pruner.global_unstructured(&names, &L1Unstructured::new(amount).unwrap(), &scores)
+            } else {
+                pruner.global_unstructured(&names, &RandomUnstructured::new(amount).unwrap(), &scores)
+            }
+        }
+        other => panic!("unknown method {other}"),
+    };
+    result.unwrap_or_else(|e| panic!("step {i} {step}: {e}"));
+}
+
+fn step(method: &str, amount: impl Into<Amount>) -> Value {
+    json!({"method": method, "amount": amount_json(amount.into())})
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+/// Every generated case. Shapes, amounts (counts, fractions, .5 rounding cases), norms and
+/// dims vary; chains mix methods; random steps are seeded.
+fn cases() -> Vec<Case> {
+    tch::manual_seed(1234);
+    let mut cases = Vec::new();
+    let mut single = |shape: &[i64], kind: Kind, steps: Vec<Value>, scored: &[usize]| {
+        let id = format!("c{}", cases.len());
+        let t = randn(shape, kind);
+        let scores = scored
+            .iter()
+            .map(|&i| (id.clone(), i, randn(shape, kind)))
+            .collect();
+        cases.push(Case {
+            tensors: vec![(id, t)],
+            steps,
+            scores,
+        });
+    };
+    let f = Kind::Float;
+    // Unstructured magnitudes: fractions with .5 products (0.5 x 5 = 2.5 -> 2), counts, edges.
+    for (shape, amount) in [
+        (vec![5], Amount::Fraction(0.5)),
+        (vec![3], Amount::Fraction(0.5)),
+        (vec![1, 5], Amount::Fraction(0.3)),
+        (vec![2, 5], Amount::Fraction(0.45)),
+        (vec![5, 5], Amount::Fraction(0.1)),
+        (vec![7, 3], Amount::Count(5)),
+        (vec![4, 6], Amount::Count(24)),
+        (vec![4, 6], Amount::Fraction(1.0)),
+        (vec![4, 6], Amount::Count(0)),
+        (vec![3, 4, 5], Amount::Fraction(0.625)),
+        (vec![8, 3, 3, 3], Amount::Fraction(0.7)),
+    ] {
+        single(&shape, f, vec![step("l1", amount)], &[]);
+    }
+    single(&[6, 7], Kind::Double, vec![step("l1", 0.35)], &[]);
+    single(&[6, 7], Kind::Half, vec![step("l1", 0.35)], &[]);
+    single(&[6, 7], Kind::BFloat16, vec![step("l1", 11)], &[]);
+    single(&[6, 7], f, vec![step("l1", 0.4)], &[0]);
+    // Structured: norms (incl. 0, negative, fractional, +-inf, fro, nuc) and dims (incl. negative).
+    for (shape, n, dim, amount) in [
+        (vec![6, 4], Norm::P(1.0), 0, Amount::Fraction(0.5)),
+        (vec![6, 4], Norm::P(2.0), 1, Amount::Count(1)),
+        (vec![6, 4], Norm::P(2.0), -1, Amount::Fraction(0.5)),
+        (vec![6, 4, 3], Norm::P(3.0), 2, Amount::Count(2)),
+        (vec![6, 4, 3], Norm::P(0.5), 1, Amount::Fraction(0.25)),
+        (vec![6, 4, 3], Norm::P(-1.0), 0, Amount::Fraction(0.3)),
+        (vec![6, 4, 3], Norm::P(f64::INFINITY), 0, Amount::Count(3)),
+        (vec![6, 4, 3], Norm::P(f64::NEG_INFINITY), -2, Amount::Count(3)),
+        (vec![6, 4, 3], Norm::Fro, 0, Amount::Fraction(0.5)),
+        (vec![6, 4, 3], Norm::Nuc, 0, Amount::Fraction(0.5)),
+        (vec![5, 3, 2, 2], Norm::P(1.0), 0, Amount::Fraction(0.6)),
+        (vec![5, 3, 2, 2], Norm::P(2.0), 1, Amount::Fraction(1.0)),
+    ] {
+        let s = with(with(step("ln", amount), "n", norm_json(n)), "dim", json!(dim));
+        single(&shape, f, vec![s], &[]);
+    }
+    // Norm 0 counts non-zeros: make zeros so the ranking is meaningful (ties resolved by topk).
+    let s = with(with(step("ln", 2), "n", json!(0.0)), "dim", json!(0));
+    single(&[5, 8], f, vec![s], &[]);
+    let s = with(with(step("ln", 0.5), "n", json!(2.0)), "dim", json!(1));
+    single(&[4, 6], Kind::Double, vec![s.clone()], &[0]);
+    single(&[4, 6], f, vec![s], &[0]);
+    // Seeded random methods, unstructured and structured.
+    for (shape, kind, amount, seed) in [
+        (vec![3, 4], f, Amount::Count(5), 42),
+        (vec![10, 10], f, Amount::Fraction(0.3), 7),
+        (vec![10, 10], Kind::Double, Amount::Fraction(0.5), 8),
+        (vec![4, 3, 3], f, Amount::Count(35), 0),
+    ] {
+        single(&shape, kind, vec![with(step("random", amount), "seed", json!(seed))], &[]);
+    }
+    for (shape, dim, amount, seed) in [
+        (vec![3, 4], 1, Amount::Count(2), 42),
+        (vec![8, 4, 3], 0, Amount::Fraction(0.5), 5),
+        (vec![8, 4, 3], -1, Amount::Count(1), 6),
+    ] {
+        let s = with(with(step("random_structured", amount), "dim", json!(dim)), "seed", json!(seed));
+        single(&shape, f, vec![s], &[]);
+    }
+    // Iterative chains mixing methods: amounts are relative to what remains.
+    let ln = |amount: Amount, n: f64, dim: i64| {
+        with(with(step("ln", amount), "n", norm_json(Norm::P(n))), "dim", json!(dim))
+    };
+    single(&[6], f, vec![step("l1", 2), step("l1", 0.5), step("random", 1.0)], &[]);
+    single(&[6, 8], f, vec![step("l1", 0.3), ln(Amount::Fraction(0.5), 2.0, 0), step("l1", 0.5)], &[]);
+    single(&[2, 3, 4], f, vec![ln(Amount::Count(1), 1.0, 1), ln(Amount::Count(2), 2.0, -1), step("l1", 3)], &[]);
+    single(
+        &[6, 8],
+        f,
+        vec![
+            step("identity", 0),
+            with(step("random", 0.25), "seed", json!(3)),
+            with(with(step("random_structured", 0.5), "dim", json!(1)), "seed", json!(4)),
+            ln(Amount::Fraction(0.5), f64::INFINITY, 0),
+        ],
+        &[],
+    );
+    single(&[6, 8], f, vec![step("l1", 10), step("l1", 10), ln(Amount::Count(1), 2.0, 0)], &[1, 2]);
+    single(&[5, 6], Kind::Double, vec![ln(Amount::Count(2), 2.0, 1), step("l1", 0.5)], &[1]);
+    // Global pruning across tensors of several shapes, with scores, chains and seeds.
+    let mut global = |shapes: &[&[i64]], steps: Vec<Value>, scored: &[(usize, usize)]| {
+        let base = cases.len();
+        let tensors: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (format!("g{base}_{j}"), randn(s, Kind::Float)))
+            .collect();
+        let scores = scored
+            .iter()
+            .map(|&(j, i)| (tensors[j].0.clone(), i, randn(&tensors[j].1.size(), Kind::Float)))
+            .collect();
+        cases.push(Case { tensors, steps, scores });
+    };
+    global(&[&[4, 5], &[3], &[2, 3, 2]], vec![step("global_l1", 0.5)], &[]);
+    global(&[&[4, 5], &[3], &[2, 3, 2]], vec![step("global_l1", 13)], &[(1, 0)]);
+    global(&[&[4, 5], &[7, 2]], vec![step("global_l1", 0.3), step("global_l1", 0.5)], &[]);
+    global(&[&[6, 5], &[7, 2]], vec![step("global_l1", 0.2), step("global_l1", 0.25)], &[(0, 1)]);
+    global(&[&[4, 5], &[7, 2]], vec![with(step("global_random", 0.4), "seed", json!(11))], &[]);
+    cases
+}
+
+#[test]
+fn masks_and_pruned_values_equal_pytorchs() {
+    let cases = cases();
+    let dir = common::tempdir();
+    let (spec_path, in_path, out_path) = (
+        dir.path().join("cases.json"),
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    let spec: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({"tensors": c.tensors.iter().map(|(n, _)| n).collect::<Vec<_>>(), "steps": c.steps}))
+        .collect();
+    std::fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();
+    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+    for c in &cases {
+        inputs.extend(c.tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+        inputs.extend(c.scores.iter().map(|(n, i, t)| (format!("{n}.scores{i}"), t.shallow_clone())));
+    }
+    Tensor::write_safetensors(&inputs, &in_path).unwrap();
+    if run_python(PYTHON, &[&spec_path, &in_path, &out_path]).is_none() {
+        return;
+    }
+    let expected: HashMap<String, Tensor> = Tensor::read_safetensors(&out_path).unwrap().into_iter().collect();
+
+    for case in &cases {
+        let vs = VarStore::new(Device::Cpu);
+        for (name, t) in &case.tensors {
+            let _ = (vs.root() / name.as_str()).add("weight", t.copy(), true);
+        }
+        let pruner = Pruner::new(&vs);
+        for (i, s) in case.steps.iter().enumerate() {
+            apply(&pruner, case, i, s);
+        }
+        for (name, _) in &case.tensors {
+            let what = format!("{name} {:?}", case.steps);
+            let full = format!("{name}.weight");
+            assert_same(&pruner.mask(&full).unwrap(), &expected[&format!("{name}.mask")], &format!("mask of {what}"));
+            assert_same(&pruner.tensor(&full).unwrap(), &expected[&format!("{name}.pruned")], &format!("pruned {what}"));
+            assert_same(&vs.variables()[&mask_name(&full)], &expected[&format!("{name}.mask")], "mask in the store");
+        }
+    }
+    eprintln!("{} cases equal to PyTorch's", cases.len());
+}
