@@ -36,3 +36,8 @@ pub use module::{Pruned, PrunedT};
 pub use pruner::{mask_name, orig_name, Pruner};
 pub use structured::{LnStructured, Norm, RandomStructured};
 pub use unstructured::{Identity, L1Unstructured, RandomUnstructured};
+
+// The README's example is compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
