@@ -66,6 +66,9 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+
     /// An error from libtorch, trimmed to its first line (libtorch appends a C++ backtrace).
     #[error("libtorch: {0}")]
     Torch(String),

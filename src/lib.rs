@@ -16,6 +16,7 @@
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 
+pub mod checkpoint;
 mod amount;
 mod container;
 mod custom;

@@ -1,0 +1,233 @@
+//! `.safetensors` files, through the `safetensors` crate that Python's `safetensors` package
+//! is built on, so that files written here are what `safetensors.torch.load_file` expects.
+//!
+//! Order: the format's header is a JSON map, and writers (this one and Python's alike) lay the
+//! data out sorted by dtype size, then by name. Reading returns the tensors in the order of
+//! their data in the file; the original state-dict order is not recorded by the format.
+
+use super::torch_zip::tensor_from_bytes;
+use super::{atomic_write, shown, CheckpointError, HostTensor};
+use ::safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use std::borrow::{Borrow, Cow};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Reads every tensor of a safetensors file as a contiguous CPU tensor, in the order of their
+/// data in the file.
+///
+/// Supported dtypes: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL; any other is an error
+/// naming the tensor. `__metadata__` is ignored.
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = path.as_ref();
+    let buffer = std::fs::read(path).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+    // Validates the header, and that the offsets tile the data exactly and match each shape.
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&buffer).map_err(|e| invalid(path, describe(&e)))?;
+    let data = buffer
+        .get(8 + header_len..)
+        .ok_or_else(|| invalid(path, "the header is longer than the file"))?;
+
+    let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
+    infos.sort_by(|(a_name, a), (b_name, b)| {
+        a.data_offsets
+            .cmp(&b.data_offsets)
+            .then_with(|| a_name.cmp(b_name))
+    });
+    let mut out = Vec::with_capacity(infos.len());
+    for (name, info) in infos {
+        let kind = dtype_kind(info.dtype).ok_or_else(|| CheckpointError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: shown(&name),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        let (start, end) = info.data_offsets;
+        let bytes = data.get(start..end).ok_or_else(|| {
+            invalid(
+                path,
+                format!("the data of '{}' lies outside the file", shown(&name)),
+            )
+        })?;
+        let size = info
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| {
+                invalid(
+                    path,
+                    format!("the shape of '{}' is too large", shown(&name)),
+                )
+            })?;
+        let tensor =
+            tensor_from_bytes(bytes, &size, kind).map_err(|e| CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown(&name),
+                reason: crate::error::first_line(&e.to_string()),
+            })?;
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+/// Writes tensors to a safetensors file that Python's `safetensors.torch.load_file` (and
+/// [`read_safetensors`]) read back bit for bit.
+///
+/// Tensors may live on any device, be non-contiguous or require grad: their values are what is
+/// written. Dtypes as for [`read_safetensors`]; names must be unique and not `__metadata__`.
+/// The file is replaced atomically (see [`atomic_write`]), so an error leaves any previous file
+/// untouched and no partial file behind. The header's `__metadata__` is `{"format": "pt"}`, as
+/// Hugging Face tools expect from PyTorch weights.
+pub fn write_safetensors<S, T>(
+    path: impl AsRef<Path>,
+    tensors: &[(S, T)],
+) -> Result<(), CheckpointError>
+where
+    S: AsRef<str>,
+    T: Borrow<Tensor>,
+{
+    let path = path.as_ref();
+    super::check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
+    if let Some((name, _)) = tensors
+        .iter()
+        .find(|(name, _)| name.as_ref() == "__metadata__")
+    {
+        return Err(CheckpointError::InvalidTensor {
+            path: path.to_path_buf(),
+            tensor: shown(name.as_ref()),
+            reason: "__metadata__ is reserved by the safetensors format".into(),
+        });
+    }
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let name = name.as_ref();
+        owned.push((name.to_string(), SafeView::of(path, name, tensor.borrow())?));
+    }
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    atomic_write(path, |tmp| {
+        ::safetensors::tensor::serialize_to_file(
+            owned.iter().map(|(n, t)| (n.as_str(), t)),
+            &metadata,
+            tmp,
+        )
+        .map_err(|e| match e {
+            SafeTensorError::IoError(e) => CheckpointError::io(path, "cannot write", e),
+            other => invalid(path, format!("cannot write: {}", describe(&other))),
+        })
+    })
+}
+
+/// A [`HostTensor`] with the shape type and dtype tag the `safetensors` crate wants.
+struct SafeView {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    host: HostTensor,
+}
+
+impl SafeView {
+    fn of(path: &Path, name: &str, tensor: &Tensor) -> Result<SafeView, CheckpointError> {
+        let host = HostTensor::of(path, name, tensor)?;
+        // HostTensor only accepts the dtypes that have a safetensors tag.
+        let dtype = kind_dtype(host.kind).ok_or_else(|| CheckpointError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: shown(name),
+            dtype: format!("{:?}", host.kind),
+        })?;
+        let shape = host
+            .size
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown(name),
+                reason: format!("negative size {:?}", host.size),
+            })?;
+        Ok(SafeView { dtype, shape, host })
+    }
+}
+
+impl View for &SafeView {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.host.data)
+    }
+    fn data_len(&self) -> usize {
+        self.host.data.len()
+    }
+}
+
+fn dtype_kind(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn kind_dtype(kind: Kind) -> Option<Dtype> {
+    let dtype = match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    };
+    Some(dtype)
+}
+
+/// The crate's own messages are its variant names; these say what is wrong with the file.
+fn describe(err: &SafeTensorError) -> String {
+    match err {
+        SafeTensorError::HeaderTooSmall => "shorter than the 8-byte length of its header".into(),
+        SafeTensorError::HeaderTooLarge => "the header length is larger than 100 MB".into(),
+        SafeTensorError::InvalidHeaderLength => {
+            "the header length goes past the end of the file (truncated?)".into()
+        }
+        SafeTensorError::InvalidHeader => "the header is not UTF-8 text".into(),
+        SafeTensorError::InvalidHeaderStart => "the header does not start with '{'".into(),
+        SafeTensorError::InvalidHeaderDeserialization => {
+            "the header is not a JSON map of tensor entries (or names an unknown dtype)".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the tensors' data does not exactly fill the rest of the file (truncated?)".into()
+        }
+        SafeTensorError::InvalidOffset(name) => {
+            format!(
+                "the data offsets of '{}' leave a gap or overlap",
+                shown(name)
+            )
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's data size does not match its shape and dtype".into()
+        }
+        SafeTensorError::ValidationOverflow => "a tensor's shape overflows".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Safetensors {
+        path: path.to_path_buf(),
+        reason: crate::error::first_line(&reason.to_string()),
+    }
+}
