@@ -133,7 +133,11 @@ mod tests {
     // test_pruning.py: test_validate_pruning_amount_init
     #[test]
     fn validation_at_init() {
-        for bad in [Amount::Fraction(1.1), Amount::Fraction(20.0), Amount::Count(-10)] {
+        for bad in [
+            Amount::Fraction(1.1),
+            Amount::Fraction(20.0),
+            Amount::Count(-10),
+        ] {
             assert!(matches!(bad.validate(), Err(PruneError::InvalidAmount(_))));
         }
         assert!(Amount::Fraction(f64::NAN).validate().is_err());

@@ -11,7 +11,9 @@ pub enum PruneError {
     InvalidAmount(String),
 
     /// A count larger than the number of units (entries or channels) still unpruned.
-    #[error("amount={amount} should be smaller than the number of parameters to prune={available}")]
+    #[error(
+        "amount={amount} should be smaller than the number of parameters to prune={available}"
+    )]
     AmountTooLarge { amount: i64, available: i64 },
 
     #[error("structured pruning can only be applied to multidimensional tensors: found a tensor of shape {shape:?} with {} dims", shape.len())]
@@ -30,6 +32,10 @@ pub enum PruneError {
 
     #[error("unknown tensor '{0}': the VarStore has no variable of that name")]
     UnknownTensor(String),
+
+    /// A name or glob pattern that selects no parameter of a model.
+    #[error("'{pattern}' matches no parameter; the parameters are {available}")]
+    NoMatch { pattern: String, available: String },
 
     #[error("'{0}' is a buffer (not trainable) or not a floating-point tensor: only trainable parameters can be pruned")]
     NotAParameter(String),
@@ -84,13 +90,15 @@ impl From<TchError> for PruneError {
 }
 
 /// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
-pub(crate) fn first_line(message: &str) -> String {
+pub fn first_line(message: &str) -> String {
     let line = message
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("unknown error");
-    line.trim_start_matches("Internal torch error:").trim().to_string()
+    line.trim_start_matches("Internal torch error:")
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -100,6 +108,9 @@ mod tests {
     #[test]
     fn torch_errors_keep_only_their_first_line() {
         let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
-        assert_eq!(first_line(raw), "shape '[3]' is invalid for input of size 4");
+        assert_eq!(
+            first_line(raw),
+            "shape '[3]' is invalid for input of size 4"
+        );
     }
 }

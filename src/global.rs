@@ -49,7 +49,10 @@ impl Pruner {
                 "'{dup}' is listed twice for global pruning"
             )));
         }
-        if let Some(extra) = importance_scores.keys().find(|k| !seen.contains(k.as_str())) {
+        if let Some(extra) = importance_scores
+            .keys()
+            .find(|k| !seen.contains(k.as_str()))
+        {
             return Err(PruneError::InvalidArgument(format!(
                 "importance scores are given for '{extra}', which is not among the tensors to prune"
             )));
@@ -101,7 +104,10 @@ impl Pruner {
                 let numel: i64 = shape.iter().product();
                 // A copy, not a view: PyTorch keeps views of the whole vector alive in every
                 // round's CustomFromMask (pytorch#49332); a copy lets it go.
-                let slice = combined.f_narrow(0, offset, numel)?.f_reshape(&shape[..])?.f_contiguous()?;
+                let slice = combined
+                    .f_narrow(0, offset, numel)?
+                    .f_reshape(&shape[..])?
+                    .f_contiguous()?;
                 offset += numel;
                 plans.push(state.plan(name, &CustomFromMask::new(&slice), None)?);
             }

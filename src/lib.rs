@@ -16,26 +16,34 @@
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 
-pub mod checkpoint;
 mod amount;
+pub mod checkpoint;
 mod container;
 mod custom;
 mod error;
 mod global;
 mod method;
+mod model_file;
 mod module;
+pub mod plan;
 mod pruner;
+mod report;
+mod state;
 mod structured;
+mod torchscript;
 mod unstructured;
 
 pub use amount::Amount;
 pub use container::combine_masks;
 pub use custom::CustomFromMask;
-pub use error::{PruneError, Result};
+pub use error::{first_line, PruneError, Result};
 pub use method::{PruningMethod, PruningType};
+pub use model_file::ModelFile;
 pub use module::{Pruned, PrunedT};
 pub use pruner::{mask_name, orig_name, Pruner};
+pub use report::{Report, TensorReport};
 pub use structured::{LnStructured, Norm, RandomStructured};
+pub use torchscript::ScriptModel;
 pub use unstructured::{Identity, L1Unstructured, RandomUnstructured};
 
 // The README's example is compiled and run as a doc test.

@@ -81,7 +81,12 @@ pub trait PruningMethod: Debug {
 }
 
 /// Fails with [`PruneError::ShapeMismatch`] unless `other` has the shape of `t`.
-pub(crate) fn check_shape(what: &'static str, name: &str, t: &Tensor, other: &Tensor) -> Result<()> {
+pub(crate) fn check_shape(
+    what: &'static str,
+    name: &str,
+    t: &Tensor,
+    other: &Tensor,
+) -> Result<()> {
     if t.size() != other.size() {
         return Err(PruneError::ShapeMismatch {
             what,

@@ -196,9 +196,10 @@ impl Pruner {
                 .insert(name.to_string(), target.shallow_clone());
         }
         let _ = entry.orig.set_requires_grad(false);
-        entry
-            .orig
-            .f_set_data(&Tensor::f_empty([0], (entry.orig.kind(), entry.orig.device()))?)?;
+        entry.orig.f_set_data(&Tensor::f_empty(
+            [0],
+            (entry.orig.kind(), entry.orig.device()),
+        )?)?;
         Ok(())
     }
 
@@ -254,7 +255,10 @@ impl Pruner {
         if grad_enabled() {
             state.tensors.iter_mut().try_for_each(PrunedTensor::link)
         } else {
-            state.tensors.iter_mut().try_for_each(PrunedTensor::write_target)
+            state
+                .tensors
+                .iter_mut()
+                .try_for_each(PrunedTensor::write_target)
         }
     }
 
@@ -262,7 +266,10 @@ impl Pruner {
     /// keeps its edges to `_orig`, so backward still reaches it; the optimizer then only sees
     /// plain leaf tensors (libtorch warns when an optimizer reads `.grad` of a non-leaf).
     pub fn release(&self) {
-        self.lock().tensors.iter_mut().for_each(PrunedTensor::release)
+        self.lock()
+            .tensors
+            .iter_mut()
+            .for_each(PrunedTensor::release)
     }
 
     /// Runs `forward` with every mask applied: [`apply_masks`](Self::apply_masks), the
@@ -282,6 +289,36 @@ impl Pruner {
     /// Wraps an `nn::ModuleT` (batch norm, dropout, vision models) likewise.
     pub fn wrap_t<M: tch::nn::ModuleT>(&self, module: M) -> crate::PrunedT<M> {
         crate::PrunedT::new(module, self.clone())
+    }
+
+    /// Shallow copies of all the store's variables.
+    pub(crate) fn variables(&self) -> std::collections::HashMap<String, Tensor> {
+        let state = self.lock();
+        let vars = state.variables.lock().expect("VarStore lock poisoned");
+        vars.named_variables
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    /// The current (masked) values of `name` and its mask if pruned.
+    pub(crate) fn current(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
+        self.lock().current(name)
+    }
+
+    /// Replaces the mask of a pruned tensor by `mask` exactly (its dtype included), as a loaded
+    /// `_mask` buffer replaces PyTorch's, and reapplies it.
+    pub(crate) fn replace_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
+        let mut state = self.lock();
+        let i = state
+            .index_of(name)
+            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
+        let entry = &mut state.tensors[i];
+        check_shape("mask", name, &entry.mask, mask)?;
+        let mask = mask.f_to_device(entry.mask.device())?;
+        entry.mask.f_set_data(&mask)?;
+        entry.written_at = None;
+        entry.write_target()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -406,7 +443,10 @@ impl State {
                 // tch does not export the type of the store's trainable-variable entries, so
                 // one is made by a scratch store (with the right group) and moved over.
                 let scratch = VarStore::new(Device::Cpu);
-                let _ = scratch.root().set_group(group).add("v", orig.shallow_clone(), true);
+                let _ = scratch
+                    .root()
+                    .set_group(group)
+                    .add("v", orig.shallow_clone(), true);
                 let orig_var = scratch
                     .variables_
                     .lock()
@@ -447,10 +487,7 @@ impl State {
 impl PrunedTensor {
     /// `mask * orig` as PyTorch's `apply_mask` computes it (mask cast to orig's dtype first).
     fn masked_orig(&self) -> Result<Tensor> {
-        Ok(self
-            .mask
-            .f_to_kind(self.orig.kind())?
-            .f_mul(&self.orig)?)
+        Ok(self.mask.f_to_kind(self.orig.kind())?.f_mul(&self.orig)?)
     }
 
     fn versions(&self) -> (i64, i64, i64) {

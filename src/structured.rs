@@ -41,7 +41,10 @@ impl PruningMethod for RandomStructured {
         }
         let draws = Tensor::f_rand([channels], (Kind::Float, Device::Cpu))?;
         let (threshold, _) = draws.f_kthvalue(k, -1, false)?;
-        let kept = draws.f_gt_tensor(&threshold)?.f_nonzero()?.f_reshape([-1])?;
+        let kept = draws
+            .f_gt_tensor(&threshold)?
+            .f_nonzero()?
+            .f_reshape([-1])?;
         channel_mask(scores, dim, &kept, default_mask)
     }
 }

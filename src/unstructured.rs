@@ -85,7 +85,10 @@ impl PruningMethod for L1Unstructured {
         if k != 0 {
             // PyTorch fails on non-contiguous scores (`view(-1)`); reshape reads them in the same
             // row-major order, so the result is what PyTorch gives for a contiguous copy.
-            let (_, indices) = scores.f_abs()?.f_reshape([-1])?.f_topk(k, -1, false, true)?;
+            let (_, indices) = scores
+                .f_abs()?
+                .f_reshape([-1])?
+                .f_topk(k, -1, false, true)?;
             zero_flat(&mask, &indices)?;
         }
         Ok(mask)

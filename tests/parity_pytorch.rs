@@ -113,12 +113,20 @@ fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value) {
         "random_structured" => pruner.random_structured(&name, amount, dim()),
         "identity" => pruner.identity(&name),
         "global_l1" | "global_random" => {
-            let names: Vec<String> = case.tensors.iter().map(|(n, _)| format!("{n}.weight")).collect();
+            let names: Vec<String> = case
+                .tensors
+                .iter()
+                .map(|(n, _)| format!("{n}.weight"))
+                .collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             if method == "global_l1" {
                 pruner.global_unstructured(&names, &L1Unstructured::new(amount).unwrap(), &scores)
             } else {
-                pruner.global_unstructured(&names, &RandomUnstructured::new(amount).unwrap(), &scores)
+                pruner.global_unstructured(
+                    &names,
+                    &RandomUnstructured::new(amount).unwrap(),
+                    &scores,
+                )
             }
         }
         other => panic!("unknown method {other}"),
@@ -183,13 +191,22 @@ fn cases() -> Vec<Case> {
         (vec![6, 4, 3], Norm::P(0.5), 1, Amount::Fraction(0.25)),
         (vec![6, 4, 3], Norm::P(-1.0), 0, Amount::Fraction(0.3)),
         (vec![6, 4, 3], Norm::P(f64::INFINITY), 0, Amount::Count(3)),
-        (vec![6, 4, 3], Norm::P(f64::NEG_INFINITY), -2, Amount::Count(3)),
+        (
+            vec![6, 4, 3],
+            Norm::P(f64::NEG_INFINITY),
+            -2,
+            Amount::Count(3),
+        ),
         (vec![6, 4, 3], Norm::Fro, 0, Amount::Fraction(0.5)),
         (vec![6, 4, 3], Norm::Nuc, 0, Amount::Fraction(0.5)),
         (vec![5, 3, 2, 2], Norm::P(1.0), 0, Amount::Fraction(0.6)),
         (vec![5, 3, 2, 2], Norm::P(2.0), 1, Amount::Fraction(1.0)),
     ] {
-        let s = with(with(step("ln", amount), "n", norm_json(n)), "dim", json!(dim));
+        let s = with(
+            with(step("ln", amount), "n", norm_json(n)),
+            "dim",
+            json!(dim),
+        );
         single(&shape, f, vec![s], &[]);
     }
     // Norm 0 counts non-zeros: make zeros so the ranking is meaningful (ties resolved by topk).
@@ -205,36 +222,86 @@ fn cases() -> Vec<Case> {
         (vec![10, 10], Kind::Double, Amount::Fraction(0.5), 8),
         (vec![4, 3, 3], f, Amount::Count(35), 0),
     ] {
-        single(&shape, kind, vec![with(step("random", amount), "seed", json!(seed))], &[]);
+        single(
+            &shape,
+            kind,
+            vec![with(step("random", amount), "seed", json!(seed))],
+            &[],
+        );
     }
     for (shape, dim, amount, seed) in [
         (vec![3, 4], 1, Amount::Count(2), 42),
         (vec![8, 4, 3], 0, Amount::Fraction(0.5), 5),
         (vec![8, 4, 3], -1, Amount::Count(1), 6),
     ] {
-        let s = with(with(step("random_structured", amount), "dim", json!(dim)), "seed", json!(seed));
+        let s = with(
+            with(step("random_structured", amount), "dim", json!(dim)),
+            "seed",
+            json!(seed),
+        );
         single(&shape, f, vec![s], &[]);
     }
     // Iterative chains mixing methods: amounts are relative to what remains.
     let ln = |amount: Amount, n: f64, dim: i64| {
-        with(with(step("ln", amount), "n", norm_json(Norm::P(n))), "dim", json!(dim))
+        with(
+            with(step("ln", amount), "n", norm_json(Norm::P(n))),
+            "dim",
+            json!(dim),
+        )
     };
-    single(&[6], f, vec![step("l1", 2), step("l1", 0.5), step("random", 1.0)], &[]);
-    single(&[6, 8], f, vec![step("l1", 0.3), ln(Amount::Fraction(0.5), 2.0, 0), step("l1", 0.5)], &[]);
-    single(&[2, 3, 4], f, vec![ln(Amount::Count(1), 1.0, 1), ln(Amount::Count(2), 2.0, -1), step("l1", 3)], &[]);
+    single(
+        &[6],
+        f,
+        vec![step("l1", 2), step("l1", 0.5), step("random", 1.0)],
+        &[],
+    );
+    single(
+        &[6, 8],
+        f,
+        vec![
+            step("l1", 0.3),
+            ln(Amount::Fraction(0.5), 2.0, 0),
+            step("l1", 0.5),
+        ],
+        &[],
+    );
+    single(
+        &[2, 3, 4],
+        f,
+        vec![
+            ln(Amount::Count(1), 1.0, 1),
+            ln(Amount::Count(2), 2.0, -1),
+            step("l1", 3),
+        ],
+        &[],
+    );
     single(
         &[6, 8],
         f,
         vec![
             step("identity", 0),
             with(step("random", 0.25), "seed", json!(3)),
-            with(with(step("random_structured", 0.5), "dim", json!(1)), "seed", json!(4)),
+            with(
+                with(step("random_structured", 0.5), "dim", json!(1)),
+                "seed",
+                json!(4),
+            ),
             ln(Amount::Fraction(0.5), f64::INFINITY, 0),
         ],
         &[],
     );
-    single(&[6, 8], f, vec![step("l1", 10), step("l1", 10), ln(Amount::Count(1), 2.0, 0)], &[1, 2]);
-    single(&[5, 6], Kind::Double, vec![ln(Amount::Count(2), 2.0, 1), step("l1", 0.5)], &[1]);
+    single(
+        &[6, 8],
+        f,
+        vec![step("l1", 10), step("l1", 10), ln(Amount::Count(1), 2.0, 0)],
+        &[1, 2],
+    );
+    single(
+        &[5, 6],
+        Kind::Double,
+        vec![ln(Amount::Count(2), 2.0, 1), step("l1", 0.5)],
+        &[1],
+    );
     // Global pruning across tensors of several shapes, with scores, chains and seeds.
     let mut global = |shapes: &[&[i64]], steps: Vec<Value>, scored: &[(usize, usize)]| {
         let base = cases.len();
@@ -245,15 +312,45 @@ fn cases() -> Vec<Case> {
             .collect();
         let scores = scored
             .iter()
-            .map(|&(j, i)| (tensors[j].0.clone(), i, randn(&tensors[j].1.size(), Kind::Float)))
+            .map(|&(j, i)| {
+                (
+                    tensors[j].0.clone(),
+                    i,
+                    randn(&tensors[j].1.size(), Kind::Float),
+                )
+            })
             .collect();
-        cases.push(Case { tensors, steps, scores });
+        cases.push(Case {
+            tensors,
+            steps,
+            scores,
+        });
     };
-    global(&[&[4, 5], &[3], &[2, 3, 2]], vec![step("global_l1", 0.5)], &[]);
-    global(&[&[4, 5], &[3], &[2, 3, 2]], vec![step("global_l1", 13)], &[(1, 0)]);
-    global(&[&[4, 5], &[7, 2]], vec![step("global_l1", 0.3), step("global_l1", 0.5)], &[]);
-    global(&[&[6, 5], &[7, 2]], vec![step("global_l1", 0.2), step("global_l1", 0.25)], &[(0, 1)]);
-    global(&[&[4, 5], &[7, 2]], vec![with(step("global_random", 0.4), "seed", json!(11))], &[]);
+    global(
+        &[&[4, 5], &[3], &[2, 3, 2]],
+        vec![step("global_l1", 0.5)],
+        &[],
+    );
+    global(
+        &[&[4, 5], &[3], &[2, 3, 2]],
+        vec![step("global_l1", 13)],
+        &[(1, 0)],
+    );
+    global(
+        &[&[4, 5], &[7, 2]],
+        vec![step("global_l1", 0.3), step("global_l1", 0.5)],
+        &[],
+    );
+    global(
+        &[&[6, 5], &[7, 2]],
+        vec![step("global_l1", 0.2), step("global_l1", 0.25)],
+        &[(0, 1)],
+    );
+    global(
+        &[&[4, 5], &[7, 2]],
+        vec![with(step("global_random", 0.4), "seed", json!(11))],
+        &[],
+    );
     cases
 }
 
@@ -273,14 +370,25 @@ fn masks_and_pruned_values_equal_pytorchs() {
     std::fs::write(&spec_path, serde_json::to_string(&spec).unwrap()).unwrap();
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
     for c in &cases {
-        inputs.extend(c.tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
-        inputs.extend(c.scores.iter().map(|(n, i, t)| (format!("{n}.scores{i}"), t.shallow_clone())));
+        inputs.extend(
+            c.tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone())),
+        );
+        inputs.extend(
+            c.scores
+                .iter()
+                .map(|(n, i, t)| (format!("{n}.scores{i}"), t.shallow_clone())),
+        );
     }
     Tensor::write_safetensors(&inputs, &in_path).unwrap();
     if run_python(PYTHON, &[&spec_path, &in_path, &out_path]).is_none() {
         return;
     }
-    let expected: HashMap<String, Tensor> = Tensor::read_safetensors(&out_path).unwrap().into_iter().collect();
+    let expected: HashMap<String, Tensor> = Tensor::read_safetensors(&out_path)
+        .unwrap()
+        .into_iter()
+        .collect();
 
     for case in &cases {
         let vs = VarStore::new(Device::Cpu);
@@ -294,9 +402,21 @@ fn masks_and_pruned_values_equal_pytorchs() {
         for (name, _) in &case.tensors {
             let what = format!("{name} {:?}", case.steps);
             let full = format!("{name}.weight");
-            assert_same(&pruner.mask(&full).unwrap(), &expected[&format!("{name}.mask")], &format!("mask of {what}"));
-            assert_same(&pruner.tensor(&full).unwrap(), &expected[&format!("{name}.pruned")], &format!("pruned {what}"));
-            assert_same(&vs.variables()[&mask_name(&full)], &expected[&format!("{name}.mask")], "mask in the store");
+            assert_same(
+                &pruner.mask(&full).unwrap(),
+                &expected[&format!("{name}.mask")],
+                &format!("mask of {what}"),
+            );
+            assert_same(
+                &pruner.tensor(&full).unwrap(),
+                &expected[&format!("{name}.pruned")],
+                &format!("pruned {what}"),
+            );
+            assert_same(
+                &vs.variables()[&mask_name(&full)],
+                &expected[&format!("{name}.mask")],
+                "mask in the store",
+            );
         }
     }
     eprintln!("{} cases equal to PyTorch's", cases.len());

@@ -30,11 +30,21 @@ fn snapshot(vs: &nn::VarStore, pruner: &Pruner) -> String {
     let mut out = String::new();
     for name in names {
         let t = &vars[name];
-        out += &format!("{name} {:?} {:?} {} {:?}\n", t.kind(), t.size(), t.requires_grad(), Vec::<f64>::try_from(&t.to_kind(Kind::Double).view([-1])).unwrap());
+        out += &format!(
+            "{name} {:?} {:?} {} {:?}\n",
+            t.kind(),
+            t.size(),
+            t.requires_grad(),
+            Vec::<f64>::try_from(&t.to_kind(Kind::Double).view([-1])).unwrap()
+        );
     }
     out += &format!("trainable: {}\n", vs.trainable_variables().len());
     for name in pruner.pruned_names() {
-        out += &format!("{name}: {:?} {}\n", pruner.history(&name), pruner.tensor(&name).unwrap());
+        out += &format!(
+            "{name}: {:?} {}\n",
+            pruner.history(&name),
+            pruner.tensor(&name).unwrap()
+        );
     }
     out
 }
@@ -42,7 +52,11 @@ fn snapshot(vs: &nn::VarStore, pruner: &Pruner) -> String {
 #[test]
 fn pruning_leaves_orig_and_mask_with_pytorchs_names_dtype_and_device() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = (vs.root() / "fc1").add("weight", Tensor::randn([4, 5], (Kind::Double, Device::Cpu)), true);
+    let _ = (vs.root() / "fc1").add(
+        "weight",
+        Tensor::randn([4, 5], (Kind::Double, Device::Cpu)),
+        true,
+    );
     let before = vs.variables()["fc1.weight"].copy();
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("fc1.weight", 0.5, None).unwrap();
@@ -87,7 +101,11 @@ fn reapplying_masks_after_orig_changes() {
     // Inference path: no grad, explicit call.
     tch::no_grad(|| pruner.apply_masks()).unwrap();
     let expected = pruner.mask("fc1.weight").unwrap() * 2.0;
-    assert_same(&pruner.tensor("fc1.weight").unwrap(), &expected, "after apply_masks");
+    assert_same(
+        &pruner.tensor("fc1.weight").unwrap(),
+        &expected,
+        "after apply_masks",
+    );
     // Loading new values into the store is seen at the next forward pass through the wrapper.
     let dir = common::tempdir();
     let path = dir.path().join("s.safetensors");
@@ -99,7 +117,11 @@ fn reapplying_masks_after_orig_changes() {
     let model = pruner.wrap(net);
     let _ = tch::no_grad(|| model.forward(&Tensor::zeros([1, 6], (Kind::Float, Device::Cpu))));
     let expected = pruner.mask("fc1.weight").unwrap() * 3.0;
-    assert_same(&pruner.tensor("fc1.weight").unwrap(), &expected, "after load + forward");
+    assert_same(
+        &pruner.tensor("fc1.weight").unwrap(),
+        &expected,
+        "after load + forward",
+    );
 }
 
 /// Trains a pruned MLP; returns the first and last losses.
@@ -118,9 +140,18 @@ fn train(device: Device, adam: bool, optimizer_before_pruning: bool) -> (f64, f6
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("fc1.weight", 0.6, None).unwrap();
     pruner.ln_structured("fc2.weight", 1, 2.0, 1, None).unwrap();
-    pruner.global_unstructured(&["fc1.weight", "fc2.weight"], &L1Unstructured::new(0.2).unwrap(), &HashMap::new()).unwrap();
+    pruner
+        .global_unstructured(
+            &["fc1.weight", "fc2.weight"],
+            &L1Unstructured::new(0.2).unwrap(),
+            &HashMap::new(),
+        )
+        .unwrap();
     let mut opt = early.take().unwrap_or_else(|| build(&vs));
-    let origs: Vec<Tensor> = ["fc1.weight", "fc2.weight"].iter().map(|n| pruner.orig(n).unwrap().copy()).collect();
+    let origs: Vec<Tensor> = ["fc1.weight", "fc2.weight"]
+        .iter()
+        .map(|n| pruner.orig(n).unwrap().copy())
+        .collect();
     let model = pruner.wrap_t(net);
     let (x, y) = data(device);
     let mut losses = vec![];
@@ -134,12 +165,31 @@ fn train(device: Device, adam: bool, optimizer_before_pruning: bool) -> (f64, f6
         let mask = pruner.mask(name).unwrap();
         let pruned = mask.eq(0);
         let effective = pruner.tensor(name).unwrap();
-        assert_eq!(effective.masked_select(&pruned).abs().sum(Kind::Double).double_value(&[]), 0.0, "{name}: pruned positions stay zero");
+        assert_eq!(
+            effective
+                .masked_select(&pruned)
+                .abs()
+                .sum(Kind::Double)
+                .double_value(&[]),
+            0.0,
+            "{name}: pruned positions stay zero"
+        );
         let orig = pruner.orig(name).unwrap();
-        assert_same(&orig.masked_select(&pruned), &before.masked_select(&pruned), &format!("{name}: orig keeps its values where pruned"));
+        assert_same(
+            &orig.masked_select(&pruned),
+            &before.masked_select(&pruned),
+            &format!("{name}: orig keeps its values where pruned"),
+        );
         let kept = pruned.logical_not();
-        let unchanged = orig.masked_select(&kept).eq_tensor(&before.masked_select(&kept)).all();
-        assert_eq!(unchanged.int64_value(&[]), 0, "{name}: unpruned entries trained");
+        let unchanged = orig
+            .masked_select(&kept)
+            .eq_tensor(&before.masked_select(&kept))
+            .all();
+        assert_eq!(
+            unchanged.int64_value(&[]),
+            0,
+            "{name}: unpruned entries trained"
+        );
     }
     (losses[0], *losses.last().unwrap())
 }
@@ -149,7 +199,10 @@ fn training_keeps_pruned_positions_at_zero_and_learns() {
     for adam in [false, true] {
         for before in [false, true] {
             let (first, last) = train(Device::Cpu, adam, before);
-            assert!(last < first * 0.8, "adam={adam} optimizer before pruning={before}: loss {first} -> {last}");
+            assert!(
+                last < first * 0.8,
+                "adam={adam} optimizer before pruning={before}: loss {first} -> {last}"
+            );
         }
     }
 }
@@ -179,13 +232,21 @@ fn training_prints_no_libtorch_warnings() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["training_prints_no_libtorch_warnings", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "training_prints_no_libtorch_warnings",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TCH_PRUNE_WARNING_CHILD", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stderr}");
-    assert!(!stderr.contains("Warning") && !stderr.contains("[W"), "libtorch warned:\n{stderr}");
+    assert!(
+        !stderr.contains("Warning") && !stderr.contains("[W"),
+        "libtorch warned:\n{stderr}"
+    );
 }
 
 #[test]
@@ -203,7 +264,11 @@ fn remove_makes_pruning_permanent_and_training_continues_on_the_plain_variable()
     let mut opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
     let (x, y) = data(Device::Cpu);
     opt.backward_step(&net.forward(&x).cross_entropy_for_logits(&y));
-    assert_eq!(w.eq_tensor(&expected).all().int64_value(&[]), 0, "the weight trains again");
+    assert_eq!(
+        w.eq_tensor(&expected).all().int64_value(&[]),
+        0,
+        "the weight trains again"
+    );
 }
 
 #[test]
@@ -221,58 +286,222 @@ fn every_rejected_input_gives_its_error_and_changes_nothing() {
     let check = |what: &str, result: Result<()>, expected: fn(&PruneError) -> bool| {
         let err = result.expect_err(what);
         assert!(expected(&err), "{what}: unexpected error {err:?}");
-        assert!(!err.to_string().contains('\n'), "{what}: message is one line");
+        assert!(
+            !err.to_string().contains('\n'),
+            "{what}: message is one line"
+        );
         assert_eq!(snapshot(&vs, &pruner), state, "{what}: state changed");
     };
     use PruneError::*;
-    check("fraction above 1", pruner.l1_unstructured("fc1.weight", 1.5, None), |e| matches!(e, InvalidAmount(_)));
-    check("negative count", pruner.random_unstructured("fc1.bias", -1), |e| matches!(e, InvalidAmount(_)));
-    check("NaN", pruner.l1_unstructured("fc1.bias", f64::NAN, None), |e| matches!(e, InvalidAmount(_)));
-    check("count above size", pruner.l1_unstructured("fc1.bias", 17, None), |e| matches!(e, AmountTooLarge { amount: 17, available: 16 }));
+    check(
+        "fraction above 1",
+        pruner.l1_unstructured("fc1.weight", 1.5, None),
+        |e| matches!(e, InvalidAmount(_)),
+    );
+    check(
+        "negative count",
+        pruner.random_unstructured("fc1.bias", -1),
+        |e| matches!(e, InvalidAmount(_)),
+    );
+    check(
+        "NaN",
+        pruner.l1_unstructured("fc1.bias", f64::NAN, None),
+        |e| matches!(e, InvalidAmount(_)),
+    );
+    check(
+        "count above size",
+        pruner.l1_unstructured("fc1.bias", 17, None),
+        |e| {
+            matches!(
+                e,
+                AmountTooLarge {
+                    amount: 17,
+                    available: 16
+                }
+            )
+        },
+    );
     // fc1.weight has 48 of 96 entries left.
-    check("count above what remains", pruner.l1_unstructured("fc1.weight", 49, None), |e| matches!(e, AmountTooLarge { amount: 49, available: 48 }));
-    check("channels above what remain", pruner.ln_structured("fc2.weight", 15, 2.0, 1, None), |e| matches!(e, AmountTooLarge { amount: 15, available: 14 }));
-    check("dim too large", pruner.ln_structured("fc1.weight", 1, 2.0, 2, None), |e| matches!(e, InvalidDim { dim: 2, .. }));
-    check("dim too negative", pruner.random_structured("fc2.bias", 1, -3), |e| matches!(e, NotMultidimensional { .. }));
-    check("dim too negative, 2-D", pruner.random_structured("fc2.weight", 1, -3), |e| matches!(e, InvalidDim { dim: -3, .. }));
-    check("structured on 1-D", pruner.ln_structured("fc1.bias", 1, 2.0, 0, None), |e| matches!(e, NotMultidimensional { .. }));
-    check("fro over 3 dims", pruner.ln_structured("fc1.weight", 1, Norm::Nuc, 0, None), |e| matches!(e, InvalidNorm { .. }));
-    check("unknown tensor", pruner.l1_unstructured("fc3.weight", 0.1, None), |e| matches!(e, UnknownTensor(_)));
-    check("a buffer", pruner.l1_unstructured("bn.running_mean", 0.1, None), |e| matches!(e, NotAParameter(_)));
-    check("name taken", pruner.l1_unstructured("taken.weight", 0.1, None), |e| matches!(e, NameTaken { .. }));
-    check("scores of the wrong shape", pruner.l1_unstructured("fc1.bias", 0.1, Some(&wrong_shape)), |e| matches!(e, ShapeMismatch { .. }));
-    check("scores of the wrong shape, re-prune", pruner.l1_unstructured("fc1.weight", 0.1, Some(&wrong_shape)), |e| matches!(e, ShapeMismatch { .. }));
-    check("remove unpruned", pruner.remove("fc1.bias"), |e| matches!(e, NotPruned(_)));
-    check("custom mask of the wrong shape", pruner.custom_from_mask("fc1.bias", &wrong_shape), |e| matches!(e, ShapeMismatch { .. }));
-    check("custom mask of the wrong shape, re-prune", pruner.custom_from_mask("fc1.weight", &wrong_shape), |e| matches!(e, ShapeMismatch { .. }));
+    check(
+        "count above what remains",
+        pruner.l1_unstructured("fc1.weight", 49, None),
+        |e| {
+            matches!(
+                e,
+                AmountTooLarge {
+                    amount: 49,
+                    available: 48
+                }
+            )
+        },
+    );
+    check(
+        "channels above what remain",
+        pruner.ln_structured("fc2.weight", 15, 2.0, 1, None),
+        |e| {
+            matches!(
+                e,
+                AmountTooLarge {
+                    amount: 15,
+                    available: 14
+                }
+            )
+        },
+    );
+    check(
+        "dim too large",
+        pruner.ln_structured("fc1.weight", 1, 2.0, 2, None),
+        |e| matches!(e, InvalidDim { dim: 2, .. }),
+    );
+    check(
+        "dim too negative",
+        pruner.random_structured("fc2.bias", 1, -3),
+        |e| matches!(e, NotMultidimensional { .. }),
+    );
+    check(
+        "dim too negative, 2-D",
+        pruner.random_structured("fc2.weight", 1, -3),
+        |e| matches!(e, InvalidDim { dim: -3, .. }),
+    );
+    check(
+        "structured on 1-D",
+        pruner.ln_structured("fc1.bias", 1, 2.0, 0, None),
+        |e| matches!(e, NotMultidimensional { .. }),
+    );
+    check(
+        "fro over 3 dims",
+        pruner.ln_structured("fc1.weight", 1, Norm::Nuc, 0, None),
+        |e| matches!(e, InvalidNorm { .. }),
+    );
+    check(
+        "unknown tensor",
+        pruner.l1_unstructured("fc3.weight", 0.1, None),
+        |e| matches!(e, UnknownTensor(_)),
+    );
+    check(
+        "a buffer",
+        pruner.l1_unstructured("bn.running_mean", 0.1, None),
+        |e| matches!(e, NotAParameter(_)),
+    );
+    check(
+        "name taken",
+        pruner.l1_unstructured("taken.weight", 0.1, None),
+        |e| matches!(e, NameTaken { .. }),
+    );
+    check(
+        "scores of the wrong shape",
+        pruner.l1_unstructured("fc1.bias", 0.1, Some(&wrong_shape)),
+        |e| matches!(e, ShapeMismatch { .. }),
+    );
+    check(
+        "scores of the wrong shape, re-prune",
+        pruner.l1_unstructured("fc1.weight", 0.1, Some(&wrong_shape)),
+        |e| matches!(e, ShapeMismatch { .. }),
+    );
+    check("remove unpruned", pruner.remove("fc1.bias"), |e| {
+        matches!(e, NotPruned(_))
+    });
+    check(
+        "custom mask of the wrong shape",
+        pruner.custom_from_mask("fc1.bias", &wrong_shape),
+        |e| matches!(e, ShapeMismatch { .. }),
+    );
+    check(
+        "custom mask of the wrong shape, re-prune",
+        pruner.custom_from_mask("fc1.weight", &wrong_shape),
+        |e| matches!(e, ShapeMismatch { .. }),
+    );
     let l1 = L1Unstructured::new(0.5).unwrap();
     let none = HashMap::new();
-    check("global with a structured method", pruner.global_unstructured(&["fc1.weight"], &LnStructured::new(1, 2.0, 0).unwrap(), &none), |e| matches!(e, NotUnstructured(_)));
-    check("global with no tensors", pruner.global_unstructured(&[], &l1, &none), |e| matches!(e, NothingToPrune));
-    check("global with an unknown tensor", pruner.global_unstructured(&["fc1.bias", "nope"], &l1, &none), |e| matches!(e, UnknownTensor(_)));
-    check("global count too large", pruner.global_unstructured(&["fc1.weight", "fc1.bias"], &L1Unstructured::new(65).unwrap(), &none), |e| matches!(e, AmountTooLarge { amount: 65, available: 64 }));
-    check("global listing a tensor twice", pruner.global_unstructured(&["fc1.bias", "fc1.bias"], &l1, &none), |e| matches!(e, InvalidArgument(_)));
+    check(
+        "global with a structured method",
+        pruner.global_unstructured(
+            &["fc1.weight"],
+            &LnStructured::new(1, 2.0, 0).unwrap(),
+            &none,
+        ),
+        |e| matches!(e, NotUnstructured(_)),
+    );
+    check(
+        "global with no tensors",
+        pruner.global_unstructured(&[], &l1, &none),
+        |e| matches!(e, NothingToPrune),
+    );
+    check(
+        "global with an unknown tensor",
+        pruner.global_unstructured(&["fc1.bias", "nope"], &l1, &none),
+        |e| matches!(e, UnknownTensor(_)),
+    );
+    check(
+        "global count too large",
+        pruner.global_unstructured(
+            &["fc1.weight", "fc1.bias"],
+            &L1Unstructured::new(65).unwrap(),
+            &none,
+        ),
+        |e| {
+            matches!(
+                e,
+                AmountTooLarge {
+                    amount: 65,
+                    available: 64
+                }
+            )
+        },
+    );
+    check(
+        "global listing a tensor twice",
+        pruner.global_unstructured(&["fc1.bias", "fc1.bias"], &l1, &none),
+        |e| matches!(e, InvalidArgument(_)),
+    );
     let bad_scores = HashMap::from([("fc1.bias".to_string(), wrong_shape.shallow_clone())]);
-    check("global scores of the wrong shape", pruner.global_unstructured(&["fc1.weight", "fc1.bias"], &l1, &bad_scores), |e| matches!(e, ShapeMismatch { .. }));
-    let stray_scores = HashMap::from([("fc2.bias".to_string(), Tensor::ones([3], (Kind::Float, Device::Cpu)))]);
-    check("global scores for a tensor not pruned", pruner.global_unstructured(&["fc1.bias"], &l1, &stray_scores), |e| matches!(e, InvalidArgument(_)));
+    check(
+        "global scores of the wrong shape",
+        pruner.global_unstructured(&["fc1.weight", "fc1.bias"], &l1, &bad_scores),
+        |e| matches!(e, ShapeMismatch { .. }),
+    );
+    let stray_scores = HashMap::from([(
+        "fc2.bias".to_string(),
+        Tensor::ones([3], (Kind::Float, Device::Cpu)),
+    )]);
+    check(
+        "global scores for a tensor not pruned",
+        pruner.global_unstructured(&["fc1.bias"], &l1, &stray_scores),
+        |e| matches!(e, InvalidArgument(_)),
+    );
     // Construction errors, before any pruner call.
-    assert!(matches!(LnStructured::new(1.1, 2.0, 0), Err(InvalidAmount(_))));
-    assert!(matches!(RandomStructured::new(-2, 0), Err(InvalidAmount(_))));
+    assert!(matches!(
+        LnStructured::new(1.1, 2.0, 0),
+        Err(InvalidAmount(_))
+    ));
+    assert!(matches!(
+        RandomStructured::new(-2, 0),
+        Err(InvalidAmount(_))
+    ));
     assert!("fr0".parse::<Norm>().is_err());
 }
 
 #[test]
 fn bad_input_never_panics_with_unusual_dtypes() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = vs.root().add("counts", Tensor::ones([4], (Kind::Int64, Device::Cpu)), false);
+    let _ = vs.root().add(
+        "counts",
+        Tensor::ones([4], (Kind::Int64, Device::Cpu)),
+        false,
+    );
     let pruner = Pruner::new(&vs);
-    assert!(matches!(pruner.l1_unstructured("counts", 1, None), Err(PruneError::NotAParameter(_))));
+    assert!(matches!(
+        pruner.l1_unstructured("counts", 1, None),
+        Err(PruneError::NotAParameter(_))
+    ));
     // Integer scores are fine for magnitude ranking, as in PyTorch.
     let _ = vs.root().var("w", &[2, 2], nn::Init::Const(1.0));
     let scores = Tensor::from_slice(&[3i64, 1, 2, 4]).view([2, 2]);
     pruner.l1_unstructured("w", 1, Some(&scores)).unwrap();
-    assert_eq!(Vec::<f32>::try_from(&pruner.mask("w").unwrap().view([-1])).unwrap(), [1., 0., 1., 1.]);
+    assert_eq!(
+        Vec::<f32>::try_from(&pruner.mask("w").unwrap().view([-1])).unwrap(),
+        [1., 0., 1., 1.]
+    );
 }
 
 #[test]
@@ -288,7 +517,11 @@ fn a_failed_re_prune_keeps_the_hook_unlike_pytorch() {
     let _ = tch::no_grad(|| orig.shallow_clone().fill_(1.0));
     let model = pruner.wrap(net);
     let _ = model.forward(&Tensor::zeros([1, 6], (Kind::Float, Device::Cpu)));
-    assert_same(&pruner.tensor("fc1.weight").unwrap(), &pruner.mask("fc1.weight").unwrap(), "mask reapplied");
+    assert_same(
+        &pruner.tensor("fc1.weight").unwrap(),
+        &pruner.mask("fc1.weight").unwrap(),
+        "mask reapplied",
+    );
     pruner.l1_unstructured("fc1.weight", 0.5, None).unwrap();
     assert_eq!(pruner.history("fc1.weight").len(), 2);
 }
@@ -298,13 +531,21 @@ fn rankings_use_fresh_values_not_those_of_the_last_forward_pass() {
     // PyTorch ranks the attribute computed at the last forward pass, stale after an optimizer
     // step; the registry always ranks orig * mask as it is now.
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, 2., 3., 4.]));
+    let _ = vs
+        .root()
+        .var_copy("w", &Tensor::from_slice(&[1f32, 2., 3., 4.]));
     let pruner = Pruner::new(&vs);
     pruner.identity("w").unwrap();
     let orig = pruner.orig("w").unwrap();
-    let _ = tch::no_grad(|| orig.shallow_clone().copy_(&Tensor::from_slice(&[4f32, 3., 2., 1.])));
+    let _ = tch::no_grad(|| {
+        orig.shallow_clone()
+            .copy_(&Tensor::from_slice(&[4f32, 3., 2., 1.]))
+    });
     pruner.l1_unstructured("w", 1, None).unwrap();
-    assert_eq!(Vec::<f32>::try_from(&pruner.mask("w").unwrap()).unwrap(), [1., 1., 1., 0.]);
+    assert_eq!(
+        Vec::<f32>::try_from(&pruner.mask("w").unwrap()).unwrap(),
+        [1., 1., 1., 0.]
+    );
 }
 
 #[test]
@@ -313,11 +554,23 @@ fn seeded_random_pruning_reproduces_pytorchs_golden_draws() {
     // RandomStructured(2, dim=1) on ones(3, 4).
     let ones = Tensor::ones([3, 4], (Kind::Float, Device::Cpu));
     tch::manual_seed(42);
-    let m = RandomUnstructured::new(5).unwrap().compute_mask(&ones, &ones).unwrap();
-    assert_eq!(Vec::<f32>::try_from(&m.view([-1])).unwrap(), [0., 0., 1., 0., 1., 1., 1., 1., 0., 1., 0., 1.]);
+    let m = RandomUnstructured::new(5)
+        .unwrap()
+        .compute_mask(&ones, &ones)
+        .unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(&m.view([-1])).unwrap(),
+        [0., 0., 1., 0., 1., 1., 1., 1., 0., 1., 0., 1.]
+    );
     tch::manual_seed(42);
-    let m = RandomStructured::new(2, 1).unwrap().compute_mask(&ones, &ones).unwrap();
-    assert_eq!(Vec::<f32>::try_from(&m.view([-1])).unwrap(), [0., 1., 0., 1.].repeat(3));
+    let m = RandomStructured::new(2, 1)
+        .unwrap()
+        .compute_mask(&ones, &ones)
+        .unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(&m.view([-1])).unwrap(),
+        [0., 1., 0., 1.].repeat(3)
+    );
 }
 
 #[test]
@@ -334,8 +587,16 @@ fn cuda_masks_live_on_the_parameters_device() {
     tch::manual_seed(3);
     pruner.random_unstructured("fc1.bias", 0.5).unwrap();
     pruner.random_structured("fc2.weight", 1, 1).unwrap();
-    pruner.ln_structured("fc2.weight", 0.5, 2.0, 0, None).unwrap();
-    pruner.global_unstructured(&["fc1.weight", "fc1.bias"], &L1Unstructured::new(0.1).unwrap(), &HashMap::new()).unwrap();
+    pruner
+        .ln_structured("fc2.weight", 0.5, 2.0, 0, None)
+        .unwrap();
+    pruner
+        .global_unstructured(
+            &["fc1.weight", "fc1.bias"],
+            &L1Unstructured::new(0.1).unwrap(),
+            &HashMap::new(),
+        )
+        .unwrap();
     for name in pruner.pruned_names() {
         assert_eq!(pruner.mask(&name).unwrap().device(), device, "{name}");
         assert_eq!(pruner.tensor(&name).unwrap().device(), device, "{name}");
@@ -349,9 +610,22 @@ fn cuda_masks_live_on_the_parameters_device() {
     let (first, last) = train(device, true, false);
     assert!(last < first);
     // Mixed devices in global pruning are rejected, and nothing changes.
-    let mixed = HashMap::from([("fc1.bias".to_string(), Tensor::ones([16], (Kind::Float, Device::Cpu)))]);
+    let mixed = HashMap::from([(
+        "fc1.bias".to_string(),
+        Tensor::ones([16], (Kind::Float, Device::Cpu)),
+    )]);
     let before = pruner.mask("fc1.bias").unwrap().to_device(Device::Cpu);
-    let err = pruner.global_unstructured(&["fc1.weight", "fc1.bias"], &L1Unstructured::new(0.1).unwrap(), &mixed).unwrap_err();
+    let err = pruner
+        .global_unstructured(
+            &["fc1.weight", "fc1.bias"],
+            &L1Unstructured::new(0.1).unwrap(),
+            &mixed,
+        )
+        .unwrap_err();
     assert!(matches!(err, PruneError::MixedDevices { .. }), "{err}");
-    assert_same(&pruner.mask("fc1.bias").unwrap().to_device(Device::Cpu), &before, "unchanged");
+    assert_same(
+        &pruner.mask("fc1.bias").unwrap().to_device(Device::Cpu),
+        &before,
+        "unchanged",
+    );
 }

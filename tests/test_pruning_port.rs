@@ -50,12 +50,24 @@ fn pruning_container_compute_mask() {
     assert_same(&m, &t2(&[&[0., 0., 1., 0.], &[1., 1., 0., 1.]]), "L1(2)");
     let ln0 = LnStructured::new(1, 2.0, 0).unwrap();
     let m = combine_masks(&ln0, &t, &default_mask).unwrap();
-    assert_same(&m, &t2(&[&[0., 0., 0., 0.], &[1., 1., 0., 1.]]), "Ln(1, dim 0)");
+    assert_same(
+        &m,
+        &t2(&[&[0., 0., 0., 0.], &[1., 1., 0., 1.]]),
+        "Ln(1, dim 0)",
+    );
     let ln1 = LnStructured::new(1, 2.0, 1).unwrap();
     let m = combine_masks(&ln1, &t, &default_mask).unwrap();
-    assert_same(&m, &t2(&[&[0., 1., 1., 0.], &[0., 1., 0., 1.]]), "Ln(1, dim 1)");
+    assert_same(
+        &m,
+        &t2(&[&[0., 1., 1., 0.], &[0., 1., 0., 1.]]),
+        "Ln(1, dim 1)",
+    );
     // The caller's mask is never modified.
-    assert_same(&default_mask, &i2(&[&[1, 1, 1, 0], &[1, 1, 0, 1]]), "default mask");
+    assert_same(
+        &default_mask,
+        &i2(&[&[1, 1, 1, 0], &[1, 1, 0, 1]]),
+        "default mask",
+    );
 }
 
 // test_l1_unstructured_pruning
@@ -83,13 +95,17 @@ fn l1_unstructured_pruning_with_importance_scores() {
     let vs = store_with("m", &t2(&[&[1., 2., 3., 4.], &[-4., -3., -2., -1.]]));
     let scores = t2(&[&[4., 2., 1., 3.], &[-3., -1., -2., -4.]]);
     let pruner = Pruner::new(&vs);
-    pruner.l1_unstructured("m.weight", 2, Some(&scores)).unwrap();
+    pruner
+        .l1_unstructured("m.weight", 2, Some(&scores))
+        .unwrap();
     assert_same(
         &effective(&vs, &pruner, "m.weight"),
         &t2(&[&[1., 2., 0., 4.], &[-4., 0., -2., -1.]]),
         "first",
     );
-    pruner.l1_unstructured("m.weight", 2, Some(&scores)).unwrap();
+    pruner
+        .l1_unstructured("m.weight", 2, Some(&scores))
+        .unwrap();
     assert_same(
         &effective(&vs, &pruner, "m.weight"),
         &t2(&[&[1., 0., 0., 4.], &[-4., 0., 0., -1.]]),
@@ -118,14 +134,17 @@ fn random_structured_pruning_amount() {
         .unwrap()
         .compute_mask(&t, &t.ones_like())
         .unwrap();
-    let zeros_per_channel = mask.eq(0).sum_dim_intlist(&[0i64, 1][..], false, Kind::Int64);
+    let zeros_per_channel = mask
+        .eq(0)
+        .sum_dim_intlist(&[0i64, 1][..], false, Kind::Int64);
     let mut counts = Vec::<i64>::try_from(&zeros_per_channel).unwrap();
     counts.sort();
     assert_eq!(counts, [0, 20]);
 }
 
 fn conv_weight() -> Tensor {
-    Tensor::from_slice(&[1f32, 2., 1., 2.5, 0.5, 1., 0.1, 0.1, -3., -5., 0.1, -1.]).view([1, 3, 2, 2])
+    Tensor::from_slice(&[1f32, 2., 1., 2.5, 0.5, 1., 0.1, 0.1, -3., -5., 0.1, -1.])
+        .view([1, 3, 2, 2])
 }
 
 // test_ln_structured_pruning
@@ -133,13 +152,25 @@ fn conv_weight() -> Tensor {
 fn ln_structured_pruning() {
     let vs = store_with("conv", &conv_weight());
     let pruner = Pruner::new(&vs);
-    pruner.ln_structured("conv.weight", 1, 2.0, 1, None).unwrap();
+    pruner
+        .ln_structured("conv.weight", 1, 2.0, 1, None)
+        .unwrap();
     let expected = conv_weight();
     let _ = expected.narrow(1, 1, 1).fill_(0.0);
-    assert_same(&effective(&vs, &pruner, "conv.weight"), &expected, "channel 1");
-    pruner.ln_structured("conv.weight", 1, 1.0, -1, None).unwrap();
+    assert_same(
+        &effective(&vs, &pruner, "conv.weight"),
+        &expected,
+        "channel 1",
+    );
+    pruner
+        .ln_structured("conv.weight", 1, 1.0, -1, None)
+        .unwrap();
     let _ = expected.narrow(3, 0, 1).fill_(0.0);
-    assert_same(&effective(&vs, &pruner, "conv.weight"), &expected, "then column 0");
+    assert_same(
+        &effective(&vs, &pruner, "conv.weight"),
+        &expected,
+        "then column 0",
+    );
 }
 
 // test_ln_structured_pruning_importance_scores
@@ -149,13 +180,25 @@ fn ln_structured_pruning_importance_scores() {
     let scores = Tensor::from_slice(&[10f32, 1., 10., 1., 30., 3., 30., 3., -20., -2., -20., -2.])
         .view([1, 3, 2, 2]);
     let pruner = Pruner::new(&vs);
-    pruner.ln_structured("conv.weight", 1, 2.0, 1, Some(&scores)).unwrap();
+    pruner
+        .ln_structured("conv.weight", 1, 2.0, 1, Some(&scores))
+        .unwrap();
     let expected = conv_weight();
     let _ = expected.narrow(1, 0, 1).fill_(0.0);
-    assert_same(&effective(&vs, &pruner, "conv.weight"), &expected, "channel 0");
-    pruner.ln_structured("conv.weight", 1, 1.0, -1, Some(&scores)).unwrap();
+    assert_same(
+        &effective(&vs, &pruner, "conv.weight"),
+        &expected,
+        "channel 0",
+    );
+    pruner
+        .ln_structured("conv.weight", 1, 1.0, -1, Some(&scores))
+        .unwrap();
     let _ = expected.narrow(3, 1, 1).fill_(0.0);
-    assert_same(&effective(&vs, &pruner, "conv.weight"), &expected, "then column 1");
+    assert_same(
+        &effective(&vs, &pruner, "conv.weight"),
+        &expected,
+        "then column 1",
+    );
 }
 
 // test_remove_pruning_exception
@@ -164,7 +207,10 @@ fn remove_pruning_exception() {
     let vs = store_with("m", &t2(&[&[1., 2.]]));
     let pruner = Pruner::new(&vs);
     assert!(!pruner.is_pruned("m.weight"));
-    assert!(matches!(pruner.remove("m.weight"), Err(PruneError::NotPruned(_))));
+    assert!(matches!(
+        pruner.remove("m.weight"),
+        Err(PruneError::NotPruned(_))
+    ));
 }
 
 fn global_store() -> nn::VarStore {
@@ -188,7 +234,11 @@ fn global_pruning() {
         &t2(&[&[0., 2., 3., 4.], &[-4., -3., -2., 0.]]),
         "m",
     );
-    assert_same(&effective(&vs, &pruner, "n.weight"), &t2(&[&[0., 0., -2.]]), "n");
+    assert_same(
+        &effective(&vs, &pruner, "n.weight"),
+        &t2(&[&[0., 0., -2.]]),
+        "n",
+    );
 }
 
 // test_global_pruning_importance_scores
@@ -197,7 +247,10 @@ fn global_pruning_importance_scores() {
     let vs = global_store();
     let pruner = Pruner::new(&vs);
     let scores = HashMap::from([
-        ("m.weight".to_string(), t2(&[&[4., 2., 1., 3.], &[-3., -1., -2., -4.]])),
+        (
+            "m.weight".to_string(),
+            t2(&[&[4., 2., 1., 3.], &[-3., -1., -2., -4.]]),
+        ),
         ("n.weight".to_string(), t2(&[&[0., 10., -0.2]])),
     ]);
     let l1 = L1Unstructured::new(4).unwrap();
@@ -209,7 +262,11 @@ fn global_pruning_importance_scores() {
         &t2(&[&[1., 2., 0., 4.], &[-4., 0., -2., -1.]]),
         "m",
     );
-    assert_same(&effective(&vs, &pruner, "n.weight"), &t2(&[&[0., 0.1, 0.]]), "n");
+    assert_same(
+        &effective(&vs, &pruner, "n.weight"),
+        &t2(&[&[0., 0.1, 0.]]),
+        "n",
+    );
 }
 
 // test_custom_from_mask_pruning
@@ -287,7 +344,11 @@ fn identity_pruning_keeps_outputs_and_gradients() {
     y_before.sum(Kind::Float).backward();
     let grad_before = lin.ws.grad().copy();
     let bias_grad_before = lin.bs.as_ref().unwrap().grad().copy();
-    assert_same(&grad_before, &grad_before.ones_like(), "pre-prune weight grad");
+    assert_same(
+        &grad_before,
+        &grad_before.ones_like(),
+        "pre-prune weight grad",
+    );
 
     let pruner = Pruner::new(&vs);
     pruner.identity("fc.weight").unwrap();
@@ -296,7 +357,11 @@ fn identity_pruning_keeps_outputs_and_gradients() {
     let y = model.forward(&x);
     assert_same(&y, &y_before, "output");
     y.sum(Kind::Float).backward();
-    assert_same(&pruner.orig("fc.weight").unwrap().grad(), &grad_before, "orig grad");
+    assert_same(
+        &pruner.orig("fc.weight").unwrap().grad(),
+        &grad_before,
+        "orig grad",
+    );
     assert_same(
         &model.inner().bs.as_ref().unwrap().grad(),
         &bias_grad_before,
@@ -317,7 +382,9 @@ fn forced_mask() -> Tensor {
 fn pruned_positions_get_zero_gradient_and_do_not_move_under_sgd() {
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
-    pruner.custom_from_mask("fc.weight", &forced_mask()).unwrap();
+    pruner
+        .custom_from_mask("fc.weight", &forced_mask())
+        .unwrap();
     let model = pruner.wrap(lin);
     let mut opt = nn::Sgd::default().build(&vs, 1.0).unwrap();
     let x = Tensor::ones([1, 5], (Kind::Float, Device::Cpu));
@@ -349,8 +416,14 @@ fn forward_uses_only_unpruned_entries() {
     let y = model.forward(&Tensor::ones([1, 5], (Kind::Float, Device::Cpu)));
     let orig = pruner.orig("fc.weight").unwrap();
     let bias = &model.inner().bs.as_ref().unwrap();
-    assert_eq!(y.double_value(&[0, 0]), (orig.get(0).get(3) + bias.get(0)).double_value(&[]));
-    assert_eq!(y.double_value(&[0, 1]), (orig.get(1).get(0) + bias.get(1)).double_value(&[]));
+    assert_eq!(
+        y.double_value(&[0, 0]),
+        (orig.get(0).get(3) + bias.get(0)).double_value(&[])
+    );
+    assert_eq!(
+        y.double_value(&[0, 1]),
+        (orig.get(1).get(0) + bias.get(1)).double_value(&[])
+    );
 }
 
 // test_remove_pruning_forward, test_remove_pruning, test_pruning_id_consistency
@@ -359,7 +432,9 @@ fn remove_keeps_outputs_and_restores_a_plain_variable() {
     let (vs, lin) = linear_store(2, 5);
     let weight_ptr = lin.ws.data_ptr();
     let pruner = Pruner::new(&vs);
-    pruner.custom_from_mask("fc.weight", &forced_mask()).unwrap();
+    pruner
+        .custom_from_mask("fc.weight", &forced_mask())
+        .unwrap();
     let vars = vs.variables();
     assert!(vars.contains_key("fc.weight_orig") && vars.contains_key("fc.weight_mask"));
     assert!(!vars.contains_key("fc.weight"));
@@ -387,7 +462,9 @@ impl PruningMethod for Failing {
         PruningType::Unstructured
     }
     fn compute_mask(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
-        Err(PruneError::InvalidArgument("this method always fails".into()))
+        Err(PruneError::InvalidArgument(
+            "this method always fails".into(),
+        ))
     }
 }
 
@@ -423,7 +500,10 @@ fn serialization_after_remove_has_plain_keys() {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    assert!(keys.contains(&"fc.weight_orig".to_string()) && keys.contains(&"fc.weight_mask".to_string()));
+    assert!(
+        keys.contains(&"fc.weight_orig".to_string())
+            && keys.contains(&"fc.weight_mask".to_string())
+    );
     let expected = pruner.orig("fc.weight").unwrap() * pruner.mask("fc.weight").unwrap();
     pruner.remove("fc.weight").unwrap();
     let path = dir.path().join("removed.safetensors");
@@ -431,5 +511,9 @@ fn serialization_after_remove_has_plain_keys() {
     let mut fresh = nn::VarStore::new(Device::Cpu);
     let _ = nn::linear(fresh.root() / "fc", 10, 1, Default::default());
     fresh.load(&path).unwrap();
-    assert_same(&fresh.variables()["fc.weight"], &expected, "reloaded weight");
+    assert_same(
+        &fresh.variables()["fc.weight"],
+        &expected,
+        "reloaded weight",
+    );
 }

@@ -1,1 +1,218 @@
-fn main(){}
+//! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
+//! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::Device;
+use tch_prune::checkpoint::write_safetensors;
+use tch_prune::plan::{parse_plan, split_patterns, MethodName, Step};
+use tch_prune::{ModelFile, Pruner, Report};
+
+#[derive(Parser)]
+#[command(
+    name = "tch-prune",
+    version,
+    about = "Prune PyTorch models exactly as torch.nn.utils.prune does"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prune a model file and write it back, pruning made permanent.
+    #[command(
+        after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
+    )]
+    Prune(PruneArgs),
+    /// Show each tensor's shape, element count, zeros and sparsity, then totals.
+    Report {
+        /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
+        input: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
+    input: PathBuf,
+    /// Where to write the pruned model (same format as the input).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// l1-unstructured, random-unstructured, ln-structured, random-structured or identity.
+    #[arg(long, required_unless_present = "plan")]
+    method: Option<String>,
+    /// A number with a decimal point is a fraction (0.3, 1.0), an integer a count (12), as in PyTorch.
+    #[arg(long, allow_hyphen_values = true)]
+    amount: Option<String>,
+    /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
+    /// parameter whose name ends in 'weight' and that has at least two dimensions.
+    #[arg(long)]
+    params: Option<String>,
+    /// Rank all selected tensors together (unstructured methods only).
+    #[arg(long)]
+    global: bool,
+    /// The norm of ln-structured: 1, 2, inf, -inf, fro, or any number.
+    #[arg(long, allow_hyphen_values = true)]
+    n: Option<String>,
+    /// The channel dimension of the structured methods (negative counts from the end).
+    #[arg(long, allow_hyphen_values = true)]
+    dim: Option<i64>,
+    /// Seed for the random methods: the result equals PyTorch's after torch.manual_seed(SEED).
+    #[arg(long)]
+    seed: Option<i64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the reparametrized state (<name>_orig, <name>_mask) as safetensors.
+    #[arg(long, value_name = "FILE")]
+    state_out: Option<PathBuf>,
+    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
+    #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
+    plan: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Prune(args) => prune(args),
+        Command::Report { input, json } => report(&input, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, without libtorch's backtraces.
+            let chain: Vec<String> = e
+                .chain()
+                .map(|c| tch_prune::first_line(&c.to_string()))
+                .collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
+    if let Some(plan) = &args.plan {
+        let text = std::fs::read_to_string(plan)
+            .with_context(|| format!("cannot read plan {}", plan.display()))?;
+        return parse_plan(&text).with_context(|| plan.display().to_string());
+    }
+    let method: MethodName = args.method.as_deref().unwrap_or_default().parse()?;
+    let step = Step {
+        params: args.params.as_deref().map(split_patterns),
+        method,
+        amount: args.amount.as_deref().map(str::parse).transpose()?,
+        n: args.n.as_deref().map(str::parse).transpose()?,
+        dim: args.dim,
+        global: args.global,
+    };
+    step.method()?;
+    Ok(vec![step])
+}
+
+fn device(name: &str) -> Result<Device> {
+    let device = match name.to_ascii_lowercase().as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => bail!("unknown device '{name}': use cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        if !tch::Cuda::is_available() || i as i64 >= tch::Cuda::device_count() {
+            bail!("device '{name}' is not available on this machine");
+        }
+    }
+    Ok(device)
+}
+
+fn prune(args: PruneArgs) -> Result<()> {
+    let steps = steps(&args)?;
+    let device = device(&args.device)?;
+    let model = ModelFile::open(&args.input, device)?;
+    let parameters = model.parameters();
+    let selections = steps
+        .iter()
+        .map(|s| s.select(&parameters))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let pruner = Pruner::new(model.var_store());
+    if let Some(seed) = args.seed {
+        tch::manual_seed(seed);
+    }
+    let work: usize = steps
+        .iter()
+        .zip(&selections)
+        .map(|(s, names)| if s.global { 1 } else { names.len() })
+        .sum();
+    let bar = ProgressBar::new(work as u64).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    for (i, (step, names)) in steps.iter().zip(&selections).enumerate() {
+        bar.set_message(format!("step {}: {}", i + 1, step.method));
+        if step.global {
+            step.apply(&pruner, names)
+                .with_context(|| format!("step {}", i + 1))?;
+            bar.inc(1);
+        } else {
+            for name in names {
+                step.apply(&pruner, std::slice::from_ref(name))
+                    .with_context(|| format!("step {}", i + 1))?;
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.state_out {
+        write_safetensors(path, &model.reparametrized_state(&pruner)?)?;
+    }
+    let pruned: Vec<String> = pruner.pruned_names();
+    pruner.remove_all()?;
+    model.save(&args.output, &pruner)?;
+    let report = Report::new(&model.tensors(&pruner))?;
+    println!(
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
+        pruned.len(),
+        100.0 * report.sparsity_of(&pruned),
+        100.0 * report.sparsity,
+        report.numel,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn report(input: &Path, json: bool) -> Result<()> {
+    let model = ModelFile::open(input, Device::Cpu)?;
+    let report = Report::new(&model.tensors(&Pruner::new(model.var_store())))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

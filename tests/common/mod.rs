@@ -19,9 +19,14 @@ pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
         eprintln!("skipped: TCH_PRUNE_PYTHON is not set (run the tests through `make test`)");
         return None;
     };
+    // From a file, not `-c`: TorchScript's compiler reads class sources through `inspect`.
+    let mut file = tempfile::Builder::new()
+        .suffix(".py")
+        .tempfile()
+        .expect("temporary script");
+    std::io::Write::write_all(&mut file, script.as_bytes()).expect("write script");
     let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
+        .arg(file.path())
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .output()
@@ -43,7 +48,9 @@ pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
     let b = b.to_device(tch::Device::Cpu);
     let a = if a.is_floating_point() { &a + 0.0 } else { a };
     let b = if b.is_floating_point() { &b + 0.0 } else { b };
-    let equal = a.to_kind(tch::Kind::Double).eq_tensor(&b.to_kind(tch::Kind::Double));
+    let equal = a
+        .to_kind(tch::Kind::Double)
+        .eq_tensor(&b.to_kind(tch::Kind::Double));
     let nan_both = if a.is_floating_point() {
         a.isnan().logical_and(&b.isnan())
     } else {

@@ -1,0 +1,145 @@
+//! A model file of any kind the crate reads, loaded into a VarStore: TorchScript, a `torch.save`
+//! state dict, or safetensors. What the CLI works on.
+
+use crate::checkpoint::{self, Format};
+use crate::error::Result;
+use crate::pruner::{mask_name, orig_name, Pruner};
+use crate::torchscript::ScriptModel;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// A model read from a file, its tensors in a [`VarStore`] under their PyTorch names.
+#[derive(Debug)]
+pub struct ModelFile {
+    format: Format,
+    contents: Contents,
+}
+
+#[derive(Debug)]
+enum Contents {
+    Script(ScriptModel),
+    /// A state dict: every tensor, in the file's order. Floating-point tensors are registered
+    /// trainable (so they can be pruned), the others as buffers.
+    Tensors {
+        vs: VarStore,
+        names: Vec<String>,
+    },
+}
+
+impl ModelFile {
+    /// Reads `path`, recognising its format from its content, onto `device`.
+    pub fn open(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let path = path.as_ref();
+        let format = Format::detect(path)?;
+        let contents = match format {
+            Format::TorchScript => Contents::Script(ScriptModel::load(path, device)?),
+            Format::TorchZip | Format::Safetensors => {
+                let tensors = checkpoint::read_state_dict(path)?;
+                let vs = VarStore::new(device);
+                let mut names = Vec::with_capacity(tensors.len());
+                for (name, tensor) in tensors {
+                    let parts: Vec<&str> = name.split('.').collect();
+                    let (leaf, parents) = parts.split_last().expect("split yields a part");
+                    let p = parents.iter().fold(vs.root(), |p, c| p.sub(*c));
+                    let float = tensor.is_floating_point();
+                    let _ = p.add(leaf, tensor.f_to_device(device)?, float);
+                    names.push(name);
+                }
+                Contents::Tensors { vs, names }
+            }
+        };
+        Ok(Self { format, contents })
+    }
+
+    /// The file's format; [`ModelFile::save`] writes the same one.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn var_store(&self) -> &VarStore {
+        match &self.contents {
+            Contents::Script(m) => m.var_store(),
+            Contents::Tensors { vs, .. } => vs,
+        }
+    }
+
+    /// The TorchScript module, for a TorchScript file.
+    pub fn script(&self) -> Option<&ScriptModel> {
+        match &self.contents {
+            Contents::Script(m) => Some(m),
+            Contents::Tensors { .. } => None,
+        }
+    }
+
+    /// The names of the tensors that can be pruned (parameters; for a state dict, every
+    /// floating-point tensor), in the file's order, with their number of dimensions.
+    pub fn parameters(&self) -> Vec<(String, usize)> {
+        let vars = self.var_store().variables();
+        self.names()
+            .iter()
+            .filter_map(|n| {
+                vars.get(n)
+                    .filter(|t| t.is_floating_point())
+                    .map(|t| (n.clone(), t.dim()))
+            })
+            .collect()
+    }
+
+    fn names(&self) -> &[String] {
+        match &self.contents {
+            Contents::Script(m) => m.parameter_names(),
+            Contents::Tensors { names, .. } => names,
+        }
+    }
+
+    /// Every tensor under its original name, in the file's order, as modules compute with them
+    /// (pruned ones masked).
+    pub fn tensors(&self, pruner: &Pruner) -> Vec<(String, Tensor)> {
+        let vars = self.var_store().variables();
+        self.names()
+            .iter()
+            .map(|n| {
+                let t = pruner.tensor(n).unwrap_or_else(|| vars[n].shallow_clone());
+                (n.clone(), t.detach())
+            })
+            .collect()
+    }
+
+    /// The reparametrized state in the file's order, as PyTorch's `state_dict()` of the same
+    /// model pruned: `<name>_orig` and `<name>_mask` in place of each pruned `<name>`. Masks are
+    /// written in the dtype PyTorch would have given them (boolean masks as the weight's dtype).
+    pub fn reparametrized_state(&self, pruner: &Pruner) -> Result<Vec<(String, Tensor)>> {
+        let vars = self.var_store().variables();
+        let mut state = Vec::new();
+        for name in self.names() {
+            match (pruner.orig(name), pruner.mask(name)) {
+                (Some(orig), Some(mask)) => {
+                    let mask = if mask.kind() == Kind::Bool {
+                        mask.f_to_kind(orig.kind())?
+                    } else {
+                        mask
+                    };
+                    state.push((orig_name(name), orig.detach()));
+                    state.push((mask_name(name), mask));
+                }
+                _ => state.push((name.clone(), vars[name].detach())),
+            }
+        }
+        Ok(state)
+    }
+
+    /// Writes the model in its own format: TorchScript as TorchScript (structure kept), a state
+    /// dict as the same kind of state dict. Pruned tensors are written masked. Atomic.
+    pub fn save(&self, path: impl AsRef<Path>, pruner: &Pruner) -> Result<()> {
+        match (&self.contents, self.format) {
+            (Contents::Script(m), _) => m.save(path),
+            (Contents::Tensors { .. }, Format::Safetensors) => {
+                Ok(checkpoint::write_safetensors(path, &self.tensors(pruner))?)
+            }
+            (Contents::Tensors { .. }, _) => {
+                Ok(checkpoint::write_torch_zip(path, &self.tensors(pruner))?)
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Pruning plans: the steps the CLI's `--plan` (or its flags) describe, applied in order.
+
+use crate::amount::Amount;
+use crate::error::{PruneError, Result};
+use crate::method::PruningMethod;
+use crate::pruner::Pruner;
+use crate::structured::{LnStructured, Norm, RandomStructured};
+use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// A method by its CLI name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodName {
+    L1Unstructured,
+    RandomUnstructured,
+    LnStructured,
+    RandomStructured,
+    Identity,
+}
+
+impl MethodName {
+    const ALL: [(&'static str, MethodName); 5] = [
+        ("l1-unstructured", MethodName::L1Unstructured),
+        ("random-unstructured", MethodName::RandomUnstructured),
+        ("ln-structured", MethodName::LnStructured),
+        ("random-structured", MethodName::RandomStructured),
+        ("identity", MethodName::Identity),
+    ];
+
+    fn structured(self) -> bool {
+        matches!(
+            self,
+            MethodName::LnStructured | MethodName::RandomStructured
+        )
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::ALL.iter().find(|(_, m)| m == self).map(|(n, _)| *n);
+        f.write_str(name.unwrap_or("?"))
+    }
+}
+
+/// Accepts the CLI names and PyTorch's function names (`l1_unstructured`).
+impl FromStr for MethodName {
+    type Err = PruneError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                PruneError::InvalidArgument(format!(
+                    "unknown method '{s}': use one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// One step of a plan: which tensors, which method, how much.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Names or glob patterns (`*`, `?`); `None` selects the default: every parameter whose
+    /// name ends in `weight` and that has at least two dimensions.
+    #[serde(default, deserialize_with = "patterns")]
+    pub params: Option<Vec<String>>,
+    #[serde(deserialize_with = "from_str_value")]
+    pub method: MethodName,
+    /// Required by every method but `identity`.
+    #[serde(default, deserialize_with = "amount")]
+    pub amount: Option<Amount>,
+    /// The norm of `ln-structured`.
+    #[serde(default, deserialize_with = "norm")]
+    pub n: Option<Norm>,
+    /// The channel dimension of the structured methods.
+    #[serde(default)]
+    pub dim: Option<i64>,
+    /// Rank all selected tensors together (unstructured methods only).
+    #[serde(default)]
+    pub global: bool,
+}
+
+impl Step {
+    /// Checks that the options fit the method, and builds the method.
+    pub fn method(&self) -> Result<Box<dyn PruningMethod>> {
+        let m = self.method;
+        let bad = |msg: String| Err(PruneError::InvalidArgument(msg));
+        if self.global && m.structured() {
+            return bad(format!("--global ranks entries across tensors and works with unstructured methods only, not {m}"));
+        }
+        if self.n.is_some() && m != MethodName::LnStructured {
+            return bad(format!(
+                "--n (a norm) only applies to ln-structured, not {m}"
+            ));
+        }
+        if self.dim.is_some() && !m.structured() {
+            return bad(format!("--dim only applies to structured methods, not {m}"));
+        }
+        let amount = match (m, self.amount) {
+            (MethodName::Identity, Some(a)) => {
+                return bad(format!(
+                    "identity prunes nothing and takes no amount (got {a})"
+                ))
+            }
+            (MethodName::Identity, None) => Amount::Count(0),
+            (_, Some(a)) => a,
+            (_, None) => {
+                return bad(format!(
+                    "{m} needs an amount (e.g. --amount 0.3 or --amount 12)"
+                ))
+            }
+        };
+        let dim = || {
+            self.dim.ok_or_else(|| {
+                PruneError::InvalidArgument(format!(
+                    "{m} needs --dim (the channel dimension, e.g. 0)"
+                ))
+            })
+        };
+        Ok(match m {
+            MethodName::Identity => Box::new(Identity),
+            MethodName::L1Unstructured => Box::new(L1Unstructured::new(amount)?),
+            MethodName::RandomUnstructured => Box::new(RandomUnstructured::new(amount)?),
+            MethodName::RandomStructured => Box::new(RandomStructured::new(amount, dim()?)?),
+            MethodName::LnStructured => {
+                let n = self.n.ok_or_else(|| {
+                    PruneError::InvalidArgument(
+                        "ln-structured needs --n (the norm: 1, 2, inf, -inf, fro, ...)".into(),
+                    )
+                })?;
+                Box::new(LnStructured::new(amount, n, dim()?)?)
+            }
+        })
+    }
+
+    /// The tensors this step selects, in the order of `available` (the file's parameter order).
+    /// `available` pairs each name with its number of dimensions.
+    pub fn select(&self, available: &[(String, usize)]) -> Result<Vec<String>> {
+        let Some(patterns) = &self.params else {
+            return Ok(available
+                .iter()
+                .filter(|(name, dims)| name.ends_with("weight") && *dims >= 2)
+                .map(|(name, _)| name.clone())
+                .collect());
+        };
+        for pattern in patterns {
+            if !available.iter().any(|(name, _)| glob_match(pattern, name)) {
+                let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
+                let more = if available.len() > some.len() {
+                    ", ..."
+                } else {
+                    ""
+                };
+                return Err(PruneError::NoMatch {
+                    pattern: pattern.clone(),
+                    available: format!("{}{more}", some.join(", ")),
+                });
+            }
+        }
+        Ok(available
+            .iter()
+            .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name)))
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    /// Applies the step to `names` (already selected, in order).
+    pub fn apply(&self, pruner: &Pruner, names: &[String]) -> Result<()> {
+        let method = self.method()?;
+        if names.is_empty() {
+            return Err(PruneError::NothingToPrune);
+        }
+        if self.global {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            return pruner.global_unstructured(&names, method.as_ref(), &Default::default());
+        }
+        names
+            .iter()
+            .try_for_each(|name| pruner.prune(name, method.as_ref(), None))
+    }
+}
+
+/// A plan file: a JSON list of steps.
+pub fn parse_plan(json: &str) -> Result<Vec<Step>> {
+    let steps: Vec<Step> = serde_json::from_str(json)
+        .map_err(|e| PruneError::InvalidArgument(format!("invalid plan: {e}")))?;
+    if steps.is_empty() {
+        return Err(PruneError::InvalidArgument(
+            "invalid plan: it has no steps".into(),
+        ));
+    }
+    steps.iter().try_for_each(|s| s.method().map(drop))?;
+    Ok(steps)
+}
+
+/// Shell-style matching of a whole name: `*` any run of characters, `?` one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn from_str_value<'de, D: Deserializer<'de>, T: FromStr<Err = PruneError>>(
+    d: D,
+) -> std::result::Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+/// `"*.weight"`, `"a,b"` or `["a", "b"]`.
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Patterns {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match Patterns::deserialize(d)? {
+        Patterns::One(s) => split_patterns(&s),
+        Patterns::Many(v) => v,
+    }))
+}
+
+/// Splits a comma-separated list of names or patterns.
+pub fn split_patterns(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A JSON integer is a count and a JSON number with a decimal point a fraction, as in Python;
+/// strings are parsed the same way.
+fn amount<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Amount>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let parsed = match &v {
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Amount::Count(i).validate(),
+            None => Amount::Fraction(n.as_f64().unwrap_or(f64::NAN)).validate(),
+        },
+        serde_json::Value::String(s) => s.parse(),
+        other => Err(PruneError::InvalidAmount(other.to_string())),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
+fn norm<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Norm>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let parsed = match &v {
+        serde_json::Value::Number(n) => Ok(Norm::P(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::String(s) => s.parse(),
+        other => Err(PruneError::InvalidArgument(format!("invalid norm {other}"))),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_whole_names() {
+        assert!(glob_match("*.weight", "layer1.0.conv1.weight"));
+        assert!(glob_match("features.*", "features.0.weight"));
+        assert!(glob_match("fc?.weight", "fc1.weight"));
+        assert!(glob_match("fc1.weight", "fc1.weight"));
+        assert!(!glob_match("fc1.weight", "fc1.weight_orig"));
+        assert!(!glob_match("*.weight", "fc1.bias"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn plans_parse_counts_fractions_and_norms_as_python_would() {
+        let plan = parse_plan(
+            r#"[{"params": "*.weight", "method": "l1-unstructured", "amount": 0.3, "global": true},
+                {"params": ["a", "b"], "method": "ln_structured", "amount": 2, "n": "inf", "dim": 0},
+                {"method": "identity"}]"#,
+        )
+        .unwrap();
+        assert_eq!(plan[0].amount, Some(Amount::Fraction(0.3)));
+        assert_eq!(plan[1].amount, Some(Amount::Count(2)));
+        assert_eq!(plan[1].n, Some(Norm::P(f64::INFINITY)));
+        assert_eq!(
+            plan[1].params.as_deref(),
+            Some(&["a".to_string(), "b".to_string()][..])
+        );
+        assert_eq!(plan[2].params, None);
+        let one = parse_plan(r#"[{"method": "l1-unstructured", "amount": 1.0}]"#).unwrap();
+        assert_eq!(one[0].amount, Some(Amount::Fraction(1.0)));
+    }
+
+    #[test]
+    fn plans_reject_what_the_cli_rejects() {
+        for bad in [
+            r#"[]"#,
+            r#"{"method": "identity"}"#,
+            r#"[{"method": "magic", "amount": 1}]"#,
+            r#"[{"method": "l1-unstructured", "amount": 1.5}]"#,
+            r#"[{"method": "l1-unstructured"}]"#,
+            r#"[{"method": "ln-structured", "amount": 1, "n": 2, "dim": 0, "global": true}]"#,
+            r#"[{"method": "l1-unstructured", "amount": 1, "n": 2}]"#,
+            r#"[{"method": "ln-structured", "amount": 1, "dim": 0}]"#,
+            r#"[{"method": "random-structured", "amount": 1}]"#,
+            r#"[{"method": "l1-unstructured", "amount": 1, "colour": "red"}]"#,
+        ] {
+            assert!(parse_plan(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_selection_is_weights_with_two_dims_in_file_order() {
+        let available = vec![
+            ("conv.weight".to_string(), 4),
+            ("conv.bias".to_string(), 1),
+            ("bn.weight".to_string(), 1),
+            ("fc.weight".to_string(), 2),
+        ];
+        let step: Step = serde_json::from_str(r#"{"method": "identity"}"#).unwrap();
+        assert_eq!(
+            step.select(&available).unwrap(),
+            ["conv.weight", "fc.weight"]
+        );
+        let step: Step =
+            serde_json::from_str(r#"{"method": "identity", "params": "fc.*,conv.bias"}"#).unwrap();
+        assert_eq!(step.select(&available).unwrap(), ["conv.bias", "fc.weight"]);
+        let step: Step =
+            serde_json::from_str(r#"{"method": "identity", "params": "nope.*"}"#).unwrap();
+        assert!(step.select(&available).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Sparsity reports: per tensor and in total.
+
+use crate::error::Result;
+use serde::Serialize;
+use std::fmt;
+use tch::Tensor;
+
+/// The sparsity of one tensor.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub dtype: String,
+    pub numel: i64,
+    pub zeros: i64,
+    /// `zeros / numel`, 0 for an empty tensor.
+    pub sparsity: f64,
+}
+
+/// The sparsity of a set of tensors, in their order, with totals.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub tensors: Vec<TensorReport>,
+    pub numel: i64,
+    pub zeros: i64,
+    pub sparsity: f64,
+}
+
+fn ratio(zeros: i64, numel: i64) -> f64 {
+    if numel == 0 {
+        0.0
+    } else {
+        zeros as f64 / numel as f64
+    }
+}
+
+impl Report {
+    /// Counts the exact zeros (-0.0 included) of each tensor.
+    pub fn new(tensors: &[(String, Tensor)]) -> Result<Self> {
+        let mut rows = Vec::with_capacity(tensors.len());
+        for (name, t) in tensors {
+            let numel = t.numel() as i64;
+            let zeros = numel - t.f_count_nonzero(None)?.f_int64_value(&[])?;
+            rows.push(TensorReport {
+                name: name.clone(),
+                shape: t.size(),
+                dtype: format!("{:?}", t.kind()).to_lowercase(),
+                numel,
+                zeros,
+                sparsity: ratio(zeros, numel),
+            });
+        }
+        let numel = rows.iter().map(|r| r.numel).sum();
+        let zeros = rows.iter().map(|r| r.zeros).sum();
+        Ok(Self {
+            tensors: rows,
+            numel,
+            zeros,
+            sparsity: ratio(zeros, numel),
+        })
+    }
+
+    /// The sparsity of the tensors whose names are in `names`.
+    pub fn sparsity_of(&self, names: &[String]) -> f64 {
+        let (z, n) = self
+            .tensors
+            .iter()
+            .filter(|r| names.contains(&r.name))
+            .fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
+        ratio(z, n)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .tensors
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(5);
+        writeln!(
+            f,
+            "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>9}",
+            "name", "shape", "dtype", "elements", "zeros", "sparsity"
+        )?;
+        for r in &self.tensors {
+            let shape = format!("{:?}", r.shape);
+            writeln!(
+                f,
+                "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
+                r.name,
+                shape,
+                r.dtype,
+                r.numel,
+                r.zeros,
+                100.0 * r.sparsity
+            )?;
+        }
+        write!(
+            f,
+            "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
+            "total",
+            "",
+            "",
+            self.numel,
+            self.zeros,
+            100.0 * self.sparsity
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn counts_exact_zeros_including_negative_zero() {
+        let t = Tensor::from_slice(&[0f32, -0.0, 1.0, 2.0]);
+        let e = Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
+        let r = Report::new(&[("a".into(), t), ("empty".into(), e)]).unwrap();
+        assert_eq!((r.tensors[0].zeros, r.tensors[0].sparsity), (2, 0.5));
+        assert_eq!((r.tensors[1].numel, r.tensors[1].sparsity), (0, 0.0));
+        assert_eq!((r.numel, r.zeros, r.sparsity), (4, 2, 0.5));
+        assert!(r.to_string().lines().last().unwrap().starts_with("total"));
+    }
+}
