@@ -22,6 +22,7 @@ mod container;
 mod custom;
 mod error;
 mod global;
+mod grad_redirect;
 mod method;
 mod model_file;
 mod module;

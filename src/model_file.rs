@@ -20,10 +20,13 @@ pub struct ModelFile {
 enum Contents {
     Script(ScriptModel),
     /// A state dict: every tensor, in the file's order. Floating-point tensors are registered
-    /// trainable (so they can be pruned), the others as buffers.
+    /// trainable (so they can be pruned), the others as buffers. A tensor the file holds
+    /// pruned (`<name>_orig` and `<name>_mask`, as PyTorch saves it) is registered as `<name>`
+    /// and its mask kept for [`ModelFile::pruner`].
     Tensors {
         vs: VarStore,
         names: Vec<String>,
+        masks: Vec<(String, Tensor)>,
     },
 }
 
@@ -35,7 +38,8 @@ impl ModelFile {
         let contents = match format {
             Format::TorchScript => Contents::Script(ScriptModel::load(path, device)?),
             Format::TorchZip | Format::Safetensors => {
-                let tensors = checkpoint::read_state_dict(path)?;
+                let mut tensors = checkpoint::read_state_dict(path)?;
+                let masks = take_masks(&mut tensors);
                 let vs = VarStore::new(device);
                 let mut names = Vec::with_capacity(tensors.len());
                 for (name, tensor) in tensors {
@@ -46,10 +50,23 @@ impl ModelFile {
                     let _ = p.add(leaf, tensor.f_to_device(device)?, float);
                     names.push(name);
                 }
-                Contents::Tensors { vs, names }
+                Contents::Tensors { vs, names, masks }
             }
         };
         Ok(Self { format, contents })
+    }
+
+    /// A pruner for the model's store. Tensors the file holds pruned are pruned again with
+    /// exactly their masks, so pruning resumes where PyTorch left it.
+    pub fn pruner(&self) -> Result<Pruner> {
+        let pruner = Pruner::new(self.var_store());
+        if let Contents::Tensors { masks, .. } = &self.contents {
+            for (name, mask) in masks {
+                pruner.custom_from_mask(name, mask)?;
+                pruner.replace_mask(name, mask)?;
+            }
+        }
+        Ok(pruner)
     }
 
     /// The file's format; [`ModelFile::save`] writes the same one.
@@ -142,4 +159,27 @@ impl ModelFile {
             }
         }
     }
+}
+
+/// Takes the `<name>_mask` entries of tensors saved pruned out of `tensors`, renaming each
+/// `<name>_orig` to `<name>` in place; returns the masks by tensor name.
+fn take_masks(tensors: &mut Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let names: std::collections::HashSet<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+    let pruned = |n: &str, suffix: &str, other: &str| {
+        n.strip_suffix(suffix)
+            .filter(|base| names.contains(&format!("{base}{other}")) && !names.contains(*base))
+            .map(str::to_string)
+    };
+    let mut masks = Vec::new();
+    tensors.retain_mut(|(name, tensor)| {
+        if let Some(base) = pruned(name, "_mask", "_orig") {
+            masks.push((base, tensor.shallow_clone()));
+            return false;
+        }
+        if let Some(base) = pruned(name, "_orig", "_mask") {
+            *name = base;
+        }
+        true
+    });
+    masks
 }

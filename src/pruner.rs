@@ -5,6 +5,7 @@ use crate::amount::Amount;
 use crate::container::combine_masks;
 use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
+use crate::grad_redirect::GradRedirect;
 use crate::method::{check_shape, PruningMethod};
 use crate::structured::{LnStructured, Norm, RandomStructured};
 use crate::unstructured::{fresh_copy, Identity, L1Unstructured, RandomUnstructured};
@@ -25,9 +26,9 @@ use tch::{Device, Tensor};
 /// The masks must be reapplied before each forward pass once `_orig` may have changed (after an
 /// optimizer step, or a `VarStore::load`): wrap the model with [`Pruner::wrap`] /
 /// [`Pruner::wrap_t`], run the forward pass through [`Pruner::forward`], or call
-/// [`Pruner::apply_masks`] yourself. In a training step the masked tensor is linked to `_orig`
-/// by autograd, so `_orig` receives the gradient times the mask and pruned positions never move
-/// under SGD/Adam, whether the optimizer was built before or after pruning.
+/// [`Pruner::apply_masks`] yourself. In backward, `_orig` receives the gradient times the mask
+/// (the gradient PyTorch gives it) and the masked tensor itself receives none, so pruned
+/// positions never move under SGD/Adam, whether the optimizer was built before or after pruning.
 ///
 /// `Pruner` is a cheap handle: clones share the same registry.
 ///
@@ -78,12 +79,18 @@ struct PrunedTensor {
     mask: Tensor,
     /// The methods applied so far, oldest first (what PyTorch's `PruningContainer` lists).
     history: Vec<String>,
-    /// Versions of (orig, mask, target) when `target` was last written outside autograd:
-    /// while they are unchanged, reapplying the mask would write the same values.
-    written_at: Option<(i64, i64, i64)>,
-    /// Whether `target` is currently an autograd function of `orig` (between a forward pass in
-    /// grad mode and [`Pruner::release`]).
-    linked: bool,
+    /// What `target` was last written from (see [`PrunedTensor::stamp`]): while it is
+    /// unchanged, reapplying the mask would write the same values.
+    written_at: Option<Stamp>,
+    /// Routes the gradient of `target` to `orig`, times the mask.
+    redirect: GradRedirect,
+}
+
+/// See [`PrunedTensor::stamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    versions: (i64, i64, i64),
+    deliveries: u64,
 }
 
 /// What a successful prune will change, computed before anything is changed.
@@ -183,23 +190,19 @@ impl Pruner {
         let index = state
             .index_of(name)
             .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
-        let mut entry = state.tensors.remove(index);
-        entry.release();
-        entry.write_target()?;
-        let target = entry.target.shallow_clone();
-        let _ = target.set_requires_grad(entry.orig.requires_grad());
+        state.tensors[index].write_target()?;
+        // Dropping the entry removes the gradient route: `target` is a plain parameter again.
+        let PrunedTensor {
+            target, mut orig, ..
+        } = state.tensors.remove(index);
         {
             let mut vars = state.variables.lock().expect("VarStore lock poisoned");
             vars.named_variables.remove(&orig_name(name));
             vars.named_variables.remove(&mask_name(name));
-            vars.named_variables
-                .insert(name.to_string(), target.shallow_clone());
+            vars.named_variables.insert(name.to_string(), target);
         }
-        let _ = entry.orig.set_requires_grad(false);
-        entry.orig.f_set_data(&Tensor::f_empty(
-            [0],
-            (entry.orig.kind(), entry.orig.device()),
-        )?)?;
+        let _ = orig.set_requires_grad(false);
+        orig.f_set_data(&Tensor::f_empty([0], (orig.kind(), orig.device()))?)?;
         Ok(())
     }
 
@@ -243,42 +246,22 @@ impl Pruner {
             .unwrap_or_default()
     }
 
-    /// Writes `orig * mask` into every pruned tensor that modules compute with.
-    ///
-    /// Outside autograd (`tch::no_grad`, evaluation) a tensor whose `_orig` and `_mask` did not
-    /// change since the last write is skipped, so this is nearly free in inference loops. Under
-    /// grad mode each masked tensor is linked to its `_orig` so that backward reaches it; call
-    /// [`Pruner::release`] after the forward pass (before the optimizer step), or let
-    /// [`Pruner::forward`] and the wrappers do both for you.
+    /// Writes `orig * mask` into every pruned tensor that modules compute with, where `_orig` or
+    /// `_mask` changed since the last write (after an optimizer step, a load, an in-place edit):
+    /// call it before a forward pass, or let [`Pruner::forward`] and the wrappers do it. When
+    /// nothing changed (evaluation, inference) it costs a few version checks.
     pub fn apply_masks(&self) -> Result<()> {
-        let mut state = self.lock();
-        if grad_enabled() {
-            state.tensors.iter_mut().try_for_each(PrunedTensor::link)
-        } else {
-            state
-                .tensors
-                .iter_mut()
-                .try_for_each(PrunedTensor::write_target)
-        }
-    }
-
-    /// Detaches the masked tensors from autograd after a forward pass. The graph already built
-    /// keeps its edges to `_orig`, so backward still reaches it; the optimizer then only sees
-    /// plain leaf tensors (libtorch warns when an optimizer reads `.grad` of a non-leaf).
-    pub fn release(&self) {
         self.lock()
             .tensors
             .iter_mut()
-            .for_each(PrunedTensor::release)
+            .try_for_each(PrunedTensor::refresh)
     }
 
-    /// Runs `forward` with every mask applied: [`apply_masks`](Self::apply_masks), the
-    /// closure, then [`release`](Self::release).
+    /// Runs `forward` with every mask applied: [`apply_masks`](Self::apply_masks), then the
+    /// closure.
     pub fn forward<T>(&self, forward: impl FnOnce() -> T) -> Result<T> {
         self.apply_masks()?;
-        let out = forward();
-        self.release();
-        Ok(out)
+        Ok(forward())
     }
 
     /// Wraps an `nn::Module` so that each `forward` reapplies the masks first.
@@ -464,9 +447,9 @@ impl State {
                         .insert(mask_name(&name), mask.shallow_clone());
                     vars.trainable_variables.push(orig_var);
                 }
-                // The old variable stays where optimizers hold it but stops being trained
-                // itself: from now on it only carries `orig * mask`.
-                let _ = target.set_requires_grad(false);
+                // The old variable stays a leaf where modules and optimizers hold it; from now
+                // on it carries `orig * mask` and passes its gradient on to `orig`.
+                let redirect = GradRedirect::new(&target, &orig, &mask)?;
                 let mut entry = PrunedTensor {
                     name,
                     target,
@@ -474,7 +457,7 @@ impl State {
                     mask,
                     history: vec![method],
                     written_at: None,
-                    linked: false,
+                    redirect,
                 };
                 entry.write_target()?;
                 self.tensors.push(entry);
@@ -490,50 +473,42 @@ impl PrunedTensor {
         Ok(self.mask.f_to_kind(self.orig.kind())?.f_mul(&self.orig)?)
     }
 
-    fn versions(&self) -> (i64, i64, i64) {
-        (
-            self.orig.internal_version(),
-            self.mask.internal_version(),
-            self.target.internal_version(),
-        )
+    /// What `target`'s values depend on. In-place edits bump version counters, but optimizers
+    /// update `orig` through `.data()`, which does not: they only update it when it has a
+    /// gradient, so a gradient delivered since the last write, or one still pending, counts as
+    /// a change too.
+    fn stamp(&self) -> Option<Stamp> {
+        if self.orig.grad().defined() {
+            return None;
+        }
+        Some(Stamp {
+            versions: (
+                self.orig.internal_version(),
+                self.mask.internal_version(),
+                self.target.internal_version(),
+            ),
+            deliveries: self.redirect.deliveries(),
+        })
     }
 
-    /// Writes the masked values into `target` outside autograd, unless they are there already.
+    /// Writes the masked values into `target`, unless they are there already.
     fn write_target(&mut self) -> Result<()> {
-        if !self.linked && self.written_at == Some(self.versions()) {
+        if self.written_at.is_some() && self.written_at == self.stamp() {
             return Ok(());
         }
         let mask = self.mask.f_to_kind(self.orig.kind())?;
-        tch::no_grad(|| -> Result<()> {
-            let _ = self.target.f_detach_()?;
-            let _ = mask.f_mul_out(&self.target, &self.orig)?;
-            Ok(())
-        })?;
-        self.linked = false;
-        self.written_at = Some(self.versions());
+        let _ = tch::no_grad(|| mask.f_mul_out(&self.target, &self.orig))?;
+        self.written_at = self.stamp();
         Ok(())
     }
 
-    /// Writes the masked values into `target` as an autograd function of `orig`.
-    fn link(&mut self) -> Result<()> {
-        if !self.orig.requires_grad() {
-            return self.write_target();
+    /// Before a forward pass: the masked values in place, and the gradient route on the
+    /// tensor's current accumulator.
+    fn refresh(&mut self) -> Result<()> {
+        if self.target.requires_grad() {
+            self.redirect.refresh()?;
         }
-        let masked = self.masked_orig()?;
-        let _ = self.target.f_detach_()?;
-        self.target.f_copy_(&masked)?;
-        self.linked = true;
-        self.written_at = None;
-        Ok(())
-    }
-
-    fn release(&mut self) {
-        if self.linked {
-            // Infallible on a tensor we own; its values are the masked ones already.
-            let _ = self.target.f_detach_();
-            self.linked = false;
-            self.written_at = Some(self.versions());
-        }
+        self.write_target()
     }
 }
 
@@ -550,15 +525,4 @@ pub fn mask_name(name: &str) -> String {
 /// Two handles on the same variable (tch has no identity test for tensors).
 fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
     a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride()
-}
-
-/// Whether autograd is recording on this thread. tch has no query for it, so this sets the
-/// mode and restores it, as tch's own `no_grad` does.
-pub(crate) fn grad_enabled() -> bool {
-    // SAFETY: plain FFI calls on thread-local state, with no pointers involved.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(0);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
-    }
 }

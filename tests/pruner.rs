@@ -214,18 +214,17 @@ fn training_prints_no_libtorch_warnings() {
     if std::env::var_os("TCH_PRUNE_WARNING_CHILD").is_some() {
         train(Device::Cpu, false, true);
         train(Device::Cpu, true, false);
-        // The explicit-call path, with release before the optimizer step.
+        // The explicit-call path, with a conv net (whose backward reuses the weight it saved).
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = mlp(&vs);
-        let mut opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let conv = nn::conv2d(vs.root() / "conv", 2, 3, 3, Default::default());
+        let mut opt = nn::Adam::default().build(&vs, 0.1).unwrap();
         let pruner = Pruner::new(&vs);
-        pruner.l1_unstructured("fc1.weight", 0.5, None).unwrap();
-        let (x, y) = data(Device::Cpu);
+        pruner.l1_unstructured("conv.weight", 0.5, None).unwrap();
+        let x = Tensor::randn([4, 2, 5, 5], (Kind::Float, Device::Cpu));
         for _ in 0..3 {
             opt.zero_grad();
             pruner.apply_masks().unwrap();
-            let loss = net.forward(&x).cross_entropy_for_logits(&y);
-            pruner.release();
+            let loss = conv.forward(&x).square().mean(Kind::Float);
             loss.backward();
             opt.step();
         }
@@ -627,5 +626,70 @@ fn cuda_masks_live_on_the_parameters_device() {
         &pruner.mask("fc1.bias").unwrap().to_device(Device::Cpu),
         &before,
         "unchanged",
+    );
+}
+
+#[test]
+fn each_forward_after_an_optimizer_step_computes_with_the_updated_orig() {
+    // Optimizers update `_orig` through `.data()`, which leaves its version counter alone.
+    for adam in [false, true] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = mlp(&vs);
+        let pruner = Pruner::new(&vs);
+        pruner.l1_unstructured("fc1.weight", 0.5, None).unwrap();
+        let mut opt = if adam {
+            nn::Adam::default().build(&vs, 0.1)
+        } else {
+            nn::Sgd::default().build(&vs, 0.1)
+        }
+        .unwrap();
+        let model = pruner.wrap(net);
+        let (x, y) = data(Device::Cpu);
+        for step in 0..4 {
+            if step % 2 == 0 {
+                opt.backward_step(&model.forward(&x).cross_entropy_for_logits(&y));
+            } else {
+                opt.zero_grad();
+                model.forward(&x).cross_entropy_for_logits(&y).backward();
+                opt.step();
+                opt.zero_grad();
+            }
+            let _ = tch::no_grad(|| model.forward(&x));
+            let expected = pruner.orig("fc1.weight").unwrap() * pruner.mask("fc1.weight").unwrap();
+            assert_same(
+                &pruner.tensor("fc1.weight").unwrap(),
+                &expected,
+                &format!("adam={adam} step {step}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluation_with_nothing_changed_rewrites_nothing() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = mlp(&vs);
+    let pruner = Pruner::new(&vs);
+    pruner.l1_unstructured("fc1.weight", 0.5, None).unwrap();
+    let model = pruner.wrap(net);
+    let x = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
+    let target = pruner.tensor("fc1.weight").unwrap();
+    let _ = tch::no_grad(|| model.forward(&x));
+    let version = target.internal_version();
+    for _ in 0..3 {
+        let _ = tch::no_grad(|| model.forward(&x));
+    }
+    assert_eq!(
+        target.internal_version(),
+        version,
+        "the masked tensor was rewritten"
+    );
+    // An in-place edit of the mask is seen at the next forward pass.
+    let _ = pruner.mask("fc1.weight").unwrap().fill_(1.0);
+    let _ = tch::no_grad(|| model.forward(&x));
+    assert_same(
+        &target,
+        &pruner.orig("fc1.weight").unwrap(),
+        "mask edit applied",
     );
 }

@@ -393,6 +393,8 @@ fn pruned_positions_get_zero_gradient_and_do_not_move_under_sgd() {
     y.sum(Kind::Float).backward();
     let orig = pruner.orig("fc.weight").unwrap();
     assert_same(&orig.grad(), &forced_mask(), "orig grad == mask");
+    // The tensor the module computes with passes its gradient on and keeps none.
+    assert!(!model.inner().ws.grad().defined());
     assert_same(
         &model.inner().bs.as_ref().unwrap().grad(),
         &Tensor::ones([2], (Kind::Float, Device::Cpu)),

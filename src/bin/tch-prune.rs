@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::write_safetensors;
 use tch_prune::plan::{parse_plan, split_patterns, MethodName, Step};
-use tch_prune::{ModelFile, Pruner, Report};
+use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
 #[command(
@@ -159,7 +159,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         .map(|s| s.select(&parameters))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let pruner = Pruner::new(model.var_store());
+    let pruner = model.pruner()?;
     if let Some(seed) = args.seed {
         tch::manual_seed(seed);
     }
@@ -208,7 +208,7 @@ fn prune(args: PruneArgs) -> Result<()> {
 
 fn report(input: &Path, json: bool) -> Result<()> {
     let model = ModelFile::open(input, Device::Cpu)?;
-    let report = Report::new(&model.tensors(&Pruner::new(model.var_store())))?;
+    let report = Report::new(&model.tensors(&model.pruner()?))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
