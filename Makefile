@@ -10,7 +10,7 @@ test:
 
 ## The main job: trains, prunes iteratively with fine-tuning, exports TorchScript.
 demo:
-	$(TORCH_ENV) && cargo run --release --example train_pruned
+	$(TORCH_ENV) && cargo run --example demo
 
 ## Release binaries (target/release/tch-prune).
 build:
