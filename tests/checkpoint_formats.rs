@@ -9,8 +9,8 @@ use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
-    read_safetensors, read_state_dict, read_torch_zip, read_torch_zip_from, write_safetensors,
-    write_torch_zip, CheckpointError, Format,
+    read_safetensors, read_state_dict, read_torch_zip, read_torch_zip_from, read_torchscript_state,
+    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError, Format,
 };
 
 // ----------------------------------------------------------------------------------------------
@@ -1058,4 +1058,473 @@ torch.save(torch.nn.Linear(3, 2).state_dict(), sys.argv[1])
         "{accepted} of {} flips accepted",
         bytes.len()
     );
+}
+
+// ----------------------------------------------------------------------------------------------
+// The state of TorchScript archives, against `torch.jit.load(p).state_dict()`
+
+/// Prepended to the TorchScript scripts: `reference(pt, ref)` loads the archive back in Python,
+/// saves its state dict as the reference file and prints its keys as the first JSON line.
+const JIT_PRELUDE: &str = r#"
+import sys, json, torch
+from torch import nn
+from safetensors.torch import save_file
+def reference(pt, ref):
+    sd = torch.jit.load(pt).state_dict()
+    # clone: safetensors refuses tensors that share memory (tied weights).
+    save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, ref)
+    print(json.dumps(list(sd.keys())))
+    return sd
+"#;
+
+/// Runs `body` after [`JIT_PRELUDE`] with the archive and reference paths as `sys.argv[1:3]`,
+/// and checks [`read_torchscript_state`] against the reference; returns what it read.
+fn check_torchscript(body: &str, expected_keys: &[&str]) -> Option<Vec<(String, Tensor)>> {
+    let dir = common::tempdir();
+    let (pt, reference_file) = (
+        dir.path().join("scripted.pt"),
+        dir.path().join("ref.safetensors"),
+    );
+    let out = common::run_python(&format!("{JIT_PRELUDE}{body}"), &[&pt, &reference_file])?;
+    let keys = keys_of(&out);
+    assert_eq!(keys, expected_keys, "torch.jit.load(p).state_dict() keys");
+    assert_eq!(Format::detect(&pt).expect("detect"), Format::TorchScript);
+    let sd = read_torchscript_state(&pt).expect("read the TorchScript state");
+    assert_state_dict(&sd, &keys, &reference_file);
+    // read_state_dict keeps refusing TorchScript files.
+    let err = unwrap_err(read_state_dict(&pt));
+    assert!(matches!(err, CheckpointError::TorchScript { .. }), "{err}");
+    Some(sd)
+}
+
+#[test]
+fn torchscript_sequential_mlp_state_matches_python() {
+    let body = r#"
+pt, ref = sys.argv[1:3]
+torch.manual_seed(0)
+m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+torch.jit.save(torch.jit.script(m), pt)
+reference(pt, ref)
+"#;
+    check_torchscript(body, &["0.weight", "0.bias", "2.weight", "2.bias"]);
+}
+
+#[test]
+fn torchscript_cnn_with_batchnorm_state_matches_python() {
+    let body = r#"
+pt, ref = sys.argv[1:3]
+torch.manual_seed(1)
+m = nn.Sequential(
+    nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+m.train()
+m(torch.randn(2, 3, 8, 8)); m(torch.randn(2, 3, 8, 8))
+torch.jit.save(torch.jit.script(m), pt)
+sd = reference(pt, ref)
+assert sd["1.num_batches_tracked"].dtype == torch.int64
+assert not torch.equal(sd["1.running_mean"], torch.zeros(4))
+"#;
+    let Some(sd) = check_torchscript(
+        body,
+        &[
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+            "4.weight",
+            "4.bias",
+        ],
+    ) else {
+        return;
+    };
+    let (_, tracked) = &sd[6];
+    assert_eq!(tracked.kind(), Kind::Int64);
+    assert_eq!(tracked.size(), Vec::<i64>::new());
+    assert_eq!(tracked.int64_value(&[]), 2);
+}
+
+/// Per module its parameters, then its buffers, then its submodules, so `gain` (registered
+/// last) comes first; non-persistent buffers are in it (the flag does not survive scripting,
+/// unlike in the eager module's state dict), None parameters and buffers, plain tensor
+/// attributes and tensors inside scripted-class objects are not; enum attributes are read past.
+#[test]
+fn torchscript_nested_custom_module_state_matches_python() {
+    let body = r#"
+import enum
+pt, ref = sys.argv[1:3]
+torch.manual_seed(2)
+class Mode(enum.Enum):
+    FAST = 1
+    SLOW = 2
+
+@torch.jit.script
+class Holder:
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2)])
+        self.register_buffer("scale", torch.tensor(0.5))
+        self.register_buffer("cache", torch.ones(2), persistent=False)
+        self.plain = torch.full((2,), 7.0)
+        self.sizes = [1, 2]
+        self.name = "block"
+        self.holder = Holder(torch.ones(2))
+        self.mode = Mode.FAST
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        if self.mode == Mode.SLOW:
+            x = x + 1
+        return x * self.scale + self.cache + self.plain + self.holder.x
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(2, 1)
+        self.register_buffer("steps", torch.tensor([3, -4], dtype=torch.int32))
+        self.register_buffer("mask", torch.tensor([True, False]))
+        self.register_buffer("nothing", None)
+        self.gain = nn.Parameter(torch.randn(1, dtype=torch.float64))
+    def forward(self, x):
+        y = self.head(self.block(x)) * self.gain.float()
+        return y + self.steps.float().sum() + self.mask.float().sum()
+
+m = Net()
+torch.jit.save(torch.jit.script(m), pt)
+keys = list(reference(pt, ref).keys())
+eager = list(m.state_dict().keys())
+assert "block.cache" in keys and "block.cache" not in eager
+assert [k for k in keys if k != "block.cache"] == eager
+"#;
+    let Some(sd) = check_torchscript(
+        body,
+        &[
+            "gain",
+            "steps",
+            "mask",
+            "block.scale",
+            "block.cache",
+            "block.layers.0.weight",
+            "block.layers.2.weight",
+            "block.layers.2.bias",
+            "head.weight",
+            "head.bias",
+        ],
+    ) else {
+        return;
+    };
+    let kinds: Vec<Kind> = sd.iter().take(4).map(|(_, t)| t.kind()).collect();
+    assert_eq!(kinds, [Kind::Double, Kind::Int, Kind::Bool, Kind::Float]);
+    assert_eq!(sd[3].1.size(), Vec::<i64>::new());
+}
+
+#[test]
+fn traced_model_state_matches_python() {
+    let body = r#"
+pt, ref = sys.argv[1:3]
+torch.manual_seed(3)
+m = nn.Sequential(
+    nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+m.train()
+m(torch.randn(2, 3, 8, 8))
+m.eval()
+torch.jit.save(torch.jit.trace(m, torch.randn(1, 3, 8, 8)), pt)
+reference(pt, ref)
+"#;
+    check_torchscript(
+        body,
+        &[
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+            "4.weight",
+            "4.bias",
+        ],
+    );
+}
+
+#[test]
+fn half_precision_torchscript_state_matches_python() {
+    let body = r#"
+pt, ref = sys.argv[1:3]
+torch.manual_seed(4)
+m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.LayerNorm(3))
+m.train()
+m(torch.randn(5, 4))
+m = m.half()
+torch.jit.save(torch.jit.script(m), pt)
+sd = reference(pt, ref)
+assert sd["0.weight"].dtype == torch.float16 and sd["1.num_batches_tracked"].dtype == torch.int64
+"#;
+    let Some(sd) = check_torchscript(
+        body,
+        &[
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+            "2.weight",
+            "2.bias",
+        ],
+    ) else {
+        return;
+    };
+    for (name, t) in &sd {
+        let expected = if name.ends_with("num_batches_tracked") {
+            Kind::Int64
+        } else {
+            Kind::Half
+        };
+        assert_eq!(t.kind(), expected, "{name}");
+    }
+}
+
+#[test]
+fn torchscript_shared_modules_and_tied_weights_read_as_copies() {
+    let body = r#"
+pt, ref = sys.argv[1:3]
+torch.manual_seed(5)
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(2, 2)
+        self.again = self.shared
+        self.other = nn.Linear(2, 2)
+        self.other.weight = self.shared.weight
+    def forward(self, x):
+        return self.shared(x) + self.again(x) + self.other(x)
+torch.jit.save(torch.jit.script(Tied()), pt)
+reference(pt, ref)
+"#;
+    let Some(sd) = check_torchscript(
+        body,
+        &[
+            "shared.weight",
+            "shared.bias",
+            "again.weight",
+            "again.bias",
+            "other.weight",
+            "other.bias",
+        ],
+    ) else {
+        return;
+    };
+    let pointers: std::collections::HashSet<usize> =
+        sd.iter().map(|(_, t)| t.data_ptr() as usize).collect();
+    assert_eq!(pointers.len(), sd.len(), "tensors share memory");
+}
+
+#[test]
+fn torchscript_reader_rejects_other_formats_and_tampered_archives() {
+    let dir = common::tempdir();
+    let (pt, state_dict, st) = (
+        dir.path().join("scripted.pt"),
+        dir.path().join("sd.pt"),
+        dir.path().join("sd.safetensors"),
+    );
+    let script = r#"
+import sys, torch
+from safetensors.torch import save_file
+pt, sd, st = sys.argv[1:4]
+m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+torch.jit.save(torch.jit.script(m), pt)
+torch.save(m.state_dict(), sd)
+save_file(m.state_dict(), st)
+"#;
+    let Some(_) = common::run_python(script, &[&pt, &state_dict, &st]) else {
+        return;
+    };
+    assert_eq!(read_torchscript_state(&pt).expect("reads").len(), 4);
+    let err = unwrap_err(read_torchscript_state(&state_dict));
+    assert!(matches!(err, CheckpointError::WrongFormat { .. }), "{err}");
+    assert_error(
+        &err,
+        &state_dict,
+        "a torch.save checkpoint (read it with read_state_dict)",
+    );
+    assert_error(
+        &unwrap_err(read_torchscript_state(&st)),
+        &st,
+        "expected a TorchScript archive written by torch.jit.save, but this is a safetensors file",
+    );
+
+    let sequential = b"c__torch__.torch.nn.modules.container\nSequential\n";
+    let replace = |bytes: &[u8], by: &[u8]| -> Vec<u8> {
+        let at = bytes
+            .windows(sequential.len())
+            .position(|w| w == sequential)
+            .expect("the pickle names the Sequential class");
+        [&bytes[..at], by, &bytes[at + sequential.len()..]].concat()
+    };
+
+    let evil = dir.path().join("evil.pt");
+    rewrite_zip(&pt, &evil, |name, bytes| {
+        Some(if name.ends_with("/data.pkl") {
+            replace(&bytes, b"cos\nsystem\n")
+        } else {
+            bytes
+        })
+    });
+    let err = unwrap_err(read_torchscript_state(&evil));
+    assert!(
+        matches!(&err, CheckpointError::ForbiddenGlobal { global, .. } if global == "os.system"),
+        "{err}"
+    );
+    assert_error(&err, &evil, "`os.system`");
+
+    let undefined = dir.path().join("undefined.pt");
+    rewrite_zip(&pt, &undefined, |name, bytes| {
+        Some(if name.ends_with("/data.pkl") {
+            replace(
+                &bytes,
+                b"c__torch__.torch.nn.modules.container\nSequential2\n",
+            )
+        } else {
+            bytes
+        })
+    });
+    assert_error(
+        &unwrap_err(read_torchscript_state(&undefined)),
+        &undefined,
+        "data.pkl uses the class __torch__.torch.nn.modules.container.Sequential2 but the archive's code/ does not define it",
+    );
+
+    let no_code = dir.path().join("no_linear_code.pt");
+    rewrite_zip(&pt, &no_code, |name, bytes| {
+        (!name.ends_with("/code/__torch__/torch/nn/modules/linear.py")).then_some(bytes)
+    });
+    assert_error(
+        &unwrap_err(read_torchscript_state(&no_code)),
+        &no_code,
+        "does not define it",
+    );
+
+    let cut = dir.path().join("cut.pt");
+    rewrite_zip(&pt, &cut, |name, bytes| {
+        Some(if name.ends_with("/data.pkl") {
+            bytes[..bytes.len() / 2].to_vec()
+        } else {
+            bytes
+        })
+    });
+    let err = unwrap_err(read_torchscript_state(&cut));
+    assert!(
+        matches!(err, CheckpointError::MalformedPickle { .. }),
+        "{err}"
+    );
+    assert_error(&err, &cut, "malformed data.pkl at byte");
+}
+
+#[test]
+fn truncations_and_byte_flips_of_a_torchscript_file_never_panic() {
+    let dir = common::tempdir();
+    let pt = dir.path().join("tiny_script.pt");
+    let script = r#"
+import sys, torch
+torch.manual_seed(6)
+torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), sys.argv[1])
+"#;
+    let Some(_) = common::run_python(script, &[&pt]) else {
+        return;
+    };
+    let bytes = std::fs::read(&pt).expect("read");
+    let check = |data: Vec<u8>| match read_torchscript_state_from(Cursor::new(data), "fuzzed.pt") {
+        Ok(sd) => sd.len(),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                !message.contains('\n') && message.starts_with("fuzzed.pt: "),
+                "{message}"
+            );
+            0
+        }
+    };
+    assert_eq!(check(bytes.clone()), 2);
+    for len in 0..bytes.len() {
+        assert_eq!(
+            check(bytes[..len].to_vec()),
+            0,
+            "prefix of {len} bytes was accepted"
+        );
+    }
+    let mut accepted = 0;
+    for i in 0..bytes.len() {
+        let mut flipped = bytes.clone();
+        flipped[i] ^= 0x5a;
+        accepted += usize::from(check(flipped) > 0);
+    }
+    assert!(
+        accepted > 0 && accepted < bytes.len(),
+        "{accepted} of {} flips accepted",
+        bytes.len()
+    );
+}
+
+/// Layers with unusual attributes: LSTM/GRU keep their weights a second time in a list of
+/// tensors (`_flat_weights`), MultiheadAttention has None parameters and a Linear subclass,
+/// TransformerEncoder deep-copies its layers into a ModuleList, a frozen module has no state.
+#[test]
+fn torchscript_standard_layers_state_matches_python() {
+    let dir = common::tempdir();
+    let script = r#"
+import sys, os, json, torch, warnings
+from torch import nn
+from safetensors.torch import save_file
+warnings.simplefilter("ignore")
+out = sys.argv[1]
+torch.manual_seed(7)
+class Frozen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+    def forward(self, x):
+        return self.lin(x)
+models = {
+    "transformer": torch.jit.script(
+        nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2)),
+    "lstm": torch.jit.script(nn.LSTM(4, 5, num_layers=2, bidirectional=True)),
+    "gru": torch.jit.script(nn.GRU(3, 4, bias=False)),
+    "mha": torch.jit.script(nn.MultiheadAttention(8, 2, add_bias_kv=True, kdim=6, vdim=6)),
+    "misc": torch.jit.script(nn.Sequential(
+        nn.Embedding(10, 4), nn.GroupNorm(2, 4), nn.PReLU(), nn.ConvTranspose1d(4, 2, 3),
+        nn.InstanceNorm1d(2, affine=True, track_running_stats=True))),
+    "frozen": torch.jit.freeze(torch.jit.script(Frozen().eval())),
+}
+keys = {}
+for name, m in models.items():
+    pt = os.path.join(out, name + ".pt")
+    torch.jit.save(m, pt)
+    sd = torch.jit.load(pt).state_dict()
+    save_file({k: v.detach().clone().contiguous() for k, v in sd.items()},
+              os.path.join(out, name + ".safetensors"))
+    keys[name] = list(sd.keys())
+print(json.dumps(keys))
+"#;
+    let Some(out) = common::run_python(script, &[dir.path()]) else {
+        return;
+    };
+    let line = out.lines().find(|l| l.starts_with('{')).expect("JSON");
+    let keys: HashMap<String, Vec<String>> = serde_json::from_str(line).expect("JSON keys");
+    assert_eq!(keys.len(), 6);
+    for (name, keys) in &keys {
+        let pt = dir.path().join(format!("{name}.pt"));
+        let sd = read_torchscript_state(&pt).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_state_dict(&sd, keys, &dir.path().join(format!("{name}.safetensors")));
+    }
+    assert!(keys["frozen"].is_empty());
+    assert!(keys["lstm"].contains(&"weight_hh_l1_reverse".to_string()));
+    assert!(keys["mha"].contains(&"bias_k".to_string()));
 }

@@ -5,20 +5,25 @@
 //! |---|---|---|
 //! | state-dict zip | `torch.save(model.state_dict(), "m.pt")` (PyTorch >= 1.6), [`write_torch_zip`] | [`read_torch_zip`] |
 //! | safetensors | `safetensors.torch.save_file(sd, "m.safetensors")`, [`write_safetensors`] | [`read_safetensors`] |
-//! | TorchScript zip | `torch.jit.save(torch.jit.script(model), "m.pt")` | not here: load it as a module (`tch::CModule`) |
+//! | TorchScript zip | `torch.jit.save(torch.jit.script(model), "m.pt")` | its state (parameters and buffers): [`read_torchscript_state`]; the module: `tch::CModule` |
 //!
 //! [`read_state_dict`] picks the reader from the file's content (not its extension), and
-//! [`Format::detect`] says which format a file is in.
+//! [`Format::detect`] says which format a file is in. It refuses TorchScript files, whose tensors
+//! belong to a module: [`read_torchscript_state`] reads them, as
+//! `torch.jit.load(path).state_dict()` would.
 //!
 //! libtorch 2.13 itself cannot read `torch.save(model.state_dict())`: its unpickler maps
 //! `collections.OrderedDict` to `None` and fails. [`read_torch_zip`] is a pure-Rust reader of the
-//! small pickle subset that state dicts use, and it never runs code named by the file.
+//! small pickle subset that state dicts use, and it never runs code named by the file; in its
+//! TorchScript mode it also reads the module tree of a `torch.jit.save` archive.
 
 pub mod safetensors;
 pub mod torch_zip;
+pub mod torchscript;
 
 pub use self::safetensors::{read_safetensors, write_safetensors};
 pub use self::torch_zip::{read_torch_zip, read_torch_zip_from, write_torch_zip};
+pub use self::torchscript::{read_torchscript_state, read_torchscript_state_from};
 
 use std::collections::HashSet;
 use std::fs::File;

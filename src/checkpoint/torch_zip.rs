@@ -12,6 +12,11 @@
 //! `torch.*Storage` types), plus `torch.device`, `builtins.set` and `_codecs.encode` (for the
 //! other entries of a training checkpoint). It interprets those itself, calls nothing, and
 //! refuses any other global by name.
+//!
+//! In its TorchScript mode (for the `data.pkl` of a `torch.jit.save` archive, see
+//! [`torchscript`](super::torchscript)) it also accepts the classes TorchScript compiled
+//! (`__torch__.*`), whose instances stay inert objects that record their class name and the state
+//! BUILD gives them, the `torch.jit._pickle` list helpers and `builtins.complex`.
 
 use super::{shown, sniff, CheckpointError, Sniff, SNIFF_LEN};
 use std::collections::hash_map::Entry;
@@ -24,11 +29,24 @@ use tch::{Kind, Tensor};
 
 /// A state dict's `data.pkl` takes about 100 bytes per tensor; this bound only stops a corrupt
 /// zip header from requesting an absurd allocation.
-const MAX_PICKLE_BYTES: u64 = 1 << 30;
+pub(super) const MAX_PICKLE_BYTES: u64 = 1 << 30;
 
 /// Wrapper keys under which training scripts commonly nest the state dict
 /// (`torch.save({"state_dict": sd, "epoch": 3}, p)`), tried in this order.
 const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
+
+/// A TorchScript module tree is a tree in real files (thousands of modules of a few dozen
+/// attributes); a hostile `data.pkl` can make it a DAG with exponentially many paths, so the walk
+/// stops after looking at this many modules and attributes in all.
+const MAX_WALK_STEPS: usize = 1 << 24;
+
+/// Real state dict names take tens of bytes; a hostile pickle can repeat a long attribute name
+/// through its memo at every level for two bytes each, so longer names are refused.
+const MAX_NAME_BYTES: usize = 1 << 16;
+
+/// Copies of tensors shared by several modules may take this many times the bytes of the
+/// distinct tensors (or 1 GiB, if more).
+const COPY_BUDGET_FACTOR: u64 = 8;
 
 /// Reads a `torch.save` zip checkpoint holding a dict (plain or `OrderedDict`, e.g.
 /// `model.state_dict()`) of tensors.
@@ -56,37 +74,28 @@ pub fn read_torch_zip_from<R: Read + Seek>(
     name: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = name.as_ref();
-    let read_err = |e| CheckpointError::io(path, "cannot read", e);
-    let file_len = reader.seek(SeekFrom::End(0)).map_err(read_err)?;
-    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let mut head = Vec::with_capacity(SNIFF_LEN);
-    (&mut reader)
-        .take(SNIFF_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(read_err)?;
-    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    match sniff(&head, file_len) {
-        Sniff::Zip => {}
-        Sniff::Pickle => {
+    let file_len = match sniff_reader(&mut reader, path)? {
+        (Sniff::Zip, len) => len,
+        (Sniff::Pickle, _) => {
             return Err(CheckpointError::LegacyFormat {
                 path: path.to_path_buf(),
             })
         }
-        Sniff::Safetensors => {
+        (Sniff::Safetensors, _) => {
             return Err(CheckpointError::WrongFormat {
                 path: path.to_path_buf(),
                 expected: "a torch.save zip checkpoint",
                 found: "a safetensors file",
             })
         }
-        Sniff::Unknown => {
+        (Sniff::Unknown, _) => {
             return Err(CheckpointError::WrongFormat {
                 path: path.to_path_buf(),
                 expected: "a torch.save zip checkpoint",
                 found: "not a zip archive",
             })
         }
-    }
+    };
 
     let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
     let layout = ZipLayout::of(archive.file_names());
@@ -96,10 +105,62 @@ pub fn read_torch_zip_from<R: Read + Seek>(
         });
     }
     let prefix = layout.prefix.ok_or_else(|| no_data_pkl(path))?;
+    check_byteorder(&mut archive, path, &prefix, file_len)?;
 
+    let pickle = read_entry(
+        &mut archive,
+        path,
+        &format!("{prefix}data.pkl"),
+        MAX_PICKLE_BYTES,
+        file_len,
+    )?;
+    let mut storages = ZipStorages::new(archive, path, prefix, file_len);
+    let mut vm = Unpickler::new(&pickle, path, &mut storages);
+    let root = vm.run()?;
+    vm.into_state_dict(root)
+}
+
+/// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
+/// dict of the module it holds (see [`Unpickler::into_module_state`]).
+pub(super) fn read_module_state(
+    pickle: &[u8],
+    path: &Path,
+    storages: &mut dyn StorageSource,
+    classes: &super::torchscript::ScriptClasses,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let mut vm = Unpickler::with_mode(pickle, path, storages, Mode::TorchScript);
+    let root = vm.run()?;
+    vm.into_module_state(root, classes)
+}
+
+/// What a reader's first bytes say it is, and its length; the reader is left at its start.
+pub(super) fn sniff_reader<R: Read + Seek>(
+    reader: &mut R,
+    path: &Path,
+) -> Result<(Sniff, u64), CheckpointError> {
+    let read_err = |e| CheckpointError::io(path, "cannot read", e);
+    let file_len = reader.seek(SeekFrom::End(0)).map_err(read_err)?;
+    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    reader
+        .take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    Ok((sniff(&head, file_len), file_len))
+}
+
+/// Refuses archives written on big-endian machines (their storages would read byte-swapped).
+/// Archives without a `byteorder` entry predate it and are little-endian.
+pub(super) fn check_byteorder<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    path: &Path,
+    prefix: &str,
+    file_len: u64,
+) -> Result<(), CheckpointError> {
     let byteorder = format!("{prefix}byteorder");
     if archive.index_for_name(&byteorder).is_some() {
-        let order = read_entry(&mut archive, path, &byteorder, 16, file_len)?;
+        let order = read_entry(archive, path, &byteorder, 16, file_len)?;
         if String::from_utf8_lossy(&order).trim() != "little" {
             return Err(CheckpointError::Unsupported {
                 path: path.to_path_buf(),
@@ -110,24 +171,7 @@ pub fn read_torch_zip_from<R: Read + Seek>(
             });
         }
     }
-
-    let pickle = read_entry(
-        &mut archive,
-        path,
-        &format!("{prefix}data.pkl"),
-        MAX_PICKLE_BYTES,
-        file_len,
-    )?;
-    let mut storages = ZipStorages {
-        archive,
-        path,
-        prefix,
-        file_len,
-        cache: HashMap::new(),
-    };
-    let mut vm = Unpickler::new(&pickle, path, &mut storages);
-    let root = vm.run()?;
-    vm.into_state_dict(root)
+    Ok(())
 }
 
 /// Writes tensors as `torch.save(OrderedDict(tensors), path)` would: a zip checkpoint that
@@ -324,7 +368,7 @@ pub(crate) fn no_data_pkl(path: &Path) -> CheckpointError {
 
 /// Reads a whole entry, refusing ones larger than `max` bytes before allocating for them. The zip
 /// crate checks the entry's CRC when the read reaches its end, so flipped bits are caught here.
-fn read_entry<R: Read + Seek>(
+pub(super) fn read_entry<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
     path: &Path,
     name: &str,
@@ -366,18 +410,36 @@ fn read_entry<R: Read + Seek>(
 }
 
 /// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
-trait StorageSource {
+pub(super) trait StorageSource {
     /// The `nbytes` bytes of storage `key`; an error if the archive holds a different amount.
     fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError>;
 }
 
-struct ZipStorages<'p, R> {
+/// The storages of a zip archive: `<prefix>data/<key>`.
+pub(super) struct ZipStorages<'p, R> {
     archive: zip::ZipArchive<R>,
     path: &'p Path,
     prefix: String,
     file_len: u64,
     /// Storages shared by several tensors are read once.
     cache: HashMap<String, Rc<[u8]>>,
+}
+
+impl<'p, R> ZipStorages<'p, R> {
+    pub(super) fn new(
+        archive: zip::ZipArchive<R>,
+        path: &'p Path,
+        prefix: String,
+        file_len: u64,
+    ) -> Self {
+        ZipStorages {
+            archive,
+            path,
+            prefix,
+            file_len,
+            cache: HashMap::new(),
+        }
+    }
 }
 
 impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
@@ -438,10 +500,36 @@ enum Global {
     /// `torch.FloatStorage` and friends: `Err` holds the name of a storage type of a dtype this
     /// crate does not read, reported against the tensor that uses it.
     Storage(Result<Kind, Rc<str>>),
+    /// TorchScript only: a class compiled by TorchScript (`__torch__.<qualified name>`), named by
+    /// its qualified name. Instantiating it gives an inert [`Obj::Object`]; no code runs.
+    ScriptClass(Rc<str>),
+    /// TorchScript only: `torch.jit._pickle.build_{int,double,bool,tensor}list` and
+    /// `restore_type_tag`, which give back their first argument with a static type attached.
+    ScriptIdentity(&'static str),
+    /// TorchScript only: `builtins.complex`, for `complex` attributes; the result is an opaque
+    /// number.
+    Complex,
 }
 
 impl Global {
-    fn resolve(module: &str, name: &str) -> Option<Global> {
+    fn resolve(module: &str, name: &str, mode: Mode) -> Option<Global> {
+        if mode == Mode::TorchScript {
+            if (module == "__torch__" || module.starts_with("__torch__.")) && !name.is_empty() {
+                return Some(Global::ScriptClass(Rc::from(format!("{module}.{name}"))));
+            }
+            let helper = match (module, name) {
+                ("torch.jit._pickle", "build_intlist") => "build_intlist",
+                ("torch.jit._pickle", "build_doublelist") => "build_doublelist",
+                ("torch.jit._pickle", "build_boollist") => "build_boollist",
+                ("torch.jit._pickle", "build_tensorlist") => "build_tensorlist",
+                ("torch.jit._pickle", "restore_type_tag") => "restore_type_tag",
+                ("builtins", "complex") => return Some(Global::Complex),
+                _ => "",
+            };
+            if !helper.is_empty() {
+                return Some(Global::ScriptIdentity(helper));
+            }
+        }
         match (module, name) {
             ("collections", "OrderedDict") => Some(Global::OrderedDict),
             ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
@@ -481,6 +569,9 @@ impl Global {
             Global::CodecsEncode => "the function _codecs.encode".into(),
             Global::Storage(Ok(kind)) => format!("the storage type of {}", kind_name(*kind)),
             Global::Storage(Err(name)) => format!("the storage type {name}"),
+            Global::ScriptClass(name) => format!("the TorchScript class {}", shown(name)),
+            Global::ScriptIdentity(name) => format!("the function torch.jit._pickle.{name}"),
+            Global::Complex => "the class builtins.complex".into(),
         }
     }
 }
@@ -561,6 +652,23 @@ enum Obj {
     Tensor(Tensor),
     BadTensor(TensorProblem),
     Device,
+    /// TorchScript only: an instance of a TorchScript class (a module, or a scripted class),
+    /// never constructed: its qualified class name and the state BUILD gave it (for modules, a
+    /// dict of its attributes in slot order).
+    Object {
+        class: Rc<str>,
+        state: Option<Value>,
+    },
+}
+
+/// Which pickles the virtual machine accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// `torch.save` files: tensors, storages and containers.
+    StateDict,
+    /// `data.pkl` of a `torch.jit.save` archive: also TorchScript class instances (inert
+    /// objects) and the `torch.jit._pickle` list helpers.
+    TorchScript,
 }
 
 /// Python's insertion-ordered dict: a later `SETITEM` of an existing key replaces its value in
@@ -611,6 +719,7 @@ struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
     path: &'a Path,
+    mode: Mode,
     storages: &'a mut dyn StorageSource,
     stack: Vec<Value>,
     marks: Vec<usize>,
@@ -624,10 +733,20 @@ type VmResult<T> = Result<T, CheckpointError>;
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8], path: &'a Path, storages: &'a mut dyn StorageSource) -> Unpickler<'a> {
+        Unpickler::with_mode(data, path, storages, Mode::StateDict)
+    }
+
+    fn with_mode(
+        data: &'a [u8],
+        path: &'a Path,
+        storages: &'a mut dyn StorageSource,
+        mode: Mode,
+    ) -> Unpickler<'a> {
         Unpickler {
             data,
             pos: 0,
             path,
+            mode,
             storages,
             stack: Vec::new(),
             marks: Vec::new(),
@@ -786,6 +905,7 @@ impl<'a> Unpickler<'a> {
                 Some(Obj::Dict(_)) => "a dict".into(),
                 Some(Obj::Tensor(_) | Obj::BadTensor(_)) => "a tensor".into(),
                 Some(Obj::Device) => "a torch.device".into(),
+                Some(Obj::Object { class, .. }) => format!("an object of class {}", shown(class)),
                 None => "an unknown object".into(),
             },
         }
@@ -1049,11 +1169,23 @@ impl<'a> Unpickler<'a> {
                     let result = self.call(at, callable, args)?;
                     self.stack.push(result);
                 }
-                // BUILD: sets an object's attributes (e.g. a state dict's `_metadata`), which
-                // carry nothing a tensor list needs.
+                // BUILD: sets an object's attributes. A TorchScript object keeps them (a module's
+                // attributes are its parameters, buffers and submodules); anything else's (e.g. a
+                // state dict's `_metadata`) carry nothing a tensor list needs.
                 b'b' => {
-                    self.pop(at)?;
-                    self.top(at)?;
+                    let state = self.pop(at)?;
+                    let target = self.top(at)?.clone();
+                    if let Value::Obj(i) = target {
+                        if let Some(Obj::Object { state: slot, .. }) = self.arena.get_mut(i) {
+                            if slot.is_some() {
+                                return Err(self.malformed(
+                                    at,
+                                    "BUILD of an object that already has its state",
+                                ));
+                            }
+                            *slot = Some(state);
+                        }
+                    }
                 }
                 // BINPERSID
                 b'Q' => {
@@ -1072,7 +1204,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn resolve(&self, module: &str, name: &str) -> VmResult<Global> {
-        Global::resolve(module, name).ok_or_else(|| CheckpointError::ForbiddenGlobal {
+        Global::resolve(module, name, self.mode).ok_or_else(|| CheckpointError::ForbiddenGlobal {
             path: self.path.to_path_buf(),
             global: shown(&format!("{module}.{name}")),
         })
@@ -1105,6 +1237,15 @@ impl<'a> Unpickler<'a> {
             let what = self.type_name(&callable);
             return Err(self.malformed(at, format!("cannot call {what}")));
         };
+        if let Global::ScriptClass(class) = &global {
+            // NEWOBJ with `()` is `cls.__new__(cls)`: an empty object, given its state by a later
+            // BUILD. TorchScript pickles an enum value as its class REDUCE'd with the value itself
+            // (not a tuple): an inert object that keeps it.
+            let empty = matches!(&args, Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Tuple(items)) if items.is_empty()));
+            let state = (!empty).then_some(args);
+            let class = class.clone();
+            return Ok(self.alloc(Obj::Object { class, state }));
+        }
         let args = self.tuple_items(at, &args, "the arguments of a call")?;
         match global {
             Global::OrderedDict => {
@@ -1146,6 +1287,16 @@ impl<'a> Unpickler<'a> {
                 let what = global.describe();
                 Err(self.malformed(at, format!("cannot call {what}")))
             }
+            // Handled above, before the arguments are unpacked.
+            Global::ScriptClass(class) => Ok(self.alloc(Obj::Object { class, state: None })),
+            Global::ScriptIdentity(name) => match args.first() {
+                Some(value) if (1..=2).contains(&args.len()) => Ok(value.clone()),
+                _ => Err(self.malformed(
+                    at,
+                    format!("torch.jit._pickle.{name} called with unexpected arguments"),
+                )),
+            },
+            Global::Complex => Ok(Value::Float),
         }
     }
 
@@ -1313,6 +1464,43 @@ impl<'a> Unpickler<'a> {
             keys.push((name, index));
         }
 
+        self.hand_out(keys, &key_prefix, None)
+    }
+
+    /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
+    /// error messages). A tensor under several names is copied for all but the first; with
+    /// `copy_factor`, copies may total at most that many times the bytes of the distinct tensors,
+    /// or 1 GiB if more, so that a few bytes of pickle cannot ask for unbounded copies.
+    fn hand_out(
+        &mut self,
+        keys: Vec<(String, usize)>,
+        key_prefix: &str,
+        copy_factor: Option<u64>,
+    ) -> VmResult<Vec<(String, Tensor)>> {
+        if let Some(factor) = copy_factor {
+            let (mut distinct, mut copies) = (0u64, 0u64);
+            let mut seen = HashSet::new();
+            for (_, index) in &keys {
+                if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+                    let bytes =
+                        (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
+                    if seen.insert(*index) {
+                        distinct = distinct.saturating_add(bytes);
+                    } else {
+                        copies = copies.saturating_add(bytes);
+                    }
+                }
+            }
+            let budget = distinct.saturating_mul(factor).max(1 << 30);
+            if copies > budget {
+                return Err(CheckpointError::NotAStateDict {
+                    path: self.path.to_path_buf(),
+                    reason: format!(
+                        "shared tensors appear under so many names that their copies would take {copies} bytes"
+                    ),
+                });
+            }
+        }
         let mut out = Vec::with_capacity(keys.len());
         let mut handed_out = HashSet::new();
         for (name, index) in keys {
@@ -1337,10 +1525,13 @@ impl<'a> Unpickler<'a> {
                     })
                 }
                 _ => {
-                    return Err(not_a_state_dict(format!(
-                        "the value of '{}' is not a tensor",
-                        shown(&format!("{key_prefix}{name}"))
-                    )))
+                    return Err(CheckpointError::NotAStateDict {
+                        path: self.path.to_path_buf(),
+                        reason: format!(
+                            "the value of '{}' is not a tensor",
+                            shown(&format!("{key_prefix}{name}"))
+                        ),
+                    })
                 }
             };
             out.push((name, tensor));
@@ -1349,6 +1540,151 @@ impl<'a> Unpickler<'a> {
         // the returned tensors as the only owners.
         self.arena.clear();
         Ok(out)
+    }
+
+    /// The state dict of the TorchScript module `root`, as `torch.jit.load(path).state_dict()`
+    /// gives it: per module (depth first, from the root), its parameters, then its buffers, each
+    /// in slot order, then its submodules in slot order, under dotted names.
+    ///
+    /// A module's attributes are the dict its BUILD gave it, in slot order (TorchScript's pickler
+    /// writes them so). Which of them are parameters and buffers is not in the pickle: `classes`
+    /// reads it from the class definitions in the archive's `code/`. An attribute counts when it
+    /// is listed there *and* holds a tensor (a `bias=False` Linear lists `bias`, holding None);
+    /// submodules are the attributes holding objects of module classes. Other attributes, tensors
+    /// included (plain tensor attributes are neither parameters nor buffers), are not state.
+    fn into_module_state(
+        mut self,
+        root: Value,
+        classes: &super::torchscript::ScriptClasses,
+    ) -> VmResult<Vec<(String, Tensor)>> {
+        let path = self.path;
+        let not_a_module = |reason: String| CheckpointError::NotAStateDict {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let root_index = match &root {
+            Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Object { .. })) => *i,
+            other => {
+                return Err(not_a_module(format!(
+                    "data.pkl holds {}, not a TorchScript module",
+                    self.type_name(other)
+                )))
+            }
+        };
+
+        enum Step {
+            Enter(usize, String),
+            Leave(usize),
+        }
+        let mut steps = vec![Step::Enter(root_index, String::new())];
+        // Modules being walked: a module inside itself would make Python recurse forever.
+        let mut on_path = HashSet::new();
+        let mut steps_taken = 0usize;
+        let mut keys: Vec<(String, usize)> = Vec::new();
+        let mut positions: HashMap<String, usize> = HashMap::new();
+        while let Some(step) = steps.pop() {
+            let (index, prefix) = match step {
+                Step::Leave(index) => {
+                    on_path.remove(&index);
+                    continue;
+                }
+                Step::Enter(index, prefix) => (index, prefix),
+            };
+            let module = if prefix.is_empty() {
+                "the root module".to_string()
+            } else {
+                format!("module '{}'", shown(prefix.trim_end_matches('.')))
+            };
+            steps_taken += 1;
+            if !on_path.insert(index) {
+                return Err(not_a_module(format!("{module} contains itself")));
+            }
+            steps.push(Step::Leave(index));
+            let Some(Obj::Object { class, state }) = self.arena.get(index) else {
+                return Err(not_a_module(format!("{module} is not an object")));
+            };
+            let Some(def) = classes.module(path, class)? else {
+                return Err(not_a_module(format!(
+                    "{module} is an object of class {}, which is not a module",
+                    shown(class)
+                )));
+            };
+            let Some(state) = state else {
+                return Err(not_a_module(format!(
+                    "{module} (class {}) is never given its attributes",
+                    shown(class)
+                )));
+            };
+            let attributes = match state {
+                Value::Obj(d) => match self.arena.get(*d) {
+                    Some(Obj::Dict(dict)) => Some(dict),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(attributes) = attributes else {
+                return Err(CheckpointError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{module} (class {}) is saved as {} by its own __getstate__, which only its code can read",
+                        shown(class),
+                        self.type_name(state)
+                    ),
+                });
+            };
+            steps_taken = steps_taken.saturating_add(attributes.entries.len());
+            if steps_taken > MAX_WALK_STEPS {
+                return Err(not_a_module(format!(
+                    "the module tree has more than {MAX_WALK_STEPS} modules and attributes"
+                )));
+            }
+            let mut names = Vec::with_capacity(attributes.entries.len());
+            for (key, _) in &attributes.entries {
+                match key {
+                    Value::Str(name) if prefix.len() + name.len() > MAX_NAME_BYTES => {
+                        return Err(not_a_module(format!(
+                            "{module} has an attribute whose dotted name is longer than {MAX_NAME_BYTES} bytes"
+                        )))
+                    }
+                    Value::Str(name) => names.push(name.clone()),
+                    other => {
+                        return Err(not_a_module(format!(
+                            "{module} has an attribute named by {}",
+                            self.type_name(other)
+                        )))
+                    }
+                }
+            }
+            let mut add = |name: String, tensor: usize| match positions.entry(name) {
+                // Python's state dict is a dict: a name given twice keeps its first place.
+                Entry::Occupied(at) => keys[*at.get()].1 = tensor,
+                Entry::Vacant(slot) => {
+                    keys.push((slot.key().clone(), tensor));
+                    slot.insert(keys.len() - 1);
+                }
+            };
+            for listed in [&def.parameters, &def.buffers] {
+                for (name, (_, value)) in names.iter().zip(&attributes.entries) {
+                    if let Value::Obj(tensor) = value {
+                        if listed.contains(&**name) && self.is_tensor(value) {
+                            add(format!("{prefix}{name}"), *tensor);
+                        }
+                    }
+                }
+            }
+            let mut children = Vec::new();
+            for (name, (_, value)) in names.iter().zip(&attributes.entries) {
+                if let Value::Obj(child) = value {
+                    if let Some(Obj::Object { class, .. }) = self.arena.get(*child) {
+                        if classes.module(path, class)?.is_some() {
+                            children.push(Step::Enter(*child, format!("{prefix}{name}.")));
+                        }
+                    }
+                }
+            }
+            steps.extend(children.into_iter().rev());
+        }
+        self.hand_out(keys, "", Some(COPY_BUDGET_FACTOR))
     }
 
     /// The root dict if all its values are tensors, else the first [`NESTED_KEYS`] entry that is
@@ -1678,6 +2014,15 @@ mod tests {
         // A storage type name is allowed, but never callable.
         let err = unpickle(b"\x80\x02ctorch\nFloatStorage\n)R.").expect_err("refused");
         assert!(err.to_string().contains("cannot call"), "{err}");
+        // TorchScript classes and helpers are only known in TorchScript mode.
+        let err = unpickle(b"\x80\x02c__torch__\nNet\n)\x81}b.").expect_err("refused");
+        assert!(err.to_string().contains("`__torch__.Net`"), "{err}");
+        let err = unpickle(b"\x80\x02ctorch.jit._pickle\nbuild_intlist\n.").expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("`torch.jit._pickle.build_intlist`"),
+            "{err}"
+        );
     }
 
     #[test]
