@@ -3,6 +3,7 @@
 
 use crate::error::{PruneError, Result};
 use crate::method::{PruningMethod, PruningType};
+use crate::selection::{zero_smallest, Part};
 use crate::structured::checked_dim;
 use tch::{Kind, Tensor};
 
@@ -29,6 +30,27 @@ pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor)
     let mut new_mask = Tensor::f_empty(mask.size(), (scores.kind(), mask.device()))?;
     new_mask.f_copy_(mask)?;
     match method.pruning_type() {
+        PruningType::Unstructured
+            if method.smallest_magnitudes().is_some() && scores.size() == mask.size() =>
+        {
+            // Selects among the live entries in place, without gathering them.
+            let amount = method.smallest_magnitudes().expect("checked");
+            let live_count = mask.f_eq(1)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            let k = amount.to_count(live_count)?;
+            let part = Part {
+                scores,
+                live: Some(mask),
+                out: &new_mask,
+            };
+            if k != 0 && !zero_smallest(&[part], k)? {
+                let live = mask.f_eq(1)?;
+                let partial = method.compute_mask(
+                    &scores.f_masked_select(&live)?,
+                    &mask.f_masked_select(&live)?,
+                )?;
+                let _ = new_mask.f_masked_scatter_(&live, &partial.f_to_kind(new_mask.kind())?)?;
+            }
+        }
         PruningType::Unstructured => {
             let live = mask.f_eq(1)?;
             let partial = method.compute_mask(

@@ -5,8 +5,10 @@ use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
 use crate::method::{check_shape, PruningMethod, PruningType};
 use crate::pruner::Pruner;
+use crate::selection::{zero_smallest, Part};
+use crate::unstructured::fresh_copy;
 use std::collections::{HashMap, HashSet};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 impl Pruner {
     /// Prunes the tensors `names` together with one unstructured method, as if they were one
@@ -60,7 +62,7 @@ impl Pruner {
         self.prune_all(|state| {
             let mut scores = Vec::with_capacity(names.len());
             let mut masks = Vec::with_capacity(names.len());
-            let mut shapes = Vec::with_capacity(names.len());
+            let mut values_of = Vec::with_capacity(names.len());
             let mut first_device: Option<(&str, tch::Device)> = None;
             for &name in names {
                 let (values, mask) = state.current(name)?;
@@ -85,33 +87,113 @@ impl Pruner {
                         Some(_) => {}
                     }
                 }
-                masks.push(match mask {
-                    Some(m) => m.f_reshape([-1])?,
-                    None => values.f_ones_like()?.f_reshape([-1])?,
-                });
-                scores.push(score.f_reshape([-1])?);
-                shapes.push(values.size());
+                masks.push(mask);
+                scores.push(score);
+                values_of.push(values);
             }
-            let all_scores = Tensor::f_cat(&scores, 0)?;
-            let all_masks = Tensor::f_cat(&masks, 0)?;
+            let fast = match method.smallest_magnitudes() {
+                Some(amount) => {
+                    select_in_place(amount, &scores, &masks, &values_of, state.bool_masks)?
+                }
+                None => None,
+            };
+            let combined = match fast {
+                Some(combined) => combined,
+                None => concatenated(method, &scores, &masks, &values_of)?,
+            };
             drop((scores, masks));
-            let combined = tch::no_grad(|| combine_masks(method, &all_scores, &all_masks))?;
-            drop((all_scores, all_masks));
 
             let mut plans = Vec::with_capacity(names.len());
-            let mut offset = 0;
-            for (&name, shape) in names.iter().zip(&shapes) {
-                let numel: i64 = shape.iter().product();
-                // A copy, not a view: PyTorch keeps views of the whole vector alive in every
-                // round's CustomFromMask (pytorch#49332); a copy lets it go.
-                let slice = combined
-                    .f_narrow(0, offset, numel)?
-                    .f_reshape(&shape[..])?
-                    .f_contiguous()?;
-                offset += numel;
-                plans.push(state.plan(name, &CustomFromMask::new(&slice), None)?);
+            for (&name, mask) in names.iter().zip(combined) {
+                plans.push(state.plan(name, &CustomFromMask::new(&mask), None)?);
             }
             Ok(plans)
         })
     }
+}
+
+/// The combined mask of each tensor (PyTorch's slices of the `global_unstructured` vector), for
+/// a smallest-magnitude method, selected in place by streaming passes over the tensors: no
+/// concatenation, the only memory is the masks themselves. `None` where that path does not apply
+/// (GPU tensors, unusual dtypes).
+fn select_in_place(
+    amount: crate::Amount,
+    scores: &[Tensor],
+    masks: &[Option<Tensor>],
+    values: &[Tensor],
+    bool_masks: bool,
+) -> Result<Option<Vec<Tensor>>> {
+    let mut live_total = 0;
+    let mut outs = Vec::with_capacity(scores.len());
+    for (mask, values) in masks.iter().zip(values) {
+        outs.push(match mask {
+            Some(m) => {
+                live_total += m.f_eq(1)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+                fresh_copy(m)?
+            }
+            None => {
+                live_total += values.numel() as i64;
+                let kind = if bool_masks {
+                    Kind::Bool
+                } else {
+                    values.kind()
+                };
+                Tensor::f_ones(values.size(), (kind, values.device()))?
+            }
+        });
+    }
+    let k = amount.to_count(live_total)?;
+    let parts: Vec<Part<'_>> = scores
+        .iter()
+        .zip(masks)
+        .zip(&outs)
+        .map(|((scores, live), out)| Part {
+            scores,
+            live: live.as_ref(),
+            out,
+        })
+        .collect();
+    Ok(zero_smallest(&parts, k)?.then_some(outs))
+}
+
+/// PyTorch's way: one vector of all scores and one of all masks, the method applied to the live
+/// entries of the whole, then cut back into per-tensor masks.
+fn concatenated(
+    method: &dyn PruningMethod,
+    scores: &[Tensor],
+    masks: &[Option<Tensor>],
+    values: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    let flat_scores = scores
+        .iter()
+        .map(|s| s.f_reshape([-1]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flat_masks = masks
+        .iter()
+        .zip(values)
+        .map(|(m, v)| match m {
+            Some(m) => m.f_reshape([-1]),
+            None => v.f_ones_like()?.f_reshape([-1]),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let all_scores = Tensor::f_cat(&flat_scores, 0)?;
+    let all_masks = Tensor::f_cat(&flat_masks, 0)?;
+    drop((flat_scores, flat_masks));
+    let combined = tch::no_grad(|| combine_masks(method, &all_scores, &all_masks))?;
+    drop((all_scores, all_masks));
+    let mut offset = 0;
+    values
+        .iter()
+        .map(|v| {
+            let numel = v.numel() as i64;
+            // A copy, not a view: PyTorch keeps views of the whole vector alive in every
+            // round's CustomFromMask (pytorch#49332); a copy lets it go.
+            let slice = combined
+                .f_narrow(0, offset, numel)?
+                .f_reshape(v.size())?
+                .f_contiguous()?;
+            offset += numel;
+            Ok(slice)
+        })
+        .collect()
 }

@@ -29,6 +29,7 @@ mod module;
 pub mod plan;
 mod pruner;
 mod report;
+mod selection;
 mod state;
 mod structured;
 mod torchscript;

@@ -53,6 +53,14 @@ pub trait PruningMethod: Debug {
     /// `default_mask` must stay 0.
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor>;
 
+    /// `Some(amount)` if this method prunes the `amount` entries of smallest magnitude (as
+    /// [`L1Unstructured`](crate::L1Unstructured) does): iterative and global pruning then
+    /// select in place, in streaming passes, instead of gathering the live entries into new
+    /// tensors. The result is the same, ties at the boundary aside (see the crate's docs).
+    fn smallest_magnitudes(&self) -> Option<crate::Amount> {
+        None
+    }
+
     /// Prunes a tensor without any `VarStore`: `t * mask`, the mask computed from
     /// `importance_scores` (default: `t`) and `default_mask` (default: all ones).
     fn prune(

@@ -5,6 +5,7 @@ use crate::checkpoint::{self, Format};
 use crate::error::Result;
 use crate::pruner::{mask_name, orig_name, Pruner};
 use crate::torchscript::ScriptModel;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -18,7 +19,13 @@ pub struct ModelFile {
 
 #[derive(Debug)]
 enum Contents {
-    Script(ScriptModel),
+    /// A TorchScript module, with its whole state dict's names in order: the parameters live in
+    /// the module (and the store); `buffers` are the other entries as the file holds them.
+    Script {
+        model: ScriptModel,
+        state_names: Vec<String>,
+        buffers: HashMap<String, Tensor>,
+    },
     /// A state dict: every tensor, in the file's order. Floating-point tensors are registered
     /// trainable (so they can be pruned), the others as buffers. A tensor the file holds
     /// pruned (`<name>_orig` and `<name>_mask`, as PyTorch saves it) is registered as `<name>`
@@ -36,7 +43,21 @@ impl ModelFile {
         let path = path.as_ref();
         let format = Format::detect(path)?;
         let contents = match format {
-            Format::TorchScript => Contents::Script(ScriptModel::load(path, device)?),
+            Format::TorchScript => {
+                let model = ScriptModel::load(path, device)?;
+                let state = checkpoint::read_torchscript_state(path)?;
+                let params: HashSet<&String> = model.parameter_names().iter().collect();
+                let state_names = state.iter().map(|(n, _)| n.clone()).collect();
+                let buffers = state
+                    .into_iter()
+                    .filter(|(n, _)| !params.contains(n))
+                    .collect();
+                Contents::Script {
+                    model,
+                    state_names,
+                    buffers,
+                }
+            }
             Format::TorchZip | Format::Safetensors => {
                 let mut tensors = checkpoint::read_state_dict(path)?;
                 let masks = take_masks(&mut tensors);
@@ -76,7 +97,7 @@ impl ModelFile {
 
     pub fn var_store(&self) -> &VarStore {
         match &self.contents {
-            Contents::Script(m) => m.var_store(),
+            Contents::Script { model, .. } => model.var_store(),
             Contents::Tensors { vs, .. } => vs,
         }
     }
@@ -84,7 +105,7 @@ impl ModelFile {
     /// The TorchScript module, for a TorchScript file.
     pub fn script(&self) -> Option<&ScriptModel> {
         match &self.contents {
-            Contents::Script(m) => Some(m),
+            Contents::Script { model, .. } => Some(model),
             Contents::Tensors { .. } => None,
         }
     }
@@ -93,7 +114,11 @@ impl ModelFile {
     /// floating-point tensor), in the file's order, with their number of dimensions.
     pub fn parameters(&self) -> Vec<(String, usize)> {
         let vars = self.var_store().variables();
-        self.names()
+        let names = match &self.contents {
+            Contents::Script { model, .. } => model.parameter_names(),
+            Contents::Tensors { names, .. } => names,
+        };
+        names
             .iter()
             .filter_map(|n| {
                 vars.get(n)
@@ -103,10 +128,19 @@ impl ModelFile {
             .collect()
     }
 
+    /// Every tensor's name, in the file's order (buffers of a TorchScript module included).
     fn names(&self) -> &[String] {
         match &self.contents {
-            Contents::Script(m) => m.parameter_names(),
+            Contents::Script { state_names, .. } => state_names,
             Contents::Tensors { names, .. } => names,
+        }
+    }
+
+    /// A tensor that is not a parameter of the TorchScript module, as the file holds it.
+    fn buffer(&self, name: &str) -> Option<Tensor> {
+        match &self.contents {
+            Contents::Script { buffers, .. } => buffers.get(name).map(Tensor::shallow_clone),
+            Contents::Tensors { .. } => None,
         }
     }
 
@@ -117,7 +151,10 @@ impl ModelFile {
         self.names()
             .iter()
             .map(|n| {
-                let t = pruner.tensor(n).unwrap_or_else(|| vars[n].shallow_clone());
+                let t = pruner
+                    .tensor(n)
+                    .or_else(|| self.buffer(n))
+                    .unwrap_or_else(|| vars[n].shallow_clone());
                 (n.clone(), t.detach())
             })
             .collect()
@@ -140,7 +177,12 @@ impl ModelFile {
                     state.push((orig_name(name), orig.detach()));
                     state.push((mask_name(name), mask));
                 }
-                _ => state.push((name.clone(), vars[name].detach())),
+                _ => {
+                    let t = self
+                        .buffer(name)
+                        .unwrap_or_else(|| vars[name].shallow_clone());
+                    state.push((name.clone(), t.detach()));
+                }
             }
         }
         Ok(state)
@@ -150,7 +192,7 @@ impl ModelFile {
     /// dict as the same kind of state dict. Pruned tensors are written masked. Atomic.
     pub fn save(&self, path: impl AsRef<Path>, pruner: &Pruner) -> Result<()> {
         match (&self.contents, self.format) {
-            (Contents::Script(m), _) => m.save(path),
+            (Contents::Script { model, .. }, _) => model.save(path),
             (Contents::Tensors { .. }, Format::Safetensors) => {
                 Ok(checkpoint::write_safetensors(path, &self.tensors(pruner))?)
             }

@@ -11,7 +11,7 @@ use crate::structured::{LnStructured, Norm, RandomStructured};
 use crate::unstructured::{fresh_copy, Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tch::nn::{VarStore, Variables};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Prunes the tensors of a [`VarStore`] the way `torch.nn.utils.prune` prunes a module's, and
 /// keeps every mask applied.
@@ -67,6 +67,8 @@ pub struct Pruner {
 pub(crate) struct State {
     variables: Arc<Mutex<Variables>>,
     tensors: Vec<PrunedTensor>,
+    /// Store masks as booleans (a quarter of f32's memory) instead of the weight's dtype.
+    pub(crate) bool_masks: bool,
 }
 
 /// One pruned tensor: the registry's equivalent of a PyTorch pruning hook.
@@ -112,10 +114,24 @@ impl Pruner {
     /// A registry for the tensors of `vs`. It shares the store's variables, so the `VarStore`
     /// can keep being used (saved, loaded, handed to optimizers) as usual.
     pub fn new(vs: &VarStore) -> Self {
+        Self::with_state(vs, false)
+    }
+
+    /// Like [`Pruner::new`], but masks are stored as `Kind::Bool`: a quarter of the memory of
+    /// f32 masks (an eighth of f64's), same pruned values. They hold only 0 and 1, so a custom
+    /// mask with other values is refused. Files written by this crate for PyTorch (the CLI's
+    /// `--state-out`, [`ModelFile::reparametrized_state`](crate::ModelFile::reparametrized_state))
+    /// hold them as float masks of the weight's dtype, as PyTorch has them.
+    pub fn with_bool_masks(vs: &VarStore) -> Self {
+        Self::with_state(vs, true)
+    }
+
+    fn with_state(vs: &VarStore, bool_masks: bool) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 variables: vs.variables_.clone(),
                 tensors: Vec::new(),
+                bool_masks,
             })),
         }
     }
@@ -331,7 +347,12 @@ impl State {
     pub(crate) fn current(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
         if let Some(i) = self.index_of(name) {
             let t = &self.tensors[i];
-            let values = tch::no_grad(|| t.masked_orig())?;
+            // The tensor modules use holds exactly these values when it is up to date.
+            let values = if t.written_at.is_some() && t.written_at == t.stamp() {
+                t.target.detach()
+            } else {
+                tch::no_grad(|| t.masked_orig())?
+            };
             return Ok((values, Some(t.mask.shallow_clone())));
         }
         let vars = self.variables.lock().expect("VarStore lock poisoned");
@@ -366,6 +387,11 @@ impl State {
             None => method.compute_mask(&scores, &values.f_ones_like()?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
+        let mask = if self.bool_masks {
+            to_bool_mask(name, &mask)?
+        } else {
+            mask
+        };
         Ok(Plan {
             name: name.to_string(),
             mask,
@@ -496,8 +522,13 @@ impl PrunedTensor {
         if self.written_at.is_some() && self.written_at == self.stamp() {
             return Ok(());
         }
-        let mask = self.mask.f_to_kind(self.orig.kind())?;
-        let _ = tch::no_grad(|| mask.f_mul_out(&self.target, &self.orig))?;
+        // `orig * mask` straight into the target; a float mask of another dtype is cast first,
+        // as PyTorch's `mask.to(orig.dtype) * orig` does (a boolean one multiplies exactly).
+        let mask = match self.mask.kind() {
+            k if k == self.orig.kind() || k == Kind::Bool => self.mask.shallow_clone(),
+            _ => self.mask.f_to_kind(self.orig.kind())?,
+        };
+        let _ = tch::no_grad(|| self.orig.f_mul_out(&self.target, &mask))?;
         self.written_at = self.stamp();
         Ok(())
     }
@@ -510,6 +541,25 @@ impl PrunedTensor {
         }
         self.write_target()
     }
+}
+
+/// A mask as booleans, refusing values other than 0 and 1 (which a boolean cannot scale by).
+fn to_bool_mask(name: &str, mask: &Tensor) -> Result<Tensor> {
+    if mask.kind() == Kind::Bool {
+        return Ok(mask.shallow_clone());
+    }
+    let binary = mask
+        .f_eq(0)?
+        .f_logical_or(&mask.f_eq(1)?)?
+        .f_all()?
+        .f_int64_value(&[])?
+        == 1;
+    if !binary {
+        return Err(PruneError::InvalidArgument(format!(
+            "the new mask of '{name}' has values other than 0 and 1, which boolean masks cannot hold"
+        )));
+    }
+    Ok(mask.f_ne(0)?)
 }
 
 /// The name of the trainable unmasked values, as in PyTorch's state dicts.

@@ -143,7 +143,11 @@ fn channel_norms(t: &Tensor, n: Norm, dim: i64) -> Result<Tensor> {
     Ok(match n {
         Norm::P(p) => t.f_norm_scalaropt_dim(p, &reduced[..], false)?,
         Norm::Fro if reduced.len() <= 2 => t.f_norm_scalaropt_dim(2.0, &reduced[..], false)?,
-        Norm::Nuc if reduced.len() == 2 => t.f_nuclear_norm_dim(&reduced[..], false)?,
+        // `linalg.norm` with two dims and 'nuc' is `torch.norm`'s matrix_norm (and, unlike the
+        // deprecated `nuclear_norm`, prints no warning).
+        Norm::Nuc if reduced.len() == 2 => {
+            t.f_linalg_norm_ord_str("nuc", &reduced[..], false, None::<Kind>)?
+        }
         Norm::Fro | Norm::Nuc => return Err(invalid()),
     })
 }

@@ -3,6 +3,7 @@
 use crate::amount::Amount;
 use crate::error::Result;
 use crate::method::{PruningMethod, PruningType};
+use crate::selection::{zero_smallest, Part};
 use tch::Tensor;
 
 /// Prunes nothing: reparametrizes a tensor with an all-ones mask (PyTorch's `prune.identity`),
@@ -56,7 +57,8 @@ impl PruningMethod for RandomUnstructured {
 }
 
 /// Prunes the `amount` entries of smallest absolute score (PyTorch's `L1Unstructured`):
-/// exactly that many, even when magnitudes tie, chosen by the same `topk` as PyTorch.
+/// exactly that many, even when magnitudes tie. On CPU the selection is a streaming radix
+/// select (see the crate docs on ties); elsewhere it is PyTorch's own `topk`.
 #[derive(Clone, Copy, Debug)]
 pub struct L1Unstructured {
     amount: Amount,
@@ -82,7 +84,12 @@ impl PruningMethod for L1Unstructured {
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
         let k = self.amount.to_count(scores.numel() as i64)?;
         let mask = fresh_copy(default_mask)?;
-        if k != 0 {
+        let part = Part {
+            scores,
+            live: None,
+            out: &mask,
+        };
+        if k != 0 && !zero_smallest(&[part], k)? {
             // PyTorch fails on non-contiguous scores (`view(-1)`); reshape reads them in the same
             // row-major order, so the result is what PyTorch gives for a contiguous copy.
             let (_, indices) = scores
@@ -92,6 +99,10 @@ impl PruningMethod for L1Unstructured {
             zero_flat(&mask, &indices)?;
         }
         Ok(mask)
+    }
+
+    fn smallest_magnitudes(&self) -> Option<Amount> {
+        Some(self.amount)
     }
 }
 

@@ -1,0 +1,336 @@
+//! Magnitude selection at scale: the `k` smallest magnitudes among the live entries of one or
+//! many tensors, found by a radix select over the magnitudes' bit patterns, streaming each tensor
+//! in place. No concatenation, no sort, no index tensors: the extra memory is a few histograms,
+//! whatever the model's size (PyTorch's `global_unstructured` concatenates every score and mask
+//! and runs `topk` with int64 indices).
+//!
+//! The result is the set PyTorch's `topk(largest=False)` selects whenever the magnitudes do not
+//! tie at the boundary. Where they do, exactly `k` entries are still selected, and the tie is
+//! broken by order: the tied entries that come first (earlier tensor, then lower flat index) are
+//! pruned first, on every device. (`topk`'s own choice among equal values is unspecified.)
+
+use crate::error::Result;
+use std::thread;
+use tch::{Device, Kind, Tensor};
+
+/// One tensor taking part in a selection.
+pub(crate) struct Part<'a> {
+    /// Ranked by magnitude.
+    pub scores: &'a Tensor,
+    /// Only entries equal to 1 here take part (PyTorch's "still unpruned"); all when `None`.
+    pub live: Option<&'a Tensor>,
+    /// Receives a 0 at every selected entry; nothing else is written.
+    pub out: &'a Tensor,
+}
+
+const DIGIT_BITS: u32 = 16;
+const BUCKETS: usize = 1 << DIGIT_BITS;
+const CHUNK: usize = 1 << 20;
+
+/// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts.
+/// Returns `false` (having written nothing) when the inputs are not all contiguous CPU tensors of
+/// supported dtypes; the caller then takes the general path.
+pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<bool> {
+    let Some(views) = parts.iter().map(View::of).collect::<Option<Vec<_>>>() else {
+        return Ok(false);
+    };
+    if k <= 0 {
+        return Ok(true);
+    }
+    // Compare in the precision PyTorch's concatenation promotes to: f64 if any score is f64,
+    // else f32 (which holds f16 and bf16 exactly).
+    let wide = views.iter().any(|v| v.score_kind == Kind::Double);
+    let digits = if wide { 4 } else { 2 };
+    let chunks = chunks(&views);
+
+    // Radix select, most significant digit first: after each pass, `prefix` holds the digits of
+    // the k-th smallest key found so far and `below` how many live keys are smaller.
+    let (mut prefix, mut below) = (0u64, 0u64);
+    for pass in 0..digits {
+        let shift = (digits - 1 - pass) * DIGIT_BITS;
+        let histogram = parallel_sum(&chunks, |c, h| {
+            c.for_each_live(wide, |_, key| {
+                // Only keys whose higher digits are the prefix found so far.
+                if pass == 0 || key >> (shift + DIGIT_BITS) == prefix >> (shift + DIGIT_BITS) {
+                    h[((key >> shift) & (BUCKETS as u64 - 1)) as usize] += 1;
+                }
+            });
+        });
+        let mut seen = below;
+        let digit = histogram
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen >= k as u64
+            })
+            .unwrap_or(BUCKETS - 1);
+        below = seen - histogram[digit];
+        prefix |= (digit as u64) << shift;
+    }
+    let threshold = prefix;
+
+    // Everything below the threshold goes, in parallel; of the entries equal to it, the first
+    // `k - below` in order, which needs their count per chunk first.
+    let ties = parallel_map(&chunks, |c| {
+        let mut ties = 0u64;
+        c.for_each_live(wide, |i, key| {
+            if key < threshold {
+                c.zero(i);
+            } else if key == threshold {
+                ties += 1;
+            }
+        });
+        ties
+    });
+    let mut budget = k as u64 - below;
+    for (chunk, &n) in chunks.iter().zip(&ties) {
+        if budget == 0 {
+            break;
+        }
+        if n == 0 {
+            continue;
+        }
+        chunk.for_each_live(wide, |i, key| {
+            if key == threshold && budget > 0 {
+                chunk.zero(i);
+                budget -= 1;
+            }
+        });
+    }
+    Ok(true)
+}
+
+/// Raw access to one part. The tensors are kept alive by the caller for the whole selection.
+struct View {
+    scores: *const u8,
+    score_kind: Kind,
+    live: Option<(*const u8, Kind)>,
+    out: *mut u8,
+    out_size: usize,
+    numel: usize,
+}
+
+// SAFETY: the pointers refer to tensors the caller keeps alive and does not touch during the
+// selection; threads read disjoint or shared-read-only ranges and write disjoint ranges of `out`.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+impl View {
+    fn of(part: &Part<'_>) -> Option<View> {
+        let numel = part.scores.numel();
+        let usable =
+            |t: &Tensor| t.device() == Device::Cpu && t.is_contiguous() && t.numel() == numel;
+        if !usable(part.scores) || !usable(part.out) || !part.live.is_none_or(usable) {
+            return None;
+        }
+        let score_kind = part.scores.kind();
+        if !matches!(
+            score_kind,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        ) {
+            return None;
+        }
+        let live = match part.live {
+            Some(l) => {
+                one_pattern(l.kind())?;
+                Some((l.data_ptr() as *const u8, l.kind()))
+            }
+            None => None,
+        };
+        let out_size = element_size(part.out.kind())?;
+        Some(View {
+            scores: part.scores.data_ptr() as *const u8,
+            score_kind,
+            live,
+            out: part.out.data_ptr() as *mut u8,
+            out_size,
+            numel,
+        })
+    }
+}
+
+/// A range of one part's entries: the unit of work of a thread.
+struct Chunk<'a> {
+    view: &'a View,
+    start: usize,
+    end: usize,
+}
+
+impl Chunk<'_> {
+    /// Calls `f(index, key)` for each live entry in order; `key` orders magnitudes like the
+    /// promoted dtype does (NaN above +inf, as `topk` ranks it).
+    fn for_each_live(&self, wide: bool, mut f: impl FnMut(usize, u64)) {
+        let v = self.view;
+        for i in self.start..self.end {
+            if let Some((ptr, kind)) = v.live {
+                // SAFETY: i < numel, and the live tensor has numel elements of `kind`.
+                if !unsafe { is_one(ptr, kind, i) } {
+                    continue;
+                }
+            }
+            // SAFETY: as above, for the scores.
+            let x = unsafe { read_f64(v.scores, v.score_kind, i) };
+            let key = if wide {
+                x.abs().to_bits()
+            } else {
+                (x as f32).abs().to_bits() as u64
+            };
+            f(i, key);
+        }
+    }
+
+    fn zero(&self, i: usize) {
+        let v = self.view;
+        // SAFETY: i < numel; each index is written by exactly one thread.
+        unsafe { std::ptr::write_bytes(v.out.add(i * v.out_size), 0, v.out_size) }
+    }
+}
+
+fn chunks(views: &[View]) -> Vec<Chunk<'_>> {
+    views
+        .iter()
+        .flat_map(|view| {
+            (0..view.numel).step_by(CHUNK).map(move |start| Chunk {
+                view,
+                start,
+                end: (start + CHUNK).min(view.numel),
+            })
+        })
+        .collect()
+}
+
+fn threads() -> usize {
+    (tch::get_num_threads().max(1) as usize).min(64)
+}
+
+/// Runs `f` on every chunk, spread over libtorch's intra-op thread count; results in chunk order.
+fn parallel_map<T: Send>(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>) -> T + Sync) -> Vec<T> {
+    let n = threads();
+    if n == 1 || chunks.len() < 2 {
+        return chunks.iter().map(f).collect();
+    }
+    let per = chunks.len().div_ceil(n);
+    thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .chunks(per)
+            .map(|group| s.spawn(|| group.iter().map(&f).collect::<Vec<T>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("selection thread panicked"))
+            .collect()
+    })
+}
+
+/// A histogram over all chunks: each thread fills its own, then they are added up.
+fn parallel_sum(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync) -> Vec<u64> {
+    let per = chunks.len().div_ceil(threads()).max(1);
+    let partial: Vec<Vec<u64>> = thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .chunks(per)
+            .map(|group| {
+                let f = &f;
+                s.spawn(move || {
+                    let mut histogram = vec![0u64; BUCKETS];
+                    group.iter().for_each(|c| f(c, &mut histogram));
+                    histogram
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("selection thread panicked"))
+            .collect()
+    });
+    partial.into_iter().fold(vec![0u64; BUCKETS], |mut acc, h| {
+        acc.iter_mut().zip(h).for_each(|(a, x)| *a += x);
+        acc
+    })
+}
+
+fn element_size(kind: Kind) -> Option<usize> {
+    Some(match kind {
+        Kind::Bool | Kind::Uint8 | Kind::Int8 => 1,
+        Kind::Half | Kind::BFloat16 | Kind::Int16 => 2,
+        Kind::Float | Kind::Int => 4,
+        Kind::Double | Kind::Int64 => 8,
+        _ => return None,
+    })
+}
+
+/// The bytes of the value 1 in `kind`, little-endian.
+fn one_pattern(kind: Kind) -> Option<u64> {
+    Some(match kind {
+        Kind::Bool | Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64 => 1,
+        Kind::Half => 0x3C00,
+        Kind::BFloat16 => 0x3F80,
+        Kind::Float => 1f32.to_bits() as u64,
+        Kind::Double => 1f64.to_bits(),
+        _ => return None,
+    })
+}
+
+/// Whether element `i` of a `kind` array equals 1.
+///
+/// # Safety
+/// `ptr` must point to at least `i + 1` elements of `kind`, one of those `one_pattern` knows.
+unsafe fn is_one(ptr: *const u8, kind: Kind, i: usize) -> bool {
+    let size = element_size(kind).unwrap_or(1);
+    let mut bytes = [0u8; 8];
+    std::ptr::copy_nonoverlapping(ptr.add(i * size), bytes.as_mut_ptr(), size);
+    Some(u64::from_le_bytes(bytes)) == one_pattern(kind)
+}
+
+/// Element `i` of a floating-point array, widened exactly to f64.
+///
+/// # Safety
+/// `ptr` must point to at least `i + 1` elements of `kind` (f32, f64, f16 or bf16).
+unsafe fn read_f64(ptr: *const u8, kind: Kind, i: usize) -> f64 {
+    match kind {
+        Kind::Double => (ptr as *const f64).add(i).read_unaligned(),
+        Kind::Half => f16_to_f32((ptr as *const u16).add(i).read_unaligned()) as f64,
+        Kind::BFloat16 => {
+            f32::from_bits(((ptr as *const u16).add(i).read_unaligned() as u32) << 16) as f64
+        }
+        _ => (ptr as *const f32).add(i).read_unaligned() as f64,
+    }
+}
+
+/// IEEE half to single precision, exactly (subnormals, infinities and NaN included).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: m * 2^-24, exact in f32.
+            let magnitude = m as f32 * 2f32.powi(-24);
+            return if sign != 0 { -magnitude } else { magnitude };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversion_is_exact_for_every_bit_pattern() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let t = Tensor::from_slice(&all.iter().map(|&b| b as i16).collect::<Vec<_>>());
+        // Reinterpret the int16 bits as f16 through libtorch, then widen there.
+        let halves = t.view_dtype(Kind::Half).to_kind(Kind::Float);
+        let expected = Vec::<f32>::try_from(&halves).unwrap();
+        for (b, e) in all.iter().zip(expected) {
+            let got = f16_to_f32(*b);
+            assert!(
+                got.to_bits() == e.to_bits() || (got.is_nan() && e.is_nan()),
+                "{b:#06x}: {got} vs {e}"
+            );
+        }
+    }
+}
