@@ -91,21 +91,28 @@ impl Pruner {
                 scores.push(score);
                 values_of.push(values);
             }
-            let fast = match method.smallest_magnitudes() {
+            let selected = match method.smallest_magnitudes() {
                 Some(amount) => {
                     select_in_place(amount, &scores, &masks, &values_of, state.bool_masks)?
                 }
                 None => None,
             };
-            let combined = match fast {
+            let fast = selected.is_some();
+            let combined = match selected {
                 Some(combined) => combined,
                 None => concatenated(method, &scores, &masks, &values_of)?,
             };
+            let pruned: Vec<bool> = masks.iter().map(Option::is_some).collect();
             drop((scores, masks));
 
             let mut plans = Vec::with_capacity(names.len());
-            for (&name, mask) in names.iter().zip(combined) {
-                plans.push(state.plan(name, &CustomFromMask::new(&mask), None)?);
+            for ((&name, mask), was_pruned) in names.iter().zip(combined).zip(pruned) {
+                let step = CustomFromMask::new(&mask);
+                plans.push(match (fast, was_pruned) {
+                    // On an unpruned tensor the selected mask is the final one.
+                    (true, false) => state.plan_first(name, mask, format!("{step:?}"))?,
+                    _ => state.plan(name, &step, None)?,
+                });
             }
             Ok(plans)
         })

@@ -78,9 +78,14 @@ impl ModelFile {
     }
 
     /// A pruner for the model's store. Tensors the file holds pruned are pruned again with
-    /// exactly their masks, so pruning resumes where PyTorch left it.
+    /// exactly their masks, so pruning resumes where PyTorch left it. Otherwise its masks are
+    /// boolean (a quarter of the memory): what [`ModelFile::reparametrized_state`] writes is the
+    /// same either way.
     pub fn pruner(&self) -> Result<Pruner> {
-        let pruner = Pruner::new(self.var_store());
+        let pruner = match &self.contents {
+            Contents::Tensors { masks, .. } if !masks.is_empty() => Pruner::new(self.var_store()),
+            _ => Pruner::with_bool_masks(self.var_store()),
+        };
         if let Contents::Tensors { masks, .. } = &self.contents {
             for (name, mask) in masks {
                 pruner.custom_from_mask(name, mask)?;

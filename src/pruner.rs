@@ -400,6 +400,23 @@ impl State {
         })
     }
 
+    /// A plan for a first prune whose mask is already known (global pruning selects in place:
+    /// on an unpruned tensor its combined mask is the final one, PyTorch's `ones * mask`).
+    pub(crate) fn plan_first(&self, name: &str, mask: Tensor, method: String) -> Result<Plan> {
+        let first = Some(self.first_prune(name)?);
+        let mask = if self.bool_masks {
+            to_bool_mask(name, &mask)?
+        } else {
+            mask
+        };
+        Ok(Plan {
+            name: name.to_string(),
+            mask,
+            method,
+            first,
+        })
+    }
+
     /// Checks that `name` can be pruned for the first time.
     fn first_prune(&self, name: &str) -> Result<FirstPrune> {
         let vars = self.variables.lock().expect("VarStore lock poisoned");

@@ -25,7 +25,15 @@ pub(crate) struct Part<'a> {
 
 const DIGIT_BITS: u32 = 16;
 const BUCKETS: usize = 1 << DIGIT_BITS;
-const CHUNK: usize = 1 << 20;
+/// Small enough for a chunk's keys to stay in cache between decoding and use.
+const CHUNK: usize = 1 << 16;
+/// Marks an entry that does not take part; no magnitude has this key (its sign bit is clear).
+const NOT_LIVE: u64 = u64::MAX;
+
+thread_local! {
+    /// Each thread's buffer of decoded keys, reused from chunk to chunk.
+    static KEYS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts.
 /// Returns `false` (having written nothing) when the inputs are not all contiguous CPU tensors of
@@ -160,29 +168,84 @@ impl Chunk<'_> {
     /// Calls `f(index, key)` for each live entry in order; `key` orders magnitudes like the
     /// promoted dtype does (NaN above +inf, as `topk` ranks it).
     fn for_each_live(&self, wide: bool, mut f: impl FnMut(usize, u64)) {
-        let v = self.view;
-        for i in self.start..self.end {
-            if let Some((ptr, kind)) = v.live {
-                // SAFETY: i < numel, and the live tensor has numel elements of `kind`.
-                if !unsafe { is_one(ptr, kind, i) } {
-                    continue;
+        KEYS.with_borrow_mut(|keys| {
+            self.keys(wide, keys);
+            for (offset, &key) in keys.iter().enumerate() {
+                if key != NOT_LIVE {
+                    f(self.start + offset, key);
                 }
             }
-            // SAFETY: as above, for the scores.
-            let x = unsafe { read_f64(v.scores, v.score_kind, i) };
-            let key = if wide {
-                x.abs().to_bits()
-            } else {
-                (x as f32).abs().to_bits() as u64
-            };
-            f(i, key);
+        })
+    }
+
+    /// The chunk's keys, `NOT_LIVE` where the entry does not take part: decoded in one tight
+    /// loop per dtype, so the passes over them stay simple.
+    fn keys(&self, wide: bool, keys: &mut Vec<u64>) {
+        let v = self.view;
+        let n = self.end - self.start;
+        keys.clear();
+        // SAFETY: [start, end) lies within the tensors' `numel` elements of their dtypes.
+        unsafe {
+            match (v.score_kind, wide) {
+                (Kind::Float, false) => {
+                    let x = std::slice::from_raw_parts((v.scores as *const f32).add(self.start), n);
+                    keys.extend(x.iter().map(|x| x.abs().to_bits() as u64));
+                }
+                (Kind::Float, true) => {
+                    let x = std::slice::from_raw_parts((v.scores as *const f32).add(self.start), n);
+                    keys.extend(x.iter().map(|&x| (x as f64).abs().to_bits()));
+                }
+                (kind, _) => keys.extend((self.start..self.end).map(|i| {
+                    let x = read_f64(v.scores, kind, i);
+                    if wide {
+                        x.abs().to_bits()
+                    } else {
+                        (x as f32).abs().to_bits() as u64
+                    }
+                })),
+            }
+            match v.live {
+                None => {}
+                Some((ptr, Kind::Float)) => {
+                    let live = std::slice::from_raw_parts((ptr as *const f32).add(self.start), n);
+                    for (k, &l) in keys.iter_mut().zip(live) {
+                        if l != 1.0 {
+                            *k = NOT_LIVE;
+                        }
+                    }
+                }
+                Some((ptr, Kind::Bool)) => {
+                    let live = std::slice::from_raw_parts(ptr.add(self.start), n);
+                    for (k, &l) in keys.iter_mut().zip(live) {
+                        if l != 1 {
+                            *k = NOT_LIVE;
+                        }
+                    }
+                }
+                Some((ptr, kind)) => {
+                    for (offset, k) in keys.iter_mut().enumerate() {
+                        if !is_one(ptr, kind, self.start + offset) {
+                            *k = NOT_LIVE;
+                        }
+                    }
+                }
+            }
         }
     }
 
+    /// Zero is the all-zero bit pattern in every supported dtype.
+    #[inline(always)]
     fn zero(&self, i: usize) {
         let v = self.view;
         // SAFETY: i < numel; each index is written by exactly one thread.
-        unsafe { std::ptr::write_bytes(v.out.add(i * v.out_size), 0, v.out_size) }
+        unsafe {
+            match v.out_size {
+                1 => *v.out.add(i) = 0,
+                2 => (v.out as *mut u16).add(i).write_unaligned(0),
+                4 => (v.out as *mut u32).add(i).write_unaligned(0),
+                _ => (v.out as *mut u64).add(i).write_unaligned(0),
+            }
+        }
     }
 }
 
