@@ -18,3 +18,7 @@ build:
 
 lint:
 	$(TORCH_ENV) && cargo fmt --check && cargo clippy --all-targets -- -D warnings
+
+## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
+bench:
+	$(TORCH_ENV) && cargo build --release --example bench --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench.py

@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_fn(|x| x.relu())
         .add(nn::linear(&root / "fc2", 64, 2, Default::default()));
     let x = Tensor::randn([256, 10], (Kind::Float, device));
-    let y = x.narrow(1, 0, 2).sum_dim_intlist(1, false, Kind::Float).gt(0).to_kind(Kind::Int64);
+    let y = x
+        .narrow(1, 0, 2)
+        .sum_dim_intlist(1, false, Kind::Float)
+        .gt(0)
+        .to_kind(Kind::Int64);
 
     let pruner = Pruner::new(&vs);
     let model = pruner.wrap_t(net);
@@ -34,12 +38,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let (zeros, total) = names.iter().fold((0, 0), |(z, t), n| {
             let m = pruner.mask(n).unwrap();
-            (z + m.eq(0).sum(Kind::Int64).int64_value(&[]), t + m.numel() as i64)
+            (
+                z + m.eq(0).sum(Kind::Int64).int64_value(&[]),
+                t + m.numel() as i64,
+            )
         });
-        println!("{round:>5}  {:>7.1}%  {loss:.4}", 100.0 * zeros as f64 / total as f64);
+        println!(
+            "{round:>5}  {:>7.1}%  {loss:.4}",
+            100.0 * zeros as f64 / total as f64
+        );
     }
     pruner.remove_all()?;
     let w = &vs.variables()["fc1.weight"];
-    println!("fc1.weight is a plain variable again, {} zeros", w.eq(0).sum(Kind::Int64).int64_value(&[]));
+    println!(
+        "fc1.weight is a plain variable again, {} zeros",
+        w.eq(0).sum(Kind::Int64).int64_value(&[])
+    );
     Ok(())
 }

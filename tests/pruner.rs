@@ -536,7 +536,7 @@ fn rankings_use_fresh_values_not_those_of_the_last_forward_pass() {
     let pruner = Pruner::new(&vs);
     pruner.identity("w").unwrap();
     let orig = pruner.orig("w").unwrap();
-    let _ = tch::no_grad(|| {
+    tch::no_grad(|| {
         orig.shallow_clone()
             .copy_(&Tensor::from_slice(&[4f32, 3., 2., 1.]))
     });

@@ -173,7 +173,7 @@ fn iterative_l1_selects_among_live_entries_in_place() {
             let k = Amount::Fraction(0.5)
                 .to_count(live.iter().filter(|&&l| l).count() as i64)
                 .unwrap() as usize;
-            let expected = reference(&[to_f64(&t)], &[live.clone()], k);
+            let expected = reference(&[to_f64(&t)], std::slice::from_ref(&live), k);
             let got = to_f64(&new);
             for i in 0..got.len() {
                 assert_eq!(

@@ -28,7 +28,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
     )]
-    Prune(PruneArgs),
+    Prune(Box<PruneArgs>),
     /// Show each tensor's shape, element count, zeros and sparsity, then totals.
     Report {
         /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Prune(args) => prune(args),
+        Command::Prune(args) => prune(*args),
         Command::Report { input, json } => report(&input, json),
     };
     match result {

@@ -1992,7 +1992,7 @@ mod tests {
     fn deep_nesting_and_cycles_do_not_recurse() {
         // A million nested 1-tuples: a recursive drop would overflow the stack.
         let mut deep = b"\x80\x02)".to_vec();
-        deep.extend(std::iter::repeat(0x85).take(1_000_000));
+        deep.extend(std::iter::repeat_n(0x85, 1_000_000));
         deep.push(b'.');
         let err = unpickle(&deep).expect_err("a tuple is not a state dict");
         assert!(err.to_string().contains("holds a tuple"), "{err}");

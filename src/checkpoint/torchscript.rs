@@ -573,7 +573,7 @@ mod tests {
         long.extend_from_slice(&list);
         long.push(b'X');
         long.extend_from_slice(&40_000u32.to_le_bytes());
-        long.extend(std::iter::repeat(b'a').take(40_000));
+        long.extend(std::iter::repeat_n(b'a', 40_000));
         long.extend_from_slice(b"q\x01");
         long.extend_from_slice(&list);
         long.extend_from_slice(b"h\x01");
