@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 
-.PHONY: test demo build bench fmt lint
+.PHONY: test demo build bench lint
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests).
 test:
