@@ -43,22 +43,10 @@ pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor)
                 out: &new_mask,
             };
             if k != 0 && !zero_smallest(&[part], k)? {
-                let live = mask.f_eq(1)?;
-                let partial = method.compute_mask(
-                    &scores.f_masked_select(&live)?,
-                    &mask.f_masked_select(&live)?,
-                )?;
-                let _ = new_mask.f_masked_scatter_(&live, &partial.f_to_kind(new_mask.kind())?)?;
+                combine_live_entries(method, scores, mask, &mut new_mask)?;
             }
         }
-        PruningType::Unstructured => {
-            let live = mask.f_eq(1)?;
-            let partial = method.compute_mask(
-                &scores.f_masked_select(&live)?,
-                &mask.f_masked_select(&live)?,
-            )?;
-            let _ = new_mask.f_masked_scatter_(&live, &partial.f_to_kind(new_mask.kind())?)?;
-        }
+        PruningType::Unstructured => combine_live_entries(method, scores, mask, &mut new_mask)?,
         PruningType::Structured { dim } => {
             let dim = checked_dim(mask, dim)?;
             let other_dims: Vec<i64> = (0..mask.dim() as i64).filter(|&d| d != dim).collect();
@@ -87,4 +75,21 @@ pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor)
         }
     }
     Ok(new_mask)
+}
+
+/// The unstructured rule: the method sees the live entries (mask exactly 1) as one flat vector,
+/// and its mask is scattered back into `new_mask`.
+fn combine_live_entries(
+    method: &dyn PruningMethod,
+    scores: &Tensor,
+    mask: &Tensor,
+    new_mask: &mut Tensor,
+) -> Result<()> {
+    let live = mask.f_eq(1)?;
+    let partial = method.compute_mask(
+        &scores.f_masked_select(&live)?,
+        &mask.f_masked_select(&live)?,
+    )?;
+    let _ = new_mask.f_masked_scatter_(&live, &partial.f_to_kind(new_mask.kind())?)?;
+    Ok(())
 }

@@ -387,23 +387,23 @@ impl State {
             None => method.compute_mask(&scores, &values.f_ones_like()?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
-        let mask = if self.bool_masks {
-            to_bool_mask(name, &mask)?
-        } else {
-            mask
-        };
-        Ok(Plan {
-            name: name.to_string(),
-            mask,
-            method: format!("{method:?}"),
-            first,
-        })
+        self.finish_plan(name, mask, format!("{method:?}"), first)
     }
 
     /// A plan for a first prune whose mask is already known (global pruning selects in place:
     /// on an unpruned tensor its combined mask is the final one, PyTorch's `ones * mask`).
     pub(crate) fn plan_first(&self, name: &str, mask: Tensor, method: String) -> Result<Plan> {
         let first = Some(self.first_prune(name)?);
+        self.finish_plan(name, mask, method, first)
+    }
+
+    fn finish_plan(
+        &self,
+        name: &str,
+        mask: Tensor,
+        method: String,
+        first: Option<FirstPrune>,
+    ) -> Result<Plan> {
         let mask = if self.bool_masks {
             to_bool_mask(name, &mask)?
         } else {
