@@ -262,14 +262,19 @@ fn chunks(views: &[View]) -> Vec<Chunk<'_>> {
         .collect()
 }
 
-fn threads() -> usize {
+/// Threads for a selection over `chunks`: libtorch's intra-op count, but one for small inputs,
+/// where starting threads costs more than it saves.
+fn threads(chunks: usize) -> usize {
+    if chunks < 32 {
+        return 1;
+    }
     (tch::get_num_threads().max(1) as usize).min(64)
 }
 
 /// Runs `f` on every chunk, spread over libtorch's intra-op thread count; results in chunk order.
 fn parallel_map<T: Send>(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>) -> T + Sync) -> Vec<T> {
-    let n = threads();
-    if n == 1 || chunks.len() < 2 {
+    let n = threads(chunks.len());
+    if n == 1 {
         return chunks.iter().map(f).collect();
     }
     let per = chunks.len().div_ceil(n);
@@ -287,7 +292,13 @@ fn parallel_map<T: Send>(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>) -> T + Syn
 
 /// A histogram over all chunks: each thread fills its own, then they are added up.
 fn parallel_sum(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync) -> Vec<u64> {
-    let per = chunks.len().div_ceil(threads()).max(1);
+    let n = threads(chunks.len());
+    if n == 1 {
+        let mut histogram = vec![0u64; BUCKETS];
+        chunks.iter().for_each(|c| f(c, &mut histogram));
+        return histogram;
+    }
+    let per = chunks.len().div_ceil(n);
     let partial: Vec<Vec<u64>> = thread::scope(|s| {
         let handles: Vec<_> = chunks
             .chunks(per)
