@@ -42,9 +42,7 @@ pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor)
                 live: Some(mask),
                 out: &new_mask,
             };
-            if k != 0 && !zero_smallest(&[part], k)? {
-                combine_live_entries(method, scores, mask, &mut new_mask)?;
-            }
+            zero_smallest(&[part], k)?;
         }
         PruningType::Unstructured => combine_live_entries(method, scores, mask, &mut new_mask)?,
         PruningType::Structured { dim } => {

@@ -91,15 +91,11 @@ impl Pruner {
                 scores.push(score);
                 values_of.push(values);
             }
-            let selected = match method.smallest_magnitudes() {
+            let in_place = method.smallest_magnitudes();
+            let combined = match in_place {
                 Some(amount) => {
                     select_in_place(amount, &scores, &masks, &values_of, state.bool_masks)?
                 }
-                None => None,
-            };
-            let fast = selected.is_some();
-            let combined = match selected {
-                Some(combined) => combined,
                 None => concatenated(method, &scores, &masks, &values_of)?,
             };
             let pruned: Vec<bool> = masks.iter().map(Option::is_some).collect();
@@ -108,7 +104,7 @@ impl Pruner {
             let mut plans = Vec::with_capacity(names.len());
             for ((&name, mask), was_pruned) in names.iter().zip(combined).zip(pruned) {
                 let step = CustomFromMask::new(&mask);
-                plans.push(match (fast, was_pruned) {
+                plans.push(match (in_place.is_some(), was_pruned) {
                     // On an unpruned tensor the selected mask is the final one.
                     (true, false) => state.plan_first(name, mask, format!("{step:?}"))?,
                     _ => state.plan(name, &step, None)?,
@@ -121,15 +117,14 @@ impl Pruner {
 
 /// The combined mask of each tensor (PyTorch's slices of the `global_unstructured` vector), for
 /// a smallest-magnitude method, selected in place by streaming passes over the tensors: no
-/// concatenation, the only memory is the masks themselves. `None` where that path does not apply
-/// (GPU tensors, unusual dtypes).
+/// concatenation, the only memory is the masks themselves.
 fn select_in_place(
     amount: crate::Amount,
     scores: &[Tensor],
     masks: &[Option<Tensor>],
     values: &[Tensor],
     bool_masks: bool,
-) -> Result<Option<Vec<Tensor>>> {
+) -> Result<Vec<Tensor>> {
     let mut live_total = 0;
     let mut outs = Vec::with_capacity(scores.len());
     for (mask, values) in masks.iter().zip(values) {
@@ -160,7 +155,8 @@ fn select_in_place(
             out,
         })
         .collect();
-    Ok(zero_smallest(&parts, k)?.then_some(outs))
+    zero_smallest(&parts, k)?;
+    Ok(outs)
 }
 
 /// PyTorch's way: one vector of all scores and one of all masks, the method applied to the live

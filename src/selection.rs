@@ -35,21 +35,95 @@ thread_local! {
     static KEYS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts.
-/// Returns `false` (having written nothing) when the inputs are not all contiguous CPU tensors of
-/// supported dtypes; the caller then takes the general path.
-pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<bool> {
-    let Some(views) = parts.iter().map(View::of).collect::<Option<Vec<_>>>() else {
-        return Ok(false);
-    };
+/// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts
+/// (`k` at most the number of live entries). Contiguous CPU tensors of the usual float dtypes
+/// go through the radix select; anything else (GPU tensors, other dtypes, strided views)
+/// through [`zero_smallest_by_ops`], which selects the same entries with tensor operations.
+pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<()> {
     if k <= 0 {
-        return Ok(true);
+        return Ok(());
     }
+    match parts.iter().map(View::of).collect::<Option<Vec<_>>>() {
+        Some(views) => {
+            radix_select(&views, k);
+            Ok(())
+        }
+        None => zero_smallest_by_ops(parts, k),
+    }
+}
+
+/// The same selection with libtorch operations, on any device: a bisection over the keys'
+/// integer values (the magnitudes' bit patterns, which order like the magnitudes), counting on
+/// each tensor in turn, then the same tie rule. Memory: one tensor's temporaries at a time.
+pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<()> {
+    let wide = parts.iter().any(|p| p.scores.kind() == Kind::Double);
+    let (float, int, top) = if wide {
+        (Kind::Double, Kind::Int64, i64::MAX)
+    } else {
+        (Kind::Float, Kind::Int, i32::MAX as i64)
+    };
+    let keys = |p: &Part<'_>| -> Result<(Tensor, Tensor)> {
+        let key = p
+            .scores
+            .f_abs()?
+            .f_to_kind(float)?
+            .f_contiguous()?
+            .f_view_dtype(int)?
+            .f_reshape([-1])?;
+        let live = match p.live {
+            Some(l) => l.f_eq(1)?.f_reshape([-1])?,
+            None => key.f_ones_like()?.f_to_kind(Kind::Bool)?,
+        };
+        Ok((key, live))
+    };
+    let count = |pred: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<i64> {
+        let mut n = 0;
+        for p in parts {
+            let (key, live) = keys(p)?;
+            n += pred(&key)?
+                .f_logical_and(&live)?
+                .f_sum(Kind::Int64)?
+                .f_int64_value(&[])?;
+        }
+        Ok(n)
+    };
+    // The smallest key T with at least k live keys <= T.
+    let (mut lo, mut hi) = (0i64, top);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if count(&|key| Ok(key.f_le(mid)?))? >= k {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let threshold = lo;
+    let mut budget = k - count(&|key| Ok(key.f_lt(threshold)?))?;
+    for p in parts {
+        let (key, live) = keys(p)?;
+        let mut out = p.out.f_view([-1])?;
+        let _ = out.f_masked_fill_(&key.f_lt(threshold)?.f_logical_and(&live)?, 0)?;
+        if budget > 0 {
+            let ties = key
+                .f_eq(threshold)?
+                .f_logical_and(&live)?
+                .f_nonzero()?
+                .f_reshape([-1])?;
+            let take = budget.min(ties.size()[0]);
+            let _ = out.f_index_fill_(0, &ties.f_narrow(0, 0, take)?, 0)?;
+            budget -= take;
+        }
+    }
+    Ok(())
+}
+
+/// The radix select of [`zero_smallest`] on CPU views.
+fn radix_select(views: &[View], k: i64) {
     // Compare in the precision PyTorch's concatenation promotes to: f64 if any score is f64,
     // else f32 (which holds f16 and bf16 exactly).
     let wide = views.iter().any(|v| v.score_kind == Kind::Double);
     let digits = if wide { 4 } else { 2 };
-    let chunks = chunks(&views);
+    let chunks = chunks(views);
 
     // Radix select, most significant digit first: after each pass, `prefix` holds the digits of
     // the k-th smallest key found so far and `below` how many live keys are smaller.
@@ -105,7 +179,6 @@ pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<bool> {
             }
         });
     }
-    Ok(true)
 }
 
 /// Raw access to one part. The tensors are kept alive by the caller for the whole selection.
@@ -391,6 +464,72 @@ fn f16_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The radix select on CPU and the tensor-operation path (what GPU tensors take) prune the
+    /// same entries, ties included.
+    #[test]
+    fn both_paths_select_the_same_entries() {
+        tch::manual_seed(5);
+        for kinds in [
+            [Kind::Float, Kind::Float],
+            [Kind::Double, Kind::Float],
+            [Kind::Half, Kind::BFloat16],
+        ] {
+            for ties in [false, true] {
+                let scores: Vec<Tensor> = [[40, 30], [7, 9]]
+                    .iter()
+                    .zip(kinds)
+                    .map(|(shape, kind)| {
+                        let t = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+                        if ties { t.round() } else { t }.to_kind(kind)
+                    })
+                    .collect();
+                let live: Vec<Tensor> = scores
+                    .iter()
+                    .map(|s| {
+                        Tensor::rand(s.size(), (Kind::Float, Device::Cpu))
+                            .gt(0.2)
+                            .to_kind(Kind::Float)
+                    })
+                    .collect();
+                let total: i64 = live
+                    .iter()
+                    .map(|l| l.sum(Kind::Int64).int64_value(&[]))
+                    .sum();
+                for k in [1, total / 3, total / 2, total] {
+                    let run = |by_ops: bool| -> Vec<Tensor> {
+                        let outs: Vec<Tensor> = live.iter().map(|l| l.copy()).collect();
+                        let parts: Vec<Part<'_>> = scores
+                            .iter()
+                            .zip(&live)
+                            .zip(&outs)
+                            .map(|((scores, live), out)| Part {
+                                scores,
+                                live: Some(live),
+                                out,
+                            })
+                            .collect();
+                        if by_ops {
+                            zero_smallest_by_ops(&parts, k).unwrap();
+                        } else {
+                            zero_smallest(&parts, k).unwrap();
+                        }
+                        outs
+                    };
+                    let (radix, ops) = (run(false), run(true));
+                    for (a, b) in radix.iter().zip(&ops) {
+                        assert!(a.equal(b), "{kinds:?} ties={ties} k={k}");
+                    }
+                    let pruned: i64 = live
+                        .iter()
+                        .zip(&radix)
+                        .map(|(l, o)| (l - o).sum(Kind::Int64).int64_value(&[]))
+                        .sum();
+                    assert_eq!(pruned, k);
+                }
+            }
+        }
+    }
 
     #[test]
     fn half_conversion_is_exact_for_every_bit_pattern() {

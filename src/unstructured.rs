@@ -89,15 +89,9 @@ impl PruningMethod for L1Unstructured {
             live: None,
             out: &mask,
         };
-        if k != 0 && !zero_smallest(&[part], k)? {
-            // PyTorch fails on non-contiguous scores (`view(-1)`); reshape reads them in the same
-            // row-major order, so the result is what PyTorch gives for a contiguous copy.
-            let (_, indices) = scores
-                .f_abs()?
-                .f_reshape([-1])?
-                .f_topk(k, -1, false, true)?;
-            zero_flat(&mask, &indices)?;
-        }
+        // Non-contiguous scores are read in row-major order, as PyTorch reads a contiguous copy
+        // (PyTorch itself fails on them in `view(-1)`).
+        zero_smallest(&[part], k)?;
         Ok(mask)
     }
 
