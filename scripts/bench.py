@@ -1,0 +1,317 @@
+"""`make bench`: the crate against PyTorch's own pruning, side by side.
+
+Every measurement runs in its own process (examples/bench.rs for the crate, scripts/bench_torch.py
+for PyTorch, same libtorch, same thread count), so each peak resident set size is that process's
+own and an out-of-memory kill ends one measurement, not the benchmark. Both sides build
+bit-identical weights from the same seed (checked first), each writes its masks as packed bits,
+and the masks are compared. One line per case; everything also goes to target/bench/results.json.
+
+  BENCH_SIZES=99M,470M   only these sizes of each case; a size outside the standard four
+                         (10M, 50M) runs every case at it instead (to try the harness quickly)
+  BENCH_CASES=l1,global  only these cases
+  BENCH_THREADS=2, BENCH_REPEATS=5, BENCH_SEED=0
+(or --sizes, --cases, --threads, --repeats, --seed).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "target", "bench")
+CRATE = os.path.join(ROOT, "target", "release", "examples", "bench")
+CLI = os.path.join(ROOT, "target", "release", "tch-prune")
+TORCH = [sys.executable, os.path.join(ROOT, "scripts", "bench_torch.py")]
+
+# name: (d, blocks). A block is q, k, v, o (d×d), ff1 (4d×d), ff2 (d×4d), with biases:
+# 12·d² + 9·d parameters.
+SIZES = {"10M": (256, 13), "50M": (512, 16),
+         "99M": (768, 14), "470M": (1280, 24), "805M": (2048, 16), "2B": (2048, 40)}
+STANDARD = ["99M", "470M", "805M", "2B"]
+
+# For the repeated forward and training steps, on both sides: glibc otherwise decides from the
+# allocation history (here, what pruning allocated and freed) whether each step's activations
+# come from reused heap memory or from fresh pages: at 10M parameters that moved a step's time
+# by up to 40 % (crate) and 70 % (PyTorch), far more than the cost being measured.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+# (case, what both sides do, standard sizes)
+CASES = [
+    ("l1", "l1_unstructured(0.5) on every weight, then remove", ["99M"]),
+    ("ln", "ln_structured(0.5, n=2, dim=0) on every weight, then remove", ["99M"]),
+    ("global", "global_unstructured(L1Unstructured, 0.5) over all weights, then remove", STANDARD),
+    ("forward", "no-grad forward, batch 8 × seq 128, pruned vs unpruned (median)", ["99M"]),
+    ("train", "SGD step (forward, backward, update) with every weight pruned (median)", ["99M"]),
+    ("cli", "tch-prune prune --method l1-unstructured --amount 0.5 --global, vs a script", ["470M"]),
+    ("bool-global", "global, the crate with Pruner::with_bool_masks", ["99M"]),
+]
+# PyTorch has no bool masks: the bool-mask case is compared with its plain global pruning.
+TORCH_CASE = {"bool-global": "global"}
+
+
+def params_of(size):
+    d, blocks = SIZES[size]
+    return blocks * (12 * d * d + 9 * d)
+
+
+def oom_kills():
+    """The kernel's count of OOM kills so far (None where /proc/vmstat does not say)."""
+    try:
+        with open("/proc/vmstat") as f:
+            return next((int(l.split()[1]) for l in f if l.startswith("oom_kill ")), None)
+    except OSError:
+        return None
+
+
+# Starts the measured command from a small, fresh process and reports its exit status, peak RSS
+# and wall time. A child's ru_maxrss starts from the memory of the process it was forked from
+# (and survives exec), so a command started by this driver directly could report the driver's
+# peak instead of its own when its own is smaller.
+LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    # If memory runs out, the kernel should kill this measurement, not someone else's process.
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{status} {usage.ru_maxrss} {time.perf_counter() - start}")
+"""
+
+
+def run(cmd, env):
+    """Runs one measurement process. Returns its outcome ("ok", "killed (out of memory)", ...),
+    wall time, peak RSS of the whole process, and the fields of its JSON line."""
+    before = oom_kills()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        launched = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, report.name] + cmd,
+                                  stdout=out, stderr=err, env=env)
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode(errors="replace").strip().splitlines()
+        stderr = err.read().decode(errors="replace").strip().splitlines()
+        fields = report.read().split()
+    if launched.returncode != 0 or len(fields) != 3:
+        return {"outcome": f"launcher failed ({launched.returncode})", "exit": None}
+    status, maxrss_kb, wall = int(fields[0]), int(fields[1]), float(fields[2])
+    code = os.waitstatus_to_exitcode(status)
+    result = {"wall_seconds": wall, "process_peak_bytes": maxrss_kb * 1024, "exit": code}
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        after = oom_kills()
+        if sig == signal.SIGKILL and before is not None and after is not None and after > before:
+            result["outcome"] = "killed (out of memory)"
+        else:
+            result["outcome"] = f"killed ({signal.Signals(sig).name})"
+    elif code != 0:
+        result["outcome"] = f"failed (exit {code}): {stderr[-1] if stderr else ''}"
+    else:
+        result["outcome"] = "ok"
+        if lines and lines[-1].startswith("{"):
+            result.update(json.loads(lines[-1]))
+    return result
+
+
+def check_same_weights(env, seed):
+    """Both sides must build bit-identical weights, or comparing their masks means nothing."""
+    d, blocks = SIZES["10M"]
+    args = ["checksum", str(d), str(blocks), str(seed)]
+    crate, torch = run([CRATE] + args, env), run(TORCH + args, env)
+    if crate.get("checksums") is None or crate.get("checksums") != torch.get("checksums"):
+        sys.exit(f"the crate and PyTorch build different weights from seed {seed}: "
+                 f"{crate['outcome']}, {torch['outcome']}")
+    print(f"PyTorch {torch['torch_version']}; weights: bit-identical on both sides "
+          f"(checksums of all {len(crate['checksums'])} "
+          f"tensors, {crate['params']:,} parameters, seed {seed})")
+
+
+def bits_differing(a, b):
+    """Number of differing bits of two packed-bit files, read in chunks."""
+    differ = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 24), fb.read(1 << 24)
+            if len(x) != len(y):
+                raise ValueError(f"{a} and {b} differ in length")
+            if not x:
+                return differ
+            differ += int(np.bitwise_count(np.frombuffer(x, np.uint8) ^ np.frombuffer(y, np.uint8)).sum())
+
+
+def zero_bits(model_file, bits_file):
+    """The mask of a pruned model file (1 where the weight is not zero), in packed bits, for the
+    CLI case where the outputs are plain pruned weights. Sorted names are the layer order."""
+    from safetensors import safe_open
+    with safe_open(model_file, framework="np") as f, open(bits_file, "wb") as out:
+        for name in sorted(n for n in f.keys() if n.endswith("weight")):
+            out.write(np.packbits(f.get_tensor(name).reshape(-1) != 0).tobytes())
+
+
+def compare_masks(case, size, seed, crate_bits, torch_bits, env):
+    """"identical", or how many entries differ and whether they all tie with the threshold
+    (the crate's documented tie rule may break ties unlike topk)."""
+    differ = bits_differing(crate_bits, torch_bits)
+    if differ == 0:
+        return {"identical": True, "text": "identical"}
+    d, blocks = SIZES[size]
+    check = run(TORCH + ["ties", case, str(d), str(blocks), str(seed), crate_bits, torch_bits], env)
+    if check["outcome"] != "ok":
+        return {"identical": False, "differing": differ,
+                "text": f"{differ} differ (tie check {check['outcome']})"}
+    tied = check["not_at_threshold"] == 0 and check["pruned_counts_equal"]
+    text = f"{differ} differ, " + ("all tied at the threshold" if tied else
+                                   f"{check['not_at_threshold']} NOT tied"
+                                   + ("" if check["pruned_counts_equal"] else ", counts differ"))
+    return {"identical": False, "differing": differ, "all_tied": tied, "text": text}
+
+
+def cli_masks(side, result, output, work):
+    """A CLI-case side's time and peak are its whole process's, its mask the nonzeros of its
+    output, which is then deleted."""
+    result["seconds"], result["peak_bytes"] = result.get("wall_seconds"), result.get("process_peak_bytes")
+    if result["outcome"] == "ok":
+        result["mask_file"] = os.path.join(work, f"{side}-cli.bits")
+        zero_bits(output, result["mask_file"])
+    if os.path.exists(output):
+        os.remove(output)
+
+
+def measure(case, size, seed, env, work):
+    """Both sides of one case; returns the record that results.json keeps."""
+    d, blocks = SIZES[size]
+    record = {"case": case, "size": size, "d": d, "blocks": blocks, "params": params_of(size)}
+    if case == "cli":
+        # Both sides are whole processes here (load, prune, save): wall time and the peak RSS
+        # of the process are what a user of either tool waits for and needs.
+        model = os.path.join(work, "model.safetensors")
+        outs = {side: os.path.join(work, f"{side}-out.safetensors") for side in ("crate", "torch")}
+        made = run(TORCH + ["write-model", str(d), str(blocks), str(seed), model], env)
+        if made["outcome"] != "ok":
+            raise RuntimeError(f"writing the model failed: {made['outcome']}")
+        crate = run([CLI, "prune", model, "-o", outs["crate"], "--method", "l1-unstructured",
+                     "--amount", "0.5", "--global"], env)
+        cli_masks("crate", crate, outs["crate"], work)  # frees the disk before PyTorch's turn
+        torch = run(TORCH + ["cli", str(d), str(blocks), model, outs["torch"]], env)
+        cli_masks("torch", torch, outs["torch"], work)
+        os.remove(model)
+    else:
+        args = [str(d), str(blocks), str(seed), work]
+        if case in ("forward", "train"):
+            env = dict(env, **STEADY_MALLOC)
+        crate = run([CRATE, case] + args, env)
+        torch = run(TORCH + [TORCH_CASE.get(case, case)] + args, env)
+    record["crate"], record["torch"] = crate, torch
+    for side in (crate, torch):
+        if side.get("params", record["params"]) != record["params"]:
+            raise RuntimeError(f"{case} {size}: {side['params']} parameters, not {record['params']}")
+    if crate.get("mask_file") and torch.get("mask_file"):
+        record["masks"] = compare_masks(case, size, seed, crate["mask_file"], torch["mask_file"], env)
+    elif case in ("forward", "train"):
+        record["masks"] = {"text": "-"}  # the masks of case l1
+    else:
+        record["masks"] = {"text": "not compared (a side failed)"}
+    for side in (crate, torch):
+        if side.get("mask_file") and os.path.exists(side["mask_file"]):
+            os.remove(side["mask_file"])
+    return record
+
+
+def gib(n):
+    return f"{n / 2**30:.2f} GiB"
+
+
+def seconds(s):
+    return f"{s:.3f} s" if s < 100 else f"{s:.0f} s"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b and b > 0 else "-"
+
+
+COLUMNS = [("case", 12), ("size", 5), ("params", 14), ("crate", 22), ("PyTorch", 22),
+           ("speed-up", 9), ("crate peak", 12), ("PyTorch peak", 12), ("mem ratio", 9), ("masks", 0)]
+
+
+def line(values):
+    return "  ".join(f"{v:<{w}}" if w else v for v, (_, w) in zip(values, COLUMNS)).rstrip()
+
+
+def row(r):
+    crate, torch = r["crate"], r["torch"]
+    ok = lambda side: side["outcome"] == "ok"
+    values = [r["case"], r["size"], f"{r['params']:,}"]
+    values.append(seconds(crate["seconds"]) if ok(crate) else crate["outcome"])
+    values.append(seconds(torch["seconds"]) if ok(torch) else torch["outcome"])
+    values.append(ratio(torch.get("seconds"), crate.get("seconds")) if ok(crate) and ok(torch) else "-")
+    values.append(gib(crate["peak_bytes"]) if ok(crate) else "-")
+    values.append(gib(torch["peak_bytes"]) if ok(torch) else "-")
+    values.append(ratio(torch.get("peak_bytes"), crate.get("peak_bytes")) if ok(crate) and ok(torch) else "-")
+    masks = r["masks"]["text"]
+    if r["case"] == "forward" and ok(crate) and ok(torch):
+        masks = (f"pruned/unpruned: crate {crate['ratio']:.3f}, PyTorch {torch['ratio']:.3f} "
+                 f"(unpruned {seconds(crate['unpruned_seconds'])} / {seconds(torch['unpruned_seconds'])})")
+    return line(values + [masks])
+
+
+def main():
+    env_list = lambda name, default: os.environ.get(name) or default
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=env_list("BENCH_SIZES", ",".join(STANDARD)))
+    p.add_argument("--cases", default=env_list("BENCH_CASES", ",".join(c for c, _, _ in CASES)))
+    p.add_argument("--threads", type=int, default=int(env_list("BENCH_THREADS", "2")))
+    p.add_argument("--repeats", type=int, default=int(env_list("BENCH_REPEATS", "5")))
+    p.add_argument("--seed", type=int, default=int(env_list("BENCH_SEED", "0")))
+    a = p.parse_args()
+    sizes, cases = a.sizes.split(","), a.cases.split(",")
+    known = [c for c, _, _ in CASES]
+    for bad in [s for s in sizes if s not in SIZES] + [c for c in cases if c not in known]:
+        sys.exit(f"unknown size or case '{bad}' (sizes: {', '.join(SIZES)}; cases: {', '.join(known)})")
+    for binary in (CRATE, CLI):
+        if not os.path.exists(binary):
+            sys.exit(f"{binary} is missing: run `make bench`, or build with "
+                     "`cargo build --release --example bench --bin tch-prune`")
+
+    # Same thread count on both sides: each sets it itself, OpenMP/MKL are told too.
+    env = dict(os.environ, BENCH_THREADS=str(a.threads), BENCH_REPEATS=str(a.repeats),
+               OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    os.makedirs(OUT, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="run-", dir=OUT)
+    extra = [s for s in sizes if s not in STANDARD]
+    plan = [(c, s) for c, _, standard in CASES if c in cases
+            for s in [s for s in standard if s in sizes] + extra]
+
+    print(f"tch-prune vs torch.nn.utils.prune, CPU, {a.threads} threads, seed {a.seed}; forward: "
+          f"median of {a.repeats} runs, train: of {min(a.repeats, 3)} steps, after a warm-up")
+    for c, what, _ in CASES:
+        if c in cases:
+            print(f"  {c:<12} {what}")
+    print("times: the pruning calls and remove (cli: the whole process); peaks: rise of peak RSS "
+          "over the RSS after building the model (cli: peak RSS of the whole process); forward and "
+          "train run with " + " ".join(f"{k}={v}" for k, v in STEADY_MALLOC.items()))
+    results = []
+    try:
+        check_same_weights(env, a.seed)
+        print(line([name for name, _ in COLUMNS]))
+        for case, size in plan:
+            record = measure(case, size, a.seed, env, work)
+            results.append(record)
+            print(row(record), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"results: {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
