@@ -49,7 +49,7 @@ CASES = [
     ("forward", "no-grad forward, batch 8 × seq 128, pruned vs unpruned (median)", ["99M"]),
     ("train", "SGD step (forward, backward, update) with every weight pruned (median)", ["99M"]),
     ("cli", "tch-prune prune --method l1-unstructured --amount 0.5 --global, vs a script", ["470M"]),
-    ("bool-global", "global, the crate with Pruner::with_bool_masks", ["99M"]),
+    ("bool-global", "global, the crate with Pruner::with_bool_masks", ["99M", "2B"]),
 ]
 # PyTorch has no bool masks: the bool-mask case is compared with its plain global pruning.
 TORCH_CASE = {"bool-global": "global"}
