@@ -8,7 +8,7 @@ use crate::error::{PruneError, Result};
 use crate::grad_redirect::GradRedirect;
 use crate::method::{check_shape, PruningMethod};
 use crate::structured::{LnStructured, Norm, RandomStructured};
-use crate::unstructured::{fresh_copy, Identity, L1Unstructured, RandomUnstructured};
+use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tch::nn::{VarStore, Variables};
 use tch::{Device, Kind, Tensor};
@@ -384,7 +384,7 @@ impl State {
         };
         let mask = tch::no_grad(|| match mask {
             Some(mask) => combine_masks(method, &scores, &mask),
-            None => method.compute_mask(&scores, &values.f_ones_like()?),
+            None => method.compute_mask(&scores, &all_ones(&values)?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
         self.finish_plan(name, mask, format!("{method:?}"), first)
@@ -465,7 +465,7 @@ impl State {
                 group,
                 trainable,
             }) => {
-                let orig = tch::no_grad(|| fresh_copy(&target))?;
+                let orig = take_storage(&target)?;
                 // tch does not export the type of the store's trainable-variable entries, so
                 // one is made by a scratch store (with the right group) and moved over.
                 let scratch = VarStore::new(Device::Cpu);
@@ -558,6 +558,32 @@ impl PrunedTensor {
         }
         self.write_target()
     }
+}
+
+/// A new tensor that takes over `target`'s values without copying them: it gets `target`'s
+/// storage, and `target` (the tensor modules hold, which keeps its identity) a fresh one, filled
+/// with the masked values right after. Saves reading and writing the whole tensor once.
+fn take_storage(target: &Tensor) -> Result<Tensor> {
+    let mut orig = Tensor::f_empty([0], (target.kind(), target.device()))?;
+    orig.f_set_data(&target.detach())?;
+    let mut target = target.shallow_clone();
+    target.f_set_data(&Tensor::f_empty_like(&target)?)?;
+    Ok(orig)
+}
+
+/// PyTorch's first default mask, `ones_like(t)`, as one broadcast value: same values, no
+/// allocation, and methods can tell it apart ([`is_all_ones`]) to skip multiplying by it.
+fn all_ones(t: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_ones([], (t.kind(), t.device()))?.f_expand(t.size(), false)?)
+}
+
+/// Whether `mask` is [`all_ones`]' broadcast 1.
+pub(crate) fn is_all_ones(mask: &Tensor) -> bool {
+    mask.stride().iter().all(|&s| s == 0)
+        && mask.numel() > 0
+        && mask
+            .f_double_value(&vec![0; mask.dim()])
+            .is_ok_and(|v| v == 1.0)
 }
 
 /// A mask as booleans, refusing values other than 0 and 1 (which a boolean cannot scale by).

@@ -3,6 +3,7 @@
 use crate::amount::Amount;
 use crate::error::{PruneError, Result};
 use crate::method::{PruningMethod, PruningType};
+use crate::pruner::is_all_ones;
 use crate::unstructured::fresh_copy;
 use std::fmt;
 use std::str::FromStr;
@@ -171,6 +172,8 @@ pub(crate) fn checked_dim(t: &Tensor, dim: i64) -> Result<i64> {
 fn channel_mask(t: &Tensor, dim: i64, kept: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
     let mut mask = t.f_zeros_like()?;
     let _ = mask.f_index_fill_(dim, &kept.f_to_device(t.device())?, 1)?;
-    let _ = mask.f_mul_(&default_mask.f_to_kind(mask.kind())?)?;
+    if !is_all_ones(default_mask) {
+        let _ = mask.f_mul_(&default_mask.f_to_kind(mask.kind())?)?;
+    }
     Ok(mask)
 }
