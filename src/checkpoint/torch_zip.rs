@@ -1842,13 +1842,13 @@ fn opcode_name(op: u8) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::HostTensor;
     use super::*;
     use std::path::PathBuf;
 
     /// Serves every storage as the byte pattern 0, 1, 2, ... so views of it are recognisable.
-    struct PatternStorages;
+    pub(in crate::checkpoint) struct PatternStorages;
 
     impl StorageSource for PatternStorages {
         fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError> {

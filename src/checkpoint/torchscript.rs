@@ -318,26 +318,10 @@ fn parse_name_list(text: &str) -> Result<HashSet<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::torch_zip::StorageSource;
     use super::*;
-    use std::path::PathBuf;
-    use std::rc::Rc;
     use tch::Kind;
 
-    /// Serves every storage as the byte pattern 0, 1, 2, ...
-    struct PatternStorages;
-
-    impl StorageSource for PatternStorages {
-        fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError> {
-            if nbytes > 1 << 20 {
-                return Err(CheckpointError::CorruptArchive {
-                    path: PathBuf::from("test"),
-                    reason: format!("storage {key} too large"),
-                });
-            }
-            Ok((0..nbytes).map(|i| i as u8).collect::<Vec<u8>>().into())
-        }
-    }
+    use super::super::torch_zip::tests::PatternStorages;
 
     /// `data.pkl` of `torch.jit.save(torch.jit.script(Outer()))`, where
     /// `Outer` has a submodule `inner` and then a parameter `p`; `Inner` has
