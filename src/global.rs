@@ -8,7 +8,7 @@ use crate::pruner::Pruner;
 use crate::selection::{zero_smallest, Part};
 use crate::unstructured::fresh_copy;
 use std::collections::{HashMap, HashSet};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 impl Pruner {
     /// Prunes the tensors `names` together with one unstructured method, as if they were one
@@ -63,7 +63,7 @@ impl Pruner {
             let mut scores = Vec::with_capacity(names.len());
             let mut masks = Vec::with_capacity(names.len());
             let mut values_of = Vec::with_capacity(names.len());
-            let mut first_device: Option<(&str, tch::Device)> = None;
+            let mut devices = Vec::with_capacity(2 * names.len());
             for &name in names {
                 let (values, mask) = state.current(name)?;
                 let score = match importance_scores.get(name) {
@@ -73,24 +73,12 @@ impl Pruner {
                     }
                     None => values.shallow_clone(),
                 };
-                for device in [values.device(), score.device()] {
-                    match first_device {
-                        None => first_device = Some((name, device)),
-                        Some((first, first_dev)) if first_dev != device => {
-                            return Err(PruneError::MixedDevices {
-                                first: first.to_string(),
-                                first_device: first_dev,
-                                other: name.to_string(),
-                                other_device: device,
-                            })
-                        }
-                        Some(_) => {}
-                    }
-                }
+                devices.extend([(name, values.device()), (name, score.device())]);
                 masks.push(mask);
                 scores.push(score);
                 values_of.push(values);
             }
+            same_device(&devices)?;
             let in_place = method.smallest_magnitudes();
             let combined = match in_place {
                 Some(amount) => {
@@ -199,4 +187,42 @@ fn concatenated(
             Ok(slice)
         })
         .collect()
+}
+
+/// Fails unless every tensor (and score) is on one device, naming the first two that differ.
+fn same_device(devices: &[(&str, Device)]) -> Result<()> {
+    let Some(&(first, first_device)) = devices.first() else {
+        return Ok(());
+    };
+    match devices.iter().find(|(_, d)| *d != first_device) {
+        Some(&(other, other_device)) => Err(PruneError::MixedDevices {
+            first: first.to_string(),
+            first_device,
+            other: other.to_string(),
+            other_device,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_devices_are_named() {
+        assert!(same_device(&[]).is_ok());
+        assert!(same_device(&[("a", Device::Cpu), ("b", Device::Cpu)]).is_ok());
+        let err = same_device(&[
+            ("a", Device::Cpu),
+            ("a", Device::Cpu),
+            ("b", Device::Cuda(0)),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            &err,
+            PruneError::MixedDevices { first, other, other_device: Device::Cuda(0), .. } if first == "a" && other == "b"
+        ));
+        assert!(err.to_string().contains("'a'") && err.to_string().contains("'b'"));
+    }
 }
