@@ -16,8 +16,9 @@ impl Pruner {
     /// every other entry must name an unpruned variable of the same shape, whose values it
     /// replaces. Every variable of the store must be covered.
     ///
-    /// Everything is checked before anything changes: on error the store and the registry are
-    /// as they were.
+    /// Names and shapes are checked before anything changes, so a checkpoint that does not fit
+    /// the model changes nothing; a tensor that cannot be pruned at all (a buffer saved with a
+    /// mask) fails when its turn comes, after the entries before it were loaded.
     pub fn load_state_dict(&self, state: &[(String, Tensor)]) -> Result<()> {
         let vars = self.variables();
         let keys: HashSet<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
