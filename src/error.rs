@@ -66,7 +66,7 @@ pub enum PruneError {
     #[error("global pruning supports unstructured methods only; {0} is not one")]
     NotUnstructured(String),
 
-    #[error("global pruning needs at least one tensor")]
+    #[error("nothing to prune: no tensor is selected")]
     NothingToPrune,
 
     #[error("{0}")]
