@@ -39,6 +39,29 @@ impl Pruner {
         method: &dyn PruningMethod,
         importance_scores: &HashMap<String, Tensor>,
     ) -> Result<()> {
+        self.global(names, method, importance_scores, false)
+    }
+
+    /// [`Pruner::global_unstructured`] then [`Pruner::remove`] of every tensor, in one step: the
+    /// same result, bit for bit, but tensors not pruned before are multiplied by their masks in
+    /// place (held as booleans meanwhile) and never get `_orig` or `_mask`. For one-shot pruning
+    /// of models too large for a second copy of their weights. On error no tensor has changed.
+    pub fn global_unstructured_and_remove(
+        &self,
+        names: &[&str],
+        method: &dyn PruningMethod,
+        importance_scores: &HashMap<String, Tensor>,
+    ) -> Result<()> {
+        self.global(names, method, importance_scores, true)
+    }
+
+    fn global(
+        &self,
+        names: &[&str],
+        method: &dyn PruningMethod,
+        importance_scores: &HashMap<String, Tensor>,
+        permanent: bool,
+    ) -> Result<()> {
         if method.pruning_type() != PruningType::Unstructured {
             return Err(PruneError::NotUnstructured(format!("{method:?}")));
         }
@@ -59,7 +82,7 @@ impl Pruner {
                 "importance scores are given for '{extra}', which is not among the tensors to prune"
             )));
         }
-        self.prune_all(|state| {
+        self.prune_all(permanent, |state| {
             let mut scores = Vec::with_capacity(names.len());
             let mut masks = Vec::with_capacity(names.len());
             let mut values_of = Vec::with_capacity(names.len());
@@ -81,9 +104,13 @@ impl Pruner {
             same_device(&devices)?;
             let in_place = method.smallest_magnitudes();
             let combined = match in_place {
-                Some(amount) => {
-                    select_in_place(amount, &scores, &masks, &values_of, state.bool_masks)?
-                }
+                Some(amount) => select_in_place(
+                    amount,
+                    &scores,
+                    &masks,
+                    &values_of,
+                    state.bool_masks || permanent,
+                )?,
                 None => concatenated(method, &scores, &masks, &values_of)?,
             };
             let pruned: Vec<bool> = masks.iter().map(Option::is_some).collect();
@@ -94,8 +121,10 @@ impl Pruner {
                 let step = CustomFromMask::new(&mask);
                 plans.push(match (in_place.is_some(), was_pruned) {
                     // On an unpruned tensor the selected mask is the final one.
-                    (true, false) => state.plan_first(name, mask, format!("{step:?}"))?,
-                    _ => state.plan(name, &step, None)?,
+                    (true, false) => {
+                        state.plan_first(name, mask, format!("{step:?}"), permanent)?
+                    }
+                    _ => state.plan(name, &step, None, permanent)?,
                 });
             }
             Ok(plans)

@@ -51,7 +51,9 @@ pub trait PruningMethod: Debug {
     /// The new mask, given the importance scores of the units this method may prune and the
     /// mask they currently have (`default_mask`, same shape as `scores`). Entries that are 0 in
     /// `default_mask` must stay 0. Return a new tensor and leave `default_mask` alone: on a first
-    /// prune it is a broadcast view of a single 1, which cannot be written in place.
+    /// prune it is a broadcast view of a single 1, which cannot be written in place. (The
+    /// structured methods return such a view too there, one value per channel: call
+    /// `contiguous()` on their mask before writing into it.)
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor>;
 
     /// `Some(amount)` if this method prunes the `amount` entries of smallest magnitude (as

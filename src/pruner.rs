@@ -6,7 +6,8 @@ use crate::container::combine_masks;
 use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
 use crate::grad_redirect::GradRedirect;
-use crate::method::{check_shape, PruningMethod};
+use crate::method::{check_shape, PruningMethod, PruningType};
+use crate::selection::{zero_smallest, Part};
 use crate::structured::{LnStructured, Norm, RandomStructured};
 use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,8 +151,40 @@ impl Pruner {
         importance_scores: Option<&Tensor>,
     ) -> Result<()> {
         let mut state = self.lock();
-        let plan = state.plan(name, method, importance_scores)?;
+        let plan = state.plan(name, method, importance_scores, false)?;
         state.commit(plan)
+    }
+
+    /// Prunes `name` and makes it permanent at once: [`Pruner::prune`] then [`Pruner::remove`]
+    /// (PyTorch's `prune.<method>(...)` then `prune.remove(...)`), for one-shot pruning before
+    /// export. The result is the same, bit for bit; but a tensor not pruned before is simply
+    /// multiplied by its mask in place: no `_orig` copy, no stored mask, and for structured
+    /// methods no mask of the tensor's size at all. A tensor already pruned is pruned again
+    /// as usual (amounts relative to what is still unpruned), then made permanent.
+    ///
+    /// On error nothing has changed.
+    ///
+    /// ```
+    /// use tch::{nn, Device, Tensor};
+    /// use tch_prune::{LnStructured, Pruner};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// vs.root().var_copy("w", &Tensor::from_slice(&[1f32, 1., 5., 5., -2., 2.]).view([3, 2]));
+    /// let pruner = Pruner::new(&vs);
+    /// pruner.prune_and_remove("w", &LnStructured::new(1, 2.0, 0)?, None)?; // the row of smallest 2-norm
+    /// let w = vs.root().get("w").unwrap();
+    /// assert_eq!(Vec::<f32>::try_from(&w.view([-1]))?, [0., 0., 5., 5., -2., 2.]);
+    /// assert!(!pruner.is_pruned("w") && vs.root().get("w_orig").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prune_and_remove(
+        &self,
+        name: &str,
+        method: &dyn PruningMethod,
+        importance_scores: Option<&Tensor>,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        let plan = state.plan(name, method, importance_scores, true)?;
+        state.commit_permanent(plan)
     }
 
     /// Reparametrizes `name` with an all-ones mask (`prune.identity`).
@@ -202,24 +235,7 @@ impl Pruner {
     /// The `_orig` tensor stays in the store's list of trainable tensors (optimizers count on
     /// that list's order) but is frozen and its storage released.
     pub fn remove(&self, name: &str) -> Result<()> {
-        let mut state = self.lock();
-        let index = state
-            .index_of(name)
-            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
-        state.tensors[index].write_target()?;
-        // Dropping the entry removes the gradient route: `target` is a plain parameter again.
-        let PrunedTensor {
-            target, mut orig, ..
-        } = state.tensors.remove(index);
-        {
-            let mut vars = state.variables.lock().expect("VarStore lock poisoned");
-            vars.named_variables.remove(&orig_name(name));
-            vars.named_variables.remove(&mask_name(name));
-            vars.named_variables.insert(name.to_string(), target);
-        }
-        let _ = orig.set_requires_grad(false);
-        orig.f_set_data(&Tensor::f_empty([0], (orig.kind(), orig.device()))?)?;
-        Ok(())
+        self.lock().remove(name)
     }
 
     /// Makes every pruning permanent, in the order the tensors were first pruned.
@@ -329,11 +345,19 @@ impl Pruner {
         state.index_of(name).map(|i| f(&state.tensors[i]))
     }
 
-    /// Prunes several tensors atomically: every plan is made before any is committed.
-    pub(crate) fn prune_all(&self, plans: impl FnOnce(&State) -> Result<Vec<Plan>>) -> Result<()> {
+    /// Prunes several tensors atomically: every plan is made before any is committed. With
+    /// `permanent`, each pruning is made permanent at once (see [`Pruner::prune_and_remove`]).
+    pub(crate) fn prune_all(
+        &self,
+        permanent: bool,
+        plans: impl FnOnce(&State) -> Result<Vec<Plan>>,
+    ) -> Result<()> {
         let mut state = self.lock();
         let plans = plans(&state)?;
-        plans.into_iter().try_for_each(|plan| state.commit(plan))
+        plans.into_iter().try_for_each(|plan| match permanent {
+            true => state.commit_permanent(plan),
+            false => state.commit(plan),
+        })
     }
 }
 
@@ -363,12 +387,14 @@ impl State {
         Ok((tensor.detach(), None))
     }
 
-    /// Works out the new mask of `name`, changing nothing.
+    /// Works out the new mask of `name`, changing nothing. `permanent`: the pruning is to be made
+    /// permanent at once, so a first prune's mask is never stored (see [`State::commit_permanent`]).
     pub(crate) fn plan(
         &self,
         name: &str,
         method: &dyn PruningMethod,
         importance_scores: Option<&Tensor>,
+        permanent: bool,
     ) -> Result<Plan> {
         let (values, mask) = self.current(name)?;
         let first = match mask {
@@ -382,32 +408,50 @@ impl State {
             }
             None => values.shallow_clone(),
         };
-        let mask = tch::no_grad(|| match mask {
-            Some(mask) => combine_masks(method, &scores, &mask),
-            None => method.compute_mask(&scores, &all_ones(&values)?),
+        let mask = tch::no_grad(|| match (mask, method.smallest_magnitudes()) {
+            (Some(mask), _) => combine_masks(method, &scores, &mask),
+            // A mask that ends up boolean (or nowhere) is selected as one: a quarter of the
+            // memory written, the same entries.
+            (None, Some(amount))
+                if (permanent || self.bool_masks)
+                    && method.pruning_type() == PruningType::Unstructured =>
+            {
+                boolean_smallest(amount, &scores)
+            }
+            (None, _) => method.compute_mask(&scores, &all_ones(&values)?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
-        self.finish_plan(name, mask, format!("{method:?}"), first)
+        self.finish_plan(name, mask, format!("{method:?}"), first, permanent)
     }
 
     /// A plan for a first prune whose mask is already known (global pruning selects in place:
     /// on an unpruned tensor its combined mask is the final one, PyTorch's `ones * mask`).
-    pub(crate) fn plan_first(&self, name: &str, mask: Tensor, method: String) -> Result<Plan> {
+    pub(crate) fn plan_first(
+        &self,
+        name: &str,
+        mask: Tensor,
+        method: String,
+        permanent: bool,
+    ) -> Result<Plan> {
         let first = Some(self.first_prune(name)?);
-        self.finish_plan(name, mask, method, first)
+        self.finish_plan(name, mask, method, first, permanent)
     }
 
+    /// Puts the mask in the form the registry stores: boolean if so asked, and a tensor of its
+    /// own (structured methods return a broadcast view of one value per channel, which
+    /// `VarStore::load` could not copy into). A first prune made permanent stores nothing.
     fn finish_plan(
         &self,
         name: &str,
         mask: Tensor,
         method: String,
         first: Option<FirstPrune>,
+        permanent: bool,
     ) -> Result<Plan> {
-        let mask = if self.bool_masks {
-            to_bool_mask(name, &mask)?
-        } else {
-            mask
+        let mask = match (permanent && first.is_some(), self.bool_masks) {
+            (true, _) => mask,
+            (false, true) => to_bool_mask(name, &mask)?,
+            (false, false) => mask.f_contiguous()?,
         };
         Ok(Plan {
             name: name.to_string(),
@@ -508,6 +552,40 @@ impl State {
             }
         }
     }
+
+    /// Applies a plan and makes it permanent: `commit` then `remove`. A tensor pruned for the
+    /// first time is simply multiplied by its mask in place; it never gets `_orig` or `_mask`.
+    pub(crate) fn commit_permanent(&mut self, plan: Plan) -> Result<()> {
+        match &plan.first {
+            Some(first) => tch::no_grad(|| write_masked(&first.target, &first.target, &plan.mask)),
+            None => {
+                let name = plan.name.clone();
+                self.commit(plan)?;
+                self.remove(&name)
+            }
+        }
+    }
+
+    /// `prune.remove`: see [`Pruner::remove`].
+    fn remove(&mut self, name: &str) -> Result<()> {
+        let index = self
+            .index_of(name)
+            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
+        self.tensors[index].write_target()?;
+        // Dropping the entry removes the gradient route: `target` is a plain parameter again.
+        let PrunedTensor {
+            target, mut orig, ..
+        } = self.tensors.remove(index);
+        {
+            let mut vars = self.variables.lock().expect("VarStore lock poisoned");
+            vars.named_variables.remove(&orig_name(name));
+            vars.named_variables.remove(&mask_name(name));
+            vars.named_variables.insert(name.to_string(), target);
+        }
+        let _ = orig.set_requires_grad(false);
+        orig.f_set_data(&Tensor::f_empty([0], (orig.kind(), orig.device()))?)?;
+        Ok(())
+    }
 }
 
 impl PrunedTensor {
@@ -539,13 +617,7 @@ impl PrunedTensor {
         if self.written_at.is_some() && self.written_at == self.stamp() {
             return Ok(());
         }
-        // `orig * mask` straight into the target; a float mask of another dtype is cast first,
-        // as PyTorch's `mask.to(orig.dtype) * orig` does (a boolean one multiplies exactly).
-        let mask = match self.mask.kind() {
-            k if k == self.orig.kind() || k == Kind::Bool => self.mask.shallow_clone(),
-            _ => self.mask.f_to_kind(self.orig.kind())?,
-        };
-        let _ = tch::no_grad(|| self.orig.f_mul_out(&self.target, &mask))?;
+        tch::no_grad(|| write_masked(&self.target, &self.orig, &self.mask))?;
         self.written_at = self.stamp();
         Ok(())
     }
@@ -558,6 +630,31 @@ impl PrunedTensor {
         }
         self.write_target()
     }
+}
+
+/// `orig * mask` straight into `out` (which may be `orig` itself). A float mask of another dtype
+/// is cast first, as PyTorch's `mask.to(orig.dtype) * orig` does; a boolean one multiplies
+/// exactly.
+fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
+    let mask = match mask.kind() {
+        k if k == orig.kind() || k == Kind::Bool => mask.shallow_clone(),
+        _ => mask.f_to_kind(orig.kind())?,
+    };
+    let _ = orig.f_mul_out(out, &mask)?;
+    Ok(())
+}
+
+/// The mask of a smallest-magnitude method on a tensor not pruned before, as booleans.
+fn boolean_smallest(amount: Amount, scores: &Tensor) -> Result<Tensor> {
+    let k = amount.to_count(scores.numel() as i64)?;
+    let mask = Tensor::f_ones(scores.size(), (Kind::Bool, scores.device()))?;
+    let part = Part {
+        scores,
+        live: None,
+        out: &mask,
+    };
+    zero_smallest(&[part], k)?;
+    Ok(mask)
 }
 
 /// A new tensor that takes over `target`'s values without copying them: it gets `target`'s

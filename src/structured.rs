@@ -168,12 +168,17 @@ pub(crate) fn checked_dim(t: &Tensor, dim: i64) -> Result<i64> {
     Ok(if dim < 0 { dim + ndim } else { dim })
 }
 
-/// A mask of `t`'s dtype that keeps the channels `kept` along `dim`, times the default mask.
+/// A mask that keeps the channels `kept` along `dim`, times the default mask, with the dtype of
+/// `t` (PyTorch's `make_mask(t, dim, indices) * default_mask`). On a first prune (an all-ones
+/// default) it is one value per channel broadcast to `t`'s shape: no memory per entry.
 fn channel_mask(t: &Tensor, dim: i64, kept: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
-    let mut mask = t.f_zeros_like()?;
-    let _ = mask.f_index_fill_(dim, &kept.f_to_device(t.device())?, 1)?;
-    if !is_all_ones(default_mask) {
-        let _ = mask.f_mul_(&default_mask.f_to_kind(mask.kind())?)?;
+    let mut shape = vec![1; t.dim()];
+    shape[dim as usize] = t.size()[dim as usize];
+    let mut channels = Tensor::f_zeros(&shape[..], (t.kind(), t.device()))?;
+    let _ = channels.f_index_fill_(dim, &kept.f_to_device(t.device())?, 1)?;
+    let mask = channels.f_expand(t.size(), false)?;
+    if is_all_ones(default_mask) {
+        return Ok(mask);
     }
-    Ok(mask)
+    Ok(mask.f_mul(&default_mask.f_to_kind(t.kind())?)?)
 }

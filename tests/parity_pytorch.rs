@@ -80,8 +80,9 @@ fn randn(shape: &[i64], kind: Kind) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind)
 }
 
-/// Applies one step of a case through the crate.
-fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value) {
+/// Applies one step of a case through the crate; with `permanent`, through the calls that
+/// make the pruning permanent at once (PyTorch's step followed by `prune.remove`).
+fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value, permanent: bool) {
     let amount = match &step["amount"] {
         Value::Number(n) if n.is_i64() => Amount::Count(n.as_i64().unwrap()),
         Value::Number(n) => Amount::Fraction(n.as_f64().unwrap()),
@@ -97,8 +98,6 @@ fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value) {
         .map(|(n, _, t)| (format!("{n}.weight"), t.shallow_clone()))
         .collect();
     let name = format!("{}.weight", case.tensors[0].0);
-    let s = scores.get(&name);
-    let method = step["method"].as_str().unwrap();
     let n = || -> Norm {
         match &step["n"] {
             Value::String(s) => s.parse().unwrap(),
@@ -106,30 +105,32 @@ fn apply(pruner: &Pruner, case: &Case, i: usize, step: &Value) {
         }
     };
     let dim = || step["dim"].as_i64().unwrap();
-    let result = match method {
-        "l1" => pruner.l1_unstructured(&name, amount, s),
-        "random" => pruner.random_unstructured(&name, amount),
-        "ln" => pruner.ln_structured(&name, amount, n(), dim(), s),
-        "random_structured" => pruner.random_structured(&name, amount, dim()),
-        "identity" => pruner.identity(&name),
-        "global_l1" | "global_random" => {
-            let names: Vec<String> = case
-                .tensors
-                .iter()
-                .map(|(n, _)| format!("{n}.weight"))
-                .collect();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            if method == "global_l1" {
-                pruner.global_unstructured(&names, &L1Unstructured::new(amount).unwrap(), &scores)
-            } else {
-                pruner.global_unstructured(
-                    &names,
-                    &RandomUnstructured::new(amount).unwrap(),
-                    &scores,
-                )
-            }
-        }
+    let kind = step["method"].as_str().unwrap();
+    let method: Box<dyn PruningMethod> = match kind {
+        "l1" | "global_l1" => Box::new(L1Unstructured::new(amount).unwrap()),
+        "random" | "global_random" => Box::new(RandomUnstructured::new(amount).unwrap()),
+        "ln" => Box::new(LnStructured::new(amount, n(), dim()).unwrap()),
+        "random_structured" => Box::new(RandomStructured::new(amount, dim()).unwrap()),
+        "identity" => Box::new(Identity),
         other => panic!("unknown method {other}"),
+    };
+    let result = if kind.starts_with("global") {
+        let names: Vec<String> = case
+            .tensors
+            .iter()
+            .map(|(n, _)| format!("{n}.weight"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match permanent {
+            true => pruner.global_unstructured_and_remove(&names, method.as_ref(), &scores),
+            false => pruner.global_unstructured(&names, method.as_ref(), &scores),
+        }
+    } else {
+        let s = scores.get(&name);
+        match permanent {
+            true => pruner.prune_and_remove(&name, method.as_ref(), s),
+            false => pruner.prune(&name, method.as_ref(), s),
+        }
     };
     result.unwrap_or_else(|e| panic!("step {i} {step}: {e}"));
 }
@@ -397,7 +398,7 @@ fn masks_and_pruned_values_equal_pytorchs() {
         }
         let pruner = Pruner::new(&vs);
         for (i, s) in case.steps.iter().enumerate() {
-            apply(&pruner, case, i, s);
+            apply(&pruner, case, i, s, false);
         }
         for (name, _) in &case.tensors {
             let what = format!("{name} {:?}", case.steps);
@@ -419,5 +420,29 @@ fn masks_and_pruned_values_equal_pytorchs() {
             );
         }
     }
-    eprintln!("{} cases equal to PyTorch's", cases.len());
+
+    // The same with the last step made permanent at once: the weights PyTorch has after
+    // `prune.remove`, and nothing of the reparametrization left.
+    for case in &cases {
+        let vs = VarStore::new(Device::Cpu);
+        for (name, t) in &case.tensors {
+            let _ = (vs.root() / name.as_str()).add("weight", t.copy(), true);
+        }
+        let pruner = Pruner::new(&vs);
+        let last = case.steps.len() - 1;
+        for (i, s) in case.steps.iter().enumerate() {
+            apply(&pruner, case, i, s, i == last);
+        }
+        let vars = vs.variables();
+        for (name, _) in &case.tensors {
+            let full = format!("{name}.weight");
+            assert!(!pruner.is_pruned(&full) && !vars.contains_key(&mask_name(&full)));
+            assert_same(
+                &vars[&full],
+                &expected[&format!("{name}.pruned")],
+                &format!("{name} {:?} made permanent at once", case.steps),
+            );
+        }
+    }
+    eprintln!("{} cases equal to PyTorch's, twice", cases.len());
 }

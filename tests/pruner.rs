@@ -693,3 +693,27 @@ fn evaluation_with_nothing_changed_rewrites_nothing() {
         "mask edit applied",
     );
 }
+
+#[test]
+fn structured_masks_in_the_store_are_tensors_of_their_own() {
+    // LnStructured computes one value per channel, broadcast; the store holds a real tensor,
+    // which `VarStore::load` can copy into.
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _net = mlp(&vs);
+    let pruner = Pruner::new(&vs);
+    pruner
+        .ln_structured("fc1.weight", 0.5, 2.0, 0, None)
+        .unwrap();
+    pruner.random_structured("fc2.weight", 1, 1).unwrap();
+    for name in ["fc1.weight", "fc2.weight"] {
+        let mask = pruner.mask(name).unwrap();
+        assert!(mask.is_contiguous() && mask.stride().iter().all(|&s| s > 0));
+    }
+    let dir = common::tempdir();
+    let path = dir.path().join("s.safetensors");
+    let saved = pruner.mask("fc1.weight").unwrap().copy();
+    vs.save(&path).unwrap();
+    let _ = tch::no_grad(|| pruner.mask("fc1.weight").unwrap().fill_(1.0));
+    vs.load(&path).unwrap();
+    assert_same(&pruner.mask("fc1.weight").unwrap(), &saved, "loaded mask");
+}
