@@ -50,9 +50,14 @@ CASES = [
     ("train", "SGD step (forward, backward, update) with every weight pruned (median)", ["99M"]),
     ("cli", "tch-prune prune --method l1-unstructured --amount 0.5 --global, vs a script", ["470M"]),
     ("bool-global", "global, the crate with Pruner::with_bool_masks", ["99M", "2B"]),
+    ("l1-at-once", "l1, the crate with Pruner::prune_and_remove (in place)", ["99M"]),
+    ("ln-at-once", "ln, the crate with Pruner::prune_and_remove (in place)", ["99M"]),
+    ("global-at-once", "global, the crate with global_unstructured_and_remove", ["99M", "470M", "2B"]),
 ]
-# PyTorch has no bool masks: the bool-mask case is compared with its plain global pruning.
-TORCH_CASE = {"bool-global": "global"}
+# PyTorch has neither bool masks nor pruning made permanent at once: those cases are compared
+# with its plain pruning, then remove (the same end result).
+TORCH_CASE = {"bool-global": "global", "l1-at-once": "l1", "ln-at-once": "ln",
+              "global-at-once": "global"}
 
 
 def params_of(size):
@@ -164,7 +169,7 @@ def compare_masks(case, size, seed, crate_bits, torch_bits, env):
     if differ == 0:
         return {"identical": True, "text": "identical"}
     d, blocks = SIZES[size]
-    check = run(TORCH + ["ties", case, str(d), str(blocks), str(seed), crate_bits, torch_bits], env)
+    check = run(TORCH + ["ties", TORCH_CASE.get(case, case), str(d), str(blocks), str(seed), crate_bits, torch_bits], env)
     if check["outcome"] != "ok":
         return {"identical": False, "differing": differ,
                 "text": f"{differ} differ (tie check {check['outcome']})"}

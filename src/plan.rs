@@ -174,17 +174,33 @@ impl Step {
 
     /// Applies the step to `names` (already selected, in order).
     pub fn apply(&self, pruner: &Pruner, names: &[String]) -> Result<()> {
+        self.run(pruner, names, false)
+    }
+
+    /// Applies the step and makes its pruning permanent at once
+    /// ([`Pruner::prune_and_remove`], [`Pruner::global_unstructured_and_remove`]).
+    pub fn apply_and_remove(&self, pruner: &Pruner, names: &[String]) -> Result<()> {
+        self.run(pruner, names, true)
+    }
+
+    fn run(&self, pruner: &Pruner, names: &[String], permanent: bool) -> Result<()> {
         let method = self.method()?;
+        let method = method.as_ref();
         if names.is_empty() {
             return Err(PruneError::NothingToPrune);
         }
         if self.global {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            return pruner.global_unstructured(&names, method.as_ref(), &Default::default());
+            let scores = Default::default();
+            return match permanent {
+                true => pruner.global_unstructured_and_remove(&names, method, &scores),
+                false => pruner.global_unstructured(&names, method, &scores),
+            };
         }
-        names
-            .iter()
-            .try_for_each(|name| pruner.prune(name, method.as_ref(), None))
+        names.iter().try_for_each(|name| match permanent {
+            true => pruner.prune_and_remove(name, method, None),
+            false => pruner.prune(name, method, None),
+        })
     }
 }
 

@@ -62,6 +62,45 @@ fn pruning_resumes_exactly_where_pytorch_left_it() {
 }
 
 #[test]
+fn the_cli_resumes_a_pytorch_pruned_checkpoint_and_makes_it_permanent() {
+    let Some(dir) = fixtures() else { return };
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"[{"params": "0.weight", "method": "l1-unstructured", "amount": 0.5},
+            {"params": "3.weight", "method": "ln-structured", "amount": 2, "n": 1, "dim": 1}]"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.pt");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(["prune", "--plan"])
+        .args([&plan, &dir.path().join("pruned.sd.pt"), &"-o".into(), &out])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.starts_with("pruned 3 tensors"), "{stdout}");
+    // PyTorch's resumed model, made permanent: `_orig * _mask` under the plain names.
+    let expected: HashMap<String, Tensor> = read_state_dict(dir.path().join("resumed.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let written = read_state_dict(&out).unwrap();
+    assert_eq!(written.len(), expected.len() - 3);
+    for (name, t) in &written {
+        let want = match expected.get(&format!("{name}_orig")) {
+            Some(orig) => orig * &expected[&format!("{name}_mask")],
+            None => expected[name].shallow_clone(),
+        };
+        assert_same(t, &want, name);
+    }
+}
+
+#[test]
 fn load_state_dict_reparametrizes_a_store_from_pytorchs_pruned_checkpoint() {
     let Some(dir) = fixtures() else { return };
     let dense = ModelFile::open(dir.path().join("cnn.ts.pt"), Device::Cpu).unwrap();

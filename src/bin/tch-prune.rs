@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
@@ -160,6 +161,23 @@ fn prune(args: PruneArgs) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let pruner = model.pruner()?;
+    // Pruned in this run or by the file's own `_orig`/`_mask`, for the summary.
+    let mut pruned = pruner.pruned_names();
+    for name in selections.iter().flatten() {
+        if !pruned.contains(name) {
+            pruned.push(name.clone());
+        }
+    }
+    // A tensor's last step makes its pruning permanent at once (in place, without a second copy
+    // of the weights), unless the reparametrized state is to be written too.
+    let last_step: HashMap<&str, usize> = selections
+        .iter()
+        .enumerate()
+        .flat_map(|(i, names)| names.iter().map(move |n| (n.as_str(), i)))
+        .collect();
+    let at_once = |i: usize, names: &[String]| {
+        args.state_out.is_none() && names.iter().all(|n| last_step[n.as_str()] == i)
+    };
     if let Some(seed) = args.seed {
         tch::manual_seed(seed);
     }
@@ -174,16 +192,17 @@ fn prune(args: PruneArgs) -> Result<()> {
     );
     for (i, (step, names)) in steps.iter().zip(&selections).enumerate() {
         bar.set_message(format!("step {}: {}", i + 1, step.method));
-        if step.global {
-            step.apply(&pruner, names)
-                .with_context(|| format!("step {}", i + 1))?;
-            bar.inc(1);
-        } else {
-            for name in names {
-                step.apply(&pruner, std::slice::from_ref(name))
-                    .with_context(|| format!("step {}", i + 1))?;
-                bar.inc(1);
+        let groups: Vec<&[String]> = match step.global {
+            true => vec![names],
+            false => names.iter().map(std::slice::from_ref).collect(),
+        };
+        for group in groups {
+            match at_once(i, group) {
+                true => step.apply_and_remove(&pruner, group),
+                false => step.apply(&pruner, group),
             }
+            .with_context(|| format!("step {}", i + 1))?;
+            bar.inc(1);
         }
     }
     bar.finish_and_clear();
@@ -191,7 +210,6 @@ fn prune(args: PruneArgs) -> Result<()> {
     if let Some(path) = &args.state_out {
         write_safetensors(path, &model.reparametrized_state(&pruner)?)?;
     }
-    let pruned: Vec<String> = pruner.pruned_names();
     pruner.remove_all()?;
     model.save(&args.output, &pruner)?;
     let report = Report::new(&model.tensors(&pruner))?;
