@@ -99,17 +99,19 @@ def measure(case, d, blocks, seed, out_dir):
 
     baseline = reset_peak()
     start = time.perf_counter()
-    if case in ("l1", "ln", "global"):
-        if case == "l1":
+    base = case.removesuffix("-at-once")
+    if base in ("l1", "ln", "global"):
+        if base == "l1":
             for lin in linears:
                 prune.l1_unstructured(lin, "weight", amount=0.5)
-        elif case == "ln":
+        elif base == "ln":
             for lin in linears:
                 prune.ln_structured(lin, "weight", amount=0.5, n=2, dim=0)
         else:
             prune.global_unstructured([(lin, "weight") for lin in linears],
                                       pruning_method=prune.L1Unstructured, amount=0.5)
-        masks = [lin.weight_mask for lin in linears]  # the buffers themselves, no copy
+        if base == case:
+            masks = [lin.weight_mask for lin in linears]  # the buffers themselves, no copy
         for lin in linears:
             prune.remove(lin, "weight")
         seconds = time.perf_counter() - start
@@ -141,6 +143,9 @@ def measure(case, d, blocks, seed, out_dir):
     else:
         sys.exit(f"unknown case '{case}'")
     peak = status_bytes("VmHWM:") - baseline
+    if case.endswith("-at-once"):
+        # The crate keeps no masks there: both sides compare their final weights' non-zeros.
+        masks = [lin.weight.detach() for lin in linears]
 
     mask_file = None
     if masks:
@@ -179,6 +184,7 @@ def ties(case, d, blocks, seed, crate_bits, torch_bits):
     threshold (the largest score it pruned)? Then both masks are valid answers and differ only
     in how ties are broken. Scores are |w| (unstructured) or the row's 2-norm (ln, dim=0);
     the threshold is per tensor, or over all tensors for global pruning."""
+    case = case.removesuffix("-at-once")
     model = Stack(d, blocks, seed)
     per_tensor = []  # (threshold, scores where the masks differ, pruned by crate, by torch)
     with open(crate_bits, "rb") as fc, open(torch_bits, "rb") as ft:

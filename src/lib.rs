@@ -10,6 +10,7 @@
 //! | `prune.random_unstructured`, `random_structured`, `ln_structured`, `identity`, `custom_from_mask` | the [`Pruner`] methods of the same names |
 //! | `prune.global_unstructured(params, prune.L1Unstructured, amount=0.2)` | [`Pruner::global_unstructured`] |
 //! | `prune.remove(m, "weight")`, `prune.is_pruned(m)` | [`Pruner::remove`], [`Pruner::is_pruned`] |
+//! | a prune then `prune.remove`, for one-shot pruning | [`Pruner::prune_and_remove`], [`Pruner::global_unstructured_and_remove`] (in place) |
 //! | forward pre-hooks | [`Pruner::wrap`], [`Pruner::forward`], [`Pruner::apply_masks`] |
 //! | `BasePruningMethod` | the [`PruningMethod`] trait |
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |

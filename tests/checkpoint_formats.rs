@@ -665,6 +665,29 @@ fn bool_tensors_round_trip() {
 }
 
 #[test]
+fn safetensors_read_from_hand_made_bytes() {
+    // Booleans stored as bytes other than 0/1 read as true; empty tensors and scalars read too.
+    let header = r#"{"b":{"dtype":"BOOL","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},"s":{"dtype":"I16","shape":[],"data_offsets":[4,6]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8, 2, 1, 255, 0x34, 0x12]);
+    let dir = common::tempdir();
+    let path = dir.path().join("hand.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let back: HashMap<String, Tensor> = read_safetensors(&path).unwrap().into_iter().collect();
+    assert_eq!(
+        Vec::<bool>::try_from(&back["b"]).unwrap(),
+        [false, true, true, true]
+    );
+    assert_eq!(back["e"].size(), [0, 3]);
+    assert_eq!(back["s"].int64_value(&[]), 0x1234);
+    // One byte short: refused, naming the problem.
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    let err = read_safetensors(&path).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
 fn failed_writes_leave_the_old_file_and_no_temporary_file() {
     let dir = common::tempdir();
     let st = dir.path().join("model.safetensors");

@@ -205,7 +205,9 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, 
 pub(crate) struct HostTensor {
     pub(crate) kind: Kind,
     pub(crate) size: Vec<i64>,
-    pub(crate) data: Vec<u8>,
+    /// Contiguous, on the CPU: the tensor itself when it already is (its bytes are written
+    /// from where they are, so a model is never held twice while it is saved).
+    tensor: Tensor,
 }
 
 impl HostTensor {
@@ -232,13 +234,22 @@ impl HostTensor {
             .and_then(|t| t.f_to_device(Device::Cpu))
             .and_then(|t| t.f_contiguous())
             .map_err(torch)?;
-        let size = host.size();
-        let numel = host.numel();
-        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-        if numel > 0 {
-            host.f_copy_data_u8(&mut data, numel).map_err(torch)?;
+        Ok(HostTensor {
+            kind,
+            size: host.size(),
+            tensor: host,
+        })
+    }
+
+    /// The values' bytes, in the tensor's memory.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        let len = self.tensor.numel() * self.kind.elt_size_in_bytes();
+        if len == 0 {
+            return &[];
         }
-        Ok(HostTensor { kind, size, data })
+        // SAFETY: a contiguous CPU tensor holds `len` bytes from `data_ptr`, and `self` keeps
+        // it (and its storage) alive as long as the borrow.
+        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len) }
     }
 }
 

@@ -5,28 +5,32 @@
 //! data out sorted by dtype size, then by name. Reading returns the tensors in the order of
 //! their data in the file; the original state-dict order is not recorded by the format.
 
-use super::torch_zip::tensor_from_bytes;
 use super::{atomic_write, shown, CheckpointError, HostTensor};
-use ::safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, View};
 use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Reads every tensor of a safetensors file as a contiguous CPU tensor, in the order of their
 /// data in the file.
+///
+/// Each tensor's bytes are read from the file straight into its own memory: reading a model
+/// takes the model's size in memory, not twice that.
 ///
 /// Supported dtypes: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL; any other is an error
 /// naming the tensor. `__metadata__` is ignored.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = path.as_ref();
-    let buffer = std::fs::read(path).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
-    // Validates the header, and that the offsets tile the data exactly and match each shape.
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&buffer).map_err(|e| invalid(path, describe(&e)))?;
-    let data = buffer
-        .get(8 + header_len..)
-        .ok_or_else(|| invalid(path, "the header is longer than the file"))?;
+    let io = |e| CheckpointError::io(path, "cannot read", e);
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
+        HeaderError::Io(e) => io(e),
+        HeaderError::Format(e) => invalid(path, describe(&e)),
+    })?;
 
     let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
     infos.sort_by(|(a_name, a), (b_name, b)| {
@@ -34,19 +38,40 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
             .cmp(&b.data_offsets)
             .then_with(|| a_name.cmp(b_name))
     });
+    // What `SafeTensors::read_metadata` checks on a whole buffer: the tensors' data tile the
+    // rest of the file exactly, each of the size its shape and dtype give.
+    let mut end = 0;
+    for (name, info) in &infos {
+        let (start, stop) = info.data_offsets;
+        if start != end || stop < start {
+            return Err(invalid(
+                path,
+                describe(&SafeTensorError::InvalidOffset(name.clone())),
+            ));
+        }
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| invalid(path, describe(&SafeTensorError::ValidationOverflow)))?;
+        if stop - start != bytes {
+            return Err(invalid(path, describe(&SafeTensorError::TensorInvalidInfo)));
+        }
+        end = stop;
+    }
+    if end as u64 + 8 + header_len as u64 != file_len {
+        return Err(invalid(
+            path,
+            describe(&SafeTensorError::MetadataIncompleteBuffer),
+        ));
+    }
+
     let mut out = Vec::with_capacity(infos.len());
     for (name, info) in infos {
         let kind = dtype_kind(info.dtype).ok_or_else(|| CheckpointError::UnsupportedDtype {
             path: path.to_path_buf(),
             tensor: shown(&name),
             dtype: format!("{:?}", info.dtype),
-        })?;
-        let (start, end) = info.data_offsets;
-        let bytes = data.get(start..end).ok_or_else(|| {
-            invalid(
-                path,
-                format!("the data of '{}' lies outside the file", shown(&name)),
-            )
         })?;
         let size = info
             .shape
@@ -59,15 +84,79 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
                     format!("the shape of '{}' is too large", shown(&name)),
                 )
             })?;
-        let tensor =
-            tensor_from_bytes(bytes, &size, kind).map_err(|e| CheckpointError::InvalidTensor {
+        let tensor = read_tensor(&mut file, &size, kind).map_err(|e| match e {
+            ReadError::Io(e) => io(e),
+            ReadError::Torch(e) => CheckpointError::InvalidTensor {
                 path: path.to_path_buf(),
                 tensor: shown(&name),
                 reason: crate::error::first_line(&e.to_string()),
-            })?;
+            },
+        })?;
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+enum HeaderError {
+    Io(std::io::Error),
+    Format(SafeTensorError),
+}
+
+/// The header's length and contents, checked as `SafeTensors::read_metadata` checks them.
+fn read_header(file: &mut File, file_len: u64) -> Result<(usize, Metadata), HeaderError> {
+    let format = |e| Err(HeaderError::Format(e));
+    if file_len < 8 {
+        return format(SafeTensorError::HeaderTooSmall);
+    }
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(HeaderError::Io)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_LEN {
+        return format(SafeTensorError::HeaderTooLarge);
+    }
+    if len + 8 > file_len {
+        return format(SafeTensorError::InvalidHeaderLength);
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(HeaderError::Io)?;
+    let Ok(text) = std::str::from_utf8(&header) else {
+        return format(SafeTensorError::InvalidHeader);
+    };
+    match serde_json::from_str(text) {
+        Ok(metadata) => Ok((len as usize, metadata)),
+        Err(_) => format(SafeTensorError::InvalidHeaderDeserialization),
+    }
+}
+
+/// The safetensors crate's bound on the header, 100 MB.
+const MAX_HEADER_LEN: u64 = 100_000_000;
+
+enum ReadError {
+    Io(std::io::Error),
+    Torch(tch::TchError),
+}
+
+/// The next tensor's bytes, read from `file` into a new tensor (little-endian, as both the
+/// format and the machines libtorch runs on are).
+fn read_tensor(file: &mut File, size: &[i64], kind: Kind) -> Result<Tensor, ReadError> {
+    // Booleans are read as bytes: a byte other than 0 or 1 is not a valid `bool`.
+    let read_kind = if kind == Kind::Bool {
+        Kind::Uint8
+    } else {
+        kind
+    };
+    let tensor = Tensor::f_empty(size, (read_kind, Device::Cpu)).map_err(ReadError::Torch)?;
+    let len = tensor.numel() * read_kind.elt_size_in_bytes();
+    if len > 0 {
+        // SAFETY: a new contiguous CPU tensor owns `len` bytes from `data_ptr`, which nothing
+        // else refers to yet.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, len) };
+        file.read_exact(bytes).map_err(ReadError::Io)?;
+    }
+    match kind {
+        Kind::Bool => tensor.f_ne(0).map_err(ReadError::Torch),
+        _ => Ok(tensor),
+    }
 }
 
 /// Writes tensors to a safetensors file that Python's `safetensors.torch.load_file` (and
@@ -155,10 +244,10 @@ impl View for &SafeView {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.host.data)
+        Cow::Borrowed(self.host.bytes())
     }
     fn data_len(&self) -> usize {
-        self.host.data.len()
+        self.host.bytes().len()
     }
 }
 

@@ -222,7 +222,7 @@ where
         entry(".storage_alignment", b"64")?;
         entry("byteorder", b"little")?;
         for (key, host) in hosts.iter().enumerate() {
-            entry(&format!("data/{key}"), &host.data)?;
+            entry(&format!("data/{key}"), host.bytes())?;
         }
         entry("version", b"3\n")?;
         let writer = zip.finish().map_err(zip_err)?;
@@ -1777,11 +1777,7 @@ impl StridedView {
 
 /// Python's `bool` storages hold 0 or 1; any other byte would make a bool tensor whose value
 /// depends on the kernel reading it, so it is normalised here.
-pub(crate) fn tensor_from_bytes(
-    bytes: &[u8],
-    size: &[i64],
-    kind: Kind,
-) -> Result<Tensor, tch::TchError> {
+fn tensor_from_bytes(bytes: &[u8], size: &[i64], kind: Kind) -> Result<Tensor, tch::TchError> {
     // `f_from_data_size` copies `numel * element size` bytes without checking the slice.
     let expected = size
         .iter()
@@ -2127,12 +2123,8 @@ pub(super) mod tests {
     }
 
     fn host(kind: Kind, size: &[i64]) -> HostTensor {
-        let numel: i64 = size.iter().product();
-        HostTensor {
-            kind,
-            size: size.to_vec(),
-            data: vec![0; numel as usize * kind.elt_size_in_bytes()],
-        }
+        let zeros = Tensor::zeros(size, (kind, tch::Device::Cpu));
+        HostTensor::of(Path::new("t"), "t", &zeros).unwrap()
     }
 
     #[test]
