@@ -44,7 +44,7 @@ impl Pruner {
 
     /// [`Pruner::global_unstructured`] then [`Pruner::remove`] of every tensor, in one step: the
     /// same result, bit for bit, but tensors not pruned before are multiplied by their masks in
-    /// place (held as booleans meanwhile) and never get `_orig` or `_mask`. For one-shot pruning
+    /// place (an L1 selection holds them as booleans meanwhile) and never get `_orig` or `_mask`. For one-shot pruning
     /// of models too large for a second copy of their weights. On error no tensor has changed.
     pub fn global_unstructured_and_remove(
         &self,

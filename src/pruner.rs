@@ -7,7 +7,6 @@ use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
 use crate::grad_redirect::GradRedirect;
 use crate::method::{check_shape, PruningMethod, PruningType};
-use crate::selection::{zero_smallest, Part};
 use crate::structured::{LnStructured, Norm, RandomStructured};
 use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -416,9 +415,9 @@ impl State {
                 if (permanent || self.bool_masks)
                     && method.pruning_type() == PruningType::Unstructured =>
             {
-                boolean_smallest(amount, &scores)
+                L1Unstructured::new(amount)?.compute_mask(&scores, &all_ones(&values, Kind::Bool)?)
             }
-            (None, _) => method.compute_mask(&scores, &all_ones(&values)?),
+            (None, _) => method.compute_mask(&scores, &all_ones(&values, values.kind())?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
         self.finish_plan(name, mask, format!("{method:?}"), first, permanent)
@@ -644,19 +643,6 @@ fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The mask of a smallest-magnitude method on a tensor not pruned before, as booleans.
-fn boolean_smallest(amount: Amount, scores: &Tensor) -> Result<Tensor> {
-    let k = amount.to_count(scores.numel() as i64)?;
-    let mask = Tensor::f_ones(scores.size(), (Kind::Bool, scores.device()))?;
-    let part = Part {
-        scores,
-        live: None,
-        out: &mask,
-    };
-    zero_smallest(&[part], k)?;
-    Ok(mask)
-}
-
 /// A new tensor that takes over `target`'s values without copying them: it gets `target`'s
 /// storage, and `target` (the tensor modules hold, which keeps its identity) a fresh one, filled
 /// with the masked values right after. Saves reading and writing the whole tensor once.
@@ -668,10 +654,11 @@ fn take_storage(target: &Tensor) -> Result<Tensor> {
     Ok(orig)
 }
 
-/// PyTorch's first default mask, `ones_like(t)`, as one broadcast value: same values, no
-/// allocation, and methods can tell it apart ([`is_all_ones`]) to skip multiplying by it.
-fn all_ones(t: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::f_ones([], (t.kind(), t.device()))?.f_expand(t.size(), false)?)
+/// PyTorch's first default mask, `ones_like(t)` (here of dtype `kind`), as one broadcast value:
+/// same values, no allocation, and methods can tell it apart ([`is_all_ones`]) to skip
+/// multiplying by it.
+fn all_ones(t: &Tensor, kind: Kind) -> Result<Tensor> {
+    Ok(Tensor::f_ones([], (kind, t.device()))?.f_expand(t.size(), false)?)
 }
 
 /// Whether `mask` is [`all_ones`]' broadcast 1.

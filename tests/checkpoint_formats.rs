@@ -395,9 +395,13 @@ print(json.dumps(list(sd.keys())))
         "base after writing to its views",
     );
 
-    let tied_sd = read_torch_zip(&tied).expect("read tied");
+    let mut tied_sd = read_torch_zip(&tied).expect("read tied");
     assert_state_dict(&tied_sd, &lists[1], &ref_tied);
     assert_bits(&tied_sd[0].1, &tied_sd[1].1, "tied weights");
+    // The first takes the storage's memory, the second is a copy: pruning one in place (as
+    // the CLI does) leaves the other as it was.
+    let _ = tied_sd[0].1.fill_(0.0);
+    assert_bits(&tied_sd[1].1, &reference(&ref_tied)[&tied_sd[1].0], "the other tied weight");
 }
 
 #[test]

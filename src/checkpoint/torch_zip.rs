@@ -411,8 +411,9 @@ pub(super) fn read_entry<R: Read + Seek>(
 
 /// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
 pub(super) trait StorageSource {
-    /// The `nbytes` bytes of storage `key`; an error if the archive holds a different amount.
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError>;
+    /// The `nbytes` bytes of storage `key`, as a 1-D `Uint8` CPU tensor; an error if the
+    /// archive holds a different amount.
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError>;
 }
 
 /// The storages of a zip archive: `<prefix>data/<key>`.
@@ -422,7 +423,7 @@ pub(super) struct ZipStorages<'p, R> {
     prefix: String,
     file_len: u64,
     /// Storages shared by several tensors are read once.
-    cache: HashMap<String, Rc<[u8]>>,
+    cache: HashMap<String, Tensor>,
 }
 
 impl<'p, R> ZipStorages<'p, R> {
@@ -443,10 +444,10 @@ impl<'p, R> ZipStorages<'p, R> {
 }
 
 impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError> {
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
         let name = format!("{}data/{key}", self.prefix);
         let bytes = match self.cache.entry(key.to_string()) {
-            Entry::Occupied(cached) => cached.get().clone(),
+            Entry::Occupied(cached) => cached.get().shallow_clone(),
             Entry::Vacant(slot) => {
                 if self.archive.index_for_name(&name).is_none() {
                     return Err(CheckpointError::CorruptArchive {
@@ -458,21 +459,65 @@ impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
                         ),
                     });
                 }
-                let bytes = read_entry(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
-                slot.insert(Rc::from(bytes)).clone()
+                let bytes =
+                    read_storage(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
+                slot.insert(bytes).shallow_clone()
             }
         };
-        if bytes.len() as u64 != nbytes {
+        if bytes.numel() as u64 != nbytes {
             return Err(CheckpointError::CorruptArchive {
                 path: self.path.to_path_buf(),
                 reason: format!(
                     "storage entry {} holds {} bytes but data.pkl declares {nbytes}",
                     shown(&name),
-                    bytes.len()
+                    bytes.numel()
                 ),
             });
         }
         Ok(bytes)
+    }
+}
+
+/// Reads a storage entry into a new byte tensor: straight into the tensor's memory when the
+/// entry is stored uncompressed with the expected size (as torch.save writes them), so a model
+/// is never held twice; through [`read_entry`] otherwise.
+fn read_storage<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    path: &Path,
+    name: &str,
+    nbytes: u64,
+    file_len: u64,
+) -> Result<Tensor, CheckpointError> {
+    let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
+    let direct = entry.compression() == zip::CompressionMethod::Stored
+        && entry.size() == nbytes
+        && nbytes <= file_len;
+    if !direct {
+        drop(entry);
+        let bytes = read_entry(archive, path, name, nbytes, file_len)?;
+        return Ok(Tensor::from_slice(&bytes));
+    }
+    let failed = |reason: String| CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!("cannot read entry {}: {reason}", shown(name)),
+    };
+    let tensor = Tensor::f_empty([nbytes as i64], (Kind::Uint8, tch::Device::Cpu))
+        .map_err(|e| failed(crate::error::first_line(&e.to_string())))?;
+    if nbytes > 0 {
+        // SAFETY: a new contiguous CPU tensor owns `nbytes` bytes from `data_ptr`, which
+        // nothing else refers to yet.
+        let buffer = unsafe {
+            std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, nbytes as usize)
+        };
+        entry
+            .read_exact(buffer)
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    // Reading on to the end is what makes the zip crate check the entry's CRC.
+    match entry.read(&mut [0u8; 1]) {
+        Ok(0) => Ok(tensor),
+        Ok(_) => Err(failed("more bytes than its header says".into())),
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 
@@ -612,8 +657,8 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
 #[derive(Debug)]
 struct StorageRef {
     kind: Result<Kind, Rc<str>>,
-    /// `None` for unsupported dtypes: their bytes are never read.
-    bytes: Option<Rc<[u8]>>,
+    /// The bytes, as a 1-D `Uint8` tensor; `None` for unsupported dtypes, never read.
+    bytes: Option<Tensor>,
     key: Rc<str>,
     numel: i64,
 }
@@ -725,8 +770,10 @@ struct Unpickler<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     arena: Vec<Obj>,
-    /// 1-D tensors over whole storages, built once for the strided views that need them.
+    /// Each storage's elements in a dtype (a view of its bytes; booleans normalised), built once.
     bases: HashMap<(Rc<str>, Kind), Tensor>,
+    /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
+    taken: HashSet<Rc<str>>,
 }
 
 type VmResult<T> = Result<T, CheckpointError>;
@@ -753,6 +800,7 @@ impl<'a> Unpickler<'a> {
             memo: HashMap::new(),
             arena: Vec::new(),
             bases: HashMap::new(),
+            taken: HashSet::new(),
         }
     }
 
@@ -1385,22 +1433,27 @@ impl<'a> Unpickler<'a> {
                 crate::error::first_line(&e.to_string())
             ))
         };
-        let es = kind.elt_size_in_bytes();
+        let base = match self.bases.entry((storage.key.clone(), kind)) {
+            Entry::Occupied(base) => base.into_mut(),
+            Entry::Vacant(slot) => slot.insert(typed_storage(bytes, kind).map_err(torch)?),
+        };
         if let Some((start, end)) = view.contiguous_range() {
             // In bounds: StridedView checked the view against the storage, and the storage's
             // byte length against its element count when it was loaded.
-            let slice = bytes
-                .get(start * es..end * es)
-                .ok_or_else(|| invalid("storage smaller than its declared size"))?;
-            return tensor_from_bytes(slice, &size, kind).map_err(torch);
-        }
-        let base_key = (storage.key.clone(), kind);
-        let base = match self.bases.entry(base_key) {
-            Entry::Occupied(base) => base.into_mut(),
-            Entry::Vacant(slot) => {
-                slot.insert(tensor_from_bytes(bytes, &[storage.numel], kind).map_err(torch)?)
+            let t = base
+                .f_narrow(0, start as i64, (end - start) as i64)
+                .and_then(|t| t.f_view(size.as_slice()))
+                .map_err(torch)?;
+            // The first tensor over a whole storage takes its memory, with no copy; any other
+            // gets a copy, so that tensors read never share memory (pruning one in place must
+            // not change another, as tied weights loaded into a model do not).
+            if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
+                return Ok(t);
             }
-        };
+            let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
+            copy.f_copy_(&t).map_err(torch)?;
+            return Ok(copy);
+        }
         base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
@@ -1775,27 +1828,14 @@ impl StridedView {
     }
 }
 
-/// Python's `bool` storages hold 0 or 1; any other byte would make a bool tensor whose value
-/// depends on the kernel reading it, so it is normalised here.
-fn tensor_from_bytes(bytes: &[u8], size: &[i64], kind: Kind) -> Result<Tensor, tch::TchError> {
-    // `f_from_data_size` copies `numel * element size` bytes without checking the slice.
-    let expected = size
-        .iter()
-        .try_fold(1i64, |n, &d| n.checked_mul(d))
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| n.checked_mul(kind.elt_size_in_bytes()));
-    if expected != Some(bytes.len()) {
-        return Err(tch::TchError::Shape(format!(
-            "{} bytes do not hold a {} tensor of size {size:?}",
-            bytes.len(),
-            kind_name(kind)
-        )));
+/// A storage's bytes as its elements, without a copy. Python's `bool` storages hold 0 or 1; any
+/// other byte would make a bool tensor whose value depends on the kernel reading it, so those are
+/// normalised (a copy, of what is usually a small mask).
+fn typed_storage(bytes: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
+    match kind {
+        Kind::Bool => bytes.f_ne(0),
+        _ => bytes.f_view_dtype(kind),
     }
-    if kind == Kind::Bool && bytes.iter().any(|&b| b > 1) {
-        let normalised: Vec<u8> = bytes.iter().map(|&b| u8::from(b != 0)).collect();
-        return Tensor::f_from_data_size(&normalised, size, kind);
-    }
-    Tensor::f_from_data_size(bytes, size, kind)
 }
 
 /// Little-endian two's complement, as LONG1 and LONG4 store it.
@@ -1847,7 +1887,7 @@ pub(super) mod tests {
     pub(in crate::checkpoint) struct PatternStorages;
 
     impl StorageSource for PatternStorages {
-        fn load(&mut self, key: &str, nbytes: u64) -> Result<Rc<[u8]>, CheckpointError> {
+        fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
             // Mutated pickles declare arbitrary sizes: refuse the absurd ones, as the zip reader
             // does for sizes its entries do not have.
             if nbytes > 1 << 20 {
@@ -1856,7 +1896,9 @@ pub(super) mod tests {
                     reason: format!("storage {key} too large"),
                 });
             }
-            Ok((0..nbytes).map(|i| i as u8).collect::<Vec<u8>>().into())
+            Ok(Tensor::from_slice(
+                &(0..nbytes).map(|i| i as u8).collect::<Vec<u8>>(),
+            ))
         }
     }
 
