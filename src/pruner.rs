@@ -635,6 +635,25 @@ impl PrunedTensor {
 /// is cast first, as PyTorch's `mask.to(orig.dtype) * orig` does; a boolean one multiplies
 /// exactly.
 fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
+    let flat = |t: &Tensor| t.is_contiguous() && t.numel() == orig.numel();
+    if mask.kind() == Kind::Bool
+        && orig.device() == Device::Cpu
+        && [out, orig, mask].iter().all(|t| flat(t))
+    {
+        // libtorch multiplies a float by a bool without vectorizing (8x slower than two floats
+        // on this project's machine): cast the mask a cache-sized piece at a time instead.
+        const PIECE: i64 = 1 << 18;
+        let (out, orig, mask) = (out.f_view([-1])?, orig.f_view([-1])?, mask.f_view([-1])?);
+        let n = orig.numel() as i64;
+        for start in (0..n).step_by(PIECE as usize) {
+            let len = PIECE.min(n - start);
+            let piece = mask.f_narrow(0, start, len)?.f_to_kind(orig.kind())?;
+            let _ = orig
+                .f_narrow(0, start, len)?
+                .f_mul_out(&out.f_narrow(0, start, len)?, &piece)?;
+        }
+        return Ok(());
+    }
     let mask = match mask.kind() {
         k if k == orig.kind() || k == Kind::Bool => mask.shallow_clone(),
         _ => mask.f_to_kind(orig.kind())?,

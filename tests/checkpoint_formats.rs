@@ -401,7 +401,11 @@ print(json.dumps(list(sd.keys())))
     // The first takes the storage's memory, the second is a copy: pruning one in place (as
     // the CLI does) leaves the other as it was.
     let _ = tied_sd[0].1.fill_(0.0);
-    assert_bits(&tied_sd[1].1, &reference(&ref_tied)[&tied_sd[1].0], "the other tied weight");
+    assert_bits(
+        &tied_sd[1].1,
+        &reference(&ref_tied)[&tied_sd[1].0],
+        "the other tied weight",
+    );
 }
 
 #[test]

@@ -11,6 +11,13 @@ use tch_prune::*;
 
 const DTYPES: [Kind; 4] = [Kind::Float, Kind::Double, Kind::Half, Kind::BFloat16];
 
+/// Holds the generator (see [`common::generator`]) and seeds it.
+fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = common::generator();
+    tch::manual_seed(seed);
+    guard
+}
+
 /// Values that tie everywhere, zeros of both signs and infinities, or plain normal draws.
 fn inputs(shape: &[i64], kind: Kind) -> [Tensor; 2] {
     let pool = Tensor::from_slice(&[-2f32, -1., -0.0, 0.0, 1., 2., f32::INFINITY, -1., 1.]);
@@ -79,7 +86,7 @@ fn both_ways(t: &Tensor, method: &dyn PruningMethod, scores: Option<&Tensor>, bo
 
 #[test]
 fn every_method_gives_the_weights_of_prune_then_remove_bit_for_bit() {
-    tch::manual_seed(0);
+    let _generator = seeded(0);
     for kind in DTYPES {
         for t in inputs(&[6, 5, 3], kind) {
             let custom = Tensor::from_slice(&[0f32, 0.5, 1., 2., 1., 1.])
@@ -116,8 +123,19 @@ fn every_method_gives_the_weights_of_prune_then_remove_bit_for_bit() {
 }
 
 #[test]
+fn large_tensors_too() {
+    // Boolean masks are applied a piece at a time: more than one piece here.
+    let _generator = seeded(8);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let t = inputs(&[700, 500], kind)[0].shallow_clone();
+        both_ways(&t, &L1Unstructured::new(0.37).unwrap(), None, false);
+        both_ways(&t, &L1Unstructured::new(0.37).unwrap(), None, true);
+    }
+}
+
+#[test]
 fn a_tensor_pruned_before_is_pruned_again_then_removed() {
-    tch::manual_seed(1);
+    let _generator = seeded(1);
     for bool_masks in [false, true] {
         let t = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
         let run = |at_once: bool| {
@@ -150,7 +168,7 @@ fn a_tensor_pruned_before_is_pruned_again_then_removed() {
 
 #[test]
 fn global_pruning_made_permanent_equals_global_pruning_then_remove() {
-    tch::manual_seed(2);
+    let _generator = seeded(2);
     let tensors = [
         ("a", Tensor::randn([7, 5], (Kind::Float, Device::Cpu))),
         ("b", inputs(&[4, 9], Kind::Float)[0].shallow_clone()),
@@ -241,7 +259,7 @@ fn failures_change_nothing() {
 
 #[test]
 fn a_module_computes_with_the_permanently_pruned_weights() {
-    tch::manual_seed(3);
+    let _generator = seeded(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let fc = nn::linear(vs.root() / "fc", 8, 6, Default::default());
     let pruner = Pruner::new(&vs);
@@ -265,7 +283,7 @@ fn permanent_pruning_on_cuda_equals_cpu() {
         eprintln!("skipped: no CUDA device");
         return;
     }
-    tch::manual_seed(4);
+    let _generator = seeded(4);
     let t = Tensor::randn([16, 12], (Kind::Float, Device::Cpu));
     for method in [
         &L1Unstructured::new(0.5).unwrap() as &dyn PruningMethod,

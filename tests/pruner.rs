@@ -51,6 +51,7 @@ fn snapshot(vs: &nn::VarStore, pruner: &Pruner) -> String {
 
 #[test]
 fn pruning_leaves_orig_and_mask_with_pytorchs_names_dtype_and_device() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let _ = (vs.root() / "fc1").add(
         "weight",
@@ -78,6 +79,7 @@ fn pruning_leaves_orig_and_mask_with_pytorchs_names_dtype_and_device() {
 
 #[test]
 fn modules_inside_a_sequential_see_the_masked_weights_without_rewiring() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs);
     let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
@@ -92,6 +94,7 @@ fn modules_inside_a_sequential_see_the_masked_weights_without_rewiring() {
 
 #[test]
 fn reapplying_masks_after_orig_changes() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs);
     let pruner = Pruner::new(&vs);
@@ -196,6 +199,7 @@ fn train(device: Device, adam: bool, optimizer_before_pruning: bool) -> (f64, f6
 
 #[test]
 fn training_keeps_pruned_positions_at_zero_and_learns() {
+    let _generator = common::generator();
     for adam in [false, true] {
         for before in [false, true] {
             let (first, last) = train(Device::Cpu, adam, before);
@@ -211,6 +215,7 @@ fn training_keeps_pruned_positions_at_zero_and_learns() {
 /// training loop runs in a child process so that its stderr can be checked.
 #[test]
 fn training_prints_no_libtorch_warnings() {
+    let _generator = common::generator();
     if std::env::var_os("TCH_PRUNE_WARNING_CHILD").is_some() {
         train(Device::Cpu, false, true);
         train(Device::Cpu, true, false);
@@ -250,6 +255,7 @@ fn training_prints_no_libtorch_warnings() {
 
 #[test]
 fn remove_makes_pruning_permanent_and_training_continues_on_the_plain_variable() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs);
     let pruner = Pruner::new(&vs);
@@ -272,6 +278,7 @@ fn remove_makes_pruning_permanent_and_training_continues_on_the_plain_variable()
 
 #[test]
 fn every_rejected_input_gives_its_error_and_changes_nothing() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = mlp(&vs);
     let _ = (vs.root() / "bn").zeros_no_train("running_mean", &[3]);
@@ -482,6 +489,7 @@ fn every_rejected_input_gives_its_error_and_changes_nothing() {
 
 #[test]
 fn bad_input_never_panics_with_unusual_dtypes() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let _ = vs.root().add(
         "counts",
@@ -505,6 +513,7 @@ fn bad_input_never_panics_with_unusual_dtypes() {
 
 #[test]
 fn a_failed_re_prune_keeps_the_hook_unlike_pytorch() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs);
     let pruner = Pruner::new(&vs);
@@ -527,6 +536,7 @@ fn a_failed_re_prune_keeps_the_hook_unlike_pytorch() {
 
 #[test]
 fn rankings_use_fresh_values_not_those_of_the_last_forward_pass() {
+    let _generator = common::generator();
     // PyTorch ranks the attribute computed at the last forward pass, stale after an optimizer
     // step; the registry always ranks orig * mask as it is now.
     let vs = nn::VarStore::new(Device::Cpu);
@@ -549,6 +559,7 @@ fn rankings_use_fresh_values_not_those_of_the_last_forward_pass() {
 
 #[test]
 fn seeded_random_pruning_reproduces_pytorchs_golden_draws() {
+    let _generator = common::generator();
     // The spec's golden values: torch.manual_seed(42), then RandomUnstructured(5) and
     // RandomStructured(2, dim=1) on ones(3, 4).
     let ones = Tensor::ones([3, 4], (Kind::Float, Device::Cpu));
@@ -574,6 +585,7 @@ fn seeded_random_pruning_reproduces_pytorchs_golden_draws() {
 
 #[test]
 fn cuda_masks_live_on_the_parameters_device() {
+    let _generator = common::generator();
     if !tch::Cuda::is_available() {
         eprintln!("skipped: no CUDA device");
         return;
@@ -631,6 +643,7 @@ fn cuda_masks_live_on_the_parameters_device() {
 
 #[test]
 fn each_forward_after_an_optimizer_step_computes_with_the_updated_orig() {
+    let _generator = common::generator();
     // Optimizers update `_orig` through `.data()`, which leaves its version counter alone.
     for adam in [false, true] {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -667,6 +680,7 @@ fn each_forward_after_an_optimizer_step_computes_with_the_updated_orig() {
 
 #[test]
 fn evaluation_with_nothing_changed_rewrites_nothing() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs);
     let pruner = Pruner::new(&vs);
@@ -696,6 +710,7 @@ fn evaluation_with_nothing_changed_rewrites_nothing() {
 
 #[test]
 fn structured_masks_in_the_store_are_tensors_of_their_own() {
+    let _generator = common::generator();
     // LnStructured computes one value per channel, broadcast; the store holds a real tensor,
     // which `VarStore::load` can copy into.
     let mut vs = nn::VarStore::new(Device::Cpu);

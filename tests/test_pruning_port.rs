@@ -43,6 +43,7 @@ fn effective(vs: &nn::VarStore, pruner: &Pruner, name: &str) -> Tensor {
 // test_pruning_container_compute_mask
 #[test]
 fn pruning_container_compute_mask() {
+    let _generator = common::generator();
     let t = t2(&[&[1., 2., 3., 4.], &[5., 6., 7., 8.]]);
     let default_mask = i2(&[&[1, 1, 1, 0], &[1, 1, 0, 1]]);
     let l1 = L1Unstructured::new(2).unwrap();
@@ -73,6 +74,7 @@ fn pruning_container_compute_mask() {
 // test_l1_unstructured_pruning
 #[test]
 fn l1_unstructured_pruning() {
+    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2., 3., 4.], &[-4., -3., -2., -1.]]));
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("m.weight", 2, None).unwrap();
@@ -92,6 +94,7 @@ fn l1_unstructured_pruning() {
 // test_l1_unstructured_pruning_with_importance_scores
 #[test]
 fn l1_unstructured_pruning_with_importance_scores() {
+    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2., 3., 4.], &[-4., -3., -2., -1.]]));
     let scores = t2(&[&[4., 2., 1., 3.], &[-3., -1., -2., -4.]]);
     let pruner = Pruner::new(&vs);
@@ -116,6 +119,7 @@ fn l1_unstructured_pruning_with_importance_scores() {
 // test_unstructured_pruning_same_magnitude
 #[test]
 fn unstructured_pruning_same_magnitude_prunes_a_count_not_a_threshold() {
+    let _generator = common::generator();
     tch::manual_seed(0);
     let t = (Tensor::randint(3, [10, 7], (Kind::Int64, Device::Cpu)) - 1) * 2;
     let mask = L1Unstructured::new(0.2)
@@ -128,6 +132,7 @@ fn unstructured_pruning_same_magnitude_prunes_a_count_not_a_threshold() {
 // test_random_structured_pruning_amount
 #[test]
 fn random_structured_pruning_amount() {
+    let _generator = common::generator();
     tch::manual_seed(0);
     let t = Tensor::rand([5, 4, 2], (Kind::Float, Device::Cpu));
     let mask = RandomStructured::new(0.6, 2)
@@ -150,6 +155,7 @@ fn conv_weight() -> Tensor {
 // test_ln_structured_pruning
 #[test]
 fn ln_structured_pruning() {
+    let _generator = common::generator();
     let vs = store_with("conv", &conv_weight());
     let pruner = Pruner::new(&vs);
     pruner
@@ -176,6 +182,7 @@ fn ln_structured_pruning() {
 // test_ln_structured_pruning_importance_scores
 #[test]
 fn ln_structured_pruning_importance_scores() {
+    let _generator = common::generator();
     let vs = store_with("conv", &conv_weight());
     let scores = Tensor::from_slice(&[10f32, 1., 10., 1., 30., 3., 30., 3., -20., -2., -20., -2.])
         .view([1, 3, 2, 2]);
@@ -204,6 +211,7 @@ fn ln_structured_pruning_importance_scores() {
 // test_remove_pruning_exception
 #[test]
 fn remove_pruning_exception() {
+    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2.]]));
     let pruner = Pruner::new(&vs);
     assert!(!pruner.is_pruned("m.weight"));
@@ -223,6 +231,7 @@ fn global_store() -> nn::VarStore {
 // test_global_pruning
 #[test]
 fn global_pruning() {
+    let _generator = common::generator();
     let vs = global_store();
     let pruner = Pruner::new(&vs);
     let l1 = L1Unstructured::new(4).unwrap();
@@ -244,6 +253,7 @@ fn global_pruning() {
 // test_global_pruning_importance_scores
 #[test]
 fn global_pruning_importance_scores() {
+    let _generator = common::generator();
     let vs = global_store();
     let pruner = Pruner::new(&vs);
     let scores = HashMap::from([
@@ -272,6 +282,7 @@ fn global_pruning_importance_scores() {
 // test_custom_from_mask_pruning
 #[test]
 fn custom_from_mask_pruning() {
+    let _generator = common::generator();
     let mask = i2(&[&[0, 1, 1, 0], &[0, 0, 1, 1]]);
     let default_mask = i2(&[&[0, 0, 0, 0], &[1, 1, 1, 1]]);
     let t = Tensor::rand([2, 4], (Kind::Float, Device::Cpu));
@@ -291,6 +302,7 @@ fn prune_inputs() -> (Tensor, Tensor) {
 // test_prune
 #[test]
 fn prune() {
+    let _generator = common::generator();
     let (t, default_mask) = prune_inputs();
     let pruned = L1Unstructured::new(2)
         .unwrap()
@@ -303,6 +315,7 @@ fn prune() {
 // test_prune_importance_scores
 #[test]
 fn prune_importance_scores() {
+    let _generator = common::generator();
     let (t, default_mask) = prune_inputs();
     let scores = t2(&[&[1., 2., 3., 4.], &[1.5, 1.6, 1.7, 1.8]]);
     let pruned = L1Unstructured::new(2)
@@ -316,6 +329,7 @@ fn prune_importance_scores() {
 // test_prune_importance_scores_mimic_default
 #[test]
 fn prune_importance_scores_mimic_default() {
+    let _generator = common::generator();
     let (t, default_mask) = prune_inputs();
     let l1 = L1Unstructured::new(2).unwrap();
     let with_scores = l1.prune(&t, Some(&t), Some(&default_mask)).unwrap();
@@ -338,6 +352,7 @@ fn linear_store(out: i64, inp: i64) -> (nn::VarStore, nn::Linear) {
 // test_identity_pruning
 #[test]
 fn identity_pruning_keeps_outputs_and_gradients() {
+    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let x = Tensor::ones([1, 5], (Kind::Float, Device::Cpu));
     let y_before = lin.forward(&x);
@@ -380,6 +395,7 @@ fn forced_mask() -> Tensor {
 // test_random_pruning (with the mocked mask replaced by custom_from_mask)
 #[test]
 fn pruned_positions_get_zero_gradient_and_do_not_move_under_sgd() {
+    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
     pruner
@@ -410,6 +426,7 @@ fn pruned_positions_get_zero_gradient_and_do_not_move_under_sgd() {
 // test_random_pruning_forward
 #[test]
 fn forward_uses_only_unpruned_entries() {
+    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
     let mask = forced_mask().ones_like() - forced_mask();
@@ -431,6 +448,7 @@ fn forward_uses_only_unpruned_entries() {
 // test_remove_pruning_forward, test_remove_pruning, test_pruning_id_consistency
 #[test]
 fn remove_keeps_outputs_and_restores_a_plain_variable() {
+    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
     pruner
@@ -471,6 +489,7 @@ impl PruningMethod for Failing {
 
 #[test]
 fn pruning_rollback() {
+    let _generator = common::generator();
     for name in ["fc.weight", "fc.bias"] {
         let (vs, _lin) = linear_store(2, 5);
         let before: Vec<String> = {
@@ -490,6 +509,7 @@ fn pruning_rollback() {
 // test_pruning_serialization_state_dict: after remove, the saved store has plain keys.
 #[test]
 fn serialization_after_remove_has_plain_keys() {
+    let _generator = common::generator();
     let (vs, _lin) = linear_store(1, 10);
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("fc.weight", 0.9, None).unwrap();

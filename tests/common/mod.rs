@@ -64,3 +64,11 @@ pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary folder")
 }
+
+/// libtorch's random generator is global and a binary's tests run in parallel: a test that
+/// seeds it, or draws from it, holds this for its whole run, so that a seed gives the draws it
+/// promises whatever else is running.
+pub fn generator() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
