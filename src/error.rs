@@ -55,7 +55,7 @@ pub enum PruneError {
         got: Vec<i64>,
     },
 
-    #[error("global pruning needs all tensors on one device: '{first}' is on {first_device:?} but '{other}' is on {other_device:?}")]
+    #[error("pruning needs its tensors on one device: '{first}' is on {first_device:?} but '{other}' is on {other_device:?}")]
     MixedDevices {
         first: String,
         first_device: tch::Device,

@@ -44,8 +44,9 @@ impl Pruner {
 
     /// [`Pruner::global_unstructured`] then [`Pruner::remove`] of every tensor, in one step: the
     /// same result, bit for bit, but tensors not pruned before are multiplied by their masks in
-    /// place (an L1 selection holds them as booleans meanwhile) and never get `_orig` or `_mask`. For one-shot pruning
-    /// of models too large for a second copy of their weights. On error no tensor has changed.
+    /// place (an L1 selection holds them as booleans meanwhile) and never get `_orig` or
+    /// `_mask`, as [`Pruner::prune_and_remove`] does. For one-shot pruning of models too large
+    /// for a second copy of their weights. On error no tensor has changed.
     pub fn global_unstructured_and_remove(
         &self,
         names: &[&str],
@@ -219,7 +220,7 @@ fn concatenated(
 }
 
 /// Fails unless every tensor (and score) is on one device, naming the first two that differ.
-fn same_device(devices: &[(&str, Device)]) -> Result<()> {
+pub(crate) fn same_device(devices: &[(&str, Device)]) -> Result<()> {
     let Some(&(first, first_device)) = devices.first() else {
         return Ok(());
     };

@@ -59,7 +59,10 @@ pub trait PruningMethod: Debug {
     /// `Some(amount)` if this method prunes the `amount` entries of smallest magnitude (as
     /// [`L1Unstructured`](crate::L1Unstructured) does): iterative and global pruning then
     /// select in place, in streaming passes, instead of gathering the live entries into new
-    /// tensors. The result is the same, ties at the boundary aside (see the crate's docs).
+    /// tensors, and a first prune whose mask is boolean or not stored (boolean masks, pruning
+    /// made permanent at once) selects it as `L1Unstructured` does, without calling
+    /// [`compute_mask`](Self::compute_mask). The result is the same, ties at the boundary aside
+    /// (see the crate's docs).
     fn smallest_magnitudes(&self) -> Option<crate::Amount> {
         None
     }

@@ -192,14 +192,18 @@ impl Step {
         if self.global {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let scores = Default::default();
-            return match permanent {
-                true => pruner.global_unstructured_and_remove(&names, method, &scores),
-                false => pruner.global_unstructured(&names, method, &scores),
+            return if permanent {
+                pruner.global_unstructured_and_remove(&names, method, &scores)
+            } else {
+                pruner.global_unstructured(&names, method, &scores)
             };
         }
-        names.iter().try_for_each(|name| match permanent {
-            true => pruner.prune_and_remove(name, method, None),
-            false => pruner.prune(name, method, None),
+        names.iter().try_for_each(|name| {
+            if permanent {
+                pruner.prune_and_remove(name, method, None)
+            } else {
+                pruner.prune(name, method, None)
+            }
         })
     }
 }

@@ -5,6 +5,7 @@ use crate::amount::Amount;
 use crate::container::combine_masks;
 use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
+use crate::global::same_device;
 use crate::grad_redirect::GradRedirect;
 use crate::method::{check_shape, PruningMethod, PruningType};
 use crate::structured::{LnStructured, Norm, RandomStructured};
@@ -119,7 +120,8 @@ impl Pruner {
 
     /// Like [`Pruner::new`], but masks are stored as `Kind::Bool`: a quarter of the memory of
     /// f32 masks (an eighth of f64's), same pruned values. They hold only 0 and 1, so a custom
-    /// mask with other values is refused. Files written by this crate for PyTorch (the CLI's
+    /// mask with other values is refused (unless the pruning is made permanent at once, see
+    /// [`Pruner::prune_and_remove`]). Files written by this crate for PyTorch (the CLI's
     /// `--state-out`, [`ModelFile::reparametrized_state`](crate::ModelFile::reparametrized_state))
     /// hold them as float masks of the weight's dtype, as PyTorch has them.
     pub fn with_bool_masks(vs: &VarStore) -> Self {
@@ -158,8 +160,15 @@ impl Pruner {
     /// (PyTorch's `prune.<method>(...)` then `prune.remove(...)`), for one-shot pruning before
     /// export. The result is the same, bit for bit; but a tensor not pruned before is simply
     /// multiplied by its mask in place: no `_orig` copy, no stored mask, and for structured
-    /// methods no mask of the tensor's size at all. A tensor already pruned is pruned again
-    /// as usual (amounts relative to what is still unpruned), then made permanent.
+    /// methods (scores of the tensor's dtype) no mask of the tensor's size at all. A tensor
+    /// already pruned is pruned again as usual (amounts relative to what is still unpruned),
+    /// then made permanent.
+    ///
+    /// Being in place, it differs from `prune` then `remove` in three ways: tensors that share
+    /// the variable's memory (views of it) see the pruned values too; a variable whose entries
+    /// overlap in memory (an expanded tensor) is refused; and no frozen `_orig` is left in the
+    /// store's trainable list. With [`Pruner::with_bool_masks`], a custom mask's values other
+    /// than 0 and 1 scale the weights as in PyTorch, since no boolean mask is stored.
     ///
     /// On error nothing has changed.
     ///
@@ -353,9 +362,12 @@ impl Pruner {
     ) -> Result<()> {
         let mut state = self.lock();
         let plans = plans(&state)?;
-        plans.into_iter().try_for_each(|plan| match permanent {
-            true => state.commit_permanent(plan),
-            false => state.commit(plan),
+        plans.into_iter().try_for_each(|plan| {
+            if permanent {
+                state.commit_permanent(plan)
+            } else {
+                state.commit(plan)
+            }
         })
     }
 }
@@ -420,6 +432,9 @@ impl State {
             (None, _) => method.compute_mask(&scores, &all_ones(&values, values.kind())?),
         })?;
         check_shape("mask returned by the method", name, &values, &mask)?;
+        // Importance scores on another device, or a method's mask there, would fail only once
+        // the tensor is half reparametrized.
+        same_device(&[(name, values.device()), ("its new mask", mask.device())])?;
         self.finish_plan(name, mask, format!("{method:?}"), first, permanent)
     }
 
@@ -438,7 +453,8 @@ impl State {
 
     /// Puts the mask in the form the registry stores: boolean if so asked, and a tensor of its
     /// own (structured methods return a broadcast view of one value per channel, which
-    /// `VarStore::load` could not copy into). A first prune made permanent stores nothing.
+    /// `VarStore::load` could not copy into). A first prune made permanent stores nothing, so
+    /// its mask is applied as it is (a custom mask's values other than 0 and 1 included).
     fn finish_plan(
         &self,
         name: &str,
@@ -449,7 +465,7 @@ impl State {
     ) -> Result<Plan> {
         let mask = match (permanent && first.is_some(), self.bool_masks) {
             (true, _) => mask,
-            (false, true) => to_bool_mask(name, &mask)?,
+            (false, true) => to_bool_mask(name, &mask)?.f_contiguous()?,
             (false, false) => mask.f_contiguous()?,
         };
         Ok(Plan {
@@ -635,11 +651,9 @@ impl PrunedTensor {
 /// is cast first, as PyTorch's `mask.to(orig.dtype) * orig` does; a boolean one multiplies
 /// exactly.
 fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
-    let flat = |t: &Tensor| t.is_contiguous() && t.numel() == orig.numel();
-    if mask.kind() == Kind::Bool
-        && orig.device() == Device::Cpu
-        && [out, orig, mask].iter().all(|t| flat(t))
-    {
+    // Same shapes (checked when planned): contiguous means one flat run of entries each.
+    let flat = [out, orig, mask].iter().all(|t| t.is_contiguous());
+    if mask.kind() == Kind::Bool && orig.device() == Device::Cpu && flat {
         // libtorch multiplies a float by a bool without vectorizing (8x slower than two floats
         // on this project's machine): cast the mask a cache-sized piece at a time instead.
         const PIECE: i64 = 1 << 18;

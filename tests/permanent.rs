@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::assert_bits;
 use std::collections::HashMap;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -28,21 +29,6 @@ fn inputs(shape: &[i64], kind: Kind) -> [Tensor; 2] {
         .to_kind(kind);
     let normal = Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind);
     [ties, normal]
-}
-
-/// Exact equality of the bit patterns.
-fn assert_bits(a: &Tensor, b: &Tensor, what: &str) {
-    assert_eq!(a.kind(), b.kind(), "{what}: dtypes differ");
-    let int = match a.kind() {
-        Kind::Double => Kind::Int64,
-        Kind::Float => Kind::Int,
-        _ => Kind::Int16,
-    };
-    let (a, b) = (a.contiguous(), b.contiguous());
-    assert!(
-        a.view_dtype(int).equal(&b.view_dtype(int)),
-        "{what}: bits differ\nleft:  {a}\nright: {b}"
-    );
 }
 
 fn store_with(name: &str, t: &Tensor) -> (nn::VarStore, Tensor) {
@@ -220,6 +206,7 @@ fn global_pruning_made_permanent_equals_global_pruning_then_remove() {
 
 #[test]
 fn failures_change_nothing() {
+    let _generator = common::generator();
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = nn::linear(vs.root() / "fc", 4, 3, Default::default());
     let _ = vs.root().zeros_no_train("buffer", &[3, 4]);
@@ -255,6 +242,38 @@ fn failures_change_nothing() {
         assert!(err.is_err());
     }
     assert_eq!(snapshot(), before);
+}
+
+#[test]
+fn boolean_mask_pruners_apply_custom_masks_as_pytorch_does() {
+    // Nothing is stored, so a custom mask's 0.5 scales the weight, as PyTorch's prune then
+    // remove does; reparametrized, a boolean mask could not hold it and it is refused.
+    let t = Tensor::from_slice(&[1f32, -2., 3., 4.]);
+    let custom = CustomFromMask::new(&Tensor::from_slice(&[0f32, 0.5, 1., 1.]));
+    let (vs, w) = store_with("w", &t);
+    let pruner = Pruner::with_bool_masks(&vs);
+    assert!(pruner.prune("w", &custom, None).is_err());
+    pruner.prune_and_remove("w", &custom, None).unwrap();
+    assert_bits(&w, &Tensor::from_slice(&[0f32, -1., 3., 4.]), "scaled");
+}
+
+#[test]
+fn variables_whose_entries_overlap_are_refused_unchanged() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let expanded = Tensor::from_slice(&[1f32, 2.])
+        .view([2, 1])
+        .expand([2, 3], false);
+    let w = vs.root().add("w", expanded, true);
+    let pruner = Pruner::new(&vs);
+    let err = pruner
+        .prune_and_remove("w", &LnStructured::new(1, 2.0, 0).unwrap(), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("memory location"), "{err}");
+    assert_eq!(
+        Vec::<f32>::try_from(&w.reshape([-1])).unwrap(),
+        [1., 1., 1., 2., 2., 2.]
+    );
+    assert_eq!(vs.variables().len(), 1);
 }
 
 #[test]

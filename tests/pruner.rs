@@ -639,6 +639,25 @@ fn cuda_masks_live_on_the_parameters_device() {
         &before,
         "unchanged",
     );
+    // Importance scores on the CPU for a CUDA tensor: refused before anything changes, either way.
+    let cpu_scores = Tensor::ones([3, 16], (Kind::Float, Device::Cpu));
+    let ln = LnStructured::new(1, 2.0, 0).unwrap();
+    for at_once in [false, true] {
+        let err = if at_once {
+            pruner.prune_and_remove("fc2.weight", &ln, Some(&cpu_scores))
+        } else {
+            pruner.prune("fc2.weight", &ln, Some(&cpu_scores))
+        }
+        .unwrap_err();
+        assert!(matches!(err, PruneError::MixedDevices { .. }), "{err}");
+    }
+    let fresh = nn::VarStore::new(device);
+    let _ = fresh
+        .root()
+        .var_copy("w", &Tensor::ones([3, 16], (Kind::Float, device)));
+    let p = Pruner::new(&fresh);
+    assert!(p.prune("w", &ln, Some(&cpu_scores)).is_err());
+    assert!(!p.is_pruned("w") && fresh.variables().len() == 1);
 }
 
 #[test]

@@ -192,16 +192,18 @@ fn prune(args: PruneArgs) -> Result<()> {
     );
     for (i, (step, names)) in steps.iter().zip(&selections).enumerate() {
         bar.set_message(format!("step {}: {}", i + 1, step.method));
-        let groups: Vec<&[String]> = match step.global {
-            true => vec![names],
-            false => names.iter().map(std::slice::from_ref).collect(),
+        let groups: Vec<&[String]> = if step.global {
+            vec![names]
+        } else {
+            names.iter().map(std::slice::from_ref).collect()
         };
         for group in groups {
-            match at_once(i, group) {
-                true => step.apply_and_remove(&pruner, group),
-                false => step.apply(&pruner, group),
-            }
-            .with_context(|| format!("step {}", i + 1))?;
+            let applied = if at_once(i, group) {
+                step.apply_and_remove(&pruner, group)
+            } else {
+                step.apply(&pruner, group)
+            };
+            applied.with_context(|| format!("step {}", i + 1))?;
             bar.inc(1);
         }
     }

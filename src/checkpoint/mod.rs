@@ -201,7 +201,8 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, 
     }
 }
 
-/// A tensor's values copied to host memory, contiguous, in one of the dtypes both formats store.
+/// A tensor's values in host memory, contiguous, in one of the dtypes both formats store: the
+/// tensor itself when it already is so, a copy otherwise.
 pub(crate) struct HostTensor {
     pub(crate) kind: Kind,
     pub(crate) size: Vec<i64>,
@@ -248,9 +249,34 @@ impl HostTensor {
             return &[];
         }
         // SAFETY: a contiguous CPU tensor holds `len` bytes from `data_ptr`, and `self` keeps
-        // it (and its storage) alive as long as the borrow.
+        // it (and its storage) alive as long as the borrow. The writers hold the only use of
+        // the tensors they are given while they write (the crate writes to no tensor from
+        // another thread meanwhile).
         unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len) }
     }
+}
+
+/// Fills a new contiguous CPU tensor with the next bytes of `reader`, through a small buffer:
+/// its memory is uninitialized, so it must not be handed to `Read` as a slice.
+pub(crate) fn read_into(reader: &mut impl std::io::Read, tensor: &Tensor) -> std::io::Result<()> {
+    let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
+    let mut buffer = vec![0u8; len.min(1 << 20)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buffer.len());
+        reader.read_exact(&mut buffer[..n])?;
+        // SAFETY: the tensor is contiguous on the CPU and owns `len` bytes from `data_ptr`;
+        // nothing else refers to it yet, and `done + n <= len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buffer.as_ptr(),
+                (tensor.data_ptr() as *mut u8).add(done),
+                n,
+            );
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// The dtypes both formats are read and written in.

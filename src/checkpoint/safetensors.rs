@@ -146,13 +146,7 @@ fn read_tensor(file: &mut File, size: &[i64], kind: Kind) -> Result<Tensor, Read
         kind
     };
     let tensor = Tensor::f_empty(size, (read_kind, Device::Cpu)).map_err(ReadError::Torch)?;
-    let len = tensor.numel() * read_kind.elt_size_in_bytes();
-    if len > 0 {
-        // SAFETY: a new contiguous CPU tensor owns `len` bytes from `data_ptr`, which nothing
-        // else refers to yet.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, len) };
-        file.read_exact(bytes).map_err(ReadError::Io)?;
-    }
+    super::read_into(file, &tensor).map_err(ReadError::Io)?;
     match kind {
         Kind::Bool => tensor.f_ne(0).map_err(ReadError::Torch),
         _ => Ok(tensor),

@@ -503,16 +503,7 @@ fn read_storage<R: Read + Seek>(
     };
     let tensor = Tensor::f_empty([nbytes as i64], (Kind::Uint8, tch::Device::Cpu))
         .map_err(|e| failed(crate::error::first_line(&e.to_string())))?;
-    if nbytes > 0 {
-        // SAFETY: a new contiguous CPU tensor owns `nbytes` bytes from `data_ptr`, which
-        // nothing else refers to yet.
-        let buffer = unsafe {
-            std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, nbytes as usize)
-        };
-        entry
-            .read_exact(buffer)
-            .map_err(|e| failed(e.to_string()))?;
-    }
+    super::read_into(&mut entry, &tensor).map_err(|e| failed(e.to_string()))?;
     // Reading on to the end is what makes the zip crate check the entry's CRC.
     match entry.read(&mut [0u8; 1]) {
         Ok(0) => Ok(tensor),

@@ -39,6 +39,22 @@ pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Exact equality of two float tensors' bit patterns (the signs of zeros and NaNs included).
+pub fn assert_bits(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.kind(), b.kind(), "{what}: dtypes differ");
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
+    let int = match a.kind() {
+        tch::Kind::Double => tch::Kind::Int64,
+        tch::Kind::Float => tch::Kind::Int,
+        _ => tch::Kind::Int16,
+    };
+    let (a, b) = (a.contiguous(), b.contiguous());
+    assert!(
+        a.view_dtype(int).equal(&b.view_dtype(int)),
+        "{what}: bits differ\nleft:  {a}\nright: {b}"
+    );
+}
+
 /// Bitwise equality of two tensors of the same dtype, -0.0 counted as 0.0 (PyTorch keeps the
 /// sign of pruned negative values, and so do we, but comparisons should not depend on it).
 pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
