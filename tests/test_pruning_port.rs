@@ -43,7 +43,6 @@ fn effective(vs: &nn::VarStore, pruner: &Pruner, name: &str) -> Tensor {
 // test_pruning_container_compute_mask
 #[test]
 fn pruning_container_compute_mask() {
-    let _generator = common::generator();
     let t = t2(&[&[1., 2., 3., 4.], &[5., 6., 7., 8.]]);
     let default_mask = i2(&[&[1, 1, 1, 0], &[1, 1, 0, 1]]);
     let l1 = L1Unstructured::new(2).unwrap();
@@ -74,7 +73,6 @@ fn pruning_container_compute_mask() {
 // test_l1_unstructured_pruning
 #[test]
 fn l1_unstructured_pruning() {
-    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2., 3., 4.], &[-4., -3., -2., -1.]]));
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("m.weight", 2, None).unwrap();
@@ -94,7 +92,6 @@ fn l1_unstructured_pruning() {
 // test_l1_unstructured_pruning_with_importance_scores
 #[test]
 fn l1_unstructured_pruning_with_importance_scores() {
-    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2., 3., 4.], &[-4., -3., -2., -1.]]));
     let scores = t2(&[&[4., 2., 1., 3.], &[-3., -1., -2., -4.]]);
     let pruner = Pruner::new(&vs);
@@ -155,7 +152,6 @@ fn conv_weight() -> Tensor {
 // test_ln_structured_pruning
 #[test]
 fn ln_structured_pruning() {
-    let _generator = common::generator();
     let vs = store_with("conv", &conv_weight());
     let pruner = Pruner::new(&vs);
     pruner
@@ -182,7 +178,6 @@ fn ln_structured_pruning() {
 // test_ln_structured_pruning_importance_scores
 #[test]
 fn ln_structured_pruning_importance_scores() {
-    let _generator = common::generator();
     let vs = store_with("conv", &conv_weight());
     let scores = Tensor::from_slice(&[10f32, 1., 10., 1., 30., 3., 30., 3., -20., -2., -20., -2.])
         .view([1, 3, 2, 2]);
@@ -211,7 +206,6 @@ fn ln_structured_pruning_importance_scores() {
 // test_remove_pruning_exception
 #[test]
 fn remove_pruning_exception() {
-    let _generator = common::generator();
     let vs = store_with("m", &t2(&[&[1., 2.]]));
     let pruner = Pruner::new(&vs);
     assert!(!pruner.is_pruned("m.weight"));
@@ -231,7 +225,6 @@ fn global_store() -> nn::VarStore {
 // test_global_pruning
 #[test]
 fn global_pruning() {
-    let _generator = common::generator();
     let vs = global_store();
     let pruner = Pruner::new(&vs);
     let l1 = L1Unstructured::new(4).unwrap();
@@ -253,7 +246,6 @@ fn global_pruning() {
 // test_global_pruning_importance_scores
 #[test]
 fn global_pruning_importance_scores() {
-    let _generator = common::generator();
     let vs = global_store();
     let pruner = Pruner::new(&vs);
     let scores = HashMap::from([
@@ -302,7 +294,6 @@ fn prune_inputs() -> (Tensor, Tensor) {
 // test_prune
 #[test]
 fn prune() {
-    let _generator = common::generator();
     let (t, default_mask) = prune_inputs();
     let pruned = L1Unstructured::new(2)
         .unwrap()
@@ -315,7 +306,6 @@ fn prune() {
 // test_prune_importance_scores
 #[test]
 fn prune_importance_scores() {
-    let _generator = common::generator();
     let (t, default_mask) = prune_inputs();
     let scores = t2(&[&[1., 2., 3., 4.], &[1.5, 1.6, 1.7, 1.8]]);
     let pruned = L1Unstructured::new(2)
@@ -426,7 +416,6 @@ fn pruned_positions_get_zero_gradient_and_do_not_move_under_sgd() {
 // test_random_pruning_forward
 #[test]
 fn forward_uses_only_unpruned_entries() {
-    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
     let mask = forced_mask().ones_like() - forced_mask();
@@ -448,7 +437,6 @@ fn forward_uses_only_unpruned_entries() {
 // test_remove_pruning_forward, test_remove_pruning, test_pruning_id_consistency
 #[test]
 fn remove_keeps_outputs_and_restores_a_plain_variable() {
-    let _generator = common::generator();
     let (vs, lin) = linear_store(2, 5);
     let pruner = Pruner::new(&vs);
     pruner
@@ -489,7 +477,6 @@ impl PruningMethod for Failing {
 
 #[test]
 fn pruning_rollback() {
-    let _generator = common::generator();
     for name in ["fc.weight", "fc.bias"] {
         let (vs, _lin) = linear_store(2, 5);
         let before: Vec<String> = {
