@@ -4,7 +4,7 @@
 use crate::checkpoint::{self, Format};
 use crate::error::Result;
 use crate::pruner::{mask_name, orig_name, Pruner};
-use crate::torchscript::ScriptModel;
+use crate::torchscript::{add_dotted, ScriptModel};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::nn::VarStore;
@@ -59,16 +59,18 @@ impl ModelFile {
                 }
             }
             Format::TorchZip | Format::Safetensors => {
-                let mut tensors = checkpoint::read_state_dict(path)?;
+                // The format is known: read it directly, not through `read_state_dict`'s
+                // detection again.
+                let mut tensors = match format {
+                    Format::TorchZip => checkpoint::read_torch_zip(path)?,
+                    _ => checkpoint::read_safetensors(path)?,
+                };
                 let masks = take_masks(&mut tensors);
                 let vs = VarStore::new(device);
                 let mut names = Vec::with_capacity(tensors.len());
                 for (name, tensor) in tensors {
-                    let parts: Vec<&str> = name.split('.').collect();
-                    let (leaf, parents) = parts.split_last().expect("split yields a part");
-                    let p = parents.iter().fold(vs.root(), |p, c| p.sub(*c));
                     let float = tensor.is_floating_point();
-                    let _ = p.add(leaf, tensor.f_to_device(device)?, float);
+                    let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, float);
                     names.push(name);
                 }
                 Contents::Tensors { vs, names, masks }

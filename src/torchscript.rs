@@ -48,15 +48,12 @@ impl ScriptModel {
         let vs = VarStore::new(device);
         let mut names = Vec::new();
         for (name, tensor) in module.named_parameters()? {
-            let parts: Vec<&str> = name.split('.').collect();
-            let (leaf, parents) = parts.split_last().expect("split yields one part at least");
-            let path = parents.iter().fold(vs.root(), |p, c| p.sub(*c));
             let requires_grad = tensor.requires_grad();
             // Parameters are registered trainable so that they can be pruned (tch can only make
             // floating-point tensors trainable); those frozen in Python stay frozen: optimizers
             // skip tensors without gradients.
             let float = tensor.is_floating_point();
-            let t = path.add(leaf, tensor, float);
+            let t = add_dotted(&vs, &name, tensor, float);
             if float && !requires_grad {
                 let _ = t.set_requires_grad(false);
             }
@@ -111,4 +108,13 @@ impl tch::nn::Module for ScriptModel {
             panic!("TorchScript forward failed: {}", first_line(&e.to_string()))
         })
     }
+}
+
+/// Registers `tensor` in `vs` under a PyTorch dotted name (`features.0.weight`), the tensor
+/// itself (no copy).
+pub(crate) fn add_dotted(vs: &VarStore, name: &str, tensor: Tensor, trainable: bool) -> Tensor {
+    let parts: Vec<&str> = name.split('.').collect();
+    let (leaf, parents) = parts.split_last().expect("split yields one part at least");
+    let path = parents.iter().fold(vs.root(), |p, c| p.sub(*c));
+    path.add(leaf, tensor, trainable)
 }

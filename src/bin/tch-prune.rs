@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
@@ -163,8 +163,9 @@ fn prune(args: PruneArgs) -> Result<()> {
     let pruner = model.pruner()?;
     // Pruned in this run or by the file's own `_orig`/`_mask`, for the summary.
     let mut pruned = pruner.pruned_names();
+    let mut seen: HashSet<String> = pruned.iter().cloned().collect();
     for name in selections.iter().flatten() {
-        if !pruned.contains(name) {
+        if seen.insert(name.clone()) {
             pruned.push(name.clone());
         }
     }

@@ -225,12 +225,12 @@ where
             entry(&format!("data/{key}"), host.bytes())?;
         }
         entry("version", b"3\n")?;
+        // Flushed here (so that errors are seen); `atomic_write` syncs the file.
         let writer = zip.finish().map_err(zip_err)?;
         writer
             .into_inner()
-            .map_err(|e| write_err(e.into_error()))?
-            .sync_all()
-            .map_err(write_err)
+            .map(drop)
+            .map_err(|e| write_err(e.into_error()))
     })
 }
 
