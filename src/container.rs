@@ -1,10 +1,11 @@
 //! Iterative pruning: how a new method composes with the mask a tensor already has
 //! (PyTorch's `PruningContainer.compute_mask` / `_combine_masks`).
 
-use crate::error::{PruneError, Result};
-use crate::method::{PruningMethod, PruningType};
+use crate::error::Result;
+use crate::method::{check_shape, PruningMethod, PruningType};
 use crate::selection::{zero_smallest, Part};
 use crate::structured::checked_dim;
+use crate::unstructured::fresh_copy_as;
 use tch::{Kind, Tensor};
 
 /// Applies `method` on top of `mask`, the mask the tensor has now, as PyTorch does when a pruned
@@ -27,8 +28,18 @@ use tch::{Kind, Tensor};
 /// assert_eq!(Vec::<f32>::try_from(&new).unwrap(), [0., 0., 0., 0., 1., 1.]);
 /// ```
 pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let mut new_mask = Tensor::f_empty(mask.size(), (scores.kind(), mask.device()))?;
-    new_mask.f_copy_(mask)?;
+    if method.pruning_type() == PruningType::Global {
+        let partial = method.compute_mask(scores, mask)?;
+        check_shape(
+            "mask returned by the method",
+            &format!("{method:?}"),
+            mask,
+            &partial,
+        )?;
+        // A method returns a new tensor: no need to copy it again.
+        return Ok(partial.f_to_kind(scores.kind())?);
+    }
+    let mut new_mask = fresh_copy_as(mask, scores.kind())?;
     match method.pruning_type() {
         PruningType::Unstructured
             if method.smallest_magnitudes().is_some() && scores.size() == mask.size() =>
@@ -59,18 +70,7 @@ pub fn combine_masks(method: &dyn PruningMethod, scores: &Tensor, mask: &Tensor)
             )?;
             let _ = new_mask.f_index_copy_(dim, &live, &partial.f_to_kind(new_mask.kind())?)?;
         }
-        PruningType::Global => {
-            let partial = method.compute_mask(scores, mask)?;
-            if partial.size() != mask.size() {
-                return Err(PruneError::ShapeMismatch {
-                    what: "mask returned by the method",
-                    name: format!("{method:?}"),
-                    expected: mask.size(),
-                    got: partial.size(),
-                });
-            }
-            new_mask.f_copy_(&partial)?;
-        }
+        PruningType::Global => unreachable!("handled above"),
     }
     Ok(new_mask)
 }

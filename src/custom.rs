@@ -1,7 +1,7 @@
 //! A mask given by the user (PyTorch's `CustomFromMask`).
 
-use crate::error::{PruneError, Result};
-use crate::method::{PruningMethod, PruningType};
+use crate::error::Result;
+use crate::method::{check_shape, PruningMethod, PruningType};
 use tch::Tensor;
 
 /// Prunes where a given mask is 0. The mask is multiplied into the current one, so entries
@@ -25,14 +25,7 @@ impl PruningMethod for CustomFromMask {
     }
 
     fn compute_mask(&self, _scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
-        if default_mask.size() != self.mask.size() {
-            return Err(PruneError::ShapeMismatch {
-                what: "custom mask",
-                name: "the tensor".into(),
-                expected: default_mask.size(),
-                got: self.mask.size(),
-            });
-        }
+        check_shape("custom mask", "the tensor", default_mask, &self.mask)?;
         // Unlike PyTorch, the mask follows the tensor to its device instead of failing.
         let mask = self
             .mask

@@ -3,7 +3,7 @@
 use crate::container::combine_masks;
 use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
-use crate::method::{check_shape, PruningMethod, PruningType};
+use crate::method::{scores_for, PruningMethod, PruningType};
 use crate::pruner::Pruner;
 use crate::selection::{zero_smallest, Part};
 use crate::unstructured::fresh_copy;
@@ -90,13 +90,7 @@ impl Pruner {
             let mut devices = Vec::with_capacity(2 * names.len());
             for &name in names {
                 let (values, mask) = state.current(name)?;
-                let score = match importance_scores.get(name) {
-                    Some(s) => {
-                        check_shape("importance scores", name, &values, s)?;
-                        s.shallow_clone()
-                    }
-                    None => values.shallow_clone(),
-                };
+                let score = scores_for(name, &values, importance_scores.get(name))?;
                 devices.extend([(name, values.device()), (name, score.device())]);
                 masks.push(mask);
                 scores.push(score);
@@ -207,12 +201,9 @@ fn concatenated(
         .iter()
         .map(|v| {
             let numel = v.numel() as i64;
-            // A copy, not a view: PyTorch keeps views of the whole vector alive in every
-            // round's CustomFromMask (pytorch#49332); a copy lets it go.
-            let slice = combined
-                .f_narrow(0, offset, numel)?
-                .f_reshape(v.size())?
-                .f_contiguous()?;
+            // A view: each tensor's plan makes its own mask from it, so unlike PyTorch
+            // (pytorch#49332) nothing keeps the whole vector alive after this round.
+            let slice = combined.f_narrow(0, offset, numel)?.f_reshape(v.size())?;
             offset += numel;
             Ok(slice)
         })

@@ -2,7 +2,7 @@
 
 use crate::error::{PruneError, Result};
 use std::fmt::Debug;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// How a method sees a tensor that is already pruned (PyTorch's `PRUNING_TYPE`), which decides
 /// the slice it is handed when it composes with earlier pruning.
@@ -75,22 +75,35 @@ pub trait PruningMethod: Debug {
         importance_scores: Option<&Tensor>,
         default_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let scores = match importance_scores {
-            Some(s) => {
-                check_shape("importance scores", "t", t, s)?;
-                s
-            }
-            None => t,
-        };
-        let ones;
+        let scores = scores_for("t", t, importance_scores)?;
         let default_mask = match default_mask {
-            Some(m) => m,
-            None => {
-                ones = t.f_ones_like()?;
-                &ones
-            }
+            Some(m) => m.shallow_clone(),
+            None => all_ones(t, t.kind())?,
         };
-        Ok(t.f_mul(&self.compute_mask(scores, default_mask)?)?)
+        Ok(t.f_mul(&self.compute_mask(&scores, &default_mask)?)?)
+    }
+}
+
+/// PyTorch's first default mask, `ones_like(t)` (here of dtype `kind`), as one broadcast value:
+/// same values, no allocation, and methods can tell it apart ([`is_all_ones`]) to skip
+/// multiplying by it.
+pub(crate) fn all_ones(t: &Tensor, kind: Kind) -> Result<Tensor> {
+    Ok(Tensor::f_ones([], (kind, t.device()))?.f_expand(t.size(), false)?)
+}
+
+/// The scores that rank `name`'s entries: `importance_scores` if given (of `values`' shape),
+/// else its values.
+pub(crate) fn scores_for(
+    name: &str,
+    values: &Tensor,
+    importance_scores: Option<&Tensor>,
+) -> Result<Tensor> {
+    match importance_scores {
+        Some(s) => {
+            check_shape("importance scores", name, values, s)?;
+            Ok(s.shallow_clone())
+        }
+        None => Ok(values.shallow_clone()),
     }
 }
 

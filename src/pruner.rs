@@ -7,7 +7,7 @@ use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
 use crate::global::same_device;
 use crate::grad_redirect::GradRedirect;
-use crate::method::{check_shape, PruningMethod, PruningType};
+use crate::method::{all_ones, check_shape, scores_for, PruningMethod, PruningType};
 use crate::structured::{LnStructured, Norm, RandomStructured};
 use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -338,9 +338,7 @@ impl Pruner {
             .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
         let entry = &mut state.tensors[i];
         check_shape("mask", name, &entry.mask, mask)?;
-        let mask = mask.f_to_device(entry.mask.device())?;
-        entry.mask.f_set_data(&mask)?;
-        entry.written_at = None;
+        entry.set_mask(&mask.f_to_device(entry.mask.device())?)?;
         entry.write_target()
     }
 
@@ -383,7 +381,7 @@ impl State {
         if let Some(i) = self.index_of(name) {
             let t = &self.tensors[i];
             // The tensor modules use holds exactly these values when it is up to date.
-            let values = if t.written_at.is_some() && t.written_at == t.stamp() {
+            let values = if t.is_written() {
                 t.target.detach()
             } else {
                 tch::no_grad(|| t.masked_orig())?
@@ -412,13 +410,7 @@ impl State {
             Some(_) => None,
             None => Some(self.first_prune(name)?),
         };
-        let scores = match importance_scores {
-            Some(s) => {
-                check_shape("importance scores", name, &values, s)?;
-                s.shallow_clone()
-            }
-            None => values.shallow_clone(),
-        };
+        let scores = scores_for(name, &values, importance_scores)?;
         let mask = tch::no_grad(|| match (mask, method.smallest_magnitudes()) {
             (Some(mask), _) => combine_masks(method, &scores, &mask),
             // A mask that ends up boolean (or nowhere) is selected as one: a quarter of the
@@ -514,9 +506,8 @@ impl State {
             None => {
                 let i = self.index_of(&name).expect("planned as a re-prune");
                 let entry = &mut self.tensors[i];
-                entry.mask.f_set_data(&mask)?;
+                entry.set_mask(&mask)?;
                 entry.history.push(method);
-                entry.written_at = None;
                 entry.write_target()
             }
             Some(FirstPrune {
@@ -573,10 +564,11 @@ impl State {
     pub(crate) fn commit_permanent(&mut self, plan: Plan) -> Result<()> {
         match &plan.first {
             Some(first) => tch::no_grad(|| write_masked(&first.target, &first.target, &plan.mask)),
+            // `remove` writes the masked values, once.
             None => {
-                let name = plan.name.clone();
-                self.commit(plan)?;
-                self.remove(&name)
+                let i = self.index_of(&plan.name).expect("planned as a re-prune");
+                self.tensors[i].set_mask(&plan.mask)?;
+                self.remove(&plan.name)
             }
         }
     }
@@ -604,9 +596,24 @@ impl State {
 }
 
 impl PrunedTensor {
-    /// `mask * orig` as PyTorch's `apply_mask` computes it (mask cast to orig's dtype first).
+    /// `mask * orig` as PyTorch's `apply_mask` computes it, in a new tensor.
     fn masked_orig(&self) -> Result<Tensor> {
-        Ok(self.mask.f_to_kind(self.orig.kind())?.f_mul(&self.orig)?)
+        let out = Tensor::f_empty_like(&self.orig)?;
+        write_masked(&out, &self.orig, &self.mask)?;
+        Ok(out)
+    }
+
+    /// Replaces the mask's values (the buffer keeps its identity); `target` is stale until the
+    /// next [`write_target`](Self::write_target).
+    fn set_mask(&mut self, mask: &Tensor) -> Result<()> {
+        self.mask.f_set_data(mask)?;
+        self.written_at = None;
+        Ok(())
+    }
+
+    /// Whether `target` holds `orig * mask` as they are now.
+    fn is_written(&self) -> bool {
+        self.written_at.is_some() && self.written_at == self.stamp()
     }
 
     /// What `target`'s values depend on. In-place edits bump version counters, but optimizers
@@ -629,7 +636,7 @@ impl PrunedTensor {
 
     /// Writes the masked values into `target`, unless they are there already.
     fn write_target(&mut self) -> Result<()> {
-        if self.written_at.is_some() && self.written_at == self.stamp() {
+        if self.is_written() {
             return Ok(());
         }
         tch::no_grad(|| write_masked(&self.target, &self.orig, &self.mask))?;
@@ -687,14 +694,7 @@ fn take_storage(target: &Tensor) -> Result<Tensor> {
     Ok(orig)
 }
 
-/// PyTorch's first default mask, `ones_like(t)` (here of dtype `kind`), as one broadcast value:
-/// same values, no allocation, and methods can tell it apart ([`is_all_ones`]) to skip
-/// multiplying by it.
-fn all_ones(t: &Tensor, kind: Kind) -> Result<Tensor> {
-    Ok(Tensor::f_ones([], (kind, t.device()))?.f_expand(t.size(), false)?)
-}
-
-/// Whether `mask` is [`all_ones`]' broadcast 1.
+/// Whether `mask` is [`all_ones`](crate::method::all_ones)' broadcast 1.
 pub(crate) fn is_all_ones(mask: &Tensor) -> bool {
     mask.stride().iter().all(|&s| s == 0)
         && mask.numel() > 0

@@ -62,7 +62,7 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<()> {
     } else {
         (Kind::Float, Kind::Int, i32::MAX as i64)
     };
-    let keys = |p: &Part<'_>| -> Result<(Tensor, Tensor)> {
+    let keys = |p: &Part<'_>| -> Result<(Tensor, Option<Tensor>)> {
         let key = p
             .scores
             .f_abs()?
@@ -70,18 +70,24 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<()> {
             .f_contiguous()?
             .f_view_dtype(int)?
             .f_reshape([-1])?;
+        // `None`: every entry takes part, and nothing needs masking.
         let live = match p.live {
-            Some(l) => l.f_eq(1)?.f_reshape([-1])?,
-            None => key.f_ones_like()?.f_to_kind(Kind::Bool)?,
+            Some(l) => Some(l.f_eq(1)?.f_reshape([-1])?),
+            None => None,
         };
         Ok((key, live))
+    };
+    let and_live = |t: Tensor, live: &Option<Tensor>| -> Result<Tensor> {
+        Ok(match live {
+            Some(live) => t.f_logical_and(live)?,
+            None => t,
+        })
     };
     let count = |pred: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<i64> {
         let mut n = 0;
         for p in parts {
             let (key, live) = keys(p)?;
-            n += pred(&key)?
-                .f_logical_and(&live)?
+            n += and_live(pred(&key)?, &live)?
                 .f_sum(Kind::Int64)?
                 .f_int64_value(&[])?;
         }
@@ -102,11 +108,9 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<()> {
     for p in parts {
         let (key, live) = keys(p)?;
         let mut out = p.out.f_view([-1])?;
-        let _ = out.f_masked_fill_(&key.f_lt(threshold)?.f_logical_and(&live)?, 0)?;
+        let _ = out.f_masked_fill_(&and_live(key.f_lt(threshold)?, &live)?, 0)?;
         if budget > 0 {
-            let ties = key
-                .f_eq(threshold)?
-                .f_logical_and(&live)?
+            let ties = and_live(key.f_eq(threshold)?, &live)?
                 .f_nonzero()?
                 .f_reshape([-1])?;
             let take = budget.min(ties.size()[0]);

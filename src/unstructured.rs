@@ -4,7 +4,7 @@ use crate::amount::Amount;
 use crate::error::Result;
 use crate::method::{PruningMethod, PruningType};
 use crate::selection::{zero_smallest, Part};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Prunes nothing: reparametrizes a tensor with an all-ones mask (PyTorch's `prune.identity`),
 /// e.g. to load a pruned checkpoint into a model that was never pruned.
@@ -103,7 +103,12 @@ impl PruningMethod for L1Unstructured {
 
 /// A new contiguous tensor with the values, dtype and device of `t`.
 pub(crate) fn fresh_copy(t: &Tensor) -> Result<Tensor> {
-    let mut copy = Tensor::f_empty(t.size(), (t.kind(), t.device()))?;
+    fresh_copy_as(t, t.kind())
+}
+
+/// A new contiguous tensor with the values and device of `t`, of dtype `kind`.
+pub(crate) fn fresh_copy_as(t: &Tensor, kind: Kind) -> Result<Tensor> {
+    let mut copy = Tensor::f_empty(t.size(), (kind, t.device()))?;
     copy.f_copy_(t)?;
     Ok(copy)
 }
