@@ -502,6 +502,21 @@ fn every_bad_input_fails_cleanly() {
             .collect();
         assert!(leftovers.is_empty(), "{args:?}: temporary files left");
     }
+    // Arguments clap rejects: exit status 2, one line that names what is missing.
+    for (args, needle) in [
+        (vec!["prune", "in.pt", "--method", "identity"], "--output"),
+        (vec!["prune", "in.pt", "-o", "out.pt"], "--method"),
+    ] {
+        let result = cli(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // No command at all: the help, on stderr.
+    let result = cli(&[]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("Usage"));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{error::ErrorKind, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ enum Command {
         after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
     )]
     Prune(Box<PruneArgs>),
-    /// Show each tensor's shape, element count, zeros and sparsity, then totals.
+    /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.
     Report {
         /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
         input: PathBuf,
@@ -60,19 +60,21 @@ struct PruneArgs {
     /// Rank all selected tensors together (unstructured methods only).
     #[arg(long)]
     global: bool,
-    /// The norm of ln-structured: 1, 2, inf, -inf, fro, or any number.
+    /// The norm of ln-structured: 1, 2, inf, -inf, fro, nuc, or any number.
     #[arg(long, allow_hyphen_values = true)]
     n: Option<String>,
     /// The channel dimension of the structured methods (negative counts from the end).
     #[arg(long, allow_hyphen_values = true)]
     dim: Option<i64>,
-    /// Seed for the random methods: the result equals PyTorch's after torch.manual_seed(SEED).
+    /// Seed for the random methods: on CPU, the result equals PyTorch's after
+    /// torch.manual_seed(SEED) and the same calls in the same order.
     #[arg(long)]
     seed: Option<i64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Also write the reparametrized state (<name>_orig, <name>_mask) as safetensors.
+    /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
+    /// safetensors, after the pruned model.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
@@ -87,12 +89,21 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // `tch-prune` alone: the help, on stderr.
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
+            // One line: clap's message up to its usage block (a missing argument's name is on
+            // the lines after the first).
             let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
             return ExitCode::from(2);
         }
     };
@@ -210,11 +221,17 @@ fn prune(args: PruneArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    if let Some(path) = &args.state_out {
-        write_safetensors(path, &model.reparametrized_state(&pruner)?)?;
-    }
+    // Taken before `remove_all` (which releases `_orig`), written after the model: the pruned
+    // model is the output that matters, so it is written first.
+    let state = match &args.state_out {
+        Some(path) => Some((path, model.reparametrized_state(&pruner)?)),
+        None => None,
+    };
     pruner.remove_all()?;
     model.save(&args.output, &pruner)?;
+    if let Some((path, state)) = state {
+        write_safetensors(path, &state)?;
+    }
     let report = Report::new(&model.tensors(&pruner))?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
