@@ -8,7 +8,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 test:
 	$(TORCH_ENV) && cargo test --all-targets && cargo test --doc
 
-## The main job: trains, prunes iteratively with fine-tuning, exports TorchScript.
+## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:
 	$(TORCH_ENV) && cargo run --example demo
 

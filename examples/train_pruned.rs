@@ -1,5 +1,5 @@
 //! Prunes a small MLP, trains it with the masks applied through the hooks, and makes the
-//! pruning permanent: the library's main loop in forty lines.
+//! pruning permanent: the library's main loop (`cargo run --example train_pruned`).
 use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_prune::{L1Unstructured, Pruner};
