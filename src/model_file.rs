@@ -90,8 +90,7 @@ impl ModelFile {
         };
         if let Contents::Tensors { masks, .. } = &self.contents {
             for (name, mask) in masks {
-                pruner.custom_from_mask(name, mask)?;
-                pruner.replace_mask(name, mask)?;
+                pruner.set_exact_mask(name, mask)?;
             }
         }
         Ok(pruner)

@@ -329,13 +329,16 @@ impl Pruner {
         self.lock().current(name)
     }
 
-    /// Replaces the mask of a pruned tensor by `mask` exactly (its dtype included), as a loaded
-    /// `_mask` buffer replaces PyTorch's, and reapplies it.
-    pub(crate) fn replace_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
+    /// Gives `name` exactly `mask` (its dtype included), as a loaded `_mask` buffer replaces
+    /// PyTorch's: a tensor not pruned yet is pruned first (a [`CustomFromMask`] step, with its
+    /// checks). The masked values are written once.
+    pub(crate) fn set_exact_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
         let mut state = self.lock();
-        let i = state
-            .index_of(name)
-            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
+        let Some(i) = state.index_of(name) else {
+            let mut plan = state.plan(name, &CustomFromMask::new(mask), None, false)?;
+            plan.mask = mask.f_to_device(plan.mask.device())?;
+            return state.commit(plan);
+        };
         let entry = &mut state.tensors[i];
         check_shape("mask", name, &entry.mask, mask)?;
         entry.set_mask(&mask.f_to_device(entry.mask.device())?)?;

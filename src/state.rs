@@ -73,15 +73,12 @@ impl Pruner {
             tch::no_grad(|| var.f_copy_(tensor))?;
         }
         for (name, orig, mask) in pairs {
-            if !self.is_pruned(&name) {
-                let mut target = vars[&name].shallow_clone();
-                tch::no_grad(|| target.f_copy_(orig))?;
-                self.prune(&name, &CustomFromMask::new(mask), None)?;
-            } else {
-                let mut target = self.orig(&name).expect("pruned");
-                tch::no_grad(|| target.f_copy_(orig))?;
-            }
-            self.replace_mask(&name, mask)?;
+            // The unmasked values go where `_orig` is, or will be once pruned.
+            let mut unmasked = self
+                .orig(&name)
+                .unwrap_or_else(|| vars[&name].shallow_clone());
+            tch::no_grad(|| unmasked.f_copy_(orig))?;
+            self.set_exact_mask(&name, mask)?;
         }
         Ok(())
     }
