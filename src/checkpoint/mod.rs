@@ -27,7 +27,7 @@ pub use self::torchscript::{read_torchscript_state, read_torchscript_state_from}
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -151,19 +151,12 @@ impl Format {
     /// `torch.jit.save` wrote, corrupt zips, and anything else unrecognized.
     pub fn detect(path: impl AsRef<Path>) -> Result<Format, CheckpointError> {
         let path = path.as_ref();
-        let mut file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| CheckpointError::io(path, "cannot read", e))?
-            .len();
-        let mut head = Vec::with_capacity(SNIFF_LEN);
-        (&mut file)
-            .take(SNIFF_LEN as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
-        match sniff(&head, len) {
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+        let mut reader = io::BufReader::new(file);
+        let (kind, _) = torch_zip::sniff_reader(&mut reader, path)?;
+        match kind {
             Sniff::Zip => {
-                let archive = zip::ZipArchive::new(io::BufReader::new(file))
+                let archive = zip::ZipArchive::new(reader)
                     .map_err(|e| torch_zip::corrupt(path, e))?;
                 let layout = torch_zip::ZipLayout::of(archive.file_names());
                 if layout.torchscript {
