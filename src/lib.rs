@@ -16,8 +16,14 @@
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
+//!
+//! Using the crate from a binary crate (libtorch at build and run time, CUDA kept linked, the
+//! `cli` feature): see the README's "Using tch-prune in your crate". [`backend::Backend`]
+//! reports whether libtorch's CUDA backend is loaded.
+#![warn(missing_docs)]
 
 mod amount;
+pub mod backend;
 pub mod checkpoint;
 mod container;
 mod custom;

@@ -2,7 +2,7 @@
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
 use anyhow::{bail, Context, Result};
-use clap::{error::ErrorKind, Args, Parser, Subcommand};
+use clap::{error::ErrorKind, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,13 @@ enum Command {
         /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
         input: PathBuf,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the libtorch this binary uses and what it has of CUDA: whether the CUDA backend is
+    /// compiled in and loaded, the CUDA devices (and why there are none), and cuDNN.
+    Doctor {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -83,7 +90,17 @@ struct PruneArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `--version` names the libtorch too (the CUDA details take `doctor`: they initialise CUDA).
+    let version = format!(
+        "{} (libtorch {}; `tch-prune doctor` shows its CUDA backend)",
+        env!("CARGO_PKG_VERSION"),
+        tch_prune::backend::libtorch_version()
+    );
+    let parsed = Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -110,6 +127,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Prune(args) => prune(*args),
         Command::Report { input, json } => report(&input, json),
+        Command::Doctor { json } => doctor(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,6 +269,16 @@ fn report(input: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(())
+}
+
+fn doctor(json: bool) -> Result<()> {
+    let backend = tch_prune::backend::Backend::detect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&backend)?);
+    } else {
+        println!("{backend}");
     }
     Ok(())
 }
