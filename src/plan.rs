@@ -13,10 +13,15 @@ use std::str::FromStr;
 /// A method by its CLI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodName {
+    /// `l1-unstructured`
     L1Unstructured,
+    /// `random-unstructured`
     RandomUnstructured,
+    /// `ln-structured`
     LnStructured,
+    /// `random-structured`
     RandomStructured,
+    /// `identity`
     Identity,
 }
 
@@ -72,6 +77,7 @@ pub struct Step {
     /// name ends in `weight` and that has at least two dimensions.
     #[serde(default, deserialize_with = "patterns")]
     pub params: Option<Vec<String>>,
+    /// The pruning method.
     #[serde(deserialize_with = "from_str_value")]
     pub method: MethodName,
     /// Required by every method but `identity`.
