@@ -70,8 +70,8 @@ impl Backend {
         let libtorch_said = c_string(&why);
         let cuda_compiled = env!("TCH_PRUNE_LIBTORCH_CUDA") == "1";
         let cuda_loaded = cudart >= 0;
-        let cuda_unavailable_reason =
-            (cuda_devices == 0).then(|| no_device_reason(cuda_compiled, cuda_loaded, libtorch_said));
+        let cuda_unavailable_reason = (cuda_devices == 0)
+            .then(|| no_device_reason(cuda_compiled, cuda_loaded, libtorch_said));
         Backend {
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
             libtorch_version,
@@ -125,10 +125,19 @@ impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         writeln!(f, "tch-prune      {}", self.crate_version)?;
-        writeln!(f, "libtorch       {} ({})", self.libtorch_version, self.libtorch_lib)?;
+        writeln!(
+            f,
+            "libtorch       {} ({})",
+            self.libtorch_version, self.libtorch_lib
+        )?;
         writeln!(f, "CUDA compiled  {}", yes_no(self.cuda_compiled))?;
         match self.cuda_runtime_version {
-            Some(v) => writeln!(f, "CUDA loaded    yes (CUDA runtime {}.{})", v / 1000, v % 1000 / 10)?,
+            Some(v) => writeln!(
+                f,
+                "CUDA loaded    yes (CUDA runtime {}.{})",
+                v / 1000,
+                v % 1000 / 10
+            )?,
             None => writeln!(f, "CUDA loaded    no")?,
         }
         match &self.cuda_unavailable_reason {
@@ -138,11 +147,19 @@ impl fmt::Display for Backend {
         match self.cudnn_version {
             Some(v) => {
                 // cuDNN 9 numbers its versions major * 10000 + minor * 100 + patch, 8 used 1000.
-                let (major, rest) = if v >= 10000 { (v / 10000, v % 10000) } else { (v / 1000, v % 1000) };
+                let (major, rest) = if v >= 10000 {
+                    (v / 10000, v % 10000)
+                } else {
+                    (v / 1000, v % 1000)
+                };
                 write!(
                     f,
                     "cuDNN          {} (cuDNN {major}.{}.{})",
-                    if self.cudnn_available { "available" } else { "built in, no device to use it" },
+                    if self.cudnn_available {
+                        "available"
+                    } else {
+                        "built in, no device to use it"
+                    },
                     rest / 100,
                     rest % 100
                 )

@@ -15,8 +15,18 @@ fn libtorch_has_cuda() -> bool {
 /// NEEDED), read from its section headers: the dynamic section and the string table it links.
 fn needed_libraries(path: &Path) -> Vec<String> {
     let elf = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&elf[..4], b"\x7fELF", "{} is not an ELF file", path.display());
-    assert_eq!((elf[4], elf[5]), (2, 1), "{}: not 64-bit little-endian", path.display());
+    assert_eq!(
+        &elf[..4],
+        b"\x7fELF",
+        "{} is not an ELF file",
+        path.display()
+    );
+    assert_eq!(
+        (elf[4], elf[5]),
+        (2, 1),
+        "{}: not 64-bit little-endian",
+        path.display()
+    );
     let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
     let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
     let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
@@ -101,7 +111,11 @@ fn this_process_has_the_cuda_backend_loaded() {
     // Consistent with tch's own answers.
     assert_eq!(backend.cuda_devices, tch::Cuda::device_count(), "{backend}");
     assert_eq!(backend.cuda_devices > 0, tch::Cuda::is_available());
-    assert_eq!(backend.cudnn_available, tch::Cuda::cudnn_is_available(), "{backend}");
+    assert_eq!(
+        backend.cudnn_available,
+        tch::Cuda::cudnn_is_available(),
+        "{backend}"
+    );
     assert_eq!(
         backend.cuda_unavailable_reason.is_some(),
         backend.cuda_devices == 0,
@@ -119,7 +133,11 @@ fn doctor_reports_the_backend() {
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["crate_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(report["libtorch_lib"], LIBTORCH_LIB);
@@ -131,7 +149,12 @@ fn doctor_reports_the_backend() {
         let why = report["cuda_unavailable_reason"].as_str().unwrap();
         assert!(!why.is_empty());
     }
-    for field in ["libtorch_version", "cudnn_version", "cudnn_available", "cuda_runtime_version"] {
+    for field in [
+        "libtorch_version",
+        "cudnn_version",
+        "cudnn_available",
+        "cuda_runtime_version",
+    ] {
         assert!(report.get(field).is_some(), "no {field} in {report}");
     }
 
@@ -145,7 +168,11 @@ fn doctor_reports_the_backend() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 6, "{text}");
     assert!(lines[0].ends_with(env!("CARGO_PKG_VERSION")), "{text}");
-    let loaded = if libtorch_has_cuda() { "CUDA loaded    yes" } else { "CUDA loaded    no" };
+    let loaded = if libtorch_has_cuda() {
+        "CUDA loaded    yes"
+    } else {
+        "CUDA loaded    no"
+    };
     assert!(lines[3].starts_with(loaded), "{text}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
@@ -154,7 +181,10 @@ fn doctor_reports_the_backend() {
         .unwrap();
     let version = String::from_utf8(out.stdout).unwrap();
     assert!(
-        version.starts_with(&format!("tch-prune {} (libtorch 2.13", env!("CARGO_PKG_VERSION"))),
+        version.starts_with(&format!(
+            "tch-prune {} (libtorch 2.13",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{version}"
     );
 }

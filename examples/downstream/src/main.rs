@@ -20,9 +20,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let backend = Backend::detect();
     println!("{backend}");
     if backend.cuda_compiled && !backend.cuda_loaded {
-        return Err("libtorch has a CUDA backend but this binary did not load it: \
+        return Err(
+            "libtorch has a CUDA backend but this binary did not load it: \
                     its build.rs must pass on DEP_TCH_PRUNE_LINK_ARG"
-            .into());
+                .into(),
+        );
     }
 
     tch::manual_seed(0);
@@ -43,7 +45,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     pruner.l1_unstructured("fc1.weight", 0.5, None)?;
     pruner.prune("fc2.weight", &LnStructured::new(16, 2.0, 1)?, None)?;
     let names = ["fc1.weight", "fc2.weight"];
-    let before: Vec<Tensor> = names.iter().map(|n| pruner.orig(n).unwrap().copy()).collect();
+    let before: Vec<Tensor> = names
+        .iter()
+        .map(|n| pruner.orig(n).unwrap().copy())
+        .collect();
     let model = pruner.wrap_t(net);
     let mut opt = nn::Adam::default().build(&vs, 1e-2)?;
     let mut losses = vec![];
@@ -53,16 +58,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         losses.push(loss.double_value(&[]));
     }
     let (first, last) = (losses[0], losses[losses.len() - 1]);
-    println!("on {device:?}: loss {first:.4} -> {last:.4} in {} steps", losses.len());
+    println!(
+        "on {device:?}: loss {first:.4} -> {last:.4} in {} steps",
+        losses.len()
+    );
     if last >= first {
         return Err(format!("training did not reduce the loss: {first} -> {last}").into());
     }
     // Training moved the kept weights and nothing else: the pruned positions got no gradient
     // (`_orig` keeps its values there) and the weight the model computes with is zero there.
     for (name, before) in names.iter().zip(&before) {
-        let pruned = pruner.mask(name).ok_or(format!("{name} has no mask"))?.eq(0);
+        let pruned = pruner
+            .mask(name)
+            .ok_or(format!("{name} has no mask"))?
+            .eq(0);
         let orig = pruner.orig(name).ok_or(format!("{name} has no _orig"))?;
-        let weight = pruner.tensor(name).ok_or(format!("{name} is not in the store"))?;
+        let weight = pruner
+            .tensor(name)
+            .ok_or(format!("{name} is not in the store"))?;
         let moved = (&orig - before).abs();
         let kept_moved = moved.masked_select(&pruned.logical_not()).sum(Kind::Double);
         let pruned_moved = moved.masked_select(&pruned).sum(Kind::Double);
