@@ -1,661 +1,52 @@
-//! Reader of `torch.save` zip checkpoints (the default since PyTorch 1.6).
-//!
-//! Layout of such a file: a zip whose entries all sit under one folder `<prefix>/` (the file's
-//! stem, or `archive`): `data.pkl` is the pickled object, with every tensor storage replaced by a
-//! persistent id `('storage', torch.FloatStorage, key, location, numel)`, and `data/<key>` holds
-//! that storage's raw little-endian bytes.
+//! The pickle virtual machine: reads the `data.pkl` of `torch.save` and `torch.jit.save`
+//! archives without running anything it names.
 //!
 //! Python's unpickler imports and calls whatever globals the pickle names, so loading an untrusted
-//! checkpoint with `torch.load(weights_only=False)` can run arbitrary code. The virtual machine here
-//! only knows the handful of globals a state dict needs (`collections.OrderedDict`,
+//! checkpoint with `torch.load(weights_only=False)` can run arbitrary code. This virtual machine
+//! only knows the handful of globals a state dict needs (see [`globals`]: `collections.OrderedDict`,
 //! `torch._utils._rebuild_tensor_v2`, `torch._utils._rebuild_parameter[_with_state]`, the
 //! `torch.*Storage` types), plus `torch.device`, `builtins.set` and `_codecs.encode` (for the
 //! other entries of a training checkpoint). It interprets those itself, calls nothing, and
 //! refuses any other global by name.
 //!
 //! In its TorchScript mode (for the `data.pkl` of a `torch.jit.save` archive, see
-//! [`torchscript`](super::torchscript)) it also accepts the classes TorchScript compiled
+//! [`script_archive`](super::script_archive)) it also accepts the classes TorchScript compiled
 //! (`__torch__.*`), whose instances stay inert objects that record their class name and the state
 //! BUILD gives them, the `torch.jit._pickle` list helpers and `builtins.complex`.
+//!
+//! This file holds the machine itself (values, arena, memo, opcodes, calls); turning what it
+//! built into tensors and state dicts is [`state_dict`](super::state_dict)'s job, and the module
+//! tree walk of TorchScript archives [`script_archive`](super::script_archive)'s.
+//!
+//! Containers live in an arena and values refer to them by index, so that deeply nested or cyclic
+//! pickles (which a hostile file can build with a few bytes per level) are dropped as one flat
+//! vector instead of by recursion, and mutations through the memo are seen by every reference,
+//! as in Python.
 
-use super::{shown, sniff, CheckpointError, Sniff, SNIFF_LEN};
+mod globals;
+#[cfg(test)]
+pub(super) mod tests;
+
+pub(super) use self::globals::{Global, Mode};
+use super::archive::StorageSource;
+use super::error::{shown, CheckpointError};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::rc::Rc;
 use tch::{Kind, Tensor};
 
-/// A state dict's `data.pkl` takes about 100 bytes per tensor; this bound only stops a corrupt
-/// zip header from requesting an absurd allocation.
-pub(super) const MAX_PICKLE_BYTES: u64 = 1 << 30;
-
-/// Wrapper keys under which training scripts commonly nest the state dict
-/// (`torch.save({"state_dict": sd, "epoch": 3}, p)`), tried in this order.
-const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
-
-/// A TorchScript module tree is a tree in real files (thousands of modules of a few dozen
-/// attributes); a hostile `data.pkl` can make it a DAG with exponentially many paths, so the walk
-/// stops after looking at this many modules and attributes in all.
-const MAX_WALK_STEPS: usize = 1 << 24;
-
-/// Real state dict names take tens of bytes; a hostile pickle can repeat a long attribute name
-/// through its memo at every level for two bytes each, so longer names are refused.
-const MAX_NAME_BYTES: usize = 1 << 16;
-
-/// Copies of tensors shared by several modules may take this many times the bytes of the
-/// distinct tensors (or 1 GiB, if more).
-const COPY_BUDGET_FACTOR: u64 = 8;
-
-/// Reads a `torch.save` zip checkpoint holding a dict (plain or `OrderedDict`, e.g.
-/// `model.state_dict()`) of tensors.
-///
-/// Returns the `(name, tensor)` pairs in the file's order as contiguous CPU tensors with
-/// `requires_grad = false`, whatever device they were saved from. Offsets and strides are honoured
-/// (a transposed weight saved as is reads back transposed), and tensors that shared a storage in
-/// Python (views of one buffer, tied weights) come back as independent copies.
-///
-/// Also accepted: parameters saved with `keep_vars=True`, any pickle protocol from 2 to 5, and a
-/// dict whose values are not all tensors but whose `"state_dict"` or else `"model"` entry is a dict
-/// of tensors (the usual training checkpoint); that inner dict is returned. Everything else (the
-/// legacy non-zip format, TorchScript archives, other objects, unknown globals, unsupported
-/// dtypes, corrupt files) is a [`CheckpointError`].
-pub fn read_torch_zip(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let path = path.as_ref();
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
-    read_torch_zip_from(BufReader::new(file), path)
-}
-
-/// [`read_torch_zip`] on any seekable reader (e.g. an in-memory `Cursor`); `name` is only used in
-/// error messages.
-pub fn read_torch_zip_from<R: Read + Seek>(
-    mut reader: R,
-    name: impl AsRef<Path>,
-) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let path = name.as_ref();
-    let file_len = match sniff_reader(&mut reader, path)? {
-        (Sniff::Zip, len) => len,
-        (Sniff::Pickle, _) => {
-            return Err(CheckpointError::LegacyFormat {
-                path: path.to_path_buf(),
-            })
-        }
-        (Sniff::Safetensors, _) => {
-            return Err(CheckpointError::WrongFormat {
-                path: path.to_path_buf(),
-                expected: "a torch.save zip checkpoint",
-                found: "a safetensors file",
-            })
-        }
-        (Sniff::Unknown, _) => {
-            return Err(CheckpointError::WrongFormat {
-                path: path.to_path_buf(),
-                expected: "a torch.save zip checkpoint",
-                found: "not a zip archive",
-            })
-        }
-    };
-
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
-    let layout = ZipLayout::of(archive.file_names());
-    if layout.torchscript {
-        return Err(CheckpointError::TorchScript {
-            path: path.to_path_buf(),
-        });
-    }
-    let prefix = layout.prefix.ok_or_else(|| no_data_pkl(path))?;
-    check_byteorder(&mut archive, path, &prefix, file_len)?;
-
-    let pickle = read_entry(
-        &mut archive,
-        path,
-        &format!("{prefix}data.pkl"),
-        MAX_PICKLE_BYTES,
-        file_len,
-    )?;
-    let mut storages = ZipStorages::new(archive, path, prefix, file_len);
-    let mut vm = Unpickler::new(&pickle, path, &mut storages);
-    let root = vm.run()?;
-    vm.into_state_dict(root)
-}
-
-/// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
-/// dict of the module it holds (see [`Unpickler::into_module_state`]).
-pub(super) fn read_module_state(
-    pickle: &[u8],
-    path: &Path,
-    storages: &mut dyn StorageSource,
-    classes: &super::torchscript::ScriptClasses,
-) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let mut vm = Unpickler::with_mode(pickle, path, storages, Mode::TorchScript);
-    let root = vm.run()?;
-    vm.into_module_state(root, classes)
-}
-
-/// What a reader's first bytes say it is, and its length; the reader is left at its start.
-pub(super) fn sniff_reader<R: Read + Seek>(
-    reader: &mut R,
-    path: &Path,
-) -> Result<(Sniff, u64), CheckpointError> {
-    let read_err = |e| CheckpointError::io(path, "cannot read", e);
-    let file_len = reader.seek(SeekFrom::End(0)).map_err(read_err)?;
-    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let mut head = Vec::with_capacity(SNIFF_LEN);
-    reader
-        .take(SNIFF_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(read_err)?;
-    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    Ok((sniff(&head, file_len), file_len))
-}
-
-/// Refuses archives written on big-endian machines (their storages would read byte-swapped).
-/// Archives without a `byteorder` entry predate it and are little-endian.
-pub(super) fn check_byteorder<R: Read + Seek>(
-    archive: &mut zip::ZipArchive<R>,
-    path: &Path,
-    prefix: &str,
-    file_len: u64,
-) -> Result<(), CheckpointError> {
-    let byteorder = format!("{prefix}byteorder");
-    if archive.index_for_name(&byteorder).is_some() {
-        let order = read_entry(archive, path, &byteorder, 16, file_len)?;
-        if String::from_utf8_lossy(&order).trim() != "little" {
-            return Err(CheckpointError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "saved on a big-endian machine (byteorder '{}'); re-save it on a little-endian one",
-                    shown(String::from_utf8_lossy(&order).trim())
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Writes tensors as `torch.save(OrderedDict(tensors), path)` would: a zip checkpoint that
-/// Python's `torch.load` reads (with `weights_only=True`, the default since PyTorch 2.6, and
-/// with `mmap=True`: storages are 64-byte aligned) and [`read_torch_zip`] reads back bit for bit.
-///
-/// Tensors may live on any device, be non-contiguous or require grad: their values are written,
-/// as contiguous CPU tensors, one storage each (tensors that shared memory are written apart).
-/// Dtypes as for [`read_torch_zip`]; names must be unique. The pickle carries no `_metadata`
-/// (module versions), which `load_state_dict` does not need. The file is replaced atomically
-/// (see [`atomic_write`](super::atomic_write)).
-pub fn write_torch_zip<S, T>(
-    path: impl AsRef<Path>,
-    tensors: &[(S, T)],
-) -> Result<(), CheckpointError>
-where
-    S: AsRef<str>,
-    T: std::borrow::Borrow<Tensor>,
-{
-    let path = path.as_ref();
-    super::check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
-    let mut hosts = Vec::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
-        hosts.push(super::HostTensor::of(path, name.as_ref(), tensor.borrow())?);
-    }
-    let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
-    let pickle = state_dict_pickle(&names, &hosts);
-
-    let write_err = |e: std::io::Error| CheckpointError::io(path, "cannot write", e);
-    let zip_err = |e: zip::result::ZipError| {
-        CheckpointError::io(path, "cannot write", std::io::Error::other(e.to_string()))
-    };
-    super::atomic_write(path, |tmp| {
-        let file = File::create(tmp).map_err(write_err)?;
-        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
-        // Stored and aligned as torch.save does, so that torch.load(mmap=True) can map storages.
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .with_alignment(64);
-        let mut entry = |name: &str, bytes: &[u8]| -> Result<(), CheckpointError> {
-            let large = bytes.len() as u64 >= u64::from(u32::MAX);
-            zip.start_file(format!("archive/{name}"), options.large_file(large))
-                .map_err(zip_err)?;
-            std::io::Write::write_all(&mut zip, bytes).map_err(write_err)
-        };
-        entry("data.pkl", &pickle)?;
-        entry(".format_version", b"1")?;
-        entry(".storage_alignment", b"64")?;
-        entry("byteorder", b"little")?;
-        for (key, host) in hosts.iter().enumerate() {
-            entry(&format!("data/{key}"), host.bytes())?;
-        }
-        entry("version", b"3\n")?;
-        // Flushed here (so that errors are seen); `atomic_write` syncs the file.
-        let writer = zip.finish().map_err(zip_err)?;
-        writer
-            .into_inner()
-            .map(drop)
-            .map_err(|e| write_err(e.into_error()))
-    })
-}
-
-/// The pickle (protocol 2) of an `OrderedDict` of `_rebuild_tensor_v2` calls, storage `i` being
-/// `data/i`. No memo: every global is spelled out again, which any unpickler accepts.
-fn state_dict_pickle(names: &[&str], hosts: &[super::HostTensor]) -> Vec<u8> {
-    let mut p = PickleWriter(Vec::new());
-    p.0.extend_from_slice(b"\x80\x02");
-    p.global("collections", "OrderedDict");
-    p.0.extend_from_slice(b")R(");
-    for (key, (name, host)) in names.iter().zip(hosts).enumerate() {
-        p.str(name);
-        p.global("torch._utils", "_rebuild_tensor_v2");
-        p.0.extend_from_slice(b"((");
-        p.str("storage");
-        p.global("torch", storage_name(host.kind));
-        p.str(&key.to_string());
-        p.str("cpu");
-        p.int(host.size.iter().product());
-        p.0.extend_from_slice(b"tQ");
-        p.int(0);
-        p.ints(&host.size);
-        p.ints(&contiguous_strides(&host.size));
-        p.0.push(0x89);
-        p.global("collections", "OrderedDict");
-        p.0.extend_from_slice(b")RtR");
-    }
-    p.0.extend_from_slice(b"u.");
-    p.0
-}
-
-struct PickleWriter(Vec<u8>);
-
-impl PickleWriter {
-    fn global(&mut self, module: &str, name: &str) {
-        self.0.push(b'c');
-        self.0.extend_from_slice(module.as_bytes());
-        self.0.push(b'\n');
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.push(b'\n');
-    }
-
-    fn str(&mut self, s: &str) {
-        // BINUNICODE8 (protocol 4) is not an option at protocol 2; names and keys are far
-        // below 4 GiB.
-        self.0.push(b'X');
-        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
-    fn int(&mut self, v: i64) {
-        if let Ok(v) = i32::try_from(v) {
-            self.0.push(b'J');
-            self.0.extend_from_slice(&v.to_le_bytes());
-        } else {
-            self.0.extend_from_slice(&[0x8a, 8]);
-            self.0.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-
-    fn ints(&mut self, values: &[i64]) {
-        self.0.push(b'(');
-        for &v in values {
-            self.int(v);
-        }
-        self.0.push(b't');
-    }
-}
-
-fn storage_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Double => "DoubleStorage",
-        Kind::Half => "HalfStorage",
-        Kind::BFloat16 => "BFloat16Storage",
-        Kind::Int64 => "LongStorage",
-        Kind::Int => "IntStorage",
-        Kind::Int16 => "ShortStorage",
-        Kind::Int8 => "CharStorage",
-        Kind::Uint8 => "ByteStorage",
-        Kind::Bool => "BoolStorage",
-        // Float, and nothing else: HostTensor admits only the kinds above and Float.
-        _ => "FloatStorage",
-    }
-}
-
-fn contiguous_strides(size: &[i64]) -> Vec<i64> {
-    let mut strides = vec![1i64; size.len()];
-    for i in (0..size.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1].saturating_mul(size[i + 1].max(1));
-    }
-    strides
-}
-
-/// What the entry names of a zip say about it.
-#[derive(Debug, Default)]
-pub(crate) struct ZipLayout {
-    /// `"<prefix>/"` of the folder that holds `data.pkl` (`""` if it sits at the root).
-    pub(crate) prefix: Option<String>,
-    /// `torch.jit.save` also writes `constants.pkl` and the module's Python source under `code/`.
-    pub(crate) torchscript: bool,
-}
-
-impl ZipLayout {
-    pub(crate) fn of<'a>(names: impl Iterator<Item = &'a str>) -> ZipLayout {
-        let mut layout = ZipLayout::default();
-        for name in names {
-            let (prefix, rest) = match name.split_once('/') {
-                Some((top, rest)) => (format!("{top}/"), rest),
-                None => (String::new(), name),
-            };
-            if rest == "constants.pkl" || rest.starts_with("code/") {
-                layout.torchscript = true;
-            }
-            if rest == "data.pkl" && layout.prefix.is_none() {
-                layout.prefix = Some(prefix);
-            }
-        }
-        layout
-    }
-}
-
-pub(crate) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
-    CheckpointError::CorruptArchive {
-        path: path.to_path_buf(),
-        reason: crate::error::first_line(&err.to_string()),
-    }
-}
-
-pub(crate) fn no_data_pkl(path: &Path) -> CheckpointError {
-    CheckpointError::NotACheckpoint {
-        path: path.to_path_buf(),
-        reason: "the zip archive has no data.pkl, so torch.save did not write it".to_string(),
-    }
-}
-
-/// Reads a whole entry, refusing ones larger than `max` bytes before allocating for them. The zip
-/// crate checks the entry's CRC when the read reaches its end, so flipped bits are caught here.
-pub(super) fn read_entry<R: Read + Seek>(
-    archive: &mut zip::ZipArchive<R>,
-    path: &Path,
-    name: &str,
-    max: u64,
-    file_len: u64,
-) -> Result<Vec<u8>, CheckpointError> {
-    let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
-    let size = entry.size();
-    // The prefix comes from the file.
-    let name = shown(name);
-    if size > max {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
-        });
-    }
-    // Reserving up front is only safe when the bytes must physically be in the file (torch.save
-    // stores entries uncompressed); a compressed entry's claimed size could be anything.
-    let stored = entry.compression() == zip::CompressionMethod::Stored;
-    let capacity = if stored && size <= file_len { size } else { 0 };
-    let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-    (&mut entry)
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!("cannot read entry {name}: {e}"),
-        })?;
-    if bytes.len() as u64 != size {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!(
-                "entry {name} holds {} bytes, its header says {size}",
-                bytes.len()
-            ),
-        });
-    }
-    Ok(bytes)
-}
-
-/// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
-pub(super) trait StorageSource {
-    /// The `nbytes` bytes of storage `key`, as a 1-D `Uint8` CPU tensor; an error if the
-    /// archive holds a different amount.
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError>;
-}
-
-/// The storages of a zip archive: `<prefix>data/<key>`.
-pub(super) struct ZipStorages<'p, R> {
-    archive: zip::ZipArchive<R>,
-    path: &'p Path,
-    prefix: String,
-    file_len: u64,
-    /// Storages shared by several tensors are read once.
-    cache: HashMap<String, Tensor>,
-}
-
-impl<'p, R> ZipStorages<'p, R> {
-    pub(super) fn new(
-        archive: zip::ZipArchive<R>,
-        path: &'p Path,
-        prefix: String,
-        file_len: u64,
-    ) -> Self {
-        ZipStorages {
-            archive,
-            path,
-            prefix,
-            file_len,
-            cache: HashMap::new(),
-        }
-    }
-}
-
-impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
-        let name = format!("{}data/{key}", self.prefix);
-        let bytes = match self.cache.entry(key.to_string()) {
-            Entry::Occupied(cached) => cached.get().shallow_clone(),
-            Entry::Vacant(slot) => {
-                if self.archive.index_for_name(&name).is_none() {
-                    return Err(CheckpointError::CorruptArchive {
-                        path: self.path.to_path_buf(),
-                        reason: format!(
-                            "data.pkl uses storage '{}' but the archive has no entry {}",
-                            shown(key),
-                            shown(&name)
-                        ),
-                    });
-                }
-                let bytes =
-                    read_storage(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
-                slot.insert(bytes).shallow_clone()
-            }
-        };
-        if bytes.numel() as u64 != nbytes {
-            return Err(CheckpointError::CorruptArchive {
-                path: self.path.to_path_buf(),
-                reason: format!(
-                    "storage entry {} holds {} bytes but data.pkl declares {nbytes}",
-                    shown(&name),
-                    bytes.numel()
-                ),
-            });
-        }
-        Ok(bytes)
-    }
-}
-
-/// Reads a storage entry into a new byte tensor: straight into the tensor's memory when the
-/// entry is stored uncompressed with the expected size (as torch.save writes them), so a model
-/// is never held twice; through [`read_entry`] otherwise.
-fn read_storage<R: Read + Seek>(
-    archive: &mut zip::ZipArchive<R>,
-    path: &Path,
-    name: &str,
-    nbytes: u64,
-    file_len: u64,
-) -> Result<Tensor, CheckpointError> {
-    let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
-    let direct = entry.compression() == zip::CompressionMethod::Stored
-        && entry.size() == nbytes
-        && nbytes <= file_len;
-    if !direct {
-        drop(entry);
-        let bytes = read_entry(archive, path, name, nbytes, file_len)?;
-        return Ok(Tensor::from_slice(&bytes));
-    }
-    let failed = |reason: String| CheckpointError::CorruptArchive {
-        path: path.to_path_buf(),
-        reason: format!("cannot read entry {}: {reason}", shown(name)),
-    };
-    let tensor = Tensor::f_empty([nbytes as i64], (Kind::Uint8, tch::Device::Cpu))
-        .map_err(|e| failed(crate::error::first_line(&e.to_string())))?;
-    super::read_into(&mut entry, &tensor).map_err(|e| failed(e.to_string()))?;
-    // Reading on to the end is what makes the zip crate check the entry's CRC.
-    match entry.read(&mut [0u8; 1]) {
-        Ok(0) => Ok(tensor),
-        Ok(_) => Err(failed("more bytes than its header says".into())),
-        Err(e) => Err(failed(e.to_string())),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The pickle virtual machine.
-//
-// Containers live in an arena and values refer to them by index, so that deeply nested or cyclic
-// pickles (which a hostile file can build with a few bytes per level) are dropped as one flat
-// vector instead of by recursion, and mutations through the memo are seen by every reference,
-// as in Python.
-
-/// The globals the virtual machine knows; anything else is refused when the pickle names it.
-#[derive(Debug, Clone)]
-enum Global {
-    OrderedDict,
-    RebuildTensorV2,
-    RebuildParameter,
-    RebuildParameterWithState,
-    Device,
-    /// `builtins.set`, which protocol 2 pickles sets with (e.g. in training checkpoints).
-    Set,
-    /// `_codecs.encode`, which protocol 2 pickles `bytes` with; never called, the result is an
-    /// opaque bytes value.
-    CodecsEncode,
-    /// `torch.FloatStorage` and friends: `Err` holds the name of a storage type of a dtype this
-    /// crate does not read, reported against the tensor that uses it.
-    Storage(Result<Kind, Rc<str>>),
-    /// TorchScript only: a class compiled by TorchScript (`__torch__.<qualified name>`), named by
-    /// its qualified name. Instantiating it gives an inert [`Obj::Object`]; no code runs.
-    ScriptClass(Rc<str>),
-    /// TorchScript only: `torch.jit._pickle.build_{int,double,bool,tensor}list` and
-    /// `restore_type_tag`, which give back their first argument with a static type attached.
-    ScriptIdentity(&'static str),
-    /// TorchScript only: `builtins.complex`, for `complex` attributes; the result is an opaque
-    /// number.
-    Complex,
-}
-
-impl Global {
-    fn resolve(module: &str, name: &str, mode: Mode) -> Option<Global> {
-        if mode == Mode::TorchScript {
-            if (module == "__torch__" || module.starts_with("__torch__.")) && !name.is_empty() {
-                return Some(Global::ScriptClass(Rc::from(format!("{module}.{name}"))));
-            }
-            let helper = match (module, name) {
-                ("torch.jit._pickle", "build_intlist") => "build_intlist",
-                ("torch.jit._pickle", "build_doublelist") => "build_doublelist",
-                ("torch.jit._pickle", "build_boollist") => "build_boollist",
-                ("torch.jit._pickle", "build_tensorlist") => "build_tensorlist",
-                ("torch.jit._pickle", "restore_type_tag") => "restore_type_tag",
-                ("builtins", "complex") => return Some(Global::Complex),
-                _ => "",
-            };
-            if !helper.is_empty() {
-                return Some(Global::ScriptIdentity(helper));
-            }
-        }
-        match (module, name) {
-            ("collections", "OrderedDict") => Some(Global::OrderedDict),
-            ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
-            ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-            ("torch._utils", "_rebuild_parameter_with_state") => {
-                Some(Global::RebuildParameterWithState)
-            }
-            ("torch", "device") => Some(Global::Device),
-            ("builtins" | "__builtin__", "set") => Some(Global::Set),
-            ("_codecs", "encode") => Some(Global::CodecsEncode),
-            // torch.cuda.*Storage: CUDA tensors saved by PyTorch 1.6 to 1.x.
-            ("torch" | "torch.cuda", storage) | ("torch.storage", storage)
-                if storage.ends_with("Storage")
-                    && storage.len() > "Storage".len()
-                    && storage
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-            {
-                Some(Global::Storage(
-                    storage_kind(storage).ok_or_else(|| Rc::from(format!("{module}.{storage}"))),
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Global::OrderedDict => "the class collections.OrderedDict".into(),
-            Global::RebuildTensorV2 => "the function torch._utils._rebuild_tensor_v2".into(),
-            Global::RebuildParameter => "the function torch._utils._rebuild_parameter".into(),
-            Global::RebuildParameterWithState => {
-                "the function torch._utils._rebuild_parameter_with_state".into()
-            }
-            Global::Device => "the class torch.device".into(),
-            Global::Set => "the class builtins.set".into(),
-            Global::CodecsEncode => "the function _codecs.encode".into(),
-            Global::Storage(Ok(kind)) => format!("the storage type of {}", kind_name(*kind)),
-            Global::Storage(Err(name)) => format!("the storage type {name}"),
-            Global::ScriptClass(name) => format!("the TorchScript class {}", shown(name)),
-            Global::ScriptIdentity(name) => format!("the function torch.jit._pickle.{name}"),
-            Global::Complex => "the class builtins.complex".into(),
-        }
-    }
-}
-
-fn storage_kind(name: &str) -> Option<Kind> {
-    Some(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" | "UntypedStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        _ => return None,
-    })
-}
-
-/// PyTorch's name for the dtypes this module reads.
-pub(crate) fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Float => "float32",
-        Kind::Double => "float64",
-        Kind::Half => "float16",
-        Kind::BFloat16 => "bfloat16",
-        Kind::Int64 => "int64",
-        Kind::Int => "int32",
-        Kind::Int16 => "int16",
-        Kind::Int8 => "int8",
-        Kind::Uint8 => "uint8",
-        Kind::Bool => "bool",
-        _ => "an unsupported dtype",
-    }
-}
-
 #[derive(Debug)]
-struct StorageRef {
-    kind: Result<Kind, Rc<str>>,
+pub(super) struct StorageRef {
+    pub(super) kind: Result<Kind, Rc<str>>,
     /// The bytes, as a 1-D `Uint8` tensor; `None` for unsupported dtypes, never read.
-    bytes: Option<Tensor>,
-    key: Rc<str>,
-    numel: i64,
+    pub(super) bytes: Option<Tensor>,
+    pub(super) key: Rc<str>,
+    pub(super) numel: i64,
 }
 
 #[derive(Debug, Clone)]
-enum Value {
+pub(super) enum Value {
     None,
     Bool(bool),
     Int(i64),
@@ -674,13 +65,13 @@ enum Value {
 /// Why a `_rebuild_tensor_v2` call did not give a tensor; reported with the key the tensor is
 /// stored under, if it turns out to be part of the state dict at all.
 #[derive(Debug)]
-enum TensorProblem {
+pub(super) enum TensorProblem {
     UnsupportedDtype(String),
     Invalid(String),
 }
 
 #[derive(Debug)]
-enum Obj {
+pub(super) enum Obj {
     Tuple(Vec<Value>),
     /// Lists and sets alike.
     List(Vec<Value>),
@@ -697,21 +88,11 @@ enum Obj {
     },
 }
 
-/// Which pickles the virtual machine accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    /// `torch.save` files: tensors, storages and containers.
-    StateDict,
-    /// `data.pkl` of a `torch.jit.save` archive: also TorchScript class instances (inert
-    /// objects) and the `torch.jit._pickle` list helpers.
-    TorchScript,
-}
-
 /// Python's insertion-ordered dict: a later `SETITEM` of an existing key replaces its value in
 /// place.
 #[derive(Debug, Default)]
-struct Dict {
-    entries: Vec<(Value, Value)>,
+pub(super) struct Dict {
+    pub(super) entries: Vec<(Value, Value)>,
     index: HashMap<DictKey, usize>,
 }
 
@@ -745,36 +126,40 @@ impl Dict {
         }
     }
 
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(super) fn get(&self, key: &str) -> Option<&Value> {
         let at = self.index.get(&DictKey::Str(Rc::from(key)))?;
         self.entries.get(*at).map(|(_, v)| v)
     }
 }
 
-struct Unpickler<'a> {
+pub(super) struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
-    path: &'a Path,
+    pub(super) path: &'a Path,
     mode: Mode,
     storages: &'a mut dyn StorageSource,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
-    arena: Vec<Obj>,
+    pub(super) arena: Vec<Obj>,
     /// Each storage's elements in a dtype (a view of its bytes; booleans normalised), built once.
-    bases: HashMap<(Rc<str>, Kind), Tensor>,
+    pub(super) bases: HashMap<(Rc<str>, Kind), Tensor>,
     /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
-    taken: HashSet<Rc<str>>,
+    pub(super) taken: HashSet<Rc<str>>,
 }
 
-type VmResult<T> = Result<T, CheckpointError>;
+pub(super) type VmResult<T> = Result<T, CheckpointError>;
 
 impl<'a> Unpickler<'a> {
-    fn new(data: &'a [u8], path: &'a Path, storages: &'a mut dyn StorageSource) -> Unpickler<'a> {
+    pub(super) fn new(
+        data: &'a [u8],
+        path: &'a Path,
+        storages: &'a mut dyn StorageSource,
+    ) -> Unpickler<'a> {
         Unpickler::with_mode(data, path, storages, Mode::StateDict)
     }
 
-    fn with_mode(
+    pub(super) fn with_mode(
         data: &'a [u8],
         path: &'a Path,
         storages: &'a mut dyn StorageSource,
@@ -928,7 +313,7 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn type_name(&self, value: &Value) -> String {
+    pub(super) fn type_name(&self, value: &Value) -> String {
         match value {
             Value::None => "None".into(),
             Value::Bool(_) => "a bool".into(),
@@ -951,7 +336,7 @@ impl<'a> Unpickler<'a> {
     }
 
     /// Runs the pickle to its STOP opcode and returns the unpickled object.
-    fn run(&mut self) -> VmResult<Value> {
+    pub(super) fn run(&mut self) -> VmResult<Value> {
         loop {
             let at = self.pos;
             if at >= self.data.len() {
@@ -1339,7 +724,7 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn is_tensor(&self, value: &Value) -> bool {
+    pub(super) fn is_tensor(&self, value: &Value) -> bool {
         matches!(value, Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Tensor(_) | Obj::BadTensor(_))))
     }
 
@@ -1385,72 +770,8 @@ impl<'a> Unpickler<'a> {
         })))
     }
 
-    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`.
-    fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Tensor, TensorProblem> {
-        let invalid = |reason: &str| TensorProblem::Invalid(reason.to_string());
-        if !(6..=7).contains(&args.len()) {
-            return Err(TensorProblem::Invalid(format!(
-                "_rebuild_tensor_v2 takes 6 or 7 arguments, the file gives {}",
-                args.len()
-            )));
-        }
-        let Value::Storage(storage) = &args[0] else {
-            return Err(invalid(
-                "the first argument of _rebuild_tensor_v2 is not a storage",
-            ));
-        };
-        let Value::Int(offset) = args[1] else {
-            return Err(invalid("the storage offset is not an int"));
-        };
-        let size = self
-            .int_tuple(&args[2])
-            .ok_or_else(|| invalid("the size is not a tuple of ints"))?;
-        let stride = self
-            .int_tuple(&args[3])
-            .ok_or_else(|| invalid("the stride is not a tuple of ints"))?;
-        let kind = match &storage.kind {
-            Ok(kind) => *kind,
-            Err(name) => return Err(TensorProblem::UnsupportedDtype(name.to_string())),
-        };
-        let bytes = storage
-            .bytes
-            .as_ref()
-            .ok_or_else(|| invalid("its storage was not read"))?;
-        let view = StridedView::new(storage.numel, offset, &size, &stride)
-            .map_err(TensorProblem::Invalid)?;
-        let torch = |e: tch::TchError| {
-            TensorProblem::Invalid(format!(
-                "libtorch: {}",
-                crate::error::first_line(&e.to_string())
-            ))
-        };
-        let base = match self.bases.entry((storage.key.clone(), kind)) {
-            Entry::Occupied(base) => base.into_mut(),
-            Entry::Vacant(slot) => slot.insert(typed_storage(bytes, kind).map_err(torch)?),
-        };
-        if let Some((start, end)) = view.contiguous_range() {
-            // In bounds: StridedView checked the view against the storage, and the storage's
-            // byte length against its element count when it was loaded.
-            let t = base
-                .f_narrow(0, start as i64, (end - start) as i64)
-                .and_then(|t| t.f_view(size.as_slice()))
-                .map_err(torch)?;
-            // The first tensor over a whole storage takes its memory, with no copy; any other
-            // gets a copy, so that tensors read never share memory (pruning one in place must
-            // not change another, as tied weights loaded into a model do not).
-            if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
-                return Ok(t);
-            }
-            let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
-            copy.f_copy_(&t).map_err(torch)?;
-            return Ok(copy);
-        }
-        base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
-            .and_then(|view| view.f_contiguous())
-            .map_err(torch)
-    }
-
-    fn int_tuple(&self, value: &Value) -> Option<Vec<i64>> {
+    /// A tuple or list of ints, as sizes and strides are pickled.
+    pub(super) fn int_tuple(&self, value: &Value) -> Option<Vec<i64>> {
         let Value::Obj(i) = value else { return None };
         let (Obj::Tuple(items) | Obj::List(items)) = self.arena.get(*i)? else {
             return None;
@@ -1463,374 +784,10 @@ impl<'a> Unpickler<'a> {
             })
             .collect()
     }
-
-    /// Picks the state dict out of the unpickled object and hands out its tensors.
-    fn into_state_dict(mut self, root: Value) -> VmResult<Vec<(String, Tensor)>> {
-        let not_a_state_dict = |reason: String| CheckpointError::NotAStateDict {
-            path: self.path.to_path_buf(),
-            reason,
-        };
-        let root_index = match &root {
-            Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Dict(_))) => *i,
-            other => {
-                return Err(not_a_state_dict(format!(
-                    "the file holds {}, not a dict of tensors",
-                    self.type_name(other)
-                )))
-            }
-        };
-        let (dict_index, key_prefix) = self.select_dict(root_index);
-        let Some(Obj::Dict(dict)) = self.arena.get(dict_index) else {
-            return Err(not_a_state_dict("the selected object is not a dict".into()));
-        };
-
-        let mut keys = Vec::with_capacity(dict.entries.len());
-        for (key, value) in &dict.entries {
-            let name = match key {
-                Value::Str(s) => s.to_string(),
-                other => {
-                    return Err(not_a_state_dict(format!(
-                        "it has a key that is {}; state dict keys are strings",
-                        self.type_name(other)
-                    )))
-                }
-            };
-            let index = match value {
-                Value::Obj(i) if self.is_tensor(value) => *i,
-                other => {
-                    return Err(not_a_state_dict(format!(
-                        "the value of '{}' is {}, not a tensor",
-                        shown(&format!("{key_prefix}{name}")),
-                        self.type_name(other)
-                    )))
-                }
-            };
-            keys.push((name, index));
-        }
-
-        self.hand_out(keys, &key_prefix, None)
-    }
-
-    /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
-    /// error messages). A tensor under several names is copied for all but the first; with
-    /// `copy_factor`, copies may total at most that many times the bytes of the distinct tensors,
-    /// or 1 GiB if more, so that a few bytes of pickle cannot ask for unbounded copies.
-    fn hand_out(
-        &mut self,
-        keys: Vec<(String, usize)>,
-        key_prefix: &str,
-        copy_factor: Option<u64>,
-    ) -> VmResult<Vec<(String, Tensor)>> {
-        if let Some(factor) = copy_factor {
-            let (mut distinct, mut copies) = (0u64, 0u64);
-            let mut seen = HashSet::new();
-            for (_, index) in &keys {
-                if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
-                    let bytes =
-                        (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
-                    if seen.insert(*index) {
-                        distinct = distinct.saturating_add(bytes);
-                    } else {
-                        copies = copies.saturating_add(bytes);
-                    }
-                }
-            }
-            let budget = distinct.saturating_mul(factor).max(1 << 30);
-            if copies > budget {
-                return Err(CheckpointError::NotAStateDict {
-                    path: self.path.to_path_buf(),
-                    reason: format!(
-                        "shared tensors appear under so many names that their copies would take {copies} bytes"
-                    ),
-                });
-            }
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        let mut handed_out = HashSet::new();
-        for (name, index) in keys {
-            let tensor = match &self.arena[index] {
-                Obj::Tensor(t) if handed_out.insert(index) => t.shallow_clone(),
-                // The same tensor object under two keys: each key gets its own copy.
-                Obj::Tensor(t) => t
-                    .f_detach_copy()
-                    .map_err(|e| CheckpointError::torch(self.path, e))?,
-                Obj::BadTensor(TensorProblem::UnsupportedDtype(dtype)) => {
-                    return Err(CheckpointError::UnsupportedDtype {
-                        path: self.path.to_path_buf(),
-                        tensor: shown(&format!("{key_prefix}{name}")),
-                        dtype: dtype.clone(),
-                    })
-                }
-                Obj::BadTensor(TensorProblem::Invalid(reason)) => {
-                    return Err(CheckpointError::InvalidTensor {
-                        path: self.path.to_path_buf(),
-                        tensor: shown(&format!("{key_prefix}{name}")),
-                        reason: reason.clone(),
-                    })
-                }
-                _ => {
-                    return Err(CheckpointError::NotAStateDict {
-                        path: self.path.to_path_buf(),
-                        reason: format!(
-                            "the value of '{}' is not a tensor",
-                            shown(&format!("{key_prefix}{name}"))
-                        ),
-                    })
-                }
-            };
-            out.push((name, tensor));
-        }
-        // The arena still holds the tensors handed out by shallow clone; dropping it here leaves
-        // the returned tensors as the only owners.
-        self.arena.clear();
-        Ok(out)
-    }
-
-    /// The state dict of the TorchScript module `root`, as `torch.jit.load(path).state_dict()`
-    /// gives it: per module (depth first, from the root), its parameters, then its buffers, each
-    /// in slot order, then its submodules in slot order, under dotted names.
-    ///
-    /// A module's attributes are the dict its BUILD gave it, in slot order (TorchScript's pickler
-    /// writes them so). Which of them are parameters and buffers is not in the pickle: `classes`
-    /// reads it from the class definitions in the archive's `code/`. An attribute counts when it
-    /// is listed there *and* holds a tensor (a `bias=False` Linear lists `bias`, holding None);
-    /// submodules are the attributes holding objects of module classes. Other attributes, tensors
-    /// included (plain tensor attributes are neither parameters nor buffers), are not state.
-    fn into_module_state(
-        mut self,
-        root: Value,
-        classes: &super::torchscript::ScriptClasses,
-    ) -> VmResult<Vec<(String, Tensor)>> {
-        let path = self.path;
-        let not_a_module = |reason: String| CheckpointError::NotAStateDict {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let root_index = match &root {
-            Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Object { .. })) => *i,
-            other => {
-                return Err(not_a_module(format!(
-                    "data.pkl holds {}, not a TorchScript module",
-                    self.type_name(other)
-                )))
-            }
-        };
-
-        enum Step {
-            Enter(usize, String),
-            Leave(usize),
-        }
-        let mut steps = vec![Step::Enter(root_index, String::new())];
-        // Modules being walked: a module inside itself would make Python recurse forever.
-        let mut on_path = HashSet::new();
-        let mut steps_taken = 0usize;
-        let mut keys: Vec<(String, usize)> = Vec::new();
-        let mut positions: HashMap<String, usize> = HashMap::new();
-        while let Some(step) = steps.pop() {
-            let (index, prefix) = match step {
-                Step::Leave(index) => {
-                    on_path.remove(&index);
-                    continue;
-                }
-                Step::Enter(index, prefix) => (index, prefix),
-            };
-            let module = if prefix.is_empty() {
-                "the root module".to_string()
-            } else {
-                format!("module '{}'", shown(prefix.trim_end_matches('.')))
-            };
-            steps_taken += 1;
-            if !on_path.insert(index) {
-                return Err(not_a_module(format!("{module} contains itself")));
-            }
-            steps.push(Step::Leave(index));
-            let Some(Obj::Object { class, state }) = self.arena.get(index) else {
-                return Err(not_a_module(format!("{module} is not an object")));
-            };
-            let Some(def) = classes.module(path, class)? else {
-                return Err(not_a_module(format!(
-                    "{module} is an object of class {}, which is not a module",
-                    shown(class)
-                )));
-            };
-            let Some(state) = state else {
-                return Err(not_a_module(format!(
-                    "{module} (class {}) is never given its attributes",
-                    shown(class)
-                )));
-            };
-            let attributes = match state {
-                Value::Obj(d) => match self.arena.get(*d) {
-                    Some(Obj::Dict(dict)) => Some(dict),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let Some(attributes) = attributes else {
-                return Err(CheckpointError::Unsupported {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "{module} (class {}) is saved as {} by its own __getstate__, which only its code can read",
-                        shown(class),
-                        self.type_name(state)
-                    ),
-                });
-            };
-            steps_taken = steps_taken.saturating_add(attributes.entries.len());
-            if steps_taken > MAX_WALK_STEPS {
-                return Err(not_a_module(format!(
-                    "the module tree has more than {MAX_WALK_STEPS} modules and attributes"
-                )));
-            }
-            let mut names = Vec::with_capacity(attributes.entries.len());
-            for (key, _) in &attributes.entries {
-                match key {
-                    Value::Str(name) if prefix.len() + name.len() > MAX_NAME_BYTES => {
-                        return Err(not_a_module(format!(
-                            "{module} has an attribute whose dotted name is longer than {MAX_NAME_BYTES} bytes"
-                        )))
-                    }
-                    Value::Str(name) => names.push(name.clone()),
-                    other => {
-                        return Err(not_a_module(format!(
-                            "{module} has an attribute named by {}",
-                            self.type_name(other)
-                        )))
-                    }
-                }
-            }
-            let mut add = |name: String, tensor: usize| match positions.entry(name) {
-                // Python's state dict is a dict: a name given twice keeps its first place.
-                Entry::Occupied(at) => keys[*at.get()].1 = tensor,
-                Entry::Vacant(slot) => {
-                    keys.push((slot.key().clone(), tensor));
-                    slot.insert(keys.len() - 1);
-                }
-            };
-            for listed in [&def.parameters, &def.buffers] {
-                for (name, (_, value)) in names.iter().zip(&attributes.entries) {
-                    if let Value::Obj(tensor) = value {
-                        if listed.contains(&**name) && self.is_tensor(value) {
-                            add(format!("{prefix}{name}"), *tensor);
-                        }
-                    }
-                }
-            }
-            let mut children = Vec::new();
-            for (name, (_, value)) in names.iter().zip(&attributes.entries) {
-                if let Value::Obj(child) = value {
-                    if let Some(Obj::Object { class, .. }) = self.arena.get(*child) {
-                        if classes.module(path, class)?.is_some() {
-                            children.push(Step::Enter(*child, format!("{prefix}{name}.")));
-                        }
-                    }
-                }
-            }
-            steps.extend(children.into_iter().rev());
-        }
-        self.hand_out(keys, "", Some(COPY_BUDGET_FACTOR))
-    }
-
-    /// The root dict if all its values are tensors, else the first [`NESTED_KEYS`] entry that is
-    /// a dict (with the prefix its keys are reported under), else the root, whose first
-    /// non-tensor value is then reported.
-    fn select_dict(&self, root: usize) -> (usize, String) {
-        let Some(Obj::Dict(dict)) = self.arena.get(root) else {
-            return (root, String::new());
-        };
-        if dict.entries.iter().all(|(_, v)| self.is_tensor(v)) {
-            return (root, String::new());
-        }
-        for wrapper in NESTED_KEYS {
-            if let Some(Value::Obj(i)) = dict.get(wrapper) {
-                if matches!(self.arena.get(*i), Some(Obj::Dict(_))) {
-                    return (*i, format!("{wrapper}."));
-                }
-            }
-        }
-        (root, String::new())
-    }
-}
-
-/// An `as_strided` view checked against its storage, all in `i64` with overflow checks, so that
-/// neither the byte slicing nor libtorch ever sees an out-of-bounds request.
-struct StridedView {
-    offset: usize,
-    numel: usize,
-    contiguous: bool,
-}
-
-impl StridedView {
-    fn new(
-        storage_numel: i64,
-        offset: i64,
-        size: &[i64],
-        stride: &[i64],
-    ) -> Result<StridedView, String> {
-        let shape = || format!("size {size:?}, stride {stride:?}, storage offset {offset}");
-        if size.len() != stride.len() {
-            return Err(format!("{}: sizes and strides differ in length", shape()));
-        }
-        if offset < 0 || size.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) {
-            return Err(format!("{}: negative values are not valid", shape()));
-        }
-        let numel = size
-            .iter()
-            .try_fold(1i64, |n, &s| n.checked_mul(s))
-            .ok_or_else(|| format!("{}: the element count overflows", shape()))?;
-        let mut contiguous = true;
-        let mut expected = 1i64;
-        for (&s, &st) in size.iter().zip(stride).rev() {
-            if s != 1 && st != expected {
-                contiguous = false;
-            }
-            expected = expected.saturating_mul(s);
-        }
-        if numel > 0 {
-            let last = size
-                .iter()
-                .zip(stride)
-                .try_fold(offset, |acc, (&s, &st)| {
-                    (s - 1).checked_mul(st).and_then(|d| acc.checked_add(d))
-                })
-                .ok_or_else(|| format!("{}: the extent overflows", shape()))?;
-            if last >= storage_numel {
-                return Err(format!(
-                    "{} reaches element {last}, past the end of its storage of {storage_numel} elements",
-                    shape()
-                ));
-            }
-        }
-        let to_usize = |v: i64| usize::try_from(v).map_err(|_| format!("{}: too large", shape()));
-        Ok(StridedView {
-            offset: to_usize(offset)?,
-            numel: to_usize(numel)?,
-            contiguous,
-        })
-    }
-
-    /// The element range of a view that is a plain slice of its storage.
-    fn contiguous_range(&self) -> Option<(usize, usize)> {
-        if self.numel == 0 {
-            return Some((0, 0));
-        }
-        self.contiguous
-            .then(|| (self.offset, self.offset + self.numel))
-    }
-}
-
-/// A storage's bytes as its elements, without a copy. Python's `bool` storages hold 0 or 1; any
-/// other byte would make a bool tensor whose value depends on the kernel reading it, so those are
-/// normalised (a copy, of what is usually a small mask).
-fn typed_storage(bytes: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
-    match kind {
-        Kind::Bool => bytes.f_ne(0),
-        _ => bytes.f_view_dtype(kind),
-    }
 }
 
 /// Little-endian two's complement, as LONG1 and LONG4 store it.
-fn decode_long(bytes: &[u8]) -> Value {
+pub(super) fn decode_long(bytes: &[u8]) -> Value {
     if bytes.is_empty() {
         return Value::Int(0);
     }
@@ -1865,322 +822,5 @@ fn opcode_name(op: u8) -> &'static str {
         0x97 => "NEXT_BUFFER",
         0x98 => "READONLY_BUFFER",
         _ => "not used by torch.save",
-    }
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::super::HostTensor;
-    use super::*;
-    use std::path::PathBuf;
-
-    /// Serves every storage as the byte pattern 0, 1, 2, ... so views of it are recognisable.
-    pub(in crate::checkpoint) struct PatternStorages;
-
-    impl StorageSource for PatternStorages {
-        fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
-            // Mutated pickles declare arbitrary sizes: refuse the absurd ones, as the zip reader
-            // does for sizes its entries do not have.
-            if nbytes > 1 << 20 {
-                return Err(CheckpointError::CorruptArchive {
-                    path: PathBuf::from("test"),
-                    reason: format!("storage {key} too large"),
-                });
-            }
-            Ok(Tensor::from_slice(
-                &(0..nbytes).map(|i| i as u8).collect::<Vec<u8>>(),
-            ))
-        }
-    }
-
-    fn unpickle(data: &[u8]) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-        let path = Path::new("data.pkl");
-        let mut storages = PatternStorages;
-        let mut vm = Unpickler::new(data, path, &mut storages);
-        let root = vm.run()?;
-        vm.into_state_dict(root)
-    }
-
-    /// `torch.save(sd, p, pickle_protocol=2)` of the state dict of
-    /// `Sequential(Linear(2, 1), BatchNorm1d(1))` plus `sd["t"] = torch.arange(6.).reshape(2, 3).t()`.
-    const PROTO2: &[u8] = b"\
-        \x80\x02ccollections\x0aOrderedDict\x0aq\x00\x29Rq\
-        \x01\x28X\x08\x00\x00\x000.weightq\x02ctorch._utils\x0a_\
-        rebuild_tensor_v2\x0aq\x03\x28\x28X\x07\x00\x00\x00stora\
-        geq\x04ctorch\x0aFloatStorage\x0aq\x05X\x01\x00\x00\x000\
-        q\x06X\x03\x00\x00\x00cpuq\x07K\x02tq\x08QK\x00K\x01K\x02\x86q\x09K\x02K\x01\x86\
-        q\x0a\x89h\x00\x29Rq\x0btq\x0cRq\x0dX\x06\x00\x00\x000.biasq\x0eh\x03\x28\x28\
-        h\x04h\x05X\x01\x00\x00\x001q\x0fh\x07K\x01tq\x10QK\x00K\x01\x85q\x11K\x01\x85q\x12\
-        \x89h\x00\x29Rq\x13tq\x14Rq\x15X\x08\x00\x00\x001.weightq\x16h\x03\x28\x28\
-        h\x04h\x05X\x01\x00\x00\x002q\x17h\x07K\x01tq\x18QK\x00K\x01\x85q\x19K\x01\x85q\x1a\
-        \x89h\x00\x29Rq\x1btq\x1cRq\x1dX\x06\x00\x00\x001.biasq\x1eh\x03\x28\x28h\x04\
-        h\x05X\x01\x00\x00\x003q\x1fh\x07K\x01tq\x20QK\x00K\x01\x85q\x21K\x01\x85q\x22\x89h\
-        \x00\x29Rq\x23tq\x24Rq\x25X\x0e\x00\x00\x001.running_meanq\x26\
-        h\x03\x28\x28h\x04h\x05X\x01\x00\x00\x004q\x27h\x07K\x01tq\x28QK\x00K\x01\x85q\x29K\
-        \x01\x85q\x2a\x89h\x00\x29Rq\x2btq\x2cRq\x2dX\x0d\x00\x00\x001.running_\
-        varq.h\x03\x28\x28h\x04h\x05X\x01\x00\x00\x005q\x2fh\x07K\x01tq0QK\x00K\
-        \x01\x85q1K\x01\x85q2\x89h\x00\x29Rq3tq4Rq5X\x15\x00\x00\x001.num\
-        _batches_trackedq6h\x03\x28\x28h\x04ctorch\x0aL\
-        ongStorage\x0aq7X\x01\x00\x00\x006q8h\x07K\x01tq9QK\x00\x29\
-        \x29\x89h\x00\x29Rq\x3atq\x3bRq\x3cX\x01\x00\x00\x00tq\x3dh\x03\x28\x28h\x04h\x05X\x01\
-        \x00\x00\x007q\x3eh\x07K\x06tq\x3fQK\x00K\x03K\x02\x86q\x40K\x01K\x03\x86qA\x89h\
-        \x00\x29RqBtqCRqDu\x7dqEX\x09\x00\x00\x00_metadataqFh\
-        \x00\x29RqG\x28X\x00\x00\x00\x00qH\x7dqIX\x07\x00\x00\x00versionqJK\x01\
-        sX\x01\x00\x00\x000qK\x7dqLhJK\x01sX\x01\x00\x00\x001qM\x7dqNhJK\x02\
-        susb.\
-        ";
-    /// `torch.save(sd, p, pickle_protocol=4)` of the state dict of
-    /// `Sequential(Linear(2, 1), BatchNorm1d(1))` plus `sd["t"] = torch.arange(6.).reshape(2, 3).t()`.
-    const PROTO4: &[u8] = b"\
-        \x80\x04\x95Y\x02\x00\x00\x00\x00\x00\x00\x8c\x0bcollections\x94\x8c\x0bOrder\
-        edDict\x94\x93\x94\x29R\x94\x28\x8c\x080.weight\x94\x8c\x0ctorch.\
-        _utils\x94\x8c\x12_rebuild_tensor_v2\x94\x93\x94\x28\x28\
-        \x8c\x07storage\x94\x8c\x05torch\x94\x8c\x0cFloatStorage\
-        \x94\x93\x94\x8c\x010\x94\x8c\x03cpu\x94K\x02t\x94QK\x00K\x01K\x02\x86\x94K\x02K\x01\x86\x94\
-        \x89h\x02\x29R\x94t\x94R\x94\x8c\x060.bias\x94h\x07\x28\x28h\x08h\x0b\x8c\x011\x94h\
-        \x0dK\x01t\x94QK\x00K\x01\x85\x94K\x01\x85\x94\x89h\x02\x29R\x94t\x94R\x94\x8c\x081.we\
-        ight\x94h\x07\x28\x28h\x08h\x0b\x8c\x012\x94h\x0dK\x01t\x94QK\x00K\x01\x85\x94K\x01\
-        \x85\x94\x89h\x02\x29R\x94t\x94R\x94\x8c\x061.bias\x94h\x07\x28\x28h\x08h\x0b\x8c\x013\
-        \x94h\x0dK\x01t\x94QK\x00K\x01\x85\x94K\x01\x85\x94\x89h\x02\x29R\x94t\x94R\x94\x8c\x0e1.\
-        running_mean\x94h\x07\x28\x28h\x08h\x0b\x8c\x014\x94h\x0dK\x01t\x94Q\
-        K\x00K\x01\x85\x94K\x01\x85\x94\x89h\x02\x29R\x94t\x94R\x94\x8c\x0d1.running_\
-        var\x94h\x07\x28\x28h\x08h\x0b\x8c\x015\x94h\x0dK\x01t\x94QK\x00K\x01\x85\x94K\x01\x85\
-        \x94\x89h\x02\x29R\x94t\x94R\x94\x8c\x151.num_batches_track\
-        ed\x94h\x07\x28\x28h\x08h\x09\x8c\x0bLongStorage\x94\x93\x94\x8c\x016\x94h\
-        \x0dK\x01t\x94QK\x00\x29\x29\x89h\x02\x29R\x94t\x94R\x94\x8c\x01t\x94h\x07\x28\x28h\x08h\x0b\
-        \x8c\x017\x94h\x0dK\x06t\x94QK\x00K\x03K\x02\x86\x94K\x01K\x03\x86\x94\x89h\x02\x29R\x94t\
-        \x94R\x94u\x7d\x94\x8c\x09_metadata\x94h\x02\x29R\x94\x28\x8c\x00\x94\x7d\x94\x8c\x07v\
-        ersion\x94K\x01s\x8c\x010\x94\x7d\x94hQK\x01s\x8c\x011\x94\x7d\x94hQK\x02s\
-        usb.\
-        ";
-
-    const KEYS: [&str; 8] = [
-        "0.weight",
-        "0.bias",
-        "1.weight",
-        "1.bias",
-        "1.running_mean",
-        "1.running_var",
-        "1.num_batches_tracked",
-        "t",
-    ];
-
-    #[test]
-    fn reads_real_pickles_of_both_protocols() {
-        for pickle in [PROTO2, PROTO4] {
-            let sd = unpickle(pickle).expect("a valid state dict");
-            let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
-            assert_eq!(keys, KEYS);
-            assert_eq!(sd[0].1.size(), [1, 2]);
-            assert_eq!(sd[6].1.kind(), Kind::Int64);
-            assert_eq!(sd[6].1.size(), Vec::<i64>::new());
-            let bytes: Vec<u8> = (0..24).collect();
-            let expected = Tensor::f_from_data_size(&bytes, &[2, 3], Kind::Float)
-                .and_then(|t| t.tr().f_contiguous())
-                .expect("reference");
-            let t = &sd[7].1;
-            assert_eq!(t.size(), [3, 2]);
-            assert!(t.is_contiguous());
-            assert!(t.equal(&expected), "{t} vs {expected}");
-        }
-    }
-
-    #[test]
-    fn every_prefix_of_a_pickle_is_an_error_not_a_panic() {
-        for pickle in [PROTO2, PROTO4] {
-            for len in 0..pickle.len() {
-                let err = unpickle(&pickle[..len]).expect_err("a truncated pickle must fail");
-                let message = err.to_string();
-                assert!(!message.contains('\n'), "{message}");
-                assert!(message.starts_with("data.pkl: "), "{message}");
-            }
-        }
-    }
-
-    #[test]
-    fn byte_flips_never_panic() {
-        for pickle in [PROTO2, PROTO4] {
-            let mut ok = 0;
-            for i in 0..pickle.len() {
-                for mask in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
-                    let mut mutated = pickle.to_vec();
-                    mutated[i] ^= mask;
-                    match unpickle(&mutated) {
-                        Ok(_) => ok += 1,
-                        Err(e) => assert!(!e.to_string().contains('\n'), "{e}"),
-                    }
-                }
-            }
-            // Flips inside names or values still give a state dict: the test did reach the
-            // end of the pickle with mutated input, not only its first opcodes.
-            assert!(ok > 0);
-        }
-    }
-
-    #[test]
-    fn deep_nesting_and_cycles_do_not_recurse() {
-        // A million nested 1-tuples: a recursive drop would overflow the stack.
-        let mut deep = b"\x80\x02)".to_vec();
-        deep.extend(std::iter::repeat_n(0x85, 1_000_000));
-        deep.push(b'.');
-        let err = unpickle(&deep).expect_err("a tuple is not a state dict");
-        assert!(err.to_string().contains("holds a tuple"), "{err}");
-
-        // A list that contains itself.
-        let err = unpickle(b"\x80\x02]q\x00h\x00a.").expect_err("a list is not a state dict");
-        assert!(err.to_string().contains("holds a list"), "{err}");
-    }
-
-    #[test]
-    fn forbidden_globals_are_named_not_called() {
-        let err = unpickle(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.").expect_err("refused");
-        assert!(
-            matches!(&err, CheckpointError::ForbiddenGlobal { global, .. } if global == "os.system"),
-            "{err}"
-        );
-        let err = unpickle(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.").expect_err("refused");
-        assert!(err.to_string().contains("`builtins.eval`"), "{err}");
-        // A storage type name is allowed, but never callable.
-        let err = unpickle(b"\x80\x02ctorch\nFloatStorage\n)R.").expect_err("refused");
-        assert!(err.to_string().contains("cannot call"), "{err}");
-        // TorchScript classes and helpers are only known in TorchScript mode.
-        let err = unpickle(b"\x80\x02c__torch__\nNet\n)\x81}b.").expect_err("refused");
-        assert!(err.to_string().contains("`__torch__.Net`"), "{err}");
-        let err = unpickle(b"\x80\x02ctorch.jit._pickle\nbuild_intlist\n.").expect_err("refused");
-        assert!(
-            err.to_string()
-                .contains("`torch.jit._pickle.build_intlist`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn names_from_the_pickle_cannot_break_the_message_line() {
-        let err = unpickle(b"\x80\x04\x8c\x03a\nb\x8c\x03c\nd\x93.").expect_err("refused");
-        assert!(err.to_string().contains("`a\\nb.c\\nd`"), "{err}");
-        let err = unpickle(b"\x80\x02}X\x04\x00\x00\x00k\ney\x4b\x01s.").expect_err("an int value");
-        assert!(err.to_string().contains("'k\\ney' is an int"), "{err}");
-    }
-
-    #[test]
-    fn unsupported_opcodes_and_protocols_are_errors() {
-        let err = unpickle(b"\x80\x02I1\n.").expect_err("protocol 0 INT");
-        assert!(err.to_string().contains("opcode 0x49 (INT)"), "{err}");
-        let err = unpickle(b"\x80\x06}.").expect_err("protocol 6");
-        assert!(err.to_string().contains("protocol 6"), "{err}");
-        let err = unpickle(b"\x80\x02h\x05.").expect_err("memo miss");
-        assert!(err.to_string().contains("memo entry 5"), "{err}");
-        let err = unpickle(b"\x80\x02(.").expect_err("STOP at a mark");
-        assert!(err.to_string().contains("stack underflow"), "{err}");
-    }
-
-    #[test]
-    fn sparse_memo_indices_and_empty_dicts() {
-        let sd =
-            unpickle(b"\x80\x02}r\xff\xff\xff\xff.").expect("an empty dict is an empty state dict");
-        assert!(sd.is_empty());
-    }
-
-    #[test]
-    fn dict_setitem_replaces_in_place() {
-        let mut dict = Dict::default();
-        dict.insert(Value::Str("a".into()), Value::Int(1));
-        dict.insert(Value::Str("b".into()), Value::Int(2));
-        dict.insert(Value::Str("a".into()), Value::Int(3));
-        let entries: Vec<(String, i64)> = dict
-            .entries
-            .iter()
-            .map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Int(v)) => (k.to_string(), *v),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(entries, [("a".to_string(), 3), ("b".to_string(), 2)]);
-    }
-
-    #[test]
-    fn longs_decode_with_sign_and_width() {
-        let int = |bytes: &[u8]| match decode_long(bytes) {
-            Value::Int(v) => Some(v),
-            _ => None,
-        };
-        assert_eq!(int(&[]), Some(0));
-        assert_eq!(int(&[0xff]), Some(-1));
-        assert_eq!(int(&[0x80, 0x00]), Some(128));
-        assert_eq!(int(&i64::MIN.to_le_bytes()), Some(i64::MIN));
-        assert_eq!(
-            int(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00]),
-            Some(i64::MAX)
-        );
-        assert_eq!(int(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0x00]), None);
-        assert_eq!(int(&[0, 0, 0, 0, 0, 0, 0, 0, 0x01]), None);
-    }
-
-    #[test]
-    fn strided_views_are_checked_against_their_storage() {
-        let view = StridedView::new(6, 0, &[3, 2], &[1, 3]).expect("in bounds");
-        assert_eq!(view.contiguous_range(), None);
-        let view = StridedView::new(6, 2, &[2, 2], &[2, 1]).expect("in bounds");
-        assert_eq!(view.contiguous_range(), Some((2, 6)));
-        // Size-1 dims may have any stride; empty views any offset.
-        let view = StridedView::new(6, 1, &[1, 5], &[99, 1]).expect("in bounds");
-        assert_eq!(view.contiguous_range(), Some((1, 6)));
-        let view = StridedView::new(0, 7, &[0, 3], &[3, 1]).expect("empty");
-        assert_eq!(view.contiguous_range(), Some((0, 0)));
-        // A broadcast (stride 0) view of one element.
-        assert!(StridedView::new(1, 0, &[4], &[0]).is_ok());
-
-        let err = |r: Result<StridedView, String>| r.err().expect("rejected");
-        assert!(err(StridedView::new(6, 1, &[2, 3], &[3, 1])).contains("reaches element 6"));
-        assert!(err(StridedView::new(6, 0, &[2], &[-1])).contains("negative"));
-        assert!(err(StridedView::new(6, 0, &[2], &[1, 1])).contains("differ in length"));
-        assert!(err(StridedView::new(6, 0, &[i64::MAX, 4], &[1, 1])).contains("overflows"));
-        assert!(err(StridedView::new(6, 0, &[2, i64::MAX], &[i64::MAX, 1])).contains("overflows"));
-    }
-
-    #[test]
-    fn torchscript_archives_are_recognised_by_their_entries() {
-        let script = [
-            "m/data.pkl",
-            "m/code/__torch__/x.py",
-            "m/constants.pkl",
-            "m/version",
-        ];
-        let layout = ZipLayout::of(script.into_iter());
-        assert!(layout.torchscript);
-        let saved = ["sd/data.pkl", "sd/data/0", "sd/version"];
-        let layout = ZipLayout::of(saved.into_iter());
-        assert!(!layout.torchscript);
-        assert_eq!(layout.prefix.as_deref(), Some("sd/"));
-        assert!(ZipLayout::of(["a/readme.txt"].into_iter()).prefix.is_none());
-    }
-
-    fn host(kind: Kind, size: &[i64]) -> HostTensor {
-        let zeros = Tensor::zeros(size, (kind, tch::Device::Cpu));
-        HostTensor::of(Path::new("t"), "t", &zeros).unwrap()
-    }
-
-    #[test]
-    fn the_writer_pickle_reads_back() {
-        let hosts = [
-            host(Kind::Float, &[2, 3]),
-            host(Kind::Int64, &[]),
-            host(Kind::Bool, &[0]),
-        ];
-        let pickle = state_dict_pickle(&["w", "n", "e"], &hosts);
-        let sd = unpickle(&pickle).expect("reads back");
-        let got: Vec<(&str, Vec<i64>, Kind)> = sd
-            .iter()
-            .map(|(k, t)| (k.as_str(), t.size(), t.kind()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("w", vec![2, 3], Kind::Float),
-                ("n", vec![], Kind::Int64),
-                ("e", vec![0], Kind::Bool)
-            ]
-        );
-        assert_eq!(contiguous_strides(&[2, 0, 3]), [3, 3, 1]);
     }
 }
