@@ -27,8 +27,10 @@ demo:
 build:
 	$(TORCH_ENV) && cargo build --release
 
+## Formatting, clippy, and the module graph (no cycles, layers respected, CONTRIBUTING.md current).
 lint:
 	$(TORCH_ENV) && cargo fmt --check && cargo clippy --all-targets -- -D warnings
+	python3 scripts/module_graph.py --check CONTRIBUTING.md
 
 ## Builds the library and the CLI with the declared rust-version (needs rustup; CI runs it).
 msrv:

@@ -1,0 +1,223 @@
+//! The file-format layer's error type, and how text from files and from libtorch is put on
+//! the one line of an error message.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What can go wrong reading or writing a checkpoint. Every message is one line that starts with
+/// the file's path and says what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The file could not be opened, read or written. `error` is kept for its `kind()`, and is
+    /// not a `source` because its text is already part of this message.
+    #[error("{}: {action}: {error}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done: "cannot open", "cannot read", ...
+        action: &'static str,
+        /// The operating system's error.
+        error: io::Error,
+    },
+
+    /// A pickle that is not inside a zip: `torch.save` before PyTorch 1.6, or with
+    /// `_use_new_zipfile_serialization=False`, or a plain `pickle.dump`.
+    #[error("{}: not a PyTorch zip checkpoint (legacy torch.save format?) — re-save it with torch.save(..., _use_new_zipfile_serialization=True)", path.display())]
+    LegacyFormat {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// Neither a zip archive of PyTorch's nor a safetensors file.
+    #[error("{}: unrecognized file format: neither a zip archive written by torch.save / torch.jit.save nor a safetensors file", path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A file in one known format handed to the reader of another.
+    #[error("{}: expected {expected}, but this is {found}", path.display())]
+    WrongFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format the reader reads.
+        expected: &'static str,
+        /// The format the file has.
+        found: &'static str,
+    },
+
+    /// A valid checkpoint using a feature this reader does not implement (e.g. big-endian data).
+    #[error("{}: unsupported checkpoint: {reason}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The feature not implemented.
+        reason: String,
+    },
+
+    /// A zip archive that cannot be read: cut short, or its directory or entries broken.
+    #[error("{}: corrupt or truncated zip archive: {reason}", path.display())]
+    CorruptArchive {
+        /// The file.
+        path: PathBuf,
+        /// What is broken.
+        reason: String,
+    },
+
+    /// A readable zip that `torch.save` did not write (no `data.pkl`).
+    #[error("{}: not a PyTorch checkpoint: {reason}", path.display())]
+    NotACheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A TorchScript module handed to a reader of state dicts.
+    #[error("{}: this is a TorchScript module saved by torch.jit.save, not a state dict: load it as a module (tch::CModule::load) instead, or save model.state_dict() from Python", path.display())]
+    TorchScript {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A `data.pkl` that is not a valid pickle (or uses opcodes a state dict never needs).
+    #[error("{}: malformed data.pkl at byte {offset}: {reason}", path.display())]
+    MalformedPickle {
+        /// The file.
+        path: PathBuf,
+        /// The byte of `data.pkl` where reading stopped.
+        offset: usize,
+        /// What is wrong there.
+        reason: String,
+    },
+
+    /// The pickle names a Python global outside the allow-list. Unpickling it in Python could run
+    /// arbitrary code, so it is refused rather than skipped.
+    #[error("{}: data.pkl refers to the Python global `{global}`, which is not loaded (unpickling it could run arbitrary code); only tensors, their storages and dicts are read: save model.state_dict() rather than a model or other Python objects", path.display())]
+    ForbiddenGlobal {
+        /// The file.
+        path: PathBuf,
+        /// The global's `module.name`.
+        global: String,
+    },
+
+    /// The file is well formed but does not hold a flat `name -> tensor` dict.
+    #[error("{}: not a state dict: {reason}", path.display())]
+    NotAStateDict {
+        /// The file.
+        path: PathBuf,
+        /// What it holds instead.
+        reason: String,
+    },
+
+    /// A tensor of a dtype the crate does not read or write.
+    #[error("{}: tensor '{tensor}' has dtype {dtype}, which is not supported (supported: float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool)", path.display())]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype, as the file names it.
+        dtype: String,
+    },
+
+    /// A tensor whose shape, strides or offset do not fit its storage, or similar.
+    #[error("{}: tensor '{tensor}': {reason}", path.display())]
+    InvalidTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What does not fit.
+        reason: String,
+    },
+
+    /// A safetensors file that its format's rules reject (header, offsets, dtypes).
+    #[error("{}: invalid safetensors file: {reason}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An error from libtorch, trimmed to its first line.
+    #[error("{}: libtorch: {message}", path.display())]
+    Torch {
+        /// The file.
+        path: PathBuf,
+        /// libtorch's message, first line.
+        message: String,
+    },
+}
+
+impl CheckpointError {
+    pub(crate) fn io(path: &Path, action: &'static str, error: io::Error) -> Self {
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            action,
+            error,
+        }
+    }
+
+    pub(crate) fn torch(path: &Path, error: tch::TchError) -> Self {
+        CheckpointError::Torch {
+            path: path.to_path_buf(),
+            message: first_line(&error.to_string()),
+        }
+    }
+}
+
+/// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
+pub fn first_line(message: &str) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    line.trim_start_matches("Internal torch error:")
+        .trim()
+        .to_string()
+}
+
+/// A name taken from a file, made safe to show in a one-line message: control characters
+/// (a pickle's strings may hold newlines) are escaped, and very long names are cut.
+pub(crate) fn shown(name: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_errors_keep_only_their_first_line() {
+        let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
+        assert_eq!(
+            first_line(raw),
+            "shape '[3]' is invalid for input of size 4"
+        );
+    }
+
+    #[test]
+    fn names_from_files_are_shown_on_one_line() {
+        assert_eq!(shown("fc1.weight"), "fc1.weight");
+        assert_eq!(shown("a\nb\r\u{0}"), "a\\nb\\r\\u{0}");
+        let long = "x".repeat(500);
+        assert_eq!(shown(&long).chars().count(), 201);
+    }
+}
