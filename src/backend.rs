@@ -98,7 +98,10 @@ fn no_device_reason(compiled: bool, loaded: bool, libtorch_said: String) -> Stri
             .into();
     }
     if !libtorch_said.is_empty() {
-        return format!("libtorch: {}", crate::checkpoint::first_line(&libtorch_said));
+        return format!(
+            "libtorch: {}",
+            crate::checkpoint::first_line(&libtorch_said)
+        );
     }
     // libtorch warns only on the first count in a process; ask the loader about the driver.
     let mut why = vec![0 as c_char; 1024];

@@ -40,8 +40,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the libtorch this binary uses and what it has of CUDA: whether the CUDA backend is
-    /// compiled in and loaded, the CUDA devices (and why there are none), and cuDNN.
+    /// Show the libtorch in use and its CUDA backend: compiled in, loaded, devices, cuDNN.
+    ///
+    /// When there is no CUDA device, says why (no driver, a CPU-only libtorch, or a binary
+    /// linked without libtorch's CUDA part).
     Doctor {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         tch_prune::backend::libtorch_version()
     );
+    // clap keeps a `&'static str`: this one string is leaked, once per process.
     let parsed = Cli::command()
         .version(&*Box::leak(version.into_boxed_str()))
         .try_get_matches()
