@@ -21,8 +21,12 @@ pub mod safetensors;
 pub mod torch_zip;
 pub mod torchscript;
 
-pub use self::safetensors::{read_safetensors, write_safetensors};
-pub use self::torch_zip::{read_torch_zip, read_torch_zip_from, write_torch_zip};
+pub use self::safetensors::{
+    read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_with_metadata,
+};
+pub use self::torch_zip::{
+    read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
+};
 pub use self::torchscript::{read_torchscript_state, read_torchscript_state_from};
 
 use std::collections::HashSet;
@@ -46,8 +50,9 @@ pub enum CheckpointError {
         error: io::Error,
     },
 
-    /// A pickle that is not inside a zip: `torch.save` before PyTorch 1.6, or with
-    /// `_use_new_zipfile_serialization=False`, or a plain `pickle.dump`.
+    /// A pickle that is not inside a zip and starts with `torch.save`'s magic number: PyTorch
+    /// before 1.6, or `_use_new_zipfile_serialization=False`. (Any other pickle, e.g. a plain
+    /// `pickle.dump`, is an [`CheckpointError::UnknownFormat`].)
     #[error("{}: not a PyTorch zip checkpoint (legacy torch.save format?) — re-save it with torch.save(..., _use_new_zipfile_serialization=True)", path.display())]
     LegacyFormat { path: PathBuf },
 
@@ -156,8 +161,8 @@ impl Format {
         let (kind, _) = torch_zip::sniff_reader(&mut reader, path)?;
         match kind {
             Sniff::Zip => {
-                let archive = zip::ZipArchive::new(reader)
-                    .map_err(|e| torch_zip::corrupt(path, e))?;
+                let archive =
+                    zip::ZipArchive::new(reader).map_err(|e| torch_zip::corrupt(path, e))?;
                 let layout = torch_zip::ZipLayout::of(archive.file_names());
                 if layout.torchscript {
                     Ok(Format::TorchScript)
@@ -323,8 +328,13 @@ pub(crate) fn shown(name: &str) -> String {
     out
 }
 
-/// Enough for the zip magic, the pickle protocol header and safetensors' header length + `{`.
-pub(crate) const SNIFF_LEN: usize = 9;
+/// Enough for the zip magic, safetensors' header length and `{`, and the legacy `torch.save`
+/// magic number (a pickle's protocol header, a frame header, the pickled integer).
+pub(crate) const SNIFF_LEN: usize = 32;
+
+/// The largest safetensors header read while detecting the format: the `safetensors` library's
+/// own limit (`MAX_HEADER_SIZE`, 100 MB).
+pub(crate) const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sniff {
@@ -334,25 +344,59 @@ pub(crate) enum Sniff {
     Unknown,
 }
 
-/// Classifies a file from its first [`SNIFF_LEN`] bytes and its length.
+/// `torch.serialization.MAGIC_NUMBER` (0x1950a86a20f9469cfc6c) as pickle's LONG1 opcode writes it:
+/// the first object of every legacy (pre-1.6 or `_use_new_zipfile_serialization=False`) file.
+const LEGACY_MAGIC: &[u8] = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
+/// Classifies a file from its first [`SNIFF_LEN`] bytes and its length: a zip by its signature,
+/// a legacy `torch.save` pickle only by its magic number, and a safetensors file only as a
+/// candidate: its header length must fit in the file and its header start with `{`; the header
+/// itself is checked by [`is_safetensors_header`]. The three cannot be confused: a pickle's
+/// `0x80` first byte is also the first byte of a safetensors header length of 640, 896, ...
 pub(crate) fn sniff(head: &[u8], file_len: u64) -> Sniff {
     // A local file header, or the end-of-central-directory record of an empty zip.
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniff::Zip;
     }
-    // PROTO opcode; legacy torch.save starts with a pickled magic number at protocol 2.
-    if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+    if safetensors_header_len(head, file_len).is_some() {
+        return Sniff::Safetensors;
+    }
+    if is_legacy_pickle(head) {
         return Sniff::Pickle;
     }
-    if head.len() >= SNIFF_LEN && head[8] == b'{' {
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&head[..8]);
-        let header_len = u64::from_le_bytes(n);
-        if header_len >= 2 && header_len.checked_add(8).is_some_and(|end| end <= file_len) {
-            return Sniff::Safetensors;
-        }
-    }
     Sniff::Unknown
+}
+
+/// The header length of a file that may be safetensors: 8 bytes of little-endian length, within
+/// the file, then a header that starts with `{`.
+pub(crate) fn safetensors_header_len(head: &[u8], file_len: u64) -> Option<u64> {
+    let n: [u8; 8] = head.get(..8)?.try_into().ok()?;
+    let header_len = u64::from_le_bytes(n);
+    let fits = header_len >= 2 && header_len.checked_add(8).is_some_and(|end| end <= file_len);
+    (fits && head.get(8) == Some(&b'{')).then_some(header_len)
+}
+
+/// Whether a safetensors header is what the format requires: a JSON object (padded with
+/// spaces, as writers align the data to 8 bytes).
+pub(crate) fn is_safetensors_header(header: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<serde_json::Value>(header),
+        Ok(serde_json::Value::Object(_))
+    )
+}
+
+/// A pickle (protocol 2 to 5, its frame header from protocol 4 on) whose first object is
+/// `torch.save`'s legacy magic number.
+fn is_legacy_pickle(head: &[u8]) -> bool {
+    let [0x80, protocol, rest @ ..] = head else {
+        return false;
+    };
+    let body = match (protocol, rest) {
+        (2..=3, _) => rest,
+        (4..=5, [0x95, rest @ ..]) => rest.get(8..).unwrap_or_default(),
+        _ => return false,
+    };
+    body.starts_with(LEGACY_MAGIC)
 }
 
 /// Distinguishes the temporary files of concurrent writers within one process (the pid does
@@ -510,11 +554,29 @@ mod tests {
     #[test]
     fn sniffing_tells_formats_apart() {
         assert_eq!(sniff(b"PK\x03\x04rest", 100), Sniff::Zip);
-        assert_eq!(sniff(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9", 100), Sniff::Pickle);
+        let legacy2 = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M";
+        assert_eq!(sniff(legacy2, 100), Sniff::Pickle);
+        let legacy4 = b"\x80\x04\x95\r\0\0\0\0\0\0\0\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.";
+        assert_eq!(sniff(legacy4, 100), Sniff::Pickle);
+        // Any other pickle is not a checkpoint.
+        assert_eq!(
+            sniff(b"\x80\x04\x95\x10\0\0\0\0\0\0\0}q\0", 100),
+            Sniff::Unknown
+        );
         assert_eq!(sniff(b"\x02\0\0\0\0\0\0\0{", 10), Sniff::Safetensors);
         // A header longer than the file is not a safetensors file.
         assert_eq!(sniff(b"\x20\0\0\0\0\0\0\0{", 10), Sniff::Unknown);
         assert_eq!(sniff(b"", 0), Sniff::Unknown);
+        // Header lengths whose first byte is a pickle's PROTO opcode: 640, 896, 1152, 1408.
+        for len in [640u64, 896, 1152, 1408] {
+            let mut head = len.to_le_bytes().to_vec();
+            head.push(b'{');
+            assert_eq!(head[..2], [0x80, (len >> 8) as u8]);
+            assert_eq!(sniff(&head, 8 + len), Sniff::Safetensors, "{len}");
+        }
+        assert!(is_safetensors_header(b"{\"a\": {}}   "));
+        assert!(!is_safetensors_header(b"{\"a\": "));
+        assert!(!is_safetensors_header(b"[1, 2]"));
     }
 
     #[test]

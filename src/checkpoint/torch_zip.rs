@@ -18,7 +18,10 @@
 //! (`__torch__.*`), whose instances stay inert objects that record their class name and the state
 //! BUILD gives them, the `torch.jit._pickle` list helpers and `builtins.complex`.
 
-use super::{shown, sniff, CheckpointError, Sniff, SNIFF_LEN};
+use super::{
+    is_safetensors_header, safetensors_header_len, shown, sniff, CheckpointError, Sniff,
+    MAX_SAFETENSORS_HEADER, SNIFF_LEN,
+};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -70,10 +73,17 @@ pub fn read_torch_zip(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, C
 /// [`read_torch_zip`] on any seekable reader (e.g. an in-memory `Cursor`); `name` is only used in
 /// error messages.
 pub fn read_torch_zip_from<R: Read + Seek>(
-    mut reader: R,
+    reader: R,
     name: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let path = name.as_ref();
+    read_zip(reader, name.as_ref(), false)
+}
+
+fn read_zip<R: Read + Seek>(
+    mut reader: R,
+    path: &Path,
+    keep_ties: bool,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let file_len = match sniff_reader(&mut reader, path)? {
         (Sniff::Zip, len) => len,
         (Sniff::Pickle, _) => {
@@ -116,8 +126,22 @@ pub fn read_torch_zip_from<R: Read + Seek>(
     )?;
     let mut storages = ZipStorages::new(archive, path, prefix, file_len);
     let mut vm = Unpickler::new(&pickle, path, &mut storages);
+    vm.keep_ties = keep_ties;
     let root = vm.run()?;
     vm.into_state_dict(root)
+}
+
+/// [`read_torch_zip`], but tied weights stay tied: names whose tensors are the same view of one
+/// storage in the file (as `torch.save(model.state_dict())` writes the tied `Parameter`s of a
+/// model, e.g. GPT-2's `transformer.wte.weight` and `lm_head.weight`) get the same tensor
+/// (shallow clones sharing its memory), as a model with tied parameters has one `Parameter`.
+/// Other views of a storage (a slice, another shape) are copies, as with [`read_torch_zip`].
+pub fn read_torch_zip_tied(
+    path: impl AsRef<Path>,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    read_zip(BufReader::new(file), path, true)
 }
 
 /// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
@@ -133,7 +157,8 @@ pub(super) fn read_module_state(
     vm.into_module_state(root, classes)
 }
 
-/// What a reader's first bytes say it is, and its length; the reader is left at its start.
+/// What a reader's first bytes say it is, and its length; the reader is left at its start. A
+/// safetensors file is recognised only with a header that is a JSON object.
 pub(super) fn sniff_reader<R: Read + Seek>(
     reader: &mut R,
     path: &Path,
@@ -146,8 +171,24 @@ pub(super) fn sniff_reader<R: Read + Seek>(
         .take(SNIFF_LEN as u64)
         .read_to_end(&mut head)
         .map_err(read_err)?;
+    let mut kind = sniff(&head, file_len);
+    if kind == Sniff::Safetensors {
+        let header_len = safetensors_header_len(&head, file_len).unwrap_or(0);
+        kind = Sniff::Unknown;
+        if header_len <= MAX_SAFETENSORS_HEADER {
+            let mut header = Vec::with_capacity(header_len as usize);
+            reader.seek(SeekFrom::Start(8)).map_err(read_err)?;
+            reader
+                .take(header_len)
+                .read_to_end(&mut header)
+                .map_err(read_err)?;
+            if is_safetensors_header(&header) {
+                kind = Sniff::Safetensors;
+            }
+        }
+    }
     reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    Ok((sniff(&head, file_len), file_len))
+    Ok((kind, file_len))
 }
 
 /// Refuses archives written on big-endian machines (their storages would read byte-swapped).
@@ -193,12 +234,29 @@ where
 {
     let path = path.as_ref();
     super::check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
+    // Tied weights (names given the very same tensor memory, seen the same way) share one
+    // storage, as `torch.save` writes a tied model's state dict.
     let mut hosts = Vec::with_capacity(tensors.len());
+    let mut storage_of = Vec::with_capacity(tensors.len());
+    let mut seen: HashMap<(usize, String, Vec<i64>, Vec<i64>), usize> = HashMap::new();
     for (name, tensor) in tensors {
-        hosts.push(super::HostTensor::of(path, name.as_ref(), tensor.borrow())?);
+        let t: &Tensor = tensor.borrow();
+        let identity = (t.numel() > 0 && t.is_contiguous()).then(|| {
+            let place = format!("{:?}{:?}", t.device(), t.kind());
+            (t.data_ptr() as usize, place, t.size(), t.stride())
+        });
+        if let Some(&key) = identity.as_ref().and_then(|id| seen.get(id)) {
+            storage_of.push(key);
+            continue;
+        }
+        if let Some(id) = identity {
+            seen.insert(id, hosts.len());
+        }
+        storage_of.push(hosts.len());
+        hosts.push(super::HostTensor::of(path, name.as_ref(), t)?);
     }
     let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
-    let pickle = state_dict_pickle(&names, &hosts);
+    let pickle = state_dict_pickle(&names, &storage_of, &hosts);
 
     let write_err = |e: std::io::Error| CheckpointError::io(path, "cannot write", e);
     let zip_err = |e: zip::result::ZipError| {
@@ -236,12 +294,14 @@ where
 
 /// The pickle (protocol 2) of an `OrderedDict` of `_rebuild_tensor_v2` calls, storage `i` being
 /// `data/i`. No memo: every global is spelled out again, which any unpickler accepts.
-fn state_dict_pickle(names: &[&str], hosts: &[super::HostTensor]) -> Vec<u8> {
+/// Name `i` is over storage `storage_of[i]`.
+fn state_dict_pickle(names: &[&str], storage_of: &[usize], hosts: &[super::HostTensor]) -> Vec<u8> {
     let mut p = PickleWriter(Vec::new());
     p.0.extend_from_slice(b"\x80\x02");
     p.global("collections", "OrderedDict");
     p.0.extend_from_slice(b")R(");
-    for (key, (name, host)) in names.iter().zip(hosts).enumerate() {
+    for (name, &key) in names.iter().zip(storage_of) {
+        let host = &hosts[key];
         p.str(name);
         p.global("torch._utils", "_rebuild_tensor_v2");
         p.0.extend_from_slice(b"((");
@@ -645,6 +705,9 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+/// A view of a storage: storage key, dtype, offset, size, stride.
+type ViewKey = (Rc<str>, Kind, i64, Vec<i64>, Vec<i64>);
+
 #[derive(Debug)]
 struct StorageRef {
     kind: Result<Kind, Rc<str>>,
@@ -765,6 +828,10 @@ struct Unpickler<'a> {
     bases: HashMap<(Rc<str>, Kind), Tensor>,
     /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
     taken: HashSet<Rc<str>>,
+    /// Hand out the same tensor for the same view of a storage (tied weights), instead of copies.
+    keep_ties: bool,
+    /// The tensors built so far by their view, when `keep_ties`.
+    views: HashMap<ViewKey, Tensor>,
 }
 
 type VmResult<T> = Result<T, CheckpointError>;
@@ -792,6 +859,8 @@ impl<'a> Unpickler<'a> {
             arena: Vec::new(),
             bases: HashMap::new(),
             taken: HashSet::new(),
+            keep_ties: false,
+            views: HashMap::new(),
         }
     }
 
@@ -1418,6 +1487,37 @@ impl<'a> Unpickler<'a> {
             .ok_or_else(|| invalid("its storage was not read"))?;
         let view = StridedView::new(storage.numel, offset, &size, &stride)
             .map_err(TensorProblem::Invalid)?;
+        let key: ViewKey = (
+            storage.key.clone(),
+            kind,
+            offset,
+            size.clone(),
+            stride.clone(),
+        );
+        if self.keep_ties {
+            if let Some(t) = self.views.get(&key) {
+                return Ok(t.shallow_clone());
+            }
+        }
+        let t = self.rebuild_view(storage, kind, bytes, view, offset, &size, &stride)?;
+        if self.keep_ties {
+            self.views.insert(key, t.shallow_clone());
+        }
+        Ok(t)
+    }
+
+    /// The tensor of one view of a storage: see [`Unpickler::rebuild_tensor`].
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_view(
+        &mut self,
+        storage: &StorageRef,
+        kind: Kind,
+        bytes: &Tensor,
+        view: StridedView,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Result<Tensor, TensorProblem> {
         let torch = |e: tch::TchError| {
             TensorProblem::Invalid(format!(
                 "libtorch: {}",
@@ -1433,7 +1533,7 @@ impl<'a> Unpickler<'a> {
             // byte length against its element count when it was loaded.
             let t = base
                 .f_narrow(0, start as i64, (end - start) as i64)
-                .and_then(|t| t.f_view(size.as_slice()))
+                .and_then(|t| t.f_view(size))
                 .map_err(torch)?;
             // The first tensor over a whole storage takes its memory, with no copy; any other
             // gets a copy, so that tensors read never share memory (pruning one in place must
@@ -1445,7 +1545,7 @@ impl<'a> Unpickler<'a> {
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
-        base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
+        base.f_as_strided(size, stride, offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
     }
@@ -1549,7 +1649,7 @@ impl<'a> Unpickler<'a> {
         let mut handed_out = HashSet::new();
         for (name, index) in keys {
             let tensor = match &self.arena[index] {
-                Obj::Tensor(t) if handed_out.insert(index) => t.shallow_clone(),
+                Obj::Tensor(t) if self.keep_ties || handed_out.insert(index) => t.shallow_clone(),
                 // The same tensor object under two keys: each key gets its own copy.
                 Obj::Tensor(t) => t
                     .f_detach_copy()
@@ -2167,7 +2267,7 @@ pub(super) mod tests {
             host(Kind::Int64, &[]),
             host(Kind::Bool, &[0]),
         ];
-        let pickle = state_dict_pickle(&["w", "n", "e"], &hosts);
+        let pickle = state_dict_pickle(&["w", "n", "e"], &[0, 1, 2], &hosts);
         let sd = unpickle(&pickle).expect("reads back");
         let got: Vec<(&str, Vec<i64>, Kind)> = sd
             .iter()
