@@ -53,7 +53,7 @@ impl ModelFile {
     pub fn open(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
         let format = Format::detect(path)?;
-        let contents = match format {
+        let (contents, ties) = match format {
             Format::TorchScript => {
                 let model = ScriptModel::load(path, device)?;
                 let state = checkpoint::read_torchscript_state(path)?;
@@ -63,11 +63,20 @@ impl ModelFile {
                     .into_iter()
                     .filter(|(n, _)| !params.contains(n))
                     .collect();
-                Contents::Script {
+                // A module's tied parameters are one tensor in the store under each name.
+                let vars = model.var_store().variables();
+                let parameters: Vec<(String, Tensor)> = model
+                    .parameter_names()
+                    .iter()
+                    .map(|n| (n.clone(), vars[n].shallow_clone()))
+                    .collect();
+                let ties = shared_names(&parameters);
+                let contents = Contents::Script {
                     model,
                     state_names,
                     buffers,
-                }
+                };
+                (contents, ties)
             }
             Format::TorchZip | Format::Safetensors => {
                 // The format is known: read it directly, not through `read_state_dict`'s
@@ -93,24 +102,9 @@ impl ModelFile {
                     }
                     names.push(name);
                 }
-                let contents = Contents::Tensors { vs, names, masks };
-                return Ok(Self {
-                    format,
-                    contents,
-                    ties,
-                });
+                (Contents::Tensors { vs, names, masks }, ties)
             }
         };
-        let vars = contents_store(&contents).variables();
-        let parameters: Vec<(String, Tensor)> = match &contents {
-            Contents::Script { model, .. } => model
-                .parameter_names()
-                .iter()
-                .map(|n| (n.clone(), vars[n].shallow_clone()))
-                .collect(),
-            Contents::Tensors { .. } => Vec::new(),
-        };
-        let ties = shared_names(&parameters);
         Ok(Self {
             format,
             contents,
@@ -156,7 +150,10 @@ impl ModelFile {
     }
 
     pub fn var_store(&self) -> &VarStore {
-        contents_store(&self.contents)
+        match &self.contents {
+            Contents::Script { model, .. } => model.var_store(),
+            Contents::Tensors { vs, .. } => vs,
+        }
     }
 
     /// The TorchScript module, for a TorchScript file.
@@ -297,13 +294,6 @@ impl ModelFile {
                 Ok(checkpoint::write_torch_zip(path, &self.tensors(pruner))?)
             }
         }
-    }
-}
-
-fn contents_store(contents: &Contents) -> &VarStore {
-    match contents {
-        Contents::Script { model, .. } => model.var_store(),
-        Contents::Tensors { vs, .. } => vs,
     }
 }
 
