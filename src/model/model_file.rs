@@ -3,9 +3,9 @@
 
 use crate::checkpoint::{self, Format};
 use crate::error::Result;
-use crate::pruner::{mask_name, orig_name, Pruner};
-use crate::report::Report;
-use crate::torchscript::{add_dotted, ScriptModel};
+use crate::model::report::Report;
+use crate::model::script_model::{add_dotted, ScriptModel};
+use crate::prune::pruner::{mask_name, orig_name, Pruner};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::nn::VarStore;
