@@ -160,6 +160,49 @@ fn tied_weights_are_pruned_once_and_stay_tied_in_every_format() {
     pytorch_agrees(&specs);
 }
 
+/// `--state-out` of a tied model: PyTorch loads it strictly into the tied model reparametrized
+/// under the name the tensor was pruned under (the first name of the tie; in safetensors, the
+/// name the file holds), the other name holding `_orig`'s values as PyTorch's does.
+#[test]
+fn the_reparametrized_state_of_a_tied_model_loads_strictly_into_pytorch() {
+    let Some(dir) = fixtures() else { return };
+    let work = common::tempdir();
+    let mut args: Vec<PathBuf> = Vec::new();
+    for (format, ext) in FORMATS {
+        let input = dir.join(format!("tied.{ext}"));
+        let output = work.path().join(format!("out.{ext}"));
+        let state = work.path().join(format!("state-{format}.safetensors"));
+        ok(&[
+            "prune",
+            path_str(&input),
+            "-o",
+            path_str(&output),
+            "--method",
+            "l1-unstructured",
+            "--amount",
+            "0.3",
+            "--state-out",
+            path_str(&state),
+        ]);
+        args.push(state);
+    }
+    let script = format!(
+        "{SCRIPT}\nimport sys\nfrom safetensors.torch import load_file\n\
+         for state, kept in zip(sys.argv[1:], ['embed', 'embed', 'decoder']):\n\
+         \x20   model = build('tied')\n\
+         \x20   prune.identity(getattr(model, kept), 'weight')\n\
+         \x20   prune.identity(model.hidden, 'weight')\n\
+         \x20   model.load_state_dict(load_file(state), strict=True)\n\
+         \x20   other = 'decoder' if kept == 'embed' else 'embed'\n\
+         \x20   assert getattr(model, other).weight is getattr(model, kept).weight_orig\n\
+         print('OK')\n"
+    );
+    let script = script.replace("if __name__ == \"__main__\":", "if False:");
+    let args: Vec<&Path> = args.iter().map(PathBuf::as_path).collect();
+    let out = common::run_python(&script, &args).unwrap();
+    assert_eq!(out.trim(), "OK");
+}
+
 #[test]
 fn the_readers_keep_ties_only_when_asked() {
     let Some(dir) = fixtures() else { return };
