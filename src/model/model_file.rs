@@ -3,7 +3,6 @@
 
 use crate::checkpoint::{self, Format};
 use crate::error::Result;
-use crate::model::report::Report;
 use crate::model::script_model::{add_dotted, ScriptModel};
 use crate::prune::pruner::{mask_name, orig_name, Pruner};
 use std::collections::{HashMap, HashSet};
@@ -114,6 +113,8 @@ impl ModelFile {
 
     /// The tied names: each alias with the name its tensor is pruned under (the first of the
     /// tie in the file's order, or for safetensors the name the file holds), in the file's order.
+    /// For a report that counts a tied tensor once: `Report::with_ties(&model.tensors(&pruner),
+    /// &model.ties().into_iter().collect())`.
     pub fn ties(&self) -> Vec<(String, String)> {
         self.names()
             .iter()
@@ -235,12 +236,6 @@ impl ModelFile {
                 (n.clone(), t.detach())
             })
             .collect()
-    }
-
-    /// The sparsity report of [`ModelFile::tensors`]: a tied tensor is counted once, its
-    /// aliases listed as tied to it.
-    pub fn report(&self, pruner: &Pruner) -> Result<Report> {
-        Report::with_ties(&self.tensors(pruner), &self.ties)
     }
 
     /// The reparametrized state in the file's order, as PyTorch's `state_dict()` of the same

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::write_safetensors;
-use tch_prune::ModelFile;
+use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
 #[command(
@@ -267,7 +267,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     if let Some((path, state)) = state {
         write_safetensors(path, &state)?;
     }
-    let report = model.report(&pruner)?;
+    let report = report_of(&model, &pruner)?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
         pruned.len(),
@@ -277,6 +277,12 @@ fn prune(args: PruneArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+/// The sparsity of every tensor of the model, a tied tensor counted once.
+fn report_of(model: &ModelFile, pruner: &tch_prune::Pruner) -> Result<Report> {
+    let ties = model.ties().into_iter().collect();
+    Ok(Report::with_ties(&model.tensors(pruner), &ties)?)
 }
 
 /// The first few names of a list, for a one-line message.
@@ -296,7 +302,7 @@ fn shorten(names: &[String]) -> String {
 
 fn report(input: &Path, json: bool) -> Result<()> {
     let model = ModelFile::open(input, Device::Cpu)?;
-    let report = model.report(&model.pruner()?)?;
+    let report = report_of(&model, &model.pruner()?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
