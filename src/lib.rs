@@ -14,6 +14,10 @@
 //! | forward pre-hooks | [`Pruner::wrap`], [`Pruner::forward`], [`Pruner::apply_masks`] |
 //! | `BasePruningMethod` | the [`PruningMethod`] trait |
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |
+//! | `torch.ao.pruning.scheduler.CubicSL` (gradual pruning) | [`CubicSchedule`] with a [`GradualPruner`]; also [`LinearSchedule`], [`StepSchedule`], [`ConstantSchedule`] |
+//! | `WeightNormSparsifier(sparse_block_shape=(1, 4), zeros_per_block=2)` (2:4) | [`NmSparsity`] |
+//! | lottery-ticket rewinding | [`RewindPoint`] |
+//! | plotting a training run | [`Recorder`] (CSV, and SVG with the `plot` feature) |
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 
@@ -24,12 +28,19 @@ mod custom;
 mod error;
 mod global;
 mod grad_redirect;
+mod gradual;
 mod method;
 mod model_file;
 mod module;
+mod nm;
 pub mod plan;
+#[cfg(feature = "plot")]
+mod plot;
 mod pruner;
+mod recorder;
 mod report;
+mod rewind;
+mod schedule;
 mod selection;
 mod state;
 mod structured;
@@ -40,11 +51,18 @@ pub use amount::Amount;
 pub use container::combine_masks;
 pub use custom::CustomFromMask;
 pub use error::{first_line, PruneError, Result};
+pub use gradual::{GradualPruner, ScheduleStep};
 pub use method::{PruningMethod, PruningType};
 pub use model_file::ModelFile;
 pub use module::{Pruned, PrunedT};
+pub use nm::NmSparsity;
 pub use pruner::{mask_name, orig_name, Pruner};
+pub use recorder::{Record, Recorder};
 pub use report::{Report, TensorReport};
+pub use rewind::RewindPoint;
+pub use schedule::{
+    ConstantSchedule, CubicSchedule, LinearSchedule, SparsitySchedule, StepSchedule,
+};
 pub use structured::{LnStructured, Norm, RandomStructured};
 pub use torchscript::ScriptModel;
 pub use unstructured::{Identity, L1Unstructured, RandomUnstructured};

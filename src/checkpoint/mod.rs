@@ -156,8 +156,8 @@ impl Format {
         let (kind, _) = torch_zip::sniff_reader(&mut reader, path)?;
         match kind {
             Sniff::Zip => {
-                let archive = zip::ZipArchive::new(reader)
-                    .map_err(|e| torch_zip::corrupt(path, e))?;
+                let archive =
+                    zip::ZipArchive::new(reader).map_err(|e| torch_zip::corrupt(path, e))?;
                 let layout = torch_zip::ZipLayout::of(archive.file_names());
                 if layout.torchscript {
                     Ok(Format::TorchScript)
