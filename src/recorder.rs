@@ -68,6 +68,11 @@ impl Recorder {
         });
     }
 
+    /// The plot's title.
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
     /// Every record, in the order recorded.
     pub fn records(&self) -> &[Record] {
         &self.records
