@@ -109,6 +109,12 @@ impl GradualPruner {
         if names.is_empty() {
             return Err(PruneError::NothingToPrune);
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(**n)) {
+            return Err(PruneError::InvalidArgument(format!(
+                "'{dup}' is listed twice for gradual pruning"
+            )));
+        }
         let unit = match method(Amount::Count(0))?.pruning_type() {
             PruningType::Unstructured => Unit::Entries,
             PruningType::Structured { dim } => Unit::Channels { dim },

@@ -40,6 +40,9 @@ pub(crate) struct Panel<'a> {
     pub y_desc: &'a str,
     /// A fixed y range (e.g. 0..100 for percentages); `None` fits the data.
     pub y_range: Option<Range<f64>>,
+    /// Where the legend goes: where the curves are not (rising curves leave the lower
+    /// right free, falling ones the upper right).
+    pub legend: SeriesLabelPosition,
     pub lines: Vec<Line<'a>>,
 }
 
@@ -78,6 +81,7 @@ pub(crate) fn stacked_lines(title: &str, x_desc: &str, panels: &[Panel]) -> Resu
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(panel.y_desc)
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
                 .map_err(|e| err(&e))?;
@@ -90,14 +94,15 @@ pub(crate) fn stacked_lines(title: &str, x_desc: &str, panels: &[Panel]) -> Resu
                     ))
                     .map_err(|e| err(&e))?
                     .label(line.label)
+                    // A filled swatch: the only polylines are the series themselves.
                     .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                        Rectangle::new([(x, y - 4), (x + 16, y + 4)], c.filled())
                     });
             }
             if !panel.lines.is_empty() {
                 chart
                     .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
+                    .position(panel.legend.clone())
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .label_font((FONT, 14))

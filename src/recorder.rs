@@ -118,6 +118,7 @@ impl Recorder {
     #[cfg(feature = "plot")]
     pub fn to_svg(&self) -> Result<String> {
         use crate::plot::{stacked_lines, Line, Panel};
+        use plotters::chart::SeriesLabelPosition;
         let runs = self.runs();
         let series = |value: &dyn Fn(&Record) -> Option<f64>| -> Vec<Line> {
             runs.iter()
@@ -139,12 +140,14 @@ impl Recorder {
         let mut panels = vec![Panel {
             y_desc: "sparsity (%)",
             y_range: Some(0.0..100.0),
+            legend: SeriesLabelPosition::LowerRight,
             lines: series(&|r| Some(100.0 * r.sparsity)),
         }];
         if self.records.iter().any(|r| r.loss.is_some()) {
             panels.push(Panel {
                 y_desc: "loss",
                 y_range: None,
+                legend: SeriesLabelPosition::UpperRight,
                 lines: series(&|r| r.loss),
             });
         }
@@ -152,6 +155,7 @@ impl Recorder {
             panels.push(Panel {
                 y_desc: "accuracy (%)",
                 y_range: None,
+                legend: SeriesLabelPosition::LowerRight,
                 lines: series(&|r| r.accuracy.map(|a| 100.0 * a)),
             });
         }
