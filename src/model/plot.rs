@@ -3,8 +3,8 @@
 //! of `tch-prune report --svg`.
 
 use crate::error::{PruneError, Result};
-use crate::recorder::write_text;
-use crate::report::Report;
+use crate::model::report::Report;
+use crate::model::text_file::write_text;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use std::ops::Range;

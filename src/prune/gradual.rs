@@ -1,13 +1,12 @@
 //! Gradual pruning: a training loop prunes up to a [`SparsitySchedule`] step by step, each step
 //! pruning the difference relative to what remains (iterative pruning's composition).
 
-use crate::amount::Amount;
 use crate::error::{PruneError, Result};
-use crate::method::{PruningMethod, PruningType};
-use crate::pruner::Pruner;
-use crate::schedule::SparsitySchedule;
-use crate::structured::checked_dim;
-use crate::unstructured::Identity;
+use crate::prune::amount::Amount;
+use crate::prune::method::{checked_dim, PruningMethod, PruningType};
+use crate::prune::pruner::Pruner;
+use crate::prune::schedule::SparsitySchedule;
+use crate::prune::unstructured::Identity;
 use std::collections::HashMap;
 use std::fmt;
 use tch::{Kind, Tensor};

@@ -3,8 +3,7 @@
 //! take).
 
 use crate::error::{PruneError, Result};
-use crate::method::{PruningMethod, PruningType};
-use crate::structured::checked_dim;
+use crate::prune::method::{checked_dim, PruningMethod, PruningType};
 use std::fmt;
 use std::str::FromStr;
 use tch::{Kind, Tensor};

@@ -1,8 +1,8 @@
 //! A training-curve recorder: the loop feeds it (step, sparsity, loss, accuracy) per run, and
 //! it writes them as CSV and as an SVG line plot.
 
-use crate::checkpoint::{atomic_write, CheckpointError};
-use crate::error::{PruneError, Result};
+use crate::error::Result;
+use crate::model::text_file::write_text;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -117,7 +117,7 @@ impl Recorder {
     /// recorded them, against the step; one line per run, with a legend.
     #[cfg(feature = "plot")]
     pub fn to_svg(&self) -> Result<String> {
-        use crate::plot::{stacked_lines, Line, Panel};
+        use crate::model::plot::{stacked_lines, Line, Panel};
         use plotters::chart::SeriesLabelPosition;
         let runs = self.runs();
         let series = |value: &dyn Fn(&Record) -> Option<f64>| -> Vec<Line> {
@@ -176,14 +176,6 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// Writes `text` to `path` all or nothing (a temporary file renamed into place).
-pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
-    atomic_write(path, |tmp| {
-        std::fs::write(tmp, text)
-            .map_err(|e| PruneError::from(CheckpointError::io(path, "cannot write", e)))
-    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! as they were at an early step, put back later under the masks found since.
 
 use crate::error::{PruneError, Result};
-use crate::pruner::{orig_name, Pruner};
+use crate::prune::pruner::{orig_name, Pruner};
 use tch::nn::{Optimizer, OptimizerConfig, VarStore};
 use tch::Tensor;
 
