@@ -20,7 +20,7 @@ use tch::Tensor;
 /// use tch::{nn, nn::OptimizerConfig, Device};
 /// use tch_prune::{Pruner, RewindPoint};
 /// let vs = nn::VarStore::new(Device::Cpu);
-/// let fc = nn::linear(vs.root() / "fc", 4, 2, Default::default());
+/// let mut fc = nn::linear(vs.root() / "fc", 4, 2, Default::default());
 /// let pruner = Pruner::new(&vs);
 /// let early = RewindPoint::capture(&pruner)?;                 // at step k
 /// // ... train, prune ...
