@@ -306,3 +306,33 @@ fn rewinding_restores_the_survivors_and_keeps_the_masks() {
     assert!(err.to_string().contains("fc1.bias"), "{err}");
     assert!(vs.variables()["fc2.bias"].equal(&before));
 }
+
+#[test]
+fn boolean_masks_and_random_methods_follow_the_schedule_too() {
+    let _generator = common::generator();
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = vs.root().randn("w", &[9, 11], 0.0, 1.0);
+    let _ = vs.root().randn("u", &[5, 5], 0.0, 1.0);
+    let pruner = Pruner::with_bool_masks(&vs);
+    let schedule = CubicSchedule::new(0.8, 0, 1, 5).unwrap();
+    let l1 = GradualPruner::new(&pruner, &["w"], schedule, L1Unstructured::new)
+        .unwrap()
+        .global()
+        .unwrap();
+    let random = GradualPruner::new(&pruner, &["u"], schedule, |a| {
+        tch_prune::RandomUnstructured::new(a)
+    })
+    .unwrap();
+    for t in 0..=5 {
+        let want = |n: i64| (schedule.sparsity_at(t) * n as f64).round_ties_even() as i64;
+        assert_eq!(l1.step(t).unwrap().pruned, want(99), "step {t}");
+        assert_eq!(random.step(t).unwrap().pruned, want(25), "step {t}");
+        for (name, n) in [("w", 99), ("u", 25)] {
+            let mask = pruner.mask(name).unwrap();
+            assert_eq!(mask.kind(), Kind::Bool);
+            let zeros = mask.logical_not().sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(zeros, want(n), "{name} at step {t}");
+        }
+    }
+}
