@@ -199,6 +199,12 @@ fn per_tensor_and_structured_schedules_prune_exact_counts() {
         .any_dim(1, false);
     assert_eq!(d_rows.sum(Kind::Int64).int64_value(&[]), 3);
     assert_eq!(gradual.sparsity().unwrap(), 0.5);
+    // Scores for a tensor the schedule does not prune are a mistake, not ignored.
+    let stray = HashMap::from([(
+        "e".to_string(),
+        Tensor::ones([2], (Kind::Float, Device::Cpu)),
+    )]);
+    assert!(gradual.step_with_scores(3, &stray).is_err());
 }
 
 #[test]

@@ -179,6 +179,11 @@ impl GradualPruner {
         step: i64,
         importance_scores: &HashMap<String, Tensor>,
     ) -> Result<ScheduleStep> {
+        if let Some(extra) = importance_scores.keys().find(|k| !self.names.contains(k)) {
+            return Err(PruneError::InvalidArgument(format!(
+                "importance scores are given for '{extra}', which is not among the tensors this schedule prunes"
+            )));
+        }
         let target = self.schedule.sparsity_at(step);
         if !(0.0..=1.0).contains(&target) {
             return Err(PruneError::InvalidArgument(format!(
