@@ -158,9 +158,10 @@ impl Report {
                 .margin(14)
                 .x_label_area_size(40)
                 .y_label_area_size(label_width)
-                .build_cartesian_2d(0f64..100f64, (0..n.max(1)).into_segmented())
+                .build_cartesian_2d(0f64..100f64, (0..n.max(1) - 1).into_segmented())
                 .map_err(|e| err(&e))?;
-            // Bar i is drawn in row n - 1 - i, so the first tensor is at the top.
+            // Rows 0..=n-1 (a segmented range includes its end). Bar i is drawn in row
+            // n - 1 - i, so the first tensor is at the top.
             let name_of = |v: &SegmentValue<usize>| match v {
                 SegmentValue::CenterOf(row) if *row < n => self.tensors[n - 1 - row].name.clone(),
                 _ => String::new(),
