@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test downstream demo build bench lint msrv
+.PHONY: test downstream demo gradual build bench lint msrv
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -22,6 +22,10 @@ downstream:
 ## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:
 	$(TORCH_ENV) && cargo run --example demo
+
+## Pruning while training: the digits CNN trained from scratch in Rust (dense, gradual to 90 %, rewound, 2:4); writes target/gradual/curves.csv and curves.svg.
+gradual:
+	$(TORCH_ENV) && cargo run --example gradual
 
 ## Release binaries (target/release/tch-prune).
 build:

@@ -132,6 +132,15 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
+    #[error("cannot draw {what}: {reason}")]
+    Plot {
+        /// What was being drawn.
+        what: String,
+        /// plotters' error.
+        reason: String,
+    },
+
     /// Reading or writing a file failed.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
