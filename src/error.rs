@@ -91,13 +91,16 @@ impl From<TchError> for PruneError {
 
 /// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
 pub fn first_line(message: &str) -> String {
-    let line = message
+    // The prefix first: libtorch's own message may start on the next line.
+    let message = message.trim_start();
+    let message = message
+        .strip_prefix("Internal torch error:")
+        .unwrap_or(message);
+    message
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .unwrap_or("unknown error");
-    line.trim_start_matches("Internal torch error:")
-        .trim()
+        .unwrap_or("libtorch gave no message")
         .to_string()
 }
 
@@ -112,5 +115,11 @@ mod tests {
             first_line(raw),
             "shape '[3]' is invalid for input of size 4"
         );
+        let leading_newline = "Internal torch error: \nUnknown builtin op: aten::evil.\nframe #0";
+        assert_eq!(
+            first_line(leading_newline),
+            "Unknown builtin op: aten::evil."
+        );
+        assert_eq!(first_line("\n\n"), "libtorch gave no message");
     }
 }

@@ -17,11 +17,16 @@
 //! small pickle subset that state dicts use, and it never runs code named by the file; in its
 //! TorchScript mode it also reads the module tree of a `torch.jit.save` archive.
 
+pub mod code_policy;
 pub mod safetensors;
+pub mod temp_file;
 pub mod torch_zip;
 pub mod torchscript;
+mod zip_entries;
 
+pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::safetensors::{read_safetensors, write_safetensors};
+pub use self::temp_file::{check_destination, remove_temporary_files};
 pub use self::torch_zip::{read_torch_zip, read_torch_zip_from, write_torch_zip};
 pub use self::torchscript::{read_torchscript_state, read_torchscript_state_from};
 
@@ -29,7 +34,6 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// What can go wrong reading or writing a checkpoint. Every message is one line that starts with
@@ -75,6 +79,25 @@ pub enum CheckpointError {
 
     #[error("{}: this is a TorchScript module saved by torch.jit.save, not a state dict: load it as a module (tch::CModule::load) instead, or save model.state_dict() from Python", path.display())]
     TorchScript { path: PathBuf },
+
+    /// Two entries of a zip archive with the same name (ignoring ASCII case, as PyTorch's
+    /// reader compares them): readers disagree on which one counts.
+    #[error("{}: the zip archive holds two entries named '{entry}', and readers disagree on which one counts (PyTorch reads the first, others the last): refused; re-save the file from a copy you trust", path.display())]
+    DuplicateEntry { path: PathBuf, entry: String },
+
+    /// TorchScript code that libtorch would run while loading the file, or that reaches files,
+    /// processes or the network (see [`code_policy`]).
+    #[error("{}: entry {entry} line {line}: the TorchScript code {what}; libtorch would run it, so the file is refused: load it only if you trust it as a program (tch-prune --trust-code, or CodePolicy::Trusted)", path.display())]
+    UntrustedCode {
+        path: PathBuf,
+        entry: String,
+        line: usize,
+        what: String,
+    },
+
+    /// A destination that is not replaced: a link, a device, a folder, a missing folder.
+    #[error("{}: cannot write here: {reason}", path.display())]
+    Destination { path: PathBuf, reason: String },
 
     #[error("{}: malformed data.pkl at byte {offset}: {reason}", path.display())]
     MalformedPickle {
@@ -156,8 +179,7 @@ impl Format {
         let (kind, _) = torch_zip::sniff_reader(&mut reader, path)?;
         match kind {
             Sniff::Zip => {
-                let archive = zip::ZipArchive::new(reader)
-                    .map_err(|e| torch_zip::corrupt(path, e))?;
+                let archive = zip_entries::open_archive(reader, path)?;
                 let layout = torch_zip::ZipLayout::of(archive.file_names());
                 if layout.torchscript {
                     Ok(Format::TorchScript)
@@ -355,15 +377,16 @@ pub(crate) fn sniff(head: &[u8], file_len: u64) -> Sniff {
     Sniff::Unknown
 }
 
-/// Distinguishes the temporary files of concurrent writers within one process (the pid does
-/// so across processes).
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `path` all or nothing: `write` gets a temporary path in the same folder (named
-/// `.<name>.tmp-<pid>-<n>`) and must create the file there; once it returns `Ok` the file is
-/// fsynced and renamed over `path`. If `write` fails (or panics), or the sync or the rename
-/// does, the temporary file is removed and `path` is left as it was, so readers never see a
-/// truncated file.
+/// Writes `path` all or nothing: `write` gets the path of a temporary file in the same folder
+/// (already created, empty; see [`temp_file`] for where it lives and when it has a name) and
+/// must write the file there; once it returns `Ok` the file is fsynced and renamed over `path`.
+/// If `write` fails (or panics), or the sync or the rename does, the temporary file is removed
+/// and `path` is left as it was, so readers never see a truncated file. A writer that writes
+/// nothing is an error (no model file is empty).
+///
+/// `path` must be a regular file or not exist, in an existing folder ([`check_destination`]):
+/// links, devices, pipes and folders are never replaced. The check is made before writing and
+/// again before the rename.
 ///
 /// The error type is the closure's, so callers whose errors wrap [`CheckpointError`] (like
 /// [`PruneError`](crate::PruneError)) can use it directly.
@@ -373,54 +396,29 @@ where
     E: From<CheckpointError>,
 {
     let path = path.as_ref();
-    let name = path.file_name().ok_or_else(|| {
-        CheckpointError::io(
+    check_destination(path)?;
+    // Same folder, so the rename stays within one filesystem and is atomic.
+    let dir = temp_file::folder(path);
+    let tmp = temp_file::TempFile::create(dir)
+        .map_err(|e| CheckpointError::io(path, "cannot create a temporary file beside", e))?;
+    let value = write(tmp.path())?;
+    if std::fs::metadata(tmp.path()).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(CheckpointError::io(
             path,
             "cannot write",
-            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"),
+            io::Error::other("the writer wrote nothing"),
         )
-    })?;
-    // Same folder, so the rename stays within one filesystem and is atomic.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let guard = RemoveOnDrop(Some(&tmp));
-
-    let value = write(&tmp)?;
-    let synced = File::open(&tmp).and_then(|file| file.sync_all());
-    synced.map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    guard.disarm();
+        .into());
+    }
+    check_destination(path)?;
+    tmp.persist(path)
+        .map_err(|e| CheckpointError::io(path, "cannot write", e))?;
     // Makes the rename itself durable. Best effort: some filesystems refuse to fsync folders,
     // and the data is already in place either way.
     if let Ok(folder) = File::open(dir) {
         let _ = folder.sync_all();
     }
     Ok(value)
-}
-
-/// Deletes the temporary file on every exit path, panics included, until disarmed.
-struct RemoveOnDrop<'a>(Option<&'a Path>);
-
-impl RemoveOnDrop<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(path) = self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 #[cfg(test)]

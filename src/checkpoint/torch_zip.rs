@@ -97,7 +97,7 @@ pub fn read_torch_zip_from<R: Read + Seek>(
         }
     };
 
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+    let mut archive = super::zip_entries::open_archive(reader, path)?;
     let layout = ZipLayout::of(archive.file_names());
     if layout.torchscript {
         return Err(CheckpointError::TorchScript {
@@ -1243,6 +1243,16 @@ impl<'a> Unpickler<'a> {
     }
 
     fn resolve(&self, module: &str, name: &str) -> VmResult<Global> {
+        // Quantized tensors and packed quantized parameters are PyTorch's own, not a risk: say
+        // what they are.
+        let quantized = (module == "torch._utils" && name == "_rebuild_qtensor")
+            || module.starts_with("__torch__.torch.classes.quantized");
+        if quantized {
+            return Err(CheckpointError::Unsupported {
+                path: self.path.to_path_buf(),
+                reason: "quantized tensors are not supported: save the float model (before quantization, or dequantized) instead".into(),
+            });
+        }
         Global::resolve(module, name, self.mode).ok_or_else(|| CheckpointError::ForbiddenGlobal {
             path: self.path.to_path_buf(),
             global: shown(&format!("{module}.{name}")),

@@ -20,7 +20,7 @@
 //!   dict, and is not read.
 
 use super::torch_zip::{
-    check_byteorder, corrupt, read_entry, read_module_state, sniff_reader, ZipLayout, ZipStorages,
+    check_byteorder, read_entry, read_module_state, sniff_reader, ZipLayout, ZipStorages,
     MAX_PICKLE_BYTES,
 };
 use super::{shown, CheckpointError, Sniff};
@@ -81,7 +81,7 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
         (Sniff::Safetensors, _) => return Err(wrong("a safetensors file")),
         (Sniff::Unknown, _) => return Err(wrong("not a zip archive")),
     };
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+    let mut archive = super::zip_entries::open_archive(reader, path)?;
     let layout = ZipLayout::of(archive.file_names());
     let prefix = match (layout.torchscript, layout.prefix) {
         (true, Some(prefix)) => prefix,
