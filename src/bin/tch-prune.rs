@@ -1,6 +1,14 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
+// Until the binary has a folder of its own (issue 8), its modules live where they will then.
+#[path = "tch-prune/outputs.rs"]
+mod outputs;
+#[path = "tch-prune/quiet.rs"]
+mod quiet;
+#[path = "tch-prune/signals.rs"]
+mod signals;
+
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::write_safetensors;
+use tch_prune::checkpoint::{write_safetensors, CodePolicy};
 use tch_prune::plan::{parse_plan, split_patterns, MethodName, Step};
 use tch_prune::{ModelFile, Report};
 
@@ -21,6 +29,9 @@ use tch_prune::{ModelFile, Report};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show libtorch's own warnings, which are hidden otherwise.
+    #[arg(long, global = true)]
+    libtorch_warnings: bool,
 }
 
 #[derive(Subcommand)]
@@ -37,6 +48,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Let libtorch load a TorchScript file whose code it would run (see prune --help).
+        #[arg(long)]
+        trust_code: bool,
     },
 }
 
@@ -44,7 +58,8 @@ enum Command {
 struct PruneArgs {
     /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
     input: PathBuf,
-    /// Where to write the pruned model (same format as the input).
+    /// Where to write the pruned model (same format as the input): a regular file or a new
+    /// name in an existing folder; links, devices and folders are refused. It may be the input.
     #[arg(short, long)]
     output: PathBuf,
     /// l1-unstructured, random-unstructured, ln-structured, random-structured or identity.
@@ -54,7 +69,9 @@ struct PruneArgs {
     #[arg(long, allow_hyphen_values = true)]
     amount: Option<String>,
     /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
-    /// parameter whose name ends in 'weight' and that has at least two dimensions.
+    /// parameter whose name ends in 'weight' and that has at least two dimensions. A pattern that
+    /// matches no parameter, or a selection of nothing, is an error (exit 1), with or without
+    /// --global.
     #[arg(long)]
     params: Option<String>,
     /// Rank all selected tensors together (unstructured methods only).
@@ -68,21 +85,28 @@ struct PruneArgs {
     dim: Option<i64>,
     /// Seed for the random methods: on CPU, the result equals PyTorch's after
     /// torch.manual_seed(SEED) and the same calls in the same order.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     seed: Option<i64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
-    /// safetensors, after the pruned model.
+    /// safetensors, after the pruned model. Must differ from -o and from the input.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
     #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
     plan: Option<PathBuf>,
+    /// Load a TorchScript file even if its code would run: by default a TorchScript input
+    /// whose code defines __setstate__ (which libtorch runs while loading), or calls anything
+    /// that reads or writes files or reaches other processes, is refused before libtorch sees
+    /// it. Only for files you would run as programs.
+    #[arg(long)]
+    trust_code: bool,
 }
 
 fn main() -> ExitCode {
+    signals::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -107,9 +131,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let show = cli.libtorch_warnings;
     let result = match cli.command {
-        Command::Prune(args) => prune(*args),
-        Command::Report { input, json } => report(&input, json),
+        Command::Prune(args) => prune(*args, show),
+        Command::Report {
+            input,
+            json,
+            trust_code,
+        } => report(&input, json, policy(trust_code), show),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,9 +148,36 @@ fn main() -> ExitCode {
                 .chain()
                 .map(|c| tch_prune::first_line(&c.to_string()))
                 .collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", one_line(&chain.join(": ")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error line as printed: one line (control characters escaped), and not megabytes long
+/// whatever the user gave (names from files and patterns are cut on their own already).
+fn one_line(text: &str) -> String {
+    const MAX_CHARS: usize = 4000;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn policy(trust_code: bool) -> CodePolicy {
+    if trust_code {
+        CodePolicy::Trusted
+    } else {
+        CodePolicy::Checked
     }
 }
 
@@ -161,10 +217,14 @@ fn device(name: &str) -> Result<Device> {
     Ok(device)
 }
 
-fn prune(args: PruneArgs) -> Result<()> {
+fn prune(args: PruneArgs, show: bool) -> Result<()> {
+    // Before anything is read: a run that fails writes nothing, and what it may not replace
+    // it never touches.
+    outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
     let steps = steps(&args)?;
     let device = device(&args.device)?;
-    let model = ModelFile::open(&args.input, device)?;
+    let policy = policy(args.trust_code);
+    let model = quiet::quietly(show, || ModelFile::open_with(&args.input, device, policy))?;
     let parameters = model.parameters();
     let selections = steps
         .iter()
@@ -228,7 +288,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         None => None,
     };
     pruner.remove_all()?;
-    model.save(&args.output, &pruner)?;
+    quiet::quietly(show, || model.save(&args.output, &pruner))?;
     if let Some((path, state)) = state {
         write_safetensors(path, &state)?;
     }
@@ -244,8 +304,9 @@ fn prune(args: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(input: &Path, json: bool) -> Result<()> {
-    let model = ModelFile::open(input, Device::Cpu)?;
+fn report(input: &Path, json: bool, policy: CodePolicy, show: bool) -> Result<()> {
+    outputs::check(input, None, None)?;
+    let model = quiet::quietly(show, || ModelFile::open_with(input, Device::Cpu, policy))?;
     let report = Report::new(&model.tensors(&model.pruner()?))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
