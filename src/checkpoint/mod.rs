@@ -357,7 +357,7 @@ pub(crate) enum Sniff {
 }
 
 /// Classifies a file from its first [`SNIFF_LEN`] bytes and its length.
-pub(crate) fn sniff(head: &[u8], file_len: u64) -> Sniff {
+pub(crate) fn sniff(head: &[u8], _file_len: u64) -> Sniff {
     // A local file header, or the end-of-central-directory record of an empty zip.
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniff::Zip;
@@ -366,11 +366,12 @@ pub(crate) fn sniff(head: &[u8], file_len: u64) -> Sniff {
     if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return Sniff::Pickle;
     }
+    // A header length past the end of the file (`_file_len`) is still a safetensors file (a
+    // truncated or corrupt one), so that its reader says what is wrong with it.
     if head.len() >= SNIFF_LEN && head[8] == b'{' {
         let mut n = [0u8; 8];
         n.copy_from_slice(&head[..8]);
-        let header_len = u64::from_le_bytes(n);
-        if header_len >= 2 && header_len.checked_add(8).is_some_and(|end| end <= file_len) {
+        if u64::from_le_bytes(n) >= 2 {
             return Sniff::Safetensors;
         }
     }
@@ -510,8 +511,9 @@ mod tests {
         assert_eq!(sniff(b"PK\x03\x04rest", 100), Sniff::Zip);
         assert_eq!(sniff(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9", 100), Sniff::Pickle);
         assert_eq!(sniff(b"\x02\0\0\0\0\0\0\0{", 10), Sniff::Safetensors);
-        // A header longer than the file is not a safetensors file.
-        assert_eq!(sniff(b"\x20\0\0\0\0\0\0\0{", 10), Sniff::Unknown);
+        // A header longer than the file: a truncated safetensors file, for its reader to say so.
+        assert_eq!(sniff(b"\x20\0\0\0\0\0\0\0{", 10), Sniff::Safetensors);
+        assert_eq!(sniff(b"\x01\0\0\0\0\0\0\0{", 10), Sniff::Unknown);
         assert_eq!(sniff(b"", 0), Sniff::Unknown);
     }
 
