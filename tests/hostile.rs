@@ -352,3 +352,23 @@ fn interrupted_runs_leave_no_partial_file() {
     }
     assert!(interrupted > 10, "only {interrupted} runs were interrupted");
 }
+
+/// A wrong-shaped custom mask is reported against the tensor, by name.
+#[test]
+fn a_wrong_shaped_custom_mask_names_its_tensor() {
+    use tch::{nn::VarStore, Device, Kind, Tensor};
+    let vs = VarStore::new(Device::Cpu);
+    let _ =
+        (vs.root() / "fc1").var_copy("weight", &Tensor::ones([3, 4], (Kind::Float, Device::Cpu)));
+    let pruner = tch_prune::Pruner::new(&vs);
+    let mask = Tensor::ones([4, 3], (Kind::Float, Device::Cpu));
+    let err = pruner
+        .custom_from_mask("fc1.weight", &mask)
+        .expect_err("a mask of another shape");
+    let text = err.to_string();
+    assert!(
+        text.contains("'fc1.weight'") && text.contains("[4, 3]"),
+        "{text}"
+    );
+    assert!(!text.contains("the tensor'"), "{text}");
+}
