@@ -129,7 +129,7 @@ def main():
     torch.save({"a.bias": torch.randn(8), "b.bias": torch.randn(4)}, OUT / "only_1d.pt")
     import safetensors.torch
 
-    safetensors.torch.save_file({"big.weight": torch.randn(4096, 8192)}, str(OUT / "big.safetensors"))
+    safetensors.torch.save_file({"big.weight": torch.randn(4096, 4096)}, str(OUT / "big.safetensors"))
 
     # Two entries of one storage: PyTorch reads the first (ones), the zip crate the last.
     one = io.BytesIO()
