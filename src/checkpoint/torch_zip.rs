@@ -44,9 +44,23 @@ const MAX_WALK_STEPS: usize = 1 << 24;
 /// through its memo at every level for two bytes each, so longer names are refused.
 const MAX_NAME_BYTES: usize = 1 << 16;
 
-/// Copies of tensors shared by several modules may take this many times the bytes of the
-/// distinct tensors (or 1 GiB, if more).
+/// Copies of tensors (views of a storage another tensor has taken, strided views, a tensor
+/// under several names) may take this many times the bytes of the storages read, or
+/// [`COPY_BUDGET_FLOOR`] if more, so that a few bytes of pickle cannot ask for unbounded copies.
 const COPY_BUDGET_FACTOR: u64 = 8;
+const COPY_BUDGET_FLOOR: u64 = 64 << 20;
+
+/// A compressed entry (torch.save stores them uncompressed) may expand to this many times the
+/// file's size, or [`INFLATE_FLOOR`] if more: deflate reaches about 1000 times, so a small file
+/// could otherwise claim gigabytes.
+const INFLATE_FACTOR: u64 = 32;
+const INFLATE_FLOOR: u64 = 16 << 20;
+
+/// The unpickler's own memory (its stack, memo, objects and their items) may take this many
+/// times the size of `data.pkl`, plus [`VM_MEMORY_FLOOR`]. A real state dict's pickle takes
+/// several times its size; one byte of pickle (`)`, an empty tuple) can ask for a hundred.
+const VM_MEMORY_FACTOR: usize = 16;
+const VM_MEMORY_FLOOR: usize = 128 << 20;
 
 /// Reads a `torch.save` zip checkpoint holding a dict (plain or `OrderedDict`, e.g.
 /// `model.state_dict()`) of tensors.
@@ -385,6 +399,7 @@ pub(super) fn read_entry<R: Read + Seek>(
             reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
         });
     }
+    check_inflation(path, &name, &entry, file_len)?;
     // Reserving up front is only safe when the bytes must physically be in the file (torch.save
     // stores entries uncompressed); a compressed entry's claimed size could be anything.
     let stored = entry.compression() == zip::CompressionMethod::Stored;
@@ -407,6 +422,28 @@ pub(super) fn read_entry<R: Read + Seek>(
         });
     }
     Ok(bytes)
+}
+
+/// Refuses a compressed entry that would expand beyond [`INFLATE_FACTOR`] times the file (a
+/// decompression bomb), before anything is decompressed. `name` is already made safe to show.
+fn check_inflation<R: Read>(
+    path: &Path,
+    name: &str,
+    entry: &zip::read::ZipFile<'_, R>,
+    file_len: u64,
+) -> Result<(), CheckpointError> {
+    let size = entry.size();
+    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
+    if entry.compression() != zip::CompressionMethod::Stored && size > budget {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {name} is compressed from {} to {size} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed",
+                entry.compressed_size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
@@ -765,6 +802,13 @@ struct Unpickler<'a> {
     bases: HashMap<(Rc<str>, Kind), Tensor>,
     /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
     taken: HashSet<Rc<str>>,
+    /// The storages read, and their bytes in all: what the copy budget is relative to.
+    read: HashSet<Rc<str>>,
+    storage_bytes: u64,
+    /// Bytes of tensor copies made so far (see [`COPY_BUDGET_FACTOR`]).
+    copied: u64,
+    /// Values held inside tuples, lists, dicts and objects, for [`Unpickler::footprint`].
+    contained: usize,
 }
 
 type VmResult<T> = Result<T, CheckpointError>;
@@ -792,7 +836,38 @@ impl<'a> Unpickler<'a> {
             arena: Vec::new(),
             bases: HashMap::new(),
             taken: HashSet::new(),
+            read: HashSet::new(),
+            storage_bytes: 0,
+            copied: 0,
+            contained: 0,
         }
+    }
+
+    /// About how much memory the machine's values take (its stack, memo, objects and the items
+    /// in them; strings are bounded by the pickle itself).
+    fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        let cell = size_of::<Value>();
+        self.arena.len() * size_of::<Obj>()
+            + (self.stack.len() + self.contained + self.marks.len()) * cell
+            + self.memo.len() * 2 * (cell + size_of::<u32>())
+    }
+
+    /// Charges `bytes` of tensor copies to the copy budget, or says why they are refused.
+    fn charge_copy(&mut self, bytes: u64) -> Result<(), String> {
+        let budget = self
+            .storage_bytes
+            .saturating_mul(COPY_BUDGET_FACTOR)
+            .max(COPY_BUDGET_FLOOR);
+        let copied = self.copied.saturating_add(bytes);
+        if copied > budget {
+            return Err(format!(
+                "tensors that share storages would need {copied} bytes of copies, more than {COPY_BUDGET_FACTOR} times the {} bytes of the storages read; refused (save each tensor with .clone() to store it on its own)",
+                self.storage_bytes
+            ));
+        }
+        self.copied = copied;
+        Ok(())
     }
 
     fn malformed(&self, offset: usize, reason: impl Into<String>) -> CheckpointError {
@@ -871,6 +946,11 @@ impl<'a> Unpickler<'a> {
     }
 
     fn push_obj(&mut self, obj: Obj) {
+        self.contained += match &obj {
+            Obj::Tuple(items) | Obj::List(items) => items.len(),
+            Obj::Dict(dict) => 2 * dict.entries.len(),
+            _ => 0,
+        };
         let value = self.alloc(obj);
         self.stack.push(value);
     }
@@ -952,8 +1032,22 @@ impl<'a> Unpickler<'a> {
 
     /// Runs the pickle to its STOP opcode and returns the unpickled object.
     fn run(&mut self) -> VmResult<Value> {
+        let budget = self
+            .data
+            .len()
+            .saturating_mul(VM_MEMORY_FACTOR)
+            .saturating_add(VM_MEMORY_FLOOR);
         loop {
             let at = self.pos;
+            if self.footprint() > budget {
+                return Err(self.malformed(
+                    at,
+                    format!(
+                        "it builds more objects than a pickle of {} bytes can hold in a state dict (over {budget} bytes of memory); refused",
+                        self.data.len()
+                    ),
+                ));
+            }
             if at >= self.data.len() {
                 return Err(self.malformed(at, "truncated: the pickle ends before its STOP opcode"));
             }
@@ -1097,6 +1191,7 @@ impl<'a> Unpickler<'a> {
                 b'a' => {
                     let item = self.pop(at)?;
                     let list = self.top(at)?.clone();
+                    self.contained += 1;
                     match self.obj_mut(at, &list)? {
                         Obj::List(items) => items.push(item),
                         _ => {
@@ -1108,6 +1203,7 @@ impl<'a> Unpickler<'a> {
                 b'e' | 0x90 => {
                     let items = self.pop_mark(at)?;
                     let list = self.top(at)?.clone();
+                    self.contained += items.len();
                     match self.obj_mut(at, &list)? {
                         Obj::List(existing) => existing.extend(items),
                         _ => {
@@ -1129,6 +1225,7 @@ impl<'a> Unpickler<'a> {
                     let value = self.pop(at)?;
                     let key = self.pop(at)?;
                     let dict = self.top(at)?.clone();
+                    self.contained += 2;
                     match self.obj_mut(at, &dict)? {
                         Obj::Dict(d) => d.insert(key, value),
                         _ => {
@@ -1145,6 +1242,7 @@ impl<'a> Unpickler<'a> {
                         return Err(self.malformed(at, "SETITEMS with an odd number of items"));
                     }
                     let dict = self.top(at)?.clone();
+                    self.contained += items.len();
                     match self.obj_mut(at, &dict)? {
                         Obj::Dict(d) => {
                             let mut items = items.into_iter();
@@ -1223,6 +1321,7 @@ impl<'a> Unpickler<'a> {
                                 ));
                             }
                             *slot = Some(state);
+                            self.contained += 1;
                         }
                     }
                 }
@@ -1383,7 +1482,11 @@ impl<'a> Unpickler<'a> {
                     .ok_or_else(|| {
                         self.malformed(at, format!("storage '{}' is too large", shown(key)))
                     })?;
-                Some(self.storages.load(key, nbytes)?)
+                let loaded = self.storages.load(key, nbytes)?;
+                if self.read.insert(key.clone()) {
+                    self.storage_bytes = self.storage_bytes.saturating_add(nbytes);
+                }
+                Some(loaded)
             }
             Err(_) => None,
         };
@@ -1451,10 +1554,15 @@ impl<'a> Unpickler<'a> {
             if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
                 return Ok(t);
             }
+            let bytes = ((end - start) * kind.elt_size_in_bytes()) as u64;
+            self.charge_copy(bytes).map_err(TensorProblem::Invalid)?;
             let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
+        let bytes = (view.numel * kind.elt_size_in_bytes()) as u64;
+        self.charge_copy(bytes).map_err(TensorProblem::Invalid)?;
+        let base = &self.bases[&(storage.key.clone(), kind)];
         base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
@@ -1518,43 +1626,34 @@ impl<'a> Unpickler<'a> {
             keys.push((name, index));
         }
 
-        self.hand_out(keys, &key_prefix, None)
+        self.hand_out(keys, &key_prefix)
     }
 
     /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
-    /// error messages). A tensor under several names is copied for all but the first; with
-    /// `copy_factor`, copies may total at most that many times the bytes of the distinct tensors,
-    /// or 1 GiB if more, so that a few bytes of pickle cannot ask for unbounded copies.
+    /// error messages). A tensor under several names is copied for all but the first; the
+    /// copies are charged to the copy budget (see [`COPY_BUDGET_FACTOR`]) before any is made,
+    /// so that a few bytes of pickle cannot ask for unbounded copies.
     fn hand_out(
         &mut self,
         keys: Vec<(String, usize)>,
         key_prefix: &str,
-        copy_factor: Option<u64>,
     ) -> VmResult<Vec<(String, Tensor)>> {
-        if let Some(factor) = copy_factor {
-            let (mut distinct, mut copies) = (0u64, 0u64);
-            let mut seen = HashSet::new();
-            for (_, index) in &keys {
-                if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+        let mut copies = 0u64;
+        let mut seen = HashSet::new();
+        for (_, index) in &keys {
+            if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+                if !seen.insert(*index) {
                     let bytes =
                         (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
-                    if seen.insert(*index) {
-                        distinct = distinct.saturating_add(bytes);
-                    } else {
-                        copies = copies.saturating_add(bytes);
-                    }
+                    copies = copies.saturating_add(bytes);
                 }
             }
-            let budget = distinct.saturating_mul(factor).max(1 << 30);
-            if copies > budget {
-                return Err(CheckpointError::NotAStateDict {
-                    path: self.path.to_path_buf(),
-                    reason: format!(
-                        "shared tensors appear under so many names that their copies would take {copies} bytes"
-                    ),
-                });
-            }
         }
+        self.charge_copy(copies)
+            .map_err(|reason| CheckpointError::NotAStateDict {
+                path: self.path.to_path_buf(),
+                reason,
+            })?;
         let mut out = Vec::with_capacity(keys.len());
         let mut handed_out = HashSet::new();
         for (name, index) in keys {
@@ -1738,7 +1837,7 @@ impl<'a> Unpickler<'a> {
             }
             steps.extend(children.into_iter().rev());
         }
-        self.hand_out(keys, "", Some(COPY_BUDGET_FACTOR))
+        self.hand_out(keys, "")
     }
 
     /// The root dict if all its values are tensors, else the first [`NESTED_KEYS`] entry that is
@@ -1795,6 +1894,15 @@ impl StridedView {
                 contiguous = false;
             }
             expected = expected.saturating_mul(s);
+        }
+        // More elements than the storage holds: a view that repeats elements (an expansion such as
+        // `x.expand(n, m)`, PyTorch keeps it a view of a few bytes). Reading it would materialize
+        // every repeat, so it is refused.
+        if numel > storage_numel {
+            return Err(format!(
+                "{}: {numel} elements over a storage of {storage_numel} (an expanded view, strides of 0): refused rather than materialized; save x.contiguous() or x.clone() instead",
+                shape()
+            ));
         }
         if numel > 0 {
             let last = size
@@ -2137,8 +2245,11 @@ pub(super) mod tests {
         assert_eq!(view.contiguous_range(), Some((1, 6)));
         let view = StridedView::new(0, 7, &[0, 3], &[3, 1]).expect("empty");
         assert_eq!(view.contiguous_range(), Some((0, 0)));
-        // A broadcast (stride 0) view of one element.
-        assert!(StridedView::new(1, 0, &[4], &[0]).is_ok());
+        // A broadcast (stride 0) view is read while it has no more elements than its storage;
+        // beyond, it is an expansion that would be materialized, and is refused.
+        assert!(StridedView::new(4, 0, &[4], &[0]).is_ok());
+        let expanded = StridedView::new(1, 0, &[16384, 16384], &[0, 0]).err();
+        assert!(expanded.is_some_and(|e| e.contains("expanded view")));
 
         let err = |r: Result<StridedView, String>| r.err().expect("rejected");
         assert!(err(StridedView::new(6, 1, &[2, 3], &[3, 1])).contains("reaches element 6"));
