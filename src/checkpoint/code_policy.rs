@@ -26,8 +26,8 @@
 //! checked: what libtorch's own operators do with hostile tensors, and anything once the caller
 //! passes [`CodePolicy::Trusted`].
 
+use super::error::{shown, CheckpointError};
 use super::zip_entries::open_archive;
-use super::{shown, CheckpointError};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
@@ -97,7 +97,7 @@ pub fn check_torchscript_code_from<R: Read + Seek>(
     for index in sources {
         let mut entry = archive
             .by_index(index)
-            .map_err(|e| super::torch_zip::corrupt(path, e))?;
+            .map_err(|e| super::archive::corrupt(path, e))?;
         let entry_name = shown(entry.name());
         let mut source = Vec::new();
         (&mut entry)

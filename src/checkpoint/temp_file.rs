@@ -17,7 +17,7 @@
 //! itself with a regular file (`/dev/null` for root), and following a link would write where the
 //! user did not name.
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;

@@ -1,23 +1,20 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
-// Until the binary has a folder of its own (issue 8), its modules live where they will then.
-#[path = "tch-prune/outputs.rs"]
 mod outputs;
-#[path = "tch-prune/quiet.rs"]
+mod plan;
 mod quiet;
-#[path = "tch-prune/signals.rs"]
 mod signals;
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use plan::{parse_plan, split_patterns, MethodName, Step};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::{write_safetensors, CodePolicy};
-use tch_prune::plan::{parse_plan, split_patterns, MethodName, Step};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
