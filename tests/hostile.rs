@@ -177,6 +177,7 @@ fn rows() -> Vec<Row> {
         row("--state-out equal to the input", "prune {gen}/plain.pt -o out.pt --state-out {gen}/plain.pt --method l1-unstructured --amount 0.5", 1, &["plain.pt", "input"]),
         row("--state-out into a missing folder", "prune {gen}/plain.pt -o out.pt --state-out missing/s.safetensors --method l1-unstructured --amount 0.5", 1, &["missing", "does not exist"]),
         row("-o into a missing folder", "prune {gen}/plain.pt -o missing/out.pt --method l1-unstructured --amount 0.5", 1, &["missing", "does not exist"]),
+        row("--state-out fails after the model is written", "prune {gen}/metadata_key.pt -o out.pt --state-out s.safetensors --method l1-unstructured --amount 0.5", 1, &["s.safetensors", "__metadata__"]),
         row("input a folder", "report {gen}", 1, &["not a regular file"]),
         // 5. Names of any valid length.
         Row {

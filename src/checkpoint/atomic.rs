@@ -3,9 +3,49 @@
 
 use super::error::CheckpointError;
 use super::temp_file::{self, check_destination, TempFile};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+thread_local! {
+    /// The files written inside [`write_all_or_nothing`] on this thread, complete and synced,
+    /// waiting to be put in place.
+    static BATCH: RefCell<Option<Vec<(PathBuf, TempFile)>>> = const { RefCell::new(None) };
+}
+
+/// Runs `write`, whose [`atomic_write`]s (and so every writer of the crate) are all put in place
+/// together at the end if it succeeds: if any of them, or `write` itself, fails, no destination
+/// is touched. The files are written and synced as `write` runs (a full disk fails there); only
+/// the renames wait. Several outputs of one job (a model and its `--state-out`) so appear all
+/// or none. A call inside another joins the outer one.
+pub fn write_all_or_nothing<T, E>(write: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<CheckpointError>,
+{
+    let outer = BATCH.with(|b| {
+        let mut batch = b.borrow_mut();
+        let outer = batch.is_some();
+        if !outer {
+            *batch = Some(Vec::new());
+        }
+        outer
+    });
+    if outer {
+        return write();
+    }
+    let value = write();
+    // Taken whatever happened: on failure, dropping the files removes them.
+    let pending = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
+    let value = value?;
+    for (path, tmp) in pending {
+        check_destination(&path)?;
+        tmp.persist(&path)
+            .map_err(|e| CheckpointError::io(&path, "cannot write", e))?;
+        sync_folder(temp_file::folder(&path));
+    }
+    Ok(value)
+}
 
 /// Writes `path` all or nothing: `write` gets the path of a temporary file in the same folder
 /// (already created, empty; see [`temp_file`] for where it lives and when it has a name) and
@@ -41,14 +81,30 @@ where
         .into());
     }
     check_destination(path)?;
+    if BATCH.with(|b| b.borrow().is_some()) {
+        // In a batch: synced now, put in place by `write_all_or_nothing`.
+        tmp.sync()
+            .map_err(|e| CheckpointError::io(path, "cannot write", e))?;
+        let mut tmp = Some(tmp);
+        BATCH.with(|b| {
+            if let (Some(batch), Some(tmp)) = (b.borrow_mut().as_mut(), tmp.take()) {
+                batch.push((path.to_path_buf(), tmp));
+            }
+        });
+        return Ok(value);
+    }
     tmp.persist(path)
         .map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    // Makes the rename itself durable. Best effort: some filesystems refuse to fsync folders,
-    // and the data is already in place either way.
+    sync_folder(dir);
+    Ok(value)
+}
+
+/// Makes a rename in `dir` durable. Best effort: some filesystems refuse to fsync folders, and
+/// the data is already in place either way.
+fn sync_folder(dir: &Path) {
     if let Ok(folder) = File::open(dir) {
         let _ = folder.sync_all();
     }
-    Ok(value)
 }
 
 #[cfg(test)]
@@ -133,5 +189,32 @@ mod tests {
         let err = result.expect_err("nothing was written");
         assert!(err.to_string().contains("out.bin"), "{err}");
         assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn files_written_together_appear_together_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        let write = |p: &Path, data: &'static [u8]| {
+            atomic_write(p, |tmp| {
+                std::fs::write(tmp, data).map_err(|e| CheckpointError::io(tmp, "x", e))
+            })
+        };
+        let failed: Result<(), CheckpointError> = write_all_or_nothing(|| {
+            write(&a, b"first")?;
+            assert!(!a.exists(), "put in place before the batch ends");
+            write(&b, b"")
+        });
+        assert!(failed.is_err());
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+
+        let done: Result<(), CheckpointError> = write_all_or_nothing(|| {
+            write(&a, b"first")?;
+            write(&b, b"second")
+        });
+        done.expect("both written");
+        assert_eq!(std::fs::read(&a).expect("a"), b"first");
+        assert_eq!(std::fs::read(&b).expect("b"), b"second");
+        assert_eq!(entries(dir.path()).len(), 2);
     }
 }

@@ -43,7 +43,7 @@ mod torch_save;
 mod unpickler;
 mod zip_entries;
 
-pub use self::atomic::atomic_write;
+pub use self::atomic::{atomic_write, write_all_or_nothing};
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::{first_line, CheckpointError};
 pub use self::safetensors::{read_safetensors, write_safetensors};

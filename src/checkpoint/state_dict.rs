@@ -19,8 +19,9 @@ const COPY_BUDGET_FACTOR: u64 = 8;
 const COPY_BUDGET_FLOOR: u64 = 64 << 20;
 
 impl Unpickler<'_> {
-    /// Charges `bytes` of tensor copies to the copy budget, or says why they are refused.
-    fn charge_copy(&mut self, bytes: u64) -> Result<(), String> {
+    /// Charges `bytes` of tensor copies (`what` says which) to the copy budget, or says why
+    /// they are refused, before anything is copied.
+    fn charge_copy(&mut self, bytes: u64, what: &str) -> Result<(), String> {
         let budget = self
             .storage_bytes
             .saturating_mul(COPY_BUDGET_FACTOR)
@@ -28,7 +29,7 @@ impl Unpickler<'_> {
         let copied = self.copied.saturating_add(bytes);
         if copied > budget {
             return Err(format!(
-                "tensors that share storages would need {copied} bytes of copies, more than {COPY_BUDGET_FACTOR} times the {} bytes of the storages read; refused (save each tensor with .clone() to store it on its own)",
+                "{what}: copies of tensors over shared storages would take {copied} bytes, more than {COPY_BUDGET_FACTOR} times the {} bytes of the storages read (or {COPY_BUDGET_FLOOR}); refused rather than materialized: save x.contiguous() or x.clone() instead",
                 self.storage_bytes
             ));
         }
@@ -90,13 +91,28 @@ impl Unpickler<'_> {
                 return Ok(t);
             }
             let bytes = ((end - start) * kind.elt_size_in_bytes()) as u64;
-            self.charge_copy(bytes).map_err(TensorProblem::Invalid)?;
+            self.charge_copy(
+                bytes,
+                "a view of part of a storage, or of one another tensor has",
+            )
+            .map_err(TensorProblem::Invalid)?;
             let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
         let bytes = (view.numel * kind.elt_size_in_bytes()) as u64;
-        self.charge_copy(bytes).map_err(TensorProblem::Invalid)?;
+        // More elements than the storage holds: an expansion (`x.expand(n, m)`, strides of 0),
+        // which PyTorch keeps a view of a few bytes.
+        let what = if view.numel as i64 > storage.numel {
+            format!(
+                "an expanded view (size {size:?}, stride {stride:?}) of {} elements over a storage of {}",
+                view.numel, storage.numel
+            )
+        } else {
+            format!("a strided view (size {size:?}, stride {stride:?})")
+        };
+        self.charge_copy(bytes, &what)
+            .map_err(TensorProblem::Invalid)?;
         let base = &self.bases[&(storage.key.clone(), kind)];
         base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
             .and_then(|view| view.f_contiguous())
@@ -170,7 +186,7 @@ impl Unpickler<'_> {
                 }
             }
         }
-        self.charge_copy(copies)
+        self.charge_copy(copies, "tensors given under several names")
             .map_err(|reason| CheckpointError::NotAStateDict {
                 path: self.path.to_path_buf(),
                 reason,
@@ -271,15 +287,6 @@ impl StridedView {
             }
             expected = expected.saturating_mul(s);
         }
-        // More elements than the storage holds: a view that repeats elements (an expansion such as
-        // `x.expand(n, m)`, PyTorch keeps it a view of a few bytes). Reading it would materialize
-        // every repeat, so it is refused.
-        if numel > storage_numel {
-            return Err(format!(
-                "{}: {numel} elements over a storage of {storage_numel} (an expanded view, strides of 0): refused rather than materialized; save x.contiguous() or x.clone() instead",
-                shape()
-            ));
-        }
         if numel > 0 {
             let last = size
                 .iter()
@@ -338,11 +345,8 @@ mod tests {
         assert_eq!(view.contiguous_range(), Some((1, 6)));
         let view = StridedView::new(0, 7, &[0, 3], &[3, 1]).expect("empty");
         assert_eq!(view.contiguous_range(), Some((0, 0)));
-        // A broadcast (stride 0) view is read while it has no more elements than its storage;
-        // beyond, it is an expansion that would be materialized, and is refused.
-        assert!(StridedView::new(4, 0, &[4], &[0]).is_ok());
-        let expanded = StridedView::new(1, 0, &[16384, 16384], &[0, 0]).err();
-        assert!(expanded.is_some_and(|e| e.contains("expanded view")));
+        // A broadcast (stride 0) view of one element.
+        assert!(StridedView::new(1, 0, &[4], &[0]).is_ok());
 
         let err = |r: Result<StridedView, String>| r.err().expect("rejected");
         assert!(err(StridedView::new(6, 1, &[2, 3], &[3, 1])).contains("reaches element 6"));

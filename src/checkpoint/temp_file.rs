@@ -183,6 +183,11 @@ impl TempFile {
         &self.path
     }
 
+    /// Syncs the file to the disk.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
     /// Syncs the file and renames it over `target` (in the same folder). On error the
     /// temporary file is removed (dropping `self`), and `target` is as it was.
     pub(crate) fn persist(mut self, target: &Path) -> io::Result<()> {

@@ -7,7 +7,7 @@
 //! one set of weights or one program to PyTorch or a scanner and another to this crate, so such
 //! archives are refused, as safetensors refuses a header naming a tensor twice.
 
-use super::error::{shown, CheckpointError};
+use super::error::{first_line, shown, CheckpointError};
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -23,7 +23,10 @@ pub(crate) fn open_archive<R: Read + Seek>(
     reader: R,
     path: &Path,
 ) -> Result<zip::ZipArchive<R>, CheckpointError> {
-    let corrupt = |e| super::archive::corrupt(path, e);
+    let corrupt = |e: zip::result::ZipError| CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&e.to_string()),
+    };
     let archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     let (count, start) = (archive.len(), archive.central_directory_start());
     // The zip crate gives no access to its reader but by taking it back; the archive is parsed

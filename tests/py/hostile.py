@@ -127,6 +127,8 @@ def main():
           "fc2.weight": torch.randn(4, 16), "fc2.bias": torch.randn(4)}
     torch.save(sd, OUT / "plain.pt")
     torch.save({"a.bias": torch.randn(8), "b.bias": torch.randn(4)}, OUT / "only_1d.pt")
+    # A name safetensors reserves: the model is written, its --state-out cannot be.
+    torch.save({"fc.weight": torch.randn(4, 4), "__metadata__": torch.randn(2)}, OUT / "metadata_key.pt")
     import safetensors.torch
 
     safetensors.torch.save_file({"big.weight": torch.randn(4096, 4096)}, str(OUT / "big.safetensors"))

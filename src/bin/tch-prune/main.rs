@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::{write_safetensors, CodePolicy};
+use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors, CodePolicy};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
@@ -88,7 +88,7 @@ struct PruneArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
-    /// safetensors, after the pruned model. Must differ from -o and from the input.
+    /// safetensors. Must differ from -o and from the input. Both files are written, or neither.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
@@ -278,17 +278,20 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    // Taken before `remove_all` (which releases `_orig`), written after the model: the pruned
-    // model is the output that matters, so it is written first.
+    // Taken before `remove_all` (which releases `_orig`), written with the model.
     let state = match &args.state_out {
         Some(path) => Some((path, model.reparametrized_state(&pruner)?)),
         None => None,
     };
     pruner.remove_all()?;
-    quiet::quietly(show, || model.save(&args.output, &pruner))?;
-    if let Some((path, state)) = state {
-        write_safetensors(path, &state)?;
-    }
+    // Both outputs or neither: a failure writing the state leaves no pruned model behind.
+    write_all_or_nothing(|| -> Result<()> {
+        quiet::quietly(show, || model.save(&args.output, &pruner))?;
+        if let Some((path, state)) = state {
+            write_safetensors(path, &state)?;
+        }
+        Ok(())
+    })?;
     let report = Report::new(&model.tensors(&pruner))?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
