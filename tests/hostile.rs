@@ -55,6 +55,8 @@ struct Run {
 /// Runs the CLI with `args`, waiting for it with `wait4` to learn its peak memory.
 fn run(args: &[String], work: &Path) -> Run {
     let (out, err) = (work.join(".stdout"), work.join(".stderr"));
+    // Waited for by `wait4` (which also reports its peak memory), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
         .args(args)
         .current_dir(work)
@@ -329,6 +331,8 @@ fn interrupted_runs_leave_no_partial_file() {
         .flat_map(|&(s, n)| points(n).map(move |p| (s, p)))
     {
         let work = common::tempdir();
+        // Waited for by `wait4`, after the signal.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
             .args(args)
             .current_dir(work.path())
