@@ -52,12 +52,20 @@ struct Run {
     peak_mib: u64,
 }
 
+/// The binary under test: this crate's, or the one `TCH_PRUNE_BIN` names (to run the table
+/// against another build, e.g. one from before a fix, and see which rows it fails).
+fn binary() -> PathBuf {
+    std::env::var_os("TCH_PRUNE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tch-prune")))
+}
+
 /// Runs the CLI with `args`, waiting for it with `wait4` to learn its peak memory.
 fn run(args: &[String], work: &Path) -> Run {
     let (out, err) = (work.join(".stdout"), work.join(".stderr"));
     // Waited for by `wait4` (which also reports its peak memory), not by `Child::wait`.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+    let child = Command::new(binary())
         .args(args)
         .current_dir(work)
         .stdin(Stdio::null())
@@ -333,7 +341,7 @@ fn interrupted_runs_leave_no_partial_file() {
         let work = common::tempdir();
         // Waited for by `wait4`, after the signal.
         #[allow(clippy::zombie_processes)]
-        let child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        let child = Command::new(binary())
             .args(args)
             .current_dir(work.path())
             .stdout(Stdio::null())
