@@ -40,6 +40,19 @@ pub fn check(input: &Path, output: Option<&Path>, state_out: Option<&Path>) -> R
     Ok(())
 }
 
+/// Checks a further destination (`flag` names it in messages): a regular file or a new name in
+/// an existing folder, and not the input.
+pub fn check_other(input: &Path, path: &Path, flag: &str) -> Result<()> {
+    check_destination(path)?;
+    if same_file(input, path) {
+        bail!(
+            "{}: {flag} names the input file, which it would replace: name another file",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether two paths name one file: the same inode if both exist, else the same name in the
 /// same (canonical) folder.
 fn same_file(a: &Path, b: &Path) -> bool {

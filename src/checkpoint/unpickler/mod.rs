@@ -159,7 +159,14 @@ pub(super) struct Unpickler<'a> {
     pub(super) copied: u64,
     /// Values held inside tuples, lists, dicts and objects, for [`Unpickler::footprint`].
     contained: usize,
+    /// Hand out the same tensor for the same view of a storage (tied weights) instead of copies.
+    pub(super) keep_ties: bool,
+    /// The tensors built so far, by their view, when `keep_ties`.
+    pub(super) views: HashMap<ViewKey, Tensor>,
 }
+
+/// A view of a storage: storage key, dtype, offset, size, stride.
+pub(super) type ViewKey = (Rc<str>, Kind, i64, Vec<i64>, Vec<i64>);
 
 pub(super) type VmResult<T> = Result<T, CheckpointError>;
 
@@ -194,6 +201,8 @@ impl<'a> Unpickler<'a> {
             storage_bytes: 0,
             copied: 0,
             contained: 0,
+            keep_ties: false,
+            views: HashMap::new(),
         }
     }
 
@@ -205,6 +214,12 @@ impl<'a> Unpickler<'a> {
         self.arena.len() * size_of::<Obj>()
             + (self.stack.len() + self.contained + self.marks.len()) * cell
             + self.memo.len() * 2 * (cell + size_of::<u32>())
+    }
+
+    /// Whether names over the same view of one storage (tied weights) get the same tensor,
+    /// rather than each its own copy.
+    pub(super) fn keep_ties(&mut self, keep: bool) {
+        self.keep_ties = keep;
     }
 
     fn malformed(&self, offset: usize, reason: impl Into<String>) -> CheckpointError {
