@@ -150,6 +150,27 @@ pub enum PruneError {
     Torch(String),
 }
 
+impl PruneError {
+    /// Names the tensor in an error that a method raised without knowing it (a method sees
+    /// tensors, not names): a shape mismatch with an empty name gets `name`.
+    pub(crate) fn for_tensor(self, name: &str) -> Self {
+        match self {
+            PruneError::ShapeMismatch {
+                what,
+                name: unnamed,
+                expected,
+                got,
+            } if unnamed.is_empty() => PruneError::ShapeMismatch {
+                what,
+                name: name.to_string(),
+                expected,
+                got,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The `Result` type of this crate.
 pub type Result<T, E = PruneError> = std::result::Result<T, E>;
 

@@ -36,7 +36,7 @@ mod error;
 mod model;
 mod prune;
 
-pub use checkpoint::first_line;
+pub use checkpoint::{first_line, CodePolicy};
 pub use error::{PruneError, Result};
 pub use model::{ModelFile, Record, Recorder, Report, ScriptModel, TensorReport};
 pub use prune::amount::Amount;

@@ -22,6 +22,12 @@ use tch::{Kind, Tensor};
 /// zip header from requesting an absurd allocation.
 pub(super) const MAX_PICKLE_BYTES: u64 = 1 << 30;
 
+/// A compressed entry (torch.save stores them uncompressed) may expand to this many times the
+/// file's size, or [`INFLATE_FLOOR`] if more: deflate reaches about 1000 times, so a small file
+/// could otherwise claim gigabytes.
+const INFLATE_FACTOR: u64 = 32;
+const INFLATE_FLOOR: u64 = 16 << 20;
+
 /// A file opened by [`TorchArchive::open`]: a zip archive, or what else its first bytes say it is.
 pub(super) enum Opened<'p, R> {
     Archive(TorchArchive<'p, R>),
@@ -48,7 +54,7 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
         if kind != Sniff::Zip {
             return Ok(Opened::NotZip(kind));
         }
-        let zip = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+        let zip = super::zip_entries::open_archive(reader, path)?;
         let layout = ZipLayout::of(zip.file_names());
         Ok(Opened::Archive(TorchArchive {
             zip,
@@ -174,6 +180,7 @@ fn read_entry<R: Read + Seek>(
             reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
         });
     }
+    check_inflation(path, &name, &entry, file_len)?;
     // Reserving up front is only safe when the bytes must physically be in the file (torch.save
     // stores entries uncompressed); a compressed entry's claimed size could be anything.
     let stored = entry.compression() == zip::CompressionMethod::Stored;
@@ -248,6 +255,28 @@ impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
         }
         Ok(bytes)
     }
+}
+
+/// Refuses a compressed entry that would expand beyond [`INFLATE_FACTOR`] times the file (a
+/// decompression bomb), before anything is decompressed. `name` is already made safe to show.
+fn check_inflation<R: Read>(
+    path: &Path,
+    name: &str,
+    entry: &zip::read::ZipFile<'_, R>,
+    file_len: u64,
+) -> Result<(), CheckpointError> {
+    let size = entry.size();
+    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
+    if entry.compression() != zip::CompressionMethod::Stored && size > budget {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {name} is compressed from {} to {size} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed",
+                entry.compressed_size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads a storage entry into a new byte tensor: straight into the tensor's memory when the

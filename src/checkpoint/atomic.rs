@@ -1,20 +1,62 @@
 //! Writing a file all or nothing: every writer of the crate goes through [`atomic_write`].
+//! Where the temporary file lives, and which destinations may be replaced: [`temp_file`].
 
 use super::error::CheckpointError;
+use super::temp_file::{self, check_destination, TempFile};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 
-/// Distinguishes the temporary files of concurrent writers within one process (the pid does
-/// so across processes).
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// The files written inside [`write_all_or_nothing`] on this thread, complete and synced,
+    /// waiting to be put in place.
+    static BATCH: RefCell<Option<Vec<(PathBuf, TempFile)>>> = const { RefCell::new(None) };
+}
 
-/// Writes `path` all or nothing: `write` gets a temporary path in the same folder (named
-/// `.<name>.tmp-<pid>-<n>`) and must create the file there; once it returns `Ok` the file is
-/// fsynced and renamed over `path`. If `write` fails (or panics), or the sync or the rename
-/// does, the temporary file is removed and `path` is left as it was, so readers never see a
-/// truncated file.
+/// Runs `write`, whose [`atomic_write`]s (and so every writer of the crate) are all put in place
+/// together at the end if it succeeds: if any of them, or `write` itself, fails, no destination
+/// is touched. The files are written and synced as `write` runs (a full disk fails there); only
+/// the renames wait. Several outputs of one job (a model and its `--state-out`) so appear all
+/// or none. A call inside another joins the outer one.
+pub fn write_all_or_nothing<T, E>(write: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<CheckpointError>,
+{
+    let outer = BATCH.with(|b| {
+        let mut batch = b.borrow_mut();
+        let outer = batch.is_some();
+        if !outer {
+            *batch = Some(Vec::new());
+        }
+        outer
+    });
+    if outer {
+        return write();
+    }
+    let value = write();
+    // Taken whatever happened: on failure, dropping the files removes them.
+    let pending = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
+    let value = value?;
+    for (path, tmp) in pending {
+        check_destination(&path)?;
+        tmp.persist(&path)
+            .map_err(|e| CheckpointError::io(&path, "cannot write", e))?;
+        sync_folder(temp_file::folder(&path));
+    }
+    Ok(value)
+}
+
+/// Writes `path` all or nothing: `write` gets the path of a temporary file in the same folder
+/// (already created, empty; see [`temp_file`] for where it lives and when it has a name) and
+/// must write the file there; once it returns `Ok` the file is fsynced and renamed over `path`.
+/// If `write` fails (or panics), or the sync or the rename does, the temporary file is removed
+/// and `path` is left as it was, so readers never see a truncated file. A writer that writes
+/// nothing is an error (no model file is empty).
+///
+/// `path` must be a regular file or not exist, in an existing folder ([`check_destination`]):
+/// links, devices, pipes and folders are never replaced. The check is made before writing and
+/// again before the rename.
 ///
 /// The error type is the closure's, so callers whose errors wrap [`CheckpointError`] (like
 /// [`PruneError`](crate::PruneError)) can use it directly.
@@ -24,53 +66,44 @@ where
     E: From<CheckpointError>,
 {
     let path = path.as_ref();
-    let name = path.file_name().ok_or_else(|| {
-        CheckpointError::io(
+    check_destination(path)?;
+    // Same folder, so the rename stays within one filesystem and is atomic.
+    let dir = temp_file::folder(path);
+    let tmp = TempFile::create(dir)
+        .map_err(|e| CheckpointError::io(path, "cannot create a temporary file beside", e))?;
+    let value = write(tmp.path())?;
+    if std::fs::metadata(tmp.path()).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(CheckpointError::io(
             path,
             "cannot write",
-            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"),
+            io::Error::other("the writer wrote nothing"),
         )
-    })?;
-    // Same folder, so the rename stays within one filesystem and is atomic.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let guard = RemoveOnDrop(Some(&tmp));
-
-    let value = write(&tmp)?;
-    let synced = File::open(&tmp).and_then(|file| file.sync_all());
-    synced.map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    guard.disarm();
-    // Makes the rename itself durable. Best effort: some filesystems refuse to fsync folders,
-    // and the data is already in place either way.
-    if let Ok(folder) = File::open(dir) {
-        let _ = folder.sync_all();
+        .into());
     }
+    check_destination(path)?;
+    if BATCH.with(|b| b.borrow().is_some()) {
+        // In a batch: synced now, put in place by `write_all_or_nothing`.
+        tmp.sync()
+            .map_err(|e| CheckpointError::io(path, "cannot write", e))?;
+        let mut tmp = Some(tmp);
+        BATCH.with(|b| {
+            if let (Some(batch), Some(tmp)) = (b.borrow_mut().as_mut(), tmp.take()) {
+                batch.push((path.to_path_buf(), tmp));
+            }
+        });
+        return Ok(value);
+    }
+    tmp.persist(path)
+        .map_err(|e| CheckpointError::io(path, "cannot write", e))?;
+    sync_folder(dir);
     Ok(value)
 }
 
-/// Deletes the temporary file on every exit path, panics included, until disarmed.
-struct RemoveOnDrop<'a>(Option<&'a Path>);
-
-impl RemoveOnDrop<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(path) = self.0 {
-            let _ = std::fs::remove_file(path);
-        }
+/// Makes a rename in `dir` durable. Best effort: some filesystems refuse to fsync folders, and
+/// the data is already in place either way.
+fn sync_folder(dir: &Path) {
+    if let Ok(folder) = File::open(dir) {
+        let _ = folder.sync_all();
     }
 }
 
@@ -156,5 +189,32 @@ mod tests {
         let err = result.expect_err("nothing was written");
         assert!(err.to_string().contains("out.bin"), "{err}");
         assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn files_written_together_appear_together_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        let write = |p: &Path, data: &'static [u8]| {
+            atomic_write(p, |tmp| {
+                std::fs::write(tmp, data).map_err(|e| CheckpointError::io(tmp, "x", e))
+            })
+        };
+        let failed: Result<(), CheckpointError> = write_all_or_nothing(|| {
+            write(&a, b"first")?;
+            assert!(!a.exists(), "put in place before the batch ends");
+            write(&b, b"")
+        });
+        assert!(failed.is_err());
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+
+        let done: Result<(), CheckpointError> = write_all_or_nothing(|| {
+            write(&a, b"first")?;
+            write(&b, b"second")
+        });
+        done.expect("both written");
+        assert_eq!(std::fs::read(&a).expect("a"), b"first");
+        assert_eq!(std::fs::read(&b).expect("b"), b"second");
+        assert_eq!(entries(dir.path()).len(), 2);
     }
 }

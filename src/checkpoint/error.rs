@@ -82,6 +82,39 @@ pub enum CheckpointError {
         path: PathBuf,
     },
 
+    /// Two entries of a zip archive with the same name (ignoring ASCII case, as PyTorch's
+    /// reader compares them): readers disagree on which one counts.
+    #[error("{}: the zip archive holds two entries named '{entry}', and readers disagree on which one counts (PyTorch reads the first, others the last): refused; re-save the file from a copy you trust", path.display())]
+    DuplicateEntry {
+        /// The file.
+        path: PathBuf,
+        /// The repeated entry name.
+        entry: String,
+    },
+
+    /// TorchScript code that libtorch would run while loading the file, or that reaches files,
+    /// processes or the network (see [`code_policy`](super::code_policy)).
+    #[error("{}: entry {entry} line {line}: the TorchScript code {what}; libtorch would run it, so the file is refused: load it only if you trust it as a program (tch-prune --trust-code, or CodePolicy::Trusted)", path.display())]
+    UntrustedCode {
+        /// The file.
+        path: PathBuf,
+        /// The archive entry holding the code.
+        entry: String,
+        /// The line of that entry.
+        line: usize,
+        /// What the code does that is refused.
+        what: String,
+    },
+
+    /// A destination that is not replaced: a link, a device, a folder, a missing folder.
+    #[error("{}: cannot write here: {reason}", path.display())]
+    Destination {
+        /// The destination.
+        path: PathBuf,
+        /// Why it is not replaced.
+        reason: String,
+    },
+
     /// A `data.pkl` that is not a valid pickle (or uses opcodes a state dict never needs).
     #[error("{}: malformed data.pkl at byte {offset}: {reason}", path.display())]
     MalformedPickle {
@@ -172,13 +205,16 @@ impl CheckpointError {
 
 /// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
 pub fn first_line(message: &str) -> String {
-    let line = message
+    // The prefix first: libtorch's own message may start on the next line.
+    let message = message.trim_start();
+    let message = message
+        .strip_prefix("Internal torch error:")
+        .unwrap_or(message);
+    message
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .unwrap_or("unknown error");
-    line.trim_start_matches("Internal torch error:")
-        .trim()
+        .unwrap_or("libtorch gave no message")
         .to_string()
 }
 
@@ -212,6 +248,12 @@ mod tests {
             first_line(raw),
             "shape '[3]' is invalid for input of size 4"
         );
+        let leading_newline = "Internal torch error: \nUnknown builtin op: aten::evil.\nframe #0";
+        assert_eq!(
+            first_line(leading_newline),
+            "Unknown builtin op: aten::evil."
+        );
+        assert_eq!(first_line("\n\n"), "libtorch gave no message");
     }
 
     #[test]

@@ -34,6 +34,7 @@
 
 mod archive;
 mod atomic;
+pub mod code_policy;
 mod dtype;
 mod error;
 mod host_tensor;
@@ -43,15 +44,19 @@ mod script_archive;
 mod script_classes;
 mod sniff;
 mod state_dict;
+pub mod temp_file;
 mod torch_save;
 mod unpickler;
+mod zip_entries;
 
-pub use self::atomic::atomic_write;
+pub use self::atomic::{atomic_write, write_all_or_nothing};
+pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::{first_line, CheckpointError};
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_with_metadata,
 };
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
+pub use self::temp_file::{check_destination, remove_temporary_files};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
 };

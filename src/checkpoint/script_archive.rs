@@ -140,10 +140,6 @@ const MAX_WALK_STEPS: usize = 1 << 24;
 /// through its memo at every level for two bytes each, so longer names are refused.
 const MAX_NAME_BYTES: usize = 1 << 16;
 
-/// Copies of tensors shared by several modules may take this many times the bytes of the
-/// distinct tensors (or 1 GiB, if more).
-const COPY_BUDGET_FACTOR: u64 = 8;
-
 /// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
 /// dict of the module it holds (see [`Unpickler::into_module_state`]).
 fn read_module_state(
@@ -300,7 +296,7 @@ impl Unpickler<'_> {
             }
             steps.extend(children.into_iter().rev());
         }
-        self.hand_out(keys, "", Some(COPY_BUDGET_FACTOR))
+        self.hand_out(keys, "")
     }
 }
 

@@ -108,6 +108,19 @@ pub(super) fn sniff_reader<R: Read + Seek>(
         }
     }
     reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    // Eight bytes of length and a `{`, the length past the end: a truncated safetensors file,
+    // which deserves that name rather than "unrecognized".
+    if kind == Sniff::Unknown && head.get(8) == Some(&b'{') {
+        let header_len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        if header_len >= 2 && header_len.saturating_add(8) > file_len {
+            return Err(CheckpointError::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the header length {header_len} goes past the end of the file ({file_len} bytes): truncated?"
+                ),
+            });
+        }
+    }
     Ok((kind, file_len))
 }
 

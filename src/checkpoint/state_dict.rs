@@ -12,7 +12,31 @@ use tch::{Kind, Tensor};
 /// (`torch.save({"state_dict": sd, "epoch": 3}, p)`), tried in this order.
 const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
 
+/// Copies of tensors (views of a storage another tensor has taken, strided views, a tensor
+/// under several names) may take this many times the bytes of the storages read, or
+/// [`COPY_BUDGET_FLOOR`] if more, so that a few bytes of pickle cannot ask for unbounded copies.
+const COPY_BUDGET_FACTOR: u64 = 8;
+const COPY_BUDGET_FLOOR: u64 = 64 << 20;
+
 impl Unpickler<'_> {
+    /// Charges `bytes` of tensor copies (`what` says which) to the copy budget, or says why
+    /// they are refused, before anything is copied.
+    fn charge_copy(&mut self, bytes: u64, what: &str) -> Result<(), String> {
+        let budget = self
+            .storage_bytes
+            .saturating_mul(COPY_BUDGET_FACTOR)
+            .max(COPY_BUDGET_FLOOR);
+        let copied = self.copied.saturating_add(bytes);
+        if copied > budget {
+            return Err(format!(
+                "{what}: copies of tensors over shared storages would take {copied} bytes, more than {COPY_BUDGET_FACTOR} times the {} bytes of the storages read (or {COPY_BUDGET_FLOOR}); refused rather than materialized: save x.contiguous() or x.clone() instead",
+                self.storage_bytes
+            ));
+        }
+        self.copied = copied;
+        Ok(())
+    }
+
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`.
     pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Tensor, TensorProblem> {
         let invalid = |reason: &str| TensorProblem::Invalid(reason.to_string());
@@ -97,10 +121,30 @@ impl Unpickler<'_> {
             if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
                 return Ok(t);
             }
+            let bytes = ((end - start) * kind.elt_size_in_bytes()) as u64;
+            self.charge_copy(
+                bytes,
+                "a view of part of a storage, or of one another tensor has",
+            )
+            .map_err(TensorProblem::Invalid)?;
             let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
+        let bytes = (view.numel * kind.elt_size_in_bytes()) as u64;
+        // More elements than the storage holds: an expansion (`x.expand(n, m)`, strides of 0),
+        // which PyTorch keeps a view of a few bytes.
+        let what = if view.numel as i64 > storage.numel {
+            format!(
+                "an expanded view (size {size:?}, stride {stride:?}) of {} elements over a storage of {}",
+                view.numel, storage.numel
+            )
+        } else {
+            format!("a strided view (size {size:?}, stride {stride:?})")
+        };
+        self.charge_copy(bytes, &what)
+            .map_err(TensorProblem::Invalid)?;
+        let base = &self.bases[&(storage.key.clone(), kind)];
         base.f_as_strided(size, stride, offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
@@ -150,7 +194,7 @@ impl Unpickler<'_> {
             keys.push((name, index));
         }
 
-        self.hand_out(keys, &key_prefix, None)
+        self.hand_out(keys, &key_prefix)
     }
 
     /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
@@ -161,33 +205,24 @@ impl Unpickler<'_> {
         &mut self,
         keys: Vec<(String, usize)>,
         key_prefix: &str,
-        copy_factor: Option<u64>,
     ) -> VmResult<Vec<(String, Tensor)>> {
         // Tied names kept as one tensor copy nothing.
-        if let Some(factor) = copy_factor.filter(|_| !self.keep_ties) {
-            let (mut distinct, mut copies) = (0u64, 0u64);
-            let mut seen = HashSet::new();
-            for (_, index) in &keys {
-                if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+        let mut copies = 0u64;
+        let mut seen = HashSet::new();
+        for (_, index) in keys.iter().filter(|_| !self.keep_ties) {
+            if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+                if !seen.insert(*index) {
                     let bytes =
                         (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
-                    if seen.insert(*index) {
-                        distinct = distinct.saturating_add(bytes);
-                    } else {
-                        copies = copies.saturating_add(bytes);
-                    }
+                    copies = copies.saturating_add(bytes);
                 }
             }
-            let budget = distinct.saturating_mul(factor).max(1 << 30);
-            if copies > budget {
-                return Err(CheckpointError::NotAStateDict {
-                    path: self.path.to_path_buf(),
-                    reason: format!(
-                        "shared tensors appear under so many names that their copies would take {copies} bytes"
-                    ),
-                });
-            }
         }
+        self.charge_copy(copies, "tensors given under several names")
+            .map_err(|reason| CheckpointError::NotAStateDict {
+                path: self.path.to_path_buf(),
+                reason,
+            })?;
         let mut out = Vec::with_capacity(keys.len());
         let mut handed_out = HashSet::new();
         for (name, index) in keys {

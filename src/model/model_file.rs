@@ -1,7 +1,7 @@
 //! A model file of any kind the crate reads, loaded into a VarStore: TorchScript, a `torch.save`
 //! state dict, or safetensors. What the CLI works on.
 
-use crate::checkpoint::{self, Format};
+use crate::checkpoint::{self, CodePolicy, Format};
 use crate::error::Result;
 use crate::model::script_model::{add_dotted, ScriptModel};
 use crate::prune::pruner::{mask_name, orig_name, Pruner};
@@ -48,14 +48,31 @@ enum Contents {
 }
 
 impl ModelFile {
-    /// Reads `path`, recognising its format from its content, onto `device`.
+    /// Reads `path`, recognising its format from its content, onto `device`. A TorchScript
+    /// file's code is checked first ([`CodePolicy::Checked`]).
     pub fn open(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::open_with(path, device, CodePolicy::Checked)
+    }
+
+    /// [`ModelFile::open`] under the given policy for TorchScript code (see
+    /// [`ScriptModel::load_with`]).
+    pub fn open_with(path: impl AsRef<Path>, device: Device, policy: CodePolicy) -> Result<Self> {
         let path = path.as_ref();
         let format = Format::detect(path)?;
         let (contents, ties) = match format {
             Format::TorchScript => {
-                let model = ScriptModel::load(path, device)?;
-                let state = checkpoint::read_torchscript_state(path)?;
+                // The pure-Rust reader first: it runs nothing, and what it refuses as unsupported
+                // (quantized tensors, whose modules define `__setstate__`) is said as such, before
+                // the code policy or libtorch runs or prints anything.
+                let state = checkpoint::read_torchscript_state(path);
+                if policy == CodePolicy::Checked
+                    && !matches!(state, Err(checkpoint::CheckpointError::Unsupported { .. }))
+                {
+                    checkpoint::check_torchscript_code(path)?;
+                }
+                let state = state?;
+                // Checked above.
+                let model = ScriptModel::load_with(path, device, CodePolicy::Trusted)?;
                 let params: HashSet<&String> = model.parameter_names().iter().collect();
                 let state_names = state.iter().map(|(n, _)| n.clone()).collect();
                 let buffers = state

@@ -1,6 +1,6 @@
 //! TorchScript modules whose parameters live in a VarStore under their PyTorch names.
 
-use crate::checkpoint::atomic_write;
+use crate::checkpoint::{atomic_write, check_torchscript_code, CodePolicy};
 use crate::error::{first_line, PruneError, Result};
 use std::path::Path;
 use tch::nn::VarStore;
@@ -35,9 +35,22 @@ pub struct ScriptModel {
 }
 
 impl ScriptModel {
-    /// Loads a TorchScript file onto `device`.
+    /// Loads a TorchScript file onto `device`, after checking its code under
+    /// [`CodePolicy::Checked`]: a file whose code libtorch would run while loading it, or that
+    /// reaches files, processes or the network, is refused before libtorch sees it (see
+    /// [`code_policy`](crate::checkpoint::code_policy)).
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::load_with(path, device, CodePolicy::Checked)
+    }
+
+    /// [`ScriptModel::load`] under the given code policy. With [`CodePolicy::Trusted`] the file
+    /// goes to libtorch unchecked, and its `__setstate__` methods run as it loads: only for
+    /// files you would run as programs.
+    pub fn load_with(path: impl AsRef<Path>, device: Device, policy: CodePolicy) -> Result<Self> {
         let path = path.as_ref();
+        if policy == CodePolicy::Checked {
+            check_torchscript_code(path)?;
+        }
         let module = CModule::load_on_device(path, device).map_err(|e| {
             PruneError::InvalidArgument(format!(
                 "{}: cannot load as TorchScript: {}",

@@ -26,7 +26,9 @@ impl PruningMethod for CustomFromMask {
     }
 
     fn compute_mask(&self, _scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
-        check_shape("custom mask", "the tensor", default_mask, &self.mask)?;
+        // The method does not know the tensor's name; the pruner fills it in
+        // (`PruneError::for_tensor`).
+        check_shape("custom mask", "", default_mask, &self.mask)?;
         // Unlike PyTorch, the mask follows the tensor to its device instead of failing.
         let mask = self
             .mask

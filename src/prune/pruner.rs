@@ -416,7 +416,8 @@ impl State {
                 L1Unstructured::new(amount)?.compute_mask(&scores, &all_ones(&values, Kind::Bool)?)
             }
             (None, _) => method.compute_mask(&scores, &all_ones(&values, values.kind())?),
-        })?;
+        })
+        .map_err(|e| e.for_tensor(name))?;
         check_shape("mask returned by the method", name, &values, &mask)?;
         // Importance scores on another device, or a method's mask there, would fail only once
         // the tensor is half reparametrized.

@@ -1,7 +1,10 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
+mod outputs;
 mod plan;
+mod quiet;
+mod signals;
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -11,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::write_safetensors;
+use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors, CodePolicy};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
@@ -23,6 +26,9 @@ use tch_prune::{ModelFile, Report};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show libtorch's own warnings, which are hidden otherwise.
+    #[arg(long, global = true)]
+    libtorch_warnings: bool,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +45,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Let libtorch load a TorchScript file whose code it would run (see prune --help).
+        #[arg(long)]
+        trust_code: bool,
         /// Also write the per-tensor sparsity as an SVG bar chart (opens in a browser).
         #[arg(long, value_name = "OUT.svg")]
         svg: Option<PathBuf>,
@@ -58,7 +67,8 @@ enum Command {
 struct PruneArgs {
     /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
     input: PathBuf,
-    /// Where to write the pruned model (same format as the input).
+    /// Where to write the pruned model (same format as the input): a regular file or a new
+    /// name in an existing folder; links, devices and folders are refused. It may be the input.
     #[arg(short, long)]
     output: PathBuf,
     /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, or
@@ -69,7 +79,9 @@ struct PruneArgs {
     #[arg(long, allow_hyphen_values = true)]
     amount: Option<String>,
     /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
-    /// parameter whose name ends in 'weight' and that has at least two dimensions.
+    /// parameter whose name ends in 'weight' and that has at least two dimensions. A pattern that
+    /// matches no parameter, or a selection of nothing, is an error (exit 1), with or without
+    /// --global.
     ///
     /// Order (what seeded random methods and --global depend on): names are pruned in the
     /// order given, a pattern's matches in the file's order. A safetensors file's order is not
@@ -95,13 +107,13 @@ struct PruneArgs {
     pattern: Option<String>,
     /// Seed for the random methods: on CPU, the result equals PyTorch's after
     /// torch.manual_seed(SEED) and the same calls in the same order.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     seed: Option<i64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
-    /// safetensors, after the pruned model.
+    /// safetensors. Must differ from -o and from the input. Both files are written, or neither.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global", "pattern"}),
@@ -110,9 +122,16 @@ struct PruneArgs {
     /// order).
     #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim", "pattern"])]
     plan: Option<PathBuf>,
+    /// Load a TorchScript file even if its code would run: by default a TorchScript input
+    /// whose code defines __setstate__ (which libtorch runs while loading), or calls anything
+    /// that reads or writes files or reaches other processes, is refused before libtorch sees
+    /// it. Only for files you would run as programs.
+    #[arg(long)]
+    trust_code: bool,
 }
 
 fn main() -> ExitCode {
+    signals::install();
     // `--version` names the libtorch too (the CUDA details take `doctor`: they initialise CUDA).
     let version = format!(
         "{} (libtorch {}; `tch-prune doctor` shows its CUDA backend)",
@@ -148,9 +167,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let show = cli.libtorch_warnings;
     let result = match cli.command {
-        Command::Prune(args) => prune(*args),
-        Command::Report { input, json, svg } => report(&input, json, svg.as_deref()),
+        Command::Prune(args) => prune(*args, show),
+        Command::Report {
+            input,
+            json,
+            svg,
+            trust_code,
+        } => report(&input, json, svg.as_deref(), policy(trust_code), show),
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -161,9 +186,36 @@ fn main() -> ExitCode {
                 .chain()
                 .map(|c| tch_prune::first_line(&c.to_string()))
                 .collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", one_line(&chain.join(": ")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error line as printed: one line (control characters escaped), and not megabytes long
+/// whatever the user gave (names from files and patterns are cut on their own already).
+fn one_line(text: &str) -> String {
+    const MAX_CHARS: usize = 4000;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn policy(trust_code: bool) -> CodePolicy {
+    if trust_code {
+        CodePolicy::Trusted
+    } else {
+        CodePolicy::Checked
     }
 }
 
@@ -204,10 +256,14 @@ fn device(name: &str) -> Result<Device> {
     Ok(device)
 }
 
-fn prune(args: PruneArgs) -> Result<()> {
+fn prune(args: PruneArgs, show: bool) -> Result<()> {
+    // Before anything is read: a run that fails writes nothing, and what it may not replace
+    // it never touches.
+    outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
     let steps = steps(&args)?;
     let device = device(&args.device)?;
-    let model = ModelFile::open(&args.input, device)?;
+    let policy = policy(args.trust_code);
+    let model = quiet::quietly(show, || ModelFile::open_with(&args.input, device, policy))?;
     let parameters = model.parameters();
     let buffers = model.buffers();
     let selections = steps
@@ -288,17 +344,20 @@ fn prune(args: PruneArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    // Taken before `remove_all` (which releases `_orig`), written after the model: the pruned
-    // model is the output that matters, so it is written first.
+    // Taken before `remove_all` (which releases `_orig`), written with the model.
     let state = match &args.state_out {
         Some(path) => Some((path, model.reparametrized_state(&pruner)?)),
         None => None,
     };
     pruner.remove_all()?;
-    model.save(&args.output, &pruner)?;
-    if let Some((path, state)) = state {
-        write_safetensors(path, &state)?;
-    }
+    // Both outputs or neither: a failure writing the state leaves no pruned model behind.
+    write_all_or_nothing(|| -> Result<()> {
+        quiet::quietly(show, || model.save(&args.output, &pruner))?;
+        if let Some((path, state)) = state {
+            write_safetensors(path, &state)?;
+        }
+        Ok(())
+    })?;
     let report = report_of(&model, &pruner)?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
@@ -332,8 +391,18 @@ fn shorten(names: &[String]) -> String {
     text
 }
 
-fn report(input: &Path, json: bool, svg: Option<&Path>) -> Result<()> {
-    let model = ModelFile::open(input, Device::Cpu)?;
+fn report(
+    input: &Path,
+    json: bool,
+    svg: Option<&Path>,
+    policy: CodePolicy,
+    show: bool,
+) -> Result<()> {
+    outputs::check(input, None, None)?;
+    if let Some(svg) = svg {
+        outputs::check_other(input, svg, "--svg")?;
+    }
+    let model = quiet::quietly(show, || ModelFile::open_with(input, Device::Cpu, policy))?;
     let report = report_of(&model, &model.pruner()?)?;
     if let Some(svg) = svg {
         #[cfg(feature = "plot")]

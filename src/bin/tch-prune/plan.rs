@@ -190,14 +190,29 @@ impl Step {
     /// model's buffers (`running_mean`, `running_var`, `num_batches_tracked`, and whatever a
     /// TorchScript module registers as one). PyTorch cannot prune a buffer: a glob never selects
     /// one, and naming one is an error that says it is a buffer.
+    ///
+    /// Selecting nothing is an error, with or without `global`: a mistyped pattern must not
+    /// give a copy of the model that looks pruned.
     pub fn select(&self, available: &[(String, usize)], buffers: &[String]) -> Result<Vec<String>> {
         let Some(patterns) = &self.params else {
-            return Ok(available
+            let selected: Vec<String> = available
                 .iter()
                 .filter(|(name, dims)| name.ends_with("weight") && *dims >= 2)
                 .map(|(name, _)| name.clone())
-                .collect());
+                .collect();
+            if selected.is_empty() {
+                return Err(PruneError::InvalidArgument(format!(
+                    "nothing to prune: no parameter of the model ends in 'weight' and has two or more dimensions (the parameters are {}); name the tensors with --params",
+                    some_names(available)
+                )));
+            }
+            return Ok(selected);
         };
+        if patterns.is_empty() {
+            return Err(PruneError::InvalidArgument(
+                "nothing to prune: the list of parameters is empty; name the tensors with --params (e.g. '*.weight')".into(),
+            ));
+        }
         let mut selected: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for pattern in patterns {
@@ -268,6 +283,39 @@ impl Step {
     }
 }
 
+/// The first few names of `available`, for a message.
+fn some_names(available: &[(String, usize)]) -> String {
+    let some: Vec<String> = available.iter().take(8).map(|(n, _)| cut(n)).collect();
+    let more = if available.len() > some.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    if some.is_empty() {
+        return "none".into();
+    }
+    format!("{}{more}", some.join(", "))
+}
+
+/// A user's string shown in a one-line message: control characters escaped, cut after 200
+/// characters (a pattern from a plan file can be megabytes long).
+fn cut(text: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A plan file: a JSON list of steps.
 pub fn parse_plan(json: &str) -> Result<Vec<Step>> {
     let steps: Vec<Step> = serde_json::from_str(json)
@@ -288,15 +336,9 @@ fn is_glob(pattern: &str) -> bool {
 
 /// The error for a pattern that selects nothing, listing the first few parameters.
 fn no_match(pattern: &str, available: &[(String, usize)]) -> PruneError {
-    let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
-    let more = if available.len() > some.len() {
-        ", ..."
-    } else {
-        ""
-    };
     PruneError::NoMatch {
-        pattern: pattern.to_string(),
-        available: format!("{}{more}", some.join(", ")),
+        pattern: cut(pattern),
+        available: some_names(available),
     }
 }
 

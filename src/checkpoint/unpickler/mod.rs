@@ -36,6 +36,12 @@ use std::path::Path;
 use std::rc::Rc;
 use tch::{Kind, Tensor};
 
+/// The unpickler's own memory (its stack, memo, objects and their items) may take this many
+/// times the size of `data.pkl`, plus [`VM_MEMORY_FLOOR`]. A real state dict's pickle takes
+/// several times its size; one byte of pickle (`)`, an empty tuple) can ask for a hundred.
+const VM_MEMORY_FACTOR: usize = 16;
+const VM_MEMORY_FLOOR: usize = 128 << 20;
+
 #[derive(Debug)]
 pub(super) struct StorageRef {
     pub(super) kind: Result<Kind, Rc<str>>,
@@ -146,6 +152,13 @@ pub(super) struct Unpickler<'a> {
     pub(super) bases: HashMap<(Rc<str>, Kind), Tensor>,
     /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
     pub(super) taken: HashSet<Rc<str>>,
+    /// The storages read, and their bytes in all: what the copy budget is relative to.
+    read: HashSet<Rc<str>>,
+    pub(super) storage_bytes: u64,
+    /// Bytes of tensor copies made so far (see [`Unpickler::charge_copy`]).
+    pub(super) copied: u64,
+    /// Values held inside tuples, lists, dicts and objects, for [`Unpickler::footprint`].
+    contained: usize,
     /// Hand out the same tensor for the same view of a storage (tied weights) instead of copies.
     pub(super) keep_ties: bool,
     /// The tensors built so far, by their view, when `keep_ties`.
@@ -184,9 +197,23 @@ impl<'a> Unpickler<'a> {
             arena: Vec::new(),
             bases: HashMap::new(),
             taken: HashSet::new(),
+            read: HashSet::new(),
+            storage_bytes: 0,
+            copied: 0,
+            contained: 0,
             keep_ties: false,
             views: HashMap::new(),
         }
+    }
+
+    /// About how much memory the machine's values take (its stack, memo, objects and the items
+    /// in them; strings are bounded by the pickle itself).
+    fn footprint(&self) -> usize {
+        use std::mem::size_of;
+        let cell = size_of::<Value>();
+        self.arena.len() * size_of::<Obj>()
+            + (self.stack.len() + self.contained + self.marks.len()) * cell
+            + self.memo.len() * 2 * (cell + size_of::<u32>())
     }
 
     /// Whether names over the same view of one storage (tied weights) get the same tensor,
@@ -271,6 +298,11 @@ impl<'a> Unpickler<'a> {
     }
 
     fn push_obj(&mut self, obj: Obj) {
+        self.contained += match &obj {
+            Obj::Tuple(items) | Obj::List(items) => items.len(),
+            Obj::Dict(dict) => 2 * dict.entries.len(),
+            _ => 0,
+        };
         let value = self.alloc(obj);
         self.stack.push(value);
     }
@@ -352,8 +384,22 @@ impl<'a> Unpickler<'a> {
 
     /// Runs the pickle to its STOP opcode and returns the unpickled object.
     pub(super) fn run(&mut self) -> VmResult<Value> {
+        let budget = self
+            .data
+            .len()
+            .saturating_mul(VM_MEMORY_FACTOR)
+            .saturating_add(VM_MEMORY_FLOOR);
         loop {
             let at = self.pos;
+            if self.footprint() > budget {
+                return Err(self.malformed(
+                    at,
+                    format!(
+                        "it builds more objects than a pickle of {} bytes can hold in a state dict (over {budget} bytes of memory); refused",
+                        self.data.len()
+                    ),
+                ));
+            }
             if at >= self.data.len() {
                 return Err(self.malformed(at, "truncated: the pickle ends before its STOP opcode"));
             }
@@ -497,6 +543,7 @@ impl<'a> Unpickler<'a> {
                 b'a' => {
                     let item = self.pop(at)?;
                     let list = self.top(at)?.clone();
+                    self.contained += 1;
                     match self.obj_mut(at, &list)? {
                         Obj::List(items) => items.push(item),
                         _ => {
@@ -508,6 +555,7 @@ impl<'a> Unpickler<'a> {
                 b'e' | 0x90 => {
                     let items = self.pop_mark(at)?;
                     let list = self.top(at)?.clone();
+                    self.contained += items.len();
                     match self.obj_mut(at, &list)? {
                         Obj::List(existing) => existing.extend(items),
                         _ => {
@@ -529,6 +577,7 @@ impl<'a> Unpickler<'a> {
                     let value = self.pop(at)?;
                     let key = self.pop(at)?;
                     let dict = self.top(at)?.clone();
+                    self.contained += 2;
                     match self.obj_mut(at, &dict)? {
                         Obj::Dict(d) => d.insert(key, value),
                         _ => {
@@ -545,6 +594,7 @@ impl<'a> Unpickler<'a> {
                         return Err(self.malformed(at, "SETITEMS with an odd number of items"));
                     }
                     let dict = self.top(at)?.clone();
+                    self.contained += items.len();
                     match self.obj_mut(at, &dict)? {
                         Obj::Dict(d) => {
                             let mut items = items.into_iter();
@@ -623,6 +673,7 @@ impl<'a> Unpickler<'a> {
                                 ));
                             }
                             *slot = Some(state);
+                            self.contained += 1;
                         }
                     }
                 }
@@ -643,6 +694,16 @@ impl<'a> Unpickler<'a> {
     }
 
     fn resolve(&self, module: &str, name: &str) -> VmResult<Global> {
+        // Quantized tensors and packed quantized parameters are PyTorch's own, not a risk: say
+        // what they are.
+        let quantized = (module == "torch._utils" && name == "_rebuild_qtensor")
+            || module.starts_with("__torch__.torch.classes.quantized");
+        if quantized {
+            return Err(CheckpointError::Unsupported {
+                path: self.path.to_path_buf(),
+                reason: "quantized tensors are not supported: save the float model (before quantization, or dequantized) instead".into(),
+            });
+        }
         Global::resolve(module, name, self.mode).ok_or_else(|| CheckpointError::ForbiddenGlobal {
             path: self.path.to_path_buf(),
             global: shown(&format!("{module}.{name}")),
@@ -773,7 +834,11 @@ impl<'a> Unpickler<'a> {
                     .ok_or_else(|| {
                         self.malformed(at, format!("storage '{}' is too large", shown(key)))
                     })?;
-                Some(self.storages.load(key, nbytes)?)
+                let loaded = self.storages.load(key, nbytes)?;
+                if self.read.insert(key.clone()) {
+                    self.storage_bytes = self.storage_bytes.saturating_add(nbytes);
+                }
+                Some(loaded)
             }
             Err(_) => None,
         };

@@ -1,0 +1,368 @@
+//! A seeded mutation fuzzer of the file readers: `torch.save` zips, TorchScript archives (their
+//! state and their code check) and safetensors files.
+//!
+//! Each input is a valid file mutated: raw bytes (flips, interesting values, cuts, inserts,
+//! splices), or, to get past the zip CRCs, one entry's contents (`data.pkl`, a storage, a
+//! `code/*.py`) mutated and the archive rebuilt, or a safetensors header's JSON. Every input
+//! must be read or refused with one line naming the file; never a panic, an abort, an input
+//! that takes more than a few seconds, or a peak resident memory above [`MEMORY_CEILING_MIB`].
+//!
+//! `cargo test --test fuzz_readers` runs a short pass (2000 inputs per format). For a long run:
+//! `TCH_PRUNE_FUZZ_INPUTS=100000 TCH_PRUNE_FUZZ_SEED=7 cargo test --release --test fuzz_readers -- --nocapture`
+//! (each format gets that many inputs; the seed varies the mutations).
+
+mod common;
+
+use std::io::{Cursor, Read, Write};
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+use tch_prune::checkpoint::{
+    check_torchscript_code_from, read_safetensors, read_torch_zip_from,
+    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError,
+};
+
+/// The peak resident memory of this test process (libtorch's own, about 100 MiB, included).
+const MEMORY_CEILING_MIB: u64 = 1024;
+/// No input may take longer than this.
+const SLOWEST: Duration = Duration::from_secs(5);
+
+/// xorshift64*: seeded, reproducible, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// Values that break size and offset arithmetic, written little-endian.
+const INTERESTING: [u64; 10] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    0x1_0000_0000,
+    0x7fff_ffff_ffff_ffff,
+    u64::MAX,
+    1 << 40,
+];
+
+/// One to four random mutations of `data`.
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>, donor: &[u8]) {
+    for _ in 0..1 + rng.below(4) {
+        let len = data.len();
+        match rng.below(8) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                data[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                data[i] = [0, 0xff, 0x7f, 0x80, b'(', b')', b'.', b'}'][rng.below(8)];
+            }
+            2 if len >= 8 => {
+                let width = [1, 2, 4, 8][rng.below(4)];
+                let i = rng.below(len - width + 1);
+                let v = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
+                data[i..i + width].copy_from_slice(&v[..width]);
+            }
+            3 => data.truncate(rng.below(len + 1)),
+            4 if len > 0 => {
+                let (a, b) = (rng.below(len), rng.below(len));
+                let (a, b) = (a.min(b), a.max(b).min(a + 64));
+                data.drain(a..b);
+            }
+            5 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(32);
+                let fill: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                data.splice(i..i, fill);
+            }
+            6 if !donor.is_empty() => {
+                // A piece of another valid file of the format, somewhere.
+                let a = rng.below(donor.len());
+                let b = (a + 1 + rng.below(256)).min(donor.len());
+                let i = rng.below(len + 1);
+                data.splice(i..i, donor[a..b].iter().copied());
+            }
+            _ if len > 1 => {
+                // Repeats a piece in place (duplicated opcodes, records).
+                let a = rng.below(len);
+                let b = (a + 1 + rng.below(64)).min(len);
+                let piece = data[a..b].to_vec();
+                data.splice(a..a, piece);
+            }
+            _ => data.push(rng.next() as u8),
+        }
+    }
+}
+
+/// The entries of a zip, in order.
+fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).expect("a valid seed");
+    (0..archive.len())
+        .map(|i| {
+            let mut entry = archive.by_index(i).expect("entry");
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("read entry");
+            (entry.name().to_string(), data)
+        })
+        .collect()
+}
+
+/// A zip of `entries`, stored, with correct CRCs.
+fn rezip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        // Duplicate names, which the writer refuses, are the raw mutations' business.
+        if out.start_file(name.as_str(), options).is_ok() {
+            out.write_all(data).expect("write entry");
+        }
+    }
+    out.finish().expect("finish zip").into_inner()
+}
+
+/// A mutated copy of a zip seed: half the time raw bytes, else one entry's contents (preferring
+/// `data.pkl` and code) with the archive rebuilt around it.
+fn mutate_zip(rng: &mut Rng, seed: &[u8], entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    if rng.below(2) == 0 {
+        let mut data = seed.to_vec();
+        mutate(rng, &mut data, seed);
+        return data;
+    }
+    let mut entries = entries.to_vec();
+    let preferred: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].0.ends_with("data.pkl") || entries[i].0.ends_with(".py"))
+        .collect();
+    let i = if !preferred.is_empty() && rng.below(4) != 0 {
+        preferred[rng.below(preferred.len())]
+    } else {
+        rng.below(entries.len())
+    };
+    let donor = entries[rng.below(entries.len())].1.clone();
+    mutate(rng, &mut entries[i].1, &donor);
+    rezip(&entries)
+}
+
+/// Reads one input, checking the outcome: a result, or a one-line error naming the file.
+fn check<T>(
+    what: &str,
+    input: &[u8],
+    result: std::thread::Result<Result<T, CheckpointError>>,
+    took: Duration,
+) {
+    let saved = || {
+        let path = std::env::temp_dir().join(format!("tch-prune-fuzz-failure-{what}.bin"));
+        let _ = std::fs::write(&path, input);
+        path.display().to_string()
+    };
+    match result {
+        Err(_) => panic!("{what}: the reader panicked; input saved as {}", saved()),
+        Ok(Err(e)) => {
+            let message = e.to_string();
+            assert!(
+                !message.contains('\n') && message.starts_with("fuzzed"),
+                "{what}: bad error line {message:?}; input saved as {}",
+                saved()
+            );
+        }
+        Ok(Ok(_)) => {}
+    }
+    assert!(
+        took < SLOWEST,
+        "{what}: one input took {took:?}; saved as {}",
+        saved()
+    );
+}
+
+/// The peak resident memory of this process so far, in MiB.
+fn peak_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+fn inputs() -> usize {
+    std::env::var("TCH_PRUNE_FUZZ_INPUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn seed() -> u64 {
+    std::env::var("TCH_PRUNE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A small state dict of several dtypes, one tensor a view of another's storage.
+fn state_dict() -> Vec<(String, Tensor)> {
+    let _lock = common::generator();
+    tch::manual_seed(11);
+    let w = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+    vec![
+        ("fc.weight".into(), w.shallow_clone()),
+        (
+            "fc.bias".into(),
+            Tensor::randn([6], (Kind::Half, Device::Cpu)),
+        ),
+        ("fc.weight_t".into(), w.tr()),
+        ("bn.num_batches_tracked".into(), Tensor::from(7i64)),
+        (
+            "mask".into(),
+            Tensor::ones([3, 2], (Kind::Bool, Device::Cpu)),
+        ),
+    ]
+}
+
+/// A small TorchScript module written by PyTorch, or None without it.
+fn torchscript_seed() -> Vec<u8> {
+    let dir = common::tempdir();
+    let pt = dir.path().join("seed.pt");
+    let script = r#"
+import sys, torch
+torch.manual_seed(0)
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.bn = torch.nn.BatchNorm2d(2)
+        self.fc = torch.nn.Linear(2, 2, bias=False)
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+torch.jit.save(torch.jit.script(M()), sys.argv[1])
+"#;
+    common::run_python(script, &[&pt])
+        .expect("the TorchScript seed needs PyTorch: set TCH_PRUNE_PYTHON (make test does)");
+    std::fs::read(&pt).expect("read seed")
+}
+
+fn run_zip_format(
+    what: &str,
+    seed_bytes: &[u8],
+    read: impl Fn(&[u8]) -> std::thread::Result<Result<usize, CheckpointError>>,
+) -> (usize, Duration) {
+    let entries = unzip(seed_bytes);
+    let mut rng = Rng(seed() ^ 0x9e37_79b9_7f4a_7c15 ^ what.len() as u64);
+    let start = Instant::now();
+    let mut accepted = 0;
+    for _ in 0..inputs() {
+        let input = mutate_zip(&mut rng, seed_bytes, &entries);
+        let t = Instant::now();
+        let result = read(&input);
+        if matches!(result, Ok(Ok(_))) {
+            accepted += 1;
+        }
+        check(what, &input, result, t.elapsed());
+    }
+    (accepted, start.elapsed())
+}
+
+#[test]
+fn mutated_files_are_read_or_refused_within_bounds() {
+    let dir = common::tempdir();
+    let zip_path = dir.path().join("seed.pt");
+    write_torch_zip(&zip_path, &state_dict()).expect("write the torch.save seed");
+    let zip_seed = std::fs::read(&zip_path).expect("read");
+    let st_path = dir.path().join("seed.safetensors");
+    write_safetensors(&st_path, &state_dict()).expect("write the safetensors seed");
+    let st_seed = std::fs::read(&st_path).expect("read");
+    let ts_seed = torchscript_seed();
+
+    let quiet = |f: &dyn Fn() -> Result<usize, CheckpointError>| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+    };
+    let mut report = Vec::new();
+
+    let (ok, took) = run_zip_format("torch.save zip", &zip_seed, |data| {
+        quiet(&|| read_torch_zip_from(Cursor::new(data), "fuzzed.pt").map(|sd| sd.len()))
+    });
+    report.push(format!(
+        "torch.save zip: {} inputs, {ok} read, {took:.1?}",
+        inputs()
+    ));
+
+    let (ok, took) = run_zip_format("TorchScript", &ts_seed, |data| {
+        quiet(&|| {
+            check_torchscript_code_from(Cursor::new(data), "fuzzed.pt")?;
+            read_torchscript_state_from(Cursor::new(data), "fuzzed.pt").map(|sd| sd.len())
+        })
+    });
+    report.push(format!(
+        "TorchScript: {} inputs, {ok} read, {took:.1?}",
+        inputs()
+    ));
+
+    // safetensors is read from a path: each input is written to one file.
+    let fuzzed = dir.path().join("fuzzed.safetensors");
+    let mut rng = Rng(seed() ^ 0x5851_f42d_4c95_7f2d);
+    let header_len = u64::from_le_bytes(st_seed[..8].try_into().expect("8 bytes")) as usize;
+    let start = Instant::now();
+    let mut ok = 0;
+    for _ in 0..inputs() {
+        let mut input = st_seed.clone();
+        if rng.below(2) == 0 {
+            mutate(&mut rng, &mut input, &st_seed);
+        } else {
+            // The header's JSON, its length field kept right.
+            let mut header = input[8..8 + header_len].to_vec();
+            mutate(&mut rng, &mut header, &st_seed[8..8 + header_len]);
+            let mut rebuilt = (header.len() as u64).to_le_bytes().to_vec();
+            rebuilt.extend_from_slice(&header);
+            rebuilt.extend_from_slice(&input[8 + header_len..]);
+            input = rebuilt;
+        }
+        std::fs::write(&fuzzed, &input).expect("write input");
+        let t = Instant::now();
+        let result = quiet(&|| read_safetensors(&fuzzed).map(|sd| sd.len()));
+        ok += usize::from(matches!(result, Ok(Ok(_))));
+        match &result {
+            // Errors name the file by its full path here.
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                assert!(
+                    !text.contains('\n') && text.contains("fuzzed.safetensors"),
+                    "{text}"
+                );
+            }
+            Err(_) => panic!("safetensors: the reader panicked on {}", fuzzed.display()),
+            Ok(Ok(_)) => {}
+        }
+        assert!(
+            t.elapsed() < SLOWEST,
+            "safetensors: one input took {:?}",
+            t.elapsed()
+        );
+    }
+    report.push(format!(
+        "safetensors: {} inputs, {ok} read, {:.1?}",
+        inputs(),
+        start.elapsed()
+    ));
+
+    let peak = peak_mib();
+    report.push(format!("peak resident memory {peak} MiB"));
+    eprintln!("fuzz (seed {}): {}", seed(), report.join("; "));
+    assert!(
+        peak <= MEMORY_CEILING_MIB,
+        "peak memory {peak} MiB, over {MEMORY_CEILING_MIB} MiB"
+    );
+}

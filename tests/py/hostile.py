@@ -1,0 +1,200 @@
+"""Writes the hostile and careless inputs of tests/hostile.rs into a folder.
+
+    python hostile.py OUT_DIR VICTIM
+
+Every file is made at test time, from PyTorch's own writers where PyTorch can write the attack
+and by rewriting their zips where it cannot. VICTIM is a file that the TorchScript payloads
+overwrite (and create if missing) when libtorch runs their code: the test checks it is untouched.
+"""
+
+import io
+import struct
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Tuple
+
+import torch
+
+OUT = Path(sys.argv[1])
+VICTIM = sys.argv[2]
+
+
+@torch.jit.script
+class Payload(object):
+    """Runs in libtorch's loader: TorchScript calls __setstate__ while it unpickles the object."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.t = torch.zeros(1)
+
+    def __getstate__(self) -> Tuple[str, int]:
+        return (self.path, 0)
+
+    def __setstate__(self, state: Tuple[str, int]) -> None:
+        self.path = state[0]
+        # Creates the file if missing, maps it shared and overwrites its first bytes.
+        self.t = torch.from_file(self.path, True, 4, dtype=torch.uint8)
+        self.t.fill_(65)
+        print("PAYLOAD RAN")
+        # A libtorch warning (deprecated quantized constructor), for the warnings row.
+        self.t = torch.quantize_per_tensor(torch.zeros(2), 0.1, 0, 13)
+
+
+class Evil(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.helper = Payload(path)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class ReadsInForward(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.path = path
+
+    def forward(self, x):
+        t = torch.from_file(self.path, True, 4)
+        return self.fc(x) + t
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def entries(path):
+    with zipfile.ZipFile(path) as z:
+        return [(i.filename, z.read(i.filename)) for i in z.infolist()]
+
+
+def write_zip(path, items, compress=()):
+    """Writes (name, bytes) pairs in order, duplicates included; names in `compress` deflated."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name"
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in items:
+                kind = zipfile.ZIP_DEFLATED if name in compress else zipfile.ZIP_STORED
+                z.writestr(zipfile.ZipInfo(name), data, compress_type=kind)
+
+
+def replace_code(path, out, old, new):
+    items = []
+    for name, data in entries(path):
+        if name.endswith(".py"):
+            data = data.replace(old.encode(), new.encode())
+        items.append((name, data))
+    write_zip(out, items)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    # --- TorchScript: code that runs, or would.
+    torch.jit.save(torch.jit.script(Evil(VICTIM)), OUT / "setstate.pt")
+    torch.jit.save(torch.jit.script(ReadsInForward(VICTIM)), OUT / "forward_from_file.pt")
+    mlp = torch.jit.script(Mlp())
+    torch.jit.save(mlp, OUT / "mlp.ts.pt")
+    # An operator of a namespace libtorch does not define (a custom op library's).
+    replace_code(OUT / "mlp.ts.pt", OUT / "custom_op.pt", "torch.relu(", "ops.evilext.run(")
+    # An operator libtorch does not know: its message starts with a newline.
+    replace_code(OUT / "mlp.ts.pt", OUT / "unknown_op.pt", "torch.relu(", "torch.no_such_op(")
+    # Two definitions of the same class file: PyTorch compiles the first (from_file), a
+    # scanner that reads the last sees harmless code.
+    items = entries(OUT / "mlp.ts.pt")
+    code = [(n, d) for n, d in items if n.endswith("code/__torch__.py")][0]
+    evil = (code[0], code[1].replace(b"torch.relu(", b"torch.from_file(\"%s\", True, 4) + torch.relu(" % VICTIM.encode()))
+    write_zip(OUT / "dup_code.pt", [evil] + items)
+    # Quantized (dynamic): packed parameters, whose loading warns in libtorch.
+    q = torch.ao.quantization.quantize_dynamic(Mlp(), {torch.nn.Linear}, dtype=torch.qint8)
+    torch.jit.save(torch.jit.script(q), OUT / "quantized.pt")
+
+    # --- State dicts.
+    sd = {"fc1.weight": torch.randn(16, 8), "fc1.bias": torch.randn(16),
+          "fc2.weight": torch.randn(4, 16), "fc2.bias": torch.randn(4)}
+    torch.save(sd, OUT / "plain.pt")
+    torch.save({"a.bias": torch.randn(8), "b.bias": torch.randn(4)}, OUT / "only_1d.pt")
+    # A name safetensors reserves: the model is written, its --state-out cannot be.
+    torch.save({"fc.weight": torch.randn(4, 4), "__metadata__": torch.randn(2)}, OUT / "metadata_key.pt")
+    import safetensors.torch
+
+    safetensors.torch.save_file({"big.weight": torch.randn(4096, 4096)}, str(OUT / "big.safetensors"))
+
+    # Two entries of one storage: PyTorch reads the first (ones), the zip crate the last.
+    one = io.BytesIO()
+    torch.save({"w": torch.ones(4, 4)}, one)
+    two = io.BytesIO()
+    torch.save({"w": torch.zeros(4, 4)}, two)
+    a, b = entries(one), entries(two)
+    storage = [d for n, d in b if n.endswith("/data/0")][0]
+    dup = []
+    for name, data in a:
+        dup.append((name, data))
+        if name.endswith("/data/0"):
+            dup.append((name, storage))
+    write_zip(OUT / "dup_storage.pt", dup)
+    pkl = [(n, d) for n, d in a if n.endswith("data.pkl")][0]
+    write_zip(OUT / "dup_pkl.pt", [pkl] + a)
+    case = []
+    for name, data in a:
+        case.append((name, data))
+        if name.endswith("/data/0"):
+            case.append((name.replace("/data/0", "/DATA/0"), storage))
+    write_zip(OUT / "dup_case.pt", case)
+
+    # A pickle bomb: 64 MiB of EMPTY_TUPLE, deflated into some 64 KB.
+    prefix = a[0][0].split("/")[0]
+    bomb = b"\x80\x02" + b")" * (64 << 20) + b"}."
+    write_zip(OUT / "pickle_bomb.pt", [(f"{prefix}/data.pkl", bomb), (f"{prefix}/byteorder", b"little")],
+              compress={f"{prefix}/data.pkl"})
+
+    # A deflate bomb: a 1 GiB storage of zeros, deflated into about 1 MB. The pickle is
+    # torch.save's for a tensor of 3 elements, its 3s (size and storage length) made 2^28.
+    zeros = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, zeros)
+    with zipfile.ZipFile(OUT / "deflate_bomb.pt", "w") as z:
+        for name, data in entries(zeros):
+            if name.endswith("data.pkl"):
+                assert data.count(b"K\x03") == 2, data
+                data = data.replace(b"K\x03", b"J\x00\x00\x00\x10")
+            if name.endswith("/data/0"):
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with z.open(info, "w") as entry:
+                    chunk = bytes(1 << 24)
+                    for _ in range(64):
+                        entry.write(chunk)
+                continue
+            z.writestr(zipfile.ZipInfo(name), data)
+
+    # A stride-0 expansion: [16384, 16384] over one element (PyTorch keeps it a view).
+    torch.save({"w": torch.zeros(1).expand(16384, 16384)}, OUT / "stride0.pt")
+
+    # One 4 MiB storage under 256 names, each a view at another offset: 1 GiB if copied.
+    base = torch.randn(1 << 20)
+    n = (1 << 20) - 256
+    torch.save({f"v{i}": base[i:i + n] for i in range(256)}, OUT / "shared_views.pt")
+
+    # safetensors whose header length runs past the end of the file.
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (OUT / "header_past_end.safetensors").write_bytes(struct.pack("<Q", 1 << 20) + header + bytes(4))
+
+    # A plan whose pattern is 100 MB long.
+    (OUT / "long_pattern.json").write_text(
+        '[{"params": "%s", "method": "l1-unstructured", "amount": 0.5}]' % ("x" * (100 << 20)))
+
+
+main()
