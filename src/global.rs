@@ -17,8 +17,9 @@ impl Pruner {
     /// exactly as PyTorch's `prune.global_unstructured`; each tensor then carries its share of the
     /// mask as a [`CustomFromMask`] step.
     ///
-    /// `importance_scores` maps some of the names to scores of the tensor's shape; the others
-    /// are ranked by their current values. All tensors (and scores) must be on one device.
+    /// `importance_scores` maps some of the names to scores of the tensor's shape (moved to the
+    /// tensor's device if they are elsewhere); the others are ranked by their current values.
+    /// All tensors must be on one device.
     /// On error no tensor has changed.
     ///
     /// ```
@@ -87,11 +88,11 @@ impl Pruner {
             let mut scores = Vec::with_capacity(names.len());
             let mut masks = Vec::with_capacity(names.len());
             let mut values_of = Vec::with_capacity(names.len());
-            let mut devices = Vec::with_capacity(2 * names.len());
+            let mut devices = Vec::with_capacity(names.len());
             for &name in names {
                 let (values, mask) = state.current(name)?;
                 let score = scores_for(name, &values, importance_scores.get(name))?;
-                devices.extend([(name, values.device()), (name, score.device())]);
+                devices.push((name, values.device()));
                 masks.push(mask);
                 scores.push(score);
                 values_of.push(values);

@@ -42,7 +42,8 @@ impl GradRedirect {
     }
 
     /// Moves the hook to the tensor's current accumulator if libtorch replaced it (after a
-    /// `set_data` that changed its dtype or device, e.g. `VarStore::set_device`).
+    /// `set_data` that changed its dtype or device: the registry following a store moved by
+    /// `VarStore::set_device` or `set_kind`).
     pub(crate) fn refresh(&mut self) -> Result<()> {
         let mut error = std::ptr::null_mut();
         // SAFETY: the handle is live until drop.

@@ -92,7 +92,9 @@ pub(crate) fn all_ones(t: &Tensor, kind: Kind) -> Result<Tensor> {
 }
 
 /// The scores that rank `name`'s entries: `importance_scores` if given (of `values`' shape),
-/// else its values.
+/// on `values`' device, else its values. PyTorch accepts scores on another device than the
+/// tensor (CPU scores for a CUDA weight); here they are moved to the tensor, so that the mask
+/// is computed where it will live.
 pub(crate) fn scores_for(
     name: &str,
     values: &Tensor,
@@ -101,7 +103,7 @@ pub(crate) fn scores_for(
     match importance_scores {
         Some(s) => {
             check_shape("importance scores", name, values, s)?;
-            Ok(s.shallow_clone())
+            Ok(s.f_to_device(values.device())?)
         }
         None => Ok(values.shallow_clone()),
     }

@@ -39,8 +39,15 @@ struct RedirectToOrig final : FunctionPreHook {
     if (grad.defined() && orig.requires_grad()) {
       deliveries->fetch_add(1, std::memory_order_relaxed);
       auto accumulate = torch::autograd::impl::grad_accumulator(orig);
-      // As MulBackward of `mask.to(orig.dtype) * orig` computes it.
-      variable_list masked{grad.mul(mask.to(grad.scalar_type()))};
+      // As MulBackward of `mask.to(orig.dtype) * orig` computes it: `grad * mask`. On a GPU a
+      // boolean mask multiplies as it is, with the same bits as its cast (x * true = x,
+      // x * false = x * 0.0, NaN and sign of zero included), without a full-size float copy of
+      // the mask on every backward pass. On CPU libtorch does not vectorize a float-by-bool
+      // multiply (8x slower than the cast and a float multiply, measured), so the cast stays.
+      // A float mask of another dtype is cast, as PyTorch casts it.
+      const bool as_is = mask.scalar_type() == grad.scalar_type() ||
+                         (mask.scalar_type() == at::kBool && !grad.is_cpu());
+      variable_list masked{as_is ? grad.mul(mask) : grad.mul(mask.to(grad.scalar_type()))};
       (*accumulate)(std::move(masked));
     }
     // An undefined gradient: the accumulator of `target` does nothing.
@@ -78,7 +85,10 @@ void detach_hook(Redirect& r) {
 }
 
 // (Re)installs the hook on the current accumulator of `target`. libtorch replaces a leaf's
-// accumulator when `set_data` changes its dtype or device (VarStore::set_device, set_kind).
+// accumulator when `set_data` changes its dtype or device: the registry does that to `target`
+// when the store was moved (VarStore::set_device, set_kind; see `PrunedTensor::follow_orig`),
+// and calls this before the next forward pass. `orig` and `mask` are held as the store's own
+// tensors, so the hook sees them where the store moved them.
 void attach_hook(Redirect& r) {
   auto accumulator = torch::autograd::impl::grad_accumulator(r.target);
   if (accumulator.get() == r.accumulator.get() && r.hook != nullptr) return;

@@ -88,3 +88,5 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
     static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
     GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+pub mod moves;
