@@ -1,13 +1,15 @@
 //! 1. Embeds the libtorch library folder as the run path of every binary, test and example, so
 //!    nothing needs `LD_LIBRARY_PATH`. torch-sys (`links = "tch"`) exports the folder to crates
 //!    that depend on it directly as `DEP_TCH_LIBTORCH_LIB`.
-//! 2. Compiles the small C++ part of the crate (src/ffi/), against the same libtorch.
+//! 2. Compiles the small C++ part of the crate (src/ffi/: the gradient hook, the TorchScript
+//!    save), against the same libtorch.
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/script_save.cpp");
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys did not report libtorch's lib folder"),
@@ -27,5 +29,6 @@ fn main() {
         ))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/ffi/grad_redirect.cpp")
+        .file("src/ffi/script_save.cpp")
         .compile("tch_prune_ffi");
 }

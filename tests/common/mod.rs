@@ -15,6 +15,17 @@ pub fn python() -> Option<PathBuf> {
 /// Runs a Python script with torch available; panics with its stderr if it fails.
 /// Returns None (and prints why) when no Python torch is configured.
 pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
+    run_python_env(script, args, &[])
+}
+
+/// [`run_python`] with no GPU visible to PyTorch (`CUDA_VISIBLE_DEVICES` empty), as on a
+/// machine without one, whatever this machine has.
+pub fn run_python_without_gpu(script: &str, args: &[&Path]) -> Option<String> {
+    run_python_env(script, args, &[("CUDA_VISIBLE_DEVICES", "")])
+}
+
+/// [`run_python`] with extra environment variables.
+pub fn run_python_env(script: &str, args: &[&Path], env: &[(&str, &str)]) -> Option<String> {
     let Some(python) = python() else {
         eprintln!("skipped: TCH_PRUNE_PYTHON is not set (run the tests through `make test`)");
         return None;
@@ -29,6 +40,7 @@ pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
         .arg(file.path())
         .args(args)
         .env("OMP_NUM_THREADS", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("failed to start python");
     assert!(
