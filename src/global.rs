@@ -138,12 +138,15 @@ fn select_in_place(
     values: &[Tensor],
     bool_masks: bool,
 ) -> Result<Vec<Tensor>> {
+    // Entries of tensors not pruned before all take part; the others' live counts are summed
+    // where the masks are and read once (one device sync, not one per tensor).
     let mut live_total = 0;
+    let mut live_counts = Vec::new();
     let mut outs = Vec::with_capacity(scores.len());
     for (mask, values) in masks.iter().zip(values) {
         outs.push(match mask {
             Some(m) => {
-                live_total += m.f_eq(1)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+                live_counts.push(m.f_eq(1)?.f_sum(Kind::Int64)?);
                 fresh_copy(m)?
             }
             None => {
@@ -156,6 +159,11 @@ fn select_in_place(
                 Tensor::f_ones(values.size(), (kind, values.device()))?
             }
         });
+    }
+    if !live_counts.is_empty() {
+        live_total += Tensor::f_stack(&live_counts, 0)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
     }
     let k = amount.to_count(live_total)?;
     let parts: Vec<Part<'_>> = scores
