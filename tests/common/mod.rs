@@ -102,3 +102,4 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
 }
 
 pub mod moves;
+pub mod parity;
