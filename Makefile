@@ -2,11 +2,15 @@
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 
-.PHONY: test demo build bench lint
+.PHONY: test test-cuda demo build bench lint
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests).
 test:
 	$(TORCH_ENV) && cargo test --all-targets && cargo test --doc
+
+## Exactly the CUDA tests (tests/cuda.rs), where no GPU or CUDA failing to load is a failure, not a skip.
+test-cuda:
+	$(TORCH_ENV) && TCH_PRUNE_REQUIRE_CUDA=1 cargo test --test cuda
 
 ## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:

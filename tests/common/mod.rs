@@ -101,5 +101,6 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
     GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+pub mod cuda;
 pub mod moves;
 pub mod parity;
