@@ -66,11 +66,19 @@ struct PruneArgs {
     /// The channel dimension of the structured methods (negative counts from the end).
     #[arg(long, allow_hyphen_values = true)]
     dim: Option<i64>,
-    /// Seed for the random methods: on CPU, the result equals PyTorch's after
-    /// torch.manual_seed(SEED) and the same calls in the same order.
+    /// Seed for the random methods. It seeds the CPU generator and every GPU's, as
+    /// torch.manual_seed(SEED) does; random-unstructured draws on the tensor's device,
+    /// random-structured on the CPU, as in PyTorch. So the result equals PyTorch's after
+    /// torch.manual_seed(SEED) and the same calls in the same order, with the model on the
+    /// same device: --device cuda reproduces PyTorch on the GPU (whose generator gives other
+    /// numbers than the CPU's), not a CPU run.
     #[arg(long)]
     seed: Option<i64>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N: where the model is loaded and pruned. Outputs hold their tensors
+    /// on the CPU whatever the device (a TorchScript output loads with torch.jit.load where
+    /// there is no GPU). On a GPU the results equal PyTorch's on that GPU; l1-unstructured and
+    /// the file formats give the same bits as on the CPU, ln-structured may not where CUDA
+    /// rounds a norm differently and two channels nearly tie.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
