@@ -20,8 +20,10 @@ demo:
 build:
 	$(TORCH_ENV) && cargo build --release
 
+## Formatting, clippy, and the module graph (no cycles, layers respected, CONTRIBUTING.md current).
 lint:
 	$(TORCH_ENV) && cargo fmt --check && cargo clippy --all-targets -- -D warnings
+	python3 scripts/module_graph.py --check CONTRIBUTING.md
 
 ## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
 bench:

@@ -1,5 +1,6 @@
 //! The library's error type: every message names the tensor or the value that is wrong.
 
+pub(crate) use crate::checkpoint::first_line;
 use tch::TchError;
 
 /// Everything that can go wrong in `tch_prune`. No call panics on user input: a failing call
@@ -86,31 +87,5 @@ pub type Result<T, E = PruneError> = std::result::Result<T, E>;
 impl From<TchError> for PruneError {
     fn from(err: TchError) -> Self {
         PruneError::Torch(first_line(&err.to_string()))
-    }
-}
-
-/// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
-pub fn first_line(message: &str) -> String {
-    let line = message
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown error");
-    line.trim_start_matches("Internal torch error:")
-        .trim()
-        .to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn torch_errors_keep_only_their_first_line() {
-        let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
-        assert_eq!(
-            first_line(raw),
-            "shape '[3]' is invalid for input of size 4"
-        );
     }
 }

@@ -17,37 +17,25 @@
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 
-mod amount;
+// The layers, bottom up (see CONTRIBUTING.md): `checkpoint` (file formats; depends on nothing
+// else in the crate), `error`, `prune` (the pruning core), `model` (whole model files). Only
+// `checkpoint` is a public module; everything else is re-exported here.
 pub mod checkpoint;
-mod container;
-mod custom;
 mod error;
-mod global;
-mod grad_redirect;
-mod method;
-mod model_file;
-mod module;
-pub mod plan;
-mod pruner;
-mod report;
-mod selection;
-mod state;
-mod structured;
-mod torchscript;
-mod unstructured;
+mod model;
+mod prune;
 
-pub use amount::Amount;
-pub use container::combine_masks;
-pub use custom::CustomFromMask;
-pub use error::{first_line, PruneError, Result};
-pub use method::{PruningMethod, PruningType};
-pub use model_file::ModelFile;
-pub use module::{Pruned, PrunedT};
-pub use pruner::{mask_name, orig_name, Pruner};
-pub use report::{Report, TensorReport};
-pub use structured::{LnStructured, Norm, RandomStructured};
-pub use torchscript::ScriptModel;
-pub use unstructured::{Identity, L1Unstructured, RandomUnstructured};
+pub use checkpoint::first_line;
+pub use error::{PruneError, Result};
+pub use model::{ModelFile, Report, ScriptModel, TensorReport};
+pub use prune::amount::Amount;
+pub use prune::container::combine_masks;
+pub use prune::custom::CustomFromMask;
+pub use prune::method::{PruningMethod, PruningType};
+pub use prune::module::{Pruned, PrunedT};
+pub use prune::pruner::{mask_name, orig_name, Pruner};
+pub use prune::structured::{LnStructured, Norm, RandomStructured};
+pub use prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 
 // The README's example is compiled and run as a doc test.
 #[doc = include_str!("../README.md")]

@@ -16,121 +16,42 @@
 //! `collections.OrderedDict` to `None` and fails. [`read_torch_zip`] is a pure-Rust reader of the
 //! small pickle subset that state dicts use, and it never runs code named by the file; in its
 //! TorchScript mode it also reads the module tree of a `torch.jit.save` archive.
+//!
+//! This module is the crate's file-format layer: it uses nothing from the pruning core (it could
+//! be a crate of its own). One job per file: `sniff` (what a file is), `archive` (opening the
+//! zip archives of `torch.save` and `torch.jit.save`, for every reader), `unpickler` (the pickle
+//! virtual machine and its allow-list of globals), `state_dict` (tensors built from storages),
+//! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
+//! `script_archive` and `script_classes` (TorchScript archives), `dtype` (the one dtype table),
+//! `host_tensor` (tensor bytes in and out), `atomic` ([`atomic_write`]: all-or-nothing writes)
+//! and `error` ([`CheckpointError`]).
 
-pub mod safetensors;
-pub mod torch_zip;
-pub mod torchscript;
+mod archive;
+mod atomic;
+mod dtype;
+mod error;
+mod host_tensor;
+mod pickle_writer;
+mod safetensors;
+mod script_archive;
+mod script_classes;
+mod sniff;
+mod state_dict;
+mod torch_save;
+mod unpickler;
 
+pub use self::atomic::atomic_write;
+pub use self::error::{first_line, CheckpointError};
 pub use self::safetensors::{read_safetensors, write_safetensors};
-pub use self::torch_zip::{read_torch_zip, read_torch_zip_from, write_torch_zip};
-pub use self::torchscript::{read_torchscript_state, read_torchscript_state_from};
+pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
+pub use self::torch_save::{read_torch_zip, read_torch_zip_from, write_torch_zip};
 
-use std::collections::HashSet;
+use self::archive::{no_data_pkl, Opened, TorchArchive};
+use self::sniff::Sniff;
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use tch::{Device, Kind, Tensor};
-
-/// What can go wrong reading or writing a checkpoint. Every message is one line that starts with
-/// the file's path and says what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CheckpointError {
-    /// The file could not be opened, read or written. `error` is kept for its `kind()`, and is
-    /// not a `source` because its text is already part of this message.
-    #[error("{}: {action}: {error}", path.display())]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        error: io::Error,
-    },
-
-    /// A pickle that is not inside a zip: `torch.save` before PyTorch 1.6, or with
-    /// `_use_new_zipfile_serialization=False`, or a plain `pickle.dump`.
-    #[error("{}: not a PyTorch zip checkpoint (legacy torch.save format?) — re-save it with torch.save(..., _use_new_zipfile_serialization=True)", path.display())]
-    LegacyFormat { path: PathBuf },
-
-    #[error("{}: unrecognized file format: neither a zip archive written by torch.save / torch.jit.save nor a safetensors file", path.display())]
-    UnknownFormat { path: PathBuf },
-
-    /// A file in one known format handed to the reader of another.
-    #[error("{}: expected {expected}, but this is {found}", path.display())]
-    WrongFormat {
-        path: PathBuf,
-        expected: &'static str,
-        found: &'static str,
-    },
-
-    /// A valid checkpoint using a feature this reader does not implement (e.g. big-endian data).
-    #[error("{}: unsupported checkpoint: {reason}", path.display())]
-    Unsupported { path: PathBuf, reason: String },
-
-    #[error("{}: corrupt or truncated zip archive: {reason}", path.display())]
-    CorruptArchive { path: PathBuf, reason: String },
-
-    /// A readable zip that `torch.save` did not write (no `data.pkl`).
-    #[error("{}: not a PyTorch checkpoint: {reason}", path.display())]
-    NotACheckpoint { path: PathBuf, reason: String },
-
-    #[error("{}: this is a TorchScript module saved by torch.jit.save, not a state dict: load it as a module (tch::CModule::load) instead, or save model.state_dict() from Python", path.display())]
-    TorchScript { path: PathBuf },
-
-    #[error("{}: malformed data.pkl at byte {offset}: {reason}", path.display())]
-    MalformedPickle {
-        path: PathBuf,
-        offset: usize,
-        reason: String,
-    },
-
-    /// The pickle names a Python global outside the allow-list. Unpickling it in Python could run
-    /// arbitrary code, so it is refused rather than skipped.
-    #[error("{}: data.pkl refers to the Python global `{global}`, which is not loaded (unpickling it could run arbitrary code); only tensors, their storages and dicts are read: save model.state_dict() rather than a model or other Python objects", path.display())]
-    ForbiddenGlobal { path: PathBuf, global: String },
-
-    /// The file is well formed but does not hold a flat `name -> tensor` dict.
-    #[error("{}: not a state dict: {reason}", path.display())]
-    NotAStateDict { path: PathBuf, reason: String },
-
-    #[error("{}: tensor '{tensor}' has dtype {dtype}, which is not supported (supported: float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool)", path.display())]
-    UnsupportedDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
-
-    /// A tensor whose shape, strides or offset do not fit its storage, or similar.
-    #[error("{}: tensor '{tensor}': {reason}", path.display())]
-    InvalidTensor {
-        path: PathBuf,
-        tensor: String,
-        reason: String,
-    },
-
-    #[error("{}: invalid safetensors file: {reason}", path.display())]
-    Safetensors { path: PathBuf, reason: String },
-
-    /// An error from libtorch, trimmed to its first line.
-    #[error("{}: libtorch: {message}", path.display())]
-    Torch { path: PathBuf, message: String },
-}
-
-impl CheckpointError {
-    pub(crate) fn io(path: &Path, action: &'static str, error: io::Error) -> Self {
-        CheckpointError::Io {
-            path: path.to_path_buf(),
-            action,
-            error,
-        }
-    }
-
-    pub(crate) fn torch(path: &Path, error: tch::TchError) -> Self {
-        CheckpointError::Torch {
-            path: path.to_path_buf(),
-            message: crate::error::first_line(&error.to_string()),
-        }
-    }
-}
+use std::path::Path;
+use tch::Tensor;
 
 /// The formats [`read_state_dict`] understands, told apart by content rather than extension
 /// (`.pt` and `.pth` are used for all the zip kinds alike).
@@ -152,26 +73,15 @@ impl Format {
     pub fn detect(path: impl AsRef<Path>) -> Result<Format, CheckpointError> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
-        let mut reader = io::BufReader::new(file);
-        let (kind, _) = torch_zip::sniff_reader(&mut reader, path)?;
-        match kind {
-            Sniff::Zip => {
-                let archive = zip::ZipArchive::new(reader)
-                    .map_err(|e| torch_zip::corrupt(path, e))?;
-                let layout = torch_zip::ZipLayout::of(archive.file_names());
-                if layout.torchscript {
-                    Ok(Format::TorchScript)
-                } else if layout.prefix.is_some() {
-                    Ok(Format::TorchZip)
-                } else {
-                    Err(torch_zip::no_data_pkl(path))
-                }
-            }
-            Sniff::Pickle => Err(CheckpointError::LegacyFormat {
+        match TorchArchive::open(io::BufReader::new(file), path)? {
+            Opened::Archive(archive) if archive.layout.torchscript => Ok(Format::TorchScript),
+            Opened::Archive(archive) if archive.layout.prefix.is_some() => Ok(Format::TorchZip),
+            Opened::Archive(_) => Err(no_data_pkl(path)),
+            Opened::NotZip(Sniff::Pickle) => Err(CheckpointError::LegacyFormat {
                 path: path.to_path_buf(),
             }),
-            Sniff::Safetensors => Ok(Format::Safetensors),
-            Sniff::Unknown => Err(CheckpointError::UnknownFormat {
+            Opened::NotZip(Sniff::Safetensors) => Ok(Format::Safetensors),
+            Opened::NotZip(_) => Err(CheckpointError::UnknownFormat {
                 path: path.to_path_buf(),
             }),
         }
@@ -191,337 +101,5 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, 
         Format::TorchScript => Err(CheckpointError::TorchScript {
             path: path.to_path_buf(),
         }),
-    }
-}
-
-/// A tensor's values in host memory, contiguous, in one of the dtypes both formats store: the
-/// tensor itself when it already is so, a copy otherwise.
-pub(crate) struct HostTensor {
-    pub(crate) kind: Kind,
-    pub(crate) size: Vec<i64>,
-    /// Contiguous, on the CPU: the tensor itself when it already is (its bytes are written
-    /// from where they are, so a model is never held twice while it is saved).
-    tensor: Tensor,
-}
-
-impl HostTensor {
-    pub(crate) fn of(
-        path: &Path,
-        name: &str,
-        tensor: &Tensor,
-    ) -> Result<HostTensor, CheckpointError> {
-        let torch = |e: tch::TchError| CheckpointError::InvalidTensor {
-            path: path.to_path_buf(),
-            tensor: shown(name),
-            reason: format!("libtorch: {}", crate::error::first_line(&e.to_string())),
-        };
-        let kind = tensor.f_kind().map_err(torch)?;
-        if !SUPPORTED_KINDS.contains(&kind) {
-            return Err(CheckpointError::UnsupportedDtype {
-                path: path.to_path_buf(),
-                tensor: shown(name),
-                dtype: format!("{kind:?}"),
-            });
-        }
-        let host = tensor
-            .f_detach()
-            .and_then(|t| t.f_to_device(Device::Cpu))
-            .and_then(|t| t.f_contiguous())
-            .map_err(torch)?;
-        Ok(HostTensor {
-            kind,
-            size: host.size(),
-            tensor: host,
-        })
-    }
-
-    /// The values' bytes, in the tensor's memory.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        let len = self.tensor.numel() * self.kind.elt_size_in_bytes();
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: a contiguous CPU tensor holds `len` bytes from `data_ptr`, and `self` keeps
-        // it (and its storage) alive as long as the borrow. The writers hold the only use of
-        // the tensors they are given while they write (the crate writes to no tensor from
-        // another thread meanwhile).
-        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len) }
-    }
-}
-
-/// Fills a new contiguous CPU tensor with the next bytes of `reader`, through a small buffer:
-/// its memory is uninitialized, so it must not be handed to `Read` as a slice.
-pub(crate) fn read_into(reader: &mut impl std::io::Read, tensor: &Tensor) -> std::io::Result<()> {
-    let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
-    let mut buffer = vec![0u8; len.min(1 << 20)];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(buffer.len());
-        reader.read_exact(&mut buffer[..n])?;
-        // SAFETY: the tensor is contiguous on the CPU and owns `len` bytes from `data_ptr`;
-        // nothing else refers to it yet, and `done + n <= len`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                buffer.as_ptr(),
-                (tensor.data_ptr() as *mut u8).add(done),
-                n,
-            );
-        }
-        done += n;
-    }
-    Ok(())
-}
-
-/// The dtypes both formats are read and written in.
-pub(crate) const SUPPORTED_KINDS: [Kind; 10] = [
-    Kind::Float,
-    Kind::Half,
-    Kind::BFloat16,
-    Kind::Double,
-    Kind::Int64,
-    Kind::Int,
-    Kind::Int16,
-    Kind::Int8,
-    Kind::Uint8,
-    Kind::Bool,
-];
-
-/// Both formats map names to tensors: a name given twice would silently lose a tensor.
-pub(crate) fn check_names<'a>(
-    path: &Path,
-    names: impl Iterator<Item = &'a str>,
-) -> Result<(), CheckpointError> {
-    let mut seen = HashSet::new();
-    for name in names {
-        if !seen.insert(name) {
-            return Err(CheckpointError::InvalidTensor {
-                path: path.to_path_buf(),
-                tensor: shown(name),
-                reason: "the name is given twice".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A name taken from a file, made safe to show in a one-line message: control characters
-/// (a pickle's strings may hold newlines) are escaped, and very long names are cut.
-pub(crate) fn shown(name: &str) -> String {
-    const MAX_CHARS: usize = 200;
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if i == MAX_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Enough for the zip magic, the pickle protocol header and safetensors' header length + `{`.
-pub(crate) const SNIFF_LEN: usize = 9;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sniff {
-    Zip,
-    Pickle,
-    Safetensors,
-    Unknown,
-}
-
-/// Classifies a file from its first [`SNIFF_LEN`] bytes and its length.
-pub(crate) fn sniff(head: &[u8], file_len: u64) -> Sniff {
-    // A local file header, or the end-of-central-directory record of an empty zip.
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        return Sniff::Zip;
-    }
-    // PROTO opcode; legacy torch.save starts with a pickled magic number at protocol 2.
-    if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
-        return Sniff::Pickle;
-    }
-    if head.len() >= SNIFF_LEN && head[8] == b'{' {
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&head[..8]);
-        let header_len = u64::from_le_bytes(n);
-        if header_len >= 2 && header_len.checked_add(8).is_some_and(|end| end <= file_len) {
-            return Sniff::Safetensors;
-        }
-    }
-    Sniff::Unknown
-}
-
-/// Distinguishes the temporary files of concurrent writers within one process (the pid does
-/// so across processes).
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `path` all or nothing: `write` gets a temporary path in the same folder (named
-/// `.<name>.tmp-<pid>-<n>`) and must create the file there; once it returns `Ok` the file is
-/// fsynced and renamed over `path`. If `write` fails (or panics), or the sync or the rename
-/// does, the temporary file is removed and `path` is left as it was, so readers never see a
-/// truncated file.
-///
-/// The error type is the closure's, so callers whose errors wrap [`CheckpointError`] (like
-/// [`PruneError`](crate::PruneError)) can use it directly.
-pub fn atomic_write<T, E, F>(path: impl AsRef<Path>, write: F) -> Result<T, E>
-where
-    F: FnOnce(&Path) -> Result<T, E>,
-    E: From<CheckpointError>,
-{
-    let path = path.as_ref();
-    let name = path.file_name().ok_or_else(|| {
-        CheckpointError::io(
-            path,
-            "cannot write",
-            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"),
-        )
-    })?;
-    // Same folder, so the rename stays within one filesystem and is atomic.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let guard = RemoveOnDrop(Some(&tmp));
-
-    let value = write(&tmp)?;
-    let synced = File::open(&tmp).and_then(|file| file.sync_all());
-    synced.map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, "cannot write", e))?;
-    guard.disarm();
-    // Makes the rename itself durable. Best effort: some filesystems refuse to fsync folders,
-    // and the data is already in place either way.
-    if let Ok(folder) = File::open(dir) {
-        let _ = folder.sync_all();
-    }
-    Ok(value)
-}
-
-/// Deletes the temporary file on every exit path, panics included, until disarmed.
-struct RemoveOnDrop<'a>(Option<&'a Path>);
-
-impl RemoveOnDrop<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(path) = self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("read folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn atomic_write_leaves_nothing_when_the_writer_fails() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let target = dir.path().join("out.safetensors");
-        let result: Result<(), CheckpointError> = atomic_write(&target, |tmp| {
-            let mut file = File::create(tmp).map_err(|e| CheckpointError::io(tmp, "x", e))?;
-            file.write_all(b"half of a file")
-                .map_err(|e| CheckpointError::io(tmp, "x", e))?;
-            Err(CheckpointError::UnknownFormat {
-                path: tmp.to_path_buf(),
-            })
-        });
-        assert!(result.is_err());
-        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
-    }
-
-    #[test]
-    fn atomic_write_keeps_the_old_file_when_the_writer_fails() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let target = dir.path().join("out.bin");
-        std::fs::write(&target, b"old").expect("write");
-        let result: Result<(), CheckpointError> = atomic_write(&target, |tmp| {
-            std::fs::write(tmp, b"new but broken").map_err(|e| CheckpointError::io(tmp, "x", e))?;
-            Err(CheckpointError::UnknownFormat {
-                path: tmp.to_path_buf(),
-            })
-        });
-        assert!(result.is_err());
-        assert_eq!(entries(dir.path()), vec!["out.bin".to_string()]);
-        assert_eq!(std::fs::read(&target).expect("read"), b"old");
-    }
-
-    #[test]
-    fn atomic_write_removes_the_temporary_file_when_the_writer_panics() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let target = dir.path().join("out.bin");
-        let outcome = std::panic::catch_unwind(|| {
-            let _: Result<(), CheckpointError> = atomic_write(&target, |tmp| {
-                std::fs::write(tmp, b"partial").expect("write");
-                panic!("writer bug");
-            });
-        });
-        assert!(outcome.is_err());
-        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file_on_success() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let target = dir.path().join("out.bin");
-        std::fs::write(&target, b"old").expect("write");
-        let n: Result<usize, CheckpointError> = atomic_write(&target, |tmp| {
-            std::fs::write(tmp, b"new").map_err(|e| CheckpointError::io(tmp, "x", e))?;
-            Ok(3)
-        });
-        assert_eq!(n.expect("write succeeds"), 3);
-        assert_eq!(entries(dir.path()), vec!["out.bin".to_string()]);
-        assert_eq!(std::fs::read(&target).expect("read"), b"new");
-    }
-
-    #[test]
-    fn atomic_write_fails_cleanly_when_the_writer_creates_nothing() {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let target = dir.path().join("out.bin");
-        let result: Result<(), CheckpointError> = atomic_write(&target, |_| Ok(()));
-        let err = result.expect_err("nothing was written");
-        assert!(err.to_string().contains("out.bin"), "{err}");
-        assert!(entries(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn sniffing_tells_formats_apart() {
-        assert_eq!(sniff(b"PK\x03\x04rest", 100), Sniff::Zip);
-        assert_eq!(sniff(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9", 100), Sniff::Pickle);
-        assert_eq!(sniff(b"\x02\0\0\0\0\0\0\0{", 10), Sniff::Safetensors);
-        // A header longer than the file is not a safetensors file.
-        assert_eq!(sniff(b"\x20\0\0\0\0\0\0\0{", 10), Sniff::Unknown);
-        assert_eq!(sniff(b"", 0), Sniff::Unknown);
-    }
-
-    #[test]
-    fn names_from_files_are_shown_on_one_line() {
-        assert_eq!(shown("fc1.weight"), "fc1.weight");
-        assert_eq!(shown("a\nb\r\u{0}"), "a\\nb\\r\\u{0}");
-        let long = "x".repeat(500);
-        assert_eq!(shown(&long).chars().count(), 201);
     }
 }

@@ -5,7 +5,10 @@
 //! data out sorted by dtype size, then by name. Reading returns the tensors in the order of
 //! their data in the file; the original state-dict order is not recorded by the format.
 
-use super::{atomic_write, shown, CheckpointError, HostTensor};
+use super::atomic::atomic_write;
+use super::dtype::DType;
+use super::error::{first_line, shown, CheckpointError};
+use super::host_tensor::{check_names, read_into, HostTensor};
 use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, View};
 use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
@@ -68,11 +71,13 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
 
     let mut out = Vec::with_capacity(infos.len());
     for (name, info) in infos {
-        let kind = dtype_kind(info.dtype).ok_or_else(|| CheckpointError::UnsupportedDtype {
-            path: path.to_path_buf(),
-            tensor: shown(&name),
-            dtype: format!("{:?}", info.dtype),
-        })?;
+        let kind = DType::of_safetensors(info.dtype)
+            .map(|d| d.kind)
+            .ok_or_else(|| CheckpointError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                tensor: shown(&name),
+                dtype: format!("{:?}", info.dtype),
+            })?;
         let size = info
             .shape
             .iter()
@@ -89,7 +94,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
             ReadError::Torch(e) => CheckpointError::InvalidTensor {
                 path: path.to_path_buf(),
                 tensor: shown(&name),
-                reason: crate::error::first_line(&e.to_string()),
+                reason: first_line(&e.to_string()),
             },
         })?;
         out.push((name, tensor));
@@ -146,7 +151,7 @@ fn read_tensor(file: &mut File, size: &[i64], kind: Kind) -> Result<Tensor, Read
         kind
     };
     let tensor = Tensor::f_empty(size, (read_kind, Device::Cpu)).map_err(ReadError::Torch)?;
-    super::read_into(file, &tensor).map_err(ReadError::Io)?;
+    read_into(file, &tensor).map_err(ReadError::Io)?;
     match kind {
         Kind::Bool => tensor.f_ne(0).map_err(ReadError::Torch),
         _ => Ok(tensor),
@@ -170,7 +175,7 @@ where
     T: Borrow<Tensor>,
 {
     let path = path.as_ref();
-    super::check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
+    check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
     if let Some((name, _)) = tensors
         .iter()
         .find(|(name, _)| name.as_ref() == "__metadata__")
@@ -210,12 +215,7 @@ struct SafeView {
 impl SafeView {
     fn of(path: &Path, name: &str, tensor: &Tensor) -> Result<SafeView, CheckpointError> {
         let host = HostTensor::of(path, name, tensor)?;
-        // HostTensor only accepts the dtypes that have a safetensors tag.
-        let dtype = kind_dtype(host.kind).ok_or_else(|| CheckpointError::UnsupportedDtype {
-            path: path.to_path_buf(),
-            tensor: shown(name),
-            dtype: format!("{:?}", host.kind),
-        })?;
+        let dtype = host.dtype.safetensors;
         let shape = host
             .size
             .iter()
@@ -243,39 +243,6 @@ impl View for &SafeView {
     fn data_len(&self) -> usize {
         self.host.bytes().len()
     }
-}
-
-fn dtype_kind(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F64 => Kind::Double,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I8 => Kind::Int8,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::BOOL => Kind::Bool,
-        _ => return None,
-    })
-}
-
-fn kind_dtype(kind: Kind) -> Option<Dtype> {
-    let dtype = match kind {
-        Kind::Float => Dtype::F32,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Double => Dtype::F64,
-        Kind::Int64 => Dtype::I64,
-        Kind::Int => Dtype::I32,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int8 => Dtype::I8,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Bool => Dtype::BOOL,
-        _ => return None,
-    };
-    Some(dtype)
 }
 
 /// The crate's own messages are its variant names; these say what is wrong with the file.
@@ -311,6 +278,6 @@ fn describe(err: &SafeTensorError) -> String {
 fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Safetensors {
         path: path.to_path_buf(),
-        reason: crate::error::first_line(&reason.to_string()),
+        reason: first_line(&reason.to_string()),
     }
 }

@@ -1,8 +1,9 @@
-//! The pruning-method trait: PyTorch's `BasePruningMethod`, reduced to what a method decides.
+//! The pruning-method trait (PyTorch's `BasePruningMethod`, reduced to what a method decides),
+//! and the checks and default mask that all methods and the registry share.
 
 use crate::error::{PruneError, Result};
 use std::fmt::Debug;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How a method sees a tensor that is already pruned (PyTorch's `PRUNING_TYPE`), which decides
 /// the slice it is handed when it composes with earlier pruning.
@@ -91,6 +92,15 @@ pub(crate) fn all_ones(t: &Tensor, kind: Kind) -> Result<Tensor> {
     Ok(Tensor::f_ones([], (kind, t.device()))?.f_expand(t.size(), false)?)
 }
 
+/// Whether `mask` is [`all_ones`]' broadcast 1.
+pub(crate) fn is_all_ones(mask: &Tensor) -> bool {
+    mask.stride().iter().all(|&s| s == 0)
+        && mask.numel() > 0
+        && mask
+            .f_double_value(&vec![0; mask.dim()])
+            .is_ok_and(|v| v == 1.0)
+}
+
 /// The scores that rank `name`'s entries: `importance_scores` if given (of `values`' shape),
 /// on `values`' device, else its values. PyTorch accepts scores on another device than the
 /// tensor (CPU scores for a CUDA weight); here they are moved to the tensor, so that the mask
@@ -125,4 +135,57 @@ pub(crate) fn check_shape(
         });
     }
     Ok(())
+}
+
+/// Validates a structured method's tensor and dim; returns the dim made non-negative.
+pub(crate) fn checked_dim(t: &Tensor, dim: i64) -> Result<i64> {
+    let ndim = t.dim() as i64;
+    if ndim <= 1 {
+        return Err(PruneError::NotMultidimensional { shape: t.size() });
+    }
+    if dim >= ndim || dim < -ndim {
+        return Err(PruneError::InvalidDim {
+            dim,
+            shape: t.size(),
+        });
+    }
+    Ok(if dim < 0 { dim + ndim } else { dim })
+}
+
+/// Fails unless every tensor (and score) is on one device, naming the first two that differ.
+pub(crate) fn same_device(devices: &[(&str, Device)]) -> Result<()> {
+    let Some(&(first, first_device)) = devices.first() else {
+        return Ok(());
+    };
+    match devices.iter().find(|(_, d)| *d != first_device) {
+        Some(&(other, other_device)) => Err(PruneError::MixedDevices {
+            first: first.to_string(),
+            first_device,
+            other: other.to_string(),
+            other_device,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_devices_are_named() {
+        assert!(same_device(&[]).is_ok());
+        assert!(same_device(&[("a", Device::Cpu), ("b", Device::Cpu)]).is_ok());
+        let err = same_device(&[
+            ("a", Device::Cpu),
+            ("a", Device::Cpu),
+            ("b", Device::Cuda(0)),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            &err,
+            PruneError::MixedDevices { first, other, other_device: Device::Cuda(0), .. } if first == "a" && other == "b"
+        ));
+        assert!(err.to_string().contains("'a'") && err.to_string().contains("'b'"));
+    }
 }

@@ -1,7 +1,7 @@
 //! A mask given by the user (PyTorch's `CustomFromMask`).
 
 use crate::error::Result;
-use crate::method::{check_shape, PruningMethod, PruningType};
+use crate::prune::method::{check_shape, PruningMethod, PruningType};
 use tch::Tensor;
 
 /// Prunes where a given mask is 0. The mask is multiplied into the current one, so entries

@@ -2,10 +2,9 @@
 //! (PyTorch's `PruningContainer.compute_mask` / `_combine_masks`).
 
 use crate::error::Result;
-use crate::method::{check_shape, PruningMethod, PruningType};
-use crate::selection::{zero_smallest, Part};
-use crate::structured::checked_dim;
-use crate::unstructured::fresh_copy_as;
+use crate::prune::method::{check_shape, checked_dim, PruningMethod, PruningType};
+use crate::prune::selection::{zero_smallest, Part};
+use crate::prune::unstructured::fresh_copy_as;
 use tch::{Kind, Tensor};
 
 /// Applies `method` on top of `mask`, the mask the tensor has now, as PyTorch does when a pruned

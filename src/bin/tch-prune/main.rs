@@ -1,15 +1,17 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
+mod plan;
+
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use plan::{parse_plan, split_patterns, MethodName, Step};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::write_safetensors;
-use tch_prune::plan::{parse_plan, split_patterns, MethodName, Step};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]

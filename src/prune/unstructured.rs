@@ -1,9 +1,9 @@
 //! Methods that prune individual entries: identity, random and L1 unstructured.
 
-use crate::amount::Amount;
 use crate::error::Result;
-use crate::method::{PruningMethod, PruningType};
-use crate::selection::{zero_smallest, Part};
+use crate::prune::amount::Amount;
+use crate::prune::method::{PruningMethod, PruningType};
+use crate::prune::selection::{zero_smallest, Part};
 use tch::{Kind, Tensor};
 
 /// Prunes nothing: reparametrizes a tensor with an all-ones mask (PyTorch's `prune.identity`),

@@ -1,10 +1,9 @@
 //! Methods that prune whole channels along a dimension: random and Ln structured.
 
-use crate::amount::Amount;
 use crate::error::{PruneError, Result};
-use crate::method::{PruningMethod, PruningType};
-use crate::pruner::is_all_ones;
-use crate::unstructured::fresh_copy;
+use crate::prune::amount::Amount;
+use crate::prune::method::{checked_dim, is_all_ones, PruningMethod, PruningType};
+use crate::prune::unstructured::fresh_copy;
 use std::fmt;
 use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
@@ -151,21 +150,6 @@ fn channel_norms(t: &Tensor, n: Norm, dim: i64) -> Result<Tensor> {
         }
         Norm::Fro | Norm::Nuc => return Err(invalid()),
     })
-}
-
-/// Validates a structured method's tensor and dim; returns the dim made non-negative.
-pub(crate) fn checked_dim(t: &Tensor, dim: i64) -> Result<i64> {
-    let ndim = t.dim() as i64;
-    if ndim <= 1 {
-        return Err(PruneError::NotMultidimensional { shape: t.size() });
-    }
-    if dim >= ndim || dim < -ndim {
-        return Err(PruneError::InvalidDim {
-            dim,
-            shape: t.size(),
-        });
-    }
-    Ok(if dim < 0 { dim + ndim } else { dim })
 }
 
 /// A mask that keeps the channels `kept` along `dim`, times the default mask, with the dtype of

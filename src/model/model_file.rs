@@ -3,8 +3,8 @@
 
 use crate::checkpoint::{self, Format};
 use crate::error::Result;
-use crate::pruner::{mask_name, orig_name, Pruner};
-use crate::torchscript::{add_dotted, ScriptModel};
+use crate::model::script_model::{add_dotted, ScriptModel};
+use crate::prune::pruner::{mask_name, orig_name, Pruner};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::nn::VarStore;

@@ -1,15 +1,16 @@
 //! The hook registry: pruning reparametrizes VarStore tensors, and the masks are reapplied
 //! before every forward pass (what PyTorch does with forward pre-hooks, which tch lacks).
 
-use crate::amount::Amount;
-use crate::container::combine_masks;
-use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
-use crate::global::same_device;
-use crate::grad_redirect::GradRedirect;
-use crate::method::{all_ones, check_shape, scores_for, PruningMethod, PruningType};
-use crate::structured::{LnStructured, Norm, RandomStructured};
-use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
+use crate::prune::amount::Amount;
+use crate::prune::container::combine_masks;
+use crate::prune::custom::CustomFromMask;
+use crate::prune::grad_redirect::GradRedirect;
+use crate::prune::method::{
+    all_ones, check_shape, same_device, scores_for, PruningMethod, PruningType,
+};
+use crate::prune::structured::{LnStructured, Norm, RandomStructured};
+use crate::prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tch::nn::{VarStore, Variables};
 use tch::{Device, Kind, Tensor};
@@ -309,16 +310,6 @@ impl Pruner {
     pub fn forward<T>(&self, forward: impl FnOnce() -> T) -> Result<T> {
         self.apply_masks()?;
         Ok(forward())
-    }
-
-    /// Wraps an `nn::Module` so that each `forward` reapplies the masks first.
-    pub fn wrap<M: tch::nn::Module>(&self, module: M) -> crate::Pruned<M> {
-        crate::Pruned::new(module, self.clone())
-    }
-
-    /// Wraps an `nn::ModuleT` (batch norm, dropout, vision models) likewise.
-    pub fn wrap_t<M: tch::nn::ModuleT>(&self, module: M) -> crate::PrunedT<M> {
-        crate::PrunedT::new(module, self.clone())
     }
 
     /// Moves the store to `device` (`VarStore::set_device`) and every pruned tensor with it:
@@ -818,15 +809,6 @@ fn take_storage(target: &Tensor) -> Result<Tensor> {
     let mut target = target.shallow_clone();
     target.f_set_data(&Tensor::f_empty_like(&target)?)?;
     Ok(orig)
-}
-
-/// Whether `mask` is [`all_ones`](crate::method::all_ones)' broadcast 1.
-pub(crate) fn is_all_ones(mask: &Tensor) -> bool {
-    mask.stride().iter().all(|&s| s == 0)
-        && mask.numel() > 0
-        && mask
-            .f_double_value(&vec![0; mask.dim()])
-            .is_ok_and(|v| v == 1.0)
 }
 
 /// A mask as booleans, refusing values other than 0 and 1 (which a boolean cannot scale by).

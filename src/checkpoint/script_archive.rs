@@ -8,22 +8,24 @@
 //!   instance of a class `__torch__.<qualified name>` (e.g.
 //!   `__torch__.torch.nn.modules.linear.___torch_mangle_3.Linear`) given a dict of its attributes
 //!   (in slot order) by BUILD, and tensors refer to storages `<prefix>/data/<key>` as in
-//!   `torch.save` files. The virtual machine of [`torch_zip`](super::torch_zip) reads it in its
+//!   `torch.save` files. The virtual machine of [`unpickler`](super::unpickler) reads it in its
 //!   TorchScript mode, in which such classes give inert objects that record their class name and
 //!   attributes; nothing is ever called.
 //! * Which attributes are parameters and which are buffers is not in the pickle but in the class
 //!   definitions under `<prefix>/code/`: the file `code/a/b/c.py` defines the classes `a.b.c.*`,
 //!   and a module class starts with `class Name(Module):` followed by the lines
 //!   `__parameters__ = ["weight", "bias", ]` and `__buffers__ = [...]`. Only those lines (and
-//!   the class headers) are read; the code itself is never interpreted.
+//!   the class headers) are read, by [`script_classes`](super::script_classes); the code
+//!   itself is never interpreted.
 //! * `<prefix>/constants.pkl` holds the constants the code uses, which are not part of the state
 //!   dict, and is not read.
 
-use super::torch_zip::{
-    check_byteorder, corrupt, read_entry, read_module_state, sniff_reader, ZipLayout, ZipStorages,
-    MAX_PICKLE_BYTES,
-};
-use super::{shown, CheckpointError, Sniff};
+use super::archive::{Opened, StorageSource, TorchArchive};
+use super::error::{shown, CheckpointError};
+use super::script_classes::ScriptClasses;
+use super::sniff::Sniff;
+use super::unpickler::{Mode, Obj, Unpickler, Value, VmResult};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -65,7 +67,7 @@ pub fn read_torchscript_state(
 /// [`read_torchscript_state`] on any seekable reader (e.g. an in-memory `Cursor`); `name` is only
 /// used in error messages.
 pub fn read_torchscript_state_from<R: Read + Seek>(
-    mut reader: R,
+    reader: R,
     name: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = name.as_ref();
@@ -75,15 +77,13 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
         expected: EXPECTED,
         found,
     };
-    let file_len = match sniff_reader(&mut reader, path)? {
-        (Sniff::Zip, len) => len,
-        (Sniff::Pickle, _) => return Err(wrong("a pickle, not a zip archive")),
-        (Sniff::Safetensors, _) => return Err(wrong("a safetensors file")),
-        (Sniff::Unknown, _) => return Err(wrong("not a zip archive")),
+    let mut archive = match TorchArchive::open(reader, path)? {
+        Opened::Archive(archive) => archive,
+        Opened::NotZip(Sniff::Pickle) => return Err(wrong("a pickle, not a zip archive")),
+        Opened::NotZip(Sniff::Safetensors) => return Err(wrong("a safetensors file")),
+        Opened::NotZip(_) => return Err(wrong("not a zip archive")),
     };
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
-    let layout = ZipLayout::of(archive.file_names());
-    let prefix = match (layout.torchscript, layout.prefix) {
+    let prefix = match (archive.layout.torchscript, archive.layout.prefix.take()) {
         (true, Some(prefix)) => prefix,
         (false, Some(_)) => {
             return Err(wrong(
@@ -103,18 +103,18 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
             })
         }
     };
-    check_byteorder(&mut archive, path, &prefix, file_len)?;
+    archive.enter(prefix)?;
 
-    let code = format!("{prefix}code/");
+    let code = format!("{}code/", archive.prefix());
     let sources: Vec<String> = archive
-        .file_names()
+        .entry_names()
         .filter(|name| name.starts_with(&code) && name.ends_with(".py"))
         .map(str::to_string)
         .collect();
     let mut classes = ScriptClasses::default();
     let mut total = 0u64;
     for name in sources {
-        let source = read_entry(&mut archive, path, &name, MAX_CODE_FILE_BYTES, file_len)?;
+        let source = archive.read(&name, MAX_CODE_FILE_BYTES)?;
         total += source.len() as u64;
         if total > MAX_CODE_BYTES {
             return Err(CheckpointError::CorruptArchive {
@@ -126,194 +126,182 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
         classes.add_file(&qualifier, &String::from_utf8_lossy(&source));
     }
 
-    let pickle = read_entry(
-        &mut archive,
-        path,
-        &format!("{prefix}data.pkl"),
-        MAX_PICKLE_BYTES,
-        file_len,
-    )?;
-    let mut storages = ZipStorages::new(archive, path, prefix, file_len);
+    let pickle = archive.data_pkl()?;
+    let mut storages = archive.into_storages();
     read_module_state(&pickle, path, &mut storages, &classes)
 }
 
-/// What the class definitions under `code/` say about each class, by qualified name.
-#[derive(Debug, Default)]
-pub(super) struct ScriptClasses {
-    classes: HashMap<String, ClassDef>,
+/// A TorchScript module tree is a tree in real files (thousands of modules of a few dozen
+/// attributes); a hostile `data.pkl` can make it a DAG with exponentially many paths, so the walk
+/// stops after looking at this many modules and attributes in all.
+const MAX_WALK_STEPS: usize = 1 << 24;
+
+/// Real state dict names take tens of bytes; a hostile pickle can repeat a long attribute name
+/// through its memo at every level for two bytes each, so longer names are refused.
+const MAX_NAME_BYTES: usize = 1 << 16;
+
+/// Copies of tensors shared by several modules may take this many times the bytes of the
+/// distinct tensors (or 1 GiB, if more).
+const COPY_BUDGET_FACTOR: u64 = 8;
+
+/// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
+/// dict of the module it holds (see [`Unpickler::into_module_state`]).
+fn read_module_state(
+    pickle: &[u8],
+    path: &Path,
+    storages: &mut dyn StorageSource,
+    classes: &ScriptClasses,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let mut vm = Unpickler::with_mode(pickle, path, storages, Mode::TorchScript);
+    let root = vm.run()?;
+    vm.into_module_state(root, classes)
 }
 
-#[derive(Debug)]
-enum ClassDef {
-    /// `class Name(Module):`, with its parameter and buffer names, or why they cannot be read.
-    Module(Result<ModuleDef, String>),
-    /// Any other class (`class Name:`, `class Name(NamedTuple):`, ...): never a module.
-    Other,
-}
-
-/// The attributes of a module class that are parameters and buffers.
-#[derive(Debug, Default)]
-pub(super) struct ModuleDef {
-    pub(super) parameters: HashSet<String>,
-    pub(super) buffers: HashSet<String>,
-}
-
-impl ScriptClasses {
-    /// Reads the class definitions of one source file, whose classes are `<qualifier>.<Name>`.
-    /// Only class headers and the `__parameters__` / `__buffers__` lines of module classes are
-    /// looked at; a class whose lists cannot be read is an error only if the pickle uses it.
-    pub(super) fn add_file(&mut self, qualifier: &str, source: &str) {
-        let mut current: Option<ClassScan> = None;
-        for line in source.lines() {
-            if line.trim().is_empty() {
-                continue;
+impl Unpickler<'_> {
+    /// The state dict of the TorchScript module `root`, as `torch.jit.load(path).state_dict()`
+    /// gives it: per module (depth first, from the root), its parameters, then its buffers, each
+    /// in slot order, then its submodules in slot order, under dotted names.
+    ///
+    /// A module's attributes are the dict its BUILD gave it, in slot order (TorchScript's pickler
+    /// writes them so). Which of them are parameters and buffers is not in the pickle: `classes`
+    /// reads it from the class definitions in the archive's `code/`. An attribute counts when it
+    /// is listed there *and* holds a tensor (a `bias=False` Linear lists `bias`, holding None);
+    /// submodules are the attributes holding objects of module classes. Other attributes, tensors
+    /// included (plain tensor attributes are neither parameters nor buffers), are not state.
+    fn into_module_state(
+        mut self,
+        root: Value,
+        classes: &ScriptClasses,
+    ) -> VmResult<Vec<(String, Tensor)>> {
+        let path = self.path;
+        let not_a_module = |reason: String| CheckpointError::NotAStateDict {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let root_index = match &root {
+            Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Object { .. })) => *i,
+            other => {
+                return Err(not_a_module(format!(
+                    "data.pkl holds {}, not a TorchScript module",
+                    self.type_name(other)
+                )))
             }
-            let indent = line.len() - line.trim_start().len();
-            if indent == 0 {
-                if let Some(done) = current.take() {
-                    self.finish(qualifier, done);
+        };
+
+        enum Step {
+            Enter(usize, String),
+            Leave(usize),
+        }
+        let mut steps = vec![Step::Enter(root_index, String::new())];
+        // Modules being walked: a module inside itself would make Python recurse forever.
+        let mut on_path = HashSet::new();
+        let mut steps_taken = 0usize;
+        let mut keys: Vec<(String, usize)> = Vec::new();
+        let mut positions: HashMap<String, usize> = HashMap::new();
+        while let Some(step) = steps.pop() {
+            let (index, prefix) = match step {
+                Step::Leave(index) => {
+                    on_path.remove(&index);
+                    continue;
                 }
-                current = line.strip_prefix("class ").and_then(ClassScan::start);
-                continue;
-            }
-            let Some(class) = current.as_mut() else {
-                continue;
+                Step::Enter(index, prefix) => (index, prefix),
             };
-            // The first line of the body sets its indentation; deeper lines are method bodies.
-            let body = *class.body_indent.get_or_insert(indent);
-            if indent != body || !class.is_module {
-                continue;
+            let module = if prefix.is_empty() {
+                "the root module".to_string()
+            } else {
+                format!("module '{}'", shown(prefix.trim_end_matches('.')))
+            };
+            steps_taken += 1;
+            if !on_path.insert(index) {
+                return Err(not_a_module(format!("{module} contains itself")));
             }
-            let statement = line.trim();
-            for (target, slot) in [
-                ("__parameters__", &mut class.parameters),
-                ("__buffers__", &mut class.buffers),
-            ] {
-                let Some(rest) = statement.strip_prefix(target) else {
-                    continue;
-                };
-                let Some(list) = rest.trim_start().strip_prefix('=') else {
-                    continue;
-                };
-                if slot.is_none() {
-                    *slot = Some(parse_name_list(list).map_err(|e| format!("{target}: {e}")));
+            steps.push(Step::Leave(index));
+            let Some(Obj::Object { class, state }) = self.arena.get(index) else {
+                return Err(not_a_module(format!("{module} is not an object")));
+            };
+            let Some(def) = classes.module(path, class)? else {
+                return Err(not_a_module(format!(
+                    "{module} is an object of class {}, which is not a module",
+                    shown(class)
+                )));
+            };
+            let Some(state) = state else {
+                return Err(not_a_module(format!(
+                    "{module} (class {}) is never given its attributes",
+                    shown(class)
+                )));
+            };
+            let attributes = match state {
+                Value::Obj(d) => match self.arena.get(*d) {
+                    Some(Obj::Dict(dict)) => Some(dict),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(attributes) = attributes else {
+                return Err(CheckpointError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{module} (class {}) is saved as {} by its own __getstate__, which only its code can read",
+                        shown(class),
+                        self.type_name(state)
+                    ),
+                });
+            };
+            steps_taken = steps_taken.saturating_add(attributes.entries.len());
+            if steps_taken > MAX_WALK_STEPS {
+                return Err(not_a_module(format!(
+                    "the module tree has more than {MAX_WALK_STEPS} modules and attributes"
+                )));
+            }
+            let mut names = Vec::with_capacity(attributes.entries.len());
+            for (key, _) in &attributes.entries {
+                match key {
+                    Value::Str(name) if prefix.len() + name.len() > MAX_NAME_BYTES => {
+                        return Err(not_a_module(format!(
+                            "{module} has an attribute whose dotted name is longer than {MAX_NAME_BYTES} bytes"
+                        )))
+                    }
+                    Value::Str(name) => names.push(name.clone()),
+                    other => {
+                        return Err(not_a_module(format!(
+                            "{module} has an attribute named by {}",
+                            self.type_name(other)
+                        )))
+                    }
                 }
             }
+            let mut add = |name: String, tensor: usize| match positions.entry(name) {
+                // Python's state dict is a dict: a name given twice keeps its first place.
+                Entry::Occupied(at) => keys[*at.get()].1 = tensor,
+                Entry::Vacant(slot) => {
+                    keys.push((slot.key().clone(), tensor));
+                    slot.insert(keys.len() - 1);
+                }
+            };
+            for listed in [&def.parameters, &def.buffers] {
+                for (name, (_, value)) in names.iter().zip(&attributes.entries) {
+                    if let Value::Obj(tensor) = value {
+                        if listed.contains(&**name) && self.is_tensor(value) {
+                            add(format!("{prefix}{name}"), *tensor);
+                        }
+                    }
+                }
+            }
+            let mut children = Vec::new();
+            for (name, (_, value)) in names.iter().zip(&attributes.entries) {
+                if let Value::Obj(child) = value {
+                    if let Some(Obj::Object { class, .. }) = self.arena.get(*child) {
+                        if classes.module(path, class)?.is_some() {
+                            children.push(Step::Enter(*child, format!("{prefix}{name}.")));
+                        }
+                    }
+                }
+            }
+            steps.extend(children.into_iter().rev());
         }
-        if let Some(done) = current.take() {
-            self.finish(qualifier, done);
-        }
+        self.hand_out(keys, "", Some(COPY_BUDGET_FACTOR))
     }
-
-    fn finish(&mut self, qualifier: &str, class: ClassScan) {
-        let def = if class.is_module {
-            let parameters = class.parameters.unwrap_or(Ok(HashSet::new()));
-            let buffers = class.buffers.unwrap_or(Ok(HashSet::new()));
-            ClassDef::Module(parameters.and_then(|parameters| {
-                Ok(ModuleDef {
-                    parameters,
-                    buffers: buffers?,
-                })
-            }))
-        } else {
-            ClassDef::Other
-        };
-        // The first definition wins, as a file defines each class once.
-        self.classes
-            .entry(format!("{qualifier}.{}", class.name))
-            .or_insert(def);
-    }
-
-    /// The parameters and buffers of `class` if it is a module class, `None` if it is another
-    /// class. A class the archive does not define is an error, except TorchScript's bindings of
-    /// C++ classes (`__torch__.torch.classes.*`), which are never modules.
-    pub(super) fn module(
-        &self,
-        path: &Path,
-        class: &str,
-    ) -> Result<Option<&ModuleDef>, CheckpointError> {
-        match self.classes.get(class) {
-            Some(ClassDef::Module(Ok(def))) => Ok(Some(def)),
-            Some(ClassDef::Module(Err(reason))) => Err(CheckpointError::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "cannot read the definition of the module class {}: {}",
-                    shown(class),
-                    shown(reason)
-                ),
-            }),
-            Some(ClassDef::Other) => Ok(None),
-            None if class.starts_with("__torch__.torch.classes.") => Ok(None),
-            None => Err(CheckpointError::CorruptArchive {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "data.pkl uses the class {} but the archive's code/ does not define it",
-                    shown(class)
-                ),
-            }),
-        }
-    }
-}
-
-/// A class definition being scanned.
-struct ClassScan {
-    name: String,
-    is_module: bool,
-    body_indent: Option<usize>,
-    parameters: Option<Result<HashSet<String>, String>>,
-    buffers: Option<Result<HashSet<String>, String>>,
-}
-
-impl ClassScan {
-    /// From the text after `class `: `Name(Module):`, `Name:`, `Name(NamedTuple):`, ...
-    fn start(header: &str) -> Option<ClassScan> {
-        let header = header.trim_end().strip_suffix(':')?;
-        let (name, base) = match header.split_once('(') {
-            Some((name, rest)) => (name.trim(), rest.strip_suffix(')')?.trim()),
-            None => (header.trim(), ""),
-        };
-        let identifier = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        identifier.then(|| ClassScan {
-            name: name.to_string(),
-            is_module: base == "Module",
-            body_indent: None,
-            parameters: None,
-            buffers: None,
-        })
-    }
-}
-
-/// `["weight", "bias", ]`, as TorchScript prints the lists: quoted names (printed as they are,
-/// without escapes), each followed by a comma.
-fn parse_name_list(text: &str) -> Result<HashSet<String>, String> {
-    let text = text.trim();
-    let inner = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .ok_or_else(|| format!("expected a list of names, found '{text}'"))?;
-    let mut names = HashSet::new();
-    let mut rest = inner.trim_start();
-    while !rest.is_empty() {
-        let quote = rest
-            .chars()
-            .next()
-            .filter(|&c| c == '"' || c == '\'')
-            .ok_or_else(|| format!("expected a quoted name at '{rest}'"))?;
-        let body = &rest[1..];
-        let end = body
-            .find(quote)
-            .ok_or_else(|| format!("unterminated name at '{rest}'"))?;
-        names.insert(body[..end].to_string());
-        let after = body[end + 1..].trim_start();
-        rest = match after.strip_prefix(',') {
-            Some(next) => next.trim_start(),
-            None if after.is_empty() => after,
-            None => return Err(format!("expected a comma at '{after}'")),
-        };
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
@@ -321,7 +309,8 @@ mod tests {
     use super::*;
     use tch::Kind;
 
-    use super::super::torch_zip::tests::PatternStorages;
+    use crate::checkpoint::script_classes::tests::small_classes;
+    use crate::checkpoint::unpickler::tests::PatternStorages;
 
     /// `data.pkl` of `torch.jit.save(torch.jit.script(Outer()))`, where
     /// `Outer` has a submodule `inner` and then a parameter `p`; `Inner` has
@@ -368,32 +357,6 @@ mod tests {
         "inner.layers.1.num_batches_tracked",
     ];
 
-    /// The parts of the archive's class definitions that are read.
-    fn small_classes() -> ScriptClasses {
-        let mut classes = ScriptClasses::default();
-        classes.add_file(
-            "__torch__",
-            "class Outer(Module):\n  __parameters__ = [\"p\", ]\n  __buffers__ = []\n  p : Tensor\n  \
-             inner : __torch__.Inner\n  def forward(self: __torch__.Outer,\n    x: Tensor) -> Tensor:\n    \
-             __parameters__ = [\"inner\", ]\n    return x\n\
-             class Inner(Module):\n  __parameters__ = []\n  __buffers__ = [\"scale\", ]\n  scale : Tensor\n",
-        );
-        classes.add_file(
-            "__torch__.torch.nn.modules.container",
-            "class ModuleList(Module):\n  __parameters__ = []\n  __buffers__ = []\n  training : bool\n",
-        );
-        classes.add_file(
-            "__torch__.torch.nn.modules.linear",
-            "class Linear(Module):\n  __parameters__ = [\"weight\", \"bias\", ]\n  __buffers__ = []\n",
-        );
-        classes.add_file(
-            "__torch__.torch.nn.modules.batchnorm",
-            "class BatchNorm1d(Module):\n  __parameters__ = [\"weight\", \"bias\", ]\n  \
-             __buffers__ = [\"running_mean\", \"running_var\", \"num_batches_tracked\", ]\n",
-        );
-        classes
-    }
-
     fn unpickle(
         data: &[u8],
         classes: &ScriptClasses,
@@ -412,71 +375,6 @@ mod tests {
         for (name, t) in &sd {
             assert!(t.is_contiguous() && !t.requires_grad(), "{name}");
         }
-    }
-
-    #[test]
-    fn class_definitions_are_scanned_not_run() {
-        let classes = small_classes();
-        let path = Path::new("m.pt");
-        let outer = classes
-            .module(path, "__torch__.Outer")
-            .expect("known")
-            .expect("module");
-        // Only the class body's own line counts, not the one inside `forward`.
-        assert_eq!(outer.parameters, HashSet::from(["p".to_string()]));
-        assert!(outer.buffers.is_empty());
-        let bn = classes
-            .module(path, "__torch__.torch.nn.modules.batchnorm.BatchNorm1d")
-            .expect("known")
-            .expect("module");
-        assert_eq!(bn.buffers.len(), 3);
-
-        let mut other = ScriptClasses::default();
-        other.add_file(
-            "__torch__.a.___torch_mangle_3",
-            "class Holder:\n  x : Tensor\nclass Bad(Module):\n  __parameters__ = [weight]\n\
-             class NoLists(Module):\n  training : bool\nclass T(NamedTuple):\n  a : int\n",
-        );
-        let q = "__torch__.a.___torch_mangle_3";
-        assert!(other
-            .module(path, &format!("{q}.Holder"))
-            .expect("known")
-            .is_none());
-        assert!(other
-            .module(path, &format!("{q}.T"))
-            .expect("known")
-            .is_none());
-        let none = other
-            .module(path, &format!("{q}.NoLists"))
-            .expect("known")
-            .expect("module");
-        assert!(none.parameters.is_empty() && none.buffers.is_empty());
-        let err = other
-            .module(path, &format!("{q}.Bad"))
-            .expect_err("unreadable list");
-        assert!(err.to_string().contains("expected a quoted name"), "{err}");
-        let err = other
-            .module(path, "__torch__.Missing")
-            .expect_err("undefined");
-        assert!(err.to_string().contains("does not define it"), "{err}");
-        assert!(other
-            .module(
-                path,
-                "__torch__.torch.classes.quantized.LinearPackedParamsBase"
-            )
-            .expect("a C++ class")
-            .is_none());
-
-        let names = |s: &str| {
-            let mut v: Vec<String> = parse_name_list(s).expect("parses").into_iter().collect();
-            v.sort();
-            v
-        };
-        assert_eq!(names(" []"), Vec::<String>::new());
-        assert_eq!(names(" [\"a, b\", \"0\", ]"), ["0", "a, b"]);
-        assert_eq!(names("['x']"), ["x"]);
-        assert!(parse_name_list("[\"a\" \"b\"]").is_err());
-        assert!(parse_name_list("[\"a").is_err());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Pruned checkpoints written by PyTorch, loaded so that pruning resumes where it left off.
 
-use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
-use crate::method::check_shape;
-use crate::pruner::Pruner;
+use crate::prune::custom::CustomFromMask;
+use crate::prune::method::check_shape;
+use crate::prune::pruner::Pruner;
 use std::collections::{HashMap, HashSet};
 use tch::Tensor;
 

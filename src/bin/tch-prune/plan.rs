@@ -1,14 +1,12 @@
 //! Pruning plans: the steps the CLI's `--plan` (or its flags) describe, applied in order.
 
-use crate::amount::Amount;
-use crate::error::{PruneError, Result};
-use crate::method::PruningMethod;
-use crate::pruner::Pruner;
-use crate::structured::{LnStructured, Norm, RandomStructured};
-use crate::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
+use tch_prune::{
+    Amount, Identity, L1Unstructured, LnStructured, Norm, PruneError, Pruner, PruningMethod,
+    RandomStructured, RandomUnstructured, Result,
+};
 
 /// A method by its CLI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,14 +1,14 @@
 //! Global pruning: one ranking across many tensors (PyTorch's `global_unstructured`).
 
-use crate::container::combine_masks;
-use crate::custom::CustomFromMask;
 use crate::error::{PruneError, Result};
-use crate::method::{scores_for, PruningMethod, PruningType};
-use crate::pruner::Pruner;
-use crate::selection::{zero_smallest, Part};
-use crate::unstructured::fresh_copy;
+use crate::prune::container::combine_masks;
+use crate::prune::custom::CustomFromMask;
+use crate::prune::method::{same_device, scores_for, PruningMethod, PruningType};
+use crate::prune::pruner::Pruner;
+use crate::prune::selection::{zero_smallest, Part};
+use crate::prune::unstructured::fresh_copy;
 use std::collections::{HashMap, HashSet};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 impl Pruner {
     /// Prunes the tensors `names` together with one unstructured method, as if they were one
@@ -217,42 +217,4 @@ fn concatenated(
             Ok(slice)
         })
         .collect()
-}
-
-/// Fails unless every tensor (and score) is on one device, naming the first two that differ.
-pub(crate) fn same_device(devices: &[(&str, Device)]) -> Result<()> {
-    let Some(&(first, first_device)) = devices.first() else {
-        return Ok(());
-    };
-    match devices.iter().find(|(_, d)| *d != first_device) {
-        Some(&(other, other_device)) => Err(PruneError::MixedDevices {
-            first: first.to_string(),
-            first_device,
-            other: other.to_string(),
-            other_device,
-        }),
-        None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mixed_devices_are_named() {
-        assert!(same_device(&[]).is_ok());
-        assert!(same_device(&[("a", Device::Cpu), ("b", Device::Cpu)]).is_ok());
-        let err = same_device(&[
-            ("a", Device::Cpu),
-            ("a", Device::Cpu),
-            ("b", Device::Cuda(0)),
-        ])
-        .unwrap_err();
-        assert!(matches!(
-            &err,
-            PruneError::MixedDevices { first, other, other_device: Device::Cuda(0), .. } if first == "a" && other == "b"
-        ));
-        assert!(err.to_string().contains("'a'") && err.to_string().contains("'b'"));
-    }
 }

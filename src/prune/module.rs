@@ -1,6 +1,6 @@
 //! Modules whose forward pass reapplies the masks first: the registry as forward pre-hooks.
 
-use crate::pruner::Pruner;
+use crate::prune::pruner::Pruner;
 use tch::nn::{Module, ModuleT};
 use tch::Tensor;
 
@@ -47,6 +47,18 @@ macro_rules! wrapper_accessors {
 }
 wrapper_accessors!(Pruned);
 wrapper_accessors!(PrunedT);
+
+impl Pruner {
+    /// Wraps an `nn::Module` so that each `forward` reapplies the masks first.
+    pub fn wrap<M: tch::nn::Module>(&self, module: M) -> Pruned<M> {
+        Pruned::new(module, self.clone())
+    }
+
+    /// Wraps an `nn::ModuleT` (batch norm, dropout, vision models) likewise.
+    pub fn wrap_t<M: tch::nn::ModuleT>(&self, module: M) -> PrunedT<M> {
+        PrunedT::new(module, self.clone())
+    }
+}
 
 // `nn::Module::forward` cannot return an error; reapplying a mask only fails if libtorch
 // cannot allocate, which tch's own modules also turn into a panic.

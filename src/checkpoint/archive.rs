@@ -1,0 +1,307 @@
+//! Access to the zip archives `torch.save` and `torch.jit.save` write, shared by every reader:
+//! [`TorchArchive::open`] sniffs the file and opens the zip, [`TorchArchive::enter`] takes the
+//! folder that holds `data.pkl` after checking the byte order, [`TorchArchive::data_pkl`] reads the
+//! pickle, and [`TorchArchive::into_storages`] hands the `data/<key>` entries to the unpickler.
+//! Every entry is read with its size bounded before anything is allocated for it.
+//!
+//! Layout of such a file: a zip whose entries all sit under one folder `<prefix>/` (the file's
+//! stem, or `archive`): `data.pkl` is the pickled object, with every tensor storage replaced by a
+//! persistent id `('storage', torch.FloatStorage, key, location, numel)`, and `data/<key>` holds
+//! that storage's raw little-endian bytes. `torch.jit.save` adds `code/` and `constants.pkl`.
+
+use super::error::{first_line, shown, CheckpointError};
+use super::host_tensor::read_into;
+use super::sniff::{sniff_reader, Sniff};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// A state dict's `data.pkl` takes about 100 bytes per tensor; this bound only stops a corrupt
+/// zip header from requesting an absurd allocation.
+pub(super) const MAX_PICKLE_BYTES: u64 = 1 << 30;
+
+/// A file opened by [`TorchArchive::open`]: a zip archive, or what else its first bytes say it is.
+pub(super) enum Opened<'p, R> {
+    Archive(TorchArchive<'p, R>),
+    NotZip(Sniff),
+}
+
+/// A zip archive written by `torch.save` or `torch.jit.save`, with what its entry names say.
+pub(super) struct TorchArchive<'p, R> {
+    zip: zip::ZipArchive<R>,
+    path: &'p Path,
+    file_len: u64,
+    /// What the entry names say: which folder holds `data.pkl`, and whether it is TorchScript.
+    pub(super) layout: ZipLayout,
+    /// The folder chosen by [`TorchArchive::enter`] (`"<prefix>/"`, or `""`).
+    prefix: String,
+}
+
+impl<'p, R: Read + Seek> TorchArchive<'p, R> {
+    /// Sniffs `reader` (`path` only names it in errors) and, if it is a zip, opens it and reads
+    /// its layout. A reader that is not a zip comes back as what its first bytes say it is, for
+    /// the caller to report as suits its format.
+    pub(super) fn open(mut reader: R, path: &'p Path) -> Result<Opened<'p, R>, CheckpointError> {
+        let (kind, file_len) = sniff_reader(&mut reader, path)?;
+        if kind != Sniff::Zip {
+            return Ok(Opened::NotZip(kind));
+        }
+        let zip = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+        let layout = ZipLayout::of(zip.file_names());
+        Ok(Opened::Archive(TorchArchive {
+            zip,
+            path,
+            file_len,
+            layout,
+            prefix: String::new(),
+        }))
+    }
+
+    /// Reads from the folder `prefix` on (one the layout found), refusing archives written on
+    /// big-endian machines (their storages would read byte-swapped). Archives without a
+    /// `byteorder` entry predate it and are little-endian.
+    pub(super) fn enter(&mut self, prefix: String) -> Result<(), CheckpointError> {
+        let byteorder = format!("{prefix}byteorder");
+        if self.zip.index_for_name(&byteorder).is_some() {
+            let order = self.read(&byteorder, 16)?;
+            if String::from_utf8_lossy(&order).trim() != "little" {
+                return Err(CheckpointError::Unsupported {
+                    path: self.path.to_path_buf(),
+                    reason: format!(
+                        "saved on a big-endian machine (byteorder '{}'); re-save it on a little-endian one",
+                        shown(String::from_utf8_lossy(&order).trim())
+                    ),
+                });
+            }
+        }
+        self.prefix = prefix;
+        Ok(())
+    }
+
+    /// The folder [`TorchArchive::enter`] chose.
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The names of all entries, in the archive's order.
+    pub(super) fn entry_names(&self) -> impl Iterator<Item = &str> {
+        self.zip.file_names()
+    }
+
+    /// The whole entry `name` (a full name, prefix included), at most `max` bytes.
+    pub(super) fn read(&mut self, name: &str, max: u64) -> Result<Vec<u8>, CheckpointError> {
+        read_entry(&mut self.zip, self.path, name, max, self.file_len)
+    }
+
+    /// The pickle of the chosen folder.
+    pub(super) fn data_pkl(&mut self) -> Result<Vec<u8>, CheckpointError> {
+        let name = format!("{}data.pkl", self.prefix);
+        self.read(&name, MAX_PICKLE_BYTES)
+    }
+
+    /// The storages of the chosen folder, for the unpickler.
+    pub(super) fn into_storages(self) -> ZipStorages<'p, R> {
+        ZipStorages {
+            archive: self.zip,
+            path: self.path,
+            prefix: self.prefix,
+            file_len: self.file_len,
+            cache: HashMap::new(),
+        }
+    }
+}
+
+/// What the entry names of a zip say about it.
+#[derive(Debug, Default)]
+pub(super) struct ZipLayout {
+    /// `"<prefix>/"` of the folder that holds `data.pkl` (`""` if it sits at the root).
+    pub(super) prefix: Option<String>,
+    /// `torch.jit.save` also writes `constants.pkl` and the module's Python source under `code/`.
+    pub(super) torchscript: bool,
+}
+
+impl ZipLayout {
+    pub(super) fn of<'a>(names: impl Iterator<Item = &'a str>) -> ZipLayout {
+        let mut layout = ZipLayout::default();
+        for name in names {
+            let (prefix, rest) = match name.split_once('/') {
+                Some((top, rest)) => (format!("{top}/"), rest),
+                None => (String::new(), name),
+            };
+            if rest == "constants.pkl" || rest.starts_with("code/") {
+                layout.torchscript = true;
+            }
+            if rest == "data.pkl" && layout.prefix.is_none() {
+                layout.prefix = Some(prefix);
+            }
+        }
+        layout
+    }
+}
+
+pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&err.to_string()),
+    }
+}
+
+pub(super) fn no_data_pkl(path: &Path) -> CheckpointError {
+    CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
+        reason: "the zip archive has no data.pkl, so torch.save did not write it".to_string(),
+    }
+}
+
+/// Reads a whole entry, refusing ones larger than `max` bytes before allocating for them. The zip
+/// crate checks the entry's CRC when the read reaches its end, so flipped bits are caught here.
+fn read_entry<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    path: &Path,
+    name: &str,
+    max: u64,
+    file_len: u64,
+) -> Result<Vec<u8>, CheckpointError> {
+    let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
+    let size = entry.size();
+    // The prefix comes from the file.
+    let name = shown(name);
+    if size > max {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
+        });
+    }
+    // Reserving up front is only safe when the bytes must physically be in the file (torch.save
+    // stores entries uncompressed); a compressed entry's claimed size could be anything.
+    let stored = entry.compression() == zip::CompressionMethod::Stored;
+    let capacity = if stored && size <= file_len { size } else { 0 };
+    let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    (&mut entry)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!("cannot read entry {name}: {e}"),
+        })?;
+    if bytes.len() as u64 != size {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {name} holds {} bytes, its header says {size}",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
+pub(super) trait StorageSource {
+    /// The `nbytes` bytes of storage `key`, as a 1-D `Uint8` CPU tensor; an error if the
+    /// archive holds a different amount.
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError>;
+}
+
+/// The storages of a zip archive: `<prefix>data/<key>`.
+pub(super) struct ZipStorages<'p, R> {
+    archive: zip::ZipArchive<R>,
+    path: &'p Path,
+    prefix: String,
+    file_len: u64,
+    /// Storages shared by several tensors are read once.
+    cache: HashMap<String, Tensor>,
+}
+
+impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
+        let name = format!("{}data/{key}", self.prefix);
+        let bytes = match self.cache.entry(key.to_string()) {
+            Entry::Occupied(cached) => cached.get().shallow_clone(),
+            Entry::Vacant(slot) => {
+                if self.archive.index_for_name(&name).is_none() {
+                    return Err(CheckpointError::CorruptArchive {
+                        path: self.path.to_path_buf(),
+                        reason: format!(
+                            "data.pkl uses storage '{}' but the archive has no entry {}",
+                            shown(key),
+                            shown(&name)
+                        ),
+                    });
+                }
+                let bytes =
+                    read_storage(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
+                slot.insert(bytes).shallow_clone()
+            }
+        };
+        if bytes.numel() as u64 != nbytes {
+            return Err(CheckpointError::CorruptArchive {
+                path: self.path.to_path_buf(),
+                reason: format!(
+                    "storage entry {} holds {} bytes but data.pkl declares {nbytes}",
+                    shown(&name),
+                    bytes.numel()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// Reads a storage entry into a new byte tensor: straight into the tensor's memory when the
+/// entry is stored uncompressed with the expected size (as torch.save writes them), so a model
+/// is never held twice; through [`read_entry`] otherwise.
+fn read_storage<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    path: &Path,
+    name: &str,
+    nbytes: u64,
+    file_len: u64,
+) -> Result<Tensor, CheckpointError> {
+    let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
+    let direct = entry.compression() == zip::CompressionMethod::Stored
+        && entry.size() == nbytes
+        && nbytes <= file_len;
+    if !direct {
+        drop(entry);
+        let bytes = read_entry(archive, path, name, nbytes, file_len)?;
+        return Ok(Tensor::from_slice(&bytes));
+    }
+    let failed = |reason: String| CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!("cannot read entry {}: {reason}", shown(name)),
+    };
+    let tensor = Tensor::f_empty([nbytes as i64], (Kind::Uint8, tch::Device::Cpu))
+        .map_err(|e| failed(first_line(&e.to_string())))?;
+    read_into(&mut entry, &tensor).map_err(|e| failed(e.to_string()))?;
+    // Reading on to the end is what makes the zip crate check the entry's CRC.
+    match entry.read(&mut [0u8; 1]) {
+        Ok(0) => Ok(tensor),
+        Ok(_) => Err(failed("more bytes than its header says".into())),
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchscript_archives_are_recognised_by_their_entries() {
+        let script = [
+            "m/data.pkl",
+            "m/code/__torch__/x.py",
+            "m/constants.pkl",
+            "m/version",
+        ];
+        let layout = ZipLayout::of(script.into_iter());
+        assert!(layout.torchscript);
+        let saved = ["sd/data.pkl", "sd/data/0", "sd/version"];
+        let layout = ZipLayout::of(saved.into_iter());
+        assert!(!layout.torchscript);
+        assert_eq!(layout.prefix.as_deref(), Some("sd/"));
+        assert!(ZipLayout::of(["a/readme.txt"].into_iter()).prefix.is_none());
+    }
+}

@@ -1,0 +1,323 @@
+//! State-dict assembly: the tensors a pickle's `_rebuild_tensor_v2` calls describe, built as
+//! checked strided views of their storages (with no copy where a tensor is a whole storage), and
+//! the `name -> tensor` list picked out of the unpickled object, each tensor owning its memory.
+
+use super::error::{first_line, shown, CheckpointError};
+use super::unpickler::{Obj, TensorProblem, Unpickler, Value, VmResult};
+use std::collections::hash_map::Entry;
+use std::collections::HashSet;
+use tch::{Kind, Tensor};
+
+/// Wrapper keys under which training scripts commonly nest the state dict
+/// (`torch.save({"state_dict": sd, "epoch": 3}, p)`), tried in this order.
+const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
+
+impl Unpickler<'_> {
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`.
+    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Tensor, TensorProblem> {
+        let invalid = |reason: &str| TensorProblem::Invalid(reason.to_string());
+        if !(6..=7).contains(&args.len()) {
+            return Err(TensorProblem::Invalid(format!(
+                "_rebuild_tensor_v2 takes 6 or 7 arguments, the file gives {}",
+                args.len()
+            )));
+        }
+        let Value::Storage(storage) = &args[0] else {
+            return Err(invalid(
+                "the first argument of _rebuild_tensor_v2 is not a storage",
+            ));
+        };
+        let Value::Int(offset) = args[1] else {
+            return Err(invalid("the storage offset is not an int"));
+        };
+        let size = self
+            .int_tuple(&args[2])
+            .ok_or_else(|| invalid("the size is not a tuple of ints"))?;
+        let stride = self
+            .int_tuple(&args[3])
+            .ok_or_else(|| invalid("the stride is not a tuple of ints"))?;
+        let kind = match &storage.kind {
+            Ok(kind) => *kind,
+            Err(name) => return Err(TensorProblem::UnsupportedDtype(name.to_string())),
+        };
+        let bytes = storage
+            .bytes
+            .as_ref()
+            .ok_or_else(|| invalid("its storage was not read"))?;
+        let view = StridedView::new(storage.numel, offset, &size, &stride)
+            .map_err(TensorProblem::Invalid)?;
+        let torch = |e: tch::TchError| {
+            TensorProblem::Invalid(format!("libtorch: {}", first_line(&e.to_string())))
+        };
+        let base = match self.bases.entry((storage.key.clone(), kind)) {
+            Entry::Occupied(base) => base.into_mut(),
+            Entry::Vacant(slot) => slot.insert(typed_storage(bytes, kind).map_err(torch)?),
+        };
+        if let Some((start, end)) = view.contiguous_range() {
+            // In bounds: StridedView checked the view against the storage, and the storage's
+            // byte length against its element count when it was loaded.
+            let t = base
+                .f_narrow(0, start as i64, (end - start) as i64)
+                .and_then(|t| t.f_view(size.as_slice()))
+                .map_err(torch)?;
+            // The first tensor over a whole storage takes its memory, with no copy; any other
+            // gets a copy, so that tensors read never share memory (pruning one in place must
+            // not change another, as tied weights loaded into a model do not).
+            if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
+                return Ok(t);
+            }
+            let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
+            copy.f_copy_(&t).map_err(torch)?;
+            return Ok(copy);
+        }
+        base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
+            .and_then(|view| view.f_contiguous())
+            .map_err(torch)
+    }
+
+    /// Picks the state dict out of the unpickled object and hands out its tensors.
+    pub(super) fn into_state_dict(mut self, root: Value) -> VmResult<Vec<(String, Tensor)>> {
+        let not_a_state_dict = |reason: String| CheckpointError::NotAStateDict {
+            path: self.path.to_path_buf(),
+            reason,
+        };
+        let root_index = match &root {
+            Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Dict(_))) => *i,
+            other => {
+                return Err(not_a_state_dict(format!(
+                    "the file holds {}, not a dict of tensors",
+                    self.type_name(other)
+                )))
+            }
+        };
+        let (dict_index, key_prefix) = self.select_dict(root_index);
+        let Some(Obj::Dict(dict)) = self.arena.get(dict_index) else {
+            return Err(not_a_state_dict("the selected object is not a dict".into()));
+        };
+
+        let mut keys = Vec::with_capacity(dict.entries.len());
+        for (key, value) in &dict.entries {
+            let name = match key {
+                Value::Str(s) => s.to_string(),
+                other => {
+                    return Err(not_a_state_dict(format!(
+                        "it has a key that is {}; state dict keys are strings",
+                        self.type_name(other)
+                    )))
+                }
+            };
+            let index = match value {
+                Value::Obj(i) if self.is_tensor(value) => *i,
+                other => {
+                    return Err(not_a_state_dict(format!(
+                        "the value of '{}' is {}, not a tensor",
+                        shown(&format!("{key_prefix}{name}")),
+                        self.type_name(other)
+                    )))
+                }
+            };
+            keys.push((name, index));
+        }
+
+        self.hand_out(keys, &key_prefix, None)
+    }
+
+    /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
+    /// error messages). A tensor under several names is copied for all but the first; with
+    /// `copy_factor`, copies may total at most that many times the bytes of the distinct tensors,
+    /// or 1 GiB if more, so that a few bytes of pickle cannot ask for unbounded copies.
+    pub(super) fn hand_out(
+        &mut self,
+        keys: Vec<(String, usize)>,
+        key_prefix: &str,
+        copy_factor: Option<u64>,
+    ) -> VmResult<Vec<(String, Tensor)>> {
+        if let Some(factor) = copy_factor {
+            let (mut distinct, mut copies) = (0u64, 0u64);
+            let mut seen = HashSet::new();
+            for (_, index) in &keys {
+                if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+                    let bytes =
+                        (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
+                    if seen.insert(*index) {
+                        distinct = distinct.saturating_add(bytes);
+                    } else {
+                        copies = copies.saturating_add(bytes);
+                    }
+                }
+            }
+            let budget = distinct.saturating_mul(factor).max(1 << 30);
+            if copies > budget {
+                return Err(CheckpointError::NotAStateDict {
+                    path: self.path.to_path_buf(),
+                    reason: format!(
+                        "shared tensors appear under so many names that their copies would take {copies} bytes"
+                    ),
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut handed_out = HashSet::new();
+        for (name, index) in keys {
+            let tensor = match &self.arena[index] {
+                Obj::Tensor(t) if handed_out.insert(index) => t.shallow_clone(),
+                // The same tensor object under two keys: each key gets its own copy.
+                Obj::Tensor(t) => t
+                    .f_detach_copy()
+                    .map_err(|e| CheckpointError::torch(self.path, e))?,
+                Obj::BadTensor(TensorProblem::UnsupportedDtype(dtype)) => {
+                    return Err(CheckpointError::UnsupportedDtype {
+                        path: self.path.to_path_buf(),
+                        tensor: shown(&format!("{key_prefix}{name}")),
+                        dtype: dtype.clone(),
+                    })
+                }
+                Obj::BadTensor(TensorProblem::Invalid(reason)) => {
+                    return Err(CheckpointError::InvalidTensor {
+                        path: self.path.to_path_buf(),
+                        tensor: shown(&format!("{key_prefix}{name}")),
+                        reason: reason.clone(),
+                    })
+                }
+                _ => {
+                    return Err(CheckpointError::NotAStateDict {
+                        path: self.path.to_path_buf(),
+                        reason: format!(
+                            "the value of '{}' is not a tensor",
+                            shown(&format!("{key_prefix}{name}"))
+                        ),
+                    })
+                }
+            };
+            out.push((name, tensor));
+        }
+        // The arena still holds the tensors handed out by shallow clone; dropping it here leaves
+        // the returned tensors as the only owners.
+        self.arena.clear();
+        Ok(out)
+    }
+
+    /// The root dict if all its values are tensors, else the first [`NESTED_KEYS`] entry that is
+    /// a dict (with the prefix its keys are reported under), else the root, whose first
+    /// non-tensor value is then reported.
+    fn select_dict(&self, root: usize) -> (usize, String) {
+        let Some(Obj::Dict(dict)) = self.arena.get(root) else {
+            return (root, String::new());
+        };
+        if dict.entries.iter().all(|(_, v)| self.is_tensor(v)) {
+            return (root, String::new());
+        }
+        for wrapper in NESTED_KEYS {
+            if let Some(Value::Obj(i)) = dict.get(wrapper) {
+                if matches!(self.arena.get(*i), Some(Obj::Dict(_))) {
+                    return (*i, format!("{wrapper}."));
+                }
+            }
+        }
+        (root, String::new())
+    }
+}
+
+/// An `as_strided` view checked against its storage, all in `i64` with overflow checks, so that
+/// neither the byte slicing nor libtorch ever sees an out-of-bounds request.
+struct StridedView {
+    offset: usize,
+    numel: usize,
+    contiguous: bool,
+}
+
+impl StridedView {
+    fn new(
+        storage_numel: i64,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Result<StridedView, String> {
+        let shape = || format!("size {size:?}, stride {stride:?}, storage offset {offset}");
+        if size.len() != stride.len() {
+            return Err(format!("{}: sizes and strides differ in length", shape()));
+        }
+        if offset < 0 || size.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) {
+            return Err(format!("{}: negative values are not valid", shape()));
+        }
+        let numel = size
+            .iter()
+            .try_fold(1i64, |n, &s| n.checked_mul(s))
+            .ok_or_else(|| format!("{}: the element count overflows", shape()))?;
+        let mut contiguous = true;
+        let mut expected = 1i64;
+        for (&s, &st) in size.iter().zip(stride).rev() {
+            if s != 1 && st != expected {
+                contiguous = false;
+            }
+            expected = expected.saturating_mul(s);
+        }
+        if numel > 0 {
+            let last = size
+                .iter()
+                .zip(stride)
+                .try_fold(offset, |acc, (&s, &st)| {
+                    (s - 1).checked_mul(st).and_then(|d| acc.checked_add(d))
+                })
+                .ok_or_else(|| format!("{}: the extent overflows", shape()))?;
+            if last >= storage_numel {
+                return Err(format!(
+                    "{} reaches element {last}, past the end of its storage of {storage_numel} elements",
+                    shape()
+                ));
+            }
+        }
+        let to_usize = |v: i64| usize::try_from(v).map_err(|_| format!("{}: too large", shape()));
+        Ok(StridedView {
+            offset: to_usize(offset)?,
+            numel: to_usize(numel)?,
+            contiguous,
+        })
+    }
+
+    /// The element range of a view that is a plain slice of its storage.
+    fn contiguous_range(&self) -> Option<(usize, usize)> {
+        if self.numel == 0 {
+            return Some((0, 0));
+        }
+        self.contiguous
+            .then(|| (self.offset, self.offset + self.numel))
+    }
+}
+
+/// A storage's bytes as its elements, without a copy. Python's `bool` storages hold 0 or 1; any
+/// other byte would make a bool tensor whose value depends on the kernel reading it, so those are
+/// normalised (a copy, of what is usually a small mask).
+fn typed_storage(bytes: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
+    match kind {
+        Kind::Bool => bytes.f_ne(0),
+        _ => bytes.f_view_dtype(kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_views_are_checked_against_their_storage() {
+        let view = StridedView::new(6, 0, &[3, 2], &[1, 3]).expect("in bounds");
+        assert_eq!(view.contiguous_range(), None);
+        let view = StridedView::new(6, 2, &[2, 2], &[2, 1]).expect("in bounds");
+        assert_eq!(view.contiguous_range(), Some((2, 6)));
+        // Size-1 dims may have any stride; empty views any offset.
+        let view = StridedView::new(6, 1, &[1, 5], &[99, 1]).expect("in bounds");
+        assert_eq!(view.contiguous_range(), Some((1, 6)));
+        let view = StridedView::new(0, 7, &[0, 3], &[3, 1]).expect("empty");
+        assert_eq!(view.contiguous_range(), Some((0, 0)));
+        // A broadcast (stride 0) view of one element.
+        assert!(StridedView::new(1, 0, &[4], &[0]).is_ok());
+
+        let err = |r: Result<StridedView, String>| r.err().expect("rejected");
+        assert!(err(StridedView::new(6, 1, &[2, 3], &[3, 1])).contains("reaches element 6"));
+        assert!(err(StridedView::new(6, 0, &[2], &[-1])).contains("negative"));
+        assert!(err(StridedView::new(6, 0, &[2], &[1, 1])).contains("differ in length"));
+        assert!(err(StridedView::new(6, 0, &[i64::MAX, 4], &[1, 1])).contains("overflows"));
+        assert!(err(StridedView::new(6, 0, &[2, i64::MAX], &[i64::MAX, 1])).contains("overflows"));
+    }
+}

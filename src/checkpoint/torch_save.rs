@@ -1,0 +1,140 @@
+//! `torch.save` zip checkpoints (the default since PyTorch 1.6): read a state dict from one,
+//! and write tensors as one.
+
+use super::archive::{no_data_pkl, Opened, TorchArchive};
+use super::atomic::atomic_write;
+use super::error::CheckpointError;
+use super::host_tensor::{check_names, HostTensor};
+use super::pickle_writer::state_dict_pickle;
+use super::sniff::Sniff;
+use super::unpickler::Unpickler;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+use tch::Tensor;
+
+/// Reads a `torch.save` zip checkpoint holding a dict (plain or `OrderedDict`, e.g.
+/// `model.state_dict()`) of tensors.
+///
+/// Returns the `(name, tensor)` pairs in the file's order as contiguous CPU tensors with
+/// `requires_grad = false`, whatever device they were saved from. Offsets and strides are honoured
+/// (a transposed weight saved as is reads back transposed), and tensors that shared a storage in
+/// Python (views of one buffer, tied weights) come back as independent copies.
+///
+/// Also accepted: parameters saved with `keep_vars=True`, any pickle protocol from 2 to 5, and a
+/// dict whose values are not all tensors but whose `"state_dict"` or else `"model"` entry is a dict
+/// of tensors (the usual training checkpoint); that inner dict is returned. Everything else (the
+/// legacy non-zip format, TorchScript archives, other objects, unknown globals, unsupported
+/// dtypes, corrupt files) is a [`CheckpointError`].
+pub fn read_torch_zip(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    read_torch_zip_from(BufReader::new(file), path)
+}
+
+/// [`read_torch_zip`] on any seekable reader (e.g. an in-memory `Cursor`); `name` is only used in
+/// error messages.
+pub fn read_torch_zip_from<R: Read + Seek>(
+    reader: R,
+    name: impl AsRef<Path>,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = name.as_ref();
+    let mut archive = match TorchArchive::open(reader, path)? {
+        Opened::Archive(archive) => archive,
+        Opened::NotZip(Sniff::Pickle) => {
+            return Err(CheckpointError::LegacyFormat {
+                path: path.to_path_buf(),
+            })
+        }
+        Opened::NotZip(Sniff::Safetensors) => {
+            return Err(CheckpointError::WrongFormat {
+                path: path.to_path_buf(),
+                expected: "a torch.save zip checkpoint",
+                found: "a safetensors file",
+            })
+        }
+        Opened::NotZip(_) => {
+            return Err(CheckpointError::WrongFormat {
+                path: path.to_path_buf(),
+                expected: "a torch.save zip checkpoint",
+                found: "not a zip archive",
+            })
+        }
+    };
+    if archive.layout.torchscript {
+        return Err(CheckpointError::TorchScript {
+            path: path.to_path_buf(),
+        });
+    }
+    let prefix = archive
+        .layout
+        .prefix
+        .take()
+        .ok_or_else(|| no_data_pkl(path))?;
+    archive.enter(prefix)?;
+    let pickle = archive.data_pkl()?;
+    let mut storages = archive.into_storages();
+    let mut vm = Unpickler::new(&pickle, path, &mut storages);
+    let root = vm.run()?;
+    vm.into_state_dict(root)
+}
+
+/// Writes tensors as `torch.save(OrderedDict(tensors), path)` would: a zip checkpoint that
+/// Python's `torch.load` reads (with `weights_only=True`, the default since PyTorch 2.6, and
+/// with `mmap=True`: storages are 64-byte aligned) and [`read_torch_zip`] reads back bit for bit.
+///
+/// Tensors may live on any device, be non-contiguous or require grad: their values are written,
+/// as contiguous CPU tensors, one storage each (tensors that shared memory are written apart).
+/// Dtypes as for [`read_torch_zip`]; names must be unique. The pickle carries no `_metadata`
+/// (module versions), which `load_state_dict` does not need. The file is replaced atomically
+/// (see [`atomic_write`]).
+pub fn write_torch_zip<S, T>(
+    path: impl AsRef<Path>,
+    tensors: &[(S, T)],
+) -> Result<(), CheckpointError>
+where
+    S: AsRef<str>,
+    T: std::borrow::Borrow<Tensor>,
+{
+    let path = path.as_ref();
+    check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
+    let mut hosts = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        hosts.push(HostTensor::of(path, name.as_ref(), tensor.borrow())?);
+    }
+    let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
+    let pickle = state_dict_pickle(&names, &hosts);
+
+    let write_err = |e: std::io::Error| CheckpointError::io(path, "cannot write", e);
+    let zip_err = |e: zip::result::ZipError| {
+        CheckpointError::io(path, "cannot write", std::io::Error::other(e.to_string()))
+    };
+    atomic_write(path, |tmp| {
+        let file = File::create(tmp).map_err(write_err)?;
+        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+        // Stored and aligned as torch.save does, so that torch.load(mmap=True) can map storages.
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .with_alignment(64);
+        let mut entry = |name: &str, bytes: &[u8]| -> Result<(), CheckpointError> {
+            let large = bytes.len() as u64 >= u64::from(u32::MAX);
+            zip.start_file(format!("archive/{name}"), options.large_file(large))
+                .map_err(zip_err)?;
+            std::io::Write::write_all(&mut zip, bytes).map_err(write_err)
+        };
+        entry("data.pkl", &pickle)?;
+        entry(".format_version", b"1")?;
+        entry(".storage_alignment", b"64")?;
+        entry("byteorder", b"little")?;
+        for (key, host) in hosts.iter().enumerate() {
+            entry(&format!("data/{key}"), host.bytes())?;
+        }
+        entry("version", b"3\n")?;
+        // Flushed here (so that errors are seen); `atomic_write` syncs the file.
+        let writer = zip.finish().map_err(zip_err)?;
+        writer
+            .into_inner()
+            .map(drop)
+            .map_err(|e| write_err(e.into_error()))
+    })
+}

@@ -1,0 +1,12 @@
+//! Whole model files: a TorchScript module as a `VarStore` ([`ScriptModel`]), any supported
+//! model file opened, pruned and saved back in its own format ([`ModelFile`]), and the sparsity
+//! [`Report`] of a set of tensors. Built on the file formats of [`checkpoint`](crate::checkpoint)
+//! and the pruning core.
+
+mod model_file;
+mod report;
+pub(crate) mod script_model;
+
+pub use model_file::ModelFile;
+pub use report::{Report, TensorReport};
+pub use script_model::ScriptModel;

@@ -1,0 +1,22 @@
+//! The pruning core: PyTorch's `torch.nn.utils.prune` on the tensors of a `VarStore`.
+//!
+//! From the bottom up: [`amount`] (how much to prune), [`selection`] (which entries or channels
+//! are the smallest, as `torch.topk` picks them), [`method`] (the `PruningMethod` trait and the
+//! checks all methods share), the methods ([`unstructured`], [`structured`], [`custom`]),
+//! [`container`] (combining a new mask with the previous one, as `PruningContainer` does),
+//! [`pruner`] (the registry of pruned tensors: reparametrization, `remove`, forward), and
+//! extensions of the registry: [`global`] pruning, [`state`] loading, the [`module`] wrappers
+//! and the gradient hook [`grad_redirect`]. Nothing here reads or writes files.
+
+pub(crate) mod amount;
+pub(crate) mod container;
+pub(crate) mod custom;
+pub(crate) mod global;
+pub(crate) mod grad_redirect;
+pub(crate) mod method;
+pub(crate) mod module;
+pub(crate) mod pruner;
+pub(crate) mod selection;
+pub(crate) mod state;
+pub(crate) mod structured;
+pub(crate) mod unstructured;
