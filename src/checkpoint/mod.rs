@@ -42,7 +42,7 @@ mod unpickler;
 
 pub use self::atomic::atomic_write;
 pub use self::error::{first_line, CheckpointError};
-pub use self::safetensors::{read_safetensors, write_safetensors};
+pub use self::safetensors::{read_safetensors, write_safetensors, write_safetensors_as};
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
 pub use self::torch_save::{read_torch_zip, read_torch_zip_from, write_torch_zip};
 

@@ -69,7 +69,7 @@ impl PickleWriter {
     }
 }
 
-fn contiguous_strides(size: &[i64]) -> Vec<i64> {
+pub(super) fn contiguous_strides(size: &[i64]) -> Vec<i64> {
     let mut strides = vec![1i64; size.len()];
     for i in (0..size.len().saturating_sub(1)).rev() {
         strides[i] = strides[i + 1].saturating_mul(size[i + 1].max(1));

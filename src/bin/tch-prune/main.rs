@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::write_safetensors;
+use tch_prune::checkpoint::write_safetensors_as;
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
@@ -232,15 +232,21 @@ fn prune(args: PruneArgs) -> Result<()> {
     bar.finish_and_clear();
 
     // Taken before `remove_all` (which releases `_orig`), written after the model: the pruned
-    // model is the output that matters, so it is written first.
-    let state = match &args.state_out {
-        Some(path) => Some((path, model.reparametrized_state(&pruner)?)),
-        None => None,
-    };
+    // model is the output that matters, so it is written first. Boolean masks are converted to
+    // their weight's dtype one at a time, as each is copied to the host for writing (on a GPU,
+    // no memory of the converted masks' size).
+    let state = args
+        .state_out
+        .as_ref()
+        .map(|path| (path, model.reparametrized_entries(&pruner)));
     pruner.remove_all()?;
     model.save(&args.output, &pruner)?;
     if let Some((path, state)) = state {
-        write_safetensors(path, &state)?;
+        let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
+            .iter()
+            .map(|(name, tensor, kind)| (name.as_str(), tensor, *kind))
+            .collect();
+        write_safetensors_as(path, &entries)?;
     }
     let report = Report::new(&model.tensors(&pruner))?;
     println!(
