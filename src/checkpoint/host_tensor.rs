@@ -3,7 +3,6 @@
 
 use super::dtype::DType;
 use super::error::{first_line, shown, CheckpointError};
-use super::pickle_writer::contiguous_strides;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -112,6 +111,15 @@ fn torch_error(path: &Path, name: &str, e: &tch::TchError) -> CheckpointError {
         tensor: shown(name),
         reason: format!("libtorch: {}", first_line(&e.to_string())),
     }
+}
+
+/// Row-major strides of a tensor of `size` (what the files hold, and the host copies' layout).
+pub(super) fn contiguous_strides(size: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1].saturating_mul(size[i + 1].max(1));
+    }
+    strides
 }
 
 /// Fills a new contiguous CPU tensor with the next bytes of `reader`, through a small buffer:
