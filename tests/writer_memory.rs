@@ -79,7 +79,7 @@ fn writers_hold_one_copied_tensor_at_a_time() {
                 .map(|(n, m)| (n.as_str(), m, Some(Kind::Float))),
         )
         .collect();
-    let peak = extra_peak(|| write_safetensors_as(&st, &entries).unwrap());
+    let peak = extra_peak(|| write_safetensors_as(&st, &entries, &Default::default()).unwrap());
     eprintln!(
         "safetensors, 512 MiB copied or converted: {} MiB extra peak",
         peak / MIB
