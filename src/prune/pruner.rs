@@ -98,9 +98,6 @@ struct PrunedTensor {
 struct Stamp {
     versions: (i64, i64, i64),
     deliveries: u64,
-    /// Where `_orig`'s and the mask's data live: `set_data` (what `VarStore::set_kind` and
-    /// `set_device` do) replaces them without a new version.
-    storages: (usize, usize),
 }
 
 /// What a successful prune will change, computed before anything is changed.
@@ -714,9 +711,7 @@ impl PrunedTensor {
             moved = true;
         }
         // Moved and back (`half()` then `float()`): same place, values rounded on the way.
-        moved |= self
-            .written_at
-            .is_some_and(|w| w.storages != self.storages());
+        moved |= self.written_at.is_some() && self.redirect.moved();
         if moved {
             self.written_at = None;
         }
@@ -725,7 +720,7 @@ impl PrunedTensor {
 
     /// Whether `target` holds `orig * mask` as they are now.
     fn is_written(&self) -> bool {
-        self.written_at.is_some() && self.written_at == self.stamp()
+        self.written_at.is_some() && self.written_at == self.stamp() && !self.redirect.moved()
     }
 
     /// What `target`'s values depend on. In-place edits bump version counters, but optimizers
@@ -743,12 +738,7 @@ impl PrunedTensor {
                 self.target.internal_version(),
             ),
             deliveries: self.redirect.deliveries(),
-            storages: self.storages(),
         })
-    }
-
-    fn storages(&self) -> (usize, usize) {
-        (self.orig.data_ptr() as usize, self.mask.data_ptr() as usize)
     }
 
     /// Writes the masked values into `target`, unless they are there already.
@@ -758,6 +748,7 @@ impl PrunedTensor {
         }
         tch::no_grad(|| write_masked(&self.target, &self.orig, &self.mask))?;
         self.written_at = self.stamp();
+        self.redirect.mark_placed();
         Ok(())
     }
 
