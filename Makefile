@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test downstream demo gradual build bench lint msrv
+.PHONY: test test-cuda downstream demo gradual build bench lint msrv
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -18,6 +18,10 @@ test:
 ## repository's target folder and run with an empty environment (no LD_LIBRARY_PATH, no LIBTORCH).
 downstream:
 	$(TORCH_ENV) && scripts/downstream.sh
+
+## Exactly the CUDA tests (tests/cuda.rs), where no GPU or CUDA failing to load is a failure, not a skip.
+test-cuda:
+	$(TORCH_ENV) && TCH_PRUNE_REQUIRE_CUDA=1 cargo test --test cuda
 
 ## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:

@@ -5,7 +5,8 @@
 //! 3. Hands both to the crates that depend on this one (`links = "tch_prune"`): their build
 //!    script reads `DEP_TCH_PRUNE_LINK_ARG` (one linker argument doing 1 and 2 for their
 //!    binaries; link arguments of a dependency never reach them) and `DEP_TCH_PRUNE_LIBTORCH_LIB`.
-//! 4. Compiles the small C++ part of the crate (src/ffi/), against the same libtorch.
+//! 4. Compiles the small C++ part of the crate (src/ffi/: the gradient hook, the backend report,
+//!    the TorchScript save), against the same libtorch.
 //!
 //! torch-sys (`links = "tch"`) reports libtorch's library folder to crates that depend on it
 //! directly as `DEP_TCH_LIBTORCH_LIB`. With the `doc-only` feature (docs.rs) there is no
@@ -22,6 +23,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DOCS_RS");
     println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
     println!("cargo:rerun-if-changed=src/ffi/backend.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/script_save.cpp");
 
     // What src/backend.rs reports about the build.
     if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() || std::env::var_os("DOCS_RS").is_some()
@@ -105,6 +107,7 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/ffi/grad_redirect.cpp")
         .file("src/ffi/backend.cpp")
+        .file("src/ffi/script_save.cpp")
         .compile("tch_prune_ffi");
 }
 

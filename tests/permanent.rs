@@ -295,31 +295,3 @@ fn a_module_computes_with_the_permanently_pruned_weights() {
         .all_dim(0, false);
     assert!(bias_only.logical_and(&pruned_rows).equal(&pruned_rows));
 }
-
-#[test]
-fn permanent_pruning_on_cuda_equals_cpu() {
-    if !tch::Cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
-        return;
-    }
-    let _generator = seeded(4);
-    let t = Tensor::randn([16, 12], (Kind::Float, Device::Cpu));
-    for method in [
-        &L1Unstructured::new(0.5).unwrap() as &dyn PruningMethod,
-        &LnStructured::new(0.5, 2.0, 1).unwrap(),
-    ] {
-        let run = |device: Device| {
-            let vs = nn::VarStore::new(device);
-            let w = vs.root().var_copy("w", &t);
-            Pruner::new(&vs)
-                .prune_and_remove("w", method, None)
-                .unwrap();
-            w.to_device(Device::Cpu)
-        };
-        assert_bits(
-            &run(Device::Cuda(0)),
-            &run(Device::Cpu),
-            &format!("{method:?}"),
-        );
-    }
-}

@@ -3,62 +3,123 @@
 
 use super::dtype::DType;
 use super::error::{first_line, shown, CheckpointError};
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::path::Path;
-use tch::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
-/// A tensor's values in host memory, contiguous, in one of the dtypes both formats store: the
-/// tensor itself when it already is so, a copy otherwise.
+/// A tensor on its way to a file: its dtype and shape now, its bytes in host memory when the
+/// writer gets to it ([`HostTensor::bytes`]). A contiguous CPU tensor of the written dtype is
+/// written from its own memory; any other (on a GPU, strided, or written as another dtype) is
+/// copied to the host then, one tensor at a time, so writing a model from a GPU takes host
+/// memory for its largest tensor, not for the whole model.
 pub(super) struct HostTensor {
-    /// The row of its dtype in the one table of supported dtypes.
+    /// The row of its written dtype in the one table of supported dtypes.
     pub(super) dtype: &'static DType,
     pub(super) size: Vec<i64>,
-    /// Contiguous, on the CPU: the tensor itself when it already is (its bytes are written
-    /// from where they are, so a model is never held twice while it is saved).
+    /// The tensor as given (detached): on any device, of any layout and dtype.
     tensor: Tensor,
+    /// For the messages of a copy that fails while the file is written.
+    path: PathBuf,
+    name: String,
 }
 
 impl HostTensor {
+    /// `tensor` to be written as it is.
     pub(super) fn of(
         path: &Path,
         name: &str,
         tensor: &Tensor,
     ) -> Result<HostTensor, CheckpointError> {
-        let torch = |e: tch::TchError| CheckpointError::InvalidTensor {
-            path: path.to_path_buf(),
-            tensor: shown(name),
-            reason: format!("libtorch: {}", first_line(&e.to_string())),
+        Self::of_as(path, name, tensor, None)
+    }
+
+    /// `tensor` to be written as dtype `kind` (its own if `None`), converted as it is copied
+    /// to the host (a boolean mask written as the weight's float dtype takes no memory of its
+    /// converted size on its device).
+    pub(super) fn of_as(
+        path: &Path,
+        name: &str,
+        tensor: &Tensor,
+        kind: Option<Kind>,
+    ) -> Result<HostTensor, CheckpointError> {
+        let kind = match kind {
+            Some(kind) => kind,
+            None => tensor.f_kind().map_err(|e| torch_error(path, name, &e))?,
         };
-        let kind = tensor.f_kind().map_err(torch)?;
         let dtype = DType::of(kind).ok_or_else(|| CheckpointError::UnsupportedDtype {
             path: path.to_path_buf(),
             tensor: shown(name),
             dtype: format!("{kind:?}"),
         })?;
-        let host = tensor
-            .f_detach()
-            .and_then(|t| t.f_to_device(Device::Cpu))
-            .and_then(|t| t.f_contiguous())
-            .map_err(torch)?;
+        let tensor = tensor.f_detach().map_err(|e| torch_error(path, name, &e))?;
         Ok(HostTensor {
             dtype,
-            size: host.size(),
-            tensor: host,
+            size: tensor.size(),
+            tensor,
+            path: path.to_path_buf(),
+            name: name.to_string(),
         })
     }
 
-    /// The values' bytes, in the tensor's memory.
-    pub(super) fn bytes(&self) -> &[u8] {
-        let len = self.tensor.numel() * self.dtype.kind.elt_size_in_bytes();
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: a contiguous CPU tensor holds `len` bytes from `data_ptr`, and `self` keeps
-        // it (and its storage) alive as long as the borrow. The writers hold the only use of
-        // the tensors they are given while they write (the crate writes to no tensor from
-        // another thread meanwhile).
-        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len) }
+    /// How many bytes [`HostTensor::bytes`] gives.
+    pub(super) fn byte_len(&self) -> usize {
+        self.size.iter().product::<i64>().max(0) as usize * self.dtype.kind.elt_size_in_bytes()
     }
+
+    /// The values' bytes: borrowed from the tensor's memory if it is a contiguous CPU tensor
+    /// of the written dtype, else a host copy of this tensor alone, made now (the caller drops
+    /// it once written).
+    pub(super) fn bytes(&self) -> Result<Cow<'_, [u8]>, CheckpointError> {
+        let len = self.byte_len();
+        if len == 0 {
+            return Ok(Cow::Borrowed(&[]));
+        }
+        let t = &self.tensor;
+        if t.device() == Device::Cpu && t.is_contiguous() && t.kind() == self.dtype.kind {
+            // SAFETY: a contiguous CPU tensor holds `len` bytes from `data_ptr`, and `self`
+            // keeps it (and its storage) alive as long as the borrow. The writers hold the only
+            // use of the tensors they are given while they write (the crate writes to no tensor
+            // from another thread meanwhile).
+            let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) };
+            return Ok(Cow::Borrowed(bytes));
+        }
+        // Copied (and converted) by libtorch straight into the bytes to be written: a CPU
+        // tensor over this buffer's memory, filled by `copy_`.
+        let mut buffer = vec![0u8; len];
+        let strides = contiguous_strides(&self.size);
+        let copied = unsafe {
+            // SAFETY: `buffer` holds `len` bytes, exactly `size` elements of the written dtype
+            // laid out with `strides`, and outlives `host`, which is dropped right after the copy.
+            Tensor::f_from_blob(
+                buffer.as_mut_ptr(),
+                &self.size,
+                &strides,
+                self.dtype.kind,
+                Device::Cpu,
+            )
+        }
+        .and_then(|mut host| host.f_copy_(t).map(drop));
+        copied.map_err(|e| torch_error(&self.path, &self.name, &e))?;
+        Ok(Cow::Owned(buffer))
+    }
+}
+
+fn torch_error(path: &Path, name: &str, e: &tch::TchError) -> CheckpointError {
+    CheckpointError::InvalidTensor {
+        path: path.to_path_buf(),
+        tensor: shown(name),
+        reason: format!("libtorch: {}", first_line(&e.to_string())),
+    }
+}
+
+/// Row-major strides of a tensor of `size` (what the files hold, and the host copies' layout).
+pub(super) fn contiguous_strides(size: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1].saturating_mul(size[i + 1].max(1));
+    }
+    strides
 }
 
 /// Fills a new contiguous CPU tensor with the next bytes of `reader`, through a small buffer:

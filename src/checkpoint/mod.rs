@@ -53,7 +53,8 @@ pub use self::atomic::{atomic_write, write_all_or_nothing};
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::{first_line, CheckpointError};
 pub use self::safetensors::{
-    read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_with_metadata,
+    read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
+    write_safetensors_with_metadata,
 };
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
 pub use self::temp_file::{check_destination, remove_temporary_files};

@@ -1,6 +1,6 @@
 //! The pickle writer: the `data.pkl` of a `torch.save(OrderedDict(tensors))` archive.
 
-use super::host_tensor::HostTensor;
+use super::host_tensor::{contiguous_strides, HostTensor};
 
 /// The pickle (protocol 2) of an `OrderedDict` of `_rebuild_tensor_v2` calls, storage `i` being
 /// `data/i` and `hosts[i]`, name `n` over storage `storage_of[n]` (tied names share one). No
@@ -73,14 +73,6 @@ impl PickleWriter {
         }
         self.0.push(b't');
     }
-}
-
-fn contiguous_strides(size: &[i64]) -> Vec<i64> {
-    let mut strides = vec![1i64; size.len()];
-    for i in (0..size.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1].saturating_mul(size[i + 1].max(1));
-    }
-    strides
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::error::{first_line, shown, CheckpointError};
 use super::host_tensor::{check_names, read_into, HostTensor};
 use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, View};
 use std::borrow::{Borrow, Cow};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -179,10 +180,12 @@ fn read_tensor(file: &mut File, size: &[i64], kind: Kind) -> Result<Tensor, Read
 /// [`read_safetensors`]) read back bit for bit.
 ///
 /// Tensors may live on any device, be non-contiguous or require grad: their values are what is
-/// written. Dtypes as for [`read_safetensors`]; names must be unique and not `__metadata__`.
-/// The file is replaced atomically (see [`atomic_write`]), so an error leaves any previous file
-/// untouched and no partial file behind. The header's `__metadata__` is `{"format": "pt"}`, as
-/// Hugging Face tools expect from PyTorch weights.
+/// written. A contiguous CPU tensor is written from its own memory; any other is copied to the
+/// host as it is written, one at a time (extra host memory: the largest such tensor). Dtypes
+/// as for [`read_safetensors`]; names must be unique and not `__metadata__`. The file is
+/// replaced atomically (see [`atomic_write`]), so an error leaves any previous file untouched
+/// and no partial file behind. The header's `__metadata__` is `{"format": "pt"}`, as Hugging
+/// Face tools expect from PyTorch weights.
 pub fn write_safetensors<S, T>(
     path: impl AsRef<Path>,
     tensors: &[(S, T)],
@@ -206,22 +209,33 @@ where
     S: AsRef<str>,
     T: Borrow<Tensor>,
 {
-    let path = path.as_ref();
-    check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
-    if let Some((name, _)) = tensors
+    let entries: Vec<(&str, &Tensor, Option<Kind>)> = tensors
         .iter()
-        .find(|(name, _)| name.as_ref() == "__metadata__")
-    {
+        .map(|(name, tensor)| (name.as_ref(), tensor.borrow(), None))
+        .collect();
+    write_safetensors_as(path, &entries, extra)
+}
+
+/// [`write_safetensors_with_metadata`], each tensor written as the dtype given with it (its
+/// own if `None`), converted as it is copied to the host: a boolean mask on a GPU written as
+/// f32 takes no GPU memory of its f32 size.
+pub fn write_safetensors_as(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, &Tensor, Option<Kind>)],
+    extra: &HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let path = path.as_ref();
+    check_names(path, tensors.iter().map(|(name, _, _)| *name))?;
+    if let Some((name, _, _)) = tensors.iter().find(|(name, _, _)| *name == "__metadata__") {
         return Err(CheckpointError::InvalidTensor {
             path: path.to_path_buf(),
-            tensor: shown(name.as_ref()),
+            tensor: shown(name),
             reason: "__metadata__ is reserved by the safetensors format".into(),
         });
     }
     let mut owned = Vec::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
-        let name = name.as_ref();
-        owned.push((name.to_string(), SafeView::of(path, name, tensor.borrow())?));
+    for &(name, tensor, kind) in tensors {
+        owned.push((name.to_string(), SafeView::of(path, name, tensor, kind)?));
     }
     let mut metadata = extra.clone();
     metadata.insert("format".to_string(), "pt".to_string());
@@ -235,7 +249,12 @@ where
         .map_err(|e| match e {
             SafeTensorError::IoError(e) => CheckpointError::io(path, "cannot write", e),
             other => invalid(path, format!("cannot write: {}", describe(&other))),
-        })
+        })?;
+        // A host copy that failed while the file was written (see `SafeView::data`).
+        match owned.iter().find_map(|(_, view)| view.failed.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     })
 }
 
@@ -244,11 +263,19 @@ struct SafeView {
     dtype: Dtype,
     shape: Vec<usize>,
     host: HostTensor,
+    /// `View::data` cannot fail: a host copy that does is kept here, and the write fails
+    /// after the crate returns (the temporary file is then removed).
+    failed: RefCell<Option<CheckpointError>>,
 }
 
 impl SafeView {
-    fn of(path: &Path, name: &str, tensor: &Tensor) -> Result<SafeView, CheckpointError> {
-        let host = HostTensor::of(path, name, tensor)?;
+    fn of(
+        path: &Path,
+        name: &str,
+        tensor: &Tensor,
+        kind: Option<Kind>,
+    ) -> Result<SafeView, CheckpointError> {
+        let host = HostTensor::of_as(path, name, tensor, kind)?;
         let dtype = host.dtype.safetensors;
         let shape = host
             .size
@@ -260,7 +287,12 @@ impl SafeView {
                 tensor: shown(name),
                 reason: format!("negative size {:?}", host.size),
             })?;
-        Ok(SafeView { dtype, shape, host })
+        Ok(SafeView {
+            dtype,
+            shape,
+            host,
+            failed: RefCell::new(None),
+        })
     }
 }
 
@@ -271,11 +303,16 @@ impl View for &SafeView {
     fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Called once per tensor, as the crate writes it: a tensor not on the host is copied
+    /// now, and the copy dropped once written.
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(self.host.bytes())
+        self.host.bytes().unwrap_or_else(|e| {
+            *self.failed.borrow_mut() = Some(e);
+            Cow::Owned(vec![0; self.host.byte_len()])
+        })
     }
     fn data_len(&self) -> usize {
-        self.host.bytes().len()
+        self.host.byte_len()
     }
 }
 

@@ -108,6 +108,8 @@ fn read_zip<R: Read + Seek>(
 /// Tensors may live on any device, be non-contiguous or require grad: their values are written,
 /// as contiguous CPU tensors, one storage each, but for tensors that are one (the same memory
 /// seen the same way, as tied weights are): those share one storage, as `torch.save` writes them.
+/// A contiguous CPU tensor is written from its own memory; any other is copied to the host as
+/// it is written, one at a time (extra host memory: the largest such tensor).
 /// Dtypes as for [`read_torch_zip`]; names must be unique. The pickle carries no `_metadata`
 /// (module versions), which `load_state_dict` does not need. The file is replaced atomically
 /// (see [`atomic_write`]).
@@ -166,8 +168,9 @@ where
         entry(".format_version", b"1")?;
         entry(".storage_alignment", b"64")?;
         entry("byteorder", b"little")?;
+        // One tensor in host memory at a time: a GPU tensor is copied as it is written.
         for (key, host) in hosts.iter().enumerate() {
-            entry(&format!("data/{key}"), host.bytes())?;
+            entry(&format!("data/{key}"), &host.bytes()?)?;
         }
         entry("version", b"3\n")?;
         // Flushed here (so that errors are seen); `atomic_write` syncs the file.

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <optional>
 
 using torch::autograd::FunctionPreHook;
 using torch::autograd::Node;
@@ -39,8 +40,15 @@ struct RedirectToOrig final : FunctionPreHook {
     if (grad.defined() && orig.requires_grad()) {
       deliveries->fetch_add(1, std::memory_order_relaxed);
       auto accumulate = torch::autograd::impl::grad_accumulator(orig);
-      // As MulBackward of `mask.to(orig.dtype) * orig` computes it.
-      variable_list masked{grad.mul(mask.to(grad.scalar_type()))};
+      // As MulBackward of `mask.to(orig.dtype) * orig` computes it: `grad * mask`. On a GPU a
+      // boolean mask multiplies as it is, with the same bits as its cast (x * true = x,
+      // x * false = x * 0.0, NaN and sign of zero included), without a full-size float copy of
+      // the mask on every backward pass. On CPU libtorch does not vectorize a float-by-bool
+      // multiply (8x slower than the cast and a float multiply, measured), so the cast stays.
+      // A float mask of another dtype is cast, as PyTorch casts it.
+      const bool as_is = mask.scalar_type() == grad.scalar_type() ||
+                         (mask.scalar_type() == at::kBool && !grad.is_cpu());
+      variable_list masked{as_is ? grad.mul(mask) : grad.mul(mask.to(grad.scalar_type()))};
       (*accumulate)(std::move(masked));
     }
     // An undefined gradient: the accumulator of `target` does nothing.
@@ -55,6 +63,12 @@ struct Redirect {
   c10::intrusive_ptr<Node> accumulator;  // kept alive: autograd only holds it weakly
   FunctionPreHook* hook = nullptr;
   std::shared_ptr<std::atomic<uint64_t>> deliveries = std::make_shared<std::atomic<uint64_t>>(0);
+  // The storages `orig` and `mask` had when `target` was last written (tp_redirect_mark_placed).
+  // `set_data` (VarStore::set_device, set_kind, half, ...) replaces a tensor's storage without
+  // a new version; these weak references keep the old StorageImpl objects (not their memory)
+  // allocated, so a storage made later cannot have the same address and a move is always seen.
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> orig_storage;
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> mask_storage;
 };
 
 char* copy_message(const char* message) {
@@ -78,7 +92,10 @@ void detach_hook(Redirect& r) {
 }
 
 // (Re)installs the hook on the current accumulator of `target`. libtorch replaces a leaf's
-// accumulator when `set_data` changes its dtype or device (VarStore::set_device, set_kind).
+// accumulator when `set_data` changes its dtype or device: the registry does that to `target`
+// when the store was moved (VarStore::set_device, set_kind; see `PrunedTensor::follow_orig`),
+// and calls this before the next forward pass. `orig` and `mask` are held as the store's own
+// tensors, so the hook sees them where the store moved them.
 void attach_hook(Redirect& r) {
   auto accumulator = torch::autograd::impl::grad_accumulator(r.target);
   if (accumulator.get() == r.accumulator.get() && r.hook != nullptr) return;
@@ -123,6 +140,23 @@ int tp_redirect_refresh(void* handle, char** error) {
 // How many gradients have been handed to `orig` so far.
 uint64_t tp_redirect_deliveries(const void* handle) {
   return static_cast<const Redirect*>(handle)->deliveries->load(std::memory_order_relaxed);
+}
+
+// Records the storages `orig` and `mask` have now.
+void tp_redirect_mark_placed(void* handle) {
+  auto& r = *static_cast<Redirect*>(handle);
+  r.orig_storage = r.orig.has_storage() ? std::optional(r.orig.storage().getWeakStorageImpl()) : std::nullopt;
+  r.mask_storage = r.mask.has_storage() ? std::optional(r.mask.storage().getWeakStorageImpl()) : std::nullopt;
+}
+
+// 1 if `orig` or `mask` has another storage than at the last tp_redirect_mark_placed (or none
+// was recorded), else 0.
+int tp_redirect_moved(const void* handle) {
+  const auto& r = *static_cast<const Redirect*>(handle);
+  auto same = [](const at::Tensor& t, const std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>>& s) {
+    return s.has_value() && t.has_storage() && s->_unsafe_get_target() == t.storage().unsafeGetStorageImpl();
+  };
+  return same(r.orig, r.orig_storage) && same(r.mask, r.mask_storage) ? 0 : 1;
 }
 
 void tp_redirect_free(void* handle) {

@@ -261,29 +261,47 @@ impl ModelFile {
     /// written in the dtype PyTorch would have given them (boolean masks as the weight's dtype).
     /// An alias of a pruned tied tensor holds its `_orig` values, as the other modules of a tied
     /// PyTorch model still hold the `Parameter` that became `<name>_orig`.
+    ///
+    /// Boolean masks are converted here, all of them at once (on the model's device); to write
+    /// the state to a file, [`ModelFile::reparametrized_entries`] and
+    /// [`write_safetensors_as`](checkpoint::write_safetensors_as) convert one mask at a time,
+    /// as it is copied to the host.
     pub fn reparametrized_state(&self, pruner: &Pruner) -> Result<Vec<(String, Tensor)>> {
+        self.reparametrized_entries(pruner)
+            .into_iter()
+            .map(|(name, t, kind)| {
+                Ok(match kind {
+                    Some(kind) => (name, t.f_to_kind(kind)?),
+                    None => (name, t),
+                })
+            })
+            .collect()
+    }
+
+    /// [`ModelFile::reparametrized_state`] before any conversion: each tensor with the dtype it
+    /// is to be written as when that is not its own (a boolean mask: its weight's dtype), for
+    /// [`write_safetensors_as`](checkpoint::write_safetensors_as). Nothing is copied: the
+    /// entries hold the model's tensors (`_orig` detached, so it outlives
+    /// [`Pruner::remove`](crate::Pruner::remove)).
+    pub fn reparametrized_entries(&self, pruner: &Pruner) -> Vec<(String, Tensor, Option<Kind>)> {
         let vars = self.var_store().variables();
         let mut state = Vec::new();
         for name in self.names() {
             let c = self.canonical(name);
             match (pruner.orig(c), pruner.mask(c)) {
-                (Some(orig), _) if c != name => state.push((name.clone(), orig.detach())),
+                (Some(orig), _) if c != name => state.push((name.clone(), orig.detach(), None)),
                 (Some(orig), Some(mask)) => {
-                    let mask = if mask.kind() == Kind::Bool {
-                        mask.f_to_kind(orig.kind())?
-                    } else {
-                        mask
-                    };
-                    state.push((orig_name(name), orig.detach()));
-                    state.push((mask_name(name), mask));
+                    let kind = (mask.kind() == Kind::Bool).then(|| orig.kind());
+                    state.push((orig_name(name), orig.detach(), None));
+                    state.push((mask_name(name), mask, kind));
                 }
                 _ => {
                     let t = self.buffer(c).unwrap_or_else(|| vars[c].shallow_clone());
-                    state.push((name.clone(), t.detach()));
+                    state.push((name.clone(), t.detach(), None));
                 }
             }
         }
-        Ok(state)
+        state
     }
 
     /// Writes the model in its own format: TorchScript as TorchScript (structure kept), a state

@@ -2,9 +2,23 @@
 
 use crate::checkpoint::{atomic_write, check_torchscript_code, CodePolicy};
 use crate::error::{first_line, PruneError, Result};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{CModule, Device, Tensor};
+
+extern "C" {
+    // src/ffi/script_save.cpp
+    fn tp_module_save(
+        module: *const c_void,
+        path: *const c_char,
+        device: c_int,
+        always_copy: c_int,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    // src/ffi/grad_redirect.cpp
+    fn tp_free_error(error: *mut c_char);
+}
 
 /// A TorchScript module (a `.pt` written by `torch.jit.save`) loaded for pruning and training.
 ///
@@ -105,12 +119,91 @@ impl ScriptModel {
         Ok(self.module.forward_ts(&[xs])?)
     }
 
-    /// Writes the module as TorchScript, atomically. Pruned tensors are written with their
-    /// masked values (what the module computes with); call `remove` first to make that permanent
-    /// on the Rust side too.
+    /// Writes the module as TorchScript, atomically, with every tensor on the CPU, whatever
+    /// device the module runs on: `torch.jit.load` restores tensors to the device they were
+    /// saved from and fails where it does not exist, so a file saved from a GPU would load
+    /// only on a machine with that GPU (`cuda:1` on a machine with two). A module on the CPU
+    /// is written as it is; one elsewhere from a copy on the CPU, made a tensor at a time
+    /// (host memory: the module's size; the module itself is not touched). Pruned tensors are
+    /// written with their masked values (what the module computes with); call `remove` first
+    /// to make that permanent on the Rust side too.
+    ///
+    /// Device names written into the module's code (a traced `torch.device("cuda")`) stay as
+    /// they are: only its tensors are moved.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        atomic_write(path, |tmp| -> Result<()> { Ok(self.module.save(tmp)?) })
+        self.save_on(path, Device::Cpu)
     }
+
+    /// [`ScriptModel::save`] with the tensors on `device` (the CPU or `Device::Cuda(n)`): the
+    /// device `torch.jit.load` will put them on.
+    pub fn save_on(&self, path: impl AsRef<Path>, device: Device) -> Result<()> {
+        self.save_with(path.as_ref(), device, false)
+    }
+
+    /// The path [`ScriptModel::save`] takes for a module on another device (a copy of the
+    /// module on `device`), taken whatever the module's device: for tests on machines without
+    /// a GPU. Writes the same file as `save_on`.
+    #[doc(hidden)]
+    pub fn save_on_through_copy(&self, path: impl AsRef<Path>, device: Device) -> Result<()> {
+        self.save_with(path.as_ref(), device, true)
+    }
+
+    fn save_with(&self, path: &Path, device: Device, always_copy: bool) -> Result<()> {
+        let fail = |message: String| {
+            PruneError::InvalidArgument(format!(
+                "{}: cannot save as TorchScript: {message}",
+                path.display()
+            ))
+        };
+        let device = match device {
+            Device::Cpu => -1,
+            Device::Cuda(i) => {
+                c_int::try_from(i).map_err(|_| fail(format!("no device cuda:{i}")))?
+            }
+            other => {
+                return Err(fail(format!(
+                    "{other:?} is not supported: save to Cpu or Cuda(n)"
+                )))
+            }
+        };
+        atomic_write(path, |tmp| -> Result<()> {
+            let tmp = CString::new(tmp.as_os_str().as_encoded_bytes())
+                .map_err(|_| fail("the path holds a NUL byte".into()))?;
+            let mut error = std::ptr::null_mut();
+            // SAFETY: the module handle is live for `&self`; the path is a NUL-terminated
+            // string; the C++ side catches every exception.
+            let status = unsafe {
+                tp_module_save(
+                    module_handle(&self.module),
+                    tmp.as_ptr(),
+                    device,
+                    always_copy as c_int,
+                    &mut error,
+                )
+            };
+            if status == 0 {
+                return Ok(());
+            }
+            if error.is_null() {
+                return Err(fail("out of memory".into()));
+            }
+            // SAFETY: a NUL-terminated string allocated by the C++ side, freed here once.
+            let message = unsafe { CStr::from_ptr(error) }
+                .to_string_lossy()
+                .into_owned();
+            unsafe { tp_free_error(error) };
+            Err(fail(first_line(&message)))
+        })
+    }
+}
+
+/// The `torch::jit::Module*` inside tch's `CModule`, whose only field is that pointer (not
+/// public). A struct whose one field is as large as the struct holds it at offset 0; the
+/// assertion stops the build should a tch release add a field.
+fn module_handle(module: &CModule) -> *const c_void {
+    const _: () = assert!(std::mem::size_of::<CModule>() == std::mem::size_of::<*mut c_void>());
+    // SAFETY: see above; the pointer is read, not taken over (the CModule keeps owning it).
+    unsafe { *(module as *const CModule).cast::<*const c_void>() }
 }
 
 impl tch::nn::Module for ScriptModel {

@@ -17,8 +17,9 @@ impl Pruner {
     /// exactly as PyTorch's `prune.global_unstructured`; each tensor then carries its share of the
     /// mask as a [`CustomFromMask`] step.
     ///
-    /// `importance_scores` maps some of the names to scores of the tensor's shape; the others
-    /// are ranked by their current values. All tensors (and scores) must be on one device.
+    /// `importance_scores` maps some of the names to scores of the tensor's shape (moved to the
+    /// tensor's device if they are elsewhere); the others are ranked by their current values.
+    /// All tensors must be on one device.
     /// On error no tensor has changed.
     ///
     /// ```
@@ -87,11 +88,11 @@ impl Pruner {
             let mut scores = Vec::with_capacity(names.len());
             let mut masks = Vec::with_capacity(names.len());
             let mut values_of = Vec::with_capacity(names.len());
-            let mut devices = Vec::with_capacity(2 * names.len());
+            let mut devices = Vec::with_capacity(names.len());
             for &name in names {
                 let (values, mask) = state.current(name)?;
                 let score = scores_for(name, &values, importance_scores.get(name))?;
-                devices.extend([(name, values.device()), (name, score.device())]);
+                devices.push((name, values.device()));
                 masks.push(mask);
                 scores.push(score);
                 values_of.push(values);
@@ -137,12 +138,15 @@ fn select_in_place(
     values: &[Tensor],
     bool_masks: bool,
 ) -> Result<Vec<Tensor>> {
+    // Entries of tensors not pruned before all take part; the others' live counts are summed
+    // where the masks are and read once (one device sync, not one per tensor).
     let mut live_total = 0;
+    let mut live_counts = Vec::new();
     let mut outs = Vec::with_capacity(scores.len());
     for (mask, values) in masks.iter().zip(values) {
         outs.push(match mask {
             Some(m) => {
-                live_total += m.f_eq(1)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+                live_counts.push(m.f_eq(1)?.f_sum(Kind::Int64)?);
                 fresh_copy(m)?
             }
             None => {
@@ -155,6 +159,11 @@ fn select_in_place(
                 Tensor::f_ones(values.size(), (kind, values.device()))?
             }
         });
+    }
+    if !live_counts.is_empty() {
+        live_total += Tensor::f_stack(&live_counts, 0)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
     }
     let k = amount.to_count(live_total)?;
     let parts: Vec<Part<'_>> = scores

@@ -16,6 +16,8 @@ extern "C" {
     ) -> *mut c_void;
     fn tp_redirect_refresh(handle: *mut c_void, error: *mut *mut c_char) -> i32;
     fn tp_redirect_deliveries(handle: *const c_void) -> u64;
+    fn tp_redirect_mark_placed(handle: *mut c_void);
+    fn tp_redirect_moved(handle: *const c_void) -> i32;
     fn tp_redirect_free(handle: *mut c_void);
     fn tp_free_error(error: *mut c_char);
 }
@@ -42,7 +44,8 @@ impl GradRedirect {
     }
 
     /// Moves the hook to the tensor's current accumulator if libtorch replaced it (after a
-    /// `set_data` that changed its dtype or device, e.g. `VarStore::set_device`).
+    /// `set_data` that changed its dtype or device: the registry following a store moved by
+    /// `VarStore::set_device` or `set_kind`).
     pub(crate) fn refresh(&mut self) -> Result<()> {
         let mut error = std::ptr::null_mut();
         // SAFETY: the handle is live until drop.
@@ -56,6 +59,22 @@ impl GradRedirect {
     pub(crate) fn deliveries(&self) -> u64 {
         // SAFETY: the handle is live until drop.
         unsafe { tp_redirect_deliveries(self.0.as_ptr()) }
+    }
+}
+
+impl GradRedirect {
+    /// Records the storages `orig` and the mask have now (after `target` was written from them).
+    pub(crate) fn mark_placed(&mut self) {
+        // SAFETY: the handle is live until drop.
+        unsafe { tp_redirect_mark_placed(self.0.as_ptr()) }
+    }
+
+    /// Whether `orig` or the mask got another storage since [`GradRedirect::mark_placed`]
+    /// (`set_data`: a store moved to another device or dtype, even and back again). Reliable
+    /// where comparing data addresses is not: the allocator may hand the same address out again.
+    pub(crate) fn moved(&self) -> bool {
+        // SAFETY: the handle is live until drop.
+        unsafe { tp_redirect_moved(self.0.as_ptr()) != 0 }
     }
 }
 

@@ -105,7 +105,9 @@ pub(crate) fn is_all_ones(mask: &Tensor) -> bool {
 }
 
 /// The scores that rank `name`'s entries: `importance_scores` if given (of `values`' shape),
-/// else its values.
+/// on `values`' device, else its values. PyTorch accepts scores on another device than the
+/// tensor (CPU scores for a CUDA weight); here they are moved to the tensor, so that the mask
+/// is computed where it will live.
 pub(crate) fn scores_for(
     name: &str,
     values: &Tensor,
@@ -114,7 +116,7 @@ pub(crate) fn scores_for(
     match importance_scores {
         Some(s) => {
             check_shape("importance scores", name, values, s)?;
-            Ok(s.shallow_clone())
+            Ok(s.f_to_device(values.device())?)
         }
         None => Ok(values.shallow_clone()),
     }

@@ -88,6 +88,9 @@ struct PrunedTensor {
     written_at: Option<Stamp>,
     /// Routes the gradient of `target` to `orig`, times the mask.
     redirect: GradRedirect,
+    /// Whether the mask is kept as booleans: `VarStore::set_kind` casts every variable, the
+    /// mask included, and a boolean mask is put back as one (see [`PrunedTensor::follow_orig`]).
+    bool_mask: bool,
 }
 
 /// See [`PrunedTensor::stamp`].
@@ -141,8 +144,9 @@ impl Pruner {
 
     /// Prunes the variable `name` (e.g. `"fc1.weight"`) with any method, your own included.
     ///
-    /// `importance_scores` (same shape as the tensor) replace its values when the method ranks
-    /// entries; they default to the tensor's current masked values. Pruning a tensor again
+    /// `importance_scores` (same shape as the tensor, on any device: they are moved to the
+    /// tensor's) replace its values when the method ranks entries; they default to the
+    /// tensor's current masked values. Pruning a tensor again
     /// composes with its mask like PyTorch's `PruningContainer` (see [`combine_masks`]).
     ///
     /// On error nothing has changed: not the store, not the registry.
@@ -152,7 +156,7 @@ impl Pruner {
         method: &dyn PruningMethod,
         importance_scores: Option<&Tensor>,
     ) -> Result<()> {
-        let mut state = self.lock();
+        let mut state = self.state()?;
         let plan = state.plan(name, method, importance_scores, false)?;
         state.commit(plan)
     }
@@ -191,7 +195,7 @@ impl Pruner {
         method: &dyn PruningMethod,
         importance_scores: Option<&Tensor>,
     ) -> Result<()> {
-        let mut state = self.lock();
+        let mut state = self.state()?;
         let plan = state.plan(name, method, importance_scores, true)?;
         state.commit_permanent(plan)
     }
@@ -244,7 +248,7 @@ impl Pruner {
     /// The `_orig` tensor stays in the store's list of trainable tensors (optimizers count on
     /// that list's order) but is frozen and its storage released.
     pub fn remove(&self, name: &str) -> Result<()> {
-        self.lock().remove(name)
+        self.state()?.remove(name)
     }
 
     /// Makes every pruning permanent, in the order the tensors were first pruned.
@@ -292,7 +296,7 @@ impl Pruner {
     /// call it before a forward pass, or let [`Pruner::forward`] and the wrappers do it. When
     /// nothing changed (evaluation, inference) it costs a few version checks.
     pub fn apply_masks(&self) -> Result<()> {
-        self.lock()
+        self.state()?
             .tensors
             .iter_mut()
             .try_for_each(PrunedTensor::refresh)
@@ -303,6 +307,55 @@ impl Pruner {
     pub fn forward<T>(&self, forward: impl FnOnce() -> T) -> Result<T> {
         self.apply_masks()?;
         Ok(forward())
+    }
+
+    /// Moves the store to `device` (`VarStore::set_device`) and every pruned tensor with it:
+    /// `_orig`, the mask, the tensor modules compute with and the gradient route end up on
+    /// `device`, and the memory they had before is released now. Calling `vs.set_device`
+    /// directly works too (the pruner notices at its next use, e.g. the next forward pass
+    /// through [`Pruner::wrap`]), but holds the old copy of each pruned tensor until then.
+    ///
+    /// As with any tch store, build the optimizer after moving: tch does not move optimizer
+    /// state. Fails if `vs` is not the store this pruner was made for.
+    ///
+    /// ```
+    /// use tch::{nn, Device, Kind};
+    /// use tch_prune::Pruner;
+    /// let mut vs = nn::VarStore::new(Device::Cpu);
+    /// let fc = nn::linear(vs.root() / "fc", 4, 3, Default::default());
+    /// let pruner = Pruner::new(&vs);
+    /// pruner.l1_unstructured("fc.weight", 0.5, None)?;
+    /// pruner.set_device(&mut vs, Device::cuda_if_available())?; // prune on CPU, train on the GPU
+    /// pruner.set_kind(&mut vs, Kind::Double)?;
+    /// assert_eq!(fc.ws.kind(), Kind::Double);
+    /// assert_eq!(fc.ws.device(), vs.device());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_device(&self, vs: &mut VarStore, device: Device) -> Result<()> {
+        self.check_store(vs)?;
+        vs.set_device(device);
+        self.state().map(drop)
+    }
+
+    /// Casts the store to `kind` (`VarStore::set_kind`, which casts every variable, as tch
+    /// does) and every pruned tensor with it, as [`Pruner::set_device`] moves them. Boolean
+    /// masks stay boolean; float masks take `kind`, as PyTorch's `model.to(dtype)` casts its
+    /// mask buffers. `vs.set_kind`, `vs.half()`, `vs.float()`, `vs.bfloat16()` and
+    /// `vs.double()` called directly are followed at the pruner's next use.
+    pub fn set_kind(&self, vs: &mut VarStore, kind: Kind) -> Result<()> {
+        self.check_store(vs)?;
+        vs.set_kind(kind);
+        self.state().map(drop)
+    }
+
+    fn check_store(&self, vs: &VarStore) -> Result<()> {
+        if !Arc::ptr_eq(&self.lock().variables, &vs.variables_) {
+            return Err(PruneError::InvalidArgument(
+                "this VarStore is not the one the pruner was made for: move the pruner's own store"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Shallow copies of all the store's variables.
@@ -317,14 +370,14 @@ impl Pruner {
 
     /// The current (masked) values of `name` and its mask if pruned.
     pub(crate) fn current(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
-        self.lock().current(name)
+        self.state()?.current(name)
     }
 
     /// Gives `name` exactly `mask` (its dtype included), as a loaded `_mask` buffer replaces
     /// PyTorch's: a tensor not pruned yet is pruned first (a [`CustomFromMask`] step, with its
     /// checks). The masked values are written once.
     pub(crate) fn set_exact_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
-        let mut state = self.lock();
+        let mut state = self.state()?;
         let Some(i) = state.index_of(name) else {
             let mut plan = state.plan(name, &CustomFromMask::new(mask), None, false)?;
             plan.mask = mask.f_to_device(plan.mask.device())?;
@@ -340,8 +393,20 @@ impl Pruner {
         self.state.lock().expect("pruner lock poisoned")
     }
 
+    /// The registry, every pruned tensor placed where its `_orig` is now (see
+    /// [`State::follow_store`]): what every call that computes or writes goes through.
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        let mut state = self.lock();
+        state.follow_store()?;
+        Ok(state)
+    }
+
+    /// For the accessors, which cannot fail: the registry placed as [`Pruner::state`] places
+    /// it, or as it was if libtorch cannot allocate the moved tensor (the next call that can
+    /// fail reports that).
     fn with_entry<T>(&self, name: &str, f: impl FnOnce(&PrunedTensor) -> T) -> Option<T> {
-        let state = self.lock();
+        let mut state = self.lock();
+        let _ = state.follow_store();
         state.index_of(name).map(|i| f(&state.tensors[i]))
     }
 
@@ -352,7 +417,7 @@ impl Pruner {
         permanent: bool,
         plans: impl FnOnce(&State) -> Result<Vec<Plan>>,
     ) -> Result<()> {
-        let mut state = self.lock();
+        let mut state = self.state()?;
         let plans = plans(&state)?;
         plans.into_iter().try_for_each(|plan| {
             if permanent {
@@ -367,6 +432,19 @@ impl Pruner {
 impl State {
     fn index_of(&self, name: &str) -> Option<usize> {
         self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// Every pruned tensor placed where its `_orig` is now, after the store was moved to
+    /// another device or dtype (see [`PrunedTensor::follow_orig`]); written masked at once, so
+    /// that a module's forward pass outside the pruner's wrappers sees the right values too.
+    /// A few device and dtype checks when nothing moved.
+    pub(crate) fn follow_store(&mut self) -> Result<()> {
+        for entry in &mut self.tensors {
+            if entry.follow_orig()? {
+                entry.refresh()?;
+            }
+        }
+        Ok(())
     }
 
     /// The values `name` has now (masked, and fresh even if `_orig` changed since the last
@@ -419,8 +497,8 @@ impl State {
         })
         .map_err(|e| e.for_tensor(name))?;
         check_shape("mask returned by the method", name, &values, &mask)?;
-        // Importance scores on another device, or a method's mask there, would fail only once
-        // the tensor is half reparametrized.
+        // A method that returns its mask on another device (the scores were moved to the
+        // tensor's) would fail only once the tensor is half reparametrized.
         same_device(&[(name, values.device()), ("its new mask", mask.device())])?;
         self.finish_plan(name, mask, format!("{method:?}"), first, permanent)
     }
@@ -541,6 +619,7 @@ impl State {
                 let mut entry = PrunedTensor {
                     name,
                     target,
+                    bool_mask: mask.kind() == Kind::Bool,
                     orig,
                     mask,
                     history: vec![method],
@@ -602,13 +681,47 @@ impl PrunedTensor {
     /// next [`write_target`](Self::write_target).
     fn set_mask(&mut self, mask: &Tensor) -> Result<()> {
         self.mask.f_set_data(mask)?;
+        self.bool_mask = mask.kind() == Kind::Bool;
         self.written_at = None;
         Ok(())
     }
 
+    /// Puts `target` where `_orig` is now. `VarStore::set_device`, `set_kind`, `half`, `float`,
+    /// `bfloat16` and `double` convert the store's variables in place (`set_data`): `_orig` and
+    /// `_mask` are among them, but `target`, which pruning took out of the store, is not. So
+    /// `target` gets fresh memory of `_orig`'s device and dtype (the old memory is released),
+    /// to be written from `_orig` and the mask at once; the mask follows `_orig`'s device if it
+    /// was left behind, and a boolean mask that `set_kind` cast is a boolean again. The
+    /// gradient hook holds `_orig` and the mask themselves, so it sees them moved; libtorch
+    /// gives `target` a new gradient accumulator, which [`PrunedTensor::refresh`] hooks.
+    /// Returns whether anything moved.
+    fn follow_orig(&mut self) -> Result<bool> {
+        let (device, kind) = (self.orig.device(), self.orig.kind());
+        let mut moved = false;
+        if self.mask.device() != device {
+            self.mask.f_set_data(&self.mask.f_to_device(device)?)?;
+            moved = true;
+        }
+        if self.bool_mask && self.mask.kind() != Kind::Bool {
+            self.mask.f_set_data(&self.mask.f_ne(0)?)?;
+            moved = true;
+        }
+        if self.target.device() != device || self.target.kind() != kind {
+            // `_orig` was `target`'s memory (same strides), so this is `target`'s layout.
+            self.target.f_set_data(&Tensor::f_empty_like(&self.orig)?)?;
+            moved = true;
+        }
+        // Moved and back (`half()` then `float()`): same place, values rounded on the way.
+        moved |= self.written_at.is_some() && self.redirect.moved();
+        if moved {
+            self.written_at = None;
+        }
+        Ok(moved)
+    }
+
     /// Whether `target` holds `orig * mask` as they are now.
     fn is_written(&self) -> bool {
-        self.written_at.is_some() && self.written_at == self.stamp()
+        self.written_at.is_some() && self.written_at == self.stamp() && !self.redirect.moved()
     }
 
     /// What `target`'s values depend on. In-place edits bump version counters, but optimizers
@@ -636,6 +749,7 @@ impl PrunedTensor {
         }
         tch::no_grad(|| write_masked(&self.target, &self.orig, &self.mask))?;
         self.written_at = self.stamp();
+        self.redirect.mark_placed();
         Ok(())
     }
 

@@ -59,7 +59,7 @@ impl PruningMethod for RandomUnstructured {
 
 /// Prunes the `amount` entries of smallest absolute score (PyTorch's `L1Unstructured`):
 /// exactly that many, even when magnitudes tie. The selection streams over the tensor (a radix
-/// select on CPU, a bisection with tensor operations elsewhere) and gives PyTorch's `topk` result
+/// select on CPU, the same radix select with tensor operations elsewhere) and gives PyTorch's `topk` result
 /// wherever magnitudes do not tie at the boundary; tied entries there are pruned in index order.
 #[derive(Clone, Copy, Debug)]
 pub struct L1Unstructured {

@@ -48,6 +48,17 @@ pub fn python_required() -> bool {
 /// Runs a Python script with torch available; panics with its stderr if it fails.
 /// Returns None when no Python torch is configured (see [`python`]).
 pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
+    run_python_env(script, args, &[])
+}
+
+/// [`run_python`] with no GPU visible to PyTorch (`CUDA_VISIBLE_DEVICES` empty), as on a
+/// machine without one, whatever this machine has.
+pub fn run_python_without_gpu(script: &str, args: &[&Path]) -> Option<String> {
+    run_python_env(script, args, &[("CUDA_VISIBLE_DEVICES", "")])
+}
+
+/// [`run_python`] with extra environment variables.
+pub fn run_python_env(script: &str, args: &[&Path], env: &[(&str, &str)]) -> Option<String> {
     let python = python()?;
     // From a file, not `-c`: TorchScript's compiler reads class sources through `inspect`.
     let mut file = tempfile::Builder::new()
@@ -59,6 +70,7 @@ pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
         .arg(file.path())
         .args(args)
         .env("OMP_NUM_THREADS", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("failed to start python");
     assert!(
@@ -118,3 +130,7 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
     static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
     GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+pub mod cuda;
+pub mod moves;
+pub mod parity;

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors, CodePolicy};
+use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
@@ -105,11 +105,19 @@ struct PruneArgs {
     /// cores take), the largest magnitudes, as torch.ao.pruning's WeightNormSparsifier.
     #[arg(long, value_name = "N:M")]
     pattern: Option<String>,
-    /// Seed for the random methods: on CPU, the result equals PyTorch's after
-    /// torch.manual_seed(SEED) and the same calls in the same order.
+    /// Seed for the random methods. It seeds the CPU generator and every GPU's, as
+    /// torch.manual_seed(SEED) does; random-unstructured draws on the tensor's device,
+    /// random-structured on the CPU, as in PyTorch. So the result equals PyTorch's after
+    /// torch.manual_seed(SEED) and the same calls in the same order, with the model on the
+    /// same device: --device cuda reproduces PyTorch on the GPU (whose generator gives other
+    /// numbers than the CPU's), not a CPU run.
     #[arg(long, allow_hyphen_values = true)]
     seed: Option<i64>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N: where the model is loaded and pruned. Outputs hold their tensors
+    /// on the CPU whatever the device (a TorchScript output loads with torch.jit.load where
+    /// there is no GPU). On a GPU the results equal PyTorch's on that GPU; l1-unstructured and
+    /// the file formats give the same bits as on the CPU, ln-structured may not where CUDA
+    /// rounds a norm differently and two channels nearly tie.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
@@ -344,17 +352,23 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    // Taken before `remove_all` (which releases `_orig`), written with the model.
-    let state = match &args.state_out {
-        Some(path) => Some((path, model.reparametrized_state(&pruner)?)),
-        None => None,
-    };
+    // Taken before `remove_all` (which releases `_orig`), written with the model. Boolean masks
+    // are converted to their weight's dtype one at a time, as each is copied to the host for
+    // writing (on a GPU, no memory of the converted masks' size).
+    let state = args
+        .state_out
+        .as_ref()
+        .map(|path| (path, model.reparametrized_entries(&pruner)));
     pruner.remove_all()?;
     // Both outputs or neither: a failure writing the state leaves no pruned model behind.
     write_all_or_nothing(|| -> Result<()> {
         quiet::quietly(show, || model.save(&args.output, &pruner))?;
-        if let Some((path, state)) = state {
-            write_safetensors(path, &state)?;
+        if let Some((path, state)) = &state {
+            let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
+                .iter()
+                .map(|(name, tensor, kind)| (name.as_str(), tensor, *kind))
+                .collect();
+            write_safetensors_as(path, &entries, &Default::default())?;
         }
         Ok(())
     })?;
