@@ -57,6 +57,13 @@ struct PruneArgs {
     amount: Option<String>,
     /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
     /// parameter whose name ends in 'weight' and that has at least two dimensions.
+    ///
+    /// Order (what seeded random methods and --global depend on): names are pruned in the
+    /// order given, a pattern's matches in the file's order. A safetensors file's order is not
+    /// the model's (it sorts by dtype and name): list the names in the model's order to get what
+    /// PyTorch gives. Buffers (running_mean, running_var, num_batches_tracked, a TorchScript
+    /// module's buffers) are never selected; naming one is an error. Tied weights (names
+    /// sharing one tensor) are one tensor, pruned once, whichever of their names is selected.
     #[arg(long)]
     params: Option<String>,
     /// Rank all selected tensors together (unstructured methods only).
@@ -79,7 +86,9 @@ struct PruneArgs {
     /// safetensors, after the pruned model.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
-    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
+    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in
+    /// order. "params" is a string as for --params or a list of names and patterns; a list of
+    /// names is the order the step prunes in (the way to give a safetensors file's model order).
     #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
     plan: Option<PathBuf>,
 }
@@ -168,10 +177,24 @@ fn prune(args: PruneArgs) -> Result<()> {
     let device = device(&args.device)?;
     let model = ModelFile::open(&args.input, device)?;
     let parameters = model.parameters();
+    let buffers = model.buffers();
     let selections = steps
         .iter()
-        .map(|s| s.select(&parameters))
-        .collect::<Result<Vec<_>, _>>()?;
+        .enumerate()
+        .map(|(i, s)| {
+            let names = s
+                .select(&parameters, &buffers)
+                .with_context(|| format!("step {}", i + 1))?;
+            // Tied weights are one tensor, pruned once under one name, as PyTorch lists a tied
+            // Parameter once.
+            let mut seen = HashSet::new();
+            Ok(names
+                .iter()
+                .map(|n| model.canonical(n).to_string())
+                .filter(|n| seen.insert(n.clone()))
+                .collect::<Vec<_>>())
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let pruner = model.pruner()?;
     // Pruned in this run or by the file's own `_orig`/`_mask`, for the summary.
@@ -217,7 +240,17 @@ fn prune(args: PruneArgs) -> Result<()> {
             } else {
                 step.apply(&pruner, group)
             };
-            applied.with_context(|| format!("step {}", i + 1))?;
+            // Name the tensor: a step over many tensors can fail on one of them.
+            applied.with_context(|| match group {
+                [name] => format!("step {} ({}) on '{name}'", i + 1, step.method),
+                names => format!(
+                    "step {} ({}, global over {} tensors: {})",
+                    i + 1,
+                    step.method,
+                    names.len(),
+                    shorten(names)
+                ),
+            })?;
             bar.inc(1);
         }
     }
@@ -234,7 +267,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     if let Some((path, state)) = state {
         write_safetensors(path, &state)?;
     }
-    let report = Report::new(&model.tensors(&pruner))?;
+    let report = report_of(&model, &pruner)?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
         pruned.len(),
@@ -246,9 +279,30 @@ fn prune(args: PruneArgs) -> Result<()> {
     Ok(())
 }
 
+/// The sparsity of every tensor of the model, a tied tensor counted once.
+fn report_of(model: &ModelFile, pruner: &tch_prune::Pruner) -> Result<Report> {
+    let ties = model.ties().into_iter().collect();
+    Ok(Report::with_ties(&model.tensors(pruner), &ties)?)
+}
+
+/// The first few names of a list, for a one-line message.
+fn shorten(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", ... {} more", names.len() - SHOWN));
+    }
+    text
+}
+
 fn report(input: &Path, json: bool) -> Result<()> {
     let model = ModelFile::open(input, Device::Cpu)?;
-    let report = Report::new(&model.tensors(&model.pruner()?))?;
+    let report = report_of(&model, &model.pruner()?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -139,9 +139,17 @@ impl Step {
         })
     }
 
-    /// The tensors this step selects, in the order of `available` (the file's parameter order).
-    /// `available` pairs each name with its number of dimensions.
-    pub fn select(&self, available: &[(String, usize)]) -> Result<Vec<String>> {
+    /// The tensors this step selects, in the order PyTorch would prune them: names given
+    /// explicitly in the order given (so a plan's list of names gives the model's order, e.g.
+    /// for a safetensors file, which orders its tensors by dtype and name), the matches of a
+    /// glob pattern in the order of `available` (the file's parameter order); a tensor selected
+    /// twice is pruned once, at its first place.
+    ///
+    /// `available` pairs each parameter's name with its number of dimensions; `buffers` are the
+    /// model's buffers (`running_mean`, `running_var`, `num_batches_tracked`, and whatever a
+    /// TorchScript module registers as one). PyTorch cannot prune a buffer: a glob never selects
+    /// one, and naming one is an error that says it is a buffer.
+    pub fn select(&self, available: &[(String, usize)], buffers: &[String]) -> Result<Vec<String>> {
         let Some(patterns) = &self.params else {
             return Ok(available
                 .iter()
@@ -149,25 +157,38 @@ impl Step {
                 .map(|(name, _)| name.clone())
                 .collect());
         };
+        let mut selected: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for pattern in patterns {
-            if !available.iter().any(|(name, _)| glob_match(pattern, name)) {
-                let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
-                let more = if available.len() > some.len() {
-                    ", ..."
+            let before = selected.len();
+            if is_glob(pattern) {
+                for (name, _) in available.iter().filter(|(n, _)| glob_match(pattern, n)) {
+                    if seen.insert(name.as_str()) {
+                        selected.push(name.clone());
+                    }
+                }
+            } else if available.iter().any(|(n, _)| n == pattern) {
+                if seen.insert(pattern.as_str()) {
+                    selected.push(pattern.clone());
+                }
+            } else if buffers.contains(pattern) {
+                return Err(PruneError::Buffer(pattern.clone()));
+            }
+            let matched =
+                selected.len() > before || available.iter().any(|(n, _)| glob_match(pattern, n));
+            if !matched {
+                let buffer_matches = buffers.iter().filter(|b| glob_match(pattern, b)).count();
+                return Err(if buffer_matches > 0 {
+                    PruneError::OnlyBuffers {
+                        pattern: pattern.clone(),
+                        buffers: buffer_matches,
+                    }
                 } else {
-                    ""
-                };
-                return Err(PruneError::NoMatch {
-                    pattern: pattern.clone(),
-                    available: format!("{}{more}", some.join(", ")),
+                    no_match(pattern, available)
                 });
             }
         }
-        Ok(available
-            .iter()
-            .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name)))
-            .map(|(name, _)| name.clone())
-            .collect())
+        Ok(selected)
     }
 
     /// Applies the step to `names` (already selected, in order).
@@ -217,6 +238,25 @@ pub fn parse_plan(json: &str) -> Result<Vec<Step>> {
     }
     steps.iter().try_for_each(|s| s.method().map(drop))?;
     Ok(steps)
+}
+
+/// A pattern with a wildcard (`*`, `?`), as opposed to a tensor's name.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// The error for a pattern that selects nothing, listing the first few parameters.
+fn no_match(pattern: &str, available: &[(String, usize)]) -> PruneError {
+    let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
+    let more = if available.len() > some.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    PruneError::NoMatch {
+        pattern: pattern.to_string(),
+        available: format!("{}{more}", some.join(", ")),
+    }
 }
 
 /// Shell-style matching of a whole name: `*` any run of characters, `?` one character.
@@ -363,14 +403,91 @@ mod tests {
         ];
         let step: Step = serde_json::from_str(r#"{"method": "identity"}"#).unwrap();
         assert_eq!(
-            step.select(&available).unwrap(),
+            step.select(&available, &[]).unwrap(),
             ["conv.weight", "fc.weight"]
         );
         let step: Step =
-            serde_json::from_str(r#"{"method": "identity", "params": "fc.*,conv.bias"}"#).unwrap();
-        assert_eq!(step.select(&available).unwrap(), ["conv.bias", "fc.weight"]);
-        let step: Step =
             serde_json::from_str(r#"{"method": "identity", "params": "nope.*"}"#).unwrap();
-        assert!(step.select(&available).is_err());
+        assert!(matches!(
+            step.select(&available, &[]),
+            Err(PruneError::NoMatch { .. })
+        ));
+    }
+
+    #[test]
+    fn names_keep_the_order_given_and_globs_the_files() {
+        let available = vec![
+            ("classifier.weight".to_string(), 2),
+            ("features.0.weight".to_string(), 4),
+            ("features.0.bias".to_string(), 1),
+            ("features.3.weight".to_string(), 4),
+        ];
+        let select = |params: &str| {
+            let step: Step =
+                serde_json::from_value(serde_json::json!({"method": "identity", "params": params}))
+                    .unwrap();
+            step.select(&available, &[]).unwrap()
+        };
+        // A safetensors file orders by name; a list of names gives the model's order.
+        assert_eq!(
+            select("features.3.weight,features.0.weight,classifier.weight"),
+            [
+                "features.3.weight",
+                "features.0.weight",
+                "classifier.weight"
+            ]
+        );
+        // Globs follow the file; a name selected twice keeps its first place.
+        assert_eq!(
+            select("features.*.weight,classifier.weight,features.0.weight"),
+            [
+                "features.0.weight",
+                "features.3.weight",
+                "classifier.weight"
+            ]
+        );
+        assert_eq!(
+            select("features.0.bias,*.weight"),
+            [
+                "features.0.bias",
+                "classifier.weight",
+                "features.0.weight",
+                "features.3.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn buffers_are_never_selected_and_naming_one_says_so() {
+        let available = vec![
+            ("features.0.weight".to_string(), 4),
+            ("features.1.weight".to_string(), 1),
+            ("features.1.bias".to_string(), 1),
+        ];
+        let buffers = [
+            "features.1.running_mean".to_string(),
+            "features.1.running_var".to_string(),
+            "features.1.num_batches_tracked".to_string(),
+        ];
+        let step = |params: &str| -> Step {
+            serde_json::from_value(serde_json::json!({"method": "identity", "params": params}))
+                .unwrap()
+        };
+        assert_eq!(
+            step("features.*").select(&available, &buffers).unwrap(),
+            ["features.0.weight", "features.1.weight", "features.1.bias"]
+        );
+        let err = step("features.0.weight,features.1.running_var")
+            .select(&available, &buffers)
+            .unwrap_err();
+        assert!(matches!(&err, PruneError::Buffer(n) if n == "features.1.running_var"));
+        assert!(err.to_string().contains("is a buffer"), "{err}");
+        let err = step("*.running_*")
+            .select(&available, &buffers)
+            .unwrap_err();
+        assert!(
+            matches!(err, PruneError::OnlyBuffers { buffers: 2, .. }),
+            "{err}"
+        );
     }
 }
