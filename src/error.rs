@@ -83,6 +83,10 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
+    #[error("cannot draw {what}: {reason}")]
+    Plot { what: String, reason: String },
+
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 

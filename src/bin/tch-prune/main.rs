@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Prune a model file and write it back, pruning made permanent.
     #[command(
-        after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
+        after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --method nm --pattern 2:4\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
     )]
     Prune(Box<PruneArgs>),
     /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.
@@ -39,6 +39,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write the per-tensor sparsity as an SVG bar chart (opens in a browser).
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -49,7 +52,8 @@ struct PruneArgs {
     /// Where to write the pruned model (same format as the input).
     #[arg(short, long)]
     output: PathBuf,
-    /// l1-unstructured, random-unstructured, ln-structured, random-structured or identity.
+    /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, or
+    /// nm (N:M semi-structured sparsity, with --pattern).
     #[arg(long, required_unless_present = "plan")]
     method: Option<String>,
     /// A number with a decimal point is a fraction (0.3, 1.0), an integer a count (12), as in PyTorch.
@@ -72,9 +76,14 @@ struct PruneArgs {
     /// The norm of ln-structured: 1, 2, inf, -inf, fro, nuc, or any number.
     #[arg(long, allow_hyphen_values = true)]
     n: Option<String>,
-    /// The channel dimension of the structured methods (negative counts from the end).
+    /// The channel dimension of the structured methods (negative counts from the end); for nm,
+    /// the dimension the blocks run along (default 1, the input dimension).
     #[arg(long, allow_hyphen_values = true)]
     dim: Option<i64>,
+    /// The pattern of nm: keep N of every M consecutive entries (2:4 is what sparse tensor
+    /// cores take), the largest magnitudes, as torch.ao.pruning's WeightNormSparsifier.
+    #[arg(long, value_name = "N:M")]
+    pattern: Option<String>,
     /// Seed for the random methods: on CPU, the result equals PyTorch's after
     /// torch.manual_seed(SEED) and the same calls in the same order.
     #[arg(long)]
@@ -86,10 +95,11 @@ struct PruneArgs {
     /// safetensors, after the pruned model.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
-    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in
-    /// order. "params" is a string as for --params or a list of names and patterns; a list of
-    /// names is the order the step prunes in (the way to give a safetensors file's model order).
-    #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
+    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global", "pattern"}),
+    /// applied in order. "params" is a string as for --params or a list of names and patterns; a
+    /// list of names is the order the step prunes in (the way to give a safetensors file's model
+    /// order).
+    #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim", "pattern"])]
     plan: Option<PathBuf>,
 }
 
@@ -120,7 +130,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Prune(args) => prune(*args),
-        Command::Report { input, json } => report(&input, json),
+        Command::Report { input, json, svg } => report(&input, json, svg.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +160,7 @@ fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
         n: args.n.as_deref().map(str::parse).transpose()?,
         dim: args.dim,
         global: args.global,
+        pattern: args.pattern.as_deref().map(str::parse).transpose()?,
     };
     step.method()?;
     Ok(vec![step])
@@ -300,9 +311,21 @@ fn shorten(names: &[String]) -> String {
     text
 }
 
-fn report(input: &Path, json: bool) -> Result<()> {
+fn report(input: &Path, json: bool, svg: Option<&Path>) -> Result<()> {
     let model = ModelFile::open(input, Device::Cpu)?;
     let report = report_of(&model, &model.pruner()?)?;
+    if let Some(svg) = svg {
+        #[cfg(feature = "plot")]
+        report.write_svg(
+            svg,
+            &input.file_name().unwrap_or_default().to_string_lossy(),
+        )?;
+        #[cfg(not(feature = "plot"))]
+        bail!(
+            "cannot write {}: this tch-prune was built without the 'plot' feature",
+            svg.display()
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

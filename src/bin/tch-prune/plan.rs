@@ -4,8 +4,8 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
 use tch_prune::{
-    Amount, Identity, L1Unstructured, LnStructured, Norm, PruneError, Pruner, PruningMethod,
-    RandomStructured, RandomUnstructured, Result,
+    Amount, Identity, L1Unstructured, LnStructured, NmSparsity, Norm, PruneError, Pruner,
+    PruningMethod, RandomStructured, RandomUnstructured, Result,
 };
 
 /// A method by its CLI name.
@@ -16,15 +16,18 @@ pub enum MethodName {
     LnStructured,
     RandomStructured,
     Identity,
+    /// N:M semi-structured sparsity ([`NmSparsity`]), with a `pattern`.
+    Nm,
 }
 
 impl MethodName {
-    const ALL: [(&'static str, MethodName); 5] = [
+    const ALL: [(&'static str, MethodName); 6] = [
         ("l1-unstructured", MethodName::L1Unstructured),
         ("random-unstructured", MethodName::RandomUnstructured),
         ("ln-structured", MethodName::LnStructured),
         ("random-structured", MethodName::RandomStructured),
         ("identity", MethodName::Identity),
+        ("nm", MethodName::Nm),
     ];
 
     fn structured(self) -> bool {
@@ -84,6 +87,9 @@ pub struct Step {
     /// Rank all selected tensors together (unstructured methods only).
     #[serde(default)]
     pub global: bool,
+    /// The `N:M` pattern of `nm` (`"2:4"`: keep 2 of every 4).
+    #[serde(default, deserialize_with = "pattern")]
+    pub pattern: Option<NmSparsity>,
 }
 
 impl Step {
@@ -99,8 +105,16 @@ impl Step {
                 "--n (a norm) only applies to ln-structured, not {m}"
             ));
         }
-        if self.dim.is_some() && !m.structured() {
-            return bad(format!("--dim only applies to structured methods, not {m}"));
+        if self.dim.is_some() && !m.structured() && m != MethodName::Nm {
+            return bad(format!(
+                "--dim only applies to structured methods and nm, not {m}"
+            ));
+        }
+        if self.pattern.is_some() && m != MethodName::Nm {
+            return bad(format!("--pattern (N:M) only applies to nm, not {m}"));
+        }
+        if m == MethodName::Nm {
+            return self.nm();
         }
         let amount = match (m, self.amount) {
             (MethodName::Identity, Some(a)) => {
@@ -136,7 +150,28 @@ impl Step {
                 })?;
                 Box::new(LnStructured::new(amount, n, dim()?)?)
             }
+            MethodName::Nm => unreachable!("built by Step::nm"),
         })
+    }
+
+    /// N:M: a fixed pattern, no amount, and no global ranking (each block is on its own).
+    fn nm(&self) -> Result<Box<dyn PruningMethod>> {
+        let bad = |msg: &str| Err(PruneError::InvalidArgument(msg.to_string()));
+        if let Some(a) = self.amount {
+            return bad(&format!(
+                "nm prunes M-N of every M entries and takes no amount (got {a}): give --pattern N:M"
+            ));
+        }
+        if self.global {
+            return bad("nm keeps N of every M entries within each block and ranks nothing across tensors: drop --global");
+        }
+        let Some(pattern) = self.pattern else {
+            return bad("nm needs --pattern N:M (e.g. --pattern 2:4: keep 2 of every 4 entries)");
+        };
+        Ok(Box::new(match self.dim {
+            Some(dim) => pattern.along(dim),
+            None => pattern,
+        }))
     }
 
     /// The tensors this step selects, in the order PyTorch would prune them: names given
@@ -328,6 +363,11 @@ fn amount<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Amount>
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
+/// `"2:4"`.
+fn pattern<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<NmSparsity>, D::Error> {
+    from_str_value(d).map(Some)
+}
+
 fn norm<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Norm>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
     let parsed = match &v {
@@ -371,6 +411,12 @@ mod tests {
             Some(&["a".to_string(), "b".to_string()][..])
         );
         assert_eq!(plan[2].params, None);
+        let nm = parse_plan(r#"[{"method": "nm", "pattern": "1:4", "dim": -1}]"#).unwrap();
+        assert_eq!(nm[0].pattern, NmSparsity::new(1, 4).ok());
+        assert_eq!(
+            nm[0].method().map(|m| format!("{m:?}")).unwrap(),
+            format!("{:?}", NmSparsity::new(1, 4).unwrap().along(-1))
+        );
         let one = parse_plan(r#"[{"method": "l1-unstructured", "amount": 1.0}]"#).unwrap();
         assert_eq!(one[0].amount, Some(Amount::Fraction(1.0)));
     }
@@ -388,6 +434,11 @@ mod tests {
             r#"[{"method": "ln-structured", "amount": 1, "dim": 0}]"#,
             r#"[{"method": "random-structured", "amount": 1}]"#,
             r#"[{"method": "l1-unstructured", "amount": 1, "colour": "red"}]"#,
+            r#"[{"method": "nm"}]"#,
+            r#"[{"method": "nm", "pattern": "4:4"}]"#,
+            r#"[{"method": "nm", "pattern": "2:4", "amount": 0.5}]"#,
+            r#"[{"method": "nm", "pattern": "2:4", "global": true}]"#,
+            r#"[{"method": "l1-unstructured", "amount": 1, "pattern": "2:4"}]"#,
         ] {
             assert!(parse_plan(bad).is_err(), "{bad}");
         }
