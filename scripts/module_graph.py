@@ -20,7 +20,6 @@ In FILE the graph sits between the lines `<!-- module-graph -->` and `<!-- /modu
 A parent module declaring its children (`mod x;`) is not an edge; its `use self::x::..` is.
 """
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -74,11 +73,13 @@ def strip_comments(text: str) -> str:
 def use_trees(text: str):
     """Every `use` declaration's tree, as one string without whitespace."""
     for m in re.finditer(r"\buse\s+([^;]+);", text):
-        yield re.sub(r"\s+", "", m.group(1))
+        # `x as y` names x: the rename is dropped before the whitespace.
+        tree = re.sub(r"\s+as\s+\w+", "", m.group(1))
+        yield re.sub(r"\s+", "", tree)
 
 
 def expand(tree: str):
-    """`a::{b,c::{d,e}}` -> `a::b`, `a::c::d`, `a::c::e` (renames and globs kept as paths)."""
+    """`a::{b,c::{d,e}}` -> `a::b`, `a::c::d`, `a::c::e` (globs kept as paths)."""
     depth, start = 0, None
     for i, ch in enumerate(tree):
         if ch == "{":
@@ -88,7 +89,7 @@ def expand(tree: str):
         elif ch == "}":
             depth -= 1
     if start is None:
-        yield re.sub(r"as\w+$", "", tree).split(" as ")[0]
+        yield tree
         return
     prefix = tree[:start]
     inner = tree[start + 1 : tree.rindex("}")]
@@ -149,7 +150,7 @@ def main() -> int:
     reexports = {}
     for m, text in texts.items():
         for pm in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", text):
-            tree = re.sub(r"\s+", "", pm.group(1))
+            tree = re.sub(r"\s+", "", re.sub(r"\s+as\s+\w+", "", pm.group(1)))
             for path in expand(tree):
                 resolved = absolute(m, path)
                 if resolved is None:
@@ -223,8 +224,6 @@ def main() -> int:
                     continue
                 base, segs = resolved
                 target = resolve(base + segs)
-                if os.environ.get("MG_DEBUG") == m and target:
-                    print("DBG", scope, path, target)
                 if target and target != m:
                     edges[m].add(target)
         if m.startswith("bin") and re.search(r"\btch_prune::", text):
