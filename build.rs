@@ -8,6 +8,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/shrink_graph.cpp");
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys did not report libtorch's lib folder"),
@@ -27,5 +28,6 @@ fn main() {
         ))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/ffi/grad_redirect.cpp")
+        .file("src/ffi/shrink_graph.cpp")
         .compile("tch_prune_ffi");
 }

@@ -73,6 +73,10 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Channel removal could not be done or checked (src/model/shrink/): what and why.
+    #[error("shrink: {0}")]
+    Shrink(String),
+
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 

@@ -6,7 +6,11 @@
 mod model_file;
 mod report;
 pub(crate) mod script_model;
+mod shrink;
 
 pub use model_file::ModelFile;
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;
+pub use shrink::{
+    ChannelAnalysis, ChannelGroup, GroupChange, Removed, ShrinkOptions, ShrinkReport, Slice,
+};
