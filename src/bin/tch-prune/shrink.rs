@@ -35,7 +35,8 @@ pub struct ShrinkArgs {
     /// Keep a multiple of K channels per group (rounded up), for hardware-friendly widths.
     #[arg(long, value_name = "K", default_value_t = 1)]
     round_to: i64,
-    /// Comma-separated names or glob patterns: only groups holding one of these parameters shrink.
+    /// Comma-separated names or glob patterns ('layer3.*'): only the groups whose channels one of
+    /// these parameters produces (a conv's or linear layer's output channels) shrink.
     #[arg(long)]
     params: Option<String>,
     /// The example input's shape: the analysis, MACs and latency are for it.

@@ -27,7 +27,8 @@ pub struct ShrinkOptions {
     pub global: bool,
     /// Kept channel counts are rounded up to a multiple of this (1: no rounding).
     pub round_to: i64,
-    /// Only groups that hold a slice of one of these parameters are shrunk (`None`: all).
+    /// Only groups whose channels one of these parameters produces (holds along its dim 0:
+    /// a conv's or linear layer's output channels, a batch norm's) are shrunk (`None`: all).
     pub params: Option<HashSet<String>>,
     /// Remove exactly the channels whose every coupled parameter slice (biases included) is
     /// zero: the outputs do not change.
@@ -137,7 +138,7 @@ pub(crate) fn select(
                 && opts
                     .params
                     .as_ref()
-                    .is_none_or(|p| g.slices.iter().any(|s| p.contains(&s.name)))
+                    .is_none_or(|p| g.slices.iter().any(|s| s.dim == 0 && p.contains(&s.name)))
         })
         .collect();
     let mut keep: Vec<i64> = analysis.groups.iter().map(|g| g.channels).collect();
