@@ -1,14 +1,20 @@
 //! Whole model files: a TorchScript module as a `VarStore` ([`ScriptModel`]), any supported
 //! model file opened, pruned and saved back in its own format ([`ModelFile`]), and the sparsity
-//! [`Report`] of a set of tensors. Built on the file formats of [`checkpoint`](crate::checkpoint)
+//! [`Report`] of a set of tensors, the training-curve [`Recorder`] (CSV), and with the `plot`
+//! feature their SVG charts (`plot`). Built on the file formats of [`checkpoint`](crate::checkpoint)
 //! and the pruning core.
 
 mod model_file;
+#[cfg(feature = "plot")]
+mod plot;
+pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
 mod shrink;
+mod text_file;
 
 pub use model_file::ModelFile;
+pub use recorder::{Record, Recorder};
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;
 pub use shrink::{
