@@ -140,10 +140,11 @@ impl ScriptModel {
         let parameters_before = parameter_count(module)?;
         let notes = rewrite::rewrite(module, &g, &a, &kept)?;
         // A fresh load: libtorch caches each method's execution plan with the old code inlined.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = std::env::temp_dir().join(format!(
-            "tch-prune-shrink-{}-{:x}.pt",
+            "tch-prune-shrink-{}-{}.pt",
             std::process::id(),
-            &kept as *const _ as usize
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         self.module().save(&tmp)?;
         let reloaded = CModule::load_on_device(&tmp, self.var_store().device());
