@@ -30,9 +30,13 @@ pub(crate) type Tag = Vec<Seg>;
 /// owns the indices `offset + c*inner .. offset + (c+1)*inner`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
+    /// The parameter or buffer, by dotted name.
     pub name: String,
+    /// The dimension the channels lie along.
     pub dim: usize,
+    /// Where the group starts along `dim`.
     pub offset: i64,
+    /// Consecutive indices per channel (more than 1 after a flatten).
     pub inner: i64,
     /// A parameter (counts for importance) or a buffer (running statistics).
     pub is_parameter: bool,
@@ -43,7 +47,9 @@ pub struct Slice {
 pub struct ChannelGroup {
     /// Where the channels come from: the layer whose output channels they are.
     pub producer: String,
+    /// The number of channels of the group.
     pub channels: i64,
+    /// Every coupled slice of a parameter or buffer.
     pub slices: Vec<Slice>,
     /// Empty when the group can be shrunk; otherwise why not.
     pub blocked: Vec<String>,

@@ -35,8 +35,11 @@ pub struct ChannelAnalysis {
 /// One group before and after.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GroupChange {
+    /// The layer whose output channels the group holds.
     pub producer: String,
+    /// Channels before.
     pub before: i64,
+    /// Channels after.
     pub after: i64,
     /// Why the group kept all its channels (empty when it could shrink).
     pub blocked: Vec<String>,
@@ -45,20 +48,30 @@ pub struct GroupChange {
 /// A removed stretch: along `dim` of `name`, these indices of the original tensor.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Removed {
+    /// The parameter or buffer, by dotted name.
     pub name: String,
+    /// The dimension the channels lie along.
     pub dim: usize,
+    /// The removed indices along `dim` (of the original tensor).
     pub indices: Vec<i64>,
+    /// A parameter (zeroed by `zero_channels`) rather than a buffer.
     pub is_parameter: bool,
 }
 
 /// What [`ScriptModel::shrink`] did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ShrinkReport {
+    /// Every group, in execution order.
     pub groups: Vec<GroupChange>,
+    /// Parameter count before.
     pub parameters_before: i64,
+    /// Parameter count after.
     pub parameters_after: i64,
+    /// Multiply-accumulates for the example input, before.
     pub macs_before: i64,
+    /// Multiply-accumulates for the example input, after.
     pub macs_after: i64,
+    /// Every removed stretch of every tensor.
     pub removed: Vec<Removed>,
     /// What could not be kept consistent (metadata only).
     pub notes: Vec<String>,
