@@ -22,6 +22,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=DOCS_RS");
     println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/shrink_graph.cpp");
     println!("cargo:rerun-if-changed=src/ffi/backend.cpp");
     println!("cargo:rerun-if-changed=src/ffi/script_save.cpp");
 
@@ -106,6 +107,7 @@ fn main() {
         ))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/ffi/grad_redirect.cpp")
+        .file("src/ffi/shrink_graph.cpp")
         .file("src/ffi/backend.cpp")
         .file("src/ffi/script_save.cpp")
         .compile("tch_prune_ffi");

@@ -132,6 +132,10 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Channel removal could not be done or checked (src/model/shrink/): what and why.
+    #[error("shrink: {0}")]
+    Shrink(String),
+
     /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
     #[error("cannot draw {what}: {reason}")]
     Plot {

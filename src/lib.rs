@@ -38,7 +38,10 @@ mod prune;
 
 pub use checkpoint::{first_line, CodePolicy};
 pub use error::{PruneError, Result};
-pub use model::{ModelFile, Record, Recorder, Report, ScriptModel, TensorReport};
+pub use model::{
+    ChannelAnalysis, ChannelGroup, GroupChange, ModelFile, Record, Recorder, Removed, Report,
+    ScriptModel, ShrinkOptions, ShrinkReport, Slice, TensorReport,
+};
 pub use prune::amount::Amount;
 pub use prune::container::combine_masks;
 pub use prune::custom::CustomFromMask;

@@ -10,9 +10,13 @@ mod plot;
 pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
+mod shrink;
 mod text_file;
 
 pub use model_file::ModelFile;
 pub use recorder::{Record, Recorder};
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;
+pub use shrink::{
+    ChannelAnalysis, ChannelGroup, GroupChange, Removed, ShrinkOptions, ShrinkReport, Slice,
+};

@@ -104,6 +104,25 @@ impl ScriptModel {
         &self.module
     }
 
+    /// Replaces the module (after a rewrite that changed its parameters' shapes) and registers
+    /// its parameters again.
+    pub(crate) fn replace_module(&mut self, module: CModule) -> Result<()> {
+        let device = self.vs.device();
+        let vs = VarStore::new(device);
+        let mut names = Vec::new();
+        for (name, tensor) in module.named_parameters()? {
+            let requires_grad = tensor.requires_grad();
+            let float = tensor.is_floating_point();
+            let t = add_dotted(&vs, &name, tensor, float);
+            if float && !requires_grad {
+                let _ = t.set_requires_grad(false);
+            }
+            names.push(name);
+        }
+        *self = Self { module, vs, names };
+        Ok(())
+    }
+
     /// Switches the module to training (`true`) or evaluation mode, as `model.train(mode)`.
     pub fn set_train(&mut self, train: bool) -> Result<()> {
         if train {

@@ -1,0 +1,260 @@
+//! `tch-prune shrink`: remove channels from a TorchScript model (ScriptModel::shrink) and show
+//! what it gained: per group the channels before and after, then parameters, MACs, file size
+//! and measured latency of both models.
+
+use crate::plan::{glob_match, split_patterns};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use tch_prune::{Amount, ScriptModel, ShrinkOptions, ShrinkReport};
+
+#[derive(Args)]
+pub struct ShrinkArgs {
+    /// A TorchScript .pt (torch.jit.save).
+    input: PathBuf,
+    /// Where to write the smaller TorchScript model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Channels to remove per group: a fraction (0.5) or a count (16), as PyTorch reads amounts.
+    /// With --global, of all shrinkable channels together.
+    #[arg(long, required_unless_present = "exact")]
+    amount: Option<String>,
+    /// Remove exactly the channels whose whole group is already zero (e.g. after ln-structured
+    /// pruning of a conv and its batch norm): the outputs do not change.
+    #[arg(long, conflicts_with_all = ["amount", "global", "round_to"])]
+    exact: bool,
+    /// The importance norm: 1 (L1) or 2 (L2, Torch-Pruning's default), over every coupled slice.
+    #[arg(long, default_value = "2")]
+    n: String,
+    /// Rank the channels of all groups together (scores divided by their group's mean).
+    #[arg(long)]
+    global: bool,
+    /// Keep a multiple of K channels per group (rounded up), for hardware-friendly widths.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    round_to: i64,
+    /// Comma-separated names or glob patterns ('layer3.*'): only the groups whose channels one of
+    /// these parameters produces (a conv's or linear layer's output channels) shrink.
+    #[arg(long)]
+    params: Option<String>,
+    /// The example input's shape: the analysis, MACs and latency are for it.
+    #[arg(long, default_value = "1,3,224,224")]
+    input_shape: String,
+    /// Check that the shrunk model's output equals the original's with the removed channels
+    /// zeroed (relative error at most 1e-4) and fail otherwise.
+    #[arg(long)]
+    verify: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Timed runs per model for the latency (after two warm-up runs).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(serde::Serialize)]
+struct Summary<'a> {
+    input: String,
+    output: String,
+    input_shape: Vec<i64>,
+    #[serde(flatten)]
+    report: &'a ShrinkReport,
+    file_bytes_before: u64,
+    file_bytes_after: u64,
+    latency_ms_before: f64,
+    latency_ms_after: f64,
+    verify_relative_error: Option<f64>,
+}
+
+fn parse_shape(s: &str) -> Result<Vec<i64>> {
+    let shape: Vec<i64> = s
+        .split(',')
+        .map(|d| d.trim().parse::<i64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!("--input-shape '{s}': use comma-separated sizes such as 1,3,224,224")
+        })?;
+    if shape.is_empty() || shape.iter().any(|&d| d < 1) {
+        bail!("--input-shape '{s}': every size must be at least 1");
+    }
+    Ok(shape)
+}
+
+/// Median of `runs` timed forward passes, in milliseconds, after two warm-up runs; the two
+/// models alternate so that both see the same machine load.
+fn latencies(a: &ScriptModel, b: &ScriptModel, x: &Tensor, runs: usize) -> Result<(f64, f64)> {
+    let time = |m: &ScriptModel| -> Result<f64> {
+        let start = Instant::now();
+        let y = tch::no_grad(|| m.forward(x))?;
+        if let Device::Cuda(i) = y.device() {
+            tch::Cuda::synchronize(i as i64);
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..2 {
+        time(a)?;
+        time(b)?;
+    }
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        ta.push(time(a)?);
+        tb.push(time(b)?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(ta), median(tb)))
+}
+
+impl ShrinkArgs {
+    pub fn device_name(&self) -> String {
+        self.device.clone()
+    }
+}
+
+pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
+    let shape = parse_shape(&args.input_shape)?;
+    let norm = match args.n.as_str() {
+        "1" => 1.0,
+        "2" => 2.0,
+        other => bail!("--n {other}: shrink ranks channels by the L1 (--n 1) or L2 (--n 2) norm"),
+    };
+    let amount: Option<Amount> = args.amount.as_deref().map(str::parse).transpose()?;
+    let mut model = ScriptModel::load(&args.input, device)?;
+    model.set_train(false)?;
+    let params = match &args.params {
+        None => None,
+        Some(p) => {
+            let patterns = split_patterns(p);
+            let mut set = HashSet::new();
+            for pat in &patterns {
+                let hits: Vec<&String> = model
+                    .parameter_names()
+                    .iter()
+                    .filter(|n| glob_match(pat, n))
+                    .collect();
+                if hits.is_empty() {
+                    bail!(
+                        "--params '{pat}' matches no parameter of {}",
+                        args.input.display()
+                    );
+                }
+                set.extend(hits.into_iter().cloned());
+            }
+            Some(set)
+        }
+    };
+    let opts = ShrinkOptions {
+        amount,
+        norm,
+        global: args.global,
+        round_to: args.round_to,
+        params,
+        exact: args.exact,
+    };
+    tch::manual_seed(0);
+    let x = Tensor::randn(shape.as_slice(), (Kind::Float, device));
+    let report = model
+        .shrink(&x, &opts)
+        .with_context(|| format!("cannot shrink {}", args.input.display()))?;
+    model.save(&args.output)?;
+
+    let mut original = ScriptModel::load(&args.input, device)?;
+    original.set_train(false)?;
+    let (before, after) = latencies(&original, &model, &x, args.runs)?;
+    let verify_relative_error = if args.verify {
+        original.zero_channels(&report.removed)?;
+        let reference = tch::no_grad(|| original.forward(&x))?;
+        let y = tch::no_grad(|| model.forward(&x))?;
+        let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
+        let err = f64::try_from((&y - &reference).abs().max())? / scale;
+        Some(err)
+    } else {
+        None
+    };
+    let summary = Summary {
+        input: args.input.display().to_string(),
+        output: args.output.display().to_string(),
+        input_shape: shape,
+        report: &report,
+        file_bytes_before: std::fs::metadata(&args.input)?.len(),
+        file_bytes_after: std::fs::metadata(&args.output)?.len(),
+        latency_ms_before: before,
+        latency_ms_after: after,
+        verify_relative_error,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_table(&summary);
+    }
+    if let Some(err) = verify_relative_error {
+        if err.is_nan() || err > 1e-4 {
+            bail!(
+                "verify: {} differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4)",
+                args.output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_table(s: &Summary) {
+    let r = s.report;
+    println!("{:>8} {:>8}  group (producer)", "before", "after");
+    for g in &r.groups {
+        let why = if g.blocked.is_empty() {
+            String::new()
+        } else {
+            format!("  [kept: {}]", g.blocked.join("; "))
+        };
+        println!("{:>8} {:>8}  {}{}", g.before, g.after, g.producer, why);
+    }
+    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
+    println!();
+    println!("{:<12} {:>14} {:>14} {:>8}", "", "before", "after", "ratio");
+    let row = |name: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "{:<12} {:>14} {:>14} {:>8.3}",
+            name,
+            format!("{a:.0}{unit}"),
+            format!("{b:.0}{unit}"),
+            ratio(a, b)
+        );
+    };
+    row(
+        "parameters",
+        r.parameters_before as f64,
+        r.parameters_after as f64,
+        "",
+    );
+    row("MACs", r.macs_before as f64, r.macs_after as f64, "");
+    row(
+        "file bytes",
+        s.file_bytes_before as f64,
+        s.file_bytes_after as f64,
+        "",
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>8.3}",
+        "latency",
+        format!("{:.2} ms", s.latency_ms_before),
+        format!("{:.2} ms", s.latency_ms_after),
+        ratio(s.latency_ms_before, s.latency_ms_after)
+    );
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    if let Some(e) = s.verify_relative_error {
+        println!(
+            "verify: relative error {e:.3e} against the original with the removed channels zeroed"
+        );
+    }
+    println!("wrote {} (input shape {:?})", s.output, s.input_shape);
+}

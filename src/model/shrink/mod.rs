@@ -1,0 +1,206 @@
+//! Removing channels from TorchScript models: pruned models that are actually smaller and
+//! faster, without the model's Python class.
+//!
+//! [`ScriptModel::channel_groups`] finds, on the inlined graph of `forward` (src/ffi/
+//! shrink_graph.cpp reads it; `groups` couples it), which slices of which parameters and buffers
+//! must lose the same channels; [`ScriptModel::shrink`] ranks the channels of each group
+//! (`select`), removes the least important from every coupled tensor and sets the layers'
+//! channel counts (`rewrite`). The module's code is untouched except for the `groups` constant
+//! of depthwise convolutions, which TorchScript bakes into it. [`ScriptModel::zero_channels`]
+//! builds the reference the result must equal: the original with the removed channels zeroed
+//! in every coupled parameter.
+
+mod ffi;
+mod graph;
+mod groups;
+mod rewrite;
+mod select;
+
+pub use groups::{ChannelGroup, Slice};
+pub use select::ShrinkOptions;
+
+use super::script_model::ScriptModel;
+use crate::error::{PruneError, Result};
+use tch::{CModule, Kind, Tensor};
+
+/// The coupled channel groups of a model for one input shape.
+#[derive(Clone, Debug)]
+pub struct ChannelAnalysis {
+    /// Every group: its producer, width, coupled slices, and why it cannot shrink (if so).
+    pub groups: Vec<ChannelGroup>,
+    /// Multiply-accumulates of the convolutions and linear layers for the input.
+    pub macs: i64,
+}
+
+/// One group before and after.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupChange {
+    /// The layer whose output channels the group holds.
+    pub producer: String,
+    /// Channels before.
+    pub before: i64,
+    /// Channels after.
+    pub after: i64,
+    /// Why the group kept all its channels (empty when it could shrink).
+    pub blocked: Vec<String>,
+}
+
+/// A removed stretch: along `dim` of `name`, these indices of the original tensor.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Removed {
+    /// The parameter or buffer, by dotted name.
+    pub name: String,
+    /// The dimension the channels lie along.
+    pub dim: usize,
+    /// The removed indices along `dim` (of the original tensor).
+    pub indices: Vec<i64>,
+    /// A parameter (zeroed by `zero_channels`) rather than a buffer.
+    pub is_parameter: bool,
+}
+
+/// What [`ScriptModel::shrink`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShrinkReport {
+    /// Every group, in execution order.
+    pub groups: Vec<GroupChange>,
+    /// Parameter count before.
+    pub parameters_before: i64,
+    /// Parameter count after.
+    pub parameters_after: i64,
+    /// Multiply-accumulates for the example input, before.
+    pub macs_before: i64,
+    /// Multiply-accumulates for the example input, after.
+    pub macs_after: i64,
+    /// Every removed stretch of every tensor.
+    pub removed: Vec<Removed>,
+    /// What could not be kept consistent (metadata only).
+    pub notes: Vec<String>,
+}
+
+fn parameter_count(module: &CModule) -> Result<i64> {
+    Ok(module
+        .named_parameters()?
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum())
+}
+
+impl ScriptModel {
+    fn analyse(&self, input: &Tensor) -> Result<(graph::Graph, groups::Analysis)> {
+        let text = ffi::describe(self.module(), input)?;
+        let g = graph::Graph::parse(&text)?;
+        let a = groups::analyse(&g);
+        Ok((g, a))
+    }
+
+    /// The coupled channel groups of the model, found on its `forward` run once on `input`
+    /// (an example of the inputs it will see: the analysis needs the shapes).
+    pub fn channel_groups(&self, input: &Tensor) -> Result<ChannelAnalysis> {
+        let (g, a) = self.analyse(input)?;
+        Ok(ChannelAnalysis {
+            groups: a.groups,
+            macs: g.macs(),
+        })
+    }
+
+    /// Removes channels: per group (or globally) the least important ones, from every coupled
+    /// parameter and buffer, so that the saved model is smaller and faster. `input` is an
+    /// example input (its shape matters, not its values). Make pruning permanent first
+    /// ([`Pruner::remove_all`](crate::Pruner::remove_all)): the masks of a pruned tensor are
+    /// not shrunk with it.
+    ///
+    /// ```no_run
+    /// use tch::{Device, Kind, Tensor};
+    /// use tch_prune::{ScriptModel, ShrinkOptions};
+    /// let mut model = ScriptModel::load("resnet18.pt", Device::Cpu)?;
+    /// let x = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
+    /// let opts = ShrinkOptions { amount: Some(0.5.into()), ..Default::default() };
+    /// let report = model.shrink(&x, &opts)?;
+    /// println!("{} -> {} parameters", report.parameters_before, report.parameters_after);
+    /// model.save("resnet18-half.pt")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shrink(&mut self, input: &Tensor, opts: &ShrinkOptions) -> Result<ShrinkReport> {
+        opts.validate()?;
+        let extra: Vec<String> = self
+            .var_store()
+            .variables()
+            .into_keys()
+            .filter(|k| !self.parameter_names().contains(k))
+            .collect();
+        if let Some(name) = extra.first() {
+            return Err(PruneError::Shrink(format!(
+                "the model is being pruned ('{name}' is in its store): make the pruning permanent (Pruner::remove_all) before removing channels"
+            )));
+        }
+        let (g, a) = self.analyse(input)?;
+        let module = self.module();
+        let scores = select::scores(&a, &|name: &str| ffi::get_tensor(module, name), opts.norm)?;
+        let kept = select::select(&a, &g, &scores, opts)?;
+        let removed: Vec<Removed> = a
+            .layouts
+            .iter()
+            .filter_map(|((name, dim), layout)| {
+                let indices = rewrite::removed_indices(layout, &kept, &a);
+                (!indices.is_empty()).then(|| Removed {
+                    name: name.clone(),
+                    dim: *dim,
+                    indices,
+                    is_parameter: g.tensors.get(name).copied().unwrap_or(false),
+                })
+            })
+            .collect();
+        let parameters_before = parameter_count(module)?;
+        let notes = rewrite::rewrite(module, &g, &a, &kept)?;
+        // A fresh load: libtorch caches each method's execution plan with the old code inlined.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            "tch-prune-shrink-{}-{}.pt",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        self.module().save(&tmp)?;
+        let reloaded = CModule::load_on_device(&tmp, self.var_store().device());
+        let _ = std::fs::remove_file(&tmp);
+        self.replace_module(reloaded?)?;
+        let (g2, _) = self.analyse(input).map_err(|e| {
+            PruneError::Shrink(format!(
+                "the shrunk model does not run on the example input: {e}"
+            ))
+        })?;
+        let groups = a
+            .groups
+            .iter()
+            .zip(&kept)
+            .map(|(gr, k)| GroupChange {
+                producer: gr.producer.clone(),
+                before: gr.channels,
+                after: k.len() as i64,
+                blocked: gr.blocked.clone(),
+            })
+            .collect();
+        Ok(ShrinkReport {
+            groups,
+            parameters_before,
+            parameters_after: parameter_count(self.module())?,
+            macs_before: g.macs(),
+            macs_after: g2.macs(),
+            removed,
+            notes,
+        })
+    }
+
+    /// Zeroes, in this (original, unshrunk) model, every removed slice of a parameter: the
+    /// model whose outputs the shrunk one reproduces (up to float summation order).
+    pub fn zero_channels(&self, removed: &[Removed]) -> Result<()> {
+        for r in removed.iter().filter(|r| r.is_parameter) {
+            let t = ffi::get_tensor(self.module(), &r.name)?;
+            let index = Tensor::from_slice(&r.indices)
+                .to_kind(Kind::Int64)
+                .to_device(t.device());
+            let mut t = t;
+            let _ = tch::no_grad(|| t.index_fill_(r.dim as i64, &index, 0.0));
+        }
+        Ok(())
+    }
+}
