@@ -27,7 +27,10 @@ mod prune;
 
 pub use checkpoint::first_line;
 pub use error::{PruneError, Result};
-pub use model::{ModelFile, Report, ScriptModel, TensorReport};
+pub use model::{
+    ModelFile, Report, ScriptModel, StreamReport, StreamStep, StreamedModel, TensorReport,
+    WRITE_CHUNK,
+};
 pub use prune::amount::Amount;
 pub use prune::container::combine_masks;
 pub use prune::custom::CustomFromMask;

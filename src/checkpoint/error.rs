@@ -79,6 +79,10 @@ pub enum CheckpointError {
         reason: String,
     },
 
+    /// A sharded checkpoint's `*.safetensors.index.json` that cannot be used.
+    #[error("{}: invalid shard index: {reason}", path.display())]
+    InvalidIndex { path: PathBuf, reason: String },
+
     #[error("{}: invalid safetensors file: {reason}", path.display())]
     Safetensors { path: PathBuf, reason: String },
 

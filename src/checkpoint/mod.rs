@@ -23,27 +23,38 @@
 //! virtual machine and its allow-list of globals), `state_dict` (tensors built from storages),
 //! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
 //! `script_archive` and `script_classes` (TorchScript archives), `dtype` (the one dtype table),
-//! `host_tensor` (tensor bytes in and out), `atomic` ([`atomic_write`]: all-or-nothing writes)
+//! `host_tensor` (tensor bytes in and out), `mapped` (safetensors read through a memory map and
+//! written tensor by tensor), `shard_index` (sharded checkpoints' `index.json`), `atomic`
+//! ([`atomic_write`]: all-or-nothing writes), `atomic_dir` (the same for a folder of shards)
 //! and `error` ([`CheckpointError`]).
 
 mod archive;
 mod atomic;
+mod atomic_dir;
 mod dtype;
 mod error;
 mod host_tensor;
+mod mapped;
 mod pickle_writer;
 mod safetensors;
 mod script_archive;
 mod script_classes;
+mod shard_index;
 mod sniff;
 mod state_dict;
 mod torch_save;
 mod unpickler;
 
 pub use self::atomic::atomic_write;
+pub use self::atomic_dir::atomic_write_dir;
 pub use self::error::{first_line, CheckpointError};
+pub use self::mapped::{
+    safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
+    MappedTensor, TensorHeader,
+};
 pub use self::safetensors::{read_safetensors, write_safetensors};
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
+pub use self::shard_index::ShardIndex;
 pub use self::torch_save::{read_torch_zip, read_torch_zip_from, write_torch_zip};
 
 use self::archive::{no_data_pkl, Opened, TorchArchive};

@@ -1,12 +1,15 @@
 //! Whole model files: a TorchScript module as a `VarStore` ([`ScriptModel`]), any supported
-//! model file opened, pruned and saved back in its own format ([`ModelFile`]), and the sparsity
-//! [`Report`] of a set of tensors. Built on the file formats of [`checkpoint`](crate::checkpoint)
+//! model file opened, pruned and saved back in its own format ([`ModelFile`]), the sparsity
+//! [`Report`] of a set of tensors, and [`StreamedModel`]: safetensors checkpoints (sharded too)
+//! pruned without holding them in memory. Built on the file formats of [`checkpoint`](crate::checkpoint)
 //! and the pruning core.
 
 mod model_file;
 mod report;
 pub(crate) mod script_model;
+mod streaming;
 
 pub use model_file::ModelFile;
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;
+pub use streaming::{StreamReport, StreamStep, StreamedModel, WRITE_CHUNK};

@@ -2,6 +2,7 @@
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
 mod plan;
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, Parser, Subcommand};
@@ -43,7 +44,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PruneArgs {
+pub(crate) struct PruneArgs {
     /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
     input: PathBuf,
     /// Where to write the pruned model (same format as the input).
@@ -82,6 +83,10 @@ struct PruneArgs {
     /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
     #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
     plan: Option<PathBuf>,
+    /// Load the whole model into memory even where the streaming path (safetensors read through
+    /// a memory map, written tensor by tensor, same bytes out) could take the run.
+    #[arg(long)]
+    in_memory: bool,
 }
 
 fn main() -> ExitCode {
@@ -166,6 +171,13 @@ fn device(name: &str) -> Result<Device> {
 fn prune(args: PruneArgs) -> Result<()> {
     let steps = steps(&args)?;
     let device = device(&args.device)?;
+    let why_in_memory = match stream::prune(&args, &steps)? {
+        stream::Outcome::Streamed(summary) => {
+            println!("{summary}");
+            return Ok(());
+        }
+        stream::Outcome::InMemory(reason) => reason,
+    };
     let model = ModelFile::open(&args.input, device)?;
     let parameters = model.parameters();
     let selections = steps
@@ -236,7 +248,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     }
     let report = Report::new(&model.tensors(&pruner))?;
     println!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (in memory: {why_in_memory})",
         pruned.len(),
         100.0 * report.sparsity_of(&pruned),
         100.0 * report.sparsity,
