@@ -310,10 +310,11 @@ impl StreamedModel {
         }
 
         let mut report = StreamReport::default();
+        let mut scratch = Scratch::default();
         match &self.index {
             None => {
                 atomic_write(output, |tmp| {
-                    self.write_file(0, tmp, &mut roles, &mut report)
+                    self.write_file(0, tmp, &mut roles, &mut scratch, &mut report)
                 })?;
                 report.files = 1;
             }
@@ -326,7 +327,13 @@ impl StreamedModel {
                 let shards = index.shards();
                 atomic_write_dir(output, |tmp| -> Result<()> {
                     for (f, shard) in shards.iter().enumerate() {
-                        self.write_file(f, &tmp.join(shard), &mut roles, &mut report)?;
+                        self.write_file(
+                            f,
+                            &tmp.join(shard),
+                            &mut roles,
+                            &mut scratch,
+                            &mut report,
+                        )?;
                     }
                     let index_path = tmp.join(&index_name);
                     std::fs::write(&index_path, index.to_json()).map_err(|e| {
@@ -346,6 +353,7 @@ impl StreamedModel {
         f: usize,
         path: &Path,
         roles: &mut HashMap<&str, Role<'_>>,
+        scratch: &mut Scratch,
         report: &mut StreamReport,
     ) -> Result<()> {
         let file = &self.files[f];
@@ -362,12 +370,12 @@ impl StreamedModel {
                 None => write_unchanged(&raw, out, path)?,
                 Some(Role::L1(share)) => match share {
                     Share::Shared(shared) => {
-                        write_masked(&raw, &mut shared.borrow_mut(), out, path)?
+                        write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
                     }
-                    Share::Own(threshold) => write_masked(&raw, threshold, out, path)?,
+                    Share::Own(threshold) => write_masked(&raw, threshold, scratch, out, path)?,
                     Share::PerTensor(k) => {
                         let mut threshold = smallest_threshold(&[raw], *k)?;
-                        write_masked(&raw, &mut threshold, out, path)?
+                        write_masked(&raw, &mut threshold, scratch, out, path)?
                     }
                 },
                 Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
@@ -500,22 +508,22 @@ fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Res
 fn write_masked(
     raw: &RawScores<'_>,
     threshold: &mut Threshold,
+    scratch: &mut Scratch,
     out: &mut dyn Write,
     path: &Path,
 ) -> Result<i64> {
     let size = size_of(raw.kind);
     let numel = raw.bytes.len() / size;
-    let chunk = WRITE_CHUNK.min(numel.max(1));
-    let mut keep = vec![true; chunk];
-    let buffer = Tensor::f_empty([chunk as i64], (raw.kind, Device::Cpu))?;
+    let (values, mask) = scratch.buffers(raw.kind)?;
     let mut zeros = 0;
-    for start in (0..numel).step_by(chunk) {
-        let n = chunk.min(numel - start);
-        threshold.keep(raw, start, &mut keep[..n]);
+    for start in (0..numel).step_by(WRITE_CHUNK) {
+        let n = WRITE_CHUNK.min(numel - start);
+        let keep = &mut scratch.keep[..n];
+        threshold.keep(raw, start, keep);
         // SAFETY: both blobs outlive the tensors over them (dropped within this iteration);
         // the mapped input is only read (the mapping is read-only: a write would fault, not
         // corrupt), `keep` holds valid bools, and the selection checked the input's alignment.
-        let (input, mask) = unsafe {
+        let (input, keep) = unsafe {
             (
                 Tensor::f_from_blob(
                     raw.bytes[start * size..].as_ptr(),
@@ -533,14 +541,40 @@ fn write_masked(
                 )?,
             )
         };
-        let dst = buffer.f_narrow(0, 0, n as i64)?;
-        let _ = input.f_mul_out(&dst, &mask.f_to_kind(raw.kind)?)?;
-        // SAFETY: `buffer` is contiguous CPU memory of at least `n` elements of `size` bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(buffer.data_ptr() as *const u8, n * size) };
+        // The boolean mask cast to the dtype, as the in-memory path casts each piece.
+        let mut piece = mask.f_narrow(0, 0, n as i64)?;
+        piece.f_copy_(&keep)?;
+        let dst = values.f_narrow(0, 0, n as i64)?;
+        let _ = input.f_mul_out(&dst, &piece)?;
+        // SAFETY: `values` is contiguous CPU memory of at least `n` elements of `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(values.data_ptr() as *const u8, n * size) };
         zeros += count_zeros(bytes, raw.kind);
         out.write_all(bytes).map_err(|e| io_error(path, e))?;
     }
     Ok(zeros)
+}
+
+/// The chunk buffers of the masked writes, allocated once per run and per dtype: allocating
+/// them per chunk let glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
+#[derive(Default)]
+struct Scratch {
+    keep: Vec<bool>,
+    buffers: HashMap<Kind, (Tensor, Tensor)>,
+}
+
+impl Scratch {
+    /// The value and mask buffers for `kind` ([`WRITE_CHUNK`] entries each).
+    fn buffers(&mut self, kind: Kind) -> Result<(Tensor, Tensor)> {
+        if self.keep.len() < WRITE_CHUNK {
+            self.keep = vec![true; WRITE_CHUNK];
+        }
+        if !self.buffers.contains_key(&kind) {
+            let make = || Tensor::f_empty([WRITE_CHUNK as i64], (kind, Device::Cpu));
+            self.buffers.insert(kind, (make()?, make()?));
+        }
+        let (v, m) = &self.buffers[&kind];
+        Ok((v.shallow_clone(), m.shallow_clone()))
+    }
 }
 
 /// A tensor pruned by another method: read whole into memory (one tensor's working set) and
