@@ -568,11 +568,11 @@ impl Scratch {
         if self.keep.len() < WRITE_CHUNK {
             self.keep = vec![true; WRITE_CHUNK];
         }
-        if !self.buffers.contains_key(&kind) {
-            let make = || Tensor::f_empty([WRITE_CHUNK as i64], (kind, Device::Cpu));
-            self.buffers.insert(kind, (make()?, make()?));
-        }
-        let (v, m) = &self.buffers[&kind];
+        let make = || Tensor::f_empty([WRITE_CHUNK as i64], (kind, Device::Cpu));
+        let (v, m) = match self.buffers.entry(kind) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((make()?, make()?)),
+        };
         Ok((v.shallow_clone(), m.shallow_clone()))
     }
 }
