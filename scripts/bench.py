@@ -29,7 +29,8 @@ import bench_out_of_core
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "target", "bench")
 CRATE = os.path.join(ROOT, "target", "release", "examples", "bench")
-CLI = os.path.join(ROOT, "target", "release", "tch-prune")
+# BENCH_CLI: another build of the CLI (e.g. target/debug/tch-prune where no release build fits).
+CLI = os.environ.get("BENCH_CLI") or os.path.join(ROOT, "target", "release", "tch-prune")
 TORCH = [sys.executable, os.path.join(ROOT, "scripts", "bench_torch.py")]
 
 # name: (d, blocks). A block is q, k, v, o (d×d), ff1 (4d×d), ff2 (d×4d), with biases:

@@ -45,9 +45,14 @@ enum Command {
 
 #[derive(Args)]
 pub(crate) struct PruneArgs {
-    /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
+    /// A TorchScript .pt, a torch.save state-dict .pt, a .safetensors file, or a sharded
+    /// checkpoint: its *.safetensors.index.json, or the folder holding it. Safetensors inputs are
+    /// pruned by streaming (memory-mapped, written tensor by tensor: any size) whenever that
+    /// gives the in-memory answer; the summary says which path ran.
     input: PathBuf,
-    /// Where to write the pruned model (same format as the input).
+    /// Where to write the pruned model (same format as the input). For a sharded input, a folder
+    /// that does not exist yet (or is empty): the same shards and index appear in it whole or
+    /// not at all.
     #[arg(short, long)]
     output: PathBuf,
     /// l1-unstructured, random-unstructured, ln-structured, random-structured or identity.
