@@ -377,7 +377,7 @@ impl View {
             part.kind,
             Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
         );
-        let aligned = (part.bytes.as_ptr() as usize) % size == 0;
+        let aligned = part.bytes.is_empty() || (part.bytes.as_ptr() as usize) % size == 0;
         if !supported || !aligned || part.bytes.len() % size != 0 {
             return None;
         }
