@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 
-.PHONY: test demo build bench lint
+.PHONY: test demo gradual build bench lint
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests).
 test:
@@ -11,6 +11,10 @@ test:
 ## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:
 	$(TORCH_ENV) && cargo run --example demo
+
+## Pruning while training: the digits CNN trained from scratch in Rust (dense, gradual to 90 %, rewound, 2:4); writes target/gradual/curves.csv and curves.svg.
+gradual:
+	$(TORCH_ENV) && cargo run --example gradual
 
 ## Release binaries (target/release/tch-prune).
 build:

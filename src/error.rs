@@ -38,6 +38,16 @@ pub enum PruneError {
     #[error("'{pattern}' matches no parameter; the parameters are {available}")]
     NoMatch { pattern: String, available: String },
 
+    /// A buffer named explicitly for pruning: PyTorch registers `running_mean`, `running_var`,
+    /// `num_batches_tracked` (and what a TorchScript module marks so) as buffers, and cannot
+    /// prune them.
+    #[error("'{0}' is a buffer, not a parameter: PyTorch cannot prune buffers (running_mean, running_var, num_batches_tracked, and a TorchScript module's buffers); name a parameter instead")]
+    Buffer(String),
+
+    /// A glob pattern that matches buffers only, which a glob never selects.
+    #[error("'{pattern}' matches only buffers ({buffers} of them), which cannot be pruned: name parameters (e.g. '*.weight')")]
+    OnlyBuffers { pattern: String, buffers: usize },
+
     #[error("'{0}' is a buffer (not trainable) or not a floating-point tensor: only trainable parameters can be pruned")]
     NotAParameter(String),
 
@@ -72,6 +82,10 @@ pub enum PruneError {
 
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
+    #[error("cannot draw {what}: {reason}")]
+    Plot { what: String, reason: String },
 
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

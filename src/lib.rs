@@ -14,6 +14,10 @@
 //! | forward pre-hooks | [`Pruner::wrap`], [`Pruner::forward`], [`Pruner::apply_masks`] |
 //! | `BasePruningMethod` | the [`PruningMethod`] trait |
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |
+//! | `torch.ao.pruning.scheduler.CubicSL` (gradual pruning) | [`CubicSchedule`] with a [`GradualPruner`]; also [`LinearSchedule`], [`StepSchedule`], [`ConstantSchedule`] |
+//! | `WeightNormSparsifier(sparse_block_shape=(1, 4), zeros_per_block=2)` (2:4) | [`NmSparsity`] |
+//! | lottery-ticket rewinding | [`RewindPoint`] |
+//! | plotting a training run | [`Recorder`] (CSV, and SVG with the `plot` feature) |
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 
@@ -28,15 +32,21 @@ mod prune;
 pub use checkpoint::first_line;
 pub use error::{PruneError, Result};
 pub use model::{
-    ModelFile, Report, ScriptModel, StreamReport, StreamStep, StreamedModel, TensorReport,
-    WRITE_CHUNK,
+    ModelFile, Record, Recorder, Report, ScriptModel, StreamReport, StreamStep, StreamedModel,
+    TensorReport, WRITE_CHUNK,
 };
 pub use prune::amount::Amount;
 pub use prune::container::combine_masks;
 pub use prune::custom::CustomFromMask;
+pub use prune::gradual::{GradualPruner, ScheduleStep};
 pub use prune::method::{PruningMethod, PruningType};
 pub use prune::module::{Pruned, PrunedT};
+pub use prune::nm::NmSparsity;
 pub use prune::pruner::{mask_name, orig_name, Pruner};
+pub use prune::rewind::RewindPoint;
+pub use prune::schedule::{
+    ConstantSchedule, CubicSchedule, LinearSchedule, SparsitySchedule, StepSchedule,
+};
 pub use prune::structured::{LnStructured, Norm, RandomStructured};
 pub use prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 

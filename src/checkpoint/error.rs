@@ -18,8 +18,9 @@ pub enum CheckpointError {
         error: io::Error,
     },
 
-    /// A pickle that is not inside a zip: `torch.save` before PyTorch 1.6, or with
-    /// `_use_new_zipfile_serialization=False`, or a plain `pickle.dump`.
+    /// A pickle that is not inside a zip and starts with `torch.save`'s magic number: PyTorch
+    /// before 1.6, or `_use_new_zipfile_serialization=False`. (Any other pickle, e.g. a plain
+    /// `pickle.dump`, is an [`CheckpointError::UnknownFormat`].)
     #[error("{}: not a PyTorch zip checkpoint (legacy torch.save format?) — re-save it with torch.save(..., _use_new_zipfile_serialization=True)", path.display())]
     LegacyFormat { path: PathBuf },
 

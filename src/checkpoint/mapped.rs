@@ -42,6 +42,7 @@ pub struct MappedSafetensors {
     path: PathBuf,
     map: Mmap,
     tensors: Vec<MappedTensor>,
+    metadata: HashMap<String, String>,
 }
 
 impl MappedSafetensors {
@@ -58,6 +59,7 @@ impl MappedSafetensors {
             HeaderError::Format(e) => invalid(path, describe(&e)),
         })?;
         let infos = checked_layout(path, &metadata, header_len, file_len)?;
+        let text_pairs = metadata.metadata().clone().unwrap_or_default();
         let base = 8 + header_len;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, info) in infos {
@@ -97,11 +99,17 @@ impl MappedSafetensors {
             path: path.to_path_buf(),
             map,
             tensors,
+            metadata: text_pairs,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The header's `__metadata__` text pairs (empty when it has none).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// The tensors, in the order of their data in the file.

@@ -17,6 +17,12 @@
 //! small pickle subset that state dicts use, and it never runs code named by the file; in its
 //! TorchScript mode it also reads the module tree of a `torch.jit.save` archive.
 //!
+//! Tied weights: [`read_torch_zip`] gives every name its own memory; [`read_torch_zip_tied`]
+//! gives names over the same view of one storage the same tensor, and [`write_torch_zip`] writes
+//! names given the same tensor as one storage. In safetensors a tie is one name plus
+//! `safetensors.torch.save_model`'s metadata entry for each other name
+//! ([`read_safetensors_metadata`], [`write_safetensors_with_metadata`]).
+//!
 //! This module is the crate's file-format layer: it uses nothing from the pruning core (it could
 //! be a crate of its own). One job per file: `sniff` (what a file is), `archive` (opening the
 //! zip archives of `torch.save` and `torch.jit.save`, for every reader), `unpickler` (the pickle
@@ -52,10 +58,14 @@ pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
     MappedTensor, TensorHeader,
 };
-pub use self::safetensors::{read_safetensors, write_safetensors};
+pub use self::safetensors::{
+    read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_with_metadata,
+};
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
 pub use self::shard_index::ShardIndex;
-pub use self::torch_save::{read_torch_zip, read_torch_zip_from, write_torch_zip};
+pub use self::torch_save::{
+    read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
+};
 
 use self::archive::{no_data_pkl, Opened, TorchArchive};
 use self::sniff::Sniff;

@@ -3,13 +3,19 @@
 use super::host_tensor::HostTensor;
 
 /// The pickle (protocol 2) of an `OrderedDict` of `_rebuild_tensor_v2` calls, storage `i` being
-/// `data/i`. No memo: every global is spelled out again, which any unpickler accepts.
-pub(super) fn state_dict_pickle(names: &[&str], hosts: &[HostTensor]) -> Vec<u8> {
+/// `data/i` and `hosts[i]`, name `n` over storage `storage_of[n]` (tied names share one). No
+/// memo: every global is spelled out again, which any unpickler accepts.
+pub(super) fn state_dict_pickle(
+    names: &[&str],
+    storage_of: &[usize],
+    hosts: &[HostTensor],
+) -> Vec<u8> {
     let mut p = PickleWriter(Vec::new());
     p.0.extend_from_slice(b"\x80\x02");
     p.global("collections", "OrderedDict");
     p.0.extend_from_slice(b")R(");
-    for (key, (name, host)) in names.iter().zip(hosts).enumerate() {
+    for (name, &key) in names.iter().zip(storage_of) {
+        let host = &hosts[key];
         p.str(name);
         p.global("torch._utils", "_rebuild_tensor_v2");
         p.0.extend_from_slice(b"((");
@@ -96,7 +102,7 @@ mod tests {
             host(Kind::Int64, &[]),
             host(Kind::Bool, &[0]),
         ];
-        let pickle = state_dict_pickle(&["w", "n", "e"], &hosts);
+        let pickle = state_dict_pickle(&["w", "n", "e"], &[0, 1, 2], &hosts);
         let sd = unpickle(&pickle).expect("reads back");
         let got: Vec<(&str, Vec<i64>, Kind)> = sd
             .iter()

@@ -113,6 +113,23 @@ pub(super) fn checked_layout<'a>(
     Ok(infos)
 }
 
+/// The header's `__metadata__` (free-form text pairs), empty when it has none. It is where
+/// `safetensors.torch.save_model` records tied weights: the file holds one name of each tie, and
+/// each other name maps to the name kept (`{"transformer.wte.weight": "lm_head.weight"}`).
+pub fn read_safetensors_metadata(
+    path: impl AsRef<Path>,
+) -> Result<HashMap<String, String>, CheckpointError> {
+    let path = path.as_ref();
+    let io = |e| CheckpointError::io(path, "cannot read", e);
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let (_, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
+        HeaderError::Io(e) => io(e),
+        HeaderError::Format(e) => invalid(path, describe(&e)),
+    })?;
+    Ok(metadata.metadata().clone().unwrap_or_default())
+}
+
 pub(super) enum HeaderError {
     Io(std::io::Error),
     Format(SafeTensorError),
@@ -188,6 +205,21 @@ where
     S: AsRef<str>,
     T: Borrow<Tensor>,
 {
+    write_safetensors_with_metadata(path, tensors, &HashMap::new())
+}
+
+/// [`write_safetensors`] with more `__metadata__` entries besides `{"format": "pt"}`: e.g. the
+/// tied names `safetensors.torch.save_model` records (each name left out, mapped to the name
+/// kept), so that `safetensors.torch.load_model` loads the file into the tied model.
+pub fn write_safetensors_with_metadata<S, T>(
+    path: impl AsRef<Path>,
+    tensors: &[(S, T)],
+    extra: &HashMap<String, String>,
+) -> Result<(), CheckpointError>
+where
+    S: AsRef<str>,
+    T: Borrow<Tensor>,
+{
     let path = path.as_ref();
     check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
     if let Some((name, _)) = tensors
@@ -205,7 +237,9 @@ where
         let name = name.as_ref();
         owned.push((name.to_string(), SafeView::of(path, name, tensor.borrow())?));
     }
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let mut metadata = extra.clone();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let metadata = Some(metadata);
     atomic_write(path, |tmp| {
         ::safetensors::tensor::serialize_to_file(
             owned.iter().map(|(n, t)| (n.as_str(), t)),

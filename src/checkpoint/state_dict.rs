@@ -3,7 +3,7 @@
 //! the `name -> tensor` list picked out of the unpickled object, each tensor owning its memory.
 
 use super::error::{first_line, shown, CheckpointError};
-use super::unpickler::{Obj, TensorProblem, Unpickler, Value, VmResult};
+use super::unpickler::{Obj, StorageRef, TensorProblem, Unpickler, Value, ViewKey, VmResult};
 use std::collections::hash_map::Entry;
 use std::collections::HashSet;
 use tch::{Kind, Tensor};
@@ -46,6 +46,37 @@ impl Unpickler<'_> {
             .ok_or_else(|| invalid("its storage was not read"))?;
         let view = StridedView::new(storage.numel, offset, &size, &stride)
             .map_err(TensorProblem::Invalid)?;
+        let key: ViewKey = (
+            storage.key.clone(),
+            kind,
+            offset,
+            size.clone(),
+            stride.clone(),
+        );
+        if self.keep_ties {
+            if let Some(t) = self.views.get(&key) {
+                return Ok(t.shallow_clone());
+            }
+        }
+        let t = self.rebuild_view(storage, kind, bytes, view, offset, &size, &stride)?;
+        if self.keep_ties {
+            self.views.insert(key, t.shallow_clone());
+        }
+        Ok(t)
+    }
+
+    /// The tensor of one view of a storage: see [`Unpickler::rebuild_tensor`].
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_view(
+        &mut self,
+        storage: &StorageRef,
+        kind: Kind,
+        bytes: &Tensor,
+        view: StridedView,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Result<Tensor, TensorProblem> {
         let torch = |e: tch::TchError| {
             TensorProblem::Invalid(format!("libtorch: {}", first_line(&e.to_string())))
         };
@@ -58,7 +89,7 @@ impl Unpickler<'_> {
             // byte length against its element count when it was loaded.
             let t = base
                 .f_narrow(0, start as i64, (end - start) as i64)
-                .and_then(|t| t.f_view(size.as_slice()))
+                .and_then(|t| t.f_view(size))
                 .map_err(torch)?;
             // The first tensor over a whole storage takes its memory, with no copy; any other
             // gets a copy, so that tensors read never share memory (pruning one in place must
@@ -70,7 +101,7 @@ impl Unpickler<'_> {
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
-        base.f_as_strided(size.as_slice(), stride.as_slice(), offset)
+        base.f_as_strided(size, stride, offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
     }
@@ -132,7 +163,8 @@ impl Unpickler<'_> {
         key_prefix: &str,
         copy_factor: Option<u64>,
     ) -> VmResult<Vec<(String, Tensor)>> {
-        if let Some(factor) = copy_factor {
+        // Tied names kept as one tensor copy nothing.
+        if let Some(factor) = copy_factor.filter(|_| !self.keep_ties) {
             let (mut distinct, mut copies) = (0u64, 0u64);
             let mut seen = HashSet::new();
             for (_, index) in &keys {
@@ -160,7 +192,7 @@ impl Unpickler<'_> {
         let mut handed_out = HashSet::new();
         for (name, index) in keys {
             let tensor = match &self.arena[index] {
-                Obj::Tensor(t) if handed_out.insert(index) => t.shallow_clone(),
+                Obj::Tensor(t) if self.keep_ties || handed_out.insert(index) => t.shallow_clone(),
                 // The same tensor object under two keys: each key gets its own copy.
                 Obj::Tensor(t) => t
                     .f_detach_copy()

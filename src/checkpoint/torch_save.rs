@@ -8,6 +8,7 @@ use super::host_tensor::{check_names, HostTensor};
 use super::pickle_writer::state_dict_pickle;
 use super::sniff::Sniff;
 use super::unpickler::Unpickler;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
@@ -38,7 +39,27 @@ pub fn read_torch_zip_from<R: Read + Seek>(
     reader: R,
     name: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let path = name.as_ref();
+    read_zip(reader, name.as_ref(), false)
+}
+
+/// [`read_torch_zip`], but tied weights stay tied: names whose tensors are the same view of one
+/// storage in the file (as `torch.save(model.state_dict())` writes the tied `Parameter`s of a
+/// model, e.g. GPT-2's `transformer.wte.weight` and `lm_head.weight`) get the same tensor
+/// (shallow clones sharing its memory), as a model with tied parameters has one `Parameter`.
+/// Other views of a storage (a slice, another shape) are copies, as with [`read_torch_zip`].
+pub fn read_torch_zip_tied(
+    path: impl AsRef<Path>,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    read_zip(BufReader::new(file), path, true)
+}
+
+fn read_zip<R: Read + Seek>(
+    reader: R,
+    path: &Path,
+    keep_ties: bool,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let mut archive = match TorchArchive::open(reader, path)? {
         Opened::Archive(archive) => archive,
         Opened::NotZip(Sniff::Pickle) => {
@@ -75,6 +96,7 @@ pub fn read_torch_zip_from<R: Read + Seek>(
     let pickle = archive.data_pkl()?;
     let mut storages = archive.into_storages();
     let mut vm = Unpickler::new(&pickle, path, &mut storages);
+    vm.keep_ties(keep_ties);
     let root = vm.run()?;
     vm.into_state_dict(root)
 }
@@ -84,7 +106,8 @@ pub fn read_torch_zip_from<R: Read + Seek>(
 /// with `mmap=True`: storages are 64-byte aligned) and [`read_torch_zip`] reads back bit for bit.
 ///
 /// Tensors may live on any device, be non-contiguous or require grad: their values are written,
-/// as contiguous CPU tensors, one storage each (tensors that shared memory are written apart).
+/// as contiguous CPU tensors, one storage each, but for tensors that are one (the same memory
+/// seen the same way, as tied weights are): those share one storage, as `torch.save` writes them.
 /// Dtypes as for [`read_torch_zip`]; names must be unique. The pickle carries no `_metadata`
 /// (module versions), which `load_state_dict` does not need. The file is replaced atomically
 /// (see [`atomic_write`]).
@@ -98,12 +121,29 @@ where
 {
     let path = path.as_ref();
     check_names(path, tensors.iter().map(|(name, _)| name.as_ref()))?;
+    // Tied weights (names given the very same tensor memory, seen the same way) share one
+    // storage, as `torch.save` writes a tied model's state dict.
     let mut hosts = Vec::with_capacity(tensors.len());
+    let mut storage_of = Vec::with_capacity(tensors.len());
+    let mut seen: HashMap<(usize, String, Vec<i64>, Vec<i64>), usize> = HashMap::new();
     for (name, tensor) in tensors {
-        hosts.push(HostTensor::of(path, name.as_ref(), tensor.borrow())?);
+        let t: &Tensor = tensor.borrow();
+        let identity = (t.numel() > 0 && t.is_contiguous()).then(|| {
+            let place = format!("{:?}{:?}", t.device(), t.kind());
+            (t.data_ptr() as usize, place, t.size(), t.stride())
+        });
+        if let Some(&key) = identity.as_ref().and_then(|id| seen.get(id)) {
+            storage_of.push(key);
+            continue;
+        }
+        if let Some(id) = identity {
+            seen.insert(id, hosts.len());
+        }
+        storage_of.push(hosts.len());
+        hosts.push(HostTensor::of(path, name.as_ref(), t)?);
     }
     let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
-    let pickle = state_dict_pickle(&names, &hosts);
+    let pickle = state_dict_pickle(&names, &storage_of, &hosts);
 
     let write_err = |e: std::io::Error| CheckpointError::io(path, "cannot write", e);
     let zip_err = |e: zip::result::ZipError| {

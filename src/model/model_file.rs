@@ -11,10 +11,19 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// A model read from a file, its tensors in a [`VarStore`] under their PyTorch names.
+///
+/// Tied weights (names that share one tensor, as GPT-2's `transformer.wte.weight` and
+/// `lm_head.weight`) are one tensor, as they are one `Parameter` in PyTorch: the store holds it
+/// under its first name (for safetensors, the name the file holds), the others are aliases of
+/// it ([`ModelFile::ties`]), pruning it prunes it once, and [`ModelFile::save`] writes the tie
+/// as the format keeps ties: one storage in a `torch.save` zip and in TorchScript, one name
+/// plus `safetensors.torch.save_model`'s metadata convention in safetensors.
 #[derive(Debug)]
 pub struct ModelFile {
     format: Format,
     contents: Contents,
+    /// Alias -> the name the tensor is pruned under.
+    ties: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -27,7 +36,8 @@ enum Contents {
         buffers: HashMap<String, Tensor>,
     },
     /// A state dict: every tensor, in the file's order. Floating-point tensors are registered
-    /// trainable (so they can be pruned), the others as buffers. A tensor the file holds
+    /// trainable (so they can be pruned), the others as buffers, and so are the tensors PyTorch
+    /// registers as buffers by convention (see [`is_conventional_buffer`]). A tensor the file holds
     /// pruned (`<name>_orig` and `<name>_mask`, as PyTorch saves it) is registered as `<name>`
     /// and its mask kept for [`ModelFile::pruner`].
     Tensors {
@@ -42,7 +52,7 @@ impl ModelFile {
     pub fn open(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
         let format = Format::detect(path)?;
-        let contents = match format {
+        let (contents, ties) = match format {
             Format::TorchScript => {
                 let model = ScriptModel::load(path, device)?;
                 let state = checkpoint::read_torchscript_state(path)?;
@@ -52,31 +62,70 @@ impl ModelFile {
                     .into_iter()
                     .filter(|(n, _)| !params.contains(n))
                     .collect();
-                Contents::Script {
+                // A module's tied parameters are one tensor in the store under each name.
+                let vars = model.var_store().variables();
+                let parameters: Vec<(String, Tensor)> = model
+                    .parameter_names()
+                    .iter()
+                    .map(|n| (n.clone(), vars[n].shallow_clone()))
+                    .collect();
+                let ties = shared_names(&parameters);
+                let contents = Contents::Script {
                     model,
                     state_names,
                     buffers,
-                }
+                };
+                (contents, ties)
             }
             Format::TorchZip | Format::Safetensors => {
                 // The format is known: read it directly, not through `read_state_dict`'s
                 // detection again.
                 let mut tensors = match format {
-                    Format::TorchZip => checkpoint::read_torch_zip(path)?,
+                    Format::TorchZip => checkpoint::read_torch_zip_tied(path)?,
                     _ => checkpoint::read_safetensors(path)?,
                 };
                 let masks = take_masks(&mut tensors);
+                if format == Format::Safetensors {
+                    let metadata = checkpoint::read_safetensors_metadata(path)?;
+                    add_saved_aliases(&mut tensors, &metadata);
+                }
+                let ties = shared_names(&tensors);
                 let vs = VarStore::new(device);
                 let mut names = Vec::with_capacity(tensors.len());
                 for (name, tensor) in tensors {
-                    let float = tensor.is_floating_point();
-                    let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, float);
+                    // An alias is not a variable of its own: its canonical name stands for it.
+                    if !ties.contains_key(&name) {
+                        let trainable =
+                            tensor.is_floating_point() && !is_conventional_buffer(&name);
+                        let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, trainable);
+                    }
                     names.push(name);
                 }
-                Contents::Tensors { vs, names, masks }
+                (Contents::Tensors { vs, names, masks }, ties)
             }
         };
-        Ok(Self { format, contents })
+        Ok(Self {
+            format,
+            contents,
+            ties,
+        })
+    }
+
+    /// The tied names: each alias with the name its tensor is pruned under (the first of the
+    /// tie in the file's order, or for safetensors the name the file holds), in the file's order.
+    /// For a report that counts a tied tensor once: `Report::with_ties(&model.tensors(&pruner),
+    /// &model.ties().into_iter().collect())`.
+    pub fn ties(&self) -> Vec<(String, String)> {
+        self.names()
+            .iter()
+            .filter_map(|n| self.ties.get(n).map(|c| (n.clone(), c.clone())))
+            .collect()
+    }
+
+    /// The name `name`'s tensor is pruned under: itself, or for an alias of tied weights, the
+    /// name of the tie's tensor.
+    pub fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
+        self.ties.get(name).map_or(name, String::as_str)
     }
 
     /// A pruner for the model's store. Tensors the file holds pruned are pruned again with
@@ -117,7 +166,9 @@ impl ModelFile {
     }
 
     /// The names of the tensors that can be pruned (parameters; for a state dict, every
-    /// floating-point tensor), in the file's order, with their number of dimensions.
+    /// floating-point tensor that is not a buffer by convention), in the file's order, with
+    /// their number of dimensions. Each name of tied weights is there (see
+    /// [`ModelFile::canonical`] for the one the tensor is pruned under).
     pub fn parameters(&self) -> Vec<(String, usize)> {
         let vars = self.var_store().variables();
         let names = match &self.contents {
@@ -126,12 +177,32 @@ impl ModelFile {
         };
         names
             .iter()
+            .filter(|n| !self.is_buffer(n))
             .filter_map(|n| {
-                vars.get(n)
+                vars.get(self.canonical(n))
                     .filter(|t| t.is_floating_point())
                     .map(|t| (n.clone(), t.dim()))
             })
             .collect()
+    }
+
+    /// The model's buffers, in the file's order: what a TorchScript module registers as one, and
+    /// in a state dict the tensors PyTorch modules register as buffers by convention
+    /// (`running_mean`, `running_var`, `num_batches_tracked`). PyTorch cannot prune them, so
+    /// neither does the CLI, whatever the format.
+    pub fn buffers(&self) -> Vec<String> {
+        self.names()
+            .iter()
+            .filter(|n| self.is_buffer(n))
+            .cloned()
+            .collect()
+    }
+
+    fn is_buffer(&self, name: &str) -> bool {
+        match &self.contents {
+            Contents::Script { buffers, .. } => buffers.contains_key(name),
+            Contents::Tensors { .. } => is_conventional_buffer(name),
+        }
     }
 
     /// Every tensor's name, in the file's order (buffers of a TorchScript module included).
@@ -151,16 +222,17 @@ impl ModelFile {
     }
 
     /// Every tensor under its original name, in the file's order, as modules compute with them
-    /// (pruned ones masked).
+    /// (pruned ones masked). The names of tied weights share one tensor.
     pub fn tensors(&self, pruner: &Pruner) -> Vec<(String, Tensor)> {
         let vars = self.var_store().variables();
         self.names()
             .iter()
             .map(|n| {
+                let c = self.canonical(n);
                 let t = pruner
-                    .tensor(n)
-                    .or_else(|| self.buffer(n))
-                    .unwrap_or_else(|| vars[n].shallow_clone());
+                    .tensor(c)
+                    .or_else(|| self.buffer(c))
+                    .unwrap_or_else(|| vars[c].shallow_clone());
                 (n.clone(), t.detach())
             })
             .collect()
@@ -169,11 +241,15 @@ impl ModelFile {
     /// The reparametrized state in the file's order, as PyTorch's `state_dict()` of the same
     /// model pruned: `<name>_orig` and `<name>_mask` in place of each pruned `<name>`. Masks are
     /// written in the dtype PyTorch would have given them (boolean masks as the weight's dtype).
+    /// An alias of a pruned tied tensor holds its `_orig` values, as the other modules of a tied
+    /// PyTorch model still hold the `Parameter` that became `<name>_orig`.
     pub fn reparametrized_state(&self, pruner: &Pruner) -> Result<Vec<(String, Tensor)>> {
         let vars = self.var_store().variables();
         let mut state = Vec::new();
         for name in self.names() {
-            match (pruner.orig(name), pruner.mask(name)) {
+            let c = self.canonical(name);
+            match (pruner.orig(c), pruner.mask(c)) {
+                (Some(orig), _) if c != name => state.push((name.clone(), orig.detach())),
                 (Some(orig), Some(mask)) => {
                     let mask = if mask.kind() == Kind::Bool {
                         mask.f_to_kind(orig.kind())?
@@ -184,9 +260,7 @@ impl ModelFile {
                     state.push((mask_name(name), mask));
                 }
                 _ => {
-                    let t = self
-                        .buffer(name)
-                        .unwrap_or_else(|| vars[name].shallow_clone());
+                    let t = self.buffer(c).unwrap_or_else(|| vars[c].shallow_clone());
                     state.push((name.clone(), t.detach()));
                 }
             }
@@ -195,18 +269,108 @@ impl ModelFile {
     }
 
     /// Writes the model in its own format: TorchScript as TorchScript (structure kept), a state
-    /// dict as the same kind of state dict. Pruned tensors are written masked. Atomic.
+    /// dict as the same kind of state dict. Pruned tensors are written masked; tied weights stay
+    /// tied (one storage in a `torch.save` zip; in safetensors, one name and the others in the
+    /// metadata as `safetensors.torch.save_model` records them). Atomic.
     pub fn save(&self, path: impl AsRef<Path>, pruner: &Pruner) -> Result<()> {
         match (&self.contents, self.format) {
             (Contents::Script { model, .. }, _) => model.save(path),
             (Contents::Tensors { .. }, Format::Safetensors) => {
-                Ok(checkpoint::write_safetensors(path, &self.tensors(pruner))?)
+                let tensors: Vec<(String, Tensor)> = self
+                    .tensors(pruner)
+                    .into_iter()
+                    .filter(|(n, _)| !self.ties.contains_key(n))
+                    .collect();
+                Ok(checkpoint::write_safetensors_with_metadata(
+                    path, &tensors, &self.ties,
+                )?)
             }
             (Contents::Tensors { .. }, _) => {
                 Ok(checkpoint::write_torch_zip(path, &self.tensors(pruner))?)
             }
         }
     }
+}
+
+/// Names whose tensors are one tensor (the same memory, shape, strides and dtype: tied weights):
+/// each later name -> the first one.
+fn shared_names(tensors: &[(String, Tensor)]) -> HashMap<String, String> {
+    let mut first: HashMap<TensorIdentity, &str> = HashMap::new();
+    let mut ties = HashMap::new();
+    for (name, t) in tensors {
+        let Some(id) = TensorIdentity::of(t) else {
+            continue;
+        };
+        match first.get(&id) {
+            Some(c) => {
+                ties.insert(name.clone(), c.to_string());
+            }
+            None => {
+                first.insert(id, name);
+            }
+        }
+    }
+    ties
+}
+
+/// What makes two tensors one: the same memory seen the same way. Empty tensors have no memory
+/// to share.
+#[derive(Hash, PartialEq, Eq)]
+struct TensorIdentity {
+    data: usize,
+    device: String,
+    kind: String,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+}
+
+impl TensorIdentity {
+    fn of(t: &Tensor) -> Option<Self> {
+        (t.numel() > 0).then(|| TensorIdentity {
+            data: t.data_ptr() as usize,
+            device: format!("{:?}", t.device()),
+            kind: format!("{:?}", t.kind()),
+            size: t.size(),
+            stride: t.stride(),
+        })
+    }
+}
+
+/// The names `safetensors.torch.save_model` left out of a file because they are tied to a name
+/// it kept (its metadata maps each to the kept name): added back, after the kept name, as the
+/// same tensor. Other metadata (`"format": "pt"`, a user's notes) names no tensor and is ignored.
+fn add_saved_aliases(tensors: &mut Vec<(String, Tensor)>, metadata: &HashMap<String, String>) {
+    let present: HashSet<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+    let mut aliases: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (alias, kept) in metadata {
+        if present.contains(kept) && !present.contains(alias) {
+            aliases.entry(kept.as_str()).or_default().push(alias);
+        }
+    }
+    if aliases.is_empty() {
+        return;
+    }
+    let mut out = Vec::with_capacity(tensors.len() + aliases.len());
+    for (name, tensor) in tensors.drain(..) {
+        let mut tied = aliases.remove(name.as_str()).unwrap_or_default();
+        tied.sort_unstable();
+        let shared: Vec<(String, Tensor)> = tied
+            .into_iter()
+            .map(|a| (a.to_string(), tensor.shallow_clone()))
+            .collect();
+        out.push((name, tensor));
+        out.extend(shared);
+    }
+    *tensors = out;
+}
+
+/// The names PyTorch's own modules give their buffers (batch norm's statistics): a state dict
+/// or a safetensors file does not say which tensors are buffers, but a tensor with one of these
+/// names is one in every model built from `torch.nn`.
+pub(crate) fn is_conventional_buffer(name: &str) -> bool {
+    const BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    BUFFERS.contains(&leaf)
 }
 
 /// Takes the `<name>_mask` entries of tensors saved pruned out of `tensors`, renaming each

@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt;
 use tch::Tensor;
 
@@ -15,6 +16,10 @@ pub struct TensorReport {
     pub zeros: i64,
     /// `zeros / numel`, 0 for an empty tensor.
     pub sparsity: f64,
+    /// For a name of tied weights other than the one the tensor is pruned under: that name.
+    /// The tensor is counted once in the totals, under that name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tied_to: Option<String>,
 }
 
 /// The sparsity of a set of tensors, in their order, with totals.
@@ -37,6 +42,12 @@ fn ratio(zeros: i64, numel: i64) -> f64 {
 impl Report {
     /// Counts the exact zeros (-0.0 included) of each tensor.
     pub fn new(tensors: &[(String, Tensor)]) -> Result<Self> {
+        Self::with_ties(tensors, &HashMap::new())
+    }
+
+    /// [`Report::new`] for a model with tied weights: `ties` maps each alias to the name its
+    /// tensor is counted under; an alias's row says it is tied and is not counted again.
+    pub fn with_ties(tensors: &[(String, Tensor)], ties: &HashMap<String, String>) -> Result<Self> {
         let mut rows = Vec::with_capacity(tensors.len());
         for (name, t) in tensors {
             let numel = t.numel() as i64;
@@ -48,10 +59,12 @@ impl Report {
                 numel,
                 zeros,
                 sparsity: ratio(zeros, numel),
+                tied_to: ties.get(name).cloned(),
             });
         }
-        let numel = rows.iter().map(|r| r.numel).sum();
-        let zeros = rows.iter().map(|r| r.zeros).sum();
+        let counted = || rows.iter().filter(|r| r.tied_to.is_none());
+        let numel = counted().map(|r| r.numel).sum();
+        let zeros = counted().map(|r| r.zeros).sum();
         Ok(Self {
             tensors: rows,
             numel,
@@ -65,7 +78,7 @@ impl Report {
         let (z, n) = self
             .tensors
             .iter()
-            .filter(|r| names.contains(&r.name))
+            .filter(|r| r.tied_to.is_none() && names.contains(&r.name))
             .fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
         ratio(z, n)
     }
@@ -87,7 +100,7 @@ impl fmt::Display for Report {
         )?;
         for r in &self.tensors {
             let shape = format!("{:?}", r.shape);
-            writeln!(
+            write!(
                 f,
                 "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
                 r.name,
@@ -97,6 +110,10 @@ impl fmt::Display for Report {
                 r.zeros,
                 100.0 * r.sparsity
             )?;
+            match &r.tied_to {
+                Some(to) => writeln!(f, "  tied to {to} (counted once)")?,
+                None => writeln!(f)?,
+            }
         }
         write!(
             f,
@@ -125,5 +142,33 @@ mod tests {
         assert_eq!((r.tensors[1].numel, r.tensors[1].sparsity), (0, 0.0));
         assert_eq!((r.numel, r.zeros, r.sparsity), (4, 2, 0.5));
         assert!(r.to_string().lines().last().unwrap().starts_with("total"));
+    }
+
+    #[test]
+    fn tied_tensors_are_counted_once_and_say_so() {
+        let t = Tensor::from_slice(&[0f32, 1.0, 2.0, 3.0]);
+        let b = Tensor::from_slice(&[0f32, 0.0]);
+        let tensors = [
+            ("wte.weight".to_string(), t.shallow_clone()),
+            ("bias".to_string(), b),
+            ("lm_head.weight".to_string(), t),
+        ];
+        let ties = HashMap::from([("lm_head.weight".to_string(), "wte.weight".to_string())]);
+        let r = Report::with_ties(&tensors, &ties).unwrap();
+        assert_eq!((r.numel, r.zeros), (6, 3));
+        assert_eq!(r.tensors[2].tied_to.as_deref(), Some("wte.weight"));
+        assert_eq!(
+            r.sparsity_of(&["wte.weight".into(), "lm_head.weight".into()]),
+            0.25
+        );
+        let text = r.to_string();
+        assert!(text
+            .lines()
+            .nth(3)
+            .unwrap()
+            .ends_with("tied to wte.weight (counted once)"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["tensors"][2]["tied_to"], "wte.weight");
+        assert!(json["tensors"][0].get("tied_to").is_none());
     }
 }

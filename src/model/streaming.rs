@@ -14,6 +14,7 @@ use crate::checkpoint::{
     MappedSafetensors, MappedTensor, ShardIndex, TensorHeader,
 };
 use crate::error::{PruneError, Result};
+use crate::model::model_file::is_conventional_buffer;
 use crate::model::script_model::add_dotted;
 use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
 use crate::{Pruner, PruningMethod, PruningType};
@@ -117,8 +118,18 @@ impl StreamedModel {
     /// [`ModelFile::parameters`](crate::ModelFile::parameters) lists for the same file.
     pub fn parameters(&self) -> Vec<(String, usize)> {
         self.tensors()
-            .filter(|(_, t)| is_float(t.kind))
+            .filter(|(_, t)| is_float(t.kind) && !is_conventional_buffer(&t.name))
             .map(|(_, t)| (t.name.clone(), t.shape.len()))
+            .collect()
+    }
+
+    /// The tensors PyTorch modules register as buffers by convention (`running_mean`,
+    /// `running_var`, `num_batches_tracked`), in the checkpoint's order: never pruned, as
+    /// [`ModelFile::buffers`](crate::ModelFile::buffers).
+    pub fn buffers(&self) -> Vec<String> {
+        self.tensors()
+            .filter(|(_, t)| is_conventional_buffer(&t.name))
+            .map(|(_, t)| t.name.clone())
             .collect()
     }
 
@@ -159,6 +170,19 @@ impl StreamedModel {
         });
         if saved_pruned {
             return Some("the checkpoint was saved pruned (<name>_orig / <name>_mask pairs), which resumes in memory".into());
+        }
+        // `safetensors.torch.save_model` keeps one name of tied weights and maps the others to
+        // it in the metadata: the in-memory path restores and writes those ties.
+        let tied = self.files.iter().any(|f| {
+            f.metadata()
+                .iter()
+                .any(|(alias, kept)| alias != "format" && names.contains(kept.as_str()))
+        });
+        if tied {
+            return Some(
+                "the checkpoint has tied weights (metadata aliases), which are kept tied in memory"
+                    .into(),
+            );
         }
         let locations = self.locations();
         let mut seen = HashSet::new();

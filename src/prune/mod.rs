@@ -6,16 +6,23 @@
 //! [`container`] (combining a new mask with the previous one, as `PruningContainer` does),
 //! [`pruner`] (the registry of pruned tensors: reparametrization, `remove`, forward), and
 //! extensions of the registry: [`global`] pruning, [`state`] loading, the [`module`] wrappers
-//! and the gradient hook [`grad_redirect`]. Nothing here reads or writes files.
+//! and the gradient hook [`grad_redirect`]. Pruning while training: [`nm`] (N:M
+//! semi-structured sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning
+//! up to a schedule through the registry) and [`rewind`] (lottery-ticket rewinding). Nothing
+//! here reads or writes files.
 
 pub(crate) mod amount;
 pub(crate) mod container;
 pub(crate) mod custom;
 pub(crate) mod global;
 pub(crate) mod grad_redirect;
+pub(crate) mod gradual;
 pub(crate) mod method;
 pub(crate) mod module;
+pub(crate) mod nm;
 pub(crate) mod pruner;
+pub(crate) mod rewind;
+pub(crate) mod schedule;
 pub(crate) mod selection;
 pub(crate) mod state;
 pub(crate) mod structured;

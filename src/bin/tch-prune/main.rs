@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Prune a model file and write it back, pruning made permanent.
     #[command(
-        after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
+        after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --method nm --pattern 2:4\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
     )]
     Prune(Box<PruneArgs>),
     /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.
@@ -40,6 +40,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write the per-tensor sparsity as an SVG bar chart (opens in a browser).
+        #[arg(long, value_name = "OUT.svg")]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -55,7 +58,8 @@ pub(crate) struct PruneArgs {
     /// not at all.
     #[arg(short, long)]
     output: PathBuf,
-    /// l1-unstructured, random-unstructured, ln-structured, random-structured or identity.
+    /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, or
+    /// nm (N:M semi-structured sparsity, with --pattern).
     #[arg(long, required_unless_present = "plan")]
     method: Option<String>,
     /// A number with a decimal point is a fraction (0.3, 1.0), an integer a count (12), as in PyTorch.
@@ -63,6 +67,13 @@ pub(crate) struct PruneArgs {
     amount: Option<String>,
     /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
     /// parameter whose name ends in 'weight' and that has at least two dimensions.
+    ///
+    /// Order (what seeded random methods and --global depend on): names are pruned in the
+    /// order given, a pattern's matches in the file's order. A safetensors file's order is not
+    /// the model's (it sorts by dtype and name): list the names in the model's order to get what
+    /// PyTorch gives. Buffers (running_mean, running_var, num_batches_tracked, a TorchScript
+    /// module's buffers) are never selected; naming one is an error. Tied weights (names
+    /// sharing one tensor) are one tensor, pruned once, whichever of their names is selected.
     #[arg(long)]
     params: Option<String>,
     /// Rank all selected tensors together (unstructured methods only).
@@ -71,9 +82,14 @@ pub(crate) struct PruneArgs {
     /// The norm of ln-structured: 1, 2, inf, -inf, fro, nuc, or any number.
     #[arg(long, allow_hyphen_values = true)]
     n: Option<String>,
-    /// The channel dimension of the structured methods (negative counts from the end).
+    /// The channel dimension of the structured methods (negative counts from the end); for nm,
+    /// the dimension the blocks run along (default 1, the input dimension).
     #[arg(long, allow_hyphen_values = true)]
     dim: Option<i64>,
+    /// The pattern of nm: keep N of every M consecutive entries (2:4 is what sparse tensor
+    /// cores take), the largest magnitudes, as torch.ao.pruning's WeightNormSparsifier.
+    #[arg(long, value_name = "N:M")]
+    pattern: Option<String>,
     /// Seed for the random methods: on CPU, the result equals PyTorch's after
     /// torch.manual_seed(SEED) and the same calls in the same order.
     #[arg(long)]
@@ -85,8 +101,11 @@ pub(crate) struct PruneArgs {
     /// safetensors, after the pruned model.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
-    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global"}), applied in order.
-    #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim"])]
+    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global", "pattern"}),
+    /// applied in order. "params" is a string as for --params or a list of names and patterns; a
+    /// list of names is the order the step prunes in (the way to give a safetensors file's model
+    /// order).
+    #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim", "pattern"])]
     plan: Option<PathBuf>,
     /// Load the whole model into memory even where the streaming path (safetensors read through
     /// a memory map, written tensor by tensor, same bytes out) could take the run.
@@ -121,7 +140,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Prune(args) => prune(*args),
-        Command::Report { input, json } => report(&input, json),
+        Command::Report { input, json, svg } => report(&input, json, svg.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +170,7 @@ fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
         n: args.n.as_deref().map(str::parse).transpose()?,
         dim: args.dim,
         global: args.global,
+        pattern: args.pattern.as_deref().map(str::parse).transpose()?,
     };
     step.method()?;
     Ok(vec![step])
@@ -185,10 +205,24 @@ fn prune(args: PruneArgs) -> Result<()> {
     };
     let model = ModelFile::open(&args.input, device)?;
     let parameters = model.parameters();
+    let buffers = model.buffers();
     let selections = steps
         .iter()
-        .map(|s| s.select(&parameters))
-        .collect::<Result<Vec<_>, _>>()?;
+        .enumerate()
+        .map(|(i, s)| {
+            let names = s
+                .select(&parameters, &buffers)
+                .with_context(|| format!("step {}", i + 1))?;
+            // Tied weights are one tensor, pruned once under one name, as PyTorch lists a tied
+            // Parameter once.
+            let mut seen = HashSet::new();
+            Ok(names
+                .iter()
+                .map(|n| model.canonical(n).to_string())
+                .filter(|n| seen.insert(n.clone()))
+                .collect::<Vec<_>>())
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let pruner = model.pruner()?;
     // Pruned in this run or by the file's own `_orig`/`_mask`, for the summary.
@@ -234,7 +268,17 @@ fn prune(args: PruneArgs) -> Result<()> {
             } else {
                 step.apply(&pruner, group)
             };
-            applied.with_context(|| format!("step {}", i + 1))?;
+            // Name the tensor: a step over many tensors can fail on one of them.
+            applied.with_context(|| match group {
+                [name] => format!("step {} ({}) on '{name}'", i + 1, step.method),
+                names => format!(
+                    "step {} ({}, global over {} tensors: {})",
+                    i + 1,
+                    step.method,
+                    names.len(),
+                    shorten(names)
+                ),
+            })?;
             bar.inc(1);
         }
     }
@@ -251,7 +295,7 @@ fn prune(args: PruneArgs) -> Result<()> {
     if let Some((path, state)) = state {
         write_safetensors(path, &state)?;
     }
-    let report = Report::new(&model.tensors(&pruner))?;
+    let report = report_of(&model, &pruner)?;
     println!(
         "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (in memory: {why_in_memory})",
         pruned.len(),
@@ -263,9 +307,42 @@ fn prune(args: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(input: &Path, json: bool) -> Result<()> {
+/// The sparsity of every tensor of the model, a tied tensor counted once.
+fn report_of(model: &ModelFile, pruner: &tch_prune::Pruner) -> Result<Report> {
+    let ties = model.ties().into_iter().collect();
+    Ok(Report::with_ties(&model.tensors(pruner), &ties)?)
+}
+
+/// The first few names of a list, for a one-line message.
+fn shorten(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", ... {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+fn report(input: &Path, json: bool, svg: Option<&Path>) -> Result<()> {
     let model = ModelFile::open(input, Device::Cpu)?;
-    let report = Report::new(&model.tensors(&model.pruner()?))?;
+    let report = report_of(&model, &model.pruner()?)?;
+    if let Some(svg) = svg {
+        #[cfg(feature = "plot")]
+        report.write_svg(
+            svg,
+            &input.file_name().unwrap_or_default().to_string_lossy(),
+        )?;
+        #[cfg(not(feature = "plot"))]
+        bail!(
+            "cannot write {}: this tch-prune was built without the 'plot' feature",
+            svg.display()
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -4,8 +4,8 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
 use tch_prune::{
-    Amount, Identity, L1Unstructured, LnStructured, Norm, PruneError, Pruner, PruningMethod,
-    RandomStructured, RandomUnstructured, Result,
+    Amount, Identity, L1Unstructured, LnStructured, NmSparsity, Norm, PruneError, Pruner,
+    PruningMethod, RandomStructured, RandomUnstructured, Result,
 };
 
 /// A method by its CLI name.
@@ -16,15 +16,18 @@ pub enum MethodName {
     LnStructured,
     RandomStructured,
     Identity,
+    /// N:M semi-structured sparsity ([`NmSparsity`]), with a `pattern`.
+    Nm,
 }
 
 impl MethodName {
-    const ALL: [(&'static str, MethodName); 5] = [
+    const ALL: [(&'static str, MethodName); 6] = [
         ("l1-unstructured", MethodName::L1Unstructured),
         ("random-unstructured", MethodName::RandomUnstructured),
         ("ln-structured", MethodName::LnStructured),
         ("random-structured", MethodName::RandomStructured),
         ("identity", MethodName::Identity),
+        ("nm", MethodName::Nm),
     ];
 
     fn structured(self) -> bool {
@@ -84,6 +87,9 @@ pub struct Step {
     /// Rank all selected tensors together (unstructured methods only).
     #[serde(default)]
     pub global: bool,
+    /// The `N:M` pattern of `nm` (`"2:4"`: keep 2 of every 4).
+    #[serde(default, deserialize_with = "pattern")]
+    pub pattern: Option<NmSparsity>,
 }
 
 impl Step {
@@ -99,8 +105,16 @@ impl Step {
                 "--n (a norm) only applies to ln-structured, not {m}"
             ));
         }
-        if self.dim.is_some() && !m.structured() {
-            return bad(format!("--dim only applies to structured methods, not {m}"));
+        if self.dim.is_some() && !m.structured() && m != MethodName::Nm {
+            return bad(format!(
+                "--dim only applies to structured methods and nm, not {m}"
+            ));
+        }
+        if self.pattern.is_some() && m != MethodName::Nm {
+            return bad(format!("--pattern (N:M) only applies to nm, not {m}"));
+        }
+        if m == MethodName::Nm {
+            return self.nm();
         }
         let amount = match (m, self.amount) {
             (MethodName::Identity, Some(a)) => {
@@ -136,12 +150,41 @@ impl Step {
                 })?;
                 Box::new(LnStructured::new(amount, n, dim()?)?)
             }
+            MethodName::Nm => unreachable!("built by Step::nm"),
         })
     }
 
-    /// The tensors this step selects, in the order of `available` (the file's parameter order).
-    /// `available` pairs each name with its number of dimensions.
-    pub fn select(&self, available: &[(String, usize)]) -> Result<Vec<String>> {
+    /// N:M: a fixed pattern, no amount, and no global ranking (each block is on its own).
+    fn nm(&self) -> Result<Box<dyn PruningMethod>> {
+        let bad = |msg: &str| Err(PruneError::InvalidArgument(msg.to_string()));
+        if let Some(a) = self.amount {
+            return bad(&format!(
+                "nm prunes M-N of every M entries and takes no amount (got {a}): give --pattern N:M"
+            ));
+        }
+        if self.global {
+            return bad("nm keeps N of every M entries within each block and ranks nothing across tensors: drop --global");
+        }
+        let Some(pattern) = self.pattern else {
+            return bad("nm needs --pattern N:M (e.g. --pattern 2:4: keep 2 of every 4 entries)");
+        };
+        Ok(Box::new(match self.dim {
+            Some(dim) => pattern.along(dim),
+            None => pattern,
+        }))
+    }
+
+    /// The tensors this step selects, in the order PyTorch would prune them: names given
+    /// explicitly in the order given (so a plan's list of names gives the model's order, e.g.
+    /// for a safetensors file, which orders its tensors by dtype and name), the matches of a
+    /// glob pattern in the order of `available` (the file's parameter order); a tensor selected
+    /// twice is pruned once, at its first place.
+    ///
+    /// `available` pairs each parameter's name with its number of dimensions; `buffers` are the
+    /// model's buffers (`running_mean`, `running_var`, `num_batches_tracked`, and whatever a
+    /// TorchScript module registers as one). PyTorch cannot prune a buffer: a glob never selects
+    /// one, and naming one is an error that says it is a buffer.
+    pub fn select(&self, available: &[(String, usize)], buffers: &[String]) -> Result<Vec<String>> {
         let Some(patterns) = &self.params else {
             return Ok(available
                 .iter()
@@ -149,25 +192,38 @@ impl Step {
                 .map(|(name, _)| name.clone())
                 .collect());
         };
+        let mut selected: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for pattern in patterns {
-            if !available.iter().any(|(name, _)| glob_match(pattern, name)) {
-                let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
-                let more = if available.len() > some.len() {
-                    ", ..."
+            let before = selected.len();
+            if is_glob(pattern) {
+                for (name, _) in available.iter().filter(|(n, _)| glob_match(pattern, n)) {
+                    if seen.insert(name.as_str()) {
+                        selected.push(name.clone());
+                    }
+                }
+            } else if available.iter().any(|(n, _)| n == pattern) {
+                if seen.insert(pattern.as_str()) {
+                    selected.push(pattern.clone());
+                }
+            } else if buffers.contains(pattern) {
+                return Err(PruneError::Buffer(pattern.clone()));
+            }
+            let matched =
+                selected.len() > before || available.iter().any(|(n, _)| glob_match(pattern, n));
+            if !matched {
+                let buffer_matches = buffers.iter().filter(|b| glob_match(pattern, b)).count();
+                return Err(if buffer_matches > 0 {
+                    PruneError::OnlyBuffers {
+                        pattern: pattern.clone(),
+                        buffers: buffer_matches,
+                    }
                 } else {
-                    ""
-                };
-                return Err(PruneError::NoMatch {
-                    pattern: pattern.clone(),
-                    available: format!("{}{more}", some.join(", ")),
+                    no_match(pattern, available)
                 });
             }
         }
-        Ok(available
-            .iter()
-            .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name)))
-            .map(|(name, _)| name.clone())
-            .collect())
+        Ok(selected)
     }
 
     /// Applies the step to `names` (already selected, in order).
@@ -217,6 +273,25 @@ pub fn parse_plan(json: &str) -> Result<Vec<Step>> {
     }
     steps.iter().try_for_each(|s| s.method().map(drop))?;
     Ok(steps)
+}
+
+/// A pattern with a wildcard (`*`, `?`), as opposed to a tensor's name.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// The error for a pattern that selects nothing, listing the first few parameters.
+fn no_match(pattern: &str, available: &[(String, usize)]) -> PruneError {
+    let some: Vec<&str> = available.iter().take(8).map(|(n, _)| n.as_str()).collect();
+    let more = if available.len() > some.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    PruneError::NoMatch {
+        pattern: pattern.to_string(),
+        available: format!("{}{more}", some.join(", ")),
+    }
 }
 
 /// Shell-style matching of a whole name: `*` any run of characters, `?` one character.
@@ -288,6 +363,11 @@ fn amount<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Amount>
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
+/// `"2:4"`.
+fn pattern<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<NmSparsity>, D::Error> {
+    from_str_value(d).map(Some)
+}
+
 fn norm<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Norm>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
     let parsed = match &v {
@@ -331,6 +411,12 @@ mod tests {
             Some(&["a".to_string(), "b".to_string()][..])
         );
         assert_eq!(plan[2].params, None);
+        let nm = parse_plan(r#"[{"method": "nm", "pattern": "1:4", "dim": -1}]"#).unwrap();
+        assert_eq!(nm[0].pattern, NmSparsity::new(1, 4).ok());
+        assert_eq!(
+            nm[0].method().map(|m| format!("{m:?}")).unwrap(),
+            format!("{:?}", NmSparsity::new(1, 4).unwrap().along(-1))
+        );
         let one = parse_plan(r#"[{"method": "l1-unstructured", "amount": 1.0}]"#).unwrap();
         assert_eq!(one[0].amount, Some(Amount::Fraction(1.0)));
     }
@@ -348,6 +434,11 @@ mod tests {
             r#"[{"method": "ln-structured", "amount": 1, "dim": 0}]"#,
             r#"[{"method": "random-structured", "amount": 1}]"#,
             r#"[{"method": "l1-unstructured", "amount": 1, "colour": "red"}]"#,
+            r#"[{"method": "nm"}]"#,
+            r#"[{"method": "nm", "pattern": "4:4"}]"#,
+            r#"[{"method": "nm", "pattern": "2:4", "amount": 0.5}]"#,
+            r#"[{"method": "nm", "pattern": "2:4", "global": true}]"#,
+            r#"[{"method": "l1-unstructured", "amount": 1, "pattern": "2:4"}]"#,
         ] {
             assert!(parse_plan(bad).is_err(), "{bad}");
         }
@@ -363,14 +454,91 @@ mod tests {
         ];
         let step: Step = serde_json::from_str(r#"{"method": "identity"}"#).unwrap();
         assert_eq!(
-            step.select(&available).unwrap(),
+            step.select(&available, &[]).unwrap(),
             ["conv.weight", "fc.weight"]
         );
         let step: Step =
-            serde_json::from_str(r#"{"method": "identity", "params": "fc.*,conv.bias"}"#).unwrap();
-        assert_eq!(step.select(&available).unwrap(), ["conv.bias", "fc.weight"]);
-        let step: Step =
             serde_json::from_str(r#"{"method": "identity", "params": "nope.*"}"#).unwrap();
-        assert!(step.select(&available).is_err());
+        assert!(matches!(
+            step.select(&available, &[]),
+            Err(PruneError::NoMatch { .. })
+        ));
+    }
+
+    #[test]
+    fn names_keep_the_order_given_and_globs_the_files() {
+        let available = vec![
+            ("classifier.weight".to_string(), 2),
+            ("features.0.weight".to_string(), 4),
+            ("features.0.bias".to_string(), 1),
+            ("features.3.weight".to_string(), 4),
+        ];
+        let select = |params: &str| {
+            let step: Step =
+                serde_json::from_value(serde_json::json!({"method": "identity", "params": params}))
+                    .unwrap();
+            step.select(&available, &[]).unwrap()
+        };
+        // A safetensors file orders by name; a list of names gives the model's order.
+        assert_eq!(
+            select("features.3.weight,features.0.weight,classifier.weight"),
+            [
+                "features.3.weight",
+                "features.0.weight",
+                "classifier.weight"
+            ]
+        );
+        // Globs follow the file; a name selected twice keeps its first place.
+        assert_eq!(
+            select("features.*.weight,classifier.weight,features.0.weight"),
+            [
+                "features.0.weight",
+                "features.3.weight",
+                "classifier.weight"
+            ]
+        );
+        assert_eq!(
+            select("features.0.bias,*.weight"),
+            [
+                "features.0.bias",
+                "classifier.weight",
+                "features.0.weight",
+                "features.3.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn buffers_are_never_selected_and_naming_one_says_so() {
+        let available = vec![
+            ("features.0.weight".to_string(), 4),
+            ("features.1.weight".to_string(), 1),
+            ("features.1.bias".to_string(), 1),
+        ];
+        let buffers = [
+            "features.1.running_mean".to_string(),
+            "features.1.running_var".to_string(),
+            "features.1.num_batches_tracked".to_string(),
+        ];
+        let step = |params: &str| -> Step {
+            serde_json::from_value(serde_json::json!({"method": "identity", "params": params}))
+                .unwrap()
+        };
+        assert_eq!(
+            step("features.*").select(&available, &buffers).unwrap(),
+            ["features.0.weight", "features.1.weight", "features.1.bias"]
+        );
+        let err = step("features.0.weight,features.1.running_var")
+            .select(&available, &buffers)
+            .unwrap_err();
+        assert!(matches!(&err, PruneError::Buffer(n) if n == "features.1.running_var"));
+        assert!(err.to_string().contains("is a buffer"), "{err}");
+        let err = step("*.running_*")
+            .select(&available, &buffers)
+            .unwrap_err();
+        assert!(
+            matches!(err, PruneError::OnlyBuffers { buffers: 2, .. }),
+            "{err}"
+        );
     }
 }

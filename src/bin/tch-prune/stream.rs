@@ -45,9 +45,10 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     }
     let model = StreamedModel::open(&args.input)?;
     let parameters = model.parameters();
+    let buffers = model.buffers();
     let selections = steps
         .iter()
-        .map(|s| s.select(&parameters))
+        .map(|s| s.select(&parameters, &buffers))
         .collect::<Result<Vec<_>, _>>()?;
     let methods = steps
         .iter()

@@ -146,7 +146,14 @@ pub(super) struct Unpickler<'a> {
     pub(super) bases: HashMap<(Rc<str>, Kind), Tensor>,
     /// The storages whose memory a tensor has taken as it is (see [`Unpickler::rebuild_tensor`]).
     pub(super) taken: HashSet<Rc<str>>,
+    /// Hand out the same tensor for the same view of a storage (tied weights) instead of copies.
+    pub(super) keep_ties: bool,
+    /// The tensors built so far, by their view, when `keep_ties`.
+    pub(super) views: HashMap<ViewKey, Tensor>,
 }
+
+/// A view of a storage: storage key, dtype, offset, size, stride.
+pub(super) type ViewKey = (Rc<str>, Kind, i64, Vec<i64>, Vec<i64>);
 
 pub(super) type VmResult<T> = Result<T, CheckpointError>;
 
@@ -177,7 +184,15 @@ impl<'a> Unpickler<'a> {
             arena: Vec::new(),
             bases: HashMap::new(),
             taken: HashSet::new(),
+            keep_ties: false,
+            views: HashMap::new(),
         }
+    }
+
+    /// Whether names over the same view of one storage (tied weights) get the same tensor,
+    /// rather than each its own copy.
+    pub(super) fn keep_ties(&mut self, keep: bool) {
+        self.keep_ties = keep;
     }
 
     fn malformed(&self, offset: usize, reason: impl Into<String>) -> CheckpointError {
