@@ -1,12 +1,23 @@
 # Every target provisions libtorch first (once per user; see scripts/torch-env.sh).
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/torch-env.sh)"
+# The comparisons with PyTorch fail instead of skipping when no Python torch is configured:
+# `make test` cannot pass having compared nothing.
+REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test demo gradual build bench lint
+.PHONY: test downstream demo gradual build bench lint msrv
 
-## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests).
+## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
+## runs the downstream example crate.
 test:
-	$(TORCH_ENV) && cargo test --all-targets && cargo test --doc
+	$(TORCH_ENV) && $(REQUIRE_PYTHON) && cargo test --all-targets && cargo test --doc
+	$(MAKE) downstream
+
+## examples/downstream: a crate depending on this one by the README's route, built with this
+## repository's target folder and run with an empty environment (no LD_LIBRARY_PATH, no LIBTORCH).
+downstream:
+	$(TORCH_ENV) && scripts/downstream.sh
 
 ## The main job: loads a PyTorch-trained CNN, prunes it iteratively with fine-tuning, exports TorchScript.
 demo:
@@ -24,6 +35,11 @@ build:
 lint:
 	$(TORCH_ENV) && cargo fmt --check && cargo clippy --all-targets -- -D warnings
 	python3 scripts/module_graph.py --check CONTRIBUTING.md
+
+## Builds the library and the CLI with the declared rust-version (needs rustup; CI runs it).
+msrv:
+	rustup toolchain install --profile minimal $(MSRV)
+	$(TORCH_ENV) && cargo +$(MSRV) build --locked --lib --bins
 
 ## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
 bench:

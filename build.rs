@@ -1,19 +1,96 @@
-//! 1. Embeds the libtorch library folder as the run path of every binary, test and example, so
-//!    nothing needs `LD_LIBRARY_PATH`. torch-sys (`links = "tch"`) exports the folder to crates
-//!    that depend on it directly as `DEP_TCH_LIBTORCH_LIB`.
-//! 2. Compiles the small C++ part of the crate (src/ffi/), against the same libtorch.
-use std::path::PathBuf;
+//! 1. Links libtorch's CUDA part into every binary, test and example of this package, when
+//!    libtorch has one: torch-sys asks for `torch_cuda`, but the linker's default `--as-needed`
+//!    drops it (no symbol of it is referenced), and without it libtorch has no CUDA backend.
+//! 2. Embeds the libtorch library folder as their run path, so nothing needs `LD_LIBRARY_PATH`.
+//! 3. Hands both to the crates that depend on this one (`links = "tch_prune"`): their build
+//!    script reads `DEP_TCH_PRUNE_LINK_ARG` (one linker argument doing 1 and 2 for their
+//!    binaries; link arguments of a dependency never reach them) and `DEP_TCH_PRUNE_LIBTORCH_LIB`.
+//! 4. Compiles the small C++ part of the crate (src/ffi/), against the same libtorch.
+//!
+//! torch-sys (`links = "tch"`) reports libtorch's library folder to crates that depend on it
+//! directly as `DEP_TCH_LIBTORCH_LIB`. With the `doc-only` feature (docs.rs) there is no
+//! libtorch: nothing is linked or compiled.
+use std::path::{Path, PathBuf};
+
+/// The libtorch libraries that hold its GPU backends: present in CUDA (or ROCm) builds only.
+const BACKEND_LIBRARIES: [&str; 4] = ["torch_cuda", "torch_cuda_cu", "torch_cuda_cpp", "torch_hip"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=DOCS_RS");
     println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
-    let lib = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not report libtorch's lib folder"),
+    println!("cargo:rerun-if-changed=src/ffi/backend.cpp");
+
+    // What src/backend.rs reports about the build.
+    if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() || std::env::var_os("DOCS_RS").is_some()
+    {
+        println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_LIB=");
+        println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_CUDA=0");
+        return;
+    }
+    let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
+        fail(
+            "torch-sys did not report libtorch's library folder (DEP_TCH_LIBTORCH_LIB); it does \
+             on Linux and macOS when it finds libtorch: set LIBTORCH to a libtorch 2.13 folder, \
+             or LIBTORCH_USE_PYTORCH=1 with a Python that has torch 2.13 (or build the \
+             documentation only, with the `doc-only` feature)",
+        )
+    };
+    let Some(lib_str) = lib.to_str() else {
+        fail(&format!(
+            "libtorch's library folder {} is not UTF-8: move libtorch to a plain path",
+            lib.display()
+        ))
+    };
+    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let backends: Vec<&str> = BACKEND_LIBRARIES
+        .into_iter()
+        .filter(|name| lib.join(format!("lib{name}.so")).exists())
+        .collect();
+
+    // `-Wl,` splits its argument at commas, so one argument carries the run path and the
+    // libraries kept: a dependent's build script passes it on unchanged.
+    if lib_str.contains(',') {
+        fail(&format!(
+            "libtorch's library folder {lib_str} contains a comma, which the linker's -Wl, \
+             option cannot carry: move libtorch to a path without one"
+        ));
+    }
+    let mut link_arg = format!("-Wl,-rpath,{lib_str}");
+    if target_os == "linux" {
+        // `-ltorch` too: libtorch.so is what loads the GPU backend in the official builds, and
+        // naming it keeps both whatever the libtorch layout.
+        link_arg.push_str(",--no-as-needed,-ltorch");
+        for name in &backends {
+            link_arg.push_str(&format!(",-l{name}"));
+        }
+        link_arg.push_str(",--as-needed");
+    }
+    println!("cargo:rustc-link-arg={link_arg}");
+    println!("cargo:link_arg={link_arg}");
+    println!("cargo:libtorch_lib={lib_str}");
+    println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_LIB={lib_str}");
+    println!(
+        "cargo:rustc-env=TCH_PRUNE_LIBTORCH_CUDA={}",
+        u8::from(backends.iter().any(|name| name.starts_with("torch_cuda")))
     );
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    let include = lib.parent().expect("libtorch root").join("include");
+
+    // Headers: LIBTORCH_INCLUDE for split installs (tch's convention: the folder holding
+    // `include/`), else next to `lib/`, as in libtorch's archives and PyTorch's wheels.
+    let root = match std::env::var_os("LIBTORCH_INCLUDE") {
+        Some(root) => PathBuf::from(root),
+        None => lib.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let include = root.join("include");
+    if !include.join("torch/csrc/api/include").is_dir() {
+        fail(&format!(
+            "libtorch's C++ headers are not in {}: set LIBTORCH_INCLUDE to the folder that \
+             holds libtorch's include/",
+            include.display()
+        ));
+    }
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -27,5 +104,12 @@ fn main() {
         ))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/ffi/grad_redirect.cpp")
+        .file("src/ffi/backend.cpp")
         .compile("tch_prune_ffi");
+}
+
+/// Stops the build with one line saying what to do (cargo shows a failed build script's output).
+fn fail(message: &str) -> ! {
+    eprintln!("error: tch-prune: {message}");
+    std::process::exit(1)
 }

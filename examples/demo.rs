@@ -141,9 +141,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         })
         .collect();
     let report = Report::new(&tensors)?;
+    // Relative to where it was run from (`make demo`: the repository), as a user would type it.
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| export.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| export.clone());
     println!(
         "\nexported {} (TorchScript, loads in Python with torch.jit.load)",
-        export.display()
+        shown.display()
     );
     println!(
         "reloaded export: accuracy {:.2}%, weight sparsity {:.2}% ({} of {} weights are zero)",

@@ -15,28 +15,52 @@ pub enum PruneError {
     #[error(
         "amount={amount} should be smaller than the number of parameters to prune={available}"
     )]
-    AmountTooLarge { amount: i64, available: i64 },
+    AmountTooLarge {
+        /// The count asked for.
+        amount: i64,
+        /// The units still unpruned.
+        available: i64,
+    },
 
+    /// Structured pruning of a tensor with fewer than two dimensions.
     #[error("structured pruning can only be applied to multidimensional tensors: found a tensor of shape {shape:?} with {} dims", shape.len())]
-    NotMultidimensional { shape: Vec<i64> },
+    NotMultidimensional {
+        /// The tensor's shape.
+        shape: Vec<i64>,
+    },
 
+    /// A dimension outside the tensor's.
     #[error("invalid dim {dim} for a tensor of shape {shape:?}: it must lie in [-{n}, {n})", n = shape.len())]
-    InvalidDim { dim: i64, shape: Vec<i64> },
+    InvalidDim {
+        /// The dimension asked for.
+        dim: i64,
+        /// The tensor's shape.
+        shape: Vec<i64>,
+    },
 
     /// A norm that `torch.norm` rejects for this tensor (`fro` over 3+ dims, `nuc` over other than 2).
     #[error("norm {norm} is not defined over {dims} reduced dims of a tensor of shape {shape:?}")]
     InvalidNorm {
+        /// The norm, as PyTorch writes it.
         norm: String,
+        /// The number of dimensions reduced.
         dims: usize,
+        /// The tensor's shape.
         shape: Vec<i64>,
     },
 
+    /// A name the `VarStore` does not hold.
     #[error("unknown tensor '{0}': the VarStore has no variable of that name")]
     UnknownTensor(String),
 
     /// A name or glob pattern that selects no parameter of a model.
     #[error("'{pattern}' matches no parameter; the parameters are {available}")]
-    NoMatch { pattern: String, available: String },
+    NoMatch {
+        /// The name or pattern.
+        pattern: String,
+        /// The model's parameter names, for the message.
+        available: String,
+    },
 
     /// A buffer named explicitly for pruning: PyTorch registers `running_mean`, `running_var`,
     /// `num_batches_tracked` (and what a TorchScript module marks so) as buffers, and cannot
@@ -46,47 +70,78 @@ pub enum PruneError {
 
     /// A glob pattern that matches buffers only, which a glob never selects.
     #[error("'{pattern}' matches only buffers ({buffers} of them), which cannot be pruned: name parameters (e.g. '*.weight')")]
-    OnlyBuffers { pattern: String, buffers: usize },
+    OnlyBuffers {
+        /// The glob pattern.
+        pattern: String,
+        /// How many buffers it matches.
+        buffers: usize,
+    },
 
+    /// A tensor that cannot be pruned: a buffer, or not floating-point.
     #[error("'{0}' is a buffer (not trainable) or not a floating-point tensor: only trainable parameters can be pruned")]
     NotAParameter(String),
 
+    /// Pruning would create a `_orig` or `_mask` variable whose name is taken.
     #[error("cannot prune '{name}': the VarStore already holds a variable named '{taken}'")]
-    NameTaken { name: String, taken: String },
+    NameTaken {
+        /// The tensor to prune.
+        name: String,
+        /// The `_orig` or `_mask` name already in use.
+        taken: String,
+    },
 
+    /// `remove` of a tensor that is not pruned.
     #[error("'{0}' is not pruned: it has to be pruned before pruning can be removed")]
     NotPruned(String),
 
     /// Importance scores or a custom mask whose shape differs from the tensor's.
     #[error("{what} for '{name}' have shape {got:?}, but the tensor has shape {expected:?}")]
     ShapeMismatch {
+        /// "importance scores" or "mask".
         what: &'static str,
+        /// The tensor's name.
         name: String,
+        /// The tensor's shape.
         expected: Vec<i64>,
+        /// The shape given.
         got: Vec<i64>,
     },
 
+    /// Tensors (or scores, or masks) of one call on different devices.
     #[error("pruning needs its tensors on one device: '{first}' is on {first_device:?} but '{other}' is on {other_device:?}")]
     MixedDevices {
+        /// The first tensor's name.
         first: String,
+        /// Its device.
         first_device: tch::Device,
+        /// A tensor on another device.
         other: String,
+        /// That device.
         other_device: tch::Device,
     },
 
+    /// Global pruning with a structured method.
     #[error("global pruning supports unstructured methods only; {0} is not one")]
     NotUnstructured(String),
 
+    /// A call that selects no tensor.
     #[error("nothing to prune: no tensor is selected")]
     NothingToPrune,
 
+    /// An argument out of its range, named in the message.
     #[error("{0}")]
     InvalidArgument(String),
 
     /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
     #[error("cannot draw {what}: {reason}")]
-    Plot { what: String, reason: String },
+    Plot {
+        /// What was being drawn.
+        what: String,
+        /// plotters' error.
+        reason: String,
+    },
 
+    /// Reading or writing a file failed.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 

@@ -20,10 +20,17 @@
 //! | plotting a training run | [`Recorder`] (CSV, and SVG with the `plot` feature) |
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
+//!
+//! Using the crate from a binary crate (libtorch at build and run time, CUDA kept linked, the
+//! `cli` feature): see the README's "Using tch-prune in your crate". [`backend::Backend`]
+//! reports whether libtorch's CUDA backend is loaded.
+#![warn(missing_docs)]
 
 // The layers, bottom up (see CONTRIBUTING.md): `checkpoint` (file formats; depends on nothing
-// else in the crate), `error`, `prune` (the pruning core), `model` (whole model files). Only
-// `checkpoint` is a public module; everything else is re-exported here.
+// else in the crate), `error`, `prune` (the pruning core), `model` (whole model files), and
+// `backend` (what of libtorch the process has, beside them). `checkpoint` and `backend` are
+// public modules; everything else is re-exported here.
+pub mod backend;
 pub mod checkpoint;
 mod error;
 mod model;

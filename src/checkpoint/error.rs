@@ -13,8 +13,11 @@ pub enum CheckpointError {
     /// not a `source` because its text is already part of this message.
     #[error("{}: {action}: {error}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What was being done: "cannot open", "cannot read", ...
         action: &'static str,
+        /// The operating system's error.
         error: io::Error,
     },
 
@@ -22,61 +25,112 @@ pub enum CheckpointError {
     /// before 1.6, or `_use_new_zipfile_serialization=False`. (Any other pickle, e.g. a plain
     /// `pickle.dump`, is an [`CheckpointError::UnknownFormat`].)
     #[error("{}: not a PyTorch zip checkpoint (legacy torch.save format?) — re-save it with torch.save(..., _use_new_zipfile_serialization=True)", path.display())]
-    LegacyFormat { path: PathBuf },
+    LegacyFormat {
+        /// The file.
+        path: PathBuf,
+    },
 
+    /// Neither a zip archive of PyTorch's nor a safetensors file.
     #[error("{}: unrecognized file format: neither a zip archive written by torch.save / torch.jit.save nor a safetensors file", path.display())]
-    UnknownFormat { path: PathBuf },
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
 
     /// A file in one known format handed to the reader of another.
     #[error("{}: expected {expected}, but this is {found}", path.display())]
     WrongFormat {
+        /// The file.
         path: PathBuf,
+        /// The format the reader reads.
         expected: &'static str,
+        /// The format the file has.
         found: &'static str,
     },
 
     /// A valid checkpoint using a feature this reader does not implement (e.g. big-endian data).
     #[error("{}: unsupported checkpoint: {reason}", path.display())]
-    Unsupported { path: PathBuf, reason: String },
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The feature not implemented.
+        reason: String,
+    },
 
+    /// A zip archive that cannot be read: cut short, or its directory or entries broken.
     #[error("{}: corrupt or truncated zip archive: {reason}", path.display())]
-    CorruptArchive { path: PathBuf, reason: String },
+    CorruptArchive {
+        /// The file.
+        path: PathBuf,
+        /// What is broken.
+        reason: String,
+    },
 
     /// A readable zip that `torch.save` did not write (no `data.pkl`).
     #[error("{}: not a PyTorch checkpoint: {reason}", path.display())]
-    NotACheckpoint { path: PathBuf, reason: String },
+    NotACheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
 
+    /// A TorchScript module handed to a reader of state dicts.
     #[error("{}: this is a TorchScript module saved by torch.jit.save, not a state dict: load it as a module (tch::CModule::load) instead, or save model.state_dict() from Python", path.display())]
-    TorchScript { path: PathBuf },
+    TorchScript {
+        /// The file.
+        path: PathBuf,
+    },
 
+    /// A `data.pkl` that is not a valid pickle (or uses opcodes a state dict never needs).
     #[error("{}: malformed data.pkl at byte {offset}: {reason}", path.display())]
     MalformedPickle {
+        /// The file.
         path: PathBuf,
+        /// The byte of `data.pkl` where reading stopped.
         offset: usize,
+        /// What is wrong there.
         reason: String,
     },
 
     /// The pickle names a Python global outside the allow-list. Unpickling it in Python could run
     /// arbitrary code, so it is refused rather than skipped.
     #[error("{}: data.pkl refers to the Python global `{global}`, which is not loaded (unpickling it could run arbitrary code); only tensors, their storages and dicts are read: save model.state_dict() rather than a model or other Python objects", path.display())]
-    ForbiddenGlobal { path: PathBuf, global: String },
+    ForbiddenGlobal {
+        /// The file.
+        path: PathBuf,
+        /// The global's `module.name`.
+        global: String,
+    },
 
     /// The file is well formed but does not hold a flat `name -> tensor` dict.
     #[error("{}: not a state dict: {reason}", path.display())]
-    NotAStateDict { path: PathBuf, reason: String },
+    NotAStateDict {
+        /// The file.
+        path: PathBuf,
+        /// What it holds instead.
+        reason: String,
+    },
 
+    /// A tensor of a dtype the crate does not read or write.
     #[error("{}: tensor '{tensor}' has dtype {dtype}, which is not supported (supported: float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool)", path.display())]
     UnsupportedDtype {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// The dtype, as the file names it.
         dtype: String,
     },
 
     /// A tensor whose shape, strides or offset do not fit its storage, or similar.
     #[error("{}: tensor '{tensor}': {reason}", path.display())]
     InvalidTensor {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// What does not fit.
         reason: String,
     },
 
@@ -84,12 +138,23 @@ pub enum CheckpointError {
     #[error("{}: invalid shard index: {reason}", path.display())]
     InvalidIndex { path: PathBuf, reason: String },
 
+    /// A safetensors file that its format's rules reject (header, offsets, dtypes).
     #[error("{}: invalid safetensors file: {reason}", path.display())]
-    Safetensors { path: PathBuf, reason: String },
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// An error from libtorch, trimmed to its first line.
     #[error("{}: libtorch: {message}", path.display())]
-    Torch { path: PathBuf, message: String },
+    Torch {
+        /// The file.
+        path: PathBuf,
+        /// libtorch's message, first line.
+        message: String,
+    },
 }
 
 impl CheckpointError {

@@ -150,6 +150,7 @@ impl ModelFile {
         self.format
     }
 
+    /// The store holding the file's tensors under their dotted PyTorch names.
     pub fn var_store(&self) -> &VarStore {
         match &self.contents {
             Contents::Script { model, .. } => model.var_store(),

@@ -9,10 +9,13 @@ use std::path::Path;
 /// One row: where run `run` stood at step `step`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
+    /// The run's name (one curve per run).
     pub run: String,
+    /// The training step.
     pub step: i64,
     /// A fraction in `[0, 1]`.
     pub sparsity: f64,
+    /// The training loss at that step, if recorded.
     pub loss: Option<f64>,
     /// A fraction in `[0, 1]`.
     pub accuracy: Option<f64>,

@@ -9,10 +9,15 @@ use tch::Tensor;
 /// The sparsity of one tensor.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TensorReport {
+    /// The tensor's dotted name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<i64>,
+    /// Its dtype, as PyTorch names it (`float32`, ...).
     pub dtype: String,
+    /// Its number of elements.
     pub numel: i64,
+    /// How many of them are zero.
     pub zeros: i64,
     /// `zeros / numel`, 0 for an empty tensor.
     pub sparsity: f64,
@@ -25,9 +30,13 @@ pub struct TensorReport {
 /// The sparsity of a set of tensors, in their order, with totals.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// Each tensor, in order.
     pub tensors: Vec<TensorReport>,
+    /// The elements of all tensors.
     pub numel: i64,
+    /// The zeros among them.
     pub zeros: i64,
+    /// `zeros / numel`, 0 when there is no element.
     pub sparsity: f64,
 }
 

@@ -12,6 +12,7 @@ pub struct CustomFromMask {
 }
 
 impl CustomFromMask {
+    /// PyTorch's `CustomFromMask(mask)`; the mask is moved to each pruned tensor's device.
     pub fn new(mask: &Tensor) -> Self {
         Self {
             mask: mask.shallow_clone(),

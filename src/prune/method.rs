@@ -12,7 +12,10 @@ pub enum PruningType {
     /// Acts on the individual entries still unpruned, handed over as one flat vector.
     Unstructured,
     /// Acts on the channels along `dim` that still have an unpruned entry.
-    Structured { dim: i64 },
+    Structured {
+        /// The channel dimension (negative counts from the end).
+        dim: i64,
+    },
     /// Acts on the whole tensor at once (PyTorch's `"global"`, used by [`CustomFromMask`](crate::CustomFromMask)).
     Global,
 }

@@ -131,13 +131,19 @@ impl SparsitySchedule for CubicSchedule {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearSchedule {
+    /// The sparsity up to `begin`.
     pub initial: f64,
+    /// The sparsity from `end` on.
     pub final_sparsity: f64,
+    /// The step the ramp starts at.
     pub begin: i64,
+    /// The step the ramp reaches `final_sparsity` at.
     pub end: i64,
 }
 
 impl LinearSchedule {
+    /// A linear ramp from `initial` at `begin` to `final_sparsity` at `end`; levels outside
+    /// `[0, 1]` or `end <= begin` are errors.
     pub fn new(initial: f64, final_sparsity: f64, begin: i64, end: i64) -> Result<Self> {
         check_levels("linear", initial, final_sparsity)?;
         if end <= begin {
@@ -220,6 +226,7 @@ impl SparsitySchedule for StepSchedule {
 pub struct ConstantSchedule(f64);
 
 impl ConstantSchedule {
+    /// `sparsity` at every step; a level outside `[0, 1]` is an error.
     pub fn new(sparsity: f64) -> Result<Self> {
         check_levels("constant", 0.0, sparsity)?;
         Ok(Self(sparsity))

@@ -19,6 +19,7 @@ pub struct RandomStructured {
 }
 
 impl RandomStructured {
+    /// PyTorch's `RandomStructured(amount, dim)`; an invalid amount is an error.
     pub fn new(amount: impl Into<Amount>, dim: i64) -> Result<Self> {
         Ok(Self {
             amount: amount.into().validate()?,
@@ -104,6 +105,7 @@ pub struct LnStructured {
 }
 
 impl LnStructured {
+    /// PyTorch's `LnStructured(amount, n, dim)`; an invalid amount is an error.
     pub fn new(amount: impl Into<Amount>, n: impl Into<Norm>, dim: i64) -> Result<Self> {
         Ok(Self {
             amount: amount.into().validate()?,

@@ -32,6 +32,7 @@ pub struct RandomUnstructured {
 }
 
 impl RandomUnstructured {
+    /// PyTorch's `RandomUnstructured(amount)`; an invalid amount is an error.
     pub fn new(amount: impl Into<Amount>) -> Result<Self> {
         Ok(Self {
             amount: amount.into().validate()?,
@@ -66,12 +67,14 @@ pub struct L1Unstructured {
 }
 
 impl L1Unstructured {
+    /// PyTorch's `L1Unstructured(amount)`; an invalid amount is an error.
     pub fn new(amount: impl Into<Amount>) -> Result<Self> {
         Ok(Self {
             amount: amount.into().validate()?,
         })
     }
 
+    /// The amount to prune, as given.
     pub fn amount(&self) -> Amount {
         self.amount
     }

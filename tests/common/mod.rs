@@ -1,24 +1,54 @@
 //! Shared by the integration tests: the real PyTorch to compare against, and small helpers.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
 
 /// The Python that has torch 2.13 (set by `make test` through scripts/torch-env.sh).
-/// Tests that compare with PyTorch skip, saying so, when it is absent.
+///
+/// When it is absent, a test that compares with PyTorch is skipped, and the first skip in a
+/// test binary prints one line on the terminal; with `TCH_PRUNE_REQUIRE_PYTHON=1` (set by the
+/// Makefile and CI) it fails instead, so that a suite cannot pass having compared nothing.
 pub fn python() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("TCH_PRUNE_PYTHON")?);
-    path.exists().then_some(path)
+    let path = std::env::var_os("TCH_PRUNE_PYTHON").map(PathBuf::from);
+    let why = match &path {
+        Some(path) if path.exists() => return path.clone().into(),
+        Some(path) => format!("TCH_PRUNE_PYTHON={} does not exist", path.display()),
+        None => "TCH_PRUNE_PYTHON is not set".to_string(),
+    };
+    if python_required() {
+        panic!(
+            "{why}, and TCH_PRUNE_REQUIRE_PYTHON is set: this test compares with PyTorch \
+             (run it through `make test`, or point TCH_PRUNE_PYTHON at a Python with torch 2.13)"
+        );
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        // Straight to stderr: libtest captures `eprintln!` of passing tests, and a skip must show.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {why}: the comparisons with PyTorch in {} are skipped \
+             (`make test` runs them; TCH_PRUNE_REQUIRE_PYTHON=1 makes this an error)",
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default()
+        );
+    });
+    None
+}
+
+/// Whether `TCH_PRUNE_REQUIRE_PYTHON` asks that every comparison with PyTorch runs.
+pub fn python_required() -> bool {
+    std::env::var("TCH_PRUNE_REQUIRE_PYTHON").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Runs a Python script with torch available; panics with its stderr if it fails.
-/// Returns None (and prints why) when no Python torch is configured.
+/// Returns None when no Python torch is configured (see [`python`]).
 pub fn run_python(script: &str, args: &[&Path]) -> Option<String> {
-    let Some(python) = python() else {
-        eprintln!("skipped: TCH_PRUNE_PYTHON is not set (run the tests through `make test`)");
-        return None;
-    };
+    let python = python()?;
     // From a file, not `-c`: TorchScript's compiler reads class sources through `inspect`.
     let mut file = tempfile::Builder::new()
         .suffix(".py")

@@ -5,7 +5,7 @@ mod plan;
 mod stream;
 
 use anyhow::{bail, Context, Result};
-use clap::{error::ErrorKind, Args, Parser, Subcommand};
+use clap::{error::ErrorKind, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use plan::{parse_plan, split_patterns, MethodName, Step};
 use std::collections::{HashMap, HashSet};
@@ -43,6 +43,15 @@ enum Command {
         /// Also write the per-tensor sparsity as an SVG bar chart (opens in a browser).
         #[arg(long, value_name = "OUT.svg")]
         svg: Option<PathBuf>,
+    },
+    /// Show the libtorch in use and its CUDA backend: compiled in, loaded, devices, cuDNN.
+    ///
+    /// When there is no CUDA device, says why (no driver, a CPU-only libtorch, or a binary
+    /// linked without libtorch's CUDA part).
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -114,7 +123,18 @@ pub(crate) struct PruneArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `--version` names the libtorch too (the CUDA details take `doctor`: they initialise CUDA).
+    let version = format!(
+        "{} (libtorch {}; `tch-prune doctor` shows its CUDA backend)",
+        env!("CARGO_PKG_VERSION"),
+        tch_prune::backend::libtorch_version()
+    );
+    // clap keeps a `&'static str`: this one string is leaked, once per process.
+    let parsed = Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -141,6 +161,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Prune(args) => prune(*args),
         Command::Report { input, json, svg } => report(&input, json, svg.as_deref()),
+        Command::Doctor { json } => doctor(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -347,6 +368,16 @@ fn report(input: &Path, json: bool, svg: Option<&Path>) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(())
+}
+
+fn doctor(json: bool) -> Result<()> {
+    let backend = tch_prune::backend::Backend::detect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&backend)?);
+    } else {
+        println!("{backend}");
     }
     Ok(())
 }

@@ -11,10 +11,15 @@ use tch_prune::{
 /// A method by its CLI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodName {
+    /// `l1-unstructured`
     L1Unstructured,
+    /// `random-unstructured`
     RandomUnstructured,
+    /// `ln-structured`
     LnStructured,
+    /// `random-structured`
     RandomStructured,
+    /// `identity`
     Identity,
     /// N:M semi-structured sparsity ([`NmSparsity`]), with a `pattern`.
     Nm,
@@ -73,6 +78,7 @@ pub struct Step {
     /// name ends in `weight` and that has at least two dimensions.
     #[serde(default, deserialize_with = "patterns")]
     pub params: Option<Vec<String>>,
+    /// The pruning method.
     #[serde(deserialize_with = "from_str_value")]
     pub method: MethodName,
     /// Required by every method but `identity`.

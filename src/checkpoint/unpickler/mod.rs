@@ -650,7 +650,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn dict_from_pairs(&self, at: usize, items: Vec<Value>) -> VmResult<Dict> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed(at, "DICT with an odd number of items"));
         }
         let mut dict = Dict::default();
