@@ -18,14 +18,18 @@ use tch::Kind;
 /// One tensor of a [`MappedSafetensors`] file.
 #[derive(Clone, Debug)]
 pub struct MappedTensor {
+    /// Its name in the file.
     pub name: String,
+    /// Its dtype.
     pub kind: Kind,
+    /// Its shape.
     pub shape: Vec<i64>,
     /// The tensor's bytes within the file.
     range: std::ops::Range<usize>,
 }
 
 impl MappedTensor {
+    /// Its number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product::<i64>() as usize
     }
@@ -103,6 +107,7 @@ impl MappedSafetensors {
         })
     }
 
+    /// The mapped file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -127,8 +132,11 @@ impl MappedSafetensors {
 /// bytes come later, from the caller.
 #[derive(Clone, Debug)]
 pub struct TensorHeader {
+    /// Its name in the file.
     pub name: String,
+    /// Its dtype.
     pub kind: Kind,
+    /// Its shape.
     pub shape: Vec<i64>,
 }
 

@@ -34,18 +34,22 @@ pub struct StreamStep<'a> {
     /// In the order the in-memory path would take them (the checkpoint's order): it decides
     /// which tied entries a global L1 step prunes.
     pub names: Vec<String>,
+    /// The method, applied as `prune` then `remove`.
     pub method: &'a dyn PruningMethod,
+    /// Rank all `names` together (L1 only).
     pub global: bool,
 }
 
 /// Counts for the summary of a streamed run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamReport {
-    /// Elements and exact zeros (-0.0 included) of every tensor written.
+    /// Elements of every tensor written.
     pub numel: i64,
+    /// Exact zeros among them.
     pub zeros: i64,
-    /// The same over the tensors the steps pruned.
+    /// Elements of the tensors the steps pruned.
     pub pruned_numel: i64,
+    /// Exact zeros among them.
     pub pruned_zeros: i64,
     /// Files written: 1, or the shards (the index not counted).
     pub files: usize,
