@@ -8,7 +8,8 @@ and the masks are compared. One line per case; everything also goes to target/be
 
   BENCH_SIZES=99M,470M   only these sizes of each case; a size outside the standard four
                          (10M, 50M) runs every case at it instead (to try the harness quickly)
-  BENCH_CASES=l1,global  only these cases
+  BENCH_CASES=l1,global  only these cases (out-of-core, out-of-core-bf16: see
+                         scripts/bench_out_of_core.py; BENCH_CACHE, BENCH_KEEP_CACHE)
   BENCH_THREADS=2, BENCH_REPEATS=5, BENCH_SEED=0
 (or --sizes, --cases, --threads, --repeats, --seed).
 """
@@ -23,10 +24,13 @@ import tempfile
 
 import numpy as np
 
+import bench_out_of_core
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "target", "bench")
 CRATE = os.path.join(ROOT, "target", "release", "examples", "bench")
-CLI = os.path.join(ROOT, "target", "release", "tch-prune")
+# BENCH_CLI: another build of the CLI (e.g. target/debug/tch-prune where no release build fits).
+CLI = os.environ.get("BENCH_CLI") or os.path.join(ROOT, "target", "release", "tch-prune")
 TORCH = [sys.executable, os.path.join(ROOT, "scripts", "bench_torch.py")]
 
 # name: (d, blocks). A block is q, k, v, o (d×d), ff1 (4d×d), ff2 (d×4d), with biases:
@@ -86,9 +90,22 @@ if pid == 0:
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write("1000")
     os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
+# Peak anonymous memory (RssAnon: heap, not the page cache of files read or mapped), sampled.
+anon = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for l in f:
+                if l.startswith("RssAnon:"):
+                    anon = max(anon, int(l.split()[1]))
+    except OSError:
+        pass
+    time.sleep(0.005)
 with open(sys.argv[1], "w") as f:
-    f.write(f"{status} {usage.ru_maxrss} {time.perf_counter() - start}")
+    f.write(f"{status} {usage.ru_maxrss} {time.perf_counter() - start} {anon}")
 """
 
 
@@ -105,11 +122,12 @@ def run(cmd, env):
         lines = out.read().decode(errors="replace").strip().splitlines()
         stderr = err.read().decode(errors="replace").strip().splitlines()
         fields = report.read().split()
-    if launched.returncode != 0 or len(fields) != 3:
+    if launched.returncode != 0 or len(fields) != 4:
         return {"outcome": f"launcher failed ({launched.returncode})", "exit": None}
-    status, maxrss_kb, wall = int(fields[0]), int(fields[1]), float(fields[2])
+    status, maxrss_kb, wall, anon_kb = int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
     code = os.waitstatus_to_exitcode(status)
-    result = {"wall_seconds": wall, "process_peak_bytes": maxrss_kb * 1024, "exit": code}
+    result = {"wall_seconds": wall, "process_peak_bytes": maxrss_kb * 1024,
+              "process_peak_anon_bytes": anon_kb * 1024, "exit": code}
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         after = oom_kills()
@@ -202,8 +220,15 @@ def measure(case, size, seed, env, work):
         made = run(TORCH + ["write-model", str(d), str(blocks), str(seed), model], env)
         if made["outcome"] != "ok":
             raise RuntimeError(f"writing the model failed: {made['outcome']}")
-        crate = run([CLI, "prune", model, "-o", outs["crate"], "--method", "l1-unstructured",
-                     "--amount", "0.5", "--global"], env)
+        record["file_bytes"] = os.path.getsize(model)
+        # The CLI takes its streaming path here; the in-memory path is timed beside it.
+        prune = [CLI, "prune", model, "-o", outs["crate"], "--method", "l1-unstructured",
+                 "--amount", "0.5", "--global"]
+        in_memory = run(prune + ["--in-memory"], env)
+        record["crate_in_memory"] = {k: in_memory.get(k) for k in
+                                     ("outcome", "wall_seconds", "process_peak_bytes", "process_peak_anon_bytes")}
+        os.remove(outs["crate"])
+        crate = run(prune, env)
         cli_masks("crate", crate, outs["crate"], work)  # frees the disk before PyTorch's turn
         torch = run(TORCH + ["cli", str(d), str(blocks), model, outs["torch"]], env)
         cli_masks("torch", torch, outs["torch"], work)
@@ -267,6 +292,20 @@ def row(r):
     return line(values + [masks])
 
 
+def cli_memory(r):
+    """The CLI case's anonymous memory and the in-memory path beside the streaming one."""
+    crate, torch, mem = r["crate"], r["torch"], r["crate_in_memory"]
+    anon = lambda side: gib(side["process_peak_anon_bytes"]) if side.get("process_peak_anon_bytes") else "-"
+    share = (f" ({100 * crate['process_peak_anon_bytes'] / r['file_bytes']:.1f}% of the "
+             f"{gib(r['file_bytes'])} file)" if crate.get("process_peak_anon_bytes") else "")
+    text = (f"  cli peak RssAnon: crate (streamed) {anon(crate)}{share}, PyTorch {anon(torch)}; "
+            f"crate --in-memory: {mem['outcome']}")
+    if mem["outcome"] == "ok":
+        text += (f", {seconds(mem['wall_seconds'])}, peak RSS {gib(mem['process_peak_bytes'])}, "
+                 f"RssAnon {gib(mem['process_peak_anon_bytes'])}")
+    return text
+
+
 def main():
     env_list = lambda name, default: os.environ.get(name) or default
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,10 +316,11 @@ def main():
     p.add_argument("--seed", type=int, default=int(env_list("BENCH_SEED", "0")))
     a = p.parse_args()
     sizes, cases = a.sizes.split(","), a.cases.split(",")
-    known = [c for c, _, _ in CASES]
+    known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES)
     for bad in [s for s in sizes if s not in SIZES] + [c for c in cases if c not in known]:
         sys.exit(f"unknown size or case '{bad}' (sizes: {', '.join(SIZES)}; cases: {', '.join(known)})")
-    for binary in (CRATE, CLI):
+    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | {"cli"} else [CRATE, CLI]
+    for binary in needed:
         if not os.path.exists(binary):
             sys.exit(f"{binary} is missing: run `make bench`, or build with "
                      "`cargo build --release --example bench --bin tch-prune`")
@@ -291,6 +331,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     work = tempfile.mkdtemp(prefix="run-", dir=OUT)
     extra = [s for s in sizes if s not in STANDARD]
+    out_of_core = [c for c in bench_out_of_core.CASES if c in cases]
     plan = [(c, s) for c, _, standard in CASES if c in cases
             for s in [s for s in standard if s in sizes] + extra]
 
@@ -304,12 +345,20 @@ def main():
           "train run with " + " ".join(f"{k}={v}" for k, v in STEADY_MALLOC.items()))
     results = []
     try:
-        check_same_weights(env, a.seed)
+        if os.path.exists(CRATE):
+            check_same_weights(env, a.seed)
         print(line([name for name, _ in COLUMNS]))
         for case, size in plan:
             record = measure(case, size, a.seed, env, work)
             results.append(record)
             print(row(record), flush=True)
+            if case == "cli":
+                print(cli_memory(record), flush=True)
+        for case in out_of_core:
+            print(f"{case}: {bench_out_of_core.__doc__.splitlines()[0]}")
+            record, text = bench_out_of_core.measure(case, CLI, env, a.seed, work)
+            results.append(record)
+            print(text, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with open(os.path.join(OUT, "results.json"), "w") as f:

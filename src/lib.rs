@@ -40,7 +40,8 @@ pub use checkpoint::{first_line, CodePolicy};
 pub use error::{PruneError, Result};
 pub use model::{
     ChannelAnalysis, ChannelGroup, GroupChange, ModelFile, Record, Recorder, Removed, Report,
-    ScriptModel, ShrinkOptions, ShrinkReport, Slice, TensorReport,
+    ScriptModel, ShrinkOptions, ShrinkReport, Slice, StreamReport, StreamStep, StreamedModel,
+    TensorReport, WRITE_CHUNK,
 };
 pub use prune::amount::Amount;
 pub use prune::container::combine_masks;

@@ -167,6 +167,15 @@ pub enum CheckpointError {
         reason: String,
     },
 
+    /// A sharded checkpoint's `*.safetensors.index.json` that cannot be used.
+    #[error("{}: invalid shard index: {reason}", path.display())]
+    InvalidIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A safetensors file that its format's rules reject (header, offsets, dtypes).
     #[error("{}: invalid safetensors file: {reason}", path.display())]
     Safetensors {

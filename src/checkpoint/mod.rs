@@ -29,19 +29,24 @@
 //! virtual machine and its allow-list of globals), `state_dict` (tensors built from storages),
 //! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
 //! `script_archive` and `script_classes` (TorchScript archives), `dtype` (the one dtype table),
-//! `host_tensor` (tensor bytes in and out), `atomic` ([`atomic_write`]: all-or-nothing writes)
+//! `host_tensor` (tensor bytes in and out), `mapped` (safetensors read through a memory map and
+//! written tensor by tensor), `shard_index` (sharded checkpoints' `index.json`), `atomic`
+//! ([`atomic_write`]: all-or-nothing writes), `atomic_dir` (the same for a folder of shards)
 //! and `error` ([`CheckpointError`]).
 
 mod archive;
 mod atomic;
+mod atomic_dir;
 pub mod code_policy;
 mod dtype;
 mod error;
 mod host_tensor;
+mod mapped;
 mod pickle_writer;
 mod safetensors;
 mod script_archive;
 mod script_classes;
+mod shard_index;
 mod sniff;
 mod state_dict;
 pub mod temp_file;
@@ -50,13 +55,19 @@ mod unpickler;
 mod zip_entries;
 
 pub use self::atomic::{atomic_write, write_all_or_nothing};
+pub use self::atomic_dir::atomic_write_dir;
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::{first_line, CheckpointError};
+pub use self::mapped::{
+    safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
+    MappedTensor, TensorHeader,
+};
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
 };
 pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
+pub use self::shard_index::ShardIndex;
 pub use self::temp_file::{check_destination, remove_temporary_files};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,

@@ -36,39 +36,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
         HeaderError::Format(e) => invalid(path, describe(&e)),
     })?;
 
-    let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
-    infos.sort_by(|(a_name, a), (b_name, b)| {
-        a.data_offsets
-            .cmp(&b.data_offsets)
-            .then_with(|| a_name.cmp(b_name))
-    });
-    // What `SafeTensors::read_metadata` checks on a whole buffer: the tensors' data tile the
-    // rest of the file exactly, each of the size its shape and dtype give.
-    let mut end = 0;
-    for (name, info) in &infos {
-        let (start, stop) = info.data_offsets;
-        if start != end || stop < start {
-            return Err(invalid(
-                path,
-                describe(&SafeTensorError::InvalidOffset(name.clone())),
-            ));
-        }
-        let bytes = info
-            .shape
-            .iter()
-            .try_fold(info.dtype.size(), |n, &d| n.checked_mul(d))
-            .ok_or_else(|| invalid(path, describe(&SafeTensorError::ValidationOverflow)))?;
-        if stop - start != bytes {
-            return Err(invalid(path, describe(&SafeTensorError::TensorInvalidInfo)));
-        }
-        end = stop;
-    }
-    if end as u64 + 8 + header_len as u64 != file_len {
-        return Err(invalid(
-            path,
-            describe(&SafeTensorError::MetadataIncompleteBuffer),
-        ));
-    }
+    let infos = checked_layout(path, &metadata, header_len, file_len)?;
 
     let mut out = Vec::with_capacity(infos.len());
     for (name, info) in infos {
@@ -103,6 +71,49 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
     Ok(out)
 }
 
+/// The tensors of a header in the order of their data, checked as `SafeTensors::read_metadata`
+/// checks a whole buffer: the tensors' data tile the rest of the file exactly, each of the size
+/// its shape and dtype give.
+pub(super) fn checked_layout<'a>(
+    path: &Path,
+    metadata: &'a Metadata,
+    header_len: usize,
+    file_len: u64,
+) -> Result<Vec<(String, &'a ::safetensors::tensor::TensorInfo)>, CheckpointError> {
+    let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
+    infos.sort_by(|(a_name, a), (b_name, b)| {
+        a.data_offsets
+            .cmp(&b.data_offsets)
+            .then_with(|| a_name.cmp(b_name))
+    });
+    let mut end = 0;
+    for (name, info) in &infos {
+        let (start, stop) = info.data_offsets;
+        if start != end || stop < start {
+            return Err(invalid(
+                path,
+                describe(&SafeTensorError::InvalidOffset(name.clone())),
+            ));
+        }
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| invalid(path, describe(&SafeTensorError::ValidationOverflow)))?;
+        if stop - start != bytes {
+            return Err(invalid(path, describe(&SafeTensorError::TensorInvalidInfo)));
+        }
+        end = stop;
+    }
+    if end as u64 + 8 + header_len as u64 != file_len {
+        return Err(invalid(
+            path,
+            describe(&SafeTensorError::MetadataIncompleteBuffer),
+        ));
+    }
+    Ok(infos)
+}
+
 /// The header's `__metadata__` (free-form text pairs), empty when it has none. It is where
 /// `safetensors.torch.save_model` records tied weights: the file holds one name of each tie, and
 /// each other name maps to the name kept (`{"transformer.wte.weight": "lm_head.weight"}`).
@@ -120,13 +131,16 @@ pub fn read_safetensors_metadata(
     Ok(metadata.metadata().clone().unwrap_or_default())
 }
 
-enum HeaderError {
+pub(super) enum HeaderError {
     Io(std::io::Error),
     Format(SafeTensorError),
 }
 
 /// The header's length and contents, checked as `SafeTensors::read_metadata` checks them.
-fn read_header(file: &mut File, file_len: u64) -> Result<(usize, Metadata), HeaderError> {
+pub(super) fn read_header(
+    file: &mut File,
+    file_len: u64,
+) -> Result<(usize, Metadata), HeaderError> {
     let format = |e| Err(HeaderError::Format(e));
     if file_len < 8 {
         return format(SafeTensorError::HeaderTooSmall);
@@ -317,7 +331,7 @@ impl View for &SafeView {
 }
 
 /// The crate's own messages are its variant names; these say what is wrong with the file.
-fn describe(err: &SafeTensorError) -> String {
+pub(super) fn describe(err: &SafeTensorError) -> String {
     match err {
         SafeTensorError::HeaderTooSmall => "shorter than the 8-byte length of its header".into(),
         SafeTensorError::HeaderTooLarge => "the header length is larger than 100 MB".into(),
@@ -346,7 +360,7 @@ fn describe(err: &SafeTensorError) -> String {
     }
 }
 
-fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
+pub(super) fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Safetensors {
         path: path.to_path_buf(),
         reason: first_line(&reason.to_string()),

@@ -196,37 +196,9 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<OpsCoun
 
 /// The radix select of [`zero_smallest`] on CPU views.
 fn radix_select(views: &[View], k: i64) {
-    // Compare in the precision PyTorch's concatenation promotes to: f64 if any score is f64,
-    // else f32 (which holds f16 and bf16 exactly).
-    let wide = views.iter().any(|v| v.score_kind == Kind::Double);
-    let digits = if wide { 4 } else { 2 };
+    let wide = is_wide(views);
+    let (threshold, below) = kth_key(views, k, wide);
     let chunks = chunks(views);
-
-    // Radix select, most significant digit first: after each pass, `prefix` holds the digits of
-    // the k-th smallest key found so far and `below` how many live keys are smaller.
-    let (mut prefix, mut below) = (0u64, 0u64);
-    for pass in 0..digits {
-        let shift = (digits - 1 - pass) * DIGIT_BITS;
-        let histogram = parallel_sum(&chunks, |c, h| {
-            c.for_each_live(wide, |_, key| {
-                // Only keys whose higher digits are the prefix found so far.
-                if pass == 0 || key >> (shift + DIGIT_BITS) == prefix >> (shift + DIGIT_BITS) {
-                    h[((key >> shift) & (BUCKETS as u64 - 1)) as usize] += 1;
-                }
-            });
-        });
-        let mut seen = below;
-        let digit = histogram
-            .iter()
-            .position(|&n| {
-                seen += n;
-                seen >= k as u64
-            })
-            .unwrap_or(BUCKETS - 1);
-        below = seen - histogram[digit];
-        prefix |= (digit as u64) << shift;
-    }
-    let threshold = prefix;
 
     // Everything below the threshold goes, in parallel; of the entries equal to it, the first
     // `k - below` in order, which needs their count per chunk first.
@@ -258,6 +230,203 @@ fn radix_select(views: &[View], k: i64) {
     }
 }
 
+/// Compare in the precision PyTorch's concatenation promotes to: f64 if any score is f64, else
+/// f32 (which holds f16 and bf16 exactly).
+fn is_wide(views: &[View]) -> bool {
+    views.iter().any(|v| v.score_kind == Kind::Double)
+}
+
+/// How many chunks a histogram pass hands to its threads at a time: bounds the chunk list's
+/// memory whatever the number and size of the tensors.
+const BATCH: usize = 1 << 12;
+
+/// The key of the `k`-th smallest live magnitude (`k >= 1`) and how many live keys are smaller:
+/// a radix select, most significant digit first, one histogram pass per digit.
+fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
+    let digits = if wide { 4 } else { 2 };
+    // bf16 widened to f32 has a zero low half: its last digit is known without a pass.
+    let passes = if !wide && views.iter().all(|v| v.score_kind == Kind::BFloat16) {
+        digits - 1
+    } else {
+        digits
+    };
+    // After each pass, `prefix` holds the digits of the k-th smallest key found so far and
+    // `below` how many live keys are smaller.
+    let (mut prefix, mut below) = (0u64, 0u64);
+    for pass in 0..passes {
+        let shift = (digits - 1 - pass) * DIGIT_BITS;
+        let mut histogram = vec![0u64; BUCKETS];
+        for_each_batch(views, |batch| {
+            let part = parallel_sum(batch, |c, h| {
+                c.for_each_live(wide, |_, key| {
+                    // Only keys whose higher digits are the prefix found so far.
+                    if pass == 0 || key >> (shift + DIGIT_BITS) == prefix >> (shift + DIGIT_BITS) {
+                        h[((key >> shift) & (BUCKETS as u64 - 1)) as usize] += 1;
+                    }
+                });
+            });
+            histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+        });
+        let mut seen = below;
+        let digit = histogram
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen >= k as u64
+            })
+            .unwrap_or(BUCKETS - 1);
+        below = seen - histogram[digit];
+        prefix |= (digit as u64) << shift;
+    }
+    (prefix, below)
+}
+
+/// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.
+fn for_each_batch<'a>(views: &'a [View], mut f: impl FnMut(&[Chunk<'a>])) {
+    let mut batch = Vec::with_capacity(BATCH);
+    for view in views {
+        for start in (0..view.numel).step_by(CHUNK) {
+            batch.push(Chunk {
+                view,
+                start,
+                end: (start + CHUNK).min(view.numel),
+            });
+            if batch.len() == BATCH {
+                f(&batch);
+                batch.clear();
+            }
+        }
+    }
+    if !batch.is_empty() {
+        f(&batch);
+    }
+}
+
+/// The raw little-endian data of one contiguous tensor taking part in a streamed selection
+/// (e.g. a tensor of a memory-mapped file), read in place.
+#[derive(Clone, Copy)]
+pub(crate) struct RawScores<'a> {
+    pub bytes: &'a [u8],
+    pub kind: Kind,
+}
+
+impl RawScores<'_> {
+    /// Whether the selection reads these scores in place: f32, f64, f16 or bf16, whole
+    /// elements, aligned to the element size.
+    pub(crate) fn usable(&self) -> bool {
+        View::raw(self).is_some()
+    }
+}
+
+/// The outcome of [`smallest_threshold`]: which entries of the parts to prune, decided entry by
+/// entry in order with [`Threshold::keep`]. The same entries [`zero_smallest`] zeroes in
+/// `out` tensors, tie rule included, without any mask in memory.
+#[derive(Clone, Debug)]
+pub(crate) struct Threshold {
+    /// Live keys below it are pruned; `None`: nothing is.
+    key: Option<u64>,
+    wide: bool,
+    /// How many of the entries equal to `key` are still to be pruned, first come first served.
+    ties: u64,
+}
+
+/// Finds, for the `k` smallest magnitudes across `parts` (`k` at most their total size), the
+/// threshold key and how many entries tied with it are pruned. Reads each part
+/// `passes` times (two for f32 and f16, one for bf16, four with f64), holds nothing of their
+/// size. Errors on parts [`RawScores::usable`] refuses.
+pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Threshold> {
+    let views = parts
+        .iter()
+        .map(View::raw)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            crate::error::PruneError::InvalidArgument(
+                "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
+            )
+        })?;
+    let wide = is_wide(&views);
+    if k <= 0 {
+        return Ok(Threshold {
+            key: None,
+            wide,
+            ties: 0,
+        });
+    }
+    let (key, below) = kth_key(&views, k, wide);
+    Ok(Threshold {
+        key: Some(key),
+        wide,
+        ties: k as u64 - below,
+    })
+}
+
+impl Threshold {
+    /// How many entries of `part` tie with the threshold (one pass over it).
+    pub(crate) fn ties_in(&self, part: &RawScores<'_>) -> u64 {
+        let (Some(threshold), Some(view)) = (self.key, View::raw(part)) else {
+            return 0;
+        };
+        let mut n = 0;
+        for start in (0..view.numel).step_by(CHUNK) {
+            let chunk = Chunk {
+                view: &view,
+                start,
+                end: (start + CHUNK).min(view.numel),
+            };
+            chunk.for_each_live(self.wide, |_, key| n += (key == threshold) as u64);
+        }
+        n
+    }
+
+    /// The same threshold with `ties` tied entries left to prune (to hand each part its share
+    /// when parts are visited in another order than the selection's).
+    pub(crate) fn with_ties(&self, ties: u64) -> Threshold {
+        Threshold {
+            ties,
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn ties(&self) -> u64 {
+        self.ties
+    }
+
+    /// Sets `keep[i]` to whether entry `start + i` of `part` survives, for the entries that
+    /// follow in order, consuming the tie allowance as ties are met.
+    pub(crate) fn keep(&mut self, part: &RawScores<'_>, start: usize, keep: &mut [bool]) {
+        let Some(threshold) = self.key else {
+            keep.fill(true);
+            return;
+        };
+        let Some(view) = View::raw(part) else {
+            keep.fill(true);
+            return;
+        };
+        let chunk_end = (start + keep.len()).min(view.numel);
+        let mut offset = start;
+        while offset < chunk_end {
+            let end = (offset + CHUNK).min(chunk_end);
+            let chunk = Chunk {
+                view: &view,
+                start: offset,
+                end,
+            };
+            let ties = &mut self.ties;
+            chunk.for_each_live(self.wide, |i, key| {
+                keep[i - start] = if key < threshold {
+                    false
+                } else if key == threshold && *ties > 0 {
+                    *ties -= 1;
+                    false
+                } else {
+                    true
+                };
+            });
+            offset = end;
+        }
+    }
+}
+
 /// Raw access to one part. The tensors are kept alive by the caller for the whole selection.
 struct View {
     scores: *const u8,
@@ -274,6 +443,27 @@ unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
 impl View {
+    /// A view of raw scores only (no `out`: for thresholds and streamed decisions).
+    fn raw(part: &RawScores<'_>) -> Option<View> {
+        let size = element_size(part.kind)?;
+        let supported = matches!(
+            part.kind,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
+        let aligned = part.bytes.is_empty() || (part.bytes.as_ptr() as usize) % size == 0;
+        if !supported || !aligned || part.bytes.len() % size != 0 {
+            return None;
+        }
+        Some(View {
+            scores: part.bytes.as_ptr(),
+            score_kind: part.kind,
+            live: None,
+            out: std::ptr::null_mut(),
+            out_size: 0,
+            numel: part.bytes.len() / size,
+        })
+    }
+
     fn of(part: &Part<'_>) -> Option<View> {
         let numel = part.scores.numel();
         let usable =

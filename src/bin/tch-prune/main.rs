@@ -6,6 +6,7 @@ mod plan;
 mod quiet;
 mod shrink;
 mod signals;
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -70,11 +71,16 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PruneArgs {
-    /// A TorchScript .pt, a torch.save state-dict .pt, or a .safetensors file.
+pub(crate) struct PruneArgs {
+    /// A TorchScript .pt, a torch.save state-dict .pt, a .safetensors file, or a sharded
+    /// checkpoint: its *.safetensors.index.json, or the folder holding it. Safetensors inputs are
+    /// pruned by streaming (memory-mapped, written tensor by tensor: any size) whenever that
+    /// gives the in-memory answer; the summary says which path ran.
     input: PathBuf,
     /// Where to write the pruned model (same format as the input): a regular file or a new
     /// name in an existing folder; links, devices and folders are refused. It may be the input.
+    /// For a sharded input, a folder that does not exist yet (or is empty): the same shards and
+    /// index appear in it whole or not at all.
     #[arg(short, long)]
     output: PathBuf,
     /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, or
@@ -142,6 +148,10 @@ struct PruneArgs {
     /// it. Only for files you would run as programs.
     #[arg(long)]
     trust_code: bool,
+    /// Load the whole model into memory even where the streaming path (safetensors read through
+    /// a memory map, written tensor by tensor, same bytes out) could take the run.
+    #[arg(long)]
+    in_memory: bool,
 }
 
 fn main() -> ExitCode {
@@ -277,6 +287,13 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
     let steps = steps(&args)?;
     let device = device(&args.device)?;
+    let why_in_memory = match stream::prune(&args, &steps)? {
+        stream::Outcome::Streamed(summary) => {
+            println!("{summary}");
+            return Ok(());
+        }
+        stream::Outcome::InMemory(reason) => reason,
+    };
     let policy = policy(args.trust_code);
     let model = quiet::quietly(show, || ModelFile::open_with(&args.input, device, policy))?;
     let parameters = model.parameters();
@@ -381,7 +398,7 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     })?;
     let report = report_of(&model, &pruner)?;
     println!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {}",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (in memory: {why_in_memory})",
         pruned.len(),
         100.0 * report.sparsity_of(&pruned),
         100.0 * report.sparsity,

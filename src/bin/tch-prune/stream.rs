@@ -1,0 +1,104 @@
+//! The CLI's streaming path: safetensors checkpoints (one file or sharded) pruned through a
+//! memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
+//! in-memory path's answer; the summary says which path ran.
+
+use crate::plan::Step;
+use crate::PruneArgs;
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use tch_prune::checkpoint::{Format, ShardIndex};
+use tch_prune::{PruningMethod, StreamStep, StreamedModel};
+
+/// What [`prune`] did.
+pub enum Outcome {
+    /// Pruned and written; the summary line.
+    Streamed(String),
+    /// Left to the in-memory path, for this reason.
+    InMemory(String),
+}
+
+/// Prunes `args.input` on the streaming path if it gives the same answer as the in-memory one.
+pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
+    let sharded = ShardIndex::locate(&args.input).is_some();
+    let in_memory = |reason: &str| -> Result<Outcome> {
+        if sharded {
+            bail!(
+                "{}: a sharded checkpoint is only pruned by streaming, and {reason}",
+                args.input.display()
+            );
+        }
+        Ok(Outcome::InMemory(reason.to_string()))
+    };
+    if args.in_memory {
+        return in_memory("--in-memory asks for it");
+    }
+    if args.state_out.is_some() {
+        return in_memory("--state-out writes the reparametrized state");
+    }
+    if !args.device.eq_ignore_ascii_case("cpu") {
+        return in_memory("the streaming path runs on the CPU");
+    }
+    if !sharded && Format::detect(&args.input)? != Format::Safetensors {
+        return Ok(Outcome::InMemory(
+            "only safetensors files are streamed".to_string(),
+        ));
+    }
+    let model = StreamedModel::open(&args.input)?;
+    let parameters = model.parameters();
+    let buffers = model.buffers();
+    let selections = steps
+        .iter()
+        .map(|s| s.select(&parameters, &buffers))
+        .collect::<Result<Vec<_>, _>>()?;
+    let methods = steps
+        .iter()
+        .map(Step::method)
+        .collect::<Result<Vec<Box<dyn PruningMethod>>, _>>()?;
+    let stream_steps: Vec<StreamStep<'_>> = steps
+        .iter()
+        .zip(selections)
+        .zip(&methods)
+        .map(|((step, names), method)| StreamStep {
+            names,
+            method: method.as_ref(),
+            global: step.global,
+        })
+        .collect();
+    if let Some(reason) = model.unsupported(&stream_steps) {
+        return in_memory(&reason);
+    }
+    if let Some(seed) = args.seed {
+        tch::manual_seed(seed);
+    }
+    let report = stream_steps
+        .iter()
+        .position(|s| s.names.is_empty())
+        .map_or(Ok(()), |i| {
+            Err(tch_prune::PruneError::NothingToPrune).with_context(|| format!("step {}", i + 1))
+        })
+        .and_then(|()| Ok(model.prune(&stream_steps, &args.output)?))?;
+    let pruned: HashSet<&str> = stream_steps
+        .iter()
+        .flat_map(|s| s.names.iter().map(String::as_str))
+        .collect();
+    let ratio = |z: i64, n: i64| {
+        if n == 0 {
+            0.0
+        } else {
+            100.0 * z as f64 / n as f64
+        }
+    };
+    let files = if model.is_sharded() {
+        format!("{} shards and their index", report.files)
+    } else {
+        "one file".to_string()
+    };
+    Ok(Outcome::Streamed(format!(
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files})",
+        pruned.len(),
+        ratio(report.pruned_zeros, report.pruned_numel),
+        ratio(report.zeros, report.numel),
+        report.numel,
+        args.output.display(),
+    )))
+}

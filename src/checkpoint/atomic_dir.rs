@@ -1,0 +1,118 @@
+//! Writing a folder of files all or nothing (a sharded checkpoint): the files are written into
+//! a temporary folder beside the target, synced, and the folder is renamed into place.
+
+use super::error::CheckpointError;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates the folder `dir` all or nothing: `write` gets a fresh temporary folder beside it
+/// (`.<name>.tmp-<pid>-<n>`) and writes the files there; once it returns `Ok` every file and
+/// the folder are fsynced and the folder is renamed to `dir`, so `dir` appears whole or not at
+/// all. `dir` must not exist, or be an empty folder. On any failure (or a panic) the temporary
+/// folder is removed; a killed process leaves only the hidden temporary folder, never `dir`.
+pub fn atomic_write_dir<T, E, F>(dir: impl AsRef<Path>, write: F) -> Result<T, E>
+where
+    F: FnOnce(&Path) -> Result<T, E>,
+    E: From<CheckpointError>,
+{
+    let dir = dir.as_ref();
+    let fail = |e: io::Error| CheckpointError::io(dir, "cannot write", e);
+    let name = dir.file_name().ok_or_else(|| {
+        fail(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path does not name a folder",
+        ))
+    })?;
+    if dir.exists() {
+        let empty = dir.is_dir() && std::fs::read_dir(dir).map_err(fail)?.next().is_none();
+        if !empty {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a sharded output is a folder that must not exist yet (or be empty): choose a new one",
+            ))
+            .into());
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir(&tmp).map_err(fail)?;
+    let guard = RemoveDirOnDrop(Some(&tmp));
+    let value = write(&tmp)?;
+    for entry in std::fs::read_dir(&tmp).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        File::open(&path).and_then(|f| f.sync_all()).map_err(fail)?;
+    }
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(fail)?;
+    // Over an empty folder, rename replaces it atomically.
+    std::fs::rename(&tmp, dir).map_err(fail)?;
+    guard.disarm();
+    if let Ok(folder) = File::open(parent) {
+        let _ = folder.sync_all();
+    }
+    Ok(value)
+}
+
+struct RemoveDirOnDrop<'a>(Option<&'a Path>);
+
+impl RemoveDirOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveDirOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_folder() {
+        let root = tempfile::tempdir().expect("temporary folder");
+        let target = root.path().join("out");
+        let result: Result<(), CheckpointError> = atomic_write_dir(&target, |tmp| {
+            std::fs::write(tmp.join("a.safetensors"), b"part").expect("write");
+            Err(CheckpointError::UnknownFormat {
+                path: tmp.to_path_buf(),
+            })
+        });
+        assert!(result.is_err());
+        assert_eq!(std::fs::read_dir(root.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn a_folder_appears_whole_and_refuses_to_overwrite() {
+        let root = tempfile::tempdir().expect("temporary folder");
+        let target = root.path().join("out");
+        std::fs::create_dir(&target).expect("empty folder");
+        let ok: Result<(), CheckpointError> = atomic_write_dir(&target, |tmp| {
+            std::fs::write(tmp.join("a"), b"1").expect("write");
+            std::fs::write(tmp.join("b"), b"2").expect("write");
+            Ok(())
+        });
+        ok.expect("written");
+        assert_eq!(std::fs::read(target.join("b")).expect("read"), b"2");
+        let again: Result<(), CheckpointError> = atomic_write_dir(&target, |_| Ok(()));
+        let err = again.expect_err("not empty");
+        assert!(err.to_string().contains("must not exist"), "{err}");
+        assert_eq!(std::fs::read_dir(root.path()).expect("list").count(), 1);
+    }
+}

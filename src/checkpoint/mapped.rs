@@ -1,0 +1,268 @@
+//! Safetensors files read through a memory map, and written tensor by tensor: what pruning a
+//! checkpoint larger than memory needs. The tensors' bytes are never copied into the process's
+//! own memory by this module: they are read where the kernel maps the file (page cache, which
+//! the kernel can drop and read again), and written from whatever the caller hands over.
+
+use super::dtype::DType;
+use super::error::{shown, CheckpointError};
+use super::safetensors::{checked_layout, describe, invalid, read_header, HeaderError};
+use ::safetensors::tensor::{Dtype, TensorInfo};
+use memmap2::{Advice, Mmap};
+use serde::ser::{SerializeMap, Serializer};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use tch::Kind;
+
+/// One tensor of a [`MappedSafetensors`] file.
+#[derive(Clone, Debug)]
+pub struct MappedTensor {
+    /// Its name in the file.
+    pub name: String,
+    /// Its dtype.
+    pub kind: Kind,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// The tensor's bytes within the file.
+    range: std::ops::Range<usize>,
+}
+
+impl MappedTensor {
+    /// Its number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product::<i64>() as usize
+    }
+
+    /// The tensor's size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// A safetensors file, its header parsed and checked as [`read_safetensors`](super::read_safetensors)
+/// checks it, its data mapped read-only.
+pub struct MappedSafetensors {
+    path: PathBuf,
+    map: Mmap,
+    tensors: Vec<MappedTensor>,
+    metadata: HashMap<String, String>,
+}
+
+impl MappedSafetensors {
+    /// Maps `path`. The tensors are listed in the order of their data in the file. Errors as
+    /// [`read_safetensors`](super::read_safetensors) (dtypes outside the crate's table included),
+    /// one line naming the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
+        let path = path.as_ref();
+        let io = |e| CheckpointError::io(path, "cannot read", e);
+        let mut file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
+            HeaderError::Io(e) => io(e),
+            HeaderError::Format(e) => invalid(path, describe(&e)),
+        })?;
+        let infos = checked_layout(path, &metadata, header_len, file_len)?;
+        let text_pairs = metadata.metadata().clone().unwrap_or_default();
+        let base = 8 + header_len;
+        let mut tensors = Vec::with_capacity(infos.len());
+        for (name, info) in infos {
+            let kind = DType::of_safetensors(info.dtype)
+                .map(|d| d.kind)
+                .ok_or_else(|| CheckpointError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    tensor: shown(&name),
+                    dtype: format!("{:?}", info.dtype),
+                })?;
+            let shape = info
+                .shape
+                .iter()
+                .map(|&d| i64::try_from(d))
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| {
+                    invalid(
+                        path,
+                        format!("the shape of '{}' is too large", shown(&name)),
+                    )
+                })?;
+            let (start, stop) = info.data_offsets;
+            tensors.push(MappedTensor {
+                name,
+                kind,
+                shape,
+                range: base + start..base + stop,
+            });
+        }
+        // SAFETY: the mapping is only read. Like every reader of a file that another process
+        // may change, what is read is then undefined in value (never in memory safety, for plain
+        // bytes): do not rewrite a checkpoint while it is being pruned.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        // Read front to back: the kernel reads ahead and drops what was read first.
+        let _ = map.advise(Advice::Sequential);
+        Ok(MappedSafetensors {
+            path: path.to_path_buf(),
+            map,
+            tensors,
+            metadata: text_pairs,
+        })
+    }
+
+    /// The mapped file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header's `__metadata__` text pairs (empty when it has none).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// The tensors, in the order of their data in the file.
+    pub fn tensors(&self) -> &[MappedTensor] {
+        &self.tensors
+    }
+
+    /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)).
+    pub fn bytes(&self, tensor: &MappedTensor) -> &[u8] {
+        &self.map[tensor.range.clone()]
+    }
+}
+
+/// A tensor to be written by [`write_safetensors_streamed`]: its name, dtype and shape; its
+/// bytes come later, from the caller.
+#[derive(Clone, Debug)]
+pub struct TensorHeader {
+    /// Its name in the file.
+    pub name: String,
+    /// Its dtype.
+    pub kind: Kind,
+    /// Its shape.
+    pub shape: Vec<i64>,
+}
+
+impl TensorHeader {
+    fn byte_len(&self) -> usize {
+        let size = DType::of(self.kind).map_or(1, |d| d.safetensors.size());
+        self.shape.iter().product::<i64>() as usize * size
+    }
+}
+
+/// The order in which the `safetensors` crate (and Python's `safetensors`) lay tensors out: by
+/// dtype, widest first, then by name. [`write_safetensors_streamed`] asks for their bytes in
+/// this order.
+pub fn safetensors_order(tensors: &mut [TensorHeader]) {
+    let dtype = |t: &TensorHeader| DType::of(t.kind).map(|d| d.safetensors);
+    tensors.sort_by(|a, b| dtype(b).cmp(&dtype(a)).then_with(|| a.name.cmp(&b.name)));
+}
+
+/// Writes a safetensors file at `path` (created, not replaced atomically: wrap the call in
+/// [`atomic_write`](super::atomic_write) or write into a folder that is renamed whole), byte for
+/// byte what [`write_safetensors`](super::write_safetensors) writes for the same tensors:
+/// `tensors` must already be in [`safetensors_order`]. `fill(i, out)` writes tensor `i`'s bytes
+/// (exactly its size, little-endian) to `out`, which buffers them; nothing else is held.
+pub fn write_safetensors_streamed<E>(
+    path: &Path,
+    tensors: &[TensorHeader],
+    mut fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<CheckpointError>,
+{
+    let io = |e| CheckpointError::io(path, "cannot write", e);
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut offset = 0;
+    for t in tensors {
+        let dtype = DType::of(t.kind)
+            .ok_or_else(|| CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown(&t.name),
+                reason: format!("cannot write dtype {:?}", t.kind),
+            })?
+            .safetensors;
+        let shape = t.shape.iter().map(|&d| d.max(0) as usize).collect();
+        let n = t.byte_len();
+        infos.push((
+            t.name.as_str(),
+            TensorInfo {
+                dtype,
+                shape,
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let header = header_bytes(&infos).map_err(|e| invalid(path, e))?;
+    let file = File::create(path).map_err(io)?;
+    let mut out = Counted {
+        inner: BufWriter::with_capacity(1 << 22, file),
+        written: 0,
+    };
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&header))
+        .map_err(io)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let before = out.written;
+        fill(i, &mut out)?;
+        if out.written - before != t.byte_len() {
+            return Err(CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown(&t.name),
+                reason: format!(
+                    "{} bytes were written for a tensor of {}",
+                    out.written - before,
+                    t.byte_len()
+                ),
+            }
+            .into());
+        }
+    }
+    out.inner
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Counts what goes through, to check each tensor's size.
+struct Counted<W> {
+    inner: W,
+    written: usize,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The header as `safetensors::tensor::serialize` writes it: a JSON map with `__metadata__`
+/// (`{"format": "pt"}`, as [`write_safetensors`](super::write_safetensors) writes) first, then
+/// the tensors in order, padded with spaces to a multiple of 8 bytes.
+fn header_bytes(infos: &[(&str, TensorInfo)]) -> Result<Vec<u8>, String> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut buf);
+    let mut map = ser
+        .serialize_map(Some(infos.len() + 1))
+        .map_err(|e| e.to_string())?;
+    map.serialize_entry("__metadata__", &metadata)
+        .map_err(|e| e.to_string())?;
+    for (name, info) in infos {
+        map.serialize_entry(name, info).map_err(|e| e.to_string())?;
+    }
+    map.end().map_err(|e| e.to_string())?;
+    let extra = (8 - buf.len() % 8) % 8;
+    buf.extend(std::iter::repeat_n(b' ', extra));
+    Ok(buf)
+}
+
+/// The dtype `safetensors` writes for `kind`, if the crate's table has it.
+pub fn safetensors_dtype(kind: Kind) -> Option<Dtype> {
+    DType::of(kind).map(|d| d.safetensors)
+}

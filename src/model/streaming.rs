@@ -1,0 +1,643 @@
+//! Pruning a safetensors checkpoint, one file or sharded (`model.safetensors.index.json`),
+//! without holding it in memory: the input is memory-mapped, L1 selections (per tensor or
+//! global) stream over the mapped data, and the output is written tensor by tensor, a bounded
+//! chunk at a time, with the mask applied on the fly. The result is byte for byte what
+//! [`ModelFile`](crate::ModelFile) writes after the same pruning made permanent at once.
+//!
+//! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
+//! [`WRITE_CHUNK`] entries, and, for per-tensor methods other than L1 (random, structured,
+//! identity), one tensor's working set at a time (the tensor, its mask, the method's
+//! temporaries). Nothing grows with the number or total size of the tensors.
+
+use crate::checkpoint::{
+    atomic_write, atomic_write_dir, safetensors_order, write_safetensors_streamed,
+    MappedSafetensors, MappedTensor, ShardIndex, TensorHeader,
+};
+use crate::error::{PruneError, Result};
+use crate::model::model_file::is_conventional_buffer;
+use crate::model::script_model::add_dotted;
+use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
+use crate::{Pruner, PruningMethod, PruningType};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Entries per chunk of the masked write: 4 MiB of f32, small against any budget, large enough
+/// for libtorch's vectorized multiply to dominate its call overhead.
+pub const WRITE_CHUNK: usize = 1 << 20;
+
+/// One pruning step of a streamed run: `method` applied to `names`, each on its own or, with
+/// `global`, ranked together (then the method must be [`L1Unstructured`](crate::L1Unstructured)).
+pub struct StreamStep<'a> {
+    /// In the order the in-memory path would take them (the checkpoint's order): it decides
+    /// which tied entries a global L1 step prunes.
+    pub names: Vec<String>,
+    /// The method, applied as `prune` then `remove`.
+    pub method: &'a dyn PruningMethod,
+    /// Rank all `names` together (L1 only).
+    pub global: bool,
+}
+
+/// Counts for the summary of a streamed run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Elements of every tensor written.
+    pub numel: i64,
+    /// Exact zeros among them.
+    pub zeros: i64,
+    /// Elements of the tensors the steps pruned.
+    pub pruned_numel: i64,
+    /// Exact zeros among them.
+    pub pruned_zeros: i64,
+    /// Files written: 1, or the shards (the index not counted).
+    pub files: usize,
+}
+
+/// A safetensors checkpoint opened for streaming: one memory-mapped file, or the shards of a
+/// `*.safetensors.index.json`.
+pub struct StreamedModel {
+    index: Option<ShardIndex>,
+    files: Vec<MappedSafetensors>,
+}
+
+/// Where a tensor is: file, then index among the file's tensors.
+type Location = (usize, usize);
+
+impl StreamedModel {
+    /// Opens a `.safetensors` file, a `*.index.json` of shards, or a folder holding exactly one
+    /// `*.safetensors.index.json`. Every shard is checked against the index: each tensor of a
+    /// shard is mapped to it, each tensor of the index is in its shard.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let Some(index_path) = ShardIndex::locate(path) else {
+            return Ok(StreamedModel {
+                index: None,
+                files: vec![MappedSafetensors::open(path)?],
+            });
+        };
+        let index = ShardIndex::read(&index_path)?;
+        let folder = index.folder();
+        let mut files = Vec::new();
+        let mut found = 0;
+        for shard in index.shards() {
+            let file = MappedSafetensors::open(folder.join(&shard))?;
+            for t in file.tensors() {
+                if index.weight_map.get(&t.name) != Some(&shard) {
+                    return Err(index_error(
+                        &index_path,
+                        format!(
+                            "shard '{shard}' holds '{}', which the index maps elsewhere or not at all",
+                            t.name
+                        ),
+                    ));
+                }
+            }
+            found += file.tensors().len();
+            files.push(file);
+        }
+        if found != index.weight_map.len() {
+            return Err(index_error(
+                &index_path,
+                format!(
+                    "it maps {} tensors, but its shards hold {found}: a shard lacks a tensor the index names",
+                    index.weight_map.len()
+                ),
+            ));
+        }
+        Ok(StreamedModel {
+            index: Some(index),
+            files,
+        })
+    }
+
+    /// Whether the input is a sharded checkpoint.
+    pub fn is_sharded(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// The floating-point tensors with their number of dimensions, in the checkpoint's order
+    /// (shards in file-name order, each in the order of its data): what
+    /// [`ModelFile::parameters`](crate::ModelFile::parameters) lists for the same file.
+    pub fn parameters(&self) -> Vec<(String, usize)> {
+        self.tensors()
+            .filter(|(_, t)| is_float(t.kind) && !is_conventional_buffer(&t.name))
+            .map(|(_, t)| (t.name.clone(), t.shape.len()))
+            .collect()
+    }
+
+    /// The tensors PyTorch modules register as buffers by convention (`running_mean`,
+    /// `running_var`, `num_batches_tracked`), in the checkpoint's order: never pruned, as
+    /// [`ModelFile::buffers`](crate::ModelFile::buffers).
+    pub fn buffers(&self) -> Vec<String> {
+        self.tensors()
+            .filter(|(_, t)| is_conventional_buffer(&t.name))
+            .map(|(_, t)| t.name.clone())
+            .collect()
+    }
+
+    /// Every tensor with its file, in the checkpoint's order.
+    fn tensors(&self) -> impl Iterator<Item = (usize, &MappedTensor)> {
+        self.files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, file)| file.tensors().iter().map(move |t| (f, t)))
+    }
+
+    fn locations(&self) -> HashMap<&str, Location> {
+        self.files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, file)| {
+                file.tensors()
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, t)| (t.name.as_str(), (f, i)))
+            })
+            .collect()
+    }
+
+    /// Total size of the tensors' data in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.tensors().map(|(_, t)| t.byte_len() as u64).sum()
+    }
+
+    /// Why the streamed path would not give what the in-memory path gives for these steps, or
+    /// `None` when it does. [`prune`](Self::prune) refuses what this refuses.
+    pub fn unsupported(&self, steps: &[StreamStep<'_>]) -> Option<String> {
+        let names: HashSet<&str> = self.tensors().map(|(_, t)| t.name.as_str()).collect();
+        let saved_pruned = names.iter().any(|n| {
+            n.strip_suffix("_mask").is_some_and(|base| {
+                names.contains(format!("{base}_orig").as_str()) && !names.contains(base)
+            })
+        });
+        if saved_pruned {
+            return Some("the checkpoint was saved pruned (<name>_orig / <name>_mask pairs), which resumes in memory".into());
+        }
+        // `safetensors.torch.save_model` keeps one name of tied weights and maps the others to
+        // it in the metadata: the in-memory path restores and writes those ties.
+        let tied = self.files.iter().any(|f| {
+            f.metadata()
+                .iter()
+                .any(|(alias, kept)| alias != "format" && names.contains(kept.as_str()))
+        });
+        if tied {
+            return Some(
+                "the checkpoint has tied weights (metadata aliases), which are kept tied in memory"
+                    .into(),
+            );
+        }
+        let locations = self.locations();
+        let mut seen = HashSet::new();
+        let mut other_steps = 0;
+        for step in steps {
+            let l1 = step.method.smallest_magnitudes().is_some()
+                && step.method.pruning_type() == PruningType::Unstructured;
+            if step.global && !l1 {
+                return Some(format!(
+                    "global pruning with {:?} concatenates the tensors (only L1 streams)",
+                    step.method
+                ));
+            }
+            if !l1 {
+                other_steps += 1;
+            }
+            for name in &step.names {
+                if !seen.insert(name.as_str()) {
+                    return Some(format!(
+                        "'{name}' is pruned by two steps (iterative pruning composes masks in memory)"
+                    ));
+                }
+                let Some(&(f, i)) = locations.get(name.as_str()) else {
+                    return Some(format!("'{name}' is not in the checkpoint"));
+                };
+                let t = &self.files[f].tensors()[i];
+                if !is_float(t.kind) {
+                    return Some(format!("'{name}' is not a floating-point tensor"));
+                }
+                if l1 && !self.raw(f, t).usable() {
+                    return Some(format!(
+                        "the data of '{name}' is not aligned to its dtype in the file"
+                    ));
+                }
+            }
+            // Random methods draw in the order tensors are pruned: one tensor at a time in write
+            // order, which is the in-memory order only within one step, and only if the file's
+            // data is in the order its output is written.
+            if !l1 && !step.global {
+                let order = self.write_order();
+                let positions: Vec<usize> = step
+                    .names
+                    .iter()
+                    .map(|n| order.get(n).copied().unwrap_or(0))
+                    .collect();
+                if positions.windows(2).any(|w| w[0] > w[1]) {
+                    return Some(format!(
+                        "{:?} would see the tensors in another order than the file's",
+                        step.method
+                    ));
+                }
+            }
+        }
+        if other_steps > 1 {
+            return Some(
+                "more than one step uses a method other than L1 (their random draws would interleave)"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// Every tensor's rank in the order the output is written.
+    fn write_order(&self) -> HashMap<String, usize> {
+        self.files
+            .iter()
+            .flat_map(headers)
+            .enumerate()
+            .map(|(i, h)| (h.name, i))
+            .collect()
+    }
+
+    fn raw<'a>(&'a self, file: usize, t: &MappedTensor) -> RawScores<'a> {
+        RawScores {
+            bytes: self.files[file].bytes(t),
+            kind: t.kind,
+        }
+    }
+
+    /// Prunes the steps' tensors, each pruning made permanent, and writes the checkpoint to
+    /// `output`: for one file, a safetensors file replaced atomically; for a sharded input, a
+    /// folder (that must not exist yet, or be empty) holding the same shards and an index of the
+    /// same name, which appears whole or not at all. The bytes written are those
+    /// [`ModelFile::save`](crate::ModelFile::save) writes after the same steps.
+    pub fn prune(
+        &self,
+        steps: &[StreamStep<'_>],
+        output: impl AsRef<Path>,
+    ) -> Result<StreamReport> {
+        let output = output.as_ref();
+        if let Some(reason) = self.unsupported(steps) {
+            return Err(PruneError::InvalidArgument(format!(
+                "cannot stream this pruning: {reason}"
+            )));
+        }
+        let locations = self.locations();
+        let mut roles: HashMap<&str, Role<'_>> = HashMap::new();
+        for step in steps {
+            if step.names.is_empty() {
+                return Err(PruneError::NothingToPrune);
+            }
+            let amount = step.method.smallest_magnitudes();
+            match amount {
+                Some(amount) if step.global => {
+                    let parts: Vec<RawScores<'_>> = step
+                        .names
+                        .iter()
+                        .map(|n| {
+                            let (f, i) = locations[n.as_str()];
+                            self.raw(f, &self.files[f].tensors()[i])
+                        })
+                        .collect();
+                    let total: usize = parts.iter().map(|p| p.bytes.len() / size_of(p.kind)).sum();
+                    let k = amount.to_count(total as i64)?;
+                    let threshold = smallest_threshold(&parts, k)?;
+                    // Ties go to the first tensors in the step's order; when the output visits
+                    // them in another order, each gets its share up front.
+                    let order = self.write_order();
+                    let in_order = step.names.windows(2).all(|w| order[&w[0]] < order[&w[1]]);
+                    if in_order {
+                        let shared = std::rc::Rc::new(std::cell::RefCell::new(threshold));
+                        for n in &step.names {
+                            roles.insert(n, Role::L1(Share::Shared(shared.clone())));
+                        }
+                    } else {
+                        let mut left = threshold.ties();
+                        for (n, part) in step.names.iter().zip(&parts) {
+                            let take = threshold.ties_in(part).min(left);
+                            left -= take;
+                            roles.insert(n, Role::L1(Share::Own(threshold.with_ties(take))));
+                        }
+                    }
+                }
+                Some(amount) => {
+                    for n in &step.names {
+                        let (f, i) = locations[n.as_str()];
+                        let t = &self.files[f].tensors()[i];
+                        // Checked before anything is written.
+                        let k = amount.to_count(t.numel() as i64)?;
+                        roles.insert(n, Role::L1(Share::PerTensor(k)));
+                    }
+                }
+                None => {
+                    for n in &step.names {
+                        roles.insert(n, Role::Method(step.method));
+                    }
+                }
+            }
+        }
+
+        let mut report = StreamReport::default();
+        let mut scratch = Scratch::default();
+        match &self.index {
+            None => {
+                atomic_write(output, |tmp| {
+                    self.write_file(0, tmp, &mut roles, &mut scratch, &mut report)
+                })?;
+                report.files = 1;
+            }
+            Some(index) => {
+                let index_name = index
+                    .path
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("model.safetensors.index.json"));
+                let shards = index.shards();
+                atomic_write_dir(output, |tmp| -> Result<()> {
+                    for (f, shard) in shards.iter().enumerate() {
+                        self.write_file(
+                            f,
+                            &tmp.join(shard),
+                            &mut roles,
+                            &mut scratch,
+                            &mut report,
+                        )?;
+                    }
+                    let index_path = tmp.join(&index_name);
+                    std::fs::write(&index_path, index.to_json()).map_err(|e| {
+                        crate::checkpoint::CheckpointError::io(&index_path, "cannot write", e)
+                    })?;
+                    Ok(())
+                })?;
+                report.files = shards.len();
+            }
+        }
+        Ok(report)
+    }
+
+    /// Writes file `f` of the input, pruned, to `path`.
+    fn write_file(
+        &self,
+        f: usize,
+        path: &Path,
+        roles: &mut HashMap<&str, Role<'_>>,
+        scratch: &mut Scratch,
+        report: &mut StreamReport,
+    ) -> Result<()> {
+        let file = &self.files[f];
+        let headers = headers(file);
+        let by_name: HashMap<&str, &MappedTensor> = file
+            .tensors()
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        write_safetensors_streamed(path, &headers, |i, out| -> Result<()> {
+            let t = by_name[headers[i].name.as_str()];
+            let raw = self.raw(f, t);
+            let zeros = match roles.get_mut(t.name.as_str()) {
+                None => write_unchanged(&raw, out, path)?,
+                Some(Role::L1(share)) => match share {
+                    Share::Shared(shared) => {
+                        write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
+                    }
+                    Share::Own(threshold) => write_masked(&raw, threshold, scratch, out, path)?,
+                    Share::PerTensor(k) => {
+                        let mut threshold = smallest_threshold(&[raw], *k)?;
+                        write_masked(&raw, &mut threshold, scratch, out, path)?
+                    }
+                },
+                Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
+            };
+            report.numel += t.numel() as i64;
+            report.zeros += zeros;
+            if roles.contains_key(t.name.as_str()) {
+                report.pruned_numel += t.numel() as i64;
+                report.pruned_zeros += zeros;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What happens to a tensor.
+enum Role<'a> {
+    /// Its L1 selection.
+    L1(Share),
+    /// Another method, on the whole tensor in memory.
+    Method(&'a dyn PruningMethod),
+}
+
+/// A tensor's part of an L1 selection.
+enum Share {
+    /// The step's threshold, whose tie allowance the tensors use up in write order.
+    Shared(std::rc::Rc<std::cell::RefCell<Threshold>>),
+    /// Its own allowance of ties.
+    Own(Threshold),
+    /// A per-tensor selection of this many entries, found when the tensor is written.
+    PerTensor(i64),
+}
+
+/// The output's tensors in the order they are written.
+fn headers(file: &MappedSafetensors) -> Vec<TensorHeader> {
+    let mut headers: Vec<TensorHeader> = file
+        .tensors()
+        .iter()
+        .map(|t| TensorHeader {
+            name: t.name.clone(),
+            kind: t.kind,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    safetensors_order(&mut headers);
+    headers
+}
+
+fn index_error(path: &Path, reason: String) -> PruneError {
+    crate::checkpoint::CheckpointError::InvalidIndex {
+        path: path.to_path_buf(),
+        reason,
+    }
+    .into()
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> PruneError {
+    crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    )
+}
+
+fn size_of(kind: Kind) -> usize {
+    match kind {
+        Kind::Bool | Kind::Uint8 | Kind::Int8 => 1,
+        Kind::Half | Kind::BFloat16 | Kind::Int16 => 2,
+        Kind::Float | Kind::Int => 4,
+        _ => 8,
+    }
+}
+
+/// Exact zeros among `bytes` of `kind` (-0.0 included, as `count_nonzero` counts).
+fn count_zeros(bytes: &[u8], kind: Kind) -> i64 {
+    let float = is_float(kind);
+    let n = match size_of(kind) {
+        1 => bytes.iter().filter(|&&b| b == 0).count(),
+        2 => {
+            let m = if float { 0x7fff } else { 0xffff };
+            bytes
+                .chunks_exact(2)
+                .filter(|b| u16::from_le_bytes([b[0], b[1]]) & m == 0)
+                .count()
+        }
+        4 => {
+            let m = if float { 0x7fff_ffff } else { u32::MAX };
+            bytes
+                .chunks_exact(4)
+                .filter(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & m == 0)
+                .count()
+        }
+        _ => {
+            let m = if float { u64::MAX >> 1 } else { u64::MAX };
+            bytes
+                .chunks_exact(8)
+                .filter(|b| u64::from_le_bytes((*b).try_into().unwrap_or([0; 8])) & m == 0)
+                .count()
+        }
+    };
+    n as i64
+}
+
+/// A tensor not pruned: its bytes as they are, from the mapping (booleans normalised to 0/1,
+/// as the in-memory reader normalises them).
+fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Result<i64> {
+    if raw.kind == Kind::Bool {
+        let mut zeros = 0;
+        for piece in raw.bytes.chunks(WRITE_CHUNK) {
+            let normal: Vec<u8> = piece.iter().map(|&b| (b != 0) as u8).collect();
+            zeros += count_zeros(&normal, Kind::Bool);
+            out.write_all(&normal).map_err(|e| io_error(path, e))?;
+        }
+        return Ok(zeros);
+    }
+    let mut zeros = 0;
+    for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
+        zeros += count_zeros(piece, raw.kind);
+        out.write_all(piece).map_err(|e| io_error(path, e))?;
+    }
+    Ok(zeros)
+}
+
+/// An L1-pruned tensor: `value * mask` a chunk at a time, computed by libtorch exactly as the
+/// in-memory path computes it (a boolean mask piece cast to the dtype, then `mul_out`), so
+/// signs of pruned zeros and NaNs come out the same.
+fn write_masked(
+    raw: &RawScores<'_>,
+    threshold: &mut Threshold,
+    scratch: &mut Scratch,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<i64> {
+    let size = size_of(raw.kind);
+    let numel = raw.bytes.len() / size;
+    let (values, mask) = scratch.buffers(raw.kind)?;
+    let mut zeros = 0;
+    for start in (0..numel).step_by(WRITE_CHUNK) {
+        let n = WRITE_CHUNK.min(numel - start);
+        let keep = &mut scratch.keep[..n];
+        threshold.keep(raw, start, keep);
+        // SAFETY: both blobs outlive the tensors over them (dropped within this iteration);
+        // the mapped input is only read (the mapping is read-only: a write would fault, not
+        // corrupt), `keep` holds valid bools, and the selection checked the input's alignment.
+        let (input, keep) = unsafe {
+            (
+                Tensor::f_from_blob(
+                    raw.bytes[start * size..].as_ptr(),
+                    &[n as i64],
+                    &[1],
+                    raw.kind,
+                    Device::Cpu,
+                )?,
+                Tensor::f_from_blob(
+                    keep.as_ptr() as *const u8,
+                    &[n as i64],
+                    &[1],
+                    Kind::Bool,
+                    Device::Cpu,
+                )?,
+            )
+        };
+        // The boolean mask cast to the dtype, as the in-memory path casts each piece.
+        let mut piece = mask.f_narrow(0, 0, n as i64)?;
+        piece.f_copy_(&keep)?;
+        let dst = values.f_narrow(0, 0, n as i64)?;
+        let _ = input.f_mul_out(&dst, &piece)?;
+        // SAFETY: `values` is contiguous CPU memory of at least `n` elements of `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(values.data_ptr() as *const u8, n * size) };
+        zeros += count_zeros(bytes, raw.kind);
+        out.write_all(bytes).map_err(|e| io_error(path, e))?;
+    }
+    Ok(zeros)
+}
+
+/// The chunk buffers of the masked writes, allocated once per run and per dtype: allocating
+/// them per chunk let glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
+#[derive(Default)]
+struct Scratch {
+    keep: Vec<bool>,
+    buffers: HashMap<Kind, (Tensor, Tensor)>,
+}
+
+impl Scratch {
+    /// The value and mask buffers for `kind` ([`WRITE_CHUNK`] entries each).
+    fn buffers(&mut self, kind: Kind) -> Result<(Tensor, Tensor)> {
+        if self.keep.len() < WRITE_CHUNK {
+            self.keep = vec![true; WRITE_CHUNK];
+        }
+        let make = || Tensor::f_empty([WRITE_CHUNK as i64], (kind, Device::Cpu));
+        let (v, m) = match self.buffers.entry(kind) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((make()?, make()?)),
+        };
+        Ok((v.shallow_clone(), m.shallow_clone()))
+    }
+}
+
+/// A tensor pruned by another method: read whole into memory (one tensor's working set) and
+/// pruned by the in-memory path's own code, [`Pruner::prune_and_remove`] in a store of its own.
+fn write_pruned_whole(
+    t: &MappedTensor,
+    raw: &RawScores<'_>,
+    method: &dyn PruningMethod,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<i64> {
+    let tensor = Tensor::f_empty(t.shape.as_slice(), (t.kind, Device::Cpu))?;
+    // SAFETY: a fresh contiguous tensor of exactly the mapped tensor's byte size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            raw.bytes.as_ptr(),
+            tensor.data_ptr() as *mut u8,
+            raw.bytes.len(),
+        );
+    }
+    let vs = VarStore::new(Device::Cpu);
+    let _ = add_dotted(&vs, "t", tensor, true);
+    let pruner = Pruner::with_bool_masks(&vs);
+    pruner
+        .prune_and_remove("t", method, None)
+        .map_err(|e| PruneError::InvalidArgument(format!("'{}': {e}", t.name)))?;
+    let pruned = vs
+        .variables()
+        .remove("t")
+        .ok_or_else(|| PruneError::UnknownTensor(t.name.clone()))?
+        .f_contiguous()?;
+    // SAFETY: contiguous CPU tensor of the mapped tensor's shape and dtype.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(pruned.data_ptr() as *const u8, raw.bytes.len()) };
+    let zeros = count_zeros(bytes, t.kind);
+    out.write_all(bytes).map_err(|e| io_error(path, e))?;
+    Ok(zeros)
+}
