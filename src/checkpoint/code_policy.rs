@@ -146,8 +146,10 @@ enum Token<'a> {
 pub(crate) fn scan(source: &[u8]) -> Result<(), Finding> {
     let mut line = 1;
     let mut i = 0;
-    // The last two tokens, for `ops . <namespace>` and `classes . <namespace>`.
-    let mut before: [Token; 2] = [Token::Other, Token::Other];
+    // The last four tokens, for `ops . <namespace>` and `classes . <namespace>` at the start of
+    // a path or after `torch .` (elsewhere, as in `__torch__.torchvision.ops.misc.Conv2dNormActivation`,
+    // `ops` is a module of a class's qualified name, not the operator registry).
+    let mut before: [Token; 4] = [Token::Other, Token::Other, Token::Other, Token::Other];
     while i < source.len() {
         let c = source[i];
         match c {
@@ -194,13 +196,10 @@ pub(crate) fn scan(source: &[u8]) -> Result<(), Finding> {
                     }
                     i += 1;
                 }
-                before = [
-                    std::mem::replace(&mut before[1], Token::Other),
-                    Token::Other,
-                ];
+                push(&mut before, Token::Other);
             }
             b'.' => {
-                before = [std::mem::replace(&mut before[1], Token::Other), Token::Dot];
+                push(&mut before, Token::Dot);
                 i += 1;
             }
             c if c == b'_' || c.is_ascii_alphabetic() => {
@@ -210,10 +209,7 @@ pub(crate) fn scan(source: &[u8]) -> Result<(), Finding> {
                 }
                 let name = std::str::from_utf8(&source[start..i]).expect("ASCII");
                 check_name(name, &before, line)?;
-                before = [
-                    std::mem::replace(&mut before[1], Token::Other),
-                    Token::Name(name),
-                ];
+                push(&mut before, Token::Name(name));
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
@@ -228,17 +224,20 @@ pub(crate) fn scan(source: &[u8]) -> Result<(), Finding> {
                 } else {
                     i += 1;
                 }
-                before = [
-                    std::mem::replace(&mut before[1], Token::Other),
-                    Token::Other,
-                ];
+                push(&mut before, Token::Other);
             }
         }
     }
     Ok(())
 }
 
-fn check_name(name: &str, before: &[Token; 2], line: usize) -> Result<(), Finding> {
+/// Appends a token to the history of the last four.
+fn push<'a>(before: &mut [Token<'a>; 4], token: Token<'a>) {
+    before.rotate_left(1);
+    before[3] = token;
+}
+
+fn check_name(name: &str, before: &[Token; 4], line: usize) -> Result<(), Finding> {
     let refuse = |what: String| Err(Finding { line, what });
     if name == "__setstate__" {
         return refuse(
@@ -250,8 +249,10 @@ fn check_name(name: &str, before: &[Token; 2], line: usize) -> Result<(), Findin
             "uses '{name}', which can read or write files or reach other processes"
         ));
     }
-    if before[1] == Token::Dot {
-        match before[0] {
+    // `ops` / `classes` heading a path, or right after `torch.`: the registries themselves.
+    let registry = before[1] != Token::Dot || before[0] == Token::Name("torch");
+    if before[3] == Token::Dot && registry {
+        match before[2] {
             Token::Name("ops") if !OPERATOR_NAMESPACES.contains(&name) => {
                 return refuse(format!(
                     "calls operators of the namespace '{name}', which libtorch does not implement itself"
@@ -282,6 +283,9 @@ mod tests {
         assert_eq!(refused(code), None);
         let quantized = "  _packed_params : __torch__.torch.classes.quantized.LinearPackedParamsBase\n    Y = ops.quantized.linear_dynamic(x, p, True)\n";
         assert_eq!(refused(quantized), None);
+        // torchvision's module paths hold an `ops` package: a class name, not operators.
+        let torchvision = "  __annotations__[\"0\"] = __torch__.torchvision.ops.misc.Conv2dNormActivation\n";
+        assert_eq!(refused(torchvision), None);
     }
 
     #[test]
@@ -295,6 +299,7 @@ mod tests {
             ("t = ops.aten.from_file(p)\n", 1),
             ("ops.aten.save(t, \"f\")\n", 1),
             ("y = ops.myext.run(x)\n", 1),
+            ("y = torch.ops.myext.run(x)\n", 1),
             ("c : __torch__.torch.classes.myext.Thing\n", 1),
             ("s = \"\"\"a\nb\"\"\"\nfrom_file\n", 3),
             ("s = 'never ends\n", 1),
