@@ -284,7 +284,8 @@ mod tests {
         let quantized = "  _packed_params : __torch__.torch.classes.quantized.LinearPackedParamsBase\n    Y = ops.quantized.linear_dynamic(x, p, True)\n";
         assert_eq!(refused(quantized), None);
         // torchvision's module paths hold an `ops` package: a class name, not operators.
-        let torchvision = "  __annotations__[\"0\"] = __torch__.torchvision.ops.misc.Conv2dNormActivation\n";
+        let torchvision =
+            "  __annotations__[\"0\"] = __torch__.torchvision.ops.misc.Conv2dNormActivation\n";
         assert_eq!(refused(torchvision), None);
     }
 

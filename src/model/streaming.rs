@@ -324,8 +324,11 @@ impl StreamedModel {
                     for n in &step.names {
                         let (f, i) = locations[n.as_str()];
                         let t = &self.files[f].tensors()[i];
-                        // Checked before anything is written.
-                        let k = amount.to_count(t.numel() as i64)?;
+                        // Checked before anything is written, and named: a step over many
+                        // tensors can fail on one of them.
+                        let k = amount
+                            .to_count(t.numel() as i64)
+                            .map_err(|e| PruneError::InvalidArgument(format!("'{n}': {e}")))?;
                         roles.insert(n, Role::L1(Share::PerTensor(k)));
                     }
                 }

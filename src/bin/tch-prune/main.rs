@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy};
+use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy, ShardIndex};
 use tch_prune::{ModelFile, Report};
 
 #[derive(Parser)]
@@ -284,7 +284,11 @@ fn device(name: &str) -> Result<Device> {
 fn prune(args: PruneArgs, show: bool) -> Result<()> {
     // Before anything is read: a run that fails writes nothing, and what it may not replace
     // it never touches.
-    outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
+    // A sharded checkpoint (an index or its folder) goes to a new folder, which the streaming
+    // writer checks (new or empty) before it writes anything.
+    if ShardIndex::locate(&args.input).is_none() {
+        outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
+    }
     let steps = steps(&args)?;
     let device = device(&args.device)?;
     let why_in_memory = match stream::prune(&args, &steps)? {

@@ -15,9 +15,14 @@ use tch_prune::{Amount, ScriptModel, ShrinkOptions, ShrinkReport};
 pub struct ShrinkArgs {
     /// A TorchScript .pt (torch.jit.save).
     input: PathBuf,
-    /// Where to write the smaller TorchScript model.
+    /// Where to write the smaller TorchScript model: a regular file or a new name in an existing
+    /// folder (links, devices and folders are refused).
     #[arg(short, long)]
     output: PathBuf,
+    /// Load the TorchScript file even if its code would run (see prune --help): shrink runs the
+    /// model's forward, so only for files you would run as programs.
+    #[arg(long)]
+    trust_code: bool,
     /// Channels to remove per group: a fraction (0.5) or a count (16), as PyTorch reads amounts.
     /// With --global, of all shrinkable channels together.
     #[arg(long, required_unless_present = "exact")]
@@ -126,7 +131,9 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         other => bail!("--n {other}: shrink ranks channels by the L1 (--n 1) or L2 (--n 2) norm"),
     };
     let amount: Option<Amount> = args.amount.as_deref().map(str::parse).transpose()?;
-    let mut model = ScriptModel::load(&args.input, device)?;
+    crate::outputs::check(&args.input, Some(&args.output), None)?;
+    let policy = crate::policy(args.trust_code);
+    let mut model = ScriptModel::load_with(&args.input, device, policy)?;
     model.set_train(false)?;
     let params = match &args.params {
         None => None,
@@ -165,7 +172,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
     model.save(&args.output)?;
 
-    let mut original = ScriptModel::load(&args.input, device)?;
+    let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
     let (before, after) = latencies(&original, &model, &x, args.runs)?;
     let verify_relative_error = if args.verify {
