@@ -450,8 +450,8 @@ impl View {
             part.kind,
             Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
         );
-        let aligned = part.bytes.is_empty() || (part.bytes.as_ptr() as usize) % size == 0;
-        if !supported || !aligned || part.bytes.len() % size != 0 {
+        let aligned = part.bytes.is_empty() || (part.bytes.as_ptr() as usize).is_multiple_of(size);
+        if !supported || !aligned || !part.bytes.len().is_multiple_of(size) {
             return None;
         }
         Some(View {
