@@ -3,28 +3,12 @@
 
 mod common;
 
+use common::{cli, ok};
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const REFERENCE: &str = include_str!("py/reference.py");
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .expect("failed to start tch-prune")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The model files PyTorch wrote, made once per test binary.
 fn fixtures() -> Option<&'static Path> {

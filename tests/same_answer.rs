@@ -4,31 +4,15 @@
 
 mod common;
 
+use common::{cli, ok};
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use tch::{Kind, Tensor};
 use tch_prune::checkpoint::{read_safetensors, read_state_dict, write_safetensors, Format};
 
 const SCRIPT: &str = include_str!("py/same_answer.py");
 const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .expect("failed to start tch-prune")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The one line a failing run prints.
 fn fails(args: &[&str]) -> String {

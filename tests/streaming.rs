@@ -2,6 +2,9 @@
 //! in-memory path: the same bytes out for every method it takes, one file and sharded, f32, f16
 //! and bf16; all-or-nothing sharded output; anonymous memory bounded whatever the model's size.
 
+mod common;
+
+use common::{cli, ok};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,23 +13,6 @@ use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     read_safetensors, write_safetensors, write_safetensors_streamed, TensorHeader,
 };
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .expect("run tch-prune")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use tch::Tensor;
 
 /// The Python that has torch 2.13 (set by `make test` through scripts/torch-env.sh).
@@ -134,3 +134,22 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
 pub mod cuda;
 pub mod moves;
 pub mod parity;
+
+/// Runs this crate's `tch-prune` binary with `args`.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(args)
+        .output()
+        .expect("failed to start tch-prune")
+}
+
+/// [`cli`], which must succeed; its standard output.
+pub fn ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "tch-prune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
