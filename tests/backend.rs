@@ -87,14 +87,25 @@ fn the_examples_need_libtorch_cuda() {
         .and_then(Path::parent)
         .unwrap()
         .join("examples");
-    let demo = examples.join("demo");
-    if !demo.exists() {
-        panic!(
-            "{} is missing: run this test with `cargo test --all-targets` (as `make test` does), \
-             which builds the examples",
-            demo.display()
-        );
-    }
+    // `cargo build` names it `demo`; `cargo test --all-targets` leaves only `demo-<hash>`. The
+    // newest is the one built with this test (older builds may linger in the folder).
+    let demo = std::fs::read_dir(&examples)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "demo" || (n.starts_with("demo-") && !n.contains('.')))
+        })
+        .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no demo binary in {}: run this test with `cargo test --all-targets` (as `make \
+                 test` does), which builds the examples",
+                examples.display()
+            )
+        });
     assert_links_libtorch(&demo);
 }
 
