@@ -220,20 +220,7 @@ fn main() -> ExitCode {
 /// An error line as printed: one line (control characters escaped), and not megabytes long
 /// whatever the user gave (names from files and patterns are cut on their own already).
 fn one_line(text: &str) -> String {
-    const MAX_CHARS: usize = 4000;
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    plan::escaped_and_cut(text, 4000)
 }
 
 fn policy(trust_code: bool) -> CodePolicy {

@@ -300,10 +300,14 @@ fn some_names(available: &[(String, usize)]) -> String {
 /// A user's string shown in a one-line message: control characters escaped, cut after 200
 /// characters (a pattern from a plan file can be megabytes long).
 fn cut(text: &str) -> String {
-    const MAX_CHARS: usize = 200;
+    escaped_and_cut(text, 200)
+}
+
+/// `text` on one line (control characters escaped), cut after `max_chars` characters.
+pub fn escaped_and_cut(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
-        if i == MAX_CHARS {
+        if i == max_chars {
             out.push('…');
             break;
         }
