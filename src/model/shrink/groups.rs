@@ -768,22 +768,35 @@ fn check_depthwise(st: &mut State, g: &Graph) {
         .map(|l| (l.path.clone(), l.weight.clone()))
         .collect();
     let class = |path: &str| g.modules.get(path).map(|m| m.class.clone());
+    let mut layouts: Vec<(Option<String>, String, Tag)> = Vec::new();
     for (path, weight) in &depthwise {
         let Some(tag) = st.layouts.get(&(weight.clone(), 0)).cloned() else {
             continue;
         };
         let expanded: Tag = tag.into_iter().flat_map(|seg| st.expand(seg)).collect();
-        if matches!(expanded.as_slice(), [seg] if seg.inner == 1) {
+        layouts.push((class(path), path.clone(), expanded));
+    }
+    for (c, path, tag) in &layouts {
+        if c.is_none() || matches!(tag.as_slice(), [seg] if seg.inner == 1) {
             continue;
         }
-        let shared = depthwise
-            .iter()
-            .find(|(p, _)| p != path && class(p).is_some() && class(p) == class(path));
-        if let Some((other, _)) = shared {
-            st.block_tag(
-                &expanded,
-                &format!("depthwise {path} reads pieces of several channel groups and shares its `groups` constant with {other}"),
-            );
+        let same_class: Vec<&(Option<String>, String, Tag)> =
+            layouts.iter().filter(|(c2, _, _)| c2 == c).collect();
+        if same_class.len() < 2 {
+            continue;
+        }
+        // Every instance of the class keeps its width: they share one `groups`.
+        let reason = format!(
+            "depthwise {path} reads pieces of several channel groups and shares its `groups` constant with {}",
+            same_class
+                .iter()
+                .filter(|(_, p, _)| p != path)
+                .map(|(_, p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (_, _, t) in same_class {
+            st.block_tag(t, &reason);
         }
     }
 }
@@ -950,7 +963,7 @@ fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
                 let s = st.new_space(c_out, producer);
                 st.block(
                     s,
-                    &format!("depthwise {path} reads channels of fixed width (the network input)"),
+                    &format!("depthwise {path} reads channels of fixed width (a network input, or channels an earlier op keeps)"),
                 );
                 vec![Seg { space: s, inner: 1 }]
             }
@@ -1341,6 +1354,17 @@ fn reshape(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
                         inner: 1,
                     }],
                 );
+            } else if after == 1 && out_dims.len() == 2 {
+                // `view(b, k, c / k, ...)`, as a channel shuffle does: k equal pieces, the
+                // second dim indexing within each. The code computes `c / k` from the width at
+                // run time, so it follows a shrink when every piece keeps the same channels.
+                match split::equal_pieces(st, &tag, xs[d], os[first]) {
+                    Some(pieces) => st.set_tag(o, os.len(), out_dims[1], pieces[0].clone()),
+                    None => st.block_tag(
+                        &tag,
+                        "a reshape splits channels into pieces that do not line up",
+                    ),
+                }
             } else {
                 st.block_tag(&tag, "a reshape splits channels");
             }

@@ -9,9 +9,10 @@ use super::{State, Tag};
 use crate::model::shrink::graph::{Graph, Node};
 
 /// The layouts of the `k` pieces of `tag` (a dimension of width `width`) cut into equal
-/// pieces, each piece's channels the same as every other's; `None` when the cut does not
+/// pieces (by `chunk`, or a reshape into `[k, width / k]`), each piece's channels the same as
+/// every other's; `None` when the cut does not
 /// follow channel boundaries that way.
-fn equal_pieces(st: &mut State, tag: &Tag, width: i64, k: i64) -> Option<Vec<Tag>> {
+pub(super) fn equal_pieces(st: &mut State, tag: &Tag, width: i64, k: i64) -> Option<Vec<Tag>> {
     if k < 1 || width % k != 0 {
         return None;
     }
@@ -46,7 +47,7 @@ fn equal_pieces(st: &mut State, tag: &Tag, width: i64, k: i64) -> Option<Vec<Tag
         if !st.unify(
             &first,
             p,
-            "cut by aten::chunk into pieces whose channels do not line up",
+            "cut into equal pieces (aten::chunk, a channel shuffle) whose channels do not line up",
         ) {
             return None;
         }
