@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-use tch_prune::{ScriptModel, ShrinkOptions, ShrinkReport};
+use tch_prune::{Amount, ScriptModel, ShrinkOptions, ShrinkReport};
 
 const PYTORCH_RUNS: &str = r#"
 import sys, torch
@@ -81,15 +81,16 @@ fn shrink(name: &str) -> ShrinkReport {
         tch::manual_seed(7);
         Tensor::randn([1, 3, 64, 64], (Kind::Float, Device::Cpu))
     };
-    let mut model = eval_model(&original);
-    let before = run(&model, &x);
-    let opts = ShrinkOptions {
-        amount: Some(0.5.into()),
+    let half = ShrinkOptions {
+        amount: Some(Amount::Fraction(0.5)),
         ..Default::default()
     };
-    let report = model
-        .shrink(&x, &opts)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut model = eval_model(&original);
+    let before = run(&model, &x);
+    let report = match model.shrink(&x, &half) {
+        Ok(report) => report,
+        Err(e) => panic!("{name}: {e}"),
+    };
     let dir = common::tempdir();
     let out = dir.path().join("shrunk.pt");
     model.save(&out).unwrap();

@@ -14,6 +14,8 @@
 
 mod dims;
 mod split;
+#[cfg(test)]
+mod tests;
 
 use super::graph::{Graph, ValueKind};
 use std::collections::{BTreeMap, HashMap};

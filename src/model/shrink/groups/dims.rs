@@ -87,9 +87,7 @@ pub(super) fn reduce(st: &mut State, g: &Graph, n: &Node) -> bool {
     };
     let all: Vec<usize> = (0..rank).collect();
     // `x.mean(dtype=...)` has no dim list: every dim. Otherwise a list (empty: every dim) or None.
-    let dims: Vec<usize> = if n.inputs.len() <= 2 {
-        all
-    } else if g.is_none(n.inputs[1]) {
+    let dims: Vec<usize> = if n.inputs.len() <= 2 || g.is_none(n.inputs[1]) {
         all
     } else if let Some(list) = g.ints(n.inputs[1]) {
         if list.is_empty() {
