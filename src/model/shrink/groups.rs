@@ -11,6 +11,14 @@
 //! reason: such a group keeps all its channels, so a wrong model is never written. The network's
 //! inputs carry no space (their channels are fixed) and the spaces reaching its outputs are
 //! blocked (output shapes stay).
+//!
+//! The code is never changed, so a layer whose channel structure is code (a grouped conv's
+//! `groups`, a `chunk(k)`, a channel shuffle's `view(b, k, c / k, ...)`) can only follow a
+//! shrink that keeps that structure: such a space is seen as repeats of a smaller one (*folded*:
+//! channel `j` of every group or piece goes together), or its channels are taken several at a
+//! time (*coarsened*, where a shuffle interleaves them with another space's); `Space::view`
+//! records it and the final layouts are written in the smaller spaces. `split` with sizes fixed
+//! in the code blocks. Every layout is checked against the measured width of its value.
 
 mod dims;
 mod split;
@@ -679,6 +687,8 @@ pub(crate) fn analyse(g: &Graph) -> Analysis {
                 dims::transpose(&mut st, g, n, op)
             }
             "mean" | "sum" | "amax" | "amin" => dims::reduce(&mut st, g, n),
+            "pad" | "constant_pad_nd" => dims::pad(&mut st, g, n),
+            "slice" => dims::slice(&mut st, g, n),
             _ => {
                 if let Some(&(_, spatial)) = POOL.iter().find(|(name, _)| *name == op) {
                     pool(&mut st, g, n, spatial)

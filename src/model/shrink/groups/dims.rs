@@ -1,7 +1,7 @@
 //! Ops that move or remove whole dimensions: `permute`, `transpose` (channels-last layouts, as
 //! ConvNeXt's blocks use around their layer norm and linear layers) and reductions over dims
-//! (`mean`, `sum`, `amax`, `amin`). Moving a dim moves its layout; a reduction over a dim that
-//! holds channels would change with their number, so it keeps them.
+//! (`mean`, `sum`, `amax`, `amin`), and padding. Moving a dim moves its layout; a reduction over
+//! a dim that holds channels would change with their number, so it keeps them.
 
 use super::{State, Tag};
 use crate::model::shrink::graph::{Const, Graph, Node, ValueKind};
@@ -131,6 +131,68 @@ pub(super) fn reduce(st: &mut State, g: &Graph, n: &Node) -> bool {
             }
         }
         kept += 1;
+    }
+    true
+}
+
+/// `pad` / `constant_pad_nd`: the pad list gives (before, after) for the last dims, the last
+/// dim first. A dim padded by nothing keeps its layout (Swin pads its spatial dims in
+/// channels-last layout); padding a dim that holds channels would add fixed ones.
+pub(super) fn pad(st: &mut State, g: &Graph, n: &Node) -> bool {
+    let (x, o) = (n.inputs[0], n.outputs[0]);
+    let Some(rank) = g.shape(x).map(<[i64]>::len) else {
+        return false;
+    };
+    // The widths: a constant list, or one built in the graph from constants and values
+    // computed at run time (`None`: not known to be 0).
+    let p: Vec<Option<i64>> = match (g.ints(n.inputs[1]), st.containers.get(&n.inputs[1])) {
+        (Some(p), _) => p.iter().map(|&w| Some(w)).collect(),
+        (None, Some(elements)) => elements.iter().map(|&v| g.int(v)).collect(),
+        _ => return false,
+    };
+    if p.len() % 2 != 0 || p.len() / 2 > rank {
+        return false;
+    }
+    for d in 0..rank {
+        let Some(t) = st.tag(x, d) else { continue };
+        let from_last = rank - 1 - d;
+        let padded = p.get(2 * from_last..2 * from_last + 2);
+        if padded.is_some_and(|w| w != [Some(0), Some(0)]) {
+            st.block_tag(&t, &format!("padded by {}", n.kind));
+        } else {
+            st.set_tag(o, rank, d, t);
+        }
+    }
+    true
+}
+
+/// `slice(x, dim, start, end, step)` (`x[:, :h]`): the other dims keep their layouts; the
+/// sliced dim keeps its own only when the slice takes all of it (`x[..., :]`), since a slice
+/// with constant bounds cannot follow a shrink.
+pub(super) fn slice(st: &mut State, g: &Graph, n: &Node) -> bool {
+    let (x, o) = (n.inputs[0], n.outputs[0]);
+    let (Some(xs), Some(dim)) = (g.shape(x), n.inputs.get(1).and_then(|&v| g.int(v))) else {
+        return false;
+    };
+    let rank = xs.len();
+    let Some(dim) = normalised(dim, rank) else {
+        return false;
+    };
+    let bound = |i: usize| n.inputs.get(i).map(|&v| (g.int(v), g.is_none(v)));
+    let from_start = matches!(bound(2), Some((Some(0), _)) | Some((None, true)));
+    let to_end = match bound(3) {
+        Some((Some(e), _)) => e >= xs[dim],
+        Some((None, none)) => none,
+        None => false,
+    };
+    let whole = from_start && to_end && matches!(bound(4), Some((Some(1), _)));
+    for d in 0..rank {
+        let Some(t) = st.tag(x, d) else { continue };
+        if d == dim && !whole {
+            st.block_tag(&t, "sliced by aten::slice with bounds fixed in the code");
+        } else {
+            st.set_tag(o, rank, d, t);
+        }
     }
     true
 }
