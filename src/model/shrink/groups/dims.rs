@@ -150,7 +150,7 @@ pub(super) fn pad(st: &mut State, g: &Graph, n: &Node) -> bool {
         (None, Some(elements)) => elements.iter().map(|&v| g.int(v)).collect(),
         _ => return false,
     };
-    if p.len() % 2 != 0 || p.len() / 2 > rank {
+    if !p.len().is_multiple_of(2) || p.len() / 2 > rank {
         return false;
     }
     for d in 0..rank {
