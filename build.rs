@@ -1,6 +1,9 @@
-//! 1. Links libtorch's CUDA part into every binary, test and example of this package, when
+//! 1. Links libtorch's CUDA part into every test and example of this package, when
 //!    libtorch has one: torch-sys asks for `torch_cuda`, but the linker's default `--as-needed`
 //!    drops it (no symbol of it is referenced), and without it libtorch has no CUDA backend.
+//!    The `tch-prune` binary is not linked with it: it loads the backend when a command asks
+//!    for a CUDA device (`tch_prune::backend::load_cuda`), so that CPU runs do not pay its
+//!    start-up (about 130 MB of memory).
 //! 2. Embeds the libtorch library folder as their run path, so nothing needs `LD_LIBRARY_PATH`.
 //! 3. Hands both to the crates that depend on this one (`links = "tch_prune"`): their build
 //!    script reads `DEP_TCH_PRUNE_LINK_ARG` (one linker argument doing 1 and 2 for their
@@ -71,7 +74,15 @@ fn main() {
         }
         link_arg.push_str(",--as-needed");
     }
-    println!("cargo:rustc-link-arg={link_arg}");
+    // Cargo refuses an instruction for a kind of target the package does not have (a packaged
+    // copy may lack tests/); they are all found in their folders.
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    for (target, folder) in [("tests", "tests"), ("examples", "examples")] {
+        if manifest.join(folder).is_dir() {
+            println!("cargo:rustc-link-arg-{target}={link_arg}");
+        }
+    }
+    println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{lib_str}");
     println!("cargo:link_arg={link_arg}");
     println!("cargo:libtorch_lib={lib_str}");
     println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_LIB={lib_str}");

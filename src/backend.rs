@@ -19,6 +19,50 @@ extern "C" {
     fn tp_can_load(name: *const c_char, why: *mut c_char, why_len: usize) -> i32;
 }
 
+/// Loads libtorch's CUDA backend into this process, for a binary linked without it (the
+/// `tch-prune` command line is: its CPU runs then do not pay the backend's start-up, about
+/// 130 MB of memory and the time to load it). Afterwards CUDA devices are usable as in a binary
+/// linked with the backend.
+///
+/// Call it before anything asks libtorch about CUDA (`tch::Cuda`, a CUDA device, a CUDA
+/// tensor, [`Backend::detect`]): libtorch settles whether CUDA exists at the first question
+/// and keeps that answer for the life of the process. Loading a backend already loaded does
+/// nothing. Returns whether libtorch has a CUDA backend to load (`false` for a CPU-only
+/// libtorch); an error says why the loader refused it.
+pub fn load_cuda() -> Result<bool, String> {
+    if env!("TCH_PRUNE_LIBTORCH_CUDA") != "1" {
+        return Ok(false);
+    }
+    #[cfg(unix)]
+    {
+        // By name first (found through the binary's run path, or already loaded), then where
+        // the crate was built against.
+        let linked = std::path::Path::new(LIBTORCH_LIB).join("libtorch_cuda.so");
+        let mut why = String::new();
+        for name in [std::path::Path::new("libtorch_cuda.so"), &linked] {
+            let Ok(name) = std::ffi::CString::new(name.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated path; the library is never unloaded (its static
+            // initialisers register the backend with libtorch for the life of the process).
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if !handle.is_null() {
+                return Ok(true);
+            }
+            // SAFETY: dlerror returns NULL or a NUL-terminated message owned by the loader.
+            let error = unsafe { libc::dlerror() };
+            if !error.is_null() {
+                why = unsafe { CStr::from_ptr(error) }
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
+        Err(format!("cannot load libtorch's CUDA backend: {why}"))
+    }
+    #[cfg(not(unix))]
+    Ok(false)
+}
+
 /// The libtorch library folder this crate was linked against (and that its binaries carry as
 /// their run path); empty in a `doc-only` build.
 pub const LIBTORCH_LIB: &str = env!("TCH_PRUNE_LIBTORCH_LIB");

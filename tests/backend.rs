@@ -1,5 +1,6 @@
-//! Linking: libtorch's CUDA part is among the libraries our binaries need and is loaded, when
-//! the libtorch built against has one; `Backend::detect` and `tch-prune doctor` say so. What
+//! Linking: libtorch's CUDA part is among the libraries our tests and examples need and is
+//! loaded, when the libtorch built against has one, and the CLI loads it when asked for a CUDA
+//! device; `Backend::detect` and `tch-prune doctor` say so. What
 //! needs a GPU (devices, cuDNN in use) is asserted only to be consistent with tch's own answers.
 
 use std::path::Path;
@@ -75,9 +76,24 @@ fn assert_links_libtorch(binary: &Path) {
 }
 
 #[test]
-fn the_cli_and_the_tests_need_libtorch_cuda() {
-    assert_links_libtorch(Path::new(env!("CARGO_BIN_EXE_tch-prune")));
+fn the_tests_need_libtorch_cuda() {
     assert_links_libtorch(&std::env::current_exe().unwrap());
+}
+
+/// The CLI loads the CUDA backend when a command asks for a CUDA device (`doctor`, below, loads
+/// it and reports it loaded): a CPU run does not pay its start-up memory.
+#[test]
+fn the_cli_loads_libtorch_cuda_only_when_asked() {
+    let cli = Path::new(env!("CARGO_BIN_EXE_tch-prune"));
+    let needed = needed_libraries(cli);
+    assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
+    for backend in ["libtorch_cuda.so", "libtorch.so"] {
+        assert!(
+            !needed.iter().any(|n| n == backend),
+            "{} needs {backend}: {needed:?}",
+            cli.display()
+        );
+    }
 }
 
 #[test]

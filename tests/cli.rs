@@ -514,3 +514,36 @@ fn help_exists_for_every_subcommand() {
         assert!(out.contains("Usage"), "{args:?}");
     }
 }
+
+/// A reader that stops early (`tch-prune report m.safetensors | head -1`) ends the run quietly,
+/// as it ends `cat`: no panic on the failed print.
+#[test]
+fn a_closed_pipe_ends_the_report_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = common::tempdir();
+    let model = dir.path().join("many.safetensors");
+    // Several times a pipe's buffer of report lines.
+    let tensors: Vec<(String, tch::Tensor)> = (0..4000)
+        .map(|i| {
+            (
+                format!("blocks.{i:05}.attention.output.dense.weight"),
+                tch::Tensor::ones([2], (tch::Kind::Float, tch::Device::Cpu)),
+            )
+        })
+        .collect();
+    tch_prune::checkpoint::write_safetensors(&model, &tensors).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(["report", model.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("name"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+}

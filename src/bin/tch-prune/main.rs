@@ -261,6 +261,9 @@ fn device(name: &str) -> Result<Device> {
         },
     };
     if let Device::Cuda(i) = device {
+        // This binary is linked without libtorch's CUDA backend (CPU runs do not load it).
+        tch_prune::backend::load_cuda()
+            .map_err(|why| anyhow::anyhow!("device '{name}' is not available: {why}"))?;
         if !tch::Cuda::is_available() || i as i64 >= tch::Cuda::device_count() {
             bail!("device '{name}' is not available on this machine");
         }
@@ -454,7 +457,12 @@ fn report(
 }
 
 fn doctor(json: bool) -> Result<()> {
-    let backend = tch_prune::backend::Backend::detect();
+    // What a `--device cuda` run would have: the backend loaded on demand.
+    let loaded = tch_prune::backend::load_cuda();
+    let mut backend = tch_prune::backend::Backend::detect();
+    if let (Err(why), false) = (loaded, backend.cuda_loaded) {
+        backend.cuda_unavailable_reason = Some(why);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&backend)?);
     } else {

@@ -4,10 +4,15 @@
 //! and taken by one thread that waits for them: it removes the temporary files that have a name
 //! (see `tch_prune::checkpoint::temp_file`; unnamed ones vanish with the process anyway), says
 //! so on one line, and exits with 128 + the signal's number, as a shell reports it.
+//!
+//! `SIGPIPE` gets its default action back (Rust ignores it): `tch-prune report m.pt | head` ends
+//! quietly when `head` has read enough, as `cat` does, instead of panicking on a failed print.
 
 /// Installs the handling thread. Call first thing in `main`.
 #[cfg(unix)]
 pub fn install() {
+    // SAFETY: restores the default action of a signal, before any other thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // SAFETY: plain libc calls on a local signal set; `pthread_sigmask` changes only this
     // thread's mask, which threads started later inherit.
     let set = unsafe {
