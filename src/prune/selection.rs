@@ -554,7 +554,7 @@ unsafe fn mask_finite<T: Bits>(
     let n = src.len() / std::mem::size_of::<T>();
     let src = std::slice::from_raw_parts(src.as_ptr() as *const T, n);
     let out = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut T, n);
-    let exponent = T::from_u64(exponent);
+    let (infinity, exponent) = (exponent, T::from_u64(exponent));
     // No early exit: a branch-free scan vectorizes, and special values are rare.
     if src
         .iter()
@@ -564,26 +564,28 @@ unsafe fn mask_finite<T: Bits>(
     }
     let (magnitude, below, zero) = (T::MAGNITUDE, T::from_u64(below), T::default());
     let sign = !magnitude;
-    let mut zeros = 0u64;
-    match tie.map(T::from_u64) {
-        Some(tie) if *ties > 0 => {
-            for (o, &b) in out.iter_mut().zip(src) {
-                let m = b & magnitude;
-                let pruned = m < below || (m == tie && *ties > 0 && {
-                    *ties -= 1;
-                    true
-                });
-                let v = if pruned { b & sign } else { b };
-                zeros += (v & magnitude == zero) as u64;
-                *o = v;
+    // No finite magnitude has infinity's bits: without a tie key, nothing is counted as tied.
+    let tie = T::from_u64(tie.unwrap_or(infinity));
+    // Everything below the bound goes, ties kept for now: one branch-free pass, vectorized.
+    let (mut zeros, mut tied) = (0u64, 0u64);
+    for (o, &b) in out.iter_mut().zip(src) {
+        let m = b & magnitude;
+        let v = if m < below { b & sign } else { b };
+        zeros += (v & magnitude == zero) as u64;
+        tied += (m == tie) as u64;
+        *o = v;
+    }
+    // Then the first tied entries, in order, while the allowance lasts (rarely more than a few).
+    if tied > 0 && *ties > 0 {
+        for (o, &b) in out.iter_mut().zip(src) {
+            if *ties == 0 {
+                break;
             }
-        }
-        // No ties left to prune: one comparison per entry, vectorized.
-        _ => {
-            for (o, &b) in out.iter_mut().zip(src) {
-                let v = if b & magnitude < below { b & sign } else { b };
-                zeros += (v & magnitude == zero) as u64;
-                *o = v;
+            if b & magnitude == tie {
+                *o = b & sign;
+                // A tie at magnitude 0 was already counted as a zero.
+                zeros += (tie != zero) as u64;
+                *ties -= 1;
             }
         }
     }
