@@ -593,7 +593,13 @@ fn multiply_by_libtorch(
                 raw.kind,
                 Device::Cpu,
             )?,
-            Tensor::f_from_blob(keep.as_ptr() as *const u8, &[n], &[1], Kind::Bool, Device::Cpu)?,
+            Tensor::f_from_blob(
+                keep.as_ptr() as *const u8,
+                &[n],
+                &[1],
+                Kind::Bool,
+                Device::Cpu,
+            )?,
             Tensor::f_from_blob(out.as_mut_ptr(), &[n], &[1], raw.kind, Device::Cpu)?,
         )
     };
@@ -620,8 +626,9 @@ impl Scratch {
             self.keep = vec![true; MASK_PIECE];
         }
         // SAFETY: plain bytes of the vector's initialized u64s.
-        let output =
-            unsafe { std::slice::from_raw_parts_mut(self.output.as_mut_ptr() as *mut u8, words * 8) };
+        let output = unsafe {
+            std::slice::from_raw_parts_mut(self.output.as_mut_ptr() as *mut u8, words * 8)
+        };
         (output, &mut self.keep)
     }
 }

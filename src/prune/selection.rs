@@ -258,12 +258,10 @@ fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
         let mut histogram = vec![0u64; BUCKETS];
         for_each_batch(views, |batch| {
             let part = parallel_sum(batch, |c, h| {
-                c.for_each_live(wide, |_, key| {
-                    // Only keys whose higher digits are the prefix found so far.
-                    if pass == 0 || key >> (shift + DIGIT_BITS) == prefix >> (shift + DIGIT_BITS) {
-                        h[((key >> shift) & (BUCKETS as u64 - 1)) as usize] += 1;
-                    }
-                });
+                // Only keys whose higher digits are the prefix found so far.
+                let high =
+                    (pass > 0).then_some((shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                c.count_digits(wide, shift, high, h);
             });
             histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
         });
@@ -505,12 +503,7 @@ impl Threshold {
 
 /// The unsigned integer holding one element's bits.
 trait Bits:
-    Copy
-    + Eq
-    + Ord
-    + std::ops::BitAnd<Output = Self>
-    + std::ops::Not<Output = Self>
-    + Default
+    Copy + Eq + Ord + std::ops::BitAnd<Output = Self> + std::ops::Not<Output = Self> + Default
 {
     /// Every bit but the sign.
     const MAGNITUDE: Self;
@@ -681,6 +674,46 @@ impl Chunk<'_> {
                 }
             }
         })
+    }
+
+    /// Adds to `h` the digit at `shift` of each live key whose bits above `high.0` are
+    /// `high.1` (of every live key when `high` is `None`). Raw f32, f16 and bf16 data (the
+    /// streamed selections) is read straight from its bits, without the keys buffer.
+    fn count_digits(&self, wide: bool, shift: u32, high: Option<(u32, u64)>, h: &mut [u64]) {
+        let v = self.view;
+        let n = self.end - self.start;
+        #[inline(always)]
+        fn add(
+            keys: impl Iterator<Item = u64>,
+            shift: u32,
+            high: Option<(u32, u64)>,
+            h: &mut [u64],
+        ) {
+            let mask = BUCKETS as u64 - 1;
+            match high {
+                None => keys.for_each(|key| h[((key >> shift) & mask) as usize] += 1),
+                Some((bits, prefix)) => keys.for_each(|key| {
+                    if key >> bits == prefix {
+                        h[((key >> shift) & mask) as usize] += 1;
+                    }
+                }),
+            }
+        }
+        // SAFETY: [start, end) lies within the view's `numel` elements of its dtype.
+        unsafe {
+            match (v.score_kind, v.live, wide) {
+                (Kind::Float, None, false) => {
+                    let x = std::slice::from_raw_parts((v.scores as *const u32).add(self.start), n);
+                    add(x.iter().map(|&b| (b & 0x7fff_ffff) as u64), shift, high, h);
+                }
+                (Kind::Half | Kind::BFloat16, None, false) => {
+                    let table = key_table(v.score_kind);
+                    let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
+                    add(x.iter().map(|&b| table[b as usize] as u64), shift, high, h);
+                }
+                _ => self.for_each_live(wide, |_, key| add(std::iter::once(key), shift, high, h)),
+            }
+        }
     }
 
     /// The chunk's keys, `NOT_LIVE` where the entry does not take part: decoded in one tight
