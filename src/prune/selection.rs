@@ -240,30 +240,9 @@ fn is_wide(views: &[View]) -> bool {
 /// memory whatever the number and size of the tensors.
 const BATCH: usize = 1 << 12;
 
-/// The sample that guesses the first digit (see [`kth_key`]): every this many chunks.
-const SAMPLE_STRIDE: usize = 64;
-/// Inputs of fewer chunks (32 Mi entries) are not sampled: their second pass is cheap (they
-/// are in the page cache, or they are one tensor of a per-tensor selection).
-const SAMPLE_MIN_CHUNKS: usize = 8 * SAMPLE_STRIDE;
-/// At most this many first digits are counted ahead (a histogram of 512 KiB each per thread).
-const WINDOW: usize = 8;
-
 /// The key of the `k`-th smallest live magnitude (`k >= 1`) and how many live keys are smaller:
-/// a radix select, most significant digit first, one histogram pass per digit; except that on
-/// large inputs without live masks (the streamed selections) a sample of every
-/// [`SAMPLE_STRIDE`]-th chunk guesses which first digits the `k`-th key may have, and the first
-/// pass also counts the second digit of the keys with those first digits: when the guess holds
-/// (it misses only on data whose magnitudes cluster far from the sample's), the second pass is
-/// not needed, which for data larger than memory saves reading it from the disk once more.
+/// a radix select, most significant digit first, one histogram pass per digit.
 fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
-    let chunks: usize = views.iter().map(|v| v.numel.div_ceil(CHUNK)).sum();
-    let stride = (chunks >= SAMPLE_MIN_CHUNKS).then_some(SAMPLE_STRIDE);
-    kth_key_sampled(views, k, wide, stride).0
-}
-
-/// [`kth_key`], sampling every `stride`-th chunk (none: no look-ahead); also returns the
-/// number of passes over the data (the sample not counted).
-fn kth_key_sampled(views: &[View], k: i64, wide: bool, stride: Option<usize>) -> ((u64, u64), u32) {
     let digits = if wide { 4 } else { 2 };
     // bf16 widened to f32 has a zero low half: its last digit is known without a pass.
     let passes = if !wide && views.iter().all(|v| v.score_kind == Kind::BFloat16) {
@@ -271,42 +250,23 @@ fn kth_key_sampled(views: &[View], k: i64, wide: bool, stride: Option<usize>) ->
     } else {
         digits
     };
-    let mut window = match stride {
-        Some(stride) if passes > 1 && views.iter().all(|v| v.live.is_none()) => {
-            first_digit_window(views, k as u64, wide, stride)
-        }
-        _ => None,
-    };
     // After each pass, `prefix` holds the digits of the k-th smallest key found so far and
     // `below` how many live keys are smaller.
     let (mut prefix, mut below) = (0u64, 0u64);
-    // The next pass's histogram, when the previous one counted it ahead.
-    let mut ahead: Option<Vec<u64>> = None;
-    let mut done = 0;
     for pass in 0..passes {
         let shift = (digits - 1 - pass) * DIGIT_BITS;
-        let window = window.take();
-        let histogram = match ahead.take() {
-            Some(histogram) => histogram,
-            None => {
-                let width = window.as_ref().map_or(0, |(_, digits)| digits.len());
-                let slots = window.as_ref().map(|(slots, _)| slots.as_slice());
-                let mut histogram = vec![0u64; BUCKETS * (1 + width)];
-                for_each_batch(views, |batch| {
-                    let part = parallel_sum(batch, histogram.len(), |c, h| {
-                        // Only keys whose higher digits are the prefix found so far.
-                        let high = (pass > 0)
-                            .then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
-                        c.count_digits(wide, shift, high, slots, h);
-                    });
-                    histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
-                });
-                done += 1;
-                histogram
-            }
-        };
+        let mut histogram = vec![0u64; BUCKETS];
+        for_each_batch(views, |batch| {
+            let part = parallel_sum(batch, |c, h| {
+                // Only keys whose higher digits are the prefix found so far.
+                let high =
+                    (pass > 0).then_some((shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                c.count_digits(wide, shift, high, h);
+            });
+            histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+        });
         let mut seen = below;
-        let digit = histogram[..BUCKETS]
+        let digit = histogram
             .iter()
             .position(|&n| {
                 seen += n;
@@ -315,64 +275,8 @@ fn kth_key_sampled(views: &[View], k: i64, wide: bool, stride: Option<usize>) ->
             .unwrap_or(BUCKETS - 1);
         below = seen - histogram[digit];
         prefix |= (digit as u64) << shift;
-        if let Some((slots, _)) = window {
-            let slot = slots[digit] as usize;
-            if slot > 0 {
-                ahead = Some(histogram[BUCKETS * slot..BUCKETS * (slot + 1)].to_vec());
-            }
-        }
     }
-    ((prefix, below), done)
-}
-
-/// The first digits the `k`-th smallest key may have, guessed from the histogram of every
-/// `stride`-th chunk: the digit of the sample's own quantile and its nearest neighbours among
-/// the digits the sample holds, [`WINDOW`] in all. (On dense data, from weights, that spans
-/// far more ranks than the sample's error; on data that fools the sample, the first pass's
-/// digit falls outside and the second pass runs as without a sample.) Returned as a slot per
-/// digit (`0`: none, else `1..`) and the digits themselves.
-fn first_digit_window(
-    views: &[View],
-    k: u64,
-    wide: bool,
-    stride: usize,
-) -> Option<(Vec<u8>, Vec<usize>)> {
-    let shift = if wide { 3 * DIGIT_BITS } else { DIGIT_BITS };
-    let mut histogram = vec![0u64; BUCKETS];
-    let mut index = 0usize;
-    for_each_batch(views, |batch| {
-        for c in batch {
-            if index.is_multiple_of(stride) {
-                c.count_digits(wide, shift, None, None, &mut histogram);
-            }
-            index += 1;
-        }
-    });
-    let total: u64 = views.iter().map(|v| v.numel as u64).sum();
-    let sampled: u64 = histogram.iter().sum();
-    if sampled == 0 || total == 0 {
-        return None;
-    }
-    // The sample's rank of the k-th key, rounded up as `k` counts from 1.
-    let target = ((k as f64 / total as f64) * sampled as f64).ceil().max(1.0) as u64;
-    let held: Vec<usize> = (0..BUCKETS).filter(|&d| histogram[d] > 0).collect();
-    let mut seen = 0u64;
-    let at = held
-        .iter()
-        .position(|&d| {
-            seen += histogram[d];
-            seen >= target
-        })
-        .unwrap_or(held.len() - 1);
-    let first = at
-        .saturating_sub(WINDOW / 2 - 1)
-        .min(held.len().saturating_sub(WINDOW));
-    let digits = held[first..(first + WINDOW).min(held.len())].to_vec();
-    let mut slots = vec![0u8; BUCKETS];
-    for (i, &d) in digits.iter().enumerate() {
-        slots[d] = i as u8 + 1;
-    }
-    Some((slots, digits))
+    (prefix, below)
 }
 
 /// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.
@@ -410,6 +314,29 @@ impl RawScores<'_> {
     pub(crate) fn usable(&self) -> bool {
         View::raw(self).is_some()
     }
+
+    /// Tells the kernel these bytes are about to be read in order (`MADV_SEQUENTIAL`): where
+    /// they are a memory map, its page faults then read ahead in large pieces, as `read` does,
+    /// and pages behind are dropped first. (Advice only: a failure, on memory that is not a
+    /// mapping or an old kernel, changes nothing but speed, and is ignored. `MADV_WILLNEED` on
+    /// the next chunk was measured slower under a memory cgroup, and is not given.)
+    pub(crate) fn advise_sequential(&self) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = self.bytes.as_ptr() as usize / page * page;
+        let end = self.bytes.as_ptr() as usize + self.bytes.len();
+        // SAFETY: advice on the pages the slice lies in; it changes none of their contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_SEQUENTIAL,
+            );
+        }
+    }
 }
 
 /// The outcome of [`smallest_threshold`]: which entries of the parts to prune, decided entry by
@@ -438,6 +365,9 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
                 "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
             )
         })?;
+    for part in parts {
+        part.advise_sequential();
+    }
     let wide = is_wide(&views);
     if k <= 0 {
         return Ok(Threshold {
@@ -773,18 +703,9 @@ impl Chunk<'_> {
     }
 
     /// Adds to `h` the digit at `shift` of each live key whose bits above `high.0` are
-    /// `high.1` (of every live key when `high` is `None`). With a `window` (a first pass), also
-    /// adds the next digit of each key whose digit `d` has a slot `window[d] = i > 0` to the
-    /// histogram at `h[BUCKETS * i..]`. Raw f32, f16 and bf16 data (the
+    /// `high.1` (of every live key when `high` is `None`). Raw f32, f16 and bf16 data (the
     /// streamed selections) is read straight from its bits, without the keys buffer.
-    fn count_digits(
-        &self,
-        wide: bool,
-        shift: u32,
-        high: Option<(u32, u64)>,
-        window: Option<&[u8]>,
-        h: &mut [u64],
-    ) {
+    fn count_digits(&self, wide: bool, shift: u32, high: Option<(u32, u64)>, h: &mut [u64]) {
         let v = self.view;
         let n = self.end - self.start;
         #[inline(always)]
@@ -792,24 +713,14 @@ impl Chunk<'_> {
             keys: impl Iterator<Item = u64>,
             shift: u32,
             high: Option<(u32, u64)>,
-            window: Option<&[u8]>,
             h: &mut [u64],
         ) {
             let mask = BUCKETS as u64 - 1;
-            match (high, window) {
-                (None, None) => keys.for_each(|key| h[((key >> shift) & mask) as usize] += 1),
-                (Some((bits, prefix)), _) => keys.for_each(|key| {
+            match high {
+                None => keys.for_each(|key| h[((key >> shift) & mask) as usize] += 1),
+                Some((bits, prefix)) => keys.for_each(|key| {
                     if key >> bits == prefix {
                         h[((key >> shift) & mask) as usize] += 1;
-                    }
-                }),
-                (None, Some(slots)) => keys.for_each(|key| {
-                    let digit = ((key >> shift) & mask) as usize;
-                    h[digit] += 1;
-                    let slot = slots[digit] as usize;
-                    if slot > 0 {
-                        let next = (key >> (shift - DIGIT_BITS)) & mask;
-                        h[BUCKETS * slot + next as usize] += 1;
                     }
                 }),
             }
@@ -819,18 +730,14 @@ impl Chunk<'_> {
             match (v.score_kind, v.live, wide) {
                 (Kind::Float, None, false) => {
                     let x = std::slice::from_raw_parts((v.scores as *const u32).add(self.start), n);
-                    let keys = x.iter().map(|&b| (b & 0x7fff_ffff) as u64);
-                    add(keys, shift, high, window, h);
+                    add(x.iter().map(|&b| (b & 0x7fff_ffff) as u64), shift, high, h);
                 }
                 (Kind::Half | Kind::BFloat16, None, false) => {
                     let table = key_table(v.score_kind);
                     let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
-                    let keys = x.iter().map(|&b| table[b as usize] as u64);
-                    add(keys, shift, high, window, h);
+                    add(x.iter().map(|&b| table[b as usize] as u64), shift, high, h);
                 }
-                _ => self.for_each_live(wide, |_, key| {
-                    add(std::iter::once(key), shift, high, window, h)
-                }),
+                _ => self.for_each_live(wide, |_, key| add(std::iter::once(key), shift, high, h)),
             }
         }
     }
@@ -953,14 +860,10 @@ fn parallel_map<T: Send>(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>) -> T + Syn
 }
 
 /// A histogram over all chunks: each thread fills its own, then they are added up.
-fn parallel_sum(
-    chunks: &[Chunk<'_>],
-    len: usize,
-    f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync,
-) -> Vec<u64> {
+fn parallel_sum(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync) -> Vec<u64> {
     let n = threads(chunks.len());
     if n == 1 {
-        let mut histogram = vec![0u64; len];
+        let mut histogram = vec![0u64; BUCKETS];
         chunks.iter().for_each(|c| f(c, &mut histogram));
         return histogram;
     }
@@ -971,7 +874,7 @@ fn parallel_sum(
             .map(|group| {
                 let f = &f;
                 s.spawn(move || {
-                    let mut histogram = vec![0u64; len];
+                    let mut histogram = vec![0u64; BUCKETS];
                     group.iter().for_each(|c| f(c, &mut histogram));
                     histogram
                 })
@@ -982,7 +885,7 @@ fn parallel_sum(
             .map(|h| h.join().expect("selection thread panicked"))
             .collect()
     });
-    partial.into_iter().fold(vec![0u64; len], |mut acc, h| {
+    partial.into_iter().fold(vec![0u64; BUCKETS], |mut acc, h| {
         acc.iter_mut().zip(h).for_each(|(a, x)| *a += x);
         acc
     })
@@ -1364,48 +1267,6 @@ mod tests {
             c_old.syncs,
             t_old / t_new
         );
-    }
-
-    /// The sampled look-ahead of the first pass finds the threshold the plain radix select
-    /// finds: in one pass fewer when the sample is the data (stride 1), in as many when the
-    /// sample misses (it saw only the small-scale part, the `k`-th key is in the large one).
-    #[test]
-    fn sampled_look_ahead_finds_the_same_threshold() {
-        tch::manual_seed(12);
-        for kind in [Kind::Float, Kind::Half, Kind::BFloat16, Kind::Double] {
-            let small = (Tensor::randn([300_000], (Kind::Float, Device::Cpu)) * 4.0)
-                .round()
-                .to_kind(kind);
-            let large =
-                (Tensor::randn([200_000], (Kind::Float, Device::Cpu)) * 1000.0).to_kind(kind);
-            let raw = |t: &Tensor| {
-                let size = element_size(kind).unwrap();
-                // SAFETY: a contiguous CPU tensor, alive for the whole test.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(t.data_ptr() as *const u8, t.numel() * size)
-                };
-                View::raw(&RawScores { bytes, kind }).unwrap()
-            };
-            let views = [raw(&small), raw(&large)];
-            let wide = is_wide(&views);
-            let n = 500_000i64;
-            for k in [1, 7, n / 3, n / 2, n - 1, n] {
-                let (plain, plain_passes) = kth_key_sampled(&views, k, wide, None);
-                for stride in [1, 2, 5] {
-                    let (sampled, passes) = kth_key_sampled(&views, k, wide, Some(stride));
-                    assert_eq!(plain, sampled, "{kind:?} k={k} stride={stride}");
-                    if stride == 1 && kind != Kind::BFloat16 {
-                        assert_eq!(passes + 1, plain_passes, "{kind:?} k={k}");
-                    }
-                }
-                // Only the first chunk (small scale) sampled.
-                let (missed, passes) = kth_key_sampled(&views, k, wide, Some(1000));
-                assert_eq!(plain, missed, "{kind:?} k={k} missed");
-                if k == n - 1 {
-                    assert_eq!(passes, plain_passes, "{kind:?}: the guess cannot hold");
-                }
-            }
-        }
     }
 
     #[test]
