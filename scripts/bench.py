@@ -309,7 +309,7 @@ def cli_memory(r):
     anon = lambda side: gib(side["process_peak_anon_bytes"]) if side.get("process_peak_anon_bytes") else "-"
     share = (f" ({100 * crate['process_peak_anon_bytes'] / r['file_bytes']:.1f}% of the "
              f"{gib(r['file_bytes'])} file)" if crate.get("process_peak_anon_bytes") else "")
-    text = (f"  cli peak RssAnon: crate (streamed) {anon(crate)}{share}, PyTorch {anon(torch)}; "
+    text = (f"  {r['case']} peak RssAnon: crate (streamed) {anon(crate)}{share}, PyTorch {anon(torch)}; "
             f"crate --in-memory: {mem['outcome']}")
     if mem["outcome"] == "ok":
         text += (f", {seconds(mem['wall_seconds'])}, peak RSS {gib(mem['process_peak_bytes'])}, "

@@ -259,8 +259,7 @@ fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
         for_each_batch(views, |batch| {
             let part = parallel_sum(batch, |c, h| {
                 // Only keys whose higher digits are the prefix found so far.
-                let high =
-                    (pass > 0).then_some((shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                let high = (pass > 0).then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
                 c.count_digits(wide, shift, high, h);
             });
             histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
