@@ -53,6 +53,8 @@ CASES = [
     ("forward", "no-grad forward, batch 8 × seq 128, pruned vs unpruned (median)", ["99M"]),
     ("train", "SGD step (forward, backward, update) with every weight pruned (median)", ["99M"]),
     ("cli", "tch-prune prune --method l1-unstructured --amount 0.5 --global, vs a script", ["470M"]),
+    ("cli-l1", "tch-prune prune --method l1-unstructured --amount 0.5 (per tensor), vs a script", ["470M"]),
+    ("cli-ln", "tch-prune prune --method ln-structured --amount 0.5 --n 2 --dim 0, vs a script", ["470M"]),
     ("bool-global", "global, the crate with Pruner::with_bool_masks", ["99M", "2B"]),
     ("l1-at-once", "l1, the crate with Pruner::prune_and_remove (in place)", ["99M"]),
     ("ln-at-once", "ln, the crate with Pruner::prune_and_remove (in place)", ["99M"]),
@@ -60,7 +62,14 @@ CASES = [
 ]
 # PyTorch has no bool masks: that case is compared with its plain global pruning. (For the
 # at-once cases, PyTorch's side prunes then removes, and both sides compare final weights.)
-TORCH_CASE = {"bool-global": "global"}
+TORCH_CASE = {"bool-global": "global", "cli-l1": "l1", "cli-ln": "ln"}
+# The CLI cases: the command's method flags, bench_torch.py's name for the same pruning, and the
+# issue's goals (speed-up over PyTorch's script; peak RssAnon as a share of the file, if any).
+CLI_CASES = {
+    "cli": (["--method", "l1-unstructured", "--amount", "0.5", "--global"], "global", 20, 0.05),
+    "cli-l1": (["--method", "l1-unstructured", "--amount", "0.5"], "l1", 20, None),
+    "cli-ln": (["--method", "ln-structured", "--amount", "0.5", "--n", "2", "--dim", "0"], "ln", 20, None),
+}
 
 
 def params_of(size):
@@ -212,7 +221,8 @@ def measure(case, size, seed, env, work):
     """Both sides of one case; returns the record that results.json keeps."""
     d, blocks = SIZES[size]
     record = {"case": case, "size": size, "d": d, "blocks": blocks, "params": params_of(size)}
-    if case == "cli":
+    if case in CLI_CASES:
+        flags, torch_method, _, _ = CLI_CASES[case]
         # Both sides are whole processes here (load, prune, save): wall time and the peak RSS
         # of the process are what a user of either tool waits for and needs.
         model = os.path.join(work, "model.safetensors")
@@ -222,15 +232,14 @@ def measure(case, size, seed, env, work):
             raise RuntimeError(f"writing the model failed: {made['outcome']}")
         record["file_bytes"] = os.path.getsize(model)
         # The CLI takes its streaming path here; the in-memory path is timed beside it.
-        prune = [CLI, "prune", model, "-o", outs["crate"], "--method", "l1-unstructured",
-                 "--amount", "0.5", "--global"]
+        prune = [CLI, "prune", model, "-o", outs["crate"]] + flags
         in_memory = run(prune + ["--in-memory"], env)
         record["crate_in_memory"] = {k: in_memory.get(k) for k in
                                      ("outcome", "wall_seconds", "process_peak_bytes", "process_peak_anon_bytes")}
         os.remove(outs["crate"])
         crate = run(prune, env)
         cli_masks("crate", crate, outs["crate"], work)  # frees the disk before PyTorch's turn
-        torch = run(TORCH + ["cli", str(d), str(blocks), model, outs["torch"]], env)
+        torch = run(TORCH + ["cli", str(d), str(blocks), model, outs["torch"], torch_method], env)
         cli_masks("torch", torch, outs["torch"], work)
         os.remove(model)
     else:
@@ -293,16 +302,27 @@ def row(r):
 
 
 def cli_memory(r):
-    """The CLI case's anonymous memory and the in-memory path beside the streaming one."""
+    """A CLI case's anonymous memory, the in-memory path beside the streaming one, and the
+    issue's goals next to what was measured."""
     crate, torch, mem = r["crate"], r["torch"], r["crate_in_memory"]
+    _, _, speed_goal, anon_goal = CLI_CASES[r["case"]]
     anon = lambda side: gib(side["process_peak_anon_bytes"]) if side.get("process_peak_anon_bytes") else "-"
     share = (f" ({100 * crate['process_peak_anon_bytes'] / r['file_bytes']:.1f}% of the "
              f"{gib(r['file_bytes'])} file)" if crate.get("process_peak_anon_bytes") else "")
-    text = (f"  cli peak RssAnon: crate (streamed) {anon(crate)}{share}, PyTorch {anon(torch)}; "
+    text = (f"  {r['case']} peak RssAnon: crate (streamed) {anon(crate)}{share}, PyTorch {anon(torch)}; "
             f"crate --in-memory: {mem['outcome']}")
     if mem["outcome"] == "ok":
         text += (f", {seconds(mem['wall_seconds'])}, peak RSS {gib(mem['process_peak_bytes'])}, "
                  f"RssAnon {gib(mem['process_peak_anon_bytes'])}")
+    if crate["outcome"] == "ok" and torch["outcome"] == "ok":
+        speed = torch["seconds"] / crate["seconds"]
+        goals = [f"{speed:.1f}x PyTorch's wall time (goal >= {speed_goal}x: "
+                 f"{'met' if speed >= speed_goal else 'NOT met'})"]
+        if anon_goal is not None and crate.get("process_peak_anon_bytes"):
+            share = crate["process_peak_anon_bytes"] / r["file_bytes"]
+            goals.append(f"peak RssAnon {100 * share:.1f}% of the file (goal <= {100 * anon_goal:.0f}%: "
+                         f"{'met' if share <= anon_goal else 'NOT met'})")
+        text += "\n  goals: " + "; ".join(goals)
     return text
 
 
@@ -319,7 +339,7 @@ def main():
     known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES)
     for bad in [s for s in sizes if s not in SIZES] + [c for c in cases if c not in known]:
         sys.exit(f"unknown size or case '{bad}' (sizes: {', '.join(SIZES)}; cases: {', '.join(known)})")
-    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | {"cli"} else [CRATE, CLI]
+    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | set(CLI_CASES) else [CRATE, CLI]
     for binary in needed:
         if not os.path.exists(binary):
             sys.exit(f"{binary} is missing: run `make bench`, or build with "
@@ -352,7 +372,7 @@ def main():
             record = measure(case, size, a.seed, env, work)
             results.append(record)
             print(row(record), flush=True)
-            if case == "cli":
+            if case in CLI_CASES:
                 print(cli_memory(record), flush=True)
         for case in out_of_core:
             print(f"{case}: {bench_out_of_core.__doc__.splitlines()[0]}")

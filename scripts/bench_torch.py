@@ -5,7 +5,8 @@ One measurement per process, so that each peak resident set size is its own:
   bench_torch.py <case> <d> <blocks> <seed> <out-dir>     one JSON line, as examples/bench.rs
   bench_torch.py checksum <d> <blocks> <seed>             the bit sum of every tensor
   bench_torch.py write-model <d> <blocks> <seed> <path>   the model as safetensors (CLI case)
-  bench_torch.py cli <d> <blocks> <in> <out>              what the CLI case's tch-prune does
+  bench_torch.py cli <d> <blocks> <in> <out> [global|l1|ln]
+                                                          what the CLI cases' tch-prune does
   bench_torch.py ties <case> <d> <blocks> <seed> <crate-bits> <torch-bits>
                                                           are the masks' differences all ties?
 
@@ -164,8 +165,10 @@ def checksum(d, blocks, seed):
                       "torch_version": torch.__version__}))
 
 
-def cli(d, blocks, src, dst):
-    """What `tch-prune prune src -o dst --method l1-unstructured --amount 0.5 --global` does."""
+def cli(d, blocks, src, dst, method="global"):
+    """What `tch-prune prune src -o dst` does with `--method l1-unstructured --amount 0.5
+    --global` (global), `--method l1-unstructured --amount 0.5` (l1) or `--method ln-structured
+    --amount 0.5 --n 2 --dim 0` (ln)."""
     from safetensors.torch import load_file, save_file
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model = Stack(d, blocks, None)
@@ -173,8 +176,13 @@ def cli(d, blocks, src, dst):
     # The CLI's default selection: every parameter named *weight with at least two dims.
     params = [(model.get_submodule(n.rsplit(".", 1)[0]), "weight")
               for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2]
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.5)
+    if method == "global":
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.5)
     for module, name in params:
+        if method == "l1":
+            prune.l1_unstructured(module, name, amount=0.5)
+        elif method == "ln":
+            prune.ln_structured(module, name, amount=0.5, n=2, dim=0)
         prune.remove(module, name)
     save_file(model.state_dict(), dst)
 
@@ -221,7 +229,7 @@ def main():
         from safetensors.torch import save_file
         save_file(Stack(int(a[1]), int(a[2]), int(a[3])).state_dict(), a[4])
     elif a[0] == "cli":
-        cli(int(a[1]), int(a[2]), a[3], a[4])
+        cli(int(a[1]), int(a[2]), a[3], a[4], *a[5:6])
     elif a[0] == "ties":
         ties(a[1], int(a[2]), int(a[3]), int(a[4]), a[5], a[6])
     else:

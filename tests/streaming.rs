@@ -407,13 +407,9 @@ fn memory_stays_under(model_mb: usize, budget_mb: u64) {
     }
 }
 
+/// The size: a 1 GB model under a 64 MiB budget (16x). About 20 s in a debug build
+/// on the 2-core machine under load, most of it writing the model.
 #[test]
-fn anonymous_memory_stays_under_budget_for_a_model_eight_times_larger() {
-    memory_stays_under(256, 32);
-}
-
-#[test]
-#[ignore = "writes a 1 GB file; run with --ignored"]
 fn anonymous_memory_stays_under_budget_for_a_1gb_model() {
     memory_stays_under(1024, 64);
 }

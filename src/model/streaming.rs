@@ -16,6 +16,7 @@ use crate::checkpoint::{
 use crate::error::{PruneError, Result};
 use crate::model::model_file::is_conventional_buffer;
 use crate::model::script_model::add_dotted;
+use crate::prune::pruner::MASK_PIECE;
 use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
 use crate::{Pruner, PruningMethod, PruningType};
 use std::collections::{HashMap, HashSet};
@@ -525,6 +526,7 @@ fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Res
         }
         return Ok(zeros);
     }
+    raw.advise_sequential();
     let mut zeros = 0;
     for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
         zeros += count_zeros(piece, raw.kind);
@@ -533,9 +535,12 @@ fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Res
     Ok(zeros)
 }
 
-/// An L1-pruned tensor: `value * mask` a chunk at a time, computed by libtorch exactly as the
-/// in-memory path computes it (a boolean mask piece cast to the dtype, then `mul_out`), so
-/// signs of pruned zeros and NaNs come out the same.
+/// An L1-pruned tensor: `value * mask` a chunk at a time, the bytes the in-memory path writes.
+/// Finite entries are masked in Rust ([`Threshold::apply_finite`]: the decision, the product
+/// and the zero count in one pass over the mapped data); a piece holding an infinity or a NaN
+/// is multiplied by libtorch instead, over the same [`MASK_PIECE`] entries and with the same
+/// call the in-memory path makes (the boolean mask cast to the dtype, then `mul_out`), so NaN
+/// payloads and `inf * 0` come out the same.
 fn write_masked(
     raw: &RawScores<'_>,
     threshold: &mut Threshold,
@@ -545,66 +550,88 @@ fn write_masked(
 ) -> Result<i64> {
     let size = size_of(raw.kind);
     let numel = raw.bytes.len() / size;
-    let (values, mask) = scratch.buffers(raw.kind)?;
+    let (buffer, keep) = scratch.buffers(size);
+    raw.advise_sequential();
     let mut zeros = 0;
     for start in (0..numel).step_by(WRITE_CHUNK) {
         let n = WRITE_CHUNK.min(numel - start);
-        let keep = &mut scratch.keep[..n];
-        threshold.keep(raw, start, keep);
-        // SAFETY: both blobs outlive the tensors over them (dropped within this iteration);
-        // the mapped input is only read (the mapping is read-only: a write would fault, not
-        // corrupt), `keep` holds valid bools, and the selection checked the input's alignment.
-        let (input, keep) = unsafe {
-            (
-                Tensor::f_from_blob(
-                    raw.bytes[start * size..].as_ptr(),
-                    &[n as i64],
-                    &[1],
-                    raw.kind,
-                    Device::Cpu,
-                )?,
-                Tensor::f_from_blob(
-                    keep.as_ptr() as *const u8,
-                    &[n as i64],
-                    &[1],
-                    Kind::Bool,
-                    Device::Cpu,
-                )?,
-            )
-        };
-        // The boolean mask cast to the dtype, as the in-memory path casts each piece.
-        let mut piece = mask.f_narrow(0, 0, n as i64)?;
-        piece.f_copy_(&keep)?;
-        let dst = values.f_narrow(0, 0, n as i64)?;
-        let _ = input.f_mul_out(&dst, &piece)?;
-        // SAFETY: `values` is contiguous CPU memory of at least `n` elements of `size` bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(values.data_ptr() as *const u8, n * size) };
-        zeros += count_zeros(bytes, raw.kind);
-        out.write_all(bytes).map_err(|e| io_error(path, e))?;
+        let chunk = &mut buffer[..n * size];
+        for (p, piece) in chunk.chunks_mut(MASK_PIECE * size).enumerate() {
+            let first = start + p * MASK_PIECE;
+            zeros += match threshold.apply_finite(raw, first, piece) {
+                Some(z) => z as i64,
+                None => {
+                    let keep = &mut keep[..piece.len() / size];
+                    threshold.keep(raw, first, keep);
+                    multiply_by_libtorch(raw, first, keep, piece)?
+                }
+            };
+        }
+        out.write_all(chunk).map_err(|e| io_error(path, e))?;
     }
     Ok(zeros)
 }
 
-/// The chunk buffers of the masked writes, allocated once per run and per dtype: allocating
-/// them per chunk let glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
+/// `value * keep` for the entries `first..first + keep.len()` of `raw`, into `out`, by
+/// libtorch as the in-memory path computes it; returns the zeros written.
+fn multiply_by_libtorch(
+    raw: &RawScores<'_>,
+    first: usize,
+    keep: &[bool],
+    out: &mut [u8],
+) -> Result<i64> {
+    let size = size_of(raw.kind);
+    let n = keep.len() as i64;
+    // SAFETY: the three blobs outlive the tensors over them (dropped at the end of this call);
+    // the mapped input is only read (the mapping is read-only: a write would fault, not
+    // corrupt), `keep` holds valid bools, `out` is this call's to write, `n` elements long,
+    // and the selection checked the input's alignment (`out` is aligned by `Scratch`).
+    let (input, keep, product) = unsafe {
+        (
+            Tensor::f_from_blob(
+                raw.bytes[first * size..].as_ptr(),
+                &[n],
+                &[1],
+                raw.kind,
+                Device::Cpu,
+            )?,
+            Tensor::f_from_blob(
+                keep.as_ptr() as *const u8,
+                &[n],
+                &[1],
+                Kind::Bool,
+                Device::Cpu,
+            )?,
+            Tensor::f_from_blob(out.as_mut_ptr(), &[n], &[1], raw.kind, Device::Cpu)?,
+        )
+    };
+    let _ = input.f_mul_out(&product, &keep.f_to_kind(raw.kind)?)?;
+    Ok(count_zeros(out, raw.kind))
+}
+
+/// The buffers of the masked writes, allocated once per run: allocating them per chunk let
+/// glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
 #[derive(Default)]
 struct Scratch {
+    /// One chunk of output, as u64 so that it is aligned for every dtype.
+    output: Vec<u64>,
+    /// One piece's decisions, for the pieces libtorch multiplies.
     keep: Vec<bool>,
-    buffers: HashMap<Kind, (Tensor, Tensor)>,
 }
 
 impl Scratch {
-    /// The value and mask buffers for `kind` ([`WRITE_CHUNK`] entries each).
-    fn buffers(&mut self, kind: Kind) -> Result<(Tensor, Tensor)> {
-        if self.keep.len() < WRITE_CHUNK {
-            self.keep = vec![true; WRITE_CHUNK];
+    /// The output buffer ([`WRITE_CHUNK`] entries of `size` bytes) and the decisions' buffer.
+    fn buffers(&mut self, size: usize) -> (&mut [u8], &mut [bool]) {
+        let words = WRITE_CHUNK * size / 8;
+        if self.output.len() < words {
+            self.output = vec![0; words];
+            self.keep = vec![true; MASK_PIECE];
         }
-        let make = || Tensor::f_empty([WRITE_CHUNK as i64], (kind, Device::Cpu));
-        let (v, m) = match self.buffers.entry(kind) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert((make()?, make()?)),
+        // SAFETY: plain bytes of the vector's initialized u64s.
+        let output = unsafe {
+            std::slice::from_raw_parts_mut(self.output.as_mut_ptr() as *mut u8, words * 8)
         };
-        Ok((v.shallow_clone(), m.shallow_clone()))
+        (output, &mut self.keep)
     }
 }
 

@@ -763,6 +763,11 @@ impl PrunedTensor {
     }
 }
 
+/// Entries per piece of a masked multiply by a boolean mask. The streaming path multiplies the
+/// same pieces where it needs libtorch's products (NaN, infinities), so that both paths make
+/// each product in the same call of the same kernel (vectorized or not alike).
+pub(crate) const MASK_PIECE: usize = 1 << 18;
+
 /// `orig * mask` straight into `out` (which may be `orig` itself). A float mask of another dtype
 /// is cast first, as PyTorch's `mask.to(orig.dtype) * orig` does; a boolean one multiplies
 /// exactly.
@@ -772,7 +777,7 @@ fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
     if mask.kind() == Kind::Bool && orig.device() == Device::Cpu && flat {
         // libtorch multiplies a float by a bool without vectorizing (8x slower than two floats
         // on this project's machine): cast the mask a cache-sized piece at a time instead.
-        const PIECE: i64 = 1 << 18;
+        const PIECE: i64 = MASK_PIECE as i64;
         let (out, orig, mask) = (out.f_view([-1])?, orig.f_view([-1])?, mask.f_view([-1])?);
         let n = orig.numel() as i64;
         for start in (0..n).step_by(PIECE as usize) {

@@ -258,12 +258,9 @@ fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
         let mut histogram = vec![0u64; BUCKETS];
         for_each_batch(views, |batch| {
             let part = parallel_sum(batch, |c, h| {
-                c.for_each_live(wide, |_, key| {
-                    // Only keys whose higher digits are the prefix found so far.
-                    if pass == 0 || key >> (shift + DIGIT_BITS) == prefix >> (shift + DIGIT_BITS) {
-                        h[((key >> shift) & (BUCKETS as u64 - 1)) as usize] += 1;
-                    }
-                });
+                // Only keys whose higher digits are the prefix found so far.
+                let high = (pass > 0).then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                c.count_digits(wide, shift, high, h);
             });
             histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
         });
@@ -316,6 +313,29 @@ impl RawScores<'_> {
     pub(crate) fn usable(&self) -> bool {
         View::raw(self).is_some()
     }
+
+    /// Tells the kernel these bytes are about to be read in order (`MADV_SEQUENTIAL`): where
+    /// they are a memory map, its page faults then read ahead in large pieces, as `read` does,
+    /// and pages behind are dropped first. (Advice only: a failure, on memory that is not a
+    /// mapping or an old kernel, changes nothing but speed, and is ignored. `MADV_WILLNEED` on
+    /// the next chunk was measured slower under a memory cgroup, and is not given.)
+    pub(crate) fn advise_sequential(&self) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = self.bytes.as_ptr() as usize / page * page;
+        let end = self.bytes.as_ptr() as usize + self.bytes.len();
+        // SAFETY: advice on the pages the slice lies in; it changes none of their contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_SEQUENTIAL,
+            );
+        }
+    }
 }
 
 /// The outcome of [`smallest_threshold`]: which entries of the parts to prune, decided entry by
@@ -344,6 +364,9 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
                 "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
             )
         })?;
+    for part in parts {
+        part.advise_sequential();
+    }
     let wide = is_wide(&views);
     if k <= 0 {
         return Ok(Threshold {
@@ -425,6 +448,166 @@ impl Threshold {
             offset = end;
         }
     }
+
+    /// What [`keep`](Self::keep) decides for entries `start..start + n` of `part`, applied:
+    /// writes each entry times 1 (kept) or 0 (pruned) into `out` (`n` entries of the part's
+    /// dtype), consuming the tie allowance the same way, and returns the exact zeros written.
+    /// Returns `None`, having consumed and written nothing, when the entries hold an infinity or
+    /// a NaN: those products are libtorch's to make (NaN payloads, `inf * 0`). For finite
+    /// values the product by 1 is the value itself and the product by 0 the zero of the value's
+    /// sign, in every IEEE format and rounding: the bytes libtorch's `mul` writes, without a
+    /// float operation or a thread pool.
+    pub(crate) fn apply_finite(
+        &mut self,
+        part: &RawScores<'_>,
+        start: usize,
+        out: &mut [u8],
+    ) -> Option<u64> {
+        let size = element_size(part.kind)?;
+        let n = out.len() / size;
+        let src = part.bytes.get(start * size..(start + n) * size)?;
+        let (below, tie) = self.native_bound(part.kind)?;
+        let ties = &mut self.ties;
+        // SAFETY: `src` and `out` hold `n` whole elements; `src` is aligned to the element size
+        // (checked by `View::raw` when the threshold was found) and `out` by the caller.
+        unsafe {
+            match part.kind {
+                Kind::Float => mask_finite::<u32>(src, out, 0x7f80_0000, below, tie, ties),
+                Kind::Double => {
+                    mask_finite::<u64>(src, out, 0x7ff0_0000_0000_0000, below, tie, ties)
+                }
+                Kind::Half => mask_finite::<u16>(src, out, 0x7c00, below, tie, ties),
+                Kind::BFloat16 => mask_finite::<u16>(src, out, 0x7f80, below, tie, ties),
+                _ => None,
+            }
+        }
+    }
+
+    /// The threshold in `kind`'s own magnitude bits (the value's bits with the sign cleared,
+    /// which order like the magnitudes for finite values): finite entries whose bits are below
+    /// the first are pruned, and those equal to the second (when some finite value has exactly
+    /// the threshold key) are the ties. Found by bisection over the key of each bit pattern,
+    /// computed as the selection computes it, so both decide alike.
+    fn native_bound(&self, kind: Kind) -> Option<(u64, Option<u64>)> {
+        let infinity: u64 = match kind {
+            Kind::Float => 0x7f80_0000,
+            Kind::Double => 0x7ff0_0000_0000_0000,
+            Kind::Half => 0x7c00,
+            Kind::BFloat16 => 0x7f80,
+            _ => return None,
+        };
+        let Some(threshold) = self.key else {
+            // Nothing pruned: every finite entry is at or above a bound of 0 with no ties.
+            return Some((0, None));
+        };
+        let wide = self.wide;
+        let key = |bits: u64| -> u64 {
+            let bytes = bits.to_le_bytes();
+            // SAFETY: `bytes` holds at least one element of `kind` (at most 8 bytes).
+            let x = unsafe { read_f64(bytes.as_ptr(), kind, 0) };
+            if wide {
+                x.abs().to_bits()
+            } else {
+                (x as f32).abs().to_bits() as u64
+            }
+        };
+        // The smallest magnitude bits, up to infinity's, whose key reaches the threshold.
+        let (mut lo, mut hi) = (0u64, infinity);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if key(mid) >= threshold {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let tie = (lo < infinity && key(lo) == threshold).then_some(lo);
+        Some((lo, tie))
+    }
+}
+
+/// The unsigned integer holding one element's bits.
+trait Bits:
+    Copy + Eq + Ord + std::ops::BitAnd<Output = Self> + std::ops::Not<Output = Self> + Default
+{
+    /// Every bit but the sign.
+    const MAGNITUDE: Self;
+    fn from_u64(x: u64) -> Self;
+}
+
+impl Bits for u16 {
+    const MAGNITUDE: Self = 0x7fff;
+    fn from_u64(x: u64) -> Self {
+        x as u16
+    }
+}
+
+impl Bits for u32 {
+    const MAGNITUDE: Self = 0x7fff_ffff;
+    fn from_u64(x: u64) -> Self {
+        x as u32
+    }
+}
+
+impl Bits for u64 {
+    const MAGNITUDE: Self = u64::MAX >> 1;
+    fn from_u64(x: u64) -> Self {
+        x
+    }
+}
+
+/// [`Threshold::apply_finite`] on elements of `T`: `None` if any element has the exponent
+/// `exponent` (all ones: infinity or NaN), else the masked copy and its count of zeros.
+///
+/// # Safety
+/// `src` and `out` must hold the same whole number of `T` elements, both aligned to `T`.
+unsafe fn mask_finite<T: Bits>(
+    src: &[u8],
+    out: &mut [u8],
+    exponent: u64,
+    below: u64,
+    tie: Option<u64>,
+    ties: &mut u64,
+) -> Option<u64> {
+    let n = src.len() / std::mem::size_of::<T>();
+    let src = std::slice::from_raw_parts(src.as_ptr() as *const T, n);
+    let out = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut T, n);
+    let (infinity, exponent) = (exponent, T::from_u64(exponent));
+    // No early exit: a branch-free scan vectorizes, and special values are rare.
+    if src
+        .iter()
+        .fold(false, |seen, &b| seen | (b & exponent == exponent))
+    {
+        return None;
+    }
+    let (magnitude, below, zero) = (T::MAGNITUDE, T::from_u64(below), T::default());
+    let sign = !magnitude;
+    // No finite magnitude has infinity's bits: without a tie key, nothing is counted as tied.
+    let tie = T::from_u64(tie.unwrap_or(infinity));
+    // Everything below the bound goes, ties kept for now: one branch-free pass, vectorized.
+    let (mut zeros, mut tied) = (0u64, 0u64);
+    for (o, &b) in out.iter_mut().zip(src) {
+        let m = b & magnitude;
+        let v = if m < below { b & sign } else { b };
+        zeros += (v & magnitude == zero) as u64;
+        tied += (m == tie) as u64;
+        *o = v;
+    }
+    // Then the first tied entries, in order, while the allowance lasts (rarely more than a few).
+    if tied > 0 && *ties > 0 {
+        for (o, &b) in out.iter_mut().zip(src) {
+            if *ties == 0 {
+                break;
+            }
+            if b & magnitude == tie {
+                *o = b & sign;
+                // A tie at magnitude 0 was already counted as a zero.
+                zeros += (tie != zero) as u64;
+                *ties -= 1;
+            }
+        }
+    }
+    Some(zeros)
 }
 
 /// Raw access to one part. The tensors are kept alive by the caller for the whole selection.
@@ -518,6 +701,46 @@ impl Chunk<'_> {
         })
     }
 
+    /// Adds to `h` the digit at `shift` of each live key whose bits above `high.0` are
+    /// `high.1` (of every live key when `high` is `None`). Raw f32, f16 and bf16 data (the
+    /// streamed selections) is read straight from its bits, without the keys buffer.
+    fn count_digits(&self, wide: bool, shift: u32, high: Option<(u32, u64)>, h: &mut [u64]) {
+        let v = self.view;
+        let n = self.end - self.start;
+        #[inline(always)]
+        fn add(
+            keys: impl Iterator<Item = u64>,
+            shift: u32,
+            high: Option<(u32, u64)>,
+            h: &mut [u64],
+        ) {
+            let mask = BUCKETS as u64 - 1;
+            match high {
+                None => keys.for_each(|key| h[((key >> shift) & mask) as usize] += 1),
+                Some((bits, prefix)) => keys.for_each(|key| {
+                    if key >> bits == prefix {
+                        h[((key >> shift) & mask) as usize] += 1;
+                    }
+                }),
+            }
+        }
+        // SAFETY: [start, end) lies within the view's `numel` elements of its dtype.
+        unsafe {
+            match (v.score_kind, v.live, wide) {
+                (Kind::Float, None, false) => {
+                    let x = std::slice::from_raw_parts((v.scores as *const u32).add(self.start), n);
+                    add(x.iter().map(|&b| (b & 0x7fff_ffff) as u64), shift, high, h);
+                }
+                (Kind::Half | Kind::BFloat16, None, false) => {
+                    let table = key_table(v.score_kind);
+                    let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
+                    add(x.iter().map(|&b| table[b as usize] as u64), shift, high, h);
+                }
+                _ => self.for_each_live(wide, |_, key| add(std::iter::once(key), shift, high, h)),
+            }
+        }
+    }
+
     /// The chunk's keys, `NOT_LIVE` where the entry does not take part: decoded in one tight
     /// loop per dtype, so the passes over them stay simple.
     fn keys(&self, wide: bool, keys: &mut Vec<u64>) {
@@ -534,6 +757,11 @@ impl Chunk<'_> {
                 (Kind::Float, true) => {
                     let x = std::slice::from_raw_parts((v.scores as *const f32).add(self.start), n);
                     keys.extend(x.iter().map(|&x| (x as f64).abs().to_bits()));
+                }
+                (Kind::Half | Kind::BFloat16, false) => {
+                    let table = key_table(v.score_kind);
+                    let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
+                    keys.extend(x.iter().map(|&b| table[b as usize] as u64));
                 }
                 (kind, _) => keys.extend((self.start..self.end).map(|i| {
                     let x = read_f64(v.scores, kind, i);
@@ -660,6 +888,27 @@ fn parallel_sum(chunks: &[Chunk<'_>], f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync)
         acc.iter_mut().zip(h).for_each(|(a, x)| *a += x);
         acc
     })
+}
+
+/// The f32 key of every f16 (or bf16) bit pattern, made by the general formula below (read
+/// widened, then `(x as f32).abs()`): the same keys, NaNs included, at one load each.
+fn key_table(kind: Kind) -> &'static [u32] {
+    static HALF: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    static BF16: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let make = move || -> Vec<u32> {
+        (0..=u16::MAX)
+            .map(|b| {
+                let bytes = b.to_le_bytes();
+                // SAFETY: two bytes, one element of a 16-bit float kind.
+                let x = unsafe { read_f64(bytes.as_ptr(), kind, 0) };
+                (x as f32).abs().to_bits()
+            })
+            .collect()
+    };
+    match kind {
+        Kind::Half => HALF.get_or_init(make),
+        _ => BF16.get_or_init(make),
+    }
 }
 
 fn element_size(kind: Kind) -> Option<usize> {
