@@ -4,6 +4,7 @@
 //! the kernel can drop and read again), and written from whatever the caller hands over.
 
 use super::dtype::DType;
+pub use super::host_tensor::TensorHeader;
 use super::error::{shown, CheckpointError};
 use super::safetensors::{invalid, open_checked, CheckedHeader};
 use ::safetensors::tensor::{Dtype, TensorInfo};
@@ -25,7 +26,7 @@ pub struct MappedTensor {
     /// Its shape.
     pub shape: Vec<i64>,
     /// The tensor's bytes within the file.
-    range: std::ops::Range<usize>,
+    pub(super) range: std::ops::Range<usize>,
 }
 
 impl MappedTensor {
@@ -103,25 +104,6 @@ impl MappedSafetensors {
     /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)).
     pub fn bytes(&self, tensor: &MappedTensor) -> &[u8] {
         &self.map[tensor.range.clone()]
-    }
-}
-
-/// A tensor to be written by [`write_safetensors_streamed`]: its name, dtype and shape; its
-/// bytes come later, from the caller.
-#[derive(Clone, Debug)]
-pub struct TensorHeader {
-    /// Its name in the file.
-    pub name: String,
-    /// Its dtype.
-    pub kind: Kind,
-    /// Its shape.
-    pub shape: Vec<i64>,
-}
-
-impl TensorHeader {
-    fn byte_len(&self) -> usize {
-        let size = DType::of(self.kind).map_or(1, |d| d.safetensors.size());
-        self.shape.iter().product::<i64>() as usize * size
     }
 }
 
@@ -203,9 +185,9 @@ where
 }
 
 /// Counts what goes through, to check each tensor's size.
-struct Counted<W> {
-    inner: W,
-    written: usize,
+pub(super) struct Counted<W> {
+    pub(super) inner: W,
+    pub(super) written: usize,
 }
 
 impl<W: Write> Write for Counted<W> {
