@@ -4,8 +4,8 @@
 //! the kernel can drop and read again), and written from whatever the caller hands over.
 
 use super::dtype::DType;
-pub use super::host_tensor::TensorHeader;
 use super::error::{shown, CheckpointError};
+pub use super::host_tensor::TensorHeader;
 use super::safetensors::{invalid, open_checked, CheckedHeader};
 use ::safetensors::tensor::{Dtype, TensorInfo};
 use memmap2::{Advice, Mmap};
@@ -74,8 +74,8 @@ impl MappedSafetensors {
         // SAFETY: the mapping is only read. Like every reader of a file that another process
         // may change, what is read is then undefined in value (never in memory safety, for plain
         // bytes): do not rewrite a checkpoint while it is being pruned.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, "cannot read", e))?;
         // Read front to back: the kernel reads ahead and drops what was read first.
         let _ = map.advise(Advice::Sequential);
         Ok(MappedSafetensors {

@@ -180,10 +180,7 @@ enum HeaderError {
 }
 
 /// The header's length and contents, checked as `SafeTensors::read_metadata` checks them.
-fn read_header(
-    file: &mut File,
-    file_len: u64,
-) -> Result<(usize, Metadata), HeaderError> {
+fn read_header(file: &mut File, file_len: u64) -> Result<(usize, Metadata), HeaderError> {
     let format = |e| Err(HeaderError::Format(e));
     if file_len < 8 {
         return format(SafeTensorError::HeaderTooSmall);

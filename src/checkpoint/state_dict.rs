@@ -165,7 +165,10 @@ impl Unpickler<'_> {
 
     /// [`Unpickler::into_state_dict`] for storages only located: the tensors' layouts, with the
     /// key the state dict was found under (`"state_dict."`, `"model."`, or `""` for the root).
-    pub(super) fn into_layouts(self, root: Value) -> VmResult<(String, Vec<(String, TensorLayout)>)> {
+    pub(super) fn into_layouts(
+        self,
+        root: Value,
+    ) -> VmResult<(String, Vec<(String, TensorLayout)>)> {
         let (keys, key_prefix) = self.state_dict_keys(&root)?;
         let mut out = Vec::with_capacity(keys.len());
         for (name, index) in keys {
@@ -281,9 +284,7 @@ impl Unpickler<'_> {
                 Obj::Tensor(t) => t
                     .f_detach_copy()
                     .map_err(|e| CheckpointError::torch(self.path, e))?,
-                other => {
-                    return Err(self.not_handed_out(other, &format!("{key_prefix}{name}")))
-                }
+                other => return Err(self.not_handed_out(other, &format!("{key_prefix}{name}"))),
             };
             out.push((name, tensor));
         }
