@@ -332,13 +332,18 @@ impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
                 entry.compression()
             )
         });
-        let end = start.checked_add(entry.compressed_size());
-        if stored && end.is_none_or(|end| end > self.file_len) {
+        // A stored entry's bytes are its data: both sizes must be the one declared, and all of
+        // it inside the file, or the mapped slice would reach past the file's end.
+        let end = start.checked_add(nbytes);
+        if stored
+            && (entry.compressed_size() != nbytes || end.is_none_or(|end| end > self.file_len))
+        {
             return Err(CheckpointError::CorruptArchive {
                 path: self.path.to_path_buf(),
                 reason: format!(
-                    "entry {} claims {nbytes} bytes from offset {start}, past the end of the {}-byte file",
+                    "entry {} is stored as {} bytes of {nbytes} from offset {start}, in a file of {} bytes: its header and the file disagree",
                     shown(&name),
+                    entry.compressed_size(),
                     self.file_len
                 ),
             });
