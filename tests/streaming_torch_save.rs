@@ -151,6 +151,7 @@ fn what_the_streaming_path_cannot_take_falls_back_and_says_why() {
     for (file, reason) in [
         ("tied.pt", "(tied weights)"),
         ("strided.pt", "is a strided view of its storage"),
+        ("views.pt", "are views of one storage"),
         ("pruned.pt", "saved pruned"),
         ("compressed.pt", "is compressed"),
     ] {

@@ -68,8 +68,9 @@ impl MappedTorchSave {
     }
 
     /// Why some tensor's bytes are not a plain slice of the file, if so (the first reason
-    /// found): a compressed storage entry, a strided view of its storage, or names that are one
-    /// tensor (tied weights, which a writer keeps as one storage).
+    /// found): a compressed storage entry, a strided view of its storage, names that are one
+    /// tensor (tied weights, which a writer keeps as one storage) or other views of one storage
+    /// (which a writer copies).
     pub fn unmappable(&self) -> Option<&str> {
         self.unmappable.as_deref()
     }
@@ -92,7 +93,8 @@ fn describe(path: &Path, map: &[u8]) -> Result<Described, CheckpointError> {
     let root = vm.run()?;
     let (nested_under, layouts) = vm.into_layouts(root)?;
     let mut unmappable = None;
-    let mut views: HashMap<ViewOf<'_>, &str> = HashMap::new();
+    // The first name over each storage, with its view.
+    let mut users: HashMap<&str, (ViewOf<'_>, &str)> = HashMap::new();
     let mut tensors = Vec::with_capacity(layouts.len());
     for (name, layout) in &layouts {
         let entry = storages.entries.get(&layout.storage).ok_or_else(|| {
@@ -113,13 +115,23 @@ fn describe(path: &Path, map: &[u8]) -> Result<Described, CheckpointError> {
                     &layout.size[..],
                     &layout.stride[..],
                 );
-                match views.insert(view, name) {
-                    Some(first) => Err(format!(
+                match users.get(layout.storage.as_str()) {
+                    Some((first_view, first)) if *first_view == view => Err(format!(
                         "'{}' and '{}' are one tensor (tied weights), which stay tied in memory",
                         shown(first),
                         shown(name)
                     )),
-                    None => Ok(range),
+                    // Written as copies, which the in-memory reader bounds: a few bytes of
+                    // pickle could otherwise ask for an output of any size.
+                    Some((_, first)) => Err(format!(
+                        "'{}' and '{}' are views of one storage, which are copied in memory",
+                        shown(first),
+                        shown(name)
+                    )),
+                    None => {
+                        users.insert(layout.storage.as_str(), (view, name));
+                        Ok(range)
+                    }
                 }
             }
             Err(why) => Err(why.unwrap_or_else(|| {

@@ -1,7 +1,7 @@
 //! Pruning a checkpoint without holding it in memory: a safetensors file, a sharded safetensors
-//! checkpoint (`model.safetensors.index.json`) or a `torch.save` zip. The input is memory-mapped, L1 selections (per tensor or
-//! global) stream over the mapped data, and the output is written tensor by tensor, a bounded
-//! chunk at a time, with the mask applied on the fly. The result is byte for byte what
+//! checkpoint (`model.safetensors.index.json`) or a `torch.save` zip. The input is
+//! memory-mapped, L1 selections (per tensor or global) stream over the mapped data, and the
+//! output is written tensor by tensor, a bounded chunk at a time, with the mask applied on the fly. The result is byte for byte what
 //! [`ModelFile`](crate::ModelFile) writes after the same pruning made permanent at once.
 //!
 //! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
@@ -338,7 +338,7 @@ impl StreamedModel {
     }
 
     /// Prunes the steps' tensors, each pruning made permanent, and writes the checkpoint to
-    /// `output`: for one file, a safetensors file replaced atomically; for a sharded input, a
+    /// `output`: for one file, a file of its format replaced atomically; for a sharded input, a
     /// folder (that must not exist yet, or be empty) holding the same shards and an index of the
     /// same name, which appears whole or not at all. The bytes written are those
     /// [`ModelFile::save`](crate::ModelFile::save) writes after the same steps.

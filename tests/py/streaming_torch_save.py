@@ -3,9 +3,10 @@
     make DIR     writes DIR/model-{float32,float16,bfloat16}.pt (a small model's state dict,
                  values rounded to quarters in one weight so that ties occur), and the inputs
                  the streaming path leaves to the in-memory path: tied.pt (two names, one
-                 Parameter), strided.pt (a transposed tensor saved as is), pruned.pt (a model
-                 saved pruned: weight_orig / weight_mask), compressed.pt (a storage entry
-                 deflated), and nested.pt ({"state_dict": ..., "epoch": 3}), which streams.
+                 Parameter), strided.pt (a transposed tensor saved as is), views.pt (two
+                 slices of one storage), pruned.pt (a model saved pruned: weight_orig /
+                 weight_mask), compressed.pt (a storage entry deflated), and nested.pt
+                 ({"state_dict": ..., "epoch": 3}), which streams.
     zeros FILE   loads FILE with torch.load(weights_only=True) and prints, per tensor,
                  "name dtype numel zeros".
 """
@@ -51,6 +52,9 @@ def make(folder):
     strided = OrderedDict(sd)
     strided["layers.0.attn.weight"] = sd["layers.0.attn.weight"].t()
     torch.save(strided, f"{folder}/strided.pt")
+
+    base = torch.randn(8, 6)
+    torch.save(OrderedDict([("a.weight", base[:3]), ("b.weight", base[3:])]), f"{folder}/views.pt")
 
     net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
     prune.l1_unstructured(net[0], "weight", 0.5)
