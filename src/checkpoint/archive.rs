@@ -275,14 +275,38 @@ fn wrong_storage_size(path: &Path, name: &str, holds: u64, nbytes: u64) -> Check
 pub(super) struct StorageEntry {
     /// Its bytes in the file (when stored uncompressed).
     pub(super) range: std::ops::Range<u64>,
+    /// Its full name, and the CRC-32 its headers give, for [`check_crc`].
+    pub(super) name: String,
+    pub(super) crc32: u32,
     /// Why the bytes cannot be used where they lie (a compressed entry), if so.
     pub(super) unusable: Option<String>,
 }
 
+/// Checks a stored entry's bytes (`bytes`, read where they lie in the file) against its CRC, as
+/// the zip reader does when it reads an entry to its end: a damaged file is refused, not pruned.
+pub(super) fn check_crc(
+    path: &Path,
+    entry: &StorageEntry,
+    bytes: &[u8],
+) -> Result<(), CheckpointError> {
+    let computed = crc32fast::hash(bytes);
+    if computed != entry.crc32 {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {} fails its CRC check (the zip says {:08x}, its bytes give {computed:08x}): the file is damaged",
+                shown(&entry.name),
+                entry.crc32
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The storages of a zip archive located, not read: for a reader that maps the file. The same
 /// refusals as [`ZipStorages`] for what is wrong with an entry (missing, of another size than
-/// `data.pkl` declares, a decompression bomb, past the end of the file); the CRC, which is only
-/// checked by reading every byte, is not.
+/// `data.pkl` declares, a decompression bomb, past the end of the file); the CRC, which only
+/// reading every byte checks, is checked by [`check_crc`] when the bytes are read.
 pub(super) struct LocatedStorages<'p, R> {
     archive: zip::ZipArchive<R>,
     path: &'p Path,
@@ -352,6 +376,8 @@ impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
             key.to_string(),
             StorageEntry {
                 range: start..start + nbytes,
+                name: name.clone(),
+                crc32: entry.crc32(),
                 unusable,
             },
         );

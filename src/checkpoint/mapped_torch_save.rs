@@ -5,7 +5,7 @@
 //! uncompressed and 64-byte aligned, so the bytes of a contiguous tensor are a plain slice of the
 //! mapped file.
 
-use super::archive::StorageEntry;
+use super::archive::{check_crc, StorageEntry};
 use super::error::{shown, CheckpointError};
 use super::mapped::MappedTensor;
 use super::state_dict::TensorLayout;
@@ -23,6 +23,8 @@ pub struct MappedTorchSave {
     path: PathBuf,
     map: Mmap,
     tensors: Vec<MappedTensor>,
+    /// The storage entry of each tensor (by name), for [`MappedTorchSave::check`].
+    entries: HashMap<String, StorageEntry>,
     unmappable: Option<String>,
     nested_under: String,
 }
@@ -39,16 +41,30 @@ impl MappedTorchSave {
         // may change, what is read is then undefined in value (never in memory safety, for plain
         // bytes): do not rewrite a checkpoint while it is being pruned.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (tensors, unmappable, nested_under) = describe(path, &map)?;
+        let (tensors, entries, unmappable, nested_under) = describe(path, &map)?;
         // Read front to back: the kernel reads ahead and drops what was read first.
         let _ = map.advise(Advice::Sequential);
         Ok(MappedTorchSave {
             path: path.to_path_buf(),
             map,
             tensors,
+            entries,
             unmappable,
             nested_under,
         })
+    }
+
+    /// Checks the CRC of the storage entry that holds `tensor`'s bytes, reading all of it (the
+    /// bytes a writer is about to read anyway): a damaged file is refused, as
+    /// [`read_torch_zip`](super::read_torch_zip) refuses it.
+    pub fn check(&self, tensor: &MappedTensor) -> Result<(), CheckpointError> {
+        match self.entries.get(&tensor.name) {
+            Some(entry) if entry.unusable.is_none() => {
+                let (start, end) = (entry.range.start as usize, entry.range.end as usize);
+                check_crc(&self.path, entry, &self.map[start..end])
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The mapped file.
@@ -82,7 +98,12 @@ impl MappedTorchSave {
     }
 }
 
-type Described = (Vec<MappedTensor>, Option<String>, String);
+type Described = (
+    Vec<MappedTensor>,
+    HashMap<String, StorageEntry>,
+    Option<String>,
+    String,
+);
 
 /// The tensors of the archive in `map`, where each one's bytes are, and why some are not a
 /// plain slice of it (the first reason).
@@ -96,6 +117,7 @@ fn describe(path: &Path, map: &[u8]) -> Result<Described, CheckpointError> {
     // The first name over each storage, with its view.
     let mut users: HashMap<&str, (ViewOf<'_>, &str)> = HashMap::new();
     let mut tensors = Vec::with_capacity(layouts.len());
+    let mut by_name = HashMap::with_capacity(layouts.len());
     for (name, layout) in &layouts {
         let entry = storages.entries.get(&layout.storage).ok_or_else(|| {
             CheckpointError::CorruptArchive {
@@ -145,6 +167,7 @@ fn describe(path: &Path, map: &[u8]) -> Result<Described, CheckpointError> {
             unmappable.get_or_insert(why);
             0..0
         });
+        by_name.insert(name.clone(), entry.clone());
         tensors.push(MappedTensor {
             name: name.clone(),
             kind: layout.kind,
@@ -152,7 +175,7 @@ fn describe(path: &Path, map: &[u8]) -> Result<Described, CheckpointError> {
             range,
         });
     }
-    Ok((tensors, unmappable, nested_under))
+    Ok((tensors, by_name, unmappable, nested_under))
 }
 
 /// A view of a storage: key, dtype, offset, size, stride. Names over the same one are tied.

@@ -87,6 +87,15 @@ impl Source {
         }
     }
 
+    /// Checks what the file can check of `t`'s bytes before they are written (a `torch.save`
+    /// storage's CRC).
+    fn check(&self, t: &MappedTensor) -> Result<()> {
+        match self {
+            Source::Safetensors(_) => Ok(()),
+            Source::TorchSave(f) => Ok(f.check(t)?),
+        }
+    }
+
     /// Why the in-memory path would write something else than tensors read where they lie and
     /// written one by one, if so. `names`: every tensor name of the checkpoint.
     fn unsupported(&self, names: &HashSet<&str>) -> Option<String> {
@@ -467,6 +476,7 @@ impl StreamedModel {
             .collect();
         file.write(path, &headers, |i, out| -> Result<()> {
             let t = by_name[headers[i].name.as_str()];
+            file.check(t)?;
             let raw = self.raw(f, t);
             let zeros = match roles.get_mut(t.name.as_str()) {
                 None => write_unchanged(&raw, out, path)?,

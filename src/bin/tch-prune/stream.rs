@@ -49,6 +49,12 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         ));
     }
     let model = StreamedModel::open(&args.input)?;
+    // What the file itself rules out (a checkpoint saved pruned, ties, a torch.save layout that
+    // is not a plain slice of the file), before the steps pick names the in-memory path reads
+    // otherwise (`<name>` for `<name>_orig` and `<name>_mask`).
+    if let Some(reason) = model.unsupported(&[]) {
+        return in_memory(&reason);
+    }
     let parameters = model.parameters();
     let buffers = model.buffers();
     let selections = steps
