@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{cli, folder_entries, kill_when, large_headers, ok, peak_anon, stream_runs};
+use common::{
+    assert_streamed_memory_under, cli, folder_entries, kill_when, large_headers, ok, stream_runs,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -254,37 +256,12 @@ fn memory_stays_under(model_mb: usize, budget_mb: u64) {
     write_large(&large, "", tensors, model_mb * (1 << 20) / 4 / tensors);
     let small = dir.path().join("small.safetensors");
     write_large(&small, "", 2, 1024);
-    let run = |input: &Path, method: &[&str]| {
-        let out = dir.path().join("out.safetensors");
-        let mut args = vec!["prune", s(input), "-o", s(&out)];
-        args.extend(method);
-        let (peak, output) = peak_anon(&args);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
-        peak
-    };
-    for method in [
-        &["--method", "l1-unstructured", "--amount", "0.5", "--global"][..],
-        &["--method", "l1-unstructured", "--amount", "0.5"][..],
-    ] {
-        // The process's own baseline (libtorch, the binary) is what a tiny model takes.
-        let baseline = run(&small, method);
-        let peak = run(&large, method);
-        let extra = peak.saturating_sub(baseline);
-        eprintln!(
-            "{method:?}: {model_mb} MB model, peak RssAnon {:.1} MB, {:.1} MB over a tiny model's",
-            peak as f64 / 1e6,
-            extra as f64 / 1e6
-        );
-        assert!(
-            extra < budget_mb << 20,
-            "{method:?}: {extra} bytes of anonymous memory over the baseline, budget {budget_mb} MiB"
-        );
-    }
+    assert_streamed_memory_under(
+        &small,
+        &large,
+        &dir.path().join("out.safetensors"),
+        budget_mb,
+    );
 }
 
 #[test]

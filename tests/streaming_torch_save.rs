@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    cli, folder_entries, kill_when, large_headers, ok, peak_anon, run_python, stream_runs,
+    assert_streamed_memory_under, cli, folder_entries, kill_when, large_headers, ok, run_python,
+    stream_runs,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,41 +208,13 @@ fn write_large(path: &Path, tensors: usize, numel: usize) {
 
 #[test]
 fn anonymous_memory_stays_under_budget_for_a_model_eight_times_larger() {
-    let (model_mb, budget_mb) = (256, 32u64);
+    let (model_mb, budget_mb) = (256usize, 32u64);
     let dir = common::tempdir();
     let large = dir.path().join("large.pt");
     write_large(&large, 16, model_mb * (1 << 20) / 4 / 16);
     let small = dir.path().join("small.pt");
     write_large(&small, 2, 1024);
-    let out = dir.path().join("out.pt");
-    for method in [
-        "--method l1-unstructured --amount 0.5 --global",
-        "--method l1-unstructured --amount 0.5",
-    ] {
-        let run = |input: &Path| {
-            let (peak, output) = peak_anon(&common::prune_args(input, &out, method, &[]));
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
-            peak
-        };
-        // The process's own baseline (libtorch, the binary) is what a tiny model takes.
-        let baseline = run(&small);
-        let peak = run(&large);
-        let extra = peak.saturating_sub(baseline);
-        eprintln!(
-            "{method}: {model_mb} MB torch.save model, peak RssAnon {:.1} MB, {:.1} MB over a tiny model's",
-            peak as f64 / 1e6,
-            extra as f64 / 1e6
-        );
-        assert!(
-            extra < budget_mb << 20,
-            "{method}: {extra} bytes of anonymous memory over the baseline, budget {budget_mb} MiB"
-        );
-    }
+    assert_streamed_memory_under(&small, &large, &dir.path().join("out.pt"), budget_mb);
 }
 
 /// The size of the file `pid` has open under `folder` (its temporary output), if any.

@@ -280,3 +280,37 @@ pub fn large_headers(
         })
         .collect()
 }
+
+/// Prunes `large` and `small` (a tiny model: the process's own baseline, libtorch and the
+/// binary) to `out` by streaming, with L1 global and per tensor, and asserts that the peak
+/// anonymous memory of the large run exceeds the small one's by less than `budget_mb` MiB.
+pub fn assert_streamed_memory_under(small: &Path, large: &Path, out: &Path, budget_mb: u64) {
+    for method in [
+        "--method l1-unstructured --amount 0.5 --global",
+        "--method l1-unstructured --amount 0.5",
+    ] {
+        let run = |input: &Path| {
+            let (peak, output) = peak_anon(&prune_args(input, out, method, &[]));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
+            peak
+        };
+        let baseline = run(small);
+        let peak = run(large);
+        let extra = peak.saturating_sub(baseline);
+        eprintln!(
+            "{method}: {}, peak RssAnon {:.1} MB, {:.1} MB over a tiny model's",
+            large.display(),
+            peak as f64 / 1e6,
+            extra as f64 / 1e6
+        );
+        assert!(
+            extra < budget_mb << 20,
+            "{method}: {extra} bytes of anonymous memory over the baseline, budget {budget_mb} MiB"
+        );
+    }
+}
