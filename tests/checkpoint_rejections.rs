@@ -14,12 +14,15 @@ use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     read_safetensors, read_state_dict, read_torch_zip, read_torch_zip_from, read_torchscript_state,
     read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError, Format,
+    MappedTorchSave,
 };
 
 /// The readers a row of a table calls.
 #[derive(Clone, Copy, Debug)]
 enum Reader {
     TorchZip,
+    /// `MappedTorchSave`, the streaming path's reader: the same refusals as `read_torch_zip`.
+    MappedZip,
     StateDict,
     Detect,
     Safetensors,
@@ -31,6 +34,7 @@ impl Reader {
     fn read(self, path: &Path) -> Result<(), CheckpointError> {
         match self {
             TorchZip => read_torch_zip(path).map(drop),
+            MappedZip => MappedTorchSave::open(path).map(drop),
             StateDict => read_state_dict(path).map(drop),
             Detect => Format::detect(path).map(drop),
             Safetensors => read_safetensors(path).map(drop),
@@ -104,13 +108,13 @@ fn rejects_legacy_truncated_and_foreign_files() {
         &[
             Rejection {
                 file: "legacy.pt",
-                readers: &[TorchZip, StateDict, Detect],
+                readers: &[TorchZip, MappedZip, StateDict, Detect],
                 variant: |e| matches!(e, CheckpointError::LegacyFormat { .. }),
                 needle: "_use_new_zipfile_serialization=True",
             },
             Rejection {
                 file: "half.pt",
-                readers: &[TorchZip, StateDict],
+                readers: &[TorchZip, MappedZip, StateDict],
                 variant: |e| matches!(e, CheckpointError::CorruptArchive { .. }),
                 needle: "corrupt or truncated",
             },
@@ -128,7 +132,7 @@ fn rejects_legacy_truncated_and_foreign_files() {
             },
             Rejection {
                 file: "noise.bin",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: any,
                 needle: "not a zip archive",
             },
@@ -146,13 +150,13 @@ fn rejects_legacy_truncated_and_foreign_files() {
             },
             Rejection {
                 file: "notes.zip",
-                readers: &[TorchZip, StateDict, Detect],
+                readers: &[TorchZip, MappedZip, StateDict, Detect],
                 variant: |e| matches!(e, CheckpointError::NotACheckpoint { .. }),
                 needle: "no data.pkl",
             },
             Rejection {
                 file: "scripted.pt",
-                readers: &[StateDict, TorchZip],
+                readers: &[StateDict, TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::TorchScript { .. }),
                 needle: "TorchScript module saved by torch.jit.save",
             },
@@ -210,7 +214,7 @@ fn rejects_damaged_archives() {
         rewrite_zip(&pt, &dir.path().join(d.file), edit_entry(d.entry, d.edit));
         rows.push(Rejection {
             file: d.file,
-            readers: &[TorchZip],
+            readers: &[TorchZip, MappedZip],
             variant: d.variant,
             needle: d.needle,
         });
@@ -230,50 +234,50 @@ fn rejects_custom_classes_non_dicts_and_unsupported_dtypes() {
         &[
             Rejection {
                 file: "custom.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::ForbiddenGlobal { global, .. } if global == "__main__.Foo"),
                 needle: "`__main__.Foo`",
             },
             // os.system pickles as posix.system on Linux (nt.system on Windows).
             Rejection {
                 file: "evil.pt",
-                readers: &[TorchZip, StateDict],
+                readers: &[TorchZip, MappedZip, StateDict],
                 variant: |e| matches!(e, CheckpointError::ForbiddenGlobal { global, .. } if global.ends_with(".system")),
                 needle: ".system`",
             },
             Rejection {
                 file: "list.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::NotAStateDict { .. }),
                 needle: "the file holds a list, not a dict of tensors",
             },
             Rejection {
                 file: "mixed.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::NotAStateDict { .. }),
                 needle: "the value of 'b' is an int, not a tensor",
             },
             Rejection {
                 file: "tensor.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::NotAStateDict { .. }),
                 needle: "the file holds a tensor, not a dict of tensors",
             },
             Rejection {
                 file: "int_key.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::NotAStateDict { .. }),
                 needle: "a key that is an int",
             },
             Rejection {
                 file: "bad_nested.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::NotAStateDict { .. }),
                 needle: "the value of 'state_dict.step' is an int, not a tensor",
             },
             Rejection {
                 file: "complex.pt",
-                readers: &[TorchZip],
+                readers: &[TorchZip, MappedZip],
                 variant: |e| matches!(e, CheckpointError::UnsupportedDtype { tensor, .. } if tensor == "c"),
                 needle: "tensor 'c' has dtype torch.ComplexFloatStorage",
             },

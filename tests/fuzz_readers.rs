@@ -1,5 +1,6 @@
-//! A seeded mutation fuzzer of the file readers: `torch.save` zips, TorchScript archives (their
-//! state and their code check) and safetensors files.
+//! A seeded mutation fuzzer of the file readers: `torch.save` zips (read, and mapped by
+//! `MappedTorchSave`), TorchScript archives (their state and their code check) and safetensors
+//! files.
 //!
 //! Each input is a valid file mutated: raw bytes (flips, interesting values, cuts, inserts,
 //! splices), or, to get past the zip CRCs, one entry's contents (`data.pkl`, a storage, a
@@ -19,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     check_torchscript_code_from, read_safetensors, read_torch_zip_from,
     read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError,
+    MappedTorchSave,
 };
 
 /// The peak resident memory of this test process (libtorch's own, about 100 MiB, included).
@@ -174,8 +176,10 @@ fn check<T>(
         Err(_) => panic!("{what}: the reader panicked; input saved as {}", saved()),
         Ok(Err(e)) => {
             let message = e.to_string();
+            // Readers of paths name the file by its full path.
             assert!(
-                !message.contains('\n') && message.starts_with("fuzzed"),
+                !message.contains('\n')
+                    && (message.starts_with("fuzzed") || message.contains("/fuzzed-mapped.pt")),
                 "{what}: bad error line {message:?}; input saved as {}",
                 saved()
             );
@@ -297,6 +301,25 @@ fn mutated_files_are_read_or_refused_within_bounds() {
     });
     report.push(format!(
         "torch.save zip: {} inputs, {ok} read, {took:.1?}",
+        inputs()
+    ));
+
+    // The mapped reader maps a file: each input is written to one. Every tensor's bytes are
+    // read back, so a range outside the mapping would panic here.
+    let mapped = dir.path().join("fuzzed-mapped.pt");
+    let (ok, took) = run_zip_format("mapped torch.save zip", &zip_seed, |data| {
+        std::fs::write(&mapped, data).expect("write input");
+        quiet(&|| {
+            let file = MappedTorchSave::open(&mapped)?;
+            Ok(file
+                .tensors()
+                .iter()
+                .map(|t| file.bytes(t).iter().map(|&b| usize::from(b)).sum::<usize>())
+                .sum())
+        })
+    });
+    report.push(format!(
+        "mapped torch.save zip: {} inputs, {ok} read, {took:.1?}",
         inputs()
     ));
 

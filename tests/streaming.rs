@@ -4,15 +4,13 @@
 
 mod common;
 
-use common::{cli, ok};
+use common::{
+    assert_streamed_memory_under, cli, folder_entries, kill_when, large_headers, ok, stream_runs,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_prune::checkpoint::{
-    read_safetensors, write_safetensors, write_safetensors_streamed, TensorHeader,
-};
+use tch_prune::checkpoint::{read_safetensors, write_safetensors, write_safetensors_streamed};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
@@ -42,85 +40,13 @@ fn model(kind: Kind, seed: i64) -> Vec<(String, Tensor)> {
     ]
 }
 
-/// The runs compared: every method the streaming path takes, and a plan of disjoint steps.
-const RUNS: &[&[&str]] = &[
-    &["--method", "l1-unstructured", "--amount", "0.5", "--global"],
-    &["--method", "l1-unstructured", "--amount", "0.3"],
-    &["--method", "l1-unstructured", "--amount", "17"],
-    &[
-        "--method",
-        "random-unstructured",
-        "--amount",
-        "0.4",
-        "--seed",
-        "7",
-    ],
-    &[
-        "--method",
-        "ln-structured",
-        "--amount",
-        "2",
-        "--n",
-        "2",
-        "--dim",
-        "0",
-    ],
-    &[
-        "--method",
-        "ln-structured",
-        "--amount",
-        "0.5",
-        "--n",
-        "inf",
-        "--dim",
-        "-1",
-    ],
-    &[
-        "--method",
-        "random-structured",
-        "--amount",
-        "0.5",
-        "--dim",
-        "1",
-        "--seed",
-        "3",
-    ],
-    &["--method", "identity"],
-    &[
-        "--method",
-        "l1-unstructured",
-        "--amount",
-        "0.6",
-        "--global",
-        "--params",
-        "*.weight,*.bias",
-    ],
-];
-
-const PLAN: &str = r#"[
-  {"params": ["layers.*.weight", "embed.weight"], "method": "l1-unstructured", "amount": 0.7, "global": true},
-  {"params": "head.weight", "method": "ln-structured", "amount": 3, "n": 1, "dim": 0},
-  {"params": "*.bias", "method": "l1-unstructured", "amount": 0.25}
-]"#;
-
-fn all_runs(dir: &Path) -> Vec<Vec<String>> {
-    let plan = dir.join("plan.json");
-    std::fs::write(&plan, PLAN).expect("write plan");
-    let mut runs: Vec<Vec<String>> = RUNS
-        .iter()
-        .map(|r| r.iter().map(|a| a.to_string()).collect())
-        .collect();
-    runs.push(vec!["--plan".into(), s(&plan).into()]);
-    runs
-}
-
 #[test]
 fn streamed_and_in_memory_runs_write_identical_bytes() {
     let dir = tempfile::tempdir().expect("temporary folder");
     for kind in [Kind::Float, Kind::Half, Kind::BFloat16] {
         let input = dir.path().join(format!("{kind:?}.safetensors"));
         write_safetensors(&input, &model(kind, 11)).expect("write model");
-        for run in all_runs(dir.path()) {
+        for run in stream_runs(dir.path()) {
             let args: Vec<&str> = run.iter().map(String::as_str).collect();
             let streamed = dir.path().join("streamed.safetensors");
             let in_memory = dir.path().join("in-memory.safetensors");
@@ -183,7 +109,7 @@ fn sharded_checkpoints_stream_to_the_same_shards_and_index() {
         let index = write_sharded(&shard_dir, &tensors, 3);
         let merged = dir.path().join(format!("{kind:?}.safetensors"));
         write_safetensors(&merged, &tensors).expect("write merged");
-        for (r, run) in all_runs(dir.path()).into_iter().enumerate() {
+        for (r, run) in stream_runs(dir.path()).into_iter().enumerate() {
             let args: Vec<&str> = run.iter().map(String::as_str).collect();
             let out = dir.path().join(format!("out-{kind:?}-{r}"));
             // The index file itself, and its folder, are both accepted as the input.
@@ -244,15 +170,6 @@ fn sharded_checkpoints_stream_to_the_same_shards_and_index() {
     }
 }
 
-fn folder_entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn a_failing_sharded_write_leaves_no_output() {
     let dir = tempfile::tempdir().expect("temporary folder");
@@ -300,13 +217,7 @@ fn a_failing_sharded_write_leaves_no_output() {
 
 /// Writes a safetensors file of `tensors` × `numel` random f32 values without holding it.
 fn write_large(path: &Path, prefix: &str, tensors: usize, numel: usize) {
-    let headers: Vec<TensorHeader> = (0..tensors)
-        .map(|i| TensorHeader {
-            name: format!("{prefix}layers.{i:03}.weight"),
-            kind: Kind::Float,
-            shape: vec![(numel / 1024) as i64, 1024],
-        })
-        .collect();
+    let headers = large_headers(prefix, tensors, numel);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     write_safetensors_streamed(path, &headers, |_, out: &mut dyn Write| {
         let mut buf = Vec::with_capacity(1 << 20);
@@ -338,35 +249,6 @@ fn write_large(path: &Path, prefix: &str, tensors: usize, numel: usize) {
     .expect("write large model");
 }
 
-/// Runs tch-prune, sampling its `RssAnon` from /proc every millisecond; returns the peak in
-/// bytes and the output.
-fn peak_anon(args: &[&str]) -> (u64, Output) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start tch-prune");
-    let status = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status) {
-            if let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb * 1024);
-            }
-        }
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    (peak, child.wait_with_output().expect("output"))
-}
-
 fn memory_stays_under(model_mb: usize, budget_mb: u64) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let large = dir.path().join("large.safetensors");
@@ -374,37 +256,12 @@ fn memory_stays_under(model_mb: usize, budget_mb: u64) {
     write_large(&large, "", tensors, model_mb * (1 << 20) / 4 / tensors);
     let small = dir.path().join("small.safetensors");
     write_large(&small, "", 2, 1024);
-    let run = |input: &Path, method: &[&str]| {
-        let out = dir.path().join("out.safetensors");
-        let mut args = vec!["prune", s(input), "-o", s(&out)];
-        args.extend(method);
-        let (peak, output) = peak_anon(&args);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
-        peak
-    };
-    for method in [
-        &["--method", "l1-unstructured", "--amount", "0.5", "--global"][..],
-        &["--method", "l1-unstructured", "--amount", "0.5"][..],
-    ] {
-        // The process's own baseline (libtorch, the binary) is what a tiny model takes.
-        let baseline = run(&small, method);
-        let peak = run(&large, method);
-        let extra = peak.saturating_sub(baseline);
-        eprintln!(
-            "{method:?}: {model_mb} MB model, peak RssAnon {:.1} MB, {:.1} MB over a tiny model's",
-            peak as f64 / 1e6,
-            extra as f64 / 1e6
-        );
-        assert!(
-            extra < budget_mb << 20,
-            "{method:?}: {extra} bytes of anonymous memory over the baseline, budget {budget_mb} MiB"
-        );
-    }
+    assert_streamed_memory_under(
+        &small,
+        &large,
+        &dir.path().join("out.safetensors"),
+        budget_mb,
+    );
 }
 
 /// The issue's size: a 1 GB model under a 64 MiB budget (16x). About 20 s in a debug build
@@ -438,60 +295,31 @@ fn a_killed_sharded_write_leaves_no_output_and_the_next_run_cleans_up() {
     let outputs = dir.path().join("outputs");
     std::fs::create_dir(&outputs).expect("folder");
     let out = outputs.join("pruned");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args([
-            "prune",
-            s(&index),
-            "-o",
-            s(&out),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-            "--global",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
     // Kill it once its temporary folder holds a shard: mid-way through the output.
-    let mut killed_mid_way = false;
-    for _ in 0..20_000 {
-        let temp = folder_entries(&outputs)
-            .into_iter()
-            .find(|n| n.starts_with(".tch-prune-"));
-        if let Some(temp) = temp {
-            if std::fs::read_dir(outputs.join(temp)).map_or(0, |d| d.count()) > 0 {
-                child.kill().expect("kill");
-                killed_mid_way = true;
-                break;
-            }
-        }
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let _ = child.wait();
-    assert!(
-        killed_mid_way,
-        "the run ended before a shard was written: nothing was tested"
-    );
-    assert!(!out.exists(), "a killed run left a partial output folder");
-    // The next write into the folder removes what the killed process left.
-    let mut again = Command::new(env!("CARGO_BIN_EXE_tch-prune"));
-    again.args([
+    let args = [
         "prune",
         s(&index),
         "-o",
         s(&out),
         "--method",
         "l1-unstructured",
-    ]);
-    let status = again
-        .args(["--amount", "0.5", "--global"])
-        .output()
-        .expect("run");
+        "--amount",
+        "0.5",
+        "--global",
+    ];
+    let killed_mid_way = kill_when(&args, |_| {
+        folder_entries(&outputs)
+            .into_iter()
+            .find(|n| n.starts_with(".tch-prune-"))
+            .is_some_and(|temp| std::fs::read_dir(outputs.join(temp)).map_or(0, |d| d.count()) > 0)
+    });
+    assert!(
+        killed_mid_way,
+        "the run ended before a shard was written: nothing was tested"
+    );
+    assert!(!out.exists(), "a killed run left a partial output folder");
+    // The next write into the folder removes what the killed process left.
+    let status = cli(&args);
     assert!(status.status.success(), "{status:?}");
     assert_eq!(folder_entries(&outputs), ["pruned"]);
 }

@@ -208,8 +208,9 @@ fn read_entry<R: Read + Seek>(
 /// Where the virtual machine gets the raw bytes of a storage named by a persistent id.
 pub(super) trait StorageSource {
     /// The `nbytes` bytes of storage `key`, as a 1-D `Uint8` CPU tensor; an error if the
-    /// archive holds a different amount.
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError>;
+    /// archive holds a different amount. `None` from a source that only locates storages
+    /// ([`LocatedStorages`]): the tensors over them are then described, not built.
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Option<Tensor>, CheckpointError>;
 }
 
 /// The storages of a zip archive: `<prefix>data/<key>`.
@@ -223,20 +224,13 @@ pub(super) struct ZipStorages<'p, R> {
 }
 
 impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Option<Tensor>, CheckpointError> {
         let name = format!("{}data/{key}", self.prefix);
         let bytes = match self.cache.entry(key.to_string()) {
             Entry::Occupied(cached) => cached.get().shallow_clone(),
             Entry::Vacant(slot) => {
                 if self.archive.index_for_name(&name).is_none() {
-                    return Err(CheckpointError::CorruptArchive {
-                        path: self.path.to_path_buf(),
-                        reason: format!(
-                            "data.pkl uses storage '{}' but the archive has no entry {}",
-                            shown(key),
-                            shown(&name)
-                        ),
-                    });
+                    return Err(no_storage_entry(self.path, key, &name));
                 }
                 let bytes =
                     read_storage(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
@@ -244,16 +238,150 @@ impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
             }
         };
         if bytes.numel() as u64 != nbytes {
+            return Err(wrong_storage_size(
+                self.path,
+                &name,
+                bytes.numel() as u64,
+                nbytes,
+            ));
+        }
+        Ok(Some(bytes))
+    }
+}
+
+fn no_storage_entry(path: &Path, key: &str, name: &str) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!(
+            "data.pkl uses storage '{}' but the archive has no entry {}",
+            shown(key),
+            shown(name)
+        ),
+    }
+}
+
+fn wrong_storage_size(path: &Path, name: &str, holds: u64, nbytes: u64) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!(
+            "storage entry {} holds {holds} bytes but data.pkl declares {nbytes}",
+            shown(name)
+        ),
+    }
+}
+
+/// Where a storage's bytes are in the archive file, as [`LocatedStorages`] found them.
+#[derive(Clone, Debug)]
+pub(super) struct StorageEntry {
+    /// Its bytes in the file (when stored uncompressed).
+    pub(super) range: std::ops::Range<u64>,
+    /// Its full name, and the CRC-32 its headers give, for [`check_crc`].
+    pub(super) name: String,
+    pub(super) crc32: u32,
+    /// Why the bytes cannot be used where they lie (a compressed entry), if so.
+    pub(super) unusable: Option<String>,
+}
+
+/// Checks a stored entry's bytes (`bytes`, read where they lie in the file) against its CRC, as
+/// the zip reader does when it reads an entry to its end: a damaged file is refused, not pruned.
+pub(super) fn check_crc(
+    path: &Path,
+    entry: &StorageEntry,
+    bytes: &[u8],
+) -> Result<(), CheckpointError> {
+    let computed = crc32fast::hash(bytes);
+    if computed != entry.crc32 {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {} fails its CRC check (the zip says {:08x}, its bytes give {computed:08x}): the file is damaged",
+                shown(&entry.name),
+                entry.crc32
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The storages of a zip archive located, not read: for a reader that maps the file. The same
+/// refusals as [`ZipStorages`] for what is wrong with an entry (missing, of another size than
+/// `data.pkl` declares, a decompression bomb, past the end of the file); the CRC, which only
+/// reading every byte checks, is checked by [`check_crc`] when the bytes are read.
+pub(super) struct LocatedStorages<'p, R> {
+    archive: zip::ZipArchive<R>,
+    path: &'p Path,
+    prefix: String,
+    file_len: u64,
+    /// By storage key.
+    pub(super) entries: HashMap<String, StorageEntry>,
+}
+
+impl<'p, R: Read + Seek> TorchArchive<'p, R> {
+    /// The storages of the chosen folder, for the unpickler to locate.
+    pub(super) fn into_located(self) -> LocatedStorages<'p, R> {
+        LocatedStorages {
+            archive: self.zip,
+            path: self.path,
+            prefix: self.prefix,
+            file_len: self.file_len,
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Option<Tensor>, CheckpointError> {
+        let name = format!("{}data/{key}", self.prefix);
+        if self.entries.contains_key(key) {
+            return Ok(None);
+        }
+        if self.archive.index_for_name(&name).is_none() {
+            return Err(no_storage_entry(self.path, key, &name));
+        }
+        // Reads the local header, checking its signature; nothing of the data.
+        let entry = self
+            .archive
+            .by_name(&name)
+            .map_err(|e| corrupt(self.path, e))?;
+        check_inflation(self.path, &shown(&name), &entry, self.file_len)?;
+        if entry.size() != nbytes {
+            return Err(wrong_storage_size(self.path, &name, entry.size(), nbytes));
+        }
+        let start = entry.data_start();
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        let unusable = (!stored).then(|| {
+            format!(
+                "storage entry {} is compressed ({}), so it cannot be read where it lies",
+                shown(&name),
+                entry.compression()
+            )
+        });
+        // A stored entry's bytes are its data: both sizes must be the one declared, and all of
+        // it inside the file, or the mapped slice would reach past the file's end.
+        let end = start.checked_add(nbytes);
+        if stored
+            && (entry.compressed_size() != nbytes || end.is_none_or(|end| end > self.file_len))
+        {
             return Err(CheckpointError::CorruptArchive {
                 path: self.path.to_path_buf(),
                 reason: format!(
-                    "storage entry {} holds {} bytes but data.pkl declares {nbytes}",
+                    "entry {} is stored as {} bytes of {nbytes} from offset {start}, in a file of {} bytes: its header and the file disagree",
                     shown(&name),
-                    bytes.numel()
+                    entry.compressed_size(),
+                    self.file_len
                 ),
             });
         }
-        Ok(bytes)
+        self.entries.insert(
+            key.to_string(),
+            StorageEntry {
+                range: start..start + nbytes,
+                name: name.clone(),
+                crc32: entry.crc32(),
+                unusable,
+            },
+        );
+        Ok(None)
     }
 }
 

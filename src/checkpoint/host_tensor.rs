@@ -162,3 +162,23 @@ pub(super) fn check_names<'a>(
     }
     Ok(())
 }
+
+/// A tensor to be written by a streamed writer ([`write_safetensors_streamed`](super::write_safetensors_streamed),
+/// [`write_torch_zip_streamed`](super::write_torch_zip_streamed)): its name, dtype and shape;
+/// its bytes come later, from the caller.
+#[derive(Clone, Debug)]
+pub struct TensorHeader {
+    /// Its name in the file.
+    pub name: String,
+    /// Its dtype.
+    pub kind: Kind,
+    /// Its shape.
+    pub shape: Vec<i64>,
+}
+
+impl TensorHeader {
+    pub(super) fn byte_len(&self) -> usize {
+        let size = DType::of(self.kind).map_or(1, |d| d.safetensors.size());
+        self.shape.iter().product::<i64>() as usize * size
+    }
+}

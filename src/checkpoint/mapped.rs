@@ -5,7 +5,8 @@
 
 use super::dtype::DType;
 use super::error::{shown, CheckpointError};
-use super::safetensors::{checked_layout, describe, invalid, read_header, HeaderError};
+pub use super::host_tensor::TensorHeader;
+use super::safetensors::{invalid, open_checked, CheckedHeader};
 use ::safetensors::tensor::{Dtype, TensorInfo};
 use memmap2::{Advice, Mmap};
 use serde::ser::{SerializeMap, Serializer};
@@ -25,7 +26,7 @@ pub struct MappedTensor {
     /// Its shape.
     pub shape: Vec<i64>,
     /// The tensor's bytes within the file.
-    range: std::ops::Range<usize>,
+    pub(super) range: std::ops::Range<usize>,
 }
 
 impl MappedTensor {
@@ -55,55 +56,33 @@ impl MappedSafetensors {
     /// one line naming the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref();
-        let io = |e| CheckpointError::io(path, "cannot read", e);
-        let mut file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
-            HeaderError::Io(e) => io(e),
-            HeaderError::Format(e) => invalid(path, describe(&e)),
-        })?;
-        let infos = checked_layout(path, &metadata, header_len, file_len)?;
-        let text_pairs = metadata.metadata().clone().unwrap_or_default();
-        let base = 8 + header_len;
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, info) in infos {
-            let kind = DType::of_safetensors(info.dtype)
-                .map(|d| d.kind)
-                .ok_or_else(|| CheckpointError::UnsupportedDtype {
-                    path: path.to_path_buf(),
-                    tensor: shown(&name),
-                    dtype: format!("{:?}", info.dtype),
-                })?;
-            let shape = info
-                .shape
-                .iter()
-                .map(|&d| i64::try_from(d))
-                .collect::<Result<Vec<i64>, _>>()
-                .map_err(|_| {
-                    invalid(
-                        path,
-                        format!("the shape of '{}' is too large", shown(&name)),
-                    )
-                })?;
-            let (start, stop) = info.data_offsets;
-            tensors.push(MappedTensor {
-                name,
-                kind,
-                shape,
-                range: base + start..base + stop,
-            });
-        }
+        let CheckedHeader {
+            file,
+            data_start,
+            tensors,
+            metadata,
+        } = open_checked(path)?;
+        let tensors = tensors
+            .into_iter()
+            .map(|t| MappedTensor {
+                name: t.name,
+                kind: t.kind,
+                shape: t.shape,
+                range: data_start + t.offsets.0..data_start + t.offsets.1,
+            })
+            .collect();
         // SAFETY: the mapping is only read. Like every reader of a file that another process
         // may change, what is read is then undefined in value (never in memory safety, for plain
         // bytes): do not rewrite a checkpoint while it is being pruned.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, "cannot read", e))?;
         // Read front to back: the kernel reads ahead and drops what was read first.
         let _ = map.advise(Advice::Sequential);
         Ok(MappedSafetensors {
             path: path.to_path_buf(),
             map,
             tensors,
-            metadata: text_pairs,
+            metadata,
         })
     }
 
@@ -125,25 +104,6 @@ impl MappedSafetensors {
     /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)).
     pub fn bytes(&self, tensor: &MappedTensor) -> &[u8] {
         &self.map[tensor.range.clone()]
-    }
-}
-
-/// A tensor to be written by [`write_safetensors_streamed`]: its name, dtype and shape; its
-/// bytes come later, from the caller.
-#[derive(Clone, Debug)]
-pub struct TensorHeader {
-    /// Its name in the file.
-    pub name: String,
-    /// Its dtype.
-    pub kind: Kind,
-    /// Its shape.
-    pub shape: Vec<i64>,
-}
-
-impl TensorHeader {
-    fn byte_len(&self) -> usize {
-        let size = DType::of(self.kind).map_or(1, |d| d.safetensors.size());
-        self.shape.iter().product::<i64>() as usize * size
     }
 }
 
@@ -225,9 +185,9 @@ where
 }
 
 /// Counts what goes through, to check each tensor's size.
-struct Counted<W> {
-    inner: W,
-    written: usize,
+pub(super) struct Counted<W> {
+    pub(super) inner: W,
+    pub(super) written: usize,
 }
 
 impl<W: Write> Write for Counted<W> {

@@ -30,7 +30,7 @@
 //! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
 //! `script_archive` and `script_classes` (TorchScript archives), `dtype` (the one dtype table),
 //! `host_tensor` (tensor bytes in and out), `mapped` (safetensors read through a memory map and
-//! written tensor by tensor), `shard_index` (sharded checkpoints' `index.json`), `atomic`
+//! written tensor by tensor), `mapped_torch_save` (`torch.save` zips read through a memory map), `shard_index` (sharded checkpoints' `index.json`), `atomic`
 //! ([`atomic_write`]: all-or-nothing writes), `atomic_dir` (the same for a folder of shards)
 //! and `error` ([`CheckpointError`]).
 
@@ -42,6 +42,7 @@ mod dtype;
 mod error;
 mod host_tensor;
 mod mapped;
+mod mapped_torch_save;
 mod pickle_writer;
 mod safetensors;
 mod script_archive;
@@ -62,6 +63,7 @@ pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
     MappedTensor, TensorHeader,
 };
+pub use self::mapped_torch_save::MappedTorchSave;
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
@@ -71,6 +73,7 @@ pub use self::shard_index::ShardIndex;
 pub use self::temp_file::{check_destination, remove_temporary_files};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
+    write_torch_zip_streamed,
 };
 
 use self::archive::{no_data_pkl, Opened, TorchArchive};

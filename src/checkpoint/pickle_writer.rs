@@ -1,21 +1,28 @@
 //! The pickle writer: the `data.pkl` of a `torch.save(OrderedDict(tensors))` archive.
 
-use super::host_tensor::{contiguous_strides, HostTensor};
+use super::dtype::DType;
+use super::host_tensor::contiguous_strides;
+
+/// A storage as the pickle describes it: its dtype and the shape of the tensors over it.
+pub(super) struct PickledStorage<'a> {
+    pub(super) dtype: &'static DType,
+    pub(super) size: &'a [i64],
+}
 
 /// The pickle (protocol 2) of an `OrderedDict` of `_rebuild_tensor_v2` calls, storage `i` being
-/// `data/i` and `hosts[i]`, name `n` over storage `storage_of[n]` (tied names share one). No
+/// `data/i` and `storages[i]`, name `n` over storage `storage_of[n]` (tied names share one). No
 /// memo: every global is spelled out again, which any unpickler accepts.
 pub(super) fn state_dict_pickle(
     names: &[&str],
     storage_of: &[usize],
-    hosts: &[HostTensor],
+    storages: &[PickledStorage<'_>],
 ) -> Vec<u8> {
     let mut p = PickleWriter(Vec::new());
     p.0.extend_from_slice(b"\x80\x02");
     p.global("collections", "OrderedDict");
     p.0.extend_from_slice(b")R(");
     for (name, &key) in names.iter().zip(storage_of) {
-        let host = &hosts[key];
+        let host = &storages[key];
         p.str(name);
         p.global("torch._utils", "_rebuild_tensor_v2");
         p.0.extend_from_slice(b"((");
@@ -26,8 +33,8 @@ pub(super) fn state_dict_pickle(
         p.int(host.size.iter().product());
         p.0.extend_from_slice(b"tQ");
         p.int(0);
-        p.ints(&host.size);
-        p.ints(&contiguous_strides(&host.size));
+        p.ints(host.size);
+        p.ints(&contiguous_strides(host.size));
         p.0.push(0x89);
         p.global("collections", "OrderedDict");
         p.0.extend_from_slice(b")RtR");
@@ -79,12 +86,13 @@ impl PickleWriter {
 mod tests {
     use super::*;
     use crate::checkpoint::unpickler::tests::unpickle;
-    use std::path::Path;
-    use tch::{Kind, Tensor};
+    use tch::Kind;
 
-    fn host(kind: Kind, size: &[i64]) -> HostTensor {
-        let zeros = Tensor::zeros(size, (kind, tch::Device::Cpu));
-        HostTensor::of(Path::new("t"), "t", &zeros).unwrap()
+    fn host(kind: Kind, size: &[i64]) -> PickledStorage<'_> {
+        PickledStorage {
+            dtype: DType::of(kind).unwrap(),
+            size,
+        }
     }
 
     #[test]

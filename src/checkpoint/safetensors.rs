@@ -28,17 +28,52 @@ use tch::{Device, Kind, Tensor};
 /// naming the tensor. `__metadata__` is ignored.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = path.as_ref();
-    let io = |e| CheckpointError::io(path, "cannot read", e);
-    let mut file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
-        HeaderError::Io(e) => io(e),
-        HeaderError::Format(e) => invalid(path, describe(&e)),
-    })?;
+    let CheckedHeader {
+        mut file, tensors, ..
+    } = open_checked(path)?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let tensor = read_tensor(&mut file, &t.shape, t.kind).map_err(|e| match e {
+            ReadError::Io(e) => CheckpointError::io(path, "cannot read", e),
+            ReadError::Torch(e) => CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown(&t.name),
+                reason: first_line(&e.to_string()),
+            },
+        })?;
+        out.push((t.name, tensor));
+    }
+    Ok(out)
+}
 
+/// A safetensors file opened and its header checked (see [`open_checked`]).
+pub(super) struct CheckedHeader {
+    /// The file, positioned at the first tensor's data.
+    pub(super) file: File,
+    /// Where the tensors' data starts in the file.
+    pub(super) data_start: usize,
+    /// The tensors, in the order of their data.
+    pub(super) tensors: Vec<HeaderTensor>,
+    /// The header's `__metadata__` text pairs (empty when it has none).
+    pub(super) metadata: HashMap<String, String>,
+}
+
+/// One tensor of a [`CheckedHeader`].
+pub(super) struct HeaderTensor {
+    pub(super) name: String,
+    pub(super) kind: Kind,
+    pub(super) shape: Vec<i64>,
+    /// Its data's start and end, from [`CheckedHeader::data_start`].
+    pub(super) offsets: (usize, usize),
+}
+
+/// Opens `path` and checks its header as `SafeTensors::read_metadata` checks a whole file, and
+/// every dtype against the crate's table: what every reader of safetensors files (in memory
+/// or mapped) starts with, so that they accept and refuse the same files.
+pub(super) fn open_checked(path: &Path) -> Result<CheckedHeader, CheckpointError> {
+    let (file, file_len, header_len, metadata) = open_header(path)?;
     let infos = checked_layout(path, &metadata, header_len, file_len)?;
-
-    let mut out = Vec::with_capacity(infos.len());
+    let mut tensors = Vec::with_capacity(infos.len());
     for (name, info) in infos {
         let kind = DType::of_safetensors(info.dtype)
             .map(|d| d.kind)
@@ -47,7 +82,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
                 tensor: shown(&name),
                 dtype: format!("{:?}", info.dtype),
             })?;
-        let size = info
+        let shape = info
             .shape
             .iter()
             .map(|&d| i64::try_from(d))
@@ -58,23 +93,38 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>,
                     format!("the shape of '{}' is too large", shown(&name)),
                 )
             })?;
-        let tensor = read_tensor(&mut file, &size, kind).map_err(|e| match e {
-            ReadError::Io(e) => io(e),
-            ReadError::Torch(e) => CheckpointError::InvalidTensor {
-                path: path.to_path_buf(),
-                tensor: shown(&name),
-                reason: first_line(&e.to_string()),
-            },
-        })?;
-        out.push((name, tensor));
+        tensors.push(HeaderTensor {
+            name,
+            kind,
+            shape,
+            offsets: info.data_offsets,
+        });
     }
-    Ok(out)
+    Ok(CheckedHeader {
+        file,
+        data_start: 8 + header_len,
+        tensors,
+        metadata: metadata.metadata().clone().unwrap_or_default(),
+    })
+}
+
+/// Opens `path` and reads its header: the file (positioned after the header), its length,
+/// the header's length and its parsed contents.
+fn open_header(path: &Path) -> Result<(File, u64, usize, Metadata), CheckpointError> {
+    let io = |e| CheckpointError::io(path, "cannot read", e);
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
+        HeaderError::Io(e) => io(e),
+        HeaderError::Format(e) => invalid(path, describe(&e)),
+    })?;
+    Ok((file, file_len, header_len, metadata))
 }
 
 /// The tensors of a header in the order of their data, checked as `SafeTensors::read_metadata`
 /// checks a whole buffer: the tensors' data tile the rest of the file exactly, each of the size
 /// its shape and dtype give.
-pub(super) fn checked_layout<'a>(
+fn checked_layout<'a>(
     path: &Path,
     metadata: &'a Metadata,
     header_len: usize,
@@ -120,27 +170,17 @@ pub(super) fn checked_layout<'a>(
 pub fn read_safetensors_metadata(
     path: impl AsRef<Path>,
 ) -> Result<HashMap<String, String>, CheckpointError> {
-    let path = path.as_ref();
-    let io = |e| CheckpointError::io(path, "cannot read", e);
-    let mut file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let (_, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
-        HeaderError::Io(e) => io(e),
-        HeaderError::Format(e) => invalid(path, describe(&e)),
-    })?;
+    let (_, _, _, metadata) = open_header(path.as_ref())?;
     Ok(metadata.metadata().clone().unwrap_or_default())
 }
 
-pub(super) enum HeaderError {
+enum HeaderError {
     Io(std::io::Error),
     Format(SafeTensorError),
 }
 
 /// The header's length and contents, checked as `SafeTensors::read_metadata` checks them.
-pub(super) fn read_header(
-    file: &mut File,
-    file_len: u64,
-) -> Result<(usize, Metadata), HeaderError> {
+fn read_header(file: &mut File, file_len: u64) -> Result<(usize, Metadata), HeaderError> {
     let format = |e| Err(HeaderError::Format(e));
     if file_len < 8 {
         return format(SafeTensorError::HeaderTooSmall);

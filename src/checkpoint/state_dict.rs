@@ -37,8 +37,9 @@ impl Unpickler<'_> {
         Ok(())
     }
 
-    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`.
-    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Tensor, TensorProblem> {
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`:
+    /// a tensor ([`Obj::Tensor`]), or over a storage only located, its layout ([`Obj::Layout`]).
+    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Obj, TensorProblem> {
         let invalid = |reason: &str| TensorProblem::Invalid(reason.to_string());
         if !(6..=7).contains(&args.len()) {
             return Err(TensorProblem::Invalid(format!(
@@ -64,12 +65,18 @@ impl Unpickler<'_> {
             Ok(kind) => *kind,
             Err(name) => return Err(TensorProblem::UnsupportedDtype(name.to_string())),
         };
-        let bytes = storage
-            .bytes
-            .as_ref()
-            .ok_or_else(|| invalid("its storage was not read"))?;
         let view = StridedView::new(storage.numel, offset, &size, &stride)
             .map_err(TensorProblem::Invalid)?;
+        let Some(bytes) = storage.bytes.as_ref() else {
+            return Ok(Obj::Layout(TensorLayout {
+                storage: storage.key.to_string(),
+                kind,
+                offset,
+                elements: view.contiguous_range(),
+                size,
+                stride,
+            }));
+        };
         let key: ViewKey = (
             storage.key.clone(),
             kind,
@@ -79,14 +86,14 @@ impl Unpickler<'_> {
         );
         if self.keep_ties {
             if let Some(t) = self.views.get(&key) {
-                return Ok(t.shallow_clone());
+                return Ok(Obj::Tensor(t.shallow_clone()));
             }
         }
         let t = self.rebuild_view(storage, kind, bytes, view, offset, &size, &stride)?;
         if self.keep_ties {
             self.views.insert(key, t.shallow_clone());
         }
-        Ok(t)
+        Ok(Obj::Tensor(t))
     }
 
     /// The tensor of one view of a storage: see [`Unpickler::rebuild_tensor`].
@@ -152,11 +159,57 @@ impl Unpickler<'_> {
 
     /// Picks the state dict out of the unpickled object and hands out its tensors.
     pub(super) fn into_state_dict(mut self, root: Value) -> VmResult<Vec<(String, Tensor)>> {
+        let (keys, key_prefix) = self.state_dict_keys(&root)?;
+        self.hand_out(keys, &key_prefix)
+    }
+
+    /// [`Unpickler::into_state_dict`] for storages only located: the tensors' layouts, with the
+    /// key the state dict was found under (`"state_dict."`, `"model."`, or `""` for the root).
+    pub(super) fn into_layouts(
+        self,
+        root: Value,
+    ) -> VmResult<(String, Vec<(String, TensorLayout)>)> {
+        let (keys, key_prefix) = self.state_dict_keys(&root)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (name, index) in keys {
+            match &self.arena[index] {
+                Obj::Layout(layout) => out.push((name, layout.clone())),
+                other => return Err(self.not_handed_out(other, &format!("{key_prefix}{name}"))),
+            }
+        }
+        Ok((key_prefix, out))
+    }
+
+    /// Why the arena object `obj`, the value of `key`, is not a tensor to hand out.
+    fn not_handed_out(&self, obj: &Obj, key: &str) -> CheckpointError {
+        match obj {
+            Obj::BadTensor(TensorProblem::UnsupportedDtype(dtype)) => {
+                CheckpointError::UnsupportedDtype {
+                    path: self.path.to_path_buf(),
+                    tensor: shown(key),
+                    dtype: dtype.clone(),
+                }
+            }
+            Obj::BadTensor(TensorProblem::Invalid(reason)) => CheckpointError::InvalidTensor {
+                path: self.path.to_path_buf(),
+                tensor: shown(key),
+                reason: reason.clone(),
+            },
+            _ => CheckpointError::NotAStateDict {
+                path: self.path.to_path_buf(),
+                reason: format!("the value of '{}' is not a tensor", shown(key)),
+            },
+        }
+    }
+
+    /// The state dict's keys with the arena index of each tensor, and the key it was found
+    /// under (see [`Unpickler::select_dict`]).
+    fn state_dict_keys(&self, root: &Value) -> VmResult<(Vec<(String, usize)>, String)> {
         let not_a_state_dict = |reason: String| CheckpointError::NotAStateDict {
             path: self.path.to_path_buf(),
             reason,
         };
-        let root_index = match &root {
+        let root_index = match root {
             Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Dict(_))) => *i,
             other => {
                 return Err(not_a_state_dict(format!(
@@ -193,8 +246,7 @@ impl Unpickler<'_> {
             };
             keys.push((name, index));
         }
-
-        self.hand_out(keys, &key_prefix)
+        Ok((keys, key_prefix))
     }
 
     /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
@@ -232,29 +284,7 @@ impl Unpickler<'_> {
                 Obj::Tensor(t) => t
                     .f_detach_copy()
                     .map_err(|e| CheckpointError::torch(self.path, e))?,
-                Obj::BadTensor(TensorProblem::UnsupportedDtype(dtype)) => {
-                    return Err(CheckpointError::UnsupportedDtype {
-                        path: self.path.to_path_buf(),
-                        tensor: shown(&format!("{key_prefix}{name}")),
-                        dtype: dtype.clone(),
-                    })
-                }
-                Obj::BadTensor(TensorProblem::Invalid(reason)) => {
-                    return Err(CheckpointError::InvalidTensor {
-                        path: self.path.to_path_buf(),
-                        tensor: shown(&format!("{key_prefix}{name}")),
-                        reason: reason.clone(),
-                    })
-                }
-                _ => {
-                    return Err(CheckpointError::NotAStateDict {
-                        path: self.path.to_path_buf(),
-                        reason: format!(
-                            "the value of '{}' is not a tensor",
-                            shown(&format!("{key_prefix}{name}"))
-                        ),
-                    })
-                }
+                other => return Err(self.not_handed_out(other, &format!("{key_prefix}{name}"))),
             };
             out.push((name, tensor));
         }
@@ -283,6 +313,22 @@ impl Unpickler<'_> {
         }
         (root, String::new())
     }
+}
+
+/// A tensor of a `data.pkl` described, its storage not read: what a reader that maps the file
+/// needs to find its bytes.
+#[derive(Clone, Debug)]
+pub(super) struct TensorLayout {
+    /// The key of its storage (entry `data/<key>`).
+    pub(super) storage: String,
+    pub(super) kind: Kind,
+    /// Its storage offset, in elements.
+    pub(super) offset: i64,
+    /// The elements of the storage it covers, if it is a plain slice of it (contiguous); its
+    /// view was checked against the storage's size.
+    pub(super) elements: Option<(usize, usize)>,
+    pub(super) size: Vec<i64>,
+    pub(super) stride: Vec<i64>,
 }
 
 /// An `as_strided` view checked against its storage, all in `i64` with overflow checks, so that

@@ -3,14 +3,16 @@
 
 use super::archive::{no_data_pkl, Opened, TorchArchive};
 use super::atomic::atomic_write;
-use super::error::CheckpointError;
-use super::host_tensor::{check_names, HostTensor};
-use super::pickle_writer::state_dict_pickle;
+use super::dtype::DType;
+use super::error::{shown as shown_name, CheckpointError};
+use super::host_tensor::{check_names, HostTensor, TensorHeader};
+use super::mapped::Counted;
+use super::pickle_writer::{state_dict_pickle, PickledStorage};
 use super::sniff::Sniff;
 use super::unpickler::Unpickler;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 use tch::Tensor;
 
@@ -60,6 +62,21 @@ fn read_zip<R: Read + Seek>(
     path: &Path,
     keep_ties: bool,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let (archive, pickle) = open_state_archive(reader, path)?;
+    let mut storages = archive.into_storages();
+    let mut vm = Unpickler::new(&pickle, path, &mut storages);
+    vm.keep_ties(keep_ties);
+    let root = vm.run()?;
+    vm.into_state_dict(root)
+}
+
+/// Opens a `torch.save` zip checkpoint as every reader of one does (in memory or mapped): the
+/// archive entered at the folder holding `data.pkl`, and that pickle. Other formats, TorchScript
+/// archives and big-endian files are refused, each saying what it is.
+pub(super) fn open_state_archive<R: Read + Seek>(
+    reader: R,
+    path: &Path,
+) -> Result<(TorchArchive<'_, R>, Vec<u8>), CheckpointError> {
     let mut archive = match TorchArchive::open(reader, path)? {
         Opened::Archive(archive) => archive,
         Opened::NotZip(Sniff::Pickle) => {
@@ -94,11 +111,7 @@ fn read_zip<R: Read + Seek>(
         .ok_or_else(|| no_data_pkl(path))?;
     archive.enter(prefix)?;
     let pickle = archive.data_pkl()?;
-    let mut storages = archive.into_storages();
-    let mut vm = Unpickler::new(&pickle, path, &mut storages);
-    vm.keep_ties(keep_ties);
-    let root = vm.run()?;
-    vm.into_state_dict(root)
+    Ok((archive, pickle))
 }
 
 /// Writes tensors as `torch.save(OrderedDict(tensors), path)` would: a zip checkpoint that
@@ -145,39 +158,124 @@ where
         hosts.push(HostTensor::of(path, name.as_ref(), t)?);
     }
     let names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_ref()).collect();
-    let pickle = state_dict_pickle(&names, &storage_of, &hosts);
+    let headers: Vec<TensorHeader> = hosts
+        .iter()
+        .zip(&names)
+        .map(|(host, name)| TensorHeader {
+            name: name.to_string(),
+            kind: host.dtype.kind,
+            shape: host.size.clone(),
+        })
+        .collect();
+    atomic_write(path, |tmp| {
+        // One tensor in host memory at a time: a GPU tensor is copied as it is written.
+        write_zip(tmp, path, &names, &storage_of, &headers, |key, out| {
+            out.write_all(&hosts[key].bytes()?)
+                .map_err(|e| CheckpointError::io(path, "cannot write", e))
+        })
+    })
+}
+
+/// Writes a `torch.save` zip checkpoint at `path` (created, not replaced atomically: wrap the
+/// call in [`atomic_write`], which also syncs it), byte for byte what [`write_torch_zip`] writes
+/// for the same tensors (each its own storage, in this order), without holding them: `fill(i,
+/// out)` writes tensor `i`'s bytes (exactly its size, little-endian) to `out` when its entry
+/// is written. [`write_torch_zip`] writes through this same code.
+pub fn write_torch_zip_streamed<E>(
+    path: &Path,
+    tensors: &[TensorHeader],
+    fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<CheckpointError>,
+{
+    check_names(path, tensors.iter().map(|t| t.name.as_str()))?;
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let storage_of: Vec<usize> = (0..tensors.len()).collect();
+    write_zip(path, path, &names, &storage_of, tensors, fill)
+}
+
+/// The one writer of `torch.save` archives: name `n` over storage `storage_of[n]`, storage `i`
+/// of `storages[i]`'s dtype and shape (its name unused), its bytes from `fill(i, out)`. The file
+/// is created at `file`; messages name `shown` (the destination, when `file` is temporary).
+fn write_zip<E>(
+    file: &Path,
+    shown: &Path,
+    names: &[&str],
+    storage_of: &[usize],
+    storages: &[TensorHeader],
+    mut fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<CheckpointError>,
+{
+    let path = shown;
+    let mut pickled = Vec::with_capacity(storages.len());
+    for t in storages {
+        let dtype = DType::of(t.kind).ok_or_else(|| CheckpointError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: shown_name(&t.name),
+            dtype: format!("{:?}", t.kind),
+        })?;
+        pickled.push(PickledStorage {
+            dtype,
+            size: &t.shape,
+        });
+    }
+    let pickle = state_dict_pickle(names, storage_of, &pickled);
 
     let write_err = |e: std::io::Error| CheckpointError::io(path, "cannot write", e);
     let zip_err = |e: zip::result::ZipError| {
         CheckpointError::io(path, "cannot write", std::io::Error::other(e.to_string()))
     };
-    atomic_write(path, |tmp| {
-        let file = File::create(tmp).map_err(write_err)?;
-        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
-        // Stored and aligned as torch.save does, so that torch.load(mmap=True) can map storages.
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .with_alignment(64);
-        let mut entry = |name: &str, bytes: &[u8]| -> Result<(), CheckpointError> {
-            let large = bytes.len() as u64 >= u64::from(u32::MAX);
-            zip.start_file(format!("archive/{name}"), options.large_file(large))
-                .map_err(zip_err)?;
-            std::io::Write::write_all(&mut zip, bytes).map_err(write_err)
+    let created = File::create(file).map_err(write_err)?;
+    let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 22, created));
+    // Stored and aligned as torch.save does, so that torch.load(mmap=True) can map storages.
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .with_alignment(64);
+    let start = |zip: &mut zip::ZipWriter<_>, name: &str, len: usize| {
+        let large = len as u64 >= u64::from(u32::MAX);
+        zip.start_file(format!("archive/{name}"), options.large_file(large))
+            .map_err(zip_err)
+    };
+    let small: [(&str, &[u8]); 4] = [
+        ("data.pkl", &pickle),
+        (".format_version", b"1"),
+        (".storage_alignment", b"64"),
+        ("byteorder", b"little"),
+    ];
+    for (name, bytes) in small {
+        start(&mut zip, name, bytes.len())?;
+        zip.write_all(bytes).map_err(write_err)?;
+    }
+    for (key, t) in storages.iter().enumerate() {
+        start(&mut zip, &format!("data/{key}"), t.byte_len())?;
+        let mut out = Counted {
+            inner: &mut zip,
+            written: 0,
         };
-        entry("data.pkl", &pickle)?;
-        entry(".format_version", b"1")?;
-        entry(".storage_alignment", b"64")?;
-        entry("byteorder", b"little")?;
-        // One tensor in host memory at a time: a GPU tensor is copied as it is written.
-        for (key, host) in hosts.iter().enumerate() {
-            entry(&format!("data/{key}"), &host.bytes()?)?;
+        fill(key, &mut out)?;
+        if out.written != t.byte_len() {
+            return Err(CheckpointError::InvalidTensor {
+                path: path.to_path_buf(),
+                tensor: shown_name(&t.name),
+                reason: format!(
+                    "{} bytes were written for a tensor of {}",
+                    out.written,
+                    t.byte_len()
+                ),
+            }
+            .into());
         }
-        entry("version", b"3\n")?;
-        // Flushed here (so that errors are seen); `atomic_write` syncs the file.
-        let writer = zip.finish().map_err(zip_err)?;
-        writer
-            .into_inner()
-            .map(drop)
-            .map_err(|e| write_err(e.into_error()))
-    })
+    }
+    start(&mut zip, "version", 2)?;
+    zip.write_all(b"3\n").map_err(write_err)?;
+    // Flushed here (so that errors are seen); `atomic_write` syncs the file.
+    let writer = zip.finish().map_err(zip_err)?;
+    writer
+        .into_inner()
+        .map(drop)
+        .map_err(|e| write_err(e.into_error()))?;
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! model file opened, pruned and saved back in its own format ([`ModelFile`]), the sparsity
 //! [`Report`] of a set of tensors, the training-curve [`Recorder`] (CSV), with the `plot`
 //! feature their SVG charts (`plot`), and [`StreamedModel`]: safetensors checkpoints (sharded
-//! too) pruned without holding them in memory. Built on the file formats of [`checkpoint`](crate::checkpoint)
+//! too) and `torch.save` zips pruned without holding them in memory. Built on the file formats of [`checkpoint`](crate::checkpoint)
 //! and the pruning core.
 
 pub(crate) mod model_file;

@@ -1,7 +1,7 @@
-//! Pruning a safetensors checkpoint, one file or sharded (`model.safetensors.index.json`),
-//! without holding it in memory: the input is memory-mapped, L1 selections (per tensor or
-//! global) stream over the mapped data, and the output is written tensor by tensor, a bounded
-//! chunk at a time, with the mask applied on the fly. The result is byte for byte what
+//! Pruning a checkpoint without holding it in memory: a safetensors file, a sharded safetensors
+//! checkpoint (`model.safetensors.index.json`) or a `torch.save` zip. The input is
+//! memory-mapped, L1 selections (per tensor or global) stream over the mapped data, and the
+//! output is written tensor by tensor, a bounded chunk at a time, with the mask applied on the fly. The result is byte for byte what
 //! [`ModelFile`](crate::ModelFile) writes after the same pruning made permanent at once.
 //!
 //! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
@@ -11,7 +11,8 @@
 
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, safetensors_order, write_safetensors_streamed,
-    MappedSafetensors, MappedTensor, ShardIndex, TensorHeader,
+    write_torch_zip_streamed, Format, MappedSafetensors, MappedTensor, MappedTorchSave, ShardIndex,
+    TensorHeader,
 };
 use crate::error::{PruneError, Result};
 use crate::model::model_file::is_conventional_buffer;
@@ -56,26 +57,115 @@ pub struct StreamReport {
     pub files: usize,
 }
 
-/// A safetensors checkpoint opened for streaming: one memory-mapped file, or the shards of a
-/// `*.safetensors.index.json`.
+/// A checkpoint opened for streaming: one memory-mapped file (safetensors or `torch.save`), or
+/// the shards of a `*.safetensors.index.json`.
 pub struct StreamedModel {
     index: Option<ShardIndex>,
-    files: Vec<MappedSafetensors>,
+    files: Vec<Source>,
+}
+
+/// One mapped input file, in a format the streaming path reads and writes: the file layer of
+/// [`StreamedModel`] (which tensors, where their bytes are, how the output is written).
+enum Source {
+    Safetensors(MappedSafetensors),
+    TorchSave(MappedTorchSave),
+}
+
+impl Source {
+    /// The tensors, in the file's order.
+    fn tensors(&self) -> &[MappedTensor] {
+        match self {
+            Source::Safetensors(f) => f.tensors(),
+            Source::TorchSave(f) => f.tensors(),
+        }
+    }
+
+    /// The mapped bytes of one of [`tensors`](Self::tensors).
+    fn bytes(&self, t: &MappedTensor) -> &[u8] {
+        match self {
+            Source::Safetensors(f) => f.bytes(t),
+            Source::TorchSave(f) => f.bytes(t),
+        }
+    }
+
+    /// Checks what the file can check of `t`'s bytes before they are written (a `torch.save`
+    /// storage's CRC).
+    fn check(&self, t: &MappedTensor) -> Result<()> {
+        match self {
+            Source::Safetensors(_) => Ok(()),
+            Source::TorchSave(f) => Ok(f.check(t)?),
+        }
+    }
+
+    /// Why the in-memory path would write something else than tensors read where they lie and
+    /// written one by one, if so. `names`: every tensor name of the checkpoint.
+    fn unsupported(&self, names: &HashSet<&str>) -> Option<String> {
+        match self {
+            // `safetensors.torch.save_model` keeps one name of tied weights and maps the others
+            // to it in the metadata: the in-memory path restores and writes those ties.
+            Source::Safetensors(f) => f
+                .metadata()
+                .iter()
+                .any(|(alias, kept)| alias != "format" && names.contains(kept.as_str()))
+                .then(|| {
+                    "the checkpoint has tied weights (metadata aliases), which are kept tied in memory"
+                        .into()
+                }),
+            Source::TorchSave(f) => f.unmappable().map(str::to_string),
+        }
+    }
+
+    /// The output's tensors in the order they are written: safetensors sorts them (see
+    /// [`safetensors_order`]), `torch.save` keeps the state dict's order.
+    fn headers(&self) -> Vec<TensorHeader> {
+        let mut headers: Vec<TensorHeader> = self
+            .tensors()
+            .iter()
+            .map(|t| TensorHeader {
+                name: t.name.clone(),
+                kind: t.kind,
+                shape: t.shape.clone(),
+            })
+            .collect();
+        if let Source::Safetensors(_) = self {
+            safetensors_order(&mut headers);
+        }
+        headers
+    }
+
+    /// Writes a file of this format at `path` (not atomically): `headers` in order, their bytes
+    /// from `fill`.
+    fn write(
+        &self,
+        path: &Path,
+        headers: &[TensorHeader],
+        mut fill: impl FnMut(usize, &mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            Source::Safetensors(_) => write_safetensors_streamed(path, headers, &mut fill),
+            Source::TorchSave(_) => write_torch_zip_streamed(path, headers, &mut fill),
+        }
+    }
 }
 
 /// Where a tensor is: file, then index among the file's tensors.
 type Location = (usize, usize);
 
 impl StreamedModel {
-    /// Opens a `.safetensors` file, a `*.index.json` of shards, or a folder holding exactly one
-    /// `*.safetensors.index.json`. Every shard is checked against the index: each tensor of a
-    /// shard is mapped to it, each tensor of the index is in its shard.
+    /// Opens a `.safetensors` file, a `torch.save` zip checkpoint (told apart by their content),
+    /// a `*.index.json` of shards, or a folder holding exactly one `*.safetensors.index.json`.
+    /// Every shard is checked against the index: each tensor of a shard is mapped to it, each
+    /// tensor of the index is in its shard.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let Some(index_path) = ShardIndex::locate(path) else {
+            let file = match Format::detect(path)? {
+                Format::TorchZip => Source::TorchSave(MappedTorchSave::open(path)?),
+                _ => Source::Safetensors(MappedSafetensors::open(path)?),
+            };
             return Ok(StreamedModel {
                 index: None,
-                files: vec![MappedSafetensors::open(path)?],
+                files: vec![file],
             });
         };
         let index = ShardIndex::read(&index_path)?;
@@ -96,7 +186,7 @@ impl StreamedModel {
                 }
             }
             found += file.tensors().len();
-            files.push(file);
+            files.push(Source::Safetensors(file));
         }
         if found != index.weight_map.len() {
             return Err(index_error(
@@ -176,18 +266,8 @@ impl StreamedModel {
         if saved_pruned {
             return Some("the checkpoint was saved pruned (<name>_orig / <name>_mask pairs), which resumes in memory".into());
         }
-        // `safetensors.torch.save_model` keeps one name of tied weights and maps the others to
-        // it in the metadata: the in-memory path restores and writes those ties.
-        let tied = self.files.iter().any(|f| {
-            f.metadata()
-                .iter()
-                .any(|(alias, kept)| alias != "format" && names.contains(kept.as_str()))
-        });
-        if tied {
-            return Some(
-                "the checkpoint has tied weights (metadata aliases), which are kept tied in memory"
-                    .into(),
-            );
+        if let Some(reason) = self.files.iter().find_map(|f| f.unsupported(&names)) {
+            return Some(reason);
         }
         let locations = self.locations();
         let mut seen = HashSet::new();
@@ -254,7 +334,7 @@ impl StreamedModel {
     fn write_order(&self) -> HashMap<String, usize> {
         self.files
             .iter()
-            .flat_map(headers)
+            .flat_map(Source::headers)
             .enumerate()
             .map(|(i, h)| (h.name, i))
             .collect()
@@ -268,7 +348,7 @@ impl StreamedModel {
     }
 
     /// Prunes the steps' tensors, each pruning made permanent, and writes the checkpoint to
-    /// `output`: for one file, a safetensors file replaced atomically; for a sharded input, a
+    /// `output`: for one file, a file of its format replaced atomically; for a sharded input, a
     /// folder (that must not exist yet, or be empty) holding the same shards and an index of the
     /// same name, which appears whole or not at all. The bytes written are those
     /// [`ModelFile::save`](crate::ModelFile::save) writes after the same steps.
@@ -389,14 +469,15 @@ impl StreamedModel {
         report: &mut StreamReport,
     ) -> Result<()> {
         let file = &self.files[f];
-        let headers = headers(file);
+        let headers = file.headers();
         let by_name: HashMap<&str, &MappedTensor> = file
             .tensors()
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        write_safetensors_streamed(path, &headers, |i, out| -> Result<()> {
+        file.write(path, &headers, |i, out| -> Result<()> {
             let t = by_name[headers[i].name.as_str()];
+            file.check(t)?;
             let raw = self.raw(f, t);
             let zeros = match roles.get_mut(t.name.as_str()) {
                 None => write_unchanged(&raw, out, path)?,
@@ -439,21 +520,6 @@ enum Share {
     Own(Threshold),
     /// A per-tensor selection of this many entries, found when the tensor is written.
     PerTensor(i64),
-}
-
-/// The output's tensors in the order they are written.
-fn headers(file: &MappedSafetensors) -> Vec<TensorHeader> {
-    let mut headers: Vec<TensorHeader> = file
-        .tensors()
-        .iter()
-        .map(|t| TensorHeader {
-            name: t.name.clone(),
-            kind: t.kind,
-            shape: t.shape.clone(),
-        })
-        .collect();
-    safetensors_order(&mut headers);
-    headers
 }
 
 fn index_error(path: &Path, reason: String) -> PruneError {

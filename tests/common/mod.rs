@@ -168,3 +168,149 @@ pub fn ok(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs tch-prune, sampling its `RssAnon` from /proc every millisecond; returns the peak in
+/// bytes and the output.
+pub fn peak_anon(args: &[&str]) -> (u64, Output) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tch-prune");
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    (peak, child.wait_with_output().expect("output"))
+}
+
+/// A folder's entry names, sorted.
+pub fn folder_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs tch-prune with `args` and sends it SIGKILL as soon as `ready(pid)` holds (asked every
+/// 200 µs); returns whether it was killed, rather than having ended first.
+pub fn kill_when(args: &[&str], ready: impl Fn(u32) -> bool) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tch-prune");
+    let mut killed = false;
+    for _ in 0..100_000 {
+        if ready(child.id()) {
+            child.kill().expect("kill");
+            killed = true;
+            break;
+        }
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let _ = child.wait();
+    killed
+}
+
+/// The runs of the streaming tests (tests/streaming*.rs), each as the flags of a `prune`: every
+/// method the streaming path takes, then a plan of disjoint steps (written to `dir`).
+pub fn stream_runs(dir: &Path) -> Vec<Vec<String>> {
+    const RUNS: &[&str] = &[
+        "--method l1-unstructured --amount 0.5 --global",
+        "--method l1-unstructured --amount 0.3",
+        "--method l1-unstructured --amount 17",
+        "--method random-unstructured --amount 0.4 --seed 7",
+        "--method ln-structured --amount 2 --n 2 --dim 0",
+        "--method ln-structured --amount 0.5 --n inf --dim -1",
+        "--method random-structured --amount 0.5 --dim 1 --seed 3",
+        "--method identity",
+        "--method l1-unstructured --amount 0.6 --global --params *.weight,*.bias",
+    ];
+    const PLAN: &str = r#"[
+  {"params": ["layers.*.weight", "embed.weight"], "method": "l1-unstructured", "amount": 0.7, "global": true},
+  {"params": "head.weight", "method": "ln-structured", "amount": 3, "n": 1, "dim": 0},
+  {"params": "*.bias", "method": "l1-unstructured", "amount": 0.25}
+]"#;
+    let plan = dir.join("plan.json");
+    std::fs::write(&plan, PLAN).expect("write plan");
+    let mut runs: Vec<Vec<String>> = RUNS
+        .iter()
+        .map(|r| r.split(' ').map(str::to_string).collect())
+        .collect();
+    runs.push(vec![
+        "--plan".into(),
+        plan.to_str().expect("UTF-8 path").into(),
+    ]);
+    runs
+}
+
+/// The tensors of a large test model: `tensors` f32 weights `<prefix>layers.<i>.weight` of
+/// `numel` values each (a multiple of 1024), for the streamed writers.
+pub fn large_headers(
+    prefix: &str,
+    tensors: usize,
+    numel: usize,
+) -> Vec<tch_prune::checkpoint::TensorHeader> {
+    (0..tensors)
+        .map(|i| tch_prune::checkpoint::TensorHeader {
+            name: format!("{prefix}layers.{i:03}.weight"),
+            kind: tch::Kind::Float,
+            shape: vec![(numel / 1024) as i64, 1024],
+        })
+        .collect()
+}
+
+/// Prunes `large` and `small` (a tiny model: the process's own baseline, libtorch and the
+/// binary) to `out` by streaming, with L1 global and per tensor, and asserts that the peak
+/// anonymous memory of the large run exceeds the small one's by less than `budget_mb` MiB.
+pub fn assert_streamed_memory_under(small: &Path, large: &Path, out: &Path, budget_mb: u64) {
+    for method in [
+        "--method l1-unstructured --amount 0.5 --global",
+        "--method l1-unstructured --amount 0.5",
+    ] {
+        let run = |input: &Path| {
+            let (peak, output) = peak_anon(&prune_args(input, out, method, &[]));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
+            peak
+        };
+        let baseline = run(small);
+        let peak = run(large);
+        let extra = peak.saturating_sub(baseline);
+        eprintln!(
+            "{method}: {}, peak RssAnon {:.1} MB, {:.1} MB over a tiny model's",
+            large.display(),
+            peak as f64 / 1e6,
+            extra as f64 / 1e6
+        );
+        assert!(
+            extra < budget_mb << 20,
+            "{method}: {extra} bytes of anonymous memory over the baseline, budget {budget_mb} MiB"
+        );
+    }
+}

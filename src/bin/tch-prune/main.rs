@@ -73,9 +73,9 @@ enum Command {
 #[derive(Args)]
 pub(crate) struct PruneArgs {
     /// A TorchScript .pt, a torch.save state-dict .pt, a .safetensors file, or a sharded
-    /// checkpoint: its *.safetensors.index.json, or the folder holding it. Safetensors inputs are
-    /// pruned by streaming (memory-mapped, written tensor by tensor: any size) whenever that
-    /// gives the in-memory answer; the summary says which path ran.
+    /// checkpoint: its *.safetensors.index.json, or the folder holding it. Safetensors and
+    /// torch.save inputs are pruned by streaming (memory-mapped, written tensor by tensor: any
+    /// size) whenever that gives the in-memory answer; the summary says which path ran.
     input: PathBuf,
     /// Where to write the pruned model (same format as the input): a regular file or a new
     /// name in an existing folder; links, devices and folders are refused. It may be the input.
@@ -148,8 +148,8 @@ pub(crate) struct PruneArgs {
     /// it. Only for files you would run as programs.
     #[arg(long)]
     trust_code: bool,
-    /// Load the whole model into memory even where the streaming path (safetensors read through
-    /// a memory map, written tensor by tensor, same bytes out) could take the run.
+    /// Load the whole model into memory even where the streaming path (safetensors or torch.save
+    /// read through a memory map, written tensor by tensor, same bytes out) could take the run.
     #[arg(long)]
     in_memory: bool,
 }

@@ -1,5 +1,5 @@
-//! The CLI's streaming path: safetensors checkpoints (one file or sharded) pruned through a
-//! memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
+//! The CLI's streaming path: safetensors checkpoints (one file or sharded) and `torch.save`
+//! zips pruned through a memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
 //! in-memory path's answer; the summary says which path ran.
 
 use crate::plan::Step;
@@ -38,12 +38,23 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     if !args.device.eq_ignore_ascii_case("cpu") {
         return in_memory("the streaming path runs on the CPU");
     }
-    if !sharded && Format::detect(&args.input)? != Format::Safetensors {
+    if !sharded
+        && !matches!(
+            Format::detect(&args.input)?,
+            Format::Safetensors | Format::TorchZip
+        )
+    {
         return Ok(Outcome::InMemory(
-            "only safetensors files are streamed".to_string(),
+            "only safetensors files and torch.save zips are streamed".to_string(),
         ));
     }
     let model = StreamedModel::open(&args.input)?;
+    // What the file itself rules out (a checkpoint saved pruned, ties, a torch.save layout that
+    // is not a plain slice of the file), before the steps pick names the in-memory path reads
+    // otherwise (`<name>` for `<name>_orig` and `<name>_mask`).
+    if let Some(reason) = model.unsupported(&[]) {
+        return in_memory(&reason);
+    }
     let parameters = model.parameters();
     let buffers = model.buffers();
     let selections = steps

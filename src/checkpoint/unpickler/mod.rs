@@ -30,6 +30,7 @@ pub(super) mod tests;
 pub(super) use self::globals::{Global, Mode};
 use super::archive::StorageSource;
 use super::error::{shown, CheckpointError};
+use super::state_dict::TensorLayout;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -45,7 +46,8 @@ const VM_MEMORY_FLOOR: usize = 128 << 20;
 #[derive(Debug)]
 pub(super) struct StorageRef {
     pub(super) kind: Result<Kind, Rc<str>>,
-    /// The bytes, as a 1-D `Uint8` tensor; `None` for unsupported dtypes, never read.
+    /// The bytes, as a 1-D `Uint8` tensor; `None` for unsupported dtypes, never read, and
+    /// for storages only located (see [`StorageSource::load`]).
     pub(super) bytes: Option<Tensor>,
     pub(super) key: Rc<str>,
     pub(super) numel: i64,
@@ -83,6 +85,8 @@ pub(super) enum Obj {
     List(Vec<Value>),
     Dict(Dict),
     Tensor(Tensor),
+    /// A tensor described, not built: its storage was only located.
+    Layout(TensorLayout),
     BadTensor(TensorProblem),
     Device,
     /// TorchScript only: an instance of a TorchScript class (a module, or a scripted class),
@@ -374,7 +378,7 @@ impl<'a> Unpickler<'a> {
                 Some(Obj::Tuple(_)) => "a tuple".into(),
                 Some(Obj::List(_)) => "a list".into(),
                 Some(Obj::Dict(_)) => "a dict".into(),
-                Some(Obj::Tensor(_) | Obj::BadTensor(_)) => "a tensor".into(),
+                Some(Obj::Tensor(_) | Obj::Layout(_) | Obj::BadTensor(_)) => "a tensor".into(),
                 Some(Obj::Device) => "a torch.device".into(),
                 Some(Obj::Object { class, .. }) => format!("an object of class {}", shown(class)),
                 None => "an unknown object".into(),
@@ -770,10 +774,7 @@ impl<'a> Unpickler<'a> {
                 Ok(self.alloc(Obj::List(items)))
             }
             Global::RebuildTensorV2 => {
-                let obj = match self.rebuild_tensor(&args) {
-                    Ok(tensor) => Obj::Tensor(tensor),
-                    Err(problem) => Obj::BadTensor(problem),
-                };
+                let obj = self.rebuild_tensor(&args).unwrap_or_else(Obj::BadTensor);
                 Ok(self.alloc(obj))
             }
             // Parameter(data, requires_grad, hooks[, state]): the data is the tensor.
@@ -801,7 +802,7 @@ impl<'a> Unpickler<'a> {
     }
 
     pub(super) fn is_tensor(&self, value: &Value) -> bool {
-        matches!(value, Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Tensor(_) | Obj::BadTensor(_))))
+        matches!(value, Value::Obj(i) if matches!(self.arena.get(*i), Some(Obj::Tensor(_) | Obj::Layout(_) | Obj::BadTensor(_))))
     }
 
     /// `('storage', storage_type, key, location, numel)`, as torch.save's `persistent_id` writes.
@@ -838,7 +839,7 @@ impl<'a> Unpickler<'a> {
                 if self.read.insert(key.clone()) {
                     self.storage_bytes = self.storage_bytes.saturating_add(nbytes);
                 }
-                Some(loaded)
+                loaded
             }
             Err(_) => None,
         };

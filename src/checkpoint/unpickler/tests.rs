@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub(in crate::checkpoint) struct PatternStorages;
 
 impl StorageSource for PatternStorages {
-    fn load(&mut self, key: &str, nbytes: u64) -> Result<Tensor, CheckpointError> {
+    fn load(&mut self, key: &str, nbytes: u64) -> Result<Option<Tensor>, CheckpointError> {
         // Mutated pickles declare arbitrary sizes: refuse the absurd ones, as the zip reader
         // does for sizes its entries do not have.
         if nbytes > 1 << 20 {
@@ -18,9 +18,9 @@ impl StorageSource for PatternStorages {
                 reason: format!("storage {key} too large"),
             });
         }
-        Ok(Tensor::from_slice(
+        Ok(Some(Tensor::from_slice(
             &(0..nbytes).map(|i| i as u8).collect::<Vec<u8>>(),
-        ))
+        )))
     }
 }
 
