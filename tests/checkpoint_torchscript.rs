@@ -38,22 +38,22 @@ fn torchscript_sequential_mlp_state_matches_python() {
     );
 }
 
+/// The state of the conv + batch norm + linear network of jit_cnn_batchnorm.py and jit_traced.py.
+const CNN_KEYS: [&str; 9] = [
+    "0.weight",
+    "0.bias",
+    "1.weight",
+    "1.bias",
+    "1.running_mean",
+    "1.running_var",
+    "1.num_batches_tracked",
+    "4.weight",
+    "4.bias",
+];
+
 #[test]
 fn torchscript_cnn_with_batchnorm_state_matches_python() {
-    let Some(sd) = check_torchscript(
-        "jit_cnn_batchnorm.py",
-        &[
-            "0.weight",
-            "0.bias",
-            "1.weight",
-            "1.bias",
-            "1.running_mean",
-            "1.running_var",
-            "1.num_batches_tracked",
-            "4.weight",
-            "4.bias",
-        ],
-    ) else {
+    let Some(sd) = check_torchscript("jit_cnn_batchnorm.py", &CNN_KEYS) else {
         return;
     };
     let (_, tracked) = &sd[6];
@@ -92,20 +92,7 @@ fn torchscript_nested_custom_module_state_matches_python() {
 
 #[test]
 fn traced_model_state_matches_python() {
-    check_torchscript(
-        "jit_traced.py",
-        &[
-            "0.weight",
-            "0.bias",
-            "1.weight",
-            "1.bias",
-            "1.running_mean",
-            "1.running_var",
-            "1.num_batches_tracked",
-            "4.weight",
-            "4.bias",
-        ],
-    );
+    check_torchscript("jit_traced.py", &CNN_KEYS);
 }
 
 #[test]

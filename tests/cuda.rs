@@ -420,6 +420,17 @@ for path in sys.argv[1:]:
 print("OK")
 "#;
 
+/// The TorchScript files among `outputs` load and run in a PyTorch that sees no GPU.
+fn loads_without_a_gpu(outputs: &[PathBuf]) {
+    let script: Vec<&Path> = outputs
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".ts.pt"))
+        .map(PathBuf::as_path)
+        .collect();
+    let out = run_python_without_gpu(NO_GPU_CHECK, &script).unwrap();
+    assert_eq!(out.trim(), "OK");
+}
+
 #[test]
 fn cli_on_cuda_equals_cpu_and_its_torchscript_loads_without_a_gpu() {
     const TEST: &str = "cli_on_cuda_equals_cpu_and_its_torchscript_loads_without_a_gpu";
@@ -429,32 +440,12 @@ fn cli_on_cuda_equals_cpu_and_its_torchscript_loads_without_a_gpu() {
         return;
     }
     let cpu = cli_outputs(dir.path(), "cpu");
-    let script: Vec<&Path> = cpu
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with(".ts.pt"))
-        .map(PathBuf::as_path)
-        .collect();
-    assert_eq!(
-        run_python_without_gpu(NO_GPU_CHECK, &script)
-            .unwrap()
-            .trim(),
-        "OK"
-    );
+    loads_without_a_gpu(&cpu);
     let Some(_) = cuda::device(TEST) else {
         return;
     };
     let gpu = cli_outputs(dir.path(), "cuda");
-    let script: Vec<&Path> = gpu
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with(".ts.pt"))
-        .map(PathBuf::as_path)
-        .collect();
-    assert_eq!(
-        run_python_without_gpu(NO_GPU_CHECK, &script)
-            .unwrap()
-            .trim(),
-        "OK"
-    );
+    loads_without_a_gpu(&gpu);
     for (c, g) in cpu.iter().zip(&gpu) {
         let (c, g) = (read_state_dict(c).unwrap(), read_state_dict(g).unwrap());
         assert_eq!(c.len(), g.len());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cli, ok};
+use common::{cli, ok, prune_args};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -79,18 +79,12 @@ fn tied_weights_are_pruned_once_and_stay_tied_in_every_format() {
         let input = dir.join(format!("tied.{ext}"));
         // Seeded random pruning: each name pruned on its own would draw two masks.
         let output = work.path().join(format!("random.{ext}"));
-        let stdout = ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "random-unstructured",
-            "--amount",
-            "0.3",
-            "--seed",
-            "4",
-        ]);
+        let stdout = ok(&prune_args(
+            &input,
+            &output,
+            "--method random-unstructured --amount 0.3 --seed 4",
+            &[],
+        ));
         // embed.weight (40x8, tied to decoder.weight) and hidden.weight, each once.
         assert!(stdout.starts_with("pruned 2 tensors"), "{format}: {stdout}");
         let steps = json!([{"method": "random-unstructured", "amount": 0.3,
@@ -99,37 +93,24 @@ fn tied_weights_are_pruned_once_and_stay_tied_in_every_format() {
 
         // Global L1 over every name: the tied tensor is ranked once, not twice.
         let output = work.path().join(format!("global.{ext}"));
-        ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-            "--global",
-            "--params",
-            "*.weight",
-        ]);
+        ok(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 0.5 --global --params *.weight",
+            &[],
+        ));
         let steps = json!([{"method": "l1-unstructured", "amount": 0.5, "global": true,
                             "names": ["embed.weight", "hidden.weight"]}]);
         specs.push(spec("tied", format, &input, &output, steps, None));
 
         // Naming only the second name of the tie prunes the tensor.
         let output = work.path().join(format!("named.{ext}"));
-        ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.25",
-            "--params",
-            "decoder.weight",
-        ]);
+        ok(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 0.25 --params decoder.weight",
+            &[],
+        ));
         let steps =
             json!([{"method": "l1-unstructured", "amount": 0.25, "names": ["embed.weight"]}]);
         specs.push(spec("tied", format, &input, &output, steps, None));
@@ -156,18 +137,12 @@ fn the_reparametrized_state_of_a_tied_model_loads_strictly_into_pytorch() {
         let input = dir.join(format!("tied.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
         let state = work.path().join(format!("state-{format}.safetensors"));
-        ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.3",
-            "--state-out",
-            path_str(&state),
-        ]);
+        ok(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 0.3 --state-out",
+            &[path_str(&state)],
+        ));
         args.push(state);
     }
     let script = format!(
@@ -247,18 +222,12 @@ fn globs_never_select_buffers_and_naming_one_says_it_is_a_buffer() {
     for (format, ext) in FORMATS {
         let input = dir.join(format!("cnn.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
-        ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-            "--params",
-            "features.*",
-        ]);
+        ok(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 0.5 --params features.*",
+            &[],
+        ));
         let (before, after) = match format {
             "ts" => (
                 tch_prune::checkpoint::read_torchscript_state(&input).unwrap(),
@@ -287,35 +256,23 @@ fn globs_never_select_buffers_and_naming_one_says_it_is_a_buffer() {
         assert_eq!(w.eq(0.0).sum(Kind::Int64).int64_value(&[]), 3, "{format}");
 
         for name in ["features.1.running_var", "features.1.num_batches_tracked"] {
-            let err = fails(&[
-                "prune",
-                path_str(&input),
-                "-o",
-                path_str(&output),
-                "--method",
-                "l1-unstructured",
-                "--amount",
-                "0.5",
-                "--params",
-                name,
-            ]);
+            let err = fails(&prune_args(
+                &input,
+                &output,
+                "--method l1-unstructured --amount 0.5 --params",
+                &[name],
+            ));
             assert!(
                 err.contains(&format!("'{name}' is a buffer")),
                 "{format}: {err}"
             );
         }
-        let err = fails(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-            "--params",
-            "*.running_*",
-        ]);
+        let err = fails(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 0.5 --params *.running_*",
+            &[],
+        ));
         assert!(err.contains("matches only buffers"), "{format}: {err}");
     }
 }
@@ -353,16 +310,12 @@ fn names_given_in_a_plan_give_the_model_order_for_safetensors() {
         let steps = json!([{"method": "random-unstructured", "amount": 0.4, "global": global,
                             "params": model_order}]);
         std::fs::write(&plan, steps.to_string()).unwrap();
-        ok(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
+        ok(&prune_args(
+            &input,
+            &output,
             "--plan",
-            path_str(&plan),
-            "--seed",
-            "11",
-        ]);
+            &[path_str(&plan), "--seed", "11"],
+        ));
         let steps = json!([{"method": "random-unstructured", "amount": 0.4, "global": global,
                             "names": model_order}]);
         specs.push(spec("cnn", "st", &input, &output, steps, Some(11)));
@@ -448,20 +401,14 @@ fn every_safetensors_file_the_cli_writes_is_recognised() {
         // The CLI reads and rewrites it; the output is recognised too.
         let out = path.with_extension("out.safetensors");
         ok(&["report", path_str(path)]);
-        ok(&[
-            "prune",
-            path_str(path),
-            "-o",
-            path_str(&out),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-            // The names end in weight0..7, which the default selection skips, and selecting
-            // nothing is an error (issue 11).
-            "--params",
-            "layer.*",
-        ]);
+        // The names end in weight0..7, which the default selection skips, and selecting
+        // nothing is an error (issue 11).
+        ok(&prune_args(
+            path,
+            &out,
+            "--method l1-unstructured --amount 0.5 --params layer.*",
+            &[],
+        ));
         ok(&["report", path_str(&out)]);
     }
     let script = "import sys\nfrom safetensors.torch import load_file\nfor p in sys.argv[1:]: assert len(load_file(p)) == 8\nprint('OK')\n";
@@ -483,18 +430,12 @@ fn every_file_the_cli_writes_is_recognised_as_its_format() {
             let state = work
                 .path()
                 .join(format!("{model}-{format}-state.safetensors"));
-            ok(&[
-                "prune",
-                path_str(&input),
-                "-o",
-                path_str(&output),
-                "--method",
-                "l1-unstructured",
-                "--amount",
-                "0.3",
-                "--state-out",
-                path_str(&state),
-            ]);
+            ok(&prune_args(
+                &input,
+                &output,
+                "--method l1-unstructured --amount 0.3 --state-out",
+                &[path_str(&state)],
+            ));
             let expected = match format {
                 "ts" => Format::TorchScript,
                 "sd" => Format::TorchZip,
@@ -522,18 +463,12 @@ fn a_step_that_fails_on_one_tensor_names_it() {
         let input = dir.join(format!("cnn.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
         // 5 entries: more than features.3.bias holds (4), no more than the others.
-        let err = fails(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "5",
-            "--params",
-            "*.bias",
-        ]);
+        let err = fails(&prune_args(
+            &input,
+            &output,
+            "--method l1-unstructured --amount 5 --params *.bias",
+            &[],
+        ));
         assert!(err.contains("'features.3.bias'"), "{format}: {err}");
         assert!(
             err.contains("amount=5 should be smaller than the number of parameters to prune=4"),
@@ -546,14 +481,7 @@ fn a_step_that_fails_on_one_tensor_names_it() {
             {"method": "l1-unstructured", "amount": 1.0, "params": ["classifier.bias"]},
             {"method": "l1-unstructured", "amount": 2, "params": ["features.0.bias", "classifier.bias"]}
         ]).to_string()).unwrap();
-        let err = fails(&[
-            "prune",
-            path_str(&input),
-            "-o",
-            path_str(&output),
-            "--plan",
-            path_str(&plan),
-        ]);
+        let err = fails(&prune_args(&input, &output, "--plan", &[path_str(&plan)]));
         assert!(
             err.contains("step 2") && err.contains("'classifier.bias'"),
             "{format}: {err}"

@@ -419,7 +419,7 @@ fn anonymous_memory_stays_under_budget_for_a_1gb_model() {
 }
 
 #[test]
-fn a_killed_sharded_write_leaves_no_output() {
+fn a_killed_sharded_write_leaves_no_output_and_the_next_run_cleans_up() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let input = dir.path().join("in");
     std::fs::create_dir(&input).expect("folder");
@@ -463,7 +463,7 @@ fn a_killed_sharded_write_leaves_no_output() {
     for _ in 0..20_000 {
         let temp = folder_entries(&outputs)
             .into_iter()
-            .find(|n| n.starts_with(".pruned.tmp-"));
+            .find(|n| n.starts_with(".tch-prune-"));
         if let Some(temp) = temp {
             if std::fs::read_dir(outputs.join(temp)).map_or(0, |d| d.count()) > 0 {
                 child.kill().expect("kill");
@@ -482,4 +482,20 @@ fn a_killed_sharded_write_leaves_no_output() {
         "the run ended before a shard was written: nothing was tested"
     );
     assert!(!out.exists(), "a killed run left a partial output folder");
+    // The next write into the folder removes what the killed process left.
+    let mut again = Command::new(env!("CARGO_BIN_EXE_tch-prune"));
+    again.args([
+        "prune",
+        s(&index),
+        "-o",
+        s(&out),
+        "--method",
+        "l1-unstructured",
+    ]);
+    let status = again
+        .args(["--amount", "0.5", "--global"])
+        .output()
+        .expect("run");
+    assert!(status.status.success(), "{status:?}");
+    assert_eq!(folder_entries(&outputs), ["pruned"]);
 }

@@ -2,18 +2,18 @@
 //! a temporary folder beside the target, synced, and the folder is renamed into place.
 
 use super::error::CheckpointError;
+use super::temp_file::{register, remove_stale, unregister};
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Creates the folder `dir` all or nothing: `write` gets a fresh temporary folder beside it
-/// (`.<name>.tmp-<pid>-<n>`) and writes the files there; once it returns `Ok` every file and
-/// the folder are fsynced and the folder is renamed to `dir`, so `dir` appears whole or not at
-/// all. `dir` must not exist, or be an empty folder. On any failure (or a panic) the temporary
-/// folder is removed; a killed process leaves only the hidden temporary folder, never `dir`.
+/// (`.tch-prune-<pid>-<n>.tmp`, as temporary files are named) and writes the files there; once
+/// it returns `Ok` every file and the folder are fsynced and the folder is renamed to `dir`, so
+/// `dir` appears whole or not at all. `dir` must not exist, or be an empty folder. On any
+/// failure (or a panic) the temporary folder is removed, and so it is by
+/// [`remove_temporary_files`](super::remove_temporary_files) (the CLI's `SIGINT`, `SIGTERM` and
+/// `SIGHUP`); the one of a process killed outright is removed by the next write beside it.
 pub fn atomic_write_dir<T, E, F>(dir: impl AsRef<Path>, write: F) -> Result<T, E>
 where
     F: FnOnce(&Path) -> Result<T, E>,
@@ -21,12 +21,13 @@ where
 {
     let dir = dir.as_ref();
     let fail = |e: io::Error| CheckpointError::io(dir, "cannot write", e);
-    let name = dir.file_name().ok_or_else(|| {
-        fail(io::Error::new(
+    if dir.file_name().is_none() {
+        return Err(fail(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the path does not name a folder",
         ))
-    })?;
+        .into());
+    }
     if dir.exists() {
         let empty = dir.is_dir() && std::fs::read_dir(dir).map_err(fail)?.next().is_none();
         if !empty {
@@ -41,14 +42,10 @@ where
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir(&tmp).map_err(fail)?;
+    remove_stale(parent);
+    let tmp = register(parent);
     let guard = RemoveDirOnDrop(Some(&tmp));
+    std::fs::create_dir(&tmp).map_err(fail)?;
     let value = write(&tmp)?;
     for entry in std::fs::read_dir(&tmp).map_err(fail)? {
         let path = entry.map_err(fail)?.path();
@@ -68,7 +65,9 @@ struct RemoveDirOnDrop<'a>(Option<&'a Path>);
 
 impl RemoveDirOnDrop<'_> {
     fn disarm(mut self) {
-        self.0 = None;
+        if let Some(path) = self.0.take() {
+            unregister(path);
+        }
     }
 }
 
@@ -76,6 +75,7 @@ impl Drop for RemoveDirOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(path) = self.0 {
             let _ = std::fs::remove_dir_all(path);
+            unregister(path);
         }
     }
 }
@@ -83,9 +83,11 @@ impl Drop for RemoveDirOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::temp_file::tests::handler_lock;
 
     #[test]
     fn a_failed_write_leaves_no_folder() {
+        let _serial = handler_lock();
         let root = tempfile::tempdir().expect("temporary folder");
         let target = root.path().join("out");
         let result: Result<(), CheckpointError> = atomic_write_dir(&target, |tmp| {
@@ -100,6 +102,7 @@ mod tests {
 
     #[test]
     fn a_folder_appears_whole_and_refuses_to_overwrite() {
+        let _serial = handler_lock();
         let root = tempfile::tempdir().expect("temporary folder");
         let target = root.path().join("out");
         std::fs::create_dir(&target).expect("empty folder");
@@ -114,5 +117,31 @@ mod tests {
         let err = again.expect_err("not empty");
         assert!(err.to_string().contains("must not exist"), "{err}");
         assert_eq!(std::fs::read_dir(root.path()).expect("list").count(), 1);
+    }
+
+    /// What a signal handler removes, and what a killed process left, is gone.
+    #[test]
+    fn temporary_folders_are_removed_on_signals_and_by_the_next_write() {
+        let _serial = handler_lock();
+        let root = tempfile::tempdir().expect("temporary folder");
+        let result: Result<(), CheckpointError> = atomic_write_dir(root.path().join("a"), |tmp| {
+            std::fs::write(tmp.join("shard"), b"part").expect("write");
+            super::super::remove_temporary_files();
+            assert!(!tmp.exists());
+            Ok(())
+        });
+        assert!(result.is_err(), "the folder vanished: nothing to rename");
+        // Pids above the kernel's maximum (4194304) never run.
+        let stale = root.path().join(".tch-prune-999999999-3.tmp");
+        std::fs::create_dir(&stale).expect("create");
+        std::fs::write(stale.join("shard"), b"part").expect("write");
+        let written: Result<(), CheckpointError> =
+            atomic_write_dir(root.path().join("b"), |_| Ok(()));
+        written.expect("written");
+        let names: Vec<String> = std::fs::read_dir(root.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["b"]);
     }
 }

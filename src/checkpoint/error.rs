@@ -230,10 +230,15 @@ pub fn first_line(message: &str) -> String {
 /// A name taken from a file, made safe to show in a one-line message: control characters
 /// (a pickle's strings may hold newlines) are escaped, and very long names are cut.
 pub(crate) fn shown(name: &str) -> String {
-    const MAX_CHARS: usize = 200;
+    escaped_and_cut(name, 200)
+}
+
+/// `text` made safe for a one-line message: control characters escaped, cut after `max_chars`
+/// characters (marked by `…`). For names and patterns that come from files or users.
+pub fn escaped_and_cut(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if i == MAX_CHARS {
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
             out.push('…');
             break;
         }

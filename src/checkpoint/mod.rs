@@ -57,7 +57,7 @@ mod zip_entries;
 pub use self::atomic::{atomic_write, write_all_or_nothing};
 pub use self::atomic_dir::atomic_write_dir;
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
-pub use self::error::{first_line, CheckpointError};
+pub use self::error::{escaped_and_cut, first_line, CheckpointError};
 pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
     MappedTensor, TensorHeader,

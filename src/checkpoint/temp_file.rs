@@ -35,13 +35,27 @@ static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 const PREFIX: &str = ".tch-prune-";
 const SUFFIX: &str = ".tmp";
 
-/// Removes every temporary file this process has named and not yet renamed into place. For a
-/// signal handler that is about to end the process (run it from a thread that waits for the
-/// signal, not from an asynchronous handler: it takes a lock).
+/// Removes every temporary file (and temporary folder of a sharded output) this process has
+/// named and not yet renamed into place. For a signal handler that is about to end the process
+/// (run it from a thread that waits for the signal, not from an asynchronous handler: it takes
+/// a lock).
 pub fn remove_temporary_files() {
     let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
     for path in pending.iter() {
-        let _ = std::fs::remove_file(path);
+        remove_entry(path);
+    }
+}
+
+/// Removes a temporary file, or a temporary folder with what it holds (never following a link).
+fn remove_entry(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
     }
 }
 
@@ -247,8 +261,9 @@ impl Drop for TempFile {
     }
 }
 
-/// A fresh temporary name in `dir`, registered for [`remove_temporary_files`].
-fn register(dir: &Path) -> PathBuf {
+/// A fresh temporary name in `dir`, registered for [`remove_temporary_files`] until
+/// [`unregister`]ed.
+pub(crate) fn register(dir: &Path) -> PathBuf {
     let name = dir.join(format!(
         "{PREFIX}{}-{}{SUFFIX}",
         std::process::id(),
@@ -261,16 +276,17 @@ fn register(dir: &Path) -> PathBuf {
     name
 }
 
-fn unregister(name: &Path) {
+pub(crate) fn unregister(name: &Path) {
     PENDING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|p| p != name);
 }
 
-/// Removes the temporary files in `dir` of processes that no longer run. Best effort: a folder
-/// that cannot be listed is left alone, and so is the file of any process that may still run.
-fn remove_stale(dir: &Path) {
+/// Removes the temporary files and folders in `dir` of processes that no longer run. Best
+/// effort: a folder that cannot be listed is left alone, and so is the file of any process that
+/// may still run.
+pub(crate) fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -287,7 +303,7 @@ fn remove_stale(dir: &Path) {
             continue;
         };
         if pid != std::process::id() && !running(pid) {
-            let _ = std::fs::remove_file(entry.path());
+            remove_entry(&entry.path());
         }
     }
 }
@@ -313,17 +329,16 @@ fn running(pid: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::checkpoint::atomic::tests::entries;
     use std::io::Write;
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("read folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+    /// Held by the tests that call [`remove_temporary_files`] (which removes every pending
+    /// file of the process) and by those with a temporary name pending across such a call.
+    pub(crate) fn handler_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[test]
@@ -342,6 +357,7 @@ mod tests {
 
     #[test]
     fn a_named_temporary_file_is_removed_when_dropped_or_by_the_handler() {
+        let _serial = handler_lock();
         let dir = tempfile::tempdir().expect("temporary folder");
         let tmp = TempFile::named(dir.path()).expect("create");
         let mut file = File::options().write(true).open(tmp.path()).expect("open");

@@ -72,13 +72,17 @@ impl ScriptModel {
                 first_line(&e.to_string())
             ))
         })?;
+        Self::registered(module, device)
+    }
+
+    /// The module with its parameters registered in a store of their own. Parameters are
+    /// registered trainable so that they can be pruned (tch can only make floating-point tensors
+    /// trainable); those frozen in Python stay frozen: optimizers skip tensors without gradients.
+    fn registered(module: CModule, device: Device) -> Result<Self> {
         let vs = VarStore::new(device);
         let mut names = Vec::new();
         for (name, tensor) in module.named_parameters()? {
             let requires_grad = tensor.requires_grad();
-            // Parameters are registered trainable so that they can be pruned (tch can only make
-            // floating-point tensors trainable); those frozen in Python stay frozen: optimizers
-            // skip tensors without gradients.
             let float = tensor.is_floating_point();
             let t = add_dotted(&vs, &name, tensor, float);
             if float && !requires_grad {
@@ -107,19 +111,7 @@ impl ScriptModel {
     /// Replaces the module (after a rewrite that changed its parameters' shapes) and registers
     /// its parameters again.
     pub(crate) fn replace_module(&mut self, module: CModule) -> Result<()> {
-        let device = self.vs.device();
-        let vs = VarStore::new(device);
-        let mut names = Vec::new();
-        for (name, tensor) in module.named_parameters()? {
-            let requires_grad = tensor.requires_grad();
-            let float = tensor.is_floating_point();
-            let t = add_dotted(&vs, &name, tensor, float);
-            if float && !requires_grad {
-                let _ = t.set_requires_grad(false);
-            }
-            names.push(name);
-        }
-        *self = Self { module, vs, names };
+        *self = Self::registered(module, self.vs.device())?;
         Ok(())
     }
 

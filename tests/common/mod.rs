@@ -143,6 +143,21 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("failed to start tch-prune")
 }
 
+/// The arguments of `tch-prune prune INPUT -o OUTPUT`, then `flags` split at spaces, then
+/// `values` as they are (names and paths).
+pub fn prune_args<'a>(
+    input: &'a Path,
+    output: &'a Path,
+    flags: &'a str,
+    values: &[&'a str],
+) -> Vec<&'a str> {
+    let path = |p: &'a Path| p.to_str().expect("test paths are UTF-8");
+    let mut args = vec!["prune", path(input), "-o", path(output)];
+    args.extend(flags.split_whitespace());
+    args.extend_from_slice(values);
+    args
+}
+
 /// [`cli`], which must succeed; its standard output.
 pub fn ok(args: &[&str]) -> String {
     let out = cli(args);

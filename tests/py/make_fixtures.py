@@ -19,6 +19,9 @@ import torch
 from torch import nn
 from safetensors.torch import save_file
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "formats"))
+from edge_values import every_dtype  # noqa: E402
+
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 path = lambda name: os.path.join(out, name)
@@ -60,19 +63,7 @@ assert sum("/data/" in n for n in zipfile.ZipFile(path("views.pt")).namelist()) 
 reference("views.pt", views)
 
 # One tensor of each supported dtype, with the edge values of each.
-floats = [0.0, -0.0, 1.5, -2.25, float("inf"), float("-inf"), float("nan"), 1e-40, 3.4e38]
-dtypes = {
-    "f32": torch.tensor(floats, dtype=torch.float32),
-    "f16": torch.tensor([0.0, -0.0, 1.5, 65504.0, float("inf"), float("nan"), 6e-8], dtype=torch.float16),
-    "bf16": torch.tensor([0.0, -0.0, 1.5, 3e38, float("-inf"), float("nan"), 1e-39], dtype=torch.bfloat16),
-    "f64": torch.tensor(floats + [1e-310, 1.7e308], dtype=torch.float64),
-    "i64": torch.tensor([0, -1, 2**63 - 1, -2**63, 2**53 + 1], dtype=torch.int64),
-    "i32": torch.tensor([0, -1, 2**31 - 1, -2**31], dtype=torch.int32),
-    "i16": torch.tensor([0, -1, 32767, -32768], dtype=torch.int16),
-    "i8": torch.tensor([0, -1, 127, -128], dtype=torch.int8),
-    "u8": torch.tensor([0, 1, 128, 255], dtype=torch.uint8),
-    "bool": torch.tensor([[True, False], [False, True]]),
-}
+dtypes = every_dtype()
 torch.save(dtypes, path("dtypes.pt"))
 save_file(dtypes, path("dtypes.safetensors"))
 reference("dtypes.pt", dtypes)

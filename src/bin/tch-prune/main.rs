@@ -220,7 +220,7 @@ fn main() -> ExitCode {
 /// An error line as printed: one line (control characters escaped), and not megabytes long
 /// whatever the user gave (names from files and patterns are cut on their own already).
 fn one_line(text: &str) -> String {
-    plan::escaped_and_cut(text, 4000)
+    tch_prune::checkpoint::escaped_and_cut(text, 4000)
 }
 
 fn policy(trust_code: bool) -> CodePolicy {

@@ -300,24 +300,7 @@ fn some_names(available: &[(String, usize)]) -> String {
 /// A user's string shown in a one-line message: control characters escaped, cut after 200
 /// characters (a pattern from a plan file can be megabytes long).
 fn cut(text: &str) -> String {
-    escaped_and_cut(text, 200)
-}
-
-/// `text` on one line (control characters escaped), cut after `max_chars` characters.
-pub fn escaped_and_cut(text: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max_chars {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    tch_prune::checkpoint::escaped_and_cut(text, 200)
 }
 
 /// A plan file: a JSON list of steps.
