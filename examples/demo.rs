@@ -110,34 +110,36 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     tch::manual_seed(0);
     for round in 1..=ROUNDS {
-        pruner.global_unstructured(&names, &L1Unstructured::new(0.5)?, &Default::default())?;
-        let pruned_accuracy = accuracy(&mut model, Some(&pruner), &data.test_x, &data.test_y)?;
-        fine_tune(&mut model, &pruner, &mut opt, &data)?;
-        let tuned = accuracy(&mut model, Some(&pruner), &data.test_x, &data.test_y)?;
-        let sparsity = Report::new(&masked(&pruner, &names))?.sparsity;
-        println!(
-            "{round:>5}  {:>7.2}%  {:>22.2}%  {:>16.2}%",
-            100.0 * sparsity,
-            100.0 * pruned_accuracy,
-            100.0 * tuned
-        );
+        prune_round(
+            round,
+            &mut model,
+            &pruner,
+            &mut opt,
+            &data,
+            &names,
+            |_, p| {
+                p.global_unstructured(&names, &L1Unstructured::new(0.5)?, &Default::default())?;
+                Ok(String::new())
+            },
+        )?;
     }
-
     // Structured: half of every layer's channels, with everything coupled to them, so that the
     // exact route can remove them afterwards.
     let example = data.test_x.narrow(0, 0, 1);
-    let channels = prune_channel_groups(&model, &pruner, &example)?;
-    let pruned_accuracy = accuracy(&mut model, Some(&pruner), &data.test_x, &data.test_y)?;
-    fine_tune(&mut model, &pruner, &mut opt, &data)?;
-    let tuned = accuracy(&mut model, Some(&pruner), &data.test_x, &data.test_y)?;
-    let sparsity = Report::new(&masked(&pruner, &names))?.sparsity;
-    println!(
-        "{:>5}  {:>7.2}%  {:>22.2}%  {:>16.2}%   (channels: {channels})",
+    prune_round(
         ROUNDS + 1,
-        100.0 * sparsity,
-        100.0 * pruned_accuracy,
-        100.0 * tuned
-    );
+        &mut model,
+        &pruner,
+        &mut opt,
+        &data,
+        &names,
+        |m, p| {
+            Ok(format!(
+                "   (channels: {})",
+                prune_channel_groups(m, p, &example)?
+            ))
+        },
+    )?;
 
     pruner.remove_all()?;
     let export = out_dir.join("digits_cnn_pruned.pt");
@@ -173,7 +175,32 @@ fn main() -> Result<(), Box<dyn Error>> {
     shrink(&export, &shown, device, &data, &example)
 }
 
-/// One epoch count of fine-tuning through the pruning hooks (the masks stay applied).
+/// One round: `prune` (which returns a note for the table), then fine-tuning, with the accuracy
+/// after each and the weight sparsity printed.
+fn prune_round(
+    round: usize,
+    model: &mut ScriptModel,
+    pruner: &Pruner,
+    opt: &mut nn::Optimizer,
+    data: &Digits,
+    names: &[&str],
+    prune: impl FnOnce(&ScriptModel, &Pruner) -> Result<String, Box<dyn Error>>,
+) -> Result<(), Box<dyn Error>> {
+    let note = prune(model, pruner)?;
+    let pruned_accuracy = accuracy(model, Some(pruner), &data.test_x, &data.test_y)?;
+    fine_tune(model, pruner, opt, data)?;
+    let tuned = accuracy(model, Some(pruner), &data.test_x, &data.test_y)?;
+    let sparsity = Report::new(&masked(pruner, names))?.sparsity;
+    println!(
+        "{round:>5}  {:>7.2}%  {:>22.2}%  {:>16.2}%{note}",
+        100.0 * sparsity,
+        100.0 * pruned_accuracy,
+        100.0 * tuned
+    );
+    Ok(())
+}
+
+/// `EPOCHS_PER_ROUND` epochs of fine-tuning through the pruning hooks (the masks stay applied).
 fn fine_tune(
     model: &mut ScriptModel,
     pruner: &Pruner,
