@@ -108,19 +108,10 @@ fn sync_folder(dir: &Path) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::checkpoint::temp_file::tests::entries;
     use std::io::Write;
-
-    /// The names in `dir`, sorted.
-    pub(crate) fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("read folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
 
     #[test]
     fn atomic_write_leaves_nothing_when_the_writer_fails() {

@@ -331,8 +331,17 @@ fn running(pid: u32) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::checkpoint::atomic::tests::entries;
     use std::io::Write;
+
+    /// The names in `dir`, sorted.
+    pub(crate) fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read folder")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     /// Held by the tests that call [`remove_temporary_files`] (which removes every pending
     /// file of the process) and by those with a temporary name pending across such a call.

@@ -112,8 +112,21 @@ void fold_attributes(Block* block, ModuleResolver& r) {
   }
 }
 
+// Ops that read only a tensor's metadata: a branch that uses a tensor only through them (a
+// module's `if input.dim() != 4: raise ...` check) does not constrain its channels, as the same
+// reads outside branches do not (src/model/shrink/groups.rs, SHAPE_READERS).
+bool reads_metadata(Node* n) {
+  static const char* kinds[] = {"aten::dim", "aten::size", "aten::len", "aten::numel", "prim::device",
+                                "prim::dtype", "aten::is_floating_point", "prim::is_cuda"};
+  for (const char* k : kinds) {
+    if (n->kind().toQualString() == std::string(k)) return true;
+  }
+  return false;
+}
+
 void collect_captured(Block* block, Block* outer, std::vector<Value*>& out) {
   for (Node* n : block->nodes()) {
+    if (reads_metadata(n)) continue;
     for (Value* v : n->inputs()) {
       if (v->node()->owningBlock() == outer || v->node()->kind() == c10::prim::Param) {
         bool seen = false;

@@ -92,12 +92,37 @@ fn parse_shape(s: &str) -> Result<Vec<i64>> {
     Ok(shape)
 }
 
+/// The model's outputs on `x` as one flat tensor: models such as GoogLeNet and Inception return
+/// a (named) tuple, whose tensors are all compared.
+fn outputs(m: &ScriptModel, x: &Tensor) -> Result<Tensor> {
+    fn collect(v: tch::IValue, out: &mut Vec<Tensor>) {
+        match v {
+            tch::IValue::Tensor(t) => out.push(t.flatten(0, -1)),
+            tch::IValue::Tuple(vs) | tch::IValue::GenericList(vs) => {
+                vs.into_iter().for_each(|v| collect(v, out))
+            }
+            tch::IValue::TensorList(ts) => out.extend(ts.into_iter().map(|t| t.flatten(0, -1))),
+            _ => {}
+        }
+    }
+    let y = tch::no_grad(|| {
+        m.module()
+            .forward_is(&[tch::IValue::Tensor(x.shallow_clone())])
+    })?;
+    let mut tensors = Vec::new();
+    collect(y, &mut tensors);
+    if tensors.is_empty() {
+        bail!("the model's forward returned no tensor: shrink compares tensor outputs");
+    }
+    Ok(Tensor::cat(&tensors, 0))
+}
+
 /// Median of `runs` timed forward passes, in milliseconds, after two warm-up runs; the two
 /// models alternate so that both see the same machine load.
 fn latencies(a: &ScriptModel, b: &ScriptModel, x: &Tensor, runs: usize) -> Result<(f64, f64)> {
     let time = |m: &ScriptModel| -> Result<f64> {
         let start = Instant::now();
-        let y = tch::no_grad(|| m.forward(x))?;
+        let y = outputs(m, x)?;
         if let Device::Cuda(i) = y.device() {
             tch::Cuda::synchronize(i as i64);
         }
@@ -179,8 +204,8 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     let (before, after) = latencies(&original, &model, &x, args.runs)?;
     let verify_relative_error = if args.verify {
         original.zero_channels(&report.removed)?;
-        let reference = tch::no_grad(|| original.forward(&x))?;
-        let y = tch::no_grad(|| model.forward(&x))?;
+        let reference = outputs(&original, &x)?;
+        let y = outputs(&model, &x)?;
         let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
         let err = f64::try_from((&y - &reference).abs().max())? / scale;
         Some(err)

@@ -11,6 +11,19 @@
 //! reason: such a group keeps all its channels, so a wrong model is never written. The network's
 //! inputs carry no space (their channels are fixed) and the spaces reaching its outputs are
 //! blocked (output shapes stay).
+//!
+//! The code is never changed, so a layer whose channel structure is code (a grouped conv's
+//! `groups`, a `chunk(k)`, a channel shuffle's `view(b, k, c / k, ...)`) can only follow a
+//! shrink that keeps that structure: such a space is seen as repeats of a smaller one (*folded*:
+//! channel `j` of every group or piece goes together), or its channels are taken several at a
+//! time (*coarsened*, where a shuffle interleaves them with another space's); `Space::view`
+//! records it and the final layouts are written in the smaller spaces. `split` with sizes fixed
+//! in the code blocks. Every layout is checked against the measured width of its value.
+
+mod dims;
+mod split;
+#[cfg(test)]
+mod tests;
 
 use super::graph::{Graph, ValueKind};
 use std::collections::{BTreeMap, HashMap};
@@ -69,8 +82,6 @@ pub(crate) struct Layer {
     pub path: String,
     pub weight: String,
     pub kind: LayerKind,
-    /// For a depthwise conv: its channel space (its `groups` follows that space's width).
-    pub space: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,7 +90,8 @@ pub struct Analysis {
     /// (name, dim) -> (group index per segment, inner per segment), in order along the dim.
     pub(crate) layouts: BTreeMap<(String, usize), Vec<(usize, i64)>>,
     pub(crate) layers: Vec<Layer>,
-    /// Group index per depthwise-conv layer (index into `layers`).
+    /// Group index per depthwise-conv layer (index into `layers`) whose channels are one group,
+    /// laid out plainly.
     pub(crate) layer_group: HashMap<usize, usize>,
 }
 
@@ -88,6 +100,21 @@ struct Space {
     size: i64,
     blocked: Vec<String>,
     producer: String,
+    /// Set on a root whose channels are `reps` repeats of the channels of another space, each
+    /// `inner` consecutive indices wide: channel `t*(n*inner) + q*inner + j` of this space is
+    /// channel `q` of that one, for every `t < reps` and `j < inner`. A grouped convolution
+    /// (input channel `l` of every group reads weight column `l`) or a `chunk` (piece `t` holds
+    /// the same channels of every piece) makes such repeats; a channel shuffle's interleaving
+    /// makes the `inner` ones. The space itself then owns no channels of its own: its slices
+    /// are expanded into those of the other space.
+    view: Option<View>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct View {
+    space: usize,
+    reps: i64,
+    inner: i64,
 }
 
 #[derive(Default)]
@@ -102,9 +129,16 @@ struct State {
     /// Parameters read by an op the analysis does not understand: their shapes must stay.
     frozen: HashMap<String, String>,
     layers: Vec<Layer>,
+    /// Values made by the analysis (the pieces of a `chunk`), counted down from the top.
+    synthetic: usize,
 }
 
 impl State {
+    fn synthetic_value(&mut self) -> usize {
+        self.synthetic += 1;
+        usize::MAX - self.synthetic
+    }
+
     fn find(&mut self, mut s: usize) -> usize {
         while self.spaces[s].parent != s {
             let p = self.spaces[s].parent;
@@ -121,7 +155,15 @@ impl State {
             size,
             blocked: vec![],
             producer,
+            view: None,
         });
+        id
+    }
+
+    /// A new space of `size` channels that is `view` of another (see `Space::view`).
+    fn new_view(&mut self, size: i64, producer: String, view: View) -> usize {
+        let id = self.new_space(size, producer);
+        self.spaces[id].view = Some(view);
         id
     }
 
@@ -130,9 +172,148 @@ impl State {
         if !self.spaces[r].blocked.iter().any(|b| b == reason) {
             self.spaces[r].blocked.push(reason.to_string());
         }
+        // A viewed space's channels are the other space's: so is its fate.
+        if let Some(v) = self.spaces[r].view {
+            self.block(v.space, reason);
+        }
     }
 
-    fn block_tag(&mut self, tag: &Tag, reason: &str) {
+    /// The space `f` of `period` channels such that space `s` is `size / period` repeats of
+    /// it: channel `c` and `c + period` of `s` are then always kept or removed together.
+    /// `None` when `s` cannot be seen that way (its width is not a multiple, or it already
+    /// repeats with an incompatible period).
+    fn fold(&mut self, s: usize, period: i64) -> Option<usize> {
+        let r = self.find(s);
+        let n = self.spaces[r].size;
+        if period <= 0 || n % period != 0 {
+            return None;
+        }
+        if period == n {
+            return Some(r);
+        }
+        let producer = self.spaces[r].producer.clone();
+        match self.spaces[r].view {
+            None => {
+                let f = self.new_space(period, producer);
+                self.spaces[r].view = Some(View {
+                    space: f,
+                    reps: n / period,
+                    inner: 1,
+                });
+                let blocked = self.spaces[r].blocked.clone();
+                for b in blocked {
+                    self.block(f, &b);
+                }
+                Some(f)
+            }
+            Some(View { space, reps, inner }) => {
+                let current = n / reps;
+                if inner == 1 {
+                    if current == period {
+                        Some(self.find(space))
+                    } else if current % period == 0 {
+                        self.fold(space, period)
+                    } else if period % current == 0 {
+                        Some(self.new_view(
+                            period,
+                            producer,
+                            View {
+                                space,
+                                reps: period / current,
+                                inner: 1,
+                            },
+                        ))
+                    } else {
+                        None
+                    }
+                } else if reps == 1 && period % inner == 0 {
+                    // `s` is `space` with each channel `inner` wide: fold `space` instead.
+                    let f = self.fold(space, period / inner)?;
+                    Some(self.new_view(
+                        period,
+                        producer,
+                        View {
+                            space: f,
+                            reps: 1,
+                            inner,
+                        },
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// The space `c` of `size / k` channels such that each channel of `c` is `k` consecutive
+    /// channels of space `s` (kept or removed together).
+    fn coarsen(&mut self, s: usize, k: i64) -> Option<usize> {
+        let r = self.find(s);
+        let n = self.spaces[r].size;
+        if k <= 0 || n % k != 0 {
+            return None;
+        }
+        if k == 1 {
+            return Some(r);
+        }
+        let producer = self.spaces[r].producer.clone();
+        match self.spaces[r].view {
+            None => {
+                let c = self.new_space(n / k, producer);
+                self.spaces[r].view = Some(View {
+                    space: c,
+                    reps: 1,
+                    inner: k,
+                });
+                let blocked = self.spaces[r].blocked.clone();
+                for b in blocked {
+                    self.block(c, &b);
+                }
+                Some(c)
+            }
+            Some(View { space, reps, inner }) => {
+                if reps == 1 && inner == k {
+                    Some(self.find(space))
+                } else if reps == 1 && k % inner == 0 {
+                    self.coarsen(space, k / inner)
+                } else if inner == 1 {
+                    // `s` repeats `space`: coarsen one repeat, and repeat that.
+                    let c = self.coarsen(space, k)?;
+                    Some(self.new_view(
+                        n / k,
+                        producer,
+                        View {
+                            space: c,
+                            reps,
+                            inner: 1,
+                        },
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// `seg` as segments of spaces that are not views, in order.
+    fn expand(&mut self, seg: Seg) -> Vec<Seg> {
+        let r = self.find(seg.space);
+        match self.spaces[r].view {
+            None => vec![Seg {
+                space: r,
+                inner: seg.inner,
+            }],
+            Some(v) => {
+                let one = self.expand(Seg {
+                    space: v.space,
+                    inner: seg.inner * v.inner,
+                });
+                (0..v.reps).flat_map(|_| one.clone()).collect()
+            }
+        }
+    }
+
+    fn block_tag(&mut self, tag: &[Seg], reason: &str) {
         for seg in tag {
             self.block(seg.space, reason);
         }
@@ -172,26 +353,60 @@ impl State {
         if self.spaces[ra].size != self.spaces[rb].size {
             return false;
         }
+        let (va, vb) = (self.spaces[ra].view, self.spaces[rb].view);
+        let view = match (va, vb) {
+            (Some(p), Some(q)) if p.reps != q.reps || p.inner != q.inner => return false,
+            (Some(p), _) => Some(p),
+            (None, q) => q,
+        };
         let blocked = std::mem::take(&mut self.spaces[rb].blocked);
         self.spaces[rb].parent = ra;
-        for b in blocked {
+        self.spaces[ra].view = view;
+        if let (Some(p), Some(q)) = (va, vb) {
+            if !self.union(p.space, q.space) {
+                self.block(ra, "its channels repeat in two layouts that do not line up");
+            }
+        }
+        let mut all = blocked;
+        all.extend(self.spaces[ra].blocked.clone());
+        for b in all {
             self.block(ra, &b);
         }
         true
     }
 
     /// Makes two layouts of one dimension the same channels; blocks both where they cannot be.
+    /// Segments of two layouts that cover the same indices with a different `inner` (a
+    /// channel shuffle's pieces) line up when the narrower one's channels are taken `k` at a
+    /// time.
     fn unify(&mut self, a: &Tag, b: &Tag, reason: &str) -> bool {
-        let aligned = a.len() == b.len()
-            && a.iter().zip(b).all(|(x, y)| {
-                x.inner == y.inner && {
-                    let (rx, ry) = (self.find(x.space), self.find(y.space));
-                    self.spaces[rx].size == self.spaces[ry].size
-                }
-            });
+        let width = |st: &mut Self, x: &Seg| {
+            let r = st.find(x.space);
+            st.spaces[r].size * x.inner
+        };
+        let mut aligned = a.len() == b.len();
         if aligned {
             for (x, y) in a.iter().zip(b) {
-                self.union(x.space, y.space);
+                aligned = aligned && width(self, x) == width(self, y);
+            }
+        }
+        if aligned {
+            for (x, y) in a.iter().zip(b) {
+                let pair = if x.inner == y.inner {
+                    Some((x.space, y.space))
+                } else if x.inner > y.inner && x.inner % y.inner == 0 {
+                    self.coarsen(y.space, x.inner / y.inner)
+                        .map(|c| (x.space, c))
+                } else if y.inner % x.inner == 0 {
+                    self.coarsen(x.space, y.inner / x.inner)
+                        .map(|c| (c, y.space))
+                } else {
+                    None
+                };
+                if !pair.is_some_and(|(p, q)| self.union(p, q)) {
+                    self.block(x.space, reason);
+                    self.block(y.space, reason);
+                }
             }
             true
         } else {
@@ -459,6 +674,21 @@ pub(crate) fn analyse(g: &Graph) -> Analysis {
             "flatten" | "view" | "reshape" | "squeeze" | "unsqueeze" | "squeeze_"
             | "unsqueeze_" => reshape(&mut st, g, n),
             "cat" | "concat" => cat(&mut st, g, n),
+            "chunk"
+            | "unsafe_chunk"
+            | "split"
+            | "unsafe_split"
+            | "split_with_sizes"
+            | "unsafe_split_with_sizes" => split::split(&mut st, g, n, op),
+            "__getitem__" => split::get_item(&mut st, g, n),
+            "append" => split::append(&mut st, n),
+            "permute" => dims::permute(&mut st, g, n),
+            "transpose" | "transpose_" | "t" | "t_" | "swapaxes" | "swapdims" => {
+                dims::transpose(&mut st, g, n, op)
+            }
+            "mean" | "sum" | "amax" | "amin" => dims::reduce(&mut st, g, n),
+            "pad" | "constant_pad_nd" => dims::pad(&mut st, g, n),
+            "slice" => dims::slice(&mut st, g, n),
             _ => {
                 if let Some(&(_, spatial)) = POOL.iter().find(|(name, _)| *name == op) {
                     pool(&mut st, g, n, spatial)
@@ -470,8 +700,11 @@ pub(crate) fn analyse(g: &Graph) -> Analysis {
         if !handled {
             for &v in &n.inputs {
                 st.block_value(v, &reason_unknown);
+                // The op may change the list: what it holds afterwards is unknown.
+                st.containers.remove(&v);
             }
         }
+        check_widths(&mut st, g, n);
     }
     for &o in &g.outputs {
         st.block_value(o, "reaches the network's output (its shape stays)");
@@ -497,11 +730,105 @@ pub(crate) fn analyse(g: &Graph) -> Analysis {
     finish(st, g)
 }
 
+/// A safety net: every layout given to an output must cover exactly the width measured along
+/// its dim. One that does not (an op whose semantics the analysis got wrong) blocks its groups
+/// rather than let a rewrite cut the wrong indices.
+fn check_widths(st: &mut State, g: &Graph, n: &super::graph::Node) {
+    for &o in &n.outputs {
+        let (Some(shape), Some(tags)) = (g.shape(o), st.tags.get(&o).cloned()) else {
+            continue;
+        };
+        for (d, tag) in tags.iter().enumerate() {
+            let Some(tag) = tag else { continue };
+            let width: i64 = tag
+                .iter()
+                .map(|seg| {
+                    let r = st.find(seg.space);
+                    st.spaces[r].size * seg.inner
+                })
+                .sum();
+            if shape.get(d) != Some(&width) {
+                st.block_tag(
+                    tag,
+                    &format!("{} gives a layout the analysis cannot follow", n.kind),
+                );
+                if let Some(t) = st.tags.get_mut(&o) {
+                    t[d] = None;
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution's `groups` is a constant of its TorchScript class, shared by every
+/// instance of the class: `select` gives the groups of such instances the same width. It can
+/// only do that for a depthwise layer whose channels are one group laid out plainly; one that
+/// reads pieces of several (or interleaved channels) keeps them unless its class is its own.
+fn check_depthwise(st: &mut State, g: &Graph) {
+    let depthwise: Vec<(String, String)> = st
+        .layers
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.kind,
+                LayerKind::Conv {
+                    depthwise: true,
+                    ..
+                }
+            )
+        })
+        .map(|l| (l.path.clone(), l.weight.clone()))
+        .collect();
+    let class = |path: &str| g.modules.get(path).map(|m| m.class.clone());
+    let mut layouts: Vec<(Option<String>, String, Tag)> = Vec::new();
+    for (path, weight) in &depthwise {
+        let Some(tag) = st.layouts.get(&(weight.clone(), 0)).cloned() else {
+            continue;
+        };
+        let expanded: Tag = tag.into_iter().flat_map(|seg| st.expand(seg)).collect();
+        layouts.push((class(path), path.clone(), expanded));
+    }
+    for (c, path, tag) in &layouts {
+        if c.is_none() || matches!(tag.as_slice(), [seg] if seg.inner == 1) {
+            continue;
+        }
+        let same_class: Vec<&(Option<String>, String, Tag)> =
+            layouts.iter().filter(|(c2, _, _)| c2 == c).collect();
+        if same_class.len() < 2 {
+            continue;
+        }
+        // Every instance of the class keeps its width: they share one `groups`.
+        let reason = format!(
+            "depthwise {path} reads pieces of several channel groups and shares its `groups` constant with {}",
+            same_class
+                .iter()
+                .filter(|(_, p, _)| p != path)
+                .map(|(_, p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (_, _, t) in same_class {
+            st.block_tag(t, &reason);
+        }
+    }
+}
+
 fn finish(mut st: State, g: &Graph) -> Analysis {
     // Group indices for the roots that own at least one slice.
     // Groups in execution order: by their oldest space (the first producer that runs).
+    let keys: Vec<(String, usize)> = st.layouts.keys().cloned().collect();
+    let mut expanded: BTreeMap<(String, usize), Tag> = BTreeMap::new();
+    for key in keys {
+        let tag: Tag = st.layouts[&key]
+            .clone()
+            .into_iter()
+            .flat_map(|seg| st.expand(seg))
+            .collect();
+        expanded.insert(key, tag);
+    }
+    check_depthwise(&mut st, g);
     let mut roots: Vec<usize> = Vec::new();
-    for tag in st.layouts.values().cloned().collect::<Vec<_>>() {
+    for tag in expanded.values() {
         for seg in tag {
             roots.push(st.find(seg.space));
         }
@@ -520,9 +847,7 @@ fn finish(mut st: State, g: &Graph) -> Analysis {
         });
     }
     let mut layouts = BTreeMap::new();
-    let keys: Vec<(String, usize)> = st.layouts.keys().cloned().collect();
-    for key in keys {
-        let tag = st.layouts[&key].clone();
+    for (key, tag) in expanded {
         let mut offset = 0;
         let mut segs = Vec::new();
         for seg in tag {
@@ -541,11 +866,16 @@ fn finish(mut st: State, g: &Graph) -> Analysis {
         layouts.insert(key, segs);
     }
     let mut layer_group = HashMap::new();
-    for (i, l) in st.layers.clone().iter().enumerate() {
-        if let Some(s) = l.space {
-            let root = st.find(s);
-            if let Some(&gi) = index.get(&root) {
-                layer_group.insert(i, gi);
+    for (i, l) in st.layers.iter().enumerate() {
+        if matches!(
+            l.kind,
+            LayerKind::Conv {
+                depthwise: true,
+                ..
+            }
+        ) {
+            if let Some([(gi, 1)]) = layouts.get(&(l.weight.clone(), 0)).map(Vec::as_slice) {
+                layer_group.insert(i, *gi);
             }
         }
     }
@@ -575,6 +905,16 @@ fn param(st: &State, v: usize) -> Option<String> {
     st.tensors.get(&v).cloned()
 }
 
+/// A layer's weight and optional bias, as parameters or buffers of the module; `None` when
+/// either is computed (the analysis cannot shrink what it cannot rewrite).
+fn weight_and_bias(st: &State, g: &Graph, w: usize, b: usize) -> Option<(String, Option<String>)> {
+    let weight = param(st, w)?;
+    if g.is_none(b) {
+        return Some((weight, None));
+    }
+    Some((weight, Some(param(st, b)?)))
+}
+
 fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
     let spatial = match op {
         "conv1d" => 1,
@@ -582,16 +922,8 @@ fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
         _ => 3,
     };
     let (x, w, b) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let Some(weight) = param(st, w) else {
+    let Some((weight, bias)) = weight_and_bias(st, g, w, b) else {
         return false;
-    };
-    let bias = if g.is_none(b) {
-        None
-    } else {
-        match param(st, b) {
-            Some(p) => Some(p),
-            None => return false,
-        }
     };
     let (Some(xs), Some(ws), Some(o)) = (g.shape(x), g.shape(w), n.outputs.first().copied()) else {
         return false;
@@ -635,22 +967,15 @@ fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
                 groups,
                 depthwise: false,
             },
-            space: None,
         });
     } else if depthwise {
         let tag = match in_tag {
-            Some(t) if t.len() == 1 && t[0].inner == 1 => t,
-            Some(t) => {
-                st.block_tag(&t, &format!("depthwise {path} over a concatenation"));
-                let s = st.new_space(c_out, producer);
-                st.block(s, "depthwise conv over a concatenation");
-                vec![Seg { space: s, inner: 1 }]
-            }
+            Some(t) => t,
             None => {
                 let s = st.new_space(c_out, producer);
                 st.block(
                     s,
-                    &format!("depthwise {path} reads channels of fixed width (the network input)"),
+                    &format!("depthwise {path} reads channels of fixed width (a network input, or channels an earlier op keeps)"),
                 );
                 vec![Seg { space: s, inner: 1 }]
             }
@@ -667,34 +992,120 @@ fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
                 groups,
                 depthwise: true,
             },
-            space: Some(tag[0].space),
         });
     } else {
-        let reason = format!("grouped convolution {path} (groups={groups}) keeps its channels");
-        if let Some(t) = &in_tag {
-            st.block_tag(t, &reason);
-        }
-        let s = st.new_space(c_out, producer);
-        st.block(s, &reason);
-        let tag = vec![Seg { space: s, inner: 1 }];
-        st.couple(&weight, 0, &tag);
-        st.set_tag(o, os.len(), cdim, tag);
+        return grouped(
+            st,
+            GroupedConv {
+                path: &path,
+                weight: &weight,
+                bias: bias.as_deref(),
+                groups,
+                c_in,
+                c_out,
+                producer,
+            },
+            in_tag,
+            o,
+            os.len(),
+            cdim,
+        );
     }
+    true
+}
+
+struct GroupedConv<'a> {
+    path: &'a str,
+    weight: &'a str,
+    bias: Option<&'a str>,
+    groups: i64,
+    c_in: i64,
+    c_out: i64,
+    producer: String,
+}
+
+/// A grouped convolution whose `groups` stays (it is code): every group must keep the same
+/// number of input and output channels. As Torch-Pruning's group-conv pruner does, channel `j`
+/// of every group goes together: its output channels are `groups` repeats of a space of
+/// `c_out / groups` channels, its input channels must be `groups` repeats of one of `c_in /
+/// groups` (weight column `l` reads channel `l` of each input group).
+fn grouped(
+    st: &mut State,
+    c: GroupedConv,
+    in_tag: Option<Tag>,
+    o: usize,
+    rank: usize,
+    cdim: usize,
+) -> bool {
+    let GroupedConv {
+        path,
+        weight,
+        bias,
+        groups,
+        c_in,
+        c_out,
+        producer,
+    } = c;
+    let why = |what: &str| format!("grouped convolution {path} (groups={groups}) {what}");
+    if groups < 1 || c_in % groups != 0 || c_out % groups != 0 {
+        return false;
+    }
+    let (per_in, per_out) = (c_in / groups, c_out / groups);
+    let columns = match in_tag.as_deref() {
+        None => None,
+        Some([seg]) if per_in > 1 && per_in % seg.inner == 0 => {
+            match st.fold(seg.space, per_in / seg.inner) {
+                Some(f) => Some(vec![Seg {
+                    space: f,
+                    inner: seg.inner,
+                }]),
+                None => {
+                    st.block(
+                        seg.space,
+                        &why("reads channels that cannot be split into equal groups"),
+                    );
+                    None
+                }
+            }
+        }
+        Some(t) => {
+            st.block_tag(t, &why("reads channels that cannot be split into equal groups (one per group, or a concatenation)"));
+            None
+        }
+    };
+    if let Some(cols) = &columns {
+        st.couple(weight, 1, cols);
+    }
+    let s = st.new_space(c_out, producer);
+    let tag = vec![Seg { space: s, inner: 1 }];
+    if per_out == 1 {
+        st.block(s, &why("has one output channel per group"));
+    } else if st.fold(s, per_out).is_none() {
+        st.block(
+            s,
+            &why("has output channels that cannot be split into equal groups"),
+        );
+    }
+    st.couple(weight, 0, &tag);
+    if let Some(b) = bias {
+        st.couple(b, 0, &tag);
+    }
+    st.set_tag(o, rank, cdim, tag);
+    st.layers.push(Layer {
+        path: path.to_string(),
+        weight: weight.to_string(),
+        kind: LayerKind::Conv {
+            groups,
+            depthwise: false,
+        },
+    });
     true
 }
 
 fn linear(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
     let (x, w, b) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let Some(weight) = param(st, w) else {
+    let Some((weight, bias)) = weight_and_bias(st, g, w, b) else {
         return false;
-    };
-    let bias = if g.is_none(b) {
-        None
-    } else {
-        match param(st, b) {
-            Some(p) => Some(p),
-            None => return false,
-        }
     };
     let (Some(xs), Some(ws), Some(o)) = (g.shape(x), g.shape(w), n.outputs.first().copied()) else {
         return false;
@@ -725,7 +1136,6 @@ fn linear(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
         path,
         weight,
         kind: LayerKind::Linear,
-        space: None,
     });
     true
 }
@@ -769,7 +1179,6 @@ fn batch_norm(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
             path: module_of(first),
             weight: first.clone(),
             kind: LayerKind::BatchNorm,
-            space: None,
         });
     }
     pass_through(st, g, x, n.outputs.first().copied());
@@ -957,6 +1366,17 @@ fn reshape(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
                         inner: 1,
                     }],
                 );
+            } else if after == 1 && out_dims.len() == 2 {
+                // `view(b, k, c / k, ...)`, as a channel shuffle does: k equal pieces, the
+                // second dim indexing within each. The code computes `c / k` from the width at
+                // run time, so it follows a shrink when every piece keeps the same channels.
+                match split::equal_pieces(st, &tag, xs[d], os[first]) {
+                    Some(pieces) => st.set_tag(o, os.len(), out_dims[1], pieces[0].clone()),
+                    None => st.block_tag(
+                        &tag,
+                        "a reshape splits channels into pieces that do not line up",
+                    ),
+                }
             } else {
                 st.block_tag(&tag, "a reshape splits channels");
             }

@@ -86,14 +86,14 @@ pub(crate) fn rewrite(
     // New widths per layer, from the new tensors.
     let mut wanted: Vec<(String, &'static str, i64)> = Vec::new();
     let mut groups_change: Vec<(String, i64, i64)> = Vec::new();
-    for (li, layer) in analysis.layers.iter().enumerate() {
+    for layer in &analysis.layers {
         let w = ffi::get_tensor(module, &layer.weight)?;
         let shape = w.size();
         match &layer.kind {
             LayerKind::Conv { groups, depthwise } => {
                 let g = if *depthwise {
-                    let gi = analysis.layer_group.get(&li).copied();
-                    let new = gi.map_or(*groups, |gi| kept[gi].len() as i64);
+                    // One group per channel: as many as the weight now has.
+                    let new = shape[0];
                     if new != *groups {
                         groups_change.push((layer.path.clone(), *groups, new));
                     }
