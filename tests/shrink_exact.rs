@@ -50,8 +50,7 @@ class Block(nn.Module):
         x = torch.relu(x + self.bn3(self.b(y)))
         x = nn.functional.max_pool2d(x, 2)
         return self.out(torch.relu(self.fc(torch.flatten(x, 1))))
-# Wrapped: the analysis currently keeps the batch-norm groups of a top-level module whose class
-# is defined in the script itself ("used inside a prim::If"); one level down they shrink.
+# One level down, so that the groups are named by nested module paths (body.stem, ...).
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
