@@ -9,7 +9,9 @@ and the masks are compared. One line per case; everything also goes to target/be
   BENCH_SIZES=99M,470M   only these sizes of each case; a size outside the standard four
                          (10M, 50M) runs every case at it instead (to try the harness quickly)
   BENCH_CASES=l1,global  only these cases (out-of-core, out-of-core-bf16: see
-                         scripts/bench_out_of_core.py; BENCH_CACHE, BENCH_KEEP_CACHE)
+                         scripts/bench_out_of_core.py; BENCH_CACHE, BENCH_KEEP_CACHE;
+                         shrink: tch-prune shrink beside Torch-Pruning, see
+                         scripts/bench_shrink.py; BENCH_SHRINK_MODELS)
   BENCH_THREADS=2, BENCH_REPEATS=5, BENCH_SEED=0
 (or --sizes, --cases, --threads, --repeats, --seed).
 """
@@ -25,6 +27,7 @@ import tempfile
 import numpy as np
 
 import bench_out_of_core
+import bench_shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "target", "bench")
@@ -336,10 +339,10 @@ def main():
     p.add_argument("--seed", type=int, default=int(env_list("BENCH_SEED", "0")))
     a = p.parse_args()
     sizes, cases = a.sizes.split(","), a.cases.split(",")
-    known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES)
+    known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES) + ["shrink"]
     for bad in [s for s in sizes if s not in SIZES] + [c for c in cases if c not in known]:
         sys.exit(f"unknown size or case '{bad}' (sizes: {', '.join(SIZES)}; cases: {', '.join(known)})")
-    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | set(CLI_CASES) else [CRATE, CLI]
+    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | set(CLI_CASES) | {"shrink"} else [CRATE, CLI]
     for binary in needed:
         if not os.path.exists(binary):
             sys.exit(f"{binary} is missing: run `make bench`, or build with "
@@ -379,6 +382,12 @@ def main():
             record, text = bench_out_of_core.measure(case, CLI, env, a.seed, work)
             results.append(record)
             print(text, flush=True)
+        if "shrink" in cases:
+            print(f"shrink: {bench_shrink.__doc__.splitlines()[0]} (batch {bench_shrink.BATCH}, "
+                  f"{a.threads} threads, median of {a.repeats}; ratios to the model before)")
+            for record, text in bench_shrink.measure(CLI, env, a.seed, work, a.threads, a.repeats):
+                results.append(record)
+                print(text, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with open(os.path.join(OUT, "results.json"), "w") as f:

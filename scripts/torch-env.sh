@@ -23,13 +23,15 @@ if [ -n "${LIBTORCH:-}" ]; then
 fi
 
 # torchvision pairs 0.28 with torch 2.13; it and transformers build the real architectures of
-# tests/architectures.rs (random init, nothing downloaded).
+# tests/architectures.rs (random init, nothing downloaded). torch-pruning is `make bench`'s
+# comparison for `tch-prune shrink` (scripts/bench_shrink.py); it needs no other torch.
 torchvision_version=0.28
-if ! "$venv/bin/python" -c "import torch, safetensors, numpy, sklearn, torchvision, transformers; assert torch.__version__.startswith('$torch_version'); assert torchvision.__version__.startswith('$torchvision_version.')" 2>/dev/null; then
+torch_pruning_version=1.6.1
+if ! "$venv/bin/python" -c "import torch, safetensors, numpy, sklearn, torchvision, transformers, torch_pruning; from importlib.metadata import version; assert torch.__version__.startswith('$torch_version'); assert torchvision.__version__.startswith('$torchvision_version.'); assert version('torch-pruning') == '$torch_pruning_version'" 2>/dev/null; then
   echo "Provisioning torch==$torch_version into $venv (once per user, about 5 GB)..." >&2
   mkdir -p "$cache"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "torch==$torch_version" "torchvision==$torchvision_version.*" safetensors numpy scikit-learn transformers >&2
+  "$venv/bin/pip" install --quiet "torch==$torch_version" "torchvision==$torchvision_version.*" safetensors numpy scikit-learn transformers "torch-pruning==$torch_pruning_version" >&2
 fi
 
 site=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")

@@ -59,6 +59,18 @@ fn shrink(args: &[&str]) -> std::process::Output {
         .expect("run tch-prune")
 }
 
+/// `tch-prune shrink IN -o OUT ARGS --input-shape 1,3,8,8 --json --runs 1`, which must succeed.
+fn shrink_json(input: &str, output: &str, args: &[&str]) -> serde_json::Value {
+    let common = ["--input-shape", "1,3,8,8", "--json", "--runs", "1"];
+    let all: Vec<&str> = [input, "-o", output]
+        .iter()
+        .chain(args)
+        .chain(&common)
+        .copied()
+        .collect();
+    json(&shrink(&all))
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -91,42 +103,22 @@ fn shrink_cli() {
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
 
     // Per group, half; the result is checked against the group-zeroed original.
-    let v = json(&shrink(&[
-        i,
-        "-o",
-        o,
-        "--amount",
-        "0.5",
-        "--input-shape",
-        "1,3,8,8",
-        "--verify",
-        "--json",
-        "--runs",
-        "1",
-    ]));
+    let v = shrink_json(i, o, &["--amount", "0.5", "--verify"]);
     let groups = afters(&v);
     // stem/bn/residual/depthwise/SE scale are one group (16); `a` its own (32); the SE's
     // squeeze (4); `fc` (24); `out` reaches the output. The layer_norm blocks the 16 group.
-    assert!(
-        groups.contains(&("a (conv2d output channels)".into(), 32, 16)),
-        "{groups:?}"
-    );
-    assert!(
-        groups.contains(&("se.fc1 (conv2d output channels)".into(), 4, 2)),
-        "{groups:?}"
-    );
-    assert!(
-        groups.contains(&("fc (linear output features)".into(), 24, 12)),
-        "{groups:?}"
-    );
-    assert!(
-        groups.contains(&("stem (conv2d output channels)".into(), 16, 16)),
-        "{groups:?}"
-    );
-    assert!(
-        groups.contains(&("out (linear output features)".into(), 5, 5)),
-        "{groups:?}"
-    );
+    for (producer, before, after) in [
+        ("a (conv2d output channels)", 32, 16),
+        ("se.fc1 (conv2d output channels)", 4, 2),
+        ("fc (linear output features)", 24, 12),
+        ("stem (conv2d output channels)", 16, 16),
+        ("out (linear output features)", 5, 5),
+    ] {
+        assert!(
+            groups.contains(&(producer.into(), before, after)),
+            "{producer}: {groups:?}"
+        );
+    }
     let blocked = v["groups"]
         .as_array()
         .unwrap()
@@ -148,24 +140,20 @@ fn shrink_cli() {
     assert_eq!(printed.trim(), "(2, 5) (16, 16, 3, 3)");
 
     // Global ranking with widths rounded up to multiples of 8; --n 1.
-    let v = json(&shrink(&[
+    let v = shrink_json(
         i,
-        "-o",
         o,
-        "--amount",
-        "0.5",
-        "--global",
-        "--round-to",
-        "8",
-        "--n",
-        "1",
-        "--input-shape",
-        "1,3,8,8",
-        "--json",
-        "--runs",
-        "1",
-        "--verify",
-    ]));
+        &[
+            "--amount",
+            "0.5",
+            "--global",
+            "--round-to",
+            "8",
+            "--n",
+            "1",
+            "--verify",
+        ],
+    );
     for (name, before, after) in afters(&v) {
         assert!(
             after == before || after % 8 == 0,
@@ -174,20 +162,7 @@ fn shrink_cli() {
     }
 
     // --params: only the groups that `a` produces.
-    let v = json(&shrink(&[
-        i,
-        "-o",
-        o,
-        "--amount",
-        "0.5",
-        "--params",
-        "a.*",
-        "--input-shape",
-        "1,3,8,8",
-        "--json",
-        "--runs",
-        "1",
-    ]));
+    let v = shrink_json(i, o, &["--amount", "0.5", "--params", "a.*"]);
     let changed: Vec<String> = afters(&v)
         .into_iter()
         .filter(|(_, b, a)| a != b)
@@ -196,18 +171,7 @@ fn shrink_cli() {
     assert_eq!(changed, vec!["a (conv2d output channels)".to_string()]);
 
     // The exact route on an unpruned model removes nothing.
-    let v = json(&shrink(&[
-        i,
-        "-o",
-        o,
-        "--exact",
-        "--input-shape",
-        "1,3,8,8",
-        "--json",
-        "--runs",
-        "1",
-        "--verify",
-    ]));
+    let v = shrink_json(i, o, &["--exact", "--verify"]);
     assert!(afters(&v).iter().all(|(_, b, a)| a == b));
     assert_eq!(v["verify_relative_error"].as_f64(), Some(0.0));
 

@@ -27,8 +27,10 @@ pub struct ShrinkArgs {
     /// With --global, of all shrinkable channels together.
     #[arg(long, required_unless_present = "exact")]
     amount: Option<String>,
-    /// Remove exactly the channels whose whole group is already zero (e.g. after ln-structured
-    /// pruning of a conv and its batch norm): the outputs do not change.
+    /// Remove exactly the channels whose every coupled parameter slice is already zero: the
+    /// layer's weight rows and bias, its batch norm's scale and shift, and the input columns of
+    /// the layers that read it (ln-structured pruning of the conv alone leaves those). The
+    /// outputs change only by float summation order in the layers reading fewer channels.
     #[arg(long, conflicts_with_all = ["amount", "global", "round_to"])]
     exact: bool,
     /// The importance norm: 1 (L1) or 2 (L2, Torch-Pruning's default), over every coupled slice.

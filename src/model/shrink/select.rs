@@ -30,8 +30,10 @@ pub struct ShrinkOptions {
     /// Only groups whose channels one of these parameters produces (holds along its dim 0:
     /// a conv's or linear layer's output channels, a batch norm's) are shrunk (`None`: all).
     pub params: Option<HashSet<String>>,
-    /// Remove exactly the channels whose every coupled parameter slice (biases included) is
-    /// zero: the outputs do not change.
+    /// Remove exactly the channels whose every coupled parameter slice (biases, batch-norm
+    /// scales and shifts, and the input columns of the layers reading them included) is zero:
+    /// the outputs change only by the summation order of those layers, which sum fewer terms
+    /// (bit for bit where every sum is exact).
     pub exact: bool,
 }
 
