@@ -1,5 +1,6 @@
 //! Tensors on their way to or from a file: a tensor's bytes in host memory for the writers,
-//! bytes read straight into a new tensor for the readers, and the names checked for repeats.
+//! bytes read straight into a new tensor for the readers, the names checked for repeats, and the
+//! layout of a tensor a pickle described without its storage being read (the mapped reader's).
 
 use super::dtype::DType;
 use super::error::{first_line, shown, CheckpointError};
@@ -181,4 +182,20 @@ impl TensorHeader {
         let size = DType::of(self.kind).map_or(1, |d| d.safetensors.size());
         self.shape.iter().product::<i64>() as usize * size
     }
+}
+
+/// A tensor of a `data.pkl` described, its storage not read: what a reader that maps the file
+/// needs to find its bytes.
+#[derive(Clone, Debug)]
+pub(super) struct TensorLayout {
+    /// The key of its storage (entry `data/<key>`).
+    pub(super) storage: String,
+    pub(super) kind: Kind,
+    /// Its storage offset, in elements.
+    pub(super) offset: i64,
+    /// The elements of the storage it covers, if it is a plain slice of it (contiguous); its
+    /// view was checked against the storage's size.
+    pub(super) elements: Option<(usize, usize)>,
+    pub(super) size: Vec<i64>,
+    pub(super) stride: Vec<i64>,
 }

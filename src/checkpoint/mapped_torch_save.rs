@@ -7,8 +7,8 @@
 
 use super::archive::{check_crc, StorageEntry};
 use super::error::{shown, CheckpointError};
+use super::host_tensor::TensorLayout;
 use super::mapped::MappedTensor;
-use super::state_dict::TensorLayout;
 use super::torch_save::open_state_archive;
 use super::unpickler::Unpickler;
 use memmap2::{Advice, Mmap};

@@ -3,6 +3,7 @@
 //! the `name -> tensor` list picked out of the unpickled object, each tensor owning its memory.
 
 use super::error::{first_line, shown, CheckpointError};
+use super::host_tensor::TensorLayout;
 use super::unpickler::{Obj, StorageRef, TensorProblem, Unpickler, Value, ViewKey, VmResult};
 use std::collections::hash_map::Entry;
 use std::collections::HashSet;
@@ -313,22 +314,6 @@ impl Unpickler<'_> {
         }
         (root, String::new())
     }
-}
-
-/// A tensor of a `data.pkl` described, its storage not read: what a reader that maps the file
-/// needs to find its bytes.
-#[derive(Clone, Debug)]
-pub(super) struct TensorLayout {
-    /// The key of its storage (entry `data/<key>`).
-    pub(super) storage: String,
-    pub(super) kind: Kind,
-    /// Its storage offset, in elements.
-    pub(super) offset: i64,
-    /// The elements of the storage it covers, if it is a plain slice of it (contiguous); its
-    /// view was checked against the storage's size.
-    pub(super) elements: Option<(usize, usize)>,
-    pub(super) size: Vec<i64>,
-    pub(super) stride: Vec<i64>,
 }
 
 /// An `as_strided` view checked against its storage, all in `i64` with overflow checks, so that

@@ -30,7 +30,7 @@ pub(super) mod tests;
 pub(super) use self::globals::{Global, Mode};
 use super::archive::StorageSource;
 use super::error::{shown, CheckpointError};
-use super::state_dict::TensorLayout;
+use super::host_tensor::TensorLayout;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
