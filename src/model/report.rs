@@ -4,7 +4,7 @@ use crate::error::Result;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// The sparsity of one tensor.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -40,6 +40,22 @@ pub struct Report {
     pub sparsity: f64,
 }
 
+impl TensorReport {
+    /// The row of a tensor of `shape` and `kind` holding `zeros` exact zeros.
+    pub(crate) fn new(name: &str, shape: Vec<i64>, kind: Kind, zeros: i64) -> Self {
+        let numel = shape.iter().product();
+        TensorReport {
+            name: name.to_string(),
+            shape,
+            dtype: format!("{kind:?}").to_lowercase(),
+            numel,
+            zeros,
+            sparsity: ratio(zeros, numel),
+            tied_to: None,
+        }
+    }
+}
+
 fn ratio(zeros: i64, numel: i64) -> f64 {
     if numel == 0 {
         0.0
@@ -61,25 +77,24 @@ impl Report {
         for (name, t) in tensors {
             let numel = t.numel() as i64;
             let zeros = numel - t.f_count_nonzero(None)?.f_int64_value(&[])?;
-            rows.push(TensorReport {
-                name: name.clone(),
-                shape: t.size(),
-                dtype: format!("{:?}", t.kind()).to_lowercase(),
-                numel,
-                zeros,
-                sparsity: ratio(zeros, numel),
-                tied_to: ties.get(name).cloned(),
-            });
+            let mut row = TensorReport::new(name, t.size(), t.kind(), zeros);
+            row.tied_to = ties.get(name).cloned();
+            rows.push(row);
         }
+        Ok(Self::from_rows(rows))
+    }
+
+    /// The totals of `rows` (a tied row not counted again).
+    pub(crate) fn from_rows(rows: Vec<TensorReport>) -> Self {
         let counted = || rows.iter().filter(|r| r.tied_to.is_none());
         let numel = counted().map(|r| r.numel).sum();
         let zeros = counted().map(|r| r.zeros).sum();
-        Ok(Self {
+        Self {
             tensors: rows,
             numel,
             zeros,
             sparsity: ratio(zeros, numel),
-        })
+        }
     }
 
     /// The sparsity of the tensors whose names are in `names`.

@@ -16,6 +16,7 @@ use crate::checkpoint::{
 };
 use crate::error::{PruneError, Result};
 use crate::model::model_file::is_conventional_buffer;
+use crate::model::report::{Report, TensorReport};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
 use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
@@ -247,6 +248,26 @@ impl StreamedModel {
                     .map(move |(i, t)| (t.name.as_str(), (f, i)))
             })
             .collect()
+    }
+
+    /// The sparsity of every tensor, counted over the mapped bytes (nothing is read into
+    /// memory): what [`Report::with_ties`](crate::Report::with_ties) gives for the same file
+    /// read in memory, when [`unsupported`](Self::unsupported) has nothing to say of it (no tied
+    /// weights, not saved pruned). For a checkpoint too large to read, or sharded.
+    pub fn report(&self) -> Result<Report> {
+        if let Some(reason) = self.unsupported(&[]) {
+            return Err(PruneError::InvalidArgument(format!(
+                "cannot report this checkpoint from its memory map: {reason}"
+            )));
+        }
+        let rows = self
+            .tensors()
+            .map(|(f, t)| {
+                let zeros = count_zeros(self.files[f].bytes(t), t.kind);
+                TensorReport::new(&t.name, t.shape.clone(), t.kind, zeros)
+            })
+            .collect();
+        Ok(Report::from_rows(rows))
     }
 
     /// Total size of the tensors' data in bytes.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy, ShardIndex};
-use tch_prune::{ModelFile, Report};
+use tch_prune::{ModelFile, Report, StreamedModel};
 
 #[derive(Parser)]
 #[command(
@@ -430,12 +430,27 @@ fn report(
     policy: CodePolicy,
     show: bool,
 ) -> Result<()> {
-    outputs::check(input, None, None)?;
+    let sharded = ShardIndex::locate(input).is_some();
+    if !sharded {
+        outputs::check(input, None, None)?;
+    }
     if let Some(svg) = svg {
         outputs::check_other(input, svg, "--svg")?;
     }
-    let model = quiet::quietly(show, || ModelFile::open_with(input, Device::Cpu, policy))?;
-    let report = report_of(&model, &model.pruner()?)?;
+    // Counted over a memory map where that gives the in-memory report (any size, sharded
+    // checkpoints); TorchScript, tied weights and checkpoints saved pruned are read in memory.
+    let streamed = match StreamedModel::open(input) {
+        Ok(model) if sharded || model.unsupported(&[]).is_none() => Some(model.report()?),
+        Err(e) if sharded => return Err(e.into()),
+        _ => None,
+    };
+    let report = match streamed {
+        Some(report) => report,
+        None => {
+            let model = quiet::quietly(show, || ModelFile::open_with(input, Device::Cpu, policy))?;
+            report_of(&model, &model.pruner()?)?
+        }
+    };
     if let Some(svg) = svg {
         #[cfg(feature = "plot")]
         report.write_svg(
