@@ -82,7 +82,9 @@ fn main() {
             println!("cargo:rustc-link-arg-{target}={link_arg}");
         }
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{lib_str}");
+    // The run path alone for everything else: the binary, and the unit tests of the library
+    // and of the binary (which `-tests` does not cover).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_str}");
     println!("cargo:link_arg={link_arg}");
     println!("cargo:libtorch_lib={lib_str}");
     println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_LIB={lib_str}");
