@@ -309,6 +309,17 @@ void split_name(const std::string& dotted, std::string& parent, std::string& lea
   leaf = dot == std::string::npos ? dotted : dotted.substr(dot + 1);
 }
 
+// The submodule holding the parameter or buffer `dotted`, and its name there in `leaf`; throws
+// when there is no such tensor.
+torch::jit::Module tensor_owner(void* module, const char* dotted, std::string& leaf) {
+  std::string parent;
+  split_name(dotted, parent, leaf);
+  auto m = submodule(*static_cast<torch::jit::Module*>(module), parent);
+  if (!m.hasattr(leaf) || !m.attr(leaf).isTensor())
+    throw std::runtime_error(std::string("no tensor `") + dotted + "` in the module");
+  return m;
+}
+
 size_t set_groups_in(Block* block, int64_t old_groups, int64_t new_groups) {
   size_t changed = 0;
   for (Node* n : block->nodes()) {
@@ -360,11 +371,8 @@ char* tp_shrink_describe(void* module, const at::Tensor* input, char** error) {
 // null with `*error` set.
 at::Tensor* tp_shrink_get_tensor(void* module, const char* dotted, char** error) {
   try {
-    std::string parent, leaf;
-    split_name(dotted, parent, leaf);
-    auto m = submodule(*static_cast<torch::jit::Module*>(module), parent);
-    if (!m.hasattr(leaf) || !m.attr(leaf).isTensor())
-      throw std::runtime_error(std::string("no tensor `") + dotted + "` in the module");
+    std::string leaf;
+    auto m = tensor_owner(module, dotted, leaf);
     return new at::Tensor(m.attr(leaf).toTensor());
   } catch (const std::exception& e) {
     *error = copy_string(e.what());
@@ -375,11 +383,8 @@ at::Tensor* tp_shrink_get_tensor(void* module, const char* dotted, char** error)
 // Replaces the parameter or buffer `dotted` by `value` (same kind, same requires_grad).
 int tp_shrink_set_tensor(void* module, const char* dotted, const at::Tensor* value, char** error) {
   try {
-    std::string parent, leaf;
-    split_name(dotted, parent, leaf);
-    auto m = submodule(*static_cast<torch::jit::Module*>(module), parent);
-    if (!m.hasattr(leaf) || !m.attr(leaf).isTensor())
-      throw std::runtime_error(std::string("no tensor `") + dotted + "` in the module");
+    std::string leaf;
+    auto m = tensor_owner(module, dotted, leaf);
     bool requires_grad = m.attr(leaf).toTensor().requires_grad();
     at::Tensor t = value->detach().clone();
     t.set_requires_grad(requires_grad);

@@ -401,7 +401,10 @@ impl StreamedModel {
                             self.raw(f, &self.files[f].tensors()[i])
                         })
                         .collect();
-                    let total: usize = parts.iter().map(|p| p.bytes.len() / size_of(p.kind)).sum();
+                    let total: usize = parts
+                        .iter()
+                        .map(|p| p.bytes.len() / p.kind.elt_size_in_bytes())
+                        .sum();
                     let k = amount.to_count(total as i64)?;
                     let threshold = smallest_threshold(&parts, k)?;
                     // Ties go to the first tensors in the step's order; when the output visits
@@ -562,19 +565,10 @@ fn is_float(kind: Kind) -> bool {
     )
 }
 
-fn size_of(kind: Kind) -> usize {
-    match kind {
-        Kind::Bool | Kind::Uint8 | Kind::Int8 => 1,
-        Kind::Half | Kind::BFloat16 | Kind::Int16 => 2,
-        Kind::Float | Kind::Int => 4,
-        _ => 8,
-    }
-}
-
 /// Exact zeros among `bytes` of `kind` (-0.0 included, as `count_nonzero` counts).
 fn count_zeros(bytes: &[u8], kind: Kind) -> i64 {
     let float = is_float(kind);
-    let n = match size_of(kind) {
+    let n = match kind.elt_size_in_bytes() {
         1 => bytes.iter().filter(|&&b| b == 0).count(),
         2 => {
             let m = if float { 0x7fff } else { 0xffff };
@@ -635,7 +629,7 @@ fn write_masked(
     out: &mut dyn Write,
     path: &Path,
 ) -> Result<i64> {
-    let size = size_of(raw.kind);
+    let size = raw.kind.elt_size_in_bytes();
     let numel = raw.bytes.len() / size;
     let (buffer, keep) = scratch.buffers(size);
     raw.advise_sequential();
@@ -667,7 +661,7 @@ fn multiply_by_libtorch(
     keep: &[bool],
     out: &mut [u8],
 ) -> Result<i64> {
-    let size = size_of(raw.kind);
+    let size = raw.kind.elt_size_in_bytes();
     let n = keep.len() as i64;
     // SAFETY: the three blobs outlive the tensors over them (dropped at the end of this call);
     // the mapped input is only read (the mapping is read-only: a write would fault, not

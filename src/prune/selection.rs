@@ -911,14 +911,22 @@ fn key_table(kind: Kind) -> &'static [u32] {
     }
 }
 
+/// The size of an entry of `kind`, for the kinds the crate's files hold.
 fn element_size(kind: Kind) -> Option<usize> {
-    Some(match kind {
-        Kind::Bool | Kind::Uint8 | Kind::Int8 => 1,
-        Kind::Half | Kind::BFloat16 | Kind::Int16 => 2,
-        Kind::Float | Kind::Int => 4,
-        Kind::Double | Kind::Int64 => 8,
-        _ => return None,
-    })
+    matches!(
+        kind,
+        Kind::Bool
+            | Kind::Uint8
+            | Kind::Int8
+            | Kind::Half
+            | Kind::BFloat16
+            | Kind::Int16
+            | Kind::Float
+            | Kind::Int
+            | Kind::Double
+            | Kind::Int64
+    )
+    .then(|| kind.elt_size_in_bytes())
 }
 
 /// The bytes of the value 1 in `kind`, little-endian.

@@ -907,12 +907,37 @@ fn param(st: &State, v: usize) -> Option<String> {
 
 /// A layer's weight and optional bias, as parameters or buffers of the module; `None` when
 /// either is computed (the analysis cannot shrink what it cannot rewrite).
-fn weight_and_bias(st: &State, g: &Graph, w: usize, b: usize) -> Option<(String, Option<String>)> {
+/// What a convolution or linear layer reads and writes: its input `x` and output `o` with their
+/// shapes, its weight's shape, and the names of its weight and bias. `None` when any of it is
+/// unknown (the layer is then not understood).
+struct LayerIo<'g> {
+    x: usize,
+    o: usize,
+    xs: &'g [i64],
+    ws: &'g [i64],
+    os: &'g [i64],
+    weight: String,
+    bias: Option<String>,
+}
+
+fn layer_io<'g>(st: &State, g: &'g Graph, n: &super::graph::Node) -> Option<LayerIo<'g>> {
+    let (x, w, b) = (n.inputs[0], n.inputs[1], n.inputs[2]);
     let weight = param(st, w)?;
-    if g.is_none(b) {
-        return Some((weight, None));
-    }
-    Some((weight, Some(param(st, b)?)))
+    let bias = if g.is_none(b) {
+        None
+    } else {
+        Some(param(st, b)?)
+    };
+    let o = n.outputs.first().copied()?;
+    Some(LayerIo {
+        x,
+        o,
+        xs: g.shape(x)?,
+        ws: g.shape(w)?,
+        os: g.shape(o)?,
+        weight,
+        bias,
+    })
 }
 
 fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
@@ -921,14 +946,18 @@ fn conv(st: &mut State, g: &Graph, n: &super::graph::Node, op: &str) -> bool {
         "conv2d" => 2,
         _ => 3,
     };
-    let (x, w, b) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let Some((weight, bias)) = weight_and_bias(st, g, w, b) else {
+    let Some(LayerIo {
+        x,
+        o,
+        xs,
+        ws,
+        os,
+        weight,
+        bias,
+    }) = layer_io(st, g, n)
+    else {
         return false;
     };
-    let (Some(xs), Some(ws), Some(o)) = (g.shape(x), g.shape(w), n.outputs.first().copied()) else {
-        return false;
-    };
-    let Some(os) = g.shape(o) else { return false };
     let groups = n.inputs.get(6).and_then(|&v| g.int(v)).unwrap_or(1);
     let rank = xs.len();
     if rank < spatial + 1 {
@@ -1103,14 +1132,18 @@ fn grouped(
 }
 
 fn linear(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
-    let (x, w, b) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let Some((weight, bias)) = weight_and_bias(st, g, w, b) else {
+    let Some(LayerIo {
+        x,
+        o,
+        xs,
+        ws,
+        os,
+        weight,
+        bias,
+    }) = layer_io(st, g, n)
+    else {
         return false;
     };
-    let (Some(xs), Some(ws), Some(o)) = (g.shape(x), g.shape(w), n.outputs.first().copied()) else {
-        return false;
-    };
-    let Some(os) = g.shape(o) else { return false };
     if ws.len() != 2 || xs.is_empty() {
         return false;
     }
