@@ -385,6 +385,7 @@ impl StreamedModel {
             )));
         }
         let locations = self.locations();
+        let order = self.write_order();
         let mut roles: HashMap<&str, Role<'_>> = HashMap::new();
         for step in steps {
             if step.names.is_empty() {
@@ -409,7 +410,6 @@ impl StreamedModel {
                     let threshold = smallest_threshold(&parts, k)?;
                     // Ties go to the first tensors in the step's order; when the output visits
                     // them in another order, each gets its share up front.
-                    let order = self.write_order();
                     let in_order = step.names.windows(2).all(|w| order[&w[0]] < order[&w[1]]);
                     if in_order {
                         let shared = std::rc::Rc::new(std::cell::RefCell::new(threshold));
@@ -445,14 +445,48 @@ impl StreamedModel {
             }
         }
 
-        let mut report = StreamReport::default();
-        let mut scratch = Scratch::default();
+        // Per-tensor thresholds are found one or two tensors ahead of the write, on a thread of
+        // their own: the selection's passes over the next tensor overlap the masked write of
+        // this one.
+        let mut ahead: Vec<(usize, RawScores<'_>, i64)> = roles
+            .iter()
+            .filter_map(|(n, role)| match role {
+                Role::L1(Share::PerTensor(k)) => {
+                    let (f, i) = locations[n];
+                    Some((order[*n], self.raw(f, &self.files[f].tensors()[i]), *k))
+                }
+                _ => None,
+            })
+            .collect();
+        ahead.sort_by_key(|(rank, _, _)| *rank);
+        std::thread::scope(|s| {
+            let (send, thresholds) = std::sync::mpsc::sync_channel(1);
+            s.spawn(move || {
+                for (_, raw, k) in ahead {
+                    if send.send(smallest_threshold(&[raw], k)).is_err() {
+                        break; // the write failed
+                    }
+                }
+            });
+            let mut writer = Writer {
+                roles: &roles,
+                thresholds,
+                scratch: Scratch::default(),
+                report: StreamReport::default(),
+            };
+            let written = self.write_all(output, &mut writer);
+            // Dropping the receiver ends the thread if the write stopped early.
+            let Writer { report, .. } = writer;
+            written.map(|files| StreamReport { files, ..report })
+        })
+    }
+
+    /// Writes the output: one file, or the shards and their index in a folder.
+    fn write_all(&self, output: &Path, writer: &mut Writer<'_, '_>) -> Result<usize> {
         match &self.index {
             None => {
-                atomic_write(output, |tmp| {
-                    self.write_file(0, tmp, &mut roles, &mut scratch, &mut report)
-                })?;
-                report.files = 1;
+                atomic_write(output, |tmp| self.write_file(0, tmp, writer))?;
+                Ok(1)
             }
             Some(index) => {
                 let index_name = index
@@ -463,13 +497,7 @@ impl StreamedModel {
                 let shards = index.shards();
                 atomic_write_dir(output, |tmp| -> Result<()> {
                     for (f, shard) in shards.iter().enumerate() {
-                        self.write_file(
-                            f,
-                            &tmp.join(shard),
-                            &mut roles,
-                            &mut scratch,
-                            &mut report,
-                        )?;
+                        self.write_file(f, &tmp.join(shard), writer)?;
                     }
                     let index_path = tmp.join(&index_name);
                     std::fs::write(&index_path, index.to_json()).map_err(|e| {
@@ -477,21 +505,13 @@ impl StreamedModel {
                     })?;
                     Ok(())
                 })?;
-                report.files = shards.len();
+                Ok(shards.len())
             }
         }
-        Ok(report)
     }
 
     /// Writes file `f` of the input, pruned, to `path`.
-    fn write_file(
-        &self,
-        f: usize,
-        path: &Path,
-        roles: &mut HashMap<&str, Role<'_>>,
-        scratch: &mut Scratch,
-        report: &mut StreamReport,
-    ) -> Result<()> {
+    fn write_file(&self, f: usize, path: &Path, writer: &mut Writer<'_, '_>) -> Result<()> {
         let file = &self.files[f];
         let headers = file.headers();
         let by_name: HashMap<&str, &MappedTensor> = file
@@ -503,29 +523,48 @@ impl StreamedModel {
             let t = by_name[headers[i].name.as_str()];
             file.check(t)?;
             let raw = self.raw(f, t);
-            let zeros = match roles.get_mut(t.name.as_str()) {
+            let role = writer.roles.get(t.name.as_str());
+            let scratch = &mut writer.scratch;
+            let zeros = match role {
                 None => write_unchanged(&raw, out, path)?,
                 Some(Role::L1(share)) => match share {
                     Share::Shared(shared) => {
                         write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
                     }
-                    Share::Own(threshold) => write_masked(&raw, threshold, scratch, out, path)?,
-                    Share::PerTensor(k) => {
-                        let mut threshold = smallest_threshold(&[raw], *k)?;
+                    Share::Own(threshold) => {
+                        write_masked(&raw, &mut threshold.clone(), scratch, out, path)?
+                    }
+                    Share::PerTensor(_) => {
+                        let mut threshold = writer.thresholds.recv().map_err(|_| {
+                            PruneError::InvalidArgument(format!(
+                                "the selection of '{}' ended before it was found",
+                                t.name
+                            ))
+                        })??;
                         write_masked(&raw, &mut threshold, scratch, out, path)?
                     }
                 },
                 Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
             };
+            let report = &mut writer.report;
             report.numel += t.numel() as i64;
             report.zeros += zeros;
-            if roles.contains_key(t.name.as_str()) {
+            if role.is_some() {
                 report.pruned_numel += t.numel() as i64;
                 report.pruned_zeros += zeros;
             }
             Ok(())
         })
     }
+}
+
+/// The state of one streamed write, carried from file to file.
+struct Writer<'r, 'a> {
+    roles: &'r HashMap<&'a str, Role<'a>>,
+    /// The per-tensor thresholds, in write order.
+    thresholds: std::sync::mpsc::Receiver<Result<Threshold>>,
+    scratch: Scratch,
+    report: StreamReport,
 }
 
 /// What happens to a tensor.
