@@ -27,10 +27,14 @@ import numpy as np
 
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 
-# name: (dtype, shards, tensors per shard, elements per tensor, cgroup limit in bytes)
+# name: (dtype, shards, tensors per shard, elements per tensor, cgroup limit in bytes; None: the
+# machine's memory)
 CASES = {
     "out-of-core": ("F32", 4, 8, 64 << 20, 1 << 30),        # 8 GiB under 1 GiB
     "out-of-core-bf16": ("BF16", 4, 8, 64 << 20, 512 << 20),  # 4 GiB under 512 MiB
+    # 7.0e9 f32 parameters, 26 GiB (27.9 GB): larger than a 24 GB machine. Input and output take
+    # 52 GiB of disk; the case is skipped where less is free.
+    "out-of-core-machine": ("F32", 4, 26, 64 << 20, None),
 }
 
 
@@ -46,9 +50,19 @@ def scaled(case):
     BENCH_OOC_SCALE (a power of two keeps the tensors' row length)."""
     dtype, shards, per_shard, numel, limit = CASES[case]
     scale = int(os.environ.get("BENCH_OOC_SCALE", "1"))
-    if scale < 1 or numel % (4096 * scale) or limit % scale:
+    if scale < 1 or numel % (4096 * scale) or (limit or 0) % scale:
         sys.exit(f"BENCH_OOC_SCALE={scale}: use a power of two up to {numel // 4096}")
+    limit = meminfo("MemTotal") if limit is None else limit
     return dtype, shards, per_shard, numel // scale, max(limit // scale, MIN_LIMIT)
+
+
+def meminfo(field):
+    """A field of /proc/meminfo (MemTotal, SwapTotal), in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/meminfo")
 
 
 def cache_dir():
@@ -205,6 +219,12 @@ def measure(case, cli, env, seed, work):
         return record, f"{case}: {record['outcome']}"
     folder = os.path.join(cache_dir(), f"{case}-{seed}" + (f"-{nbytes >> 20}M" if nbytes < 1 << 33 else ""))
     os.makedirs(cache_dir(), exist_ok=True)
+    # The input (unless cached), then the copy or the output (one at a time), and some room.
+    needed = nbytes * (1 if os.path.exists(folder) else 2) + (1 << 30)
+    free = min(shutil.disk_usage(cache_dir()).free, shutil.disk_usage(work).free)
+    if free < needed:
+        record["outcome"] = f"skipped: needs {needed / 2**30:.0f} GiB of free disk, {free / 2**30:.0f} GiB free"
+        return record, f"{case}: {record['outcome']}"
     started = time.perf_counter()
     index = generate(folder, dtype, shards, per_shard, numel, seed)
     record["generate_seconds"] = time.perf_counter() - started
@@ -242,8 +262,11 @@ def measure(case, cli, env, seed, work):
                 f"{'met' if times <= CP_GOAL else 'NOT met'}); "
                 f"cgroup peak {gib(crate['cgroup_peak_bytes'])} of {gib(limit)} (cp: {gib(cp['cgroup_peak_bytes'])}); "
                 f"check: {record['check']['text']}")
+    swap = "no swap" if meminfo("SwapTotal") == 0 else f"{gib(meminfo('SwapTotal'))} of swap on the machine"
+    memory = (f"the machine's memory, {gib(limit)} (cgroup at that limit), {swap}" if CASES[case][4] is None
+              else f"cgroup limit {gib(limit)} ({nbytes / limit:.0f}x smaller)")
     line = (f"{case}: {nbytes / 2**30:.0f} GiB {dtype} in {shards} shards, {record['params']:,} parameters, "
-            f"cgroup limit {gib(limit)} ({nbytes / limit:.0f}x smaller); {text}. "
+            f"{memory}; {text}. "
             f"PyTorch: not run, its global_unstructured holds the model plus its concatenated "
             f"scores and masks, about {gib(nbytes * 11.7)} (11.7x the weights, measured at 470M)")
     return record, line
