@@ -59,6 +59,38 @@ fn remove_entry(path: &Path) {
     }
 }
 
+/// Checks that the filesystem `path` would be written in has `bytes` free: a write that runs out
+/// of room fails only when it gets there, which for a checkpoint of hundreds of GB comes many
+/// minutes in. (Room can still run out while writing, to another writer: the write then fails
+/// and its temporary file is removed.) Where the free space cannot be read, the write will tell.
+pub fn check_room(path: impl AsRef<Path>, bytes: u64) -> Result<(), CheckpointError> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.as_ref();
+    let dir = folder(path);
+    let Ok(name) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs fills the struct it is given from a NUL-terminated path.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(name.as_ptr(), &mut fs) } != 0 {
+        return Ok(());
+    }
+    let free = fs.f_bavail as u64 * fs.f_frsize as u64;
+    if free >= bytes {
+        return Ok(());
+    }
+    let gb = |n: u64| format!("{:.1} GB", n as f64 / 1e9);
+    Err(CheckpointError::Destination {
+        path: path.to_path_buf(),
+        reason: format!(
+            "the output needs about {} and {} has {} free: make room, or write it elsewhere",
+            gb(bytes),
+            dir.display(),
+            gb(free)
+        ),
+    })
+}
+
 /// Checks that `path` may be written by replacing it: it is a regular file, or nothing in an
 /// existing folder. Symbolic links (even to regular files), devices, pipes, sockets and folders
 /// are refused, and so is a folder that does not exist.
@@ -348,6 +380,20 @@ pub(crate) mod tests {
     pub(crate) fn handler_lock() -> std::sync::MutexGuard<'static, ()> {
         static LOCK: Mutex<()> = Mutex::new(());
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An output larger than the free space is refused before a byte is written, saying how
+    /// much it needs and where.
+    #[test]
+    fn check_room_refuses_what_the_filesystem_cannot_hold() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let out = dir.path().join("pruned.safetensors");
+        check_room(&out, 1 << 20).expect("a megabyte fits");
+        let err = check_room(&out, u64::MAX / 2).expect_err("no filesystem holds 9.2 EB");
+        let text = err.to_string();
+        assert!(text.contains("needs about 9223372036.9 GB"), "{text}");
+        assert!(text.contains("make room, or write it elsewhere"), "{text}");
+        assert!(entries(dir.path()).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! temporaries). Nothing grows with the number or total size of the tensors.
 
 use crate::checkpoint::{
-    atomic_write, atomic_write_dir, safetensors_order, write_safetensors_streamed,
+    atomic_write, atomic_write_dir, check_room, safetensors_order, write_safetensors_streamed,
     write_torch_zip_streamed, Format, MappedSafetensors, MappedTensor, MappedTorchSave, ShardIndex,
     TensorHeader,
 };
@@ -459,6 +459,7 @@ impl StreamedModel {
             })
             .collect();
         ahead.sort_by_key(|(rank, _, _)| *rank);
+        check_room(output, self.byte_len())?;
         std::thread::scope(|s| {
             let (send, thresholds) = std::sync::mpsc::sync_channel(1);
             s.spawn(move || {
