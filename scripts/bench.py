@@ -8,7 +8,7 @@ and the masks are compared. One line per case; everything also goes to target/be
 
   BENCH_SIZES=99M,470M   only these sizes of each case; a size outside the standard four
                          (10M, 50M) runs every case at it instead (to try the harness quickly)
-  BENCH_CASES=l1,global  only these cases (out-of-core, out-of-core-bf16: see
+  BENCH_CASES=l1,global  only these cases (out-of-core, out-of-core-bf16, out-of-core-machine: see
                          scripts/bench_out_of_core.py; BENCH_CACHE, BENCH_KEEP_CACHE;
                          shrink: tch-prune shrink beside Torch-Pruning, see
                          scripts/bench_shrink.py; BENCH_SHRINK_MODELS)
