@@ -63,7 +63,7 @@ fn remove_entry(path: &Path) {
 /// of room fails only when it gets there, which for a checkpoint of hundreds of GB comes many
 /// minutes in. (Room can still run out while writing, to another writer: the write then fails
 /// and its temporary file is removed.) Where the free space cannot be read, the write will tell.
-pub fn check_room(path: impl AsRef<Path>, bytes: u64) -> Result<(), CheckpointError> {
+pub(crate) fn check_room(path: impl AsRef<Path>, bytes: u64) -> Result<(), CheckpointError> {
     use std::os::unix::ffi::OsStrExt;
     let path = path.as_ref();
     let dir = folder(path);

@@ -60,6 +60,22 @@ pub struct StreamReport {
 
 /// A checkpoint opened for streaming: one memory-mapped file (safetensors or `torch.save`), or
 /// the shards of a `*.safetensors.index.json`.
+///
+/// ```
+/// use tch_prune::{L1Unstructured, StreamStep, StreamedModel};
+/// # let dir = tempfile::tempdir()?;
+/// # let input = dir.path().join("model.safetensors");
+/// # let weight = tch::Tensor::randn([64, 32], tch::kind::FLOAT_CPU);
+/// # tch::Tensor::write_safetensors(&[("fc.weight", &weight)], &input)?;
+/// let model = StreamedModel::open(&input)?;
+/// // Every floating-point tensor but the conventional buffers, in the checkpoint's order.
+/// let names = model.parameters().into_iter().map(|(name, _)| name).collect();
+/// let l1 = L1Unstructured::new(0.5)?;
+/// let step = StreamStep { names, method: &l1, global: true };
+/// let report = model.prune(&[step], dir.path().join("pruned.safetensors"))?;
+/// assert_eq!(report.pruned_zeros, 1024);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct StreamedModel {
     index: Option<ShardIndex>,
     files: Vec<Source>,

@@ -841,7 +841,7 @@ fn threads(chunks: usize) -> usize {
 /// Whether (nine tenths of) the chunks' scores are in memory, rather than pages of a mapped file
 /// still on the disk. Page faults from several threads over a mapped file defeat the kernel's
 /// read-ahead: a histogram pass over 8 GiB of shards under a 1 GiB memory cgroup took 6.7 s with
-/// two threads, whether they took halves or alternate chunks, and 4.3 s with one (`cat`: 3.5 s).
+/// two threads taking halves, 8.7 s with two taking alternate chunks, 4.3 s with one (`cat`: 3.5 s).
 /// Memory that cannot be asked about (not a mapping the kernel knows) counts as in memory.
 fn resident(chunks: &[Chunk<'_>]) -> bool {
     let page = page_size();
