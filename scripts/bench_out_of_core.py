@@ -263,7 +263,8 @@ def measure(case, cli, env, seed, work):
                 f"cgroup peak {gib(crate['cgroup_peak_bytes'])} of {gib(limit)} (cp: {gib(cp['cgroup_peak_bytes'])}); "
                 f"check: {record['check']['text']}")
     swap = "no swap" if meminfo("SwapTotal") == 0 else f"{gib(meminfo('SwapTotal'))} of swap on the machine"
-    memory = (f"the machine's memory, {gib(limit)} (cgroup at that limit), {swap}" if CASES[case][4] is None
+    whole = CASES[case][4] is None and limit == meminfo("MemTotal")
+    memory = (f"the machine's memory, {gib(limit)} (cgroup at that limit), {swap}" if whole
               else f"cgroup limit {gib(limit)} ({nbytes / limit:.0f}x smaller)")
     line = (f"{case}: {nbytes / 2**30:.0f} GiB {dtype} in {shards} shards, {record['params']:,} parameters, "
             f"{memory}; {text}. "

@@ -75,8 +75,9 @@ pub(crate) fn check_room(path: impl AsRef<Path>, bytes: u64) -> Result<(), Check
     if unsafe { libc::statvfs(name.as_ptr(), &mut fs) } != 0 {
         return Ok(());
     }
-    let free = fs.f_bavail as u64 * fs.f_frsize as u64;
-    if free >= bytes {
+    // A filesystem without a block count (some FUSE ones) does not know its room.
+    let free = (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64);
+    if fs.f_blocks == 0 || free >= bytes {
         return Ok(());
     }
     let gb = |n: u64| format!("{:.1} GB", n as f64 / 1e9);

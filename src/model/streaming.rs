@@ -400,6 +400,8 @@ impl StreamedModel {
                 "cannot stream this pruning: {reason}"
             )));
         }
+        // Before the selection's passes, which take minutes on a checkpoint larger than memory.
+        check_room(output, self.byte_len())?;
         let locations = self.locations();
         let order = self.write_order();
         let mut roles: HashMap<&str, Role<'_>> = HashMap::new();
@@ -475,13 +477,17 @@ impl StreamedModel {
             })
             .collect();
         ahead.sort_by_key(|(rank, _, _)| *rank);
-        check_room(output, self.byte_len())?;
         std::thread::scope(|s| {
-            let (send, thresholds) = std::sync::mpsc::sync_channel(1);
+            // A rendezvous: the next threshold waits for the writer, so the selection is never
+            // more than one tensor ahead of the write (its pages stay in memory between the two).
+            let (send, thresholds) = std::sync::mpsc::sync_channel(0);
             s.spawn(move || {
                 for (_, raw, k) in ahead {
-                    if send.send(smallest_threshold(&[raw], k)).is_err() {
-                        break; // the write failed
+                    let threshold = smallest_threshold(&[raw], k);
+                    let failed = threshold.is_err();
+                    // A send fails once the writer has stopped: nothing more is wanted.
+                    if send.send(threshold).is_err() || failed {
+                        break;
                     }
                 }
             });
@@ -492,7 +498,8 @@ impl StreamedModel {
                 report: StreamReport::default(),
             };
             let written = self.write_all(output, &mut writer);
-            // Dropping the receiver ends the thread if the write stopped early.
+            // The receiver goes with the writer, before the scope waits for the thread: a thread
+            // blocked on sending a threshold nobody will take then returns.
             let Writer { report, .. } = writer;
             written.map(|files| StreamReport { files, ..report })
         })
@@ -552,9 +559,11 @@ impl StreamedModel {
                         write_masked(&raw, &mut threshold.clone(), scratch, out, path)?
                     }
                     Share::PerTensor(_) => {
+                        // No message only if the selection's thread panicked, which the scope
+                        // then reports.
                         let mut threshold = writer.thresholds.recv().map_err(|_| {
                             PruneError::InvalidArgument(format!(
-                                "the selection of '{}' ended before it was found",
+                                "the selection of '{}' stopped",
                                 t.name
                             ))
                         })??;
@@ -598,7 +607,8 @@ enum Share {
     Shared(std::rc::Rc<std::cell::RefCell<Threshold>>),
     /// Its own allowance of ties.
     Own(Threshold),
-    /// A per-tensor selection of this many entries, found when the tensor is written.
+    /// A per-tensor selection of this many entries, found by the selection's thread just before
+    /// the tensor is written.
     PerTensor(i64),
 }
 
