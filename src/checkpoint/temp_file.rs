@@ -80,14 +80,18 @@ pub(crate) fn check_room(path: impl AsRef<Path>, bytes: u64) -> Result<(), Check
     if fs.f_blocks == 0 || free >= bytes {
         return Ok(());
     }
-    let gb = |n: u64| format!("{:.1} GB", n as f64 / 1e9);
+    let size = |n: u64| match n {
+        0..1_000_000 => format!("{n} bytes"),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.1} GB", n as f64 / 1e9),
+    };
     Err(CheckpointError::Destination {
         path: path.to_path_buf(),
         reason: format!(
             "the output needs about {} and {} has {} free: make room, or write it elsewhere",
-            gb(bytes),
+            size(bytes),
             dir.display(),
-            gb(free)
+            size(free)
         ),
     })
 }
@@ -390,6 +394,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("temporary folder");
         let out = dir.path().join("pruned.safetensors");
         check_room(&out, 1 << 20).expect("a megabyte fits");
+        assert!(check_room(&out, 0).is_ok());
         let err = check_room(&out, u64::MAX / 2).expect_err("no filesystem holds 9.2 EB");
         let text = err.to_string();
         assert!(text.contains("needs about 9223372036.9 GB"), "{text}");
