@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    assert_streamed_memory_under, cli, folder_entries, kill_when, large_headers, ok, stream_runs,
+    assert_streamed_memory_under, both_paths, cli, folder_entries, kill_when, large_headers, ok,
+    stream_runs,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,22 +49,10 @@ fn streamed_and_in_memory_runs_write_identical_bytes() {
         write_safetensors(&input, &model(kind, 11)).expect("write model");
         for run in stream_runs(dir.path()) {
             let args: Vec<&str> = run.iter().map(String::as_str).collect();
-            let streamed = dir.path().join("streamed.safetensors");
-            let in_memory = dir.path().join("in-memory.safetensors");
-            let mut a = vec!["prune", s(&input), "-o", s(&streamed)];
-            a.extend(&args);
-            let said = ok(&a);
+            let (x, y, said) = both_paths(&input, &args, dir.path());
             assert!(
                 said.contains("streamed from a memory map"),
                 "{kind:?} {args:?}: {said}"
-            );
-            let mut b = vec!["prune", s(&input), "-o", s(&in_memory), "--in-memory"];
-            b.extend(&args);
-            let said = ok(&b);
-            assert!(said.contains("(in memory: --in-memory"), "{said}");
-            let (x, y) = (
-                std::fs::read(&streamed).expect("read"),
-                std::fs::read(&in_memory).expect("read"),
             );
             assert!(
                 x == y,

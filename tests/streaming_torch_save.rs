@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_streamed_memory_under, cli, folder_entries, kill_when, large_headers, ok, run_python,
-    stream_runs,
+    assert_streamed_memory_under, both_paths, cli, folder_entries, kill_when, large_headers, ok,
+    run_python, stream_runs,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,33 +16,11 @@ use tch_prune::checkpoint::{write_torch_zip_streamed, CheckpointError};
 
 const SCRIPT: &str = include_str!("py/streaming_torch_save.py");
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// PyTorch's files, made once per test in `dir`; `None` where no Python torch is configured
 /// (the test is then skipped, saying so, or fails under TCH_PRUNE_REQUIRE_PYTHON).
 fn inputs(dir: &Path) -> Option<PathBuf> {
     run_python(SCRIPT, &[Path::new("make"), dir])?;
     Some(dir.to_path_buf())
-}
-
-/// Runs `flags` on `input` both ways; asserts which path each took and returns both outputs.
-fn both_paths(input: &Path, flags: &[&str], dir: &Path) -> (Vec<u8>, Vec<u8>, String) {
-    let streamed = dir.join("streamed.pt");
-    let in_memory = dir.join("in-memory.pt");
-    let mut a = vec!["prune", s(input), "-o", s(&streamed)];
-    a.extend(flags);
-    let said = ok(&a);
-    let mut b = vec!["prune", s(input), "-o", s(&in_memory), "--in-memory"];
-    b.extend(flags);
-    let said_in_memory = ok(&b);
-    assert!(
-        said_in_memory.contains("(in memory: --in-memory"),
-        "{said_in_memory}"
-    );
-    let read = |p: &Path| std::fs::read(p).expect("read output");
-    (read(&streamed), read(&in_memory), said)
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_bits, ok};
+use common::{assert_bits, both_paths, ok};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_safetensors, write_safetensors};
@@ -143,14 +143,10 @@ fn special_values_and_ties_come_out_as_in_memory() {
         let tensors = model(kind);
         write_safetensors(&input, &tensors).expect("write model");
         for run in RUNS {
-            let (streamed, in_memory) = (dir.path().join("s.safetensors"), dir.path().join("m"));
-            let said = prune(&input, &streamed, run, false);
+            let mut flags = vec!["--method", "l1-unstructured"];
+            flags.extend(*run);
+            let (x, y, said) = both_paths(&input, &flags, dir.path());
             assert!(said.contains("streamed"), "{kind:?} {run:?}: {said}");
-            prune(&input, &in_memory, run, true);
-            let (x, y) = (
-                std::fs::read(&streamed).expect("read"),
-                std::fs::read(&in_memory).expect("read"),
-            );
             assert!(
                 x == y,
                 "{kind:?} {run:?}: the two paths wrote different bytes"

@@ -169,6 +169,23 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `tch-prune prune INPUT` with `flags` twice into `dir`, as the CLI chooses and with
+/// `--in-memory` (outputs named with the input's extension); asserts that the second run was in
+/// memory and returns both outputs' bytes and what the first run said.
+pub fn both_paths(input: &Path, flags: &[&str], dir: &Path) -> (Vec<u8>, Vec<u8>, String) {
+    let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("out");
+    let chosen = dir.join(format!("chosen.{ext}"));
+    let in_memory = dir.join(format!("in-memory.{ext}"));
+    let said = ok(&prune_args(input, &chosen, "", flags));
+    let said_in_memory = ok(&prune_args(input, &in_memory, "--in-memory", flags));
+    assert!(
+        said_in_memory.contains("(in memory: --in-memory"),
+        "{said_in_memory}"
+    );
+    let read = |p: &Path| std::fs::read(p).expect("read output");
+    (read(&chosen), read(&in_memory), said)
+}
+
 /// Runs tch-prune, sampling its `RssAnon` from /proc every millisecond; returns the peak in
 /// bytes and the output.
 pub fn peak_anon(args: &[&str]) -> (u64, Output) {
