@@ -201,6 +201,25 @@ fn rejects_damaged_archives() {
             variant: |e| matches!(e, CheckpointError::CorruptArchive { .. }),
             needle: "has no entry",
         },
+        // 2.weight (3x8) declared over storage 1, which 0.bias declared first with 8 elements:
+        // the second declaration must be checked against the entry too, or the tensor reads 64
+        // bytes past it.
+        Damage {
+            file: "reused_storage.pt",
+            entry: "/data.pkl",
+            edit: |bytes| {
+                let (from, to) = (b"X\x01\x00\x00\x002q\x17", b"X\x01\x00\x00\x001q\x17");
+                let at = bytes
+                    .windows(from.len())
+                    .position(|w| w == from)
+                    .expect("2.weight's storage key in data.pkl");
+                let mut bytes = bytes;
+                bytes[at..at + to.len()].copy_from_slice(to);
+                Some(bytes)
+            },
+            variant: |e| matches!(e, CheckpointError::CorruptArchive { .. }),
+            needle: "holds 32 bytes but data.pkl declares 96",
+        },
         Damage {
             file: "cut_pickle.pt",
             entry: "/data.pkl",

@@ -332,7 +332,13 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
 impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
     fn load(&mut self, key: &str, nbytes: u64) -> Result<Option<Tensor>, CheckpointError> {
         let name = format!("{}data/{key}", self.prefix);
-        if self.entries.contains_key(key) {
+        // A storage used again is held to the size it was found with, as `ZipStorages` holds
+        // it: the tensors' bounds are checked against the size each use declares.
+        if let Some(entry) = self.entries.get(key) {
+            let holds = entry.range.end - entry.range.start;
+            if holds != nbytes {
+                return Err(wrong_storage_size(self.path, &name, holds, nbytes));
+            }
             return Ok(None);
         }
         if self.archive.index_for_name(&name).is_none() {
