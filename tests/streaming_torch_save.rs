@@ -57,13 +57,7 @@ fn streamed_and_in_memory_runs_write_identical_bytes() {
 
 /// Python's rounding of `amount * n` (half to even), as PyTorch counts a fraction.
 fn count(amount: f64, n: i64) -> i64 {
-    let x = amount * n as f64;
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && r as i64 % 2 != 0 {
-        r as i64 - 1
-    } else {
-        r as i64
-    }
+    (amount * n as f64).round_ties_even() as i64
 }
 
 #[test]

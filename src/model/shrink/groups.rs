@@ -148,6 +148,12 @@ impl State {
         s
     }
 
+    /// How many indices of its dimension a segment covers.
+    fn width(&mut self, seg: &Seg) -> i64 {
+        let r = self.find(seg.space);
+        self.spaces[r].size * seg.inner
+    }
+
     fn new_space(&mut self, size: i64, producer: String) -> usize {
         let id = self.spaces.len();
         self.spaces.push(Space {
@@ -380,14 +386,10 @@ impl State {
     /// channel shuffle's pieces) line up when the narrower one's channels are taken `k` at a
     /// time.
     fn unify(&mut self, a: &Tag, b: &Tag, reason: &str) -> bool {
-        let width = |st: &mut Self, x: &Seg| {
-            let r = st.find(x.space);
-            st.spaces[r].size * x.inner
-        };
         let mut aligned = a.len() == b.len();
         if aligned {
             for (x, y) in a.iter().zip(b) {
-                aligned = aligned && width(self, x) == width(self, y);
+                aligned = aligned && self.width(x) == self.width(y);
             }
         }
         if aligned {
@@ -740,13 +742,7 @@ fn check_widths(st: &mut State, g: &Graph, n: &super::graph::Node) {
         };
         for (d, tag) in tags.iter().enumerate() {
             let Some(tag) = tag else { continue };
-            let width: i64 = tag
-                .iter()
-                .map(|seg| {
-                    let r = st.find(seg.space);
-                    st.spaces[r].size * seg.inner
-                })
-                .sum();
+            let width: i64 = tag.iter().map(|seg| st.width(seg)).sum();
             if shape.get(d) != Some(&width) {
                 st.block_tag(
                     tag,
@@ -764,7 +760,7 @@ fn check_widths(st: &mut State, g: &Graph, n: &super::graph::Node) {
 /// instance of the class: `select` gives the groups of such instances the same width. It can
 /// only do that for a depthwise layer whose channels are one group laid out plainly; one that
 /// reads pieces of several (or interleaved channels) keeps them unless its class is its own.
-fn check_depthwise(st: &mut State, g: &Graph) {
+fn check_depthwise(st: &mut State, g: &Graph, expanded: &BTreeMap<(String, usize), Tag>) {
     let depthwise: Vec<(String, String)> = st
         .layers
         .iter()
@@ -782,11 +778,9 @@ fn check_depthwise(st: &mut State, g: &Graph) {
     let class = |path: &str| g.modules.get(path).map(|m| m.class.clone());
     let mut layouts: Vec<(Option<String>, String, Tag)> = Vec::new();
     for (path, weight) in &depthwise {
-        let Some(tag) = st.layouts.get(&(weight.clone(), 0)).cloned() else {
-            continue;
-        };
-        let expanded: Tag = tag.into_iter().flat_map(|seg| st.expand(seg)).collect();
-        layouts.push((class(path), path.clone(), expanded));
+        if let Some(tag) = expanded.get(&(weight.clone(), 0)) {
+            layouts.push((class(path), path.clone(), tag.clone()));
+        }
     }
     for (c, path, tag) in &layouts {
         if c.is_none() || matches!(tag.as_slice(), [seg] if seg.inner == 1) {
@@ -826,7 +820,7 @@ fn finish(mut st: State, g: &Graph) -> Analysis {
             .collect();
         expanded.insert(key, tag);
     }
-    check_depthwise(&mut st, g);
+    check_depthwise(&mut st, g, &expanded);
     let mut roots: Vec<usize> = Vec::new();
     for tag in expanded.values() {
         for seg in tag {
@@ -905,8 +899,6 @@ fn param(st: &State, v: usize) -> Option<String> {
     st.tensors.get(&v).cloned()
 }
 
-/// A layer's weight and optional bias, as parameters or buffers of the module; `None` when
-/// either is computed (the analysis cannot shrink what it cannot rewrite).
 /// What a convolution or linear layer reads and writes: its input `x` and output `o` with their
 /// shapes, its weight's shape, and the names of its weight and bias. `None` when any of it is
 /// unknown (the layer is then not understood).
@@ -1421,6 +1413,13 @@ fn reshape(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
 /// `cat` along a dim: the output layout along it is the inputs' layouts in order (an input
 /// without channels there makes that whole stretch fixed: then the others cannot be shrunk
 /// either, since nothing records where the fixed part sits after they shrink).
+/// Dim `d` of a tensor of `rank` dims (negative from the end), if there is one.
+fn normalised(d: i64, rank: usize) -> Option<usize> {
+    let r = rank as i64;
+    let d = if d < 0 { d + r } else { d };
+    (0..r).contains(&d).then_some(d as usize)
+}
+
 fn cat(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
     let Some(parts) = st.containers.get(&n.inputs[0]).cloned() else {
         return false;
@@ -1431,10 +1430,13 @@ fn cat(st: &mut State, g: &Graph, n: &super::graph::Node) -> bool {
     let Some(os) = g.shape(o).map(<[i64]>::to_vec) else {
         return false;
     };
-    let dim = match n.inputs.get(1).and_then(|&v| g.int(v)) {
-        Some(d) if d < 0 => (d + os.len() as i64) as usize,
-        Some(d) => d as usize,
-        None => return false,
+    let Some(dim) = n
+        .inputs
+        .get(1)
+        .and_then(|&v| g.int(v))
+        .and_then(|d| normalised(d, os.len()))
+    else {
+        return false;
     };
     let mut out_tag: Tag = Vec::new();
     let mut fixed = false;

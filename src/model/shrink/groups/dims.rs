@@ -3,14 +3,8 @@
 //! (`mean`, `sum`, `amax`, `amin`), and padding. Moving a dim moves its layout; a reduction over
 //! a dim that holds channels would change with their number, so it keeps them.
 
-use super::{State, Tag};
+use super::{normalised, State, Tag};
 use crate::model::shrink::graph::{Const, Graph, Node, ValueKind};
-
-fn normalised(d: i64, rank: usize) -> Option<usize> {
-    let r = rank as i64;
-    let d = if d < 0 { d + r } else { d };
-    (0..r).contains(&d).then_some(d as usize)
-}
 
 /// Output dim `d` is input dim `order[d]`.
 fn reorder(st: &mut State, x: usize, o: usize, order: &[usize]) {
@@ -47,10 +41,8 @@ pub(super) fn transpose(st: &mut State, g: &Graph, n: &Node, op: &str) -> bool {
     };
     let (a, b) = if op == "t" {
         if rank < 2 {
-            return rank <= 1 && {
-                reorder(st, x, o, &(0..rank).collect::<Vec<_>>());
-                true
-            };
+            reorder(st, x, o, &(0..rank).collect::<Vec<_>>());
+            return true;
         }
         (0, 1)
     } else {
@@ -101,9 +93,9 @@ pub(super) fn reduce(st: &mut State, g: &Graph, n: &Node) -> bool {
     } else {
         return false;
     };
-    let keepdim = match g.kind(n.inputs.get(2).copied().unwrap_or(usize::MAX)) {
-        ValueKind::Const(Const::Bool(b)) => *b,
-        _ if n.inputs.len() <= 2 => false,
+    let keepdim = match n.inputs.get(2).map(|&v| g.kind(v)) {
+        Some(ValueKind::Const(Const::Bool(b))) => *b,
+        None => false,
         _ => return false,
     };
     let reason = format!(

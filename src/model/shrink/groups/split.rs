@@ -5,7 +5,7 @@
 //! folded, see `State::fold`); `split` with sizes that are constants of the graph cuts at the
 //! old places, so the channels along that dimension keep their width.
 
-use super::{State, Tag};
+use super::{normalised, State, Tag};
 use crate::model::shrink::graph::{Graph, Node};
 
 /// The layouts of the `k` pieces of `tag` (a dimension of width `width`) cut into equal
@@ -20,8 +20,7 @@ pub(super) fn equal_pieces(st: &mut State, tag: &Tag, width: i64, k: i64) -> Opt
     let mut pieces: Vec<Tag> = vec![Vec::new(); k as usize];
     let mut pos = 0i64;
     for seg in tag {
-        let r = st.find(seg.space);
-        let seg_width = st.spaces[r].size * seg.inner;
+        let seg_width = st.width(seg);
         if pos % w == 0 && seg_width % w == 0 && seg_width >= w {
             // The segment spans whole pieces: each holds the same share of its channels.
             if w % seg.inner != 0 {
@@ -64,10 +63,13 @@ pub(super) fn split(st: &mut State, g: &Graph, n: &Node, op: &str) -> bool {
         return false;
     };
     let rank = xs.len();
-    let dim = match n.inputs.get(2).and_then(|&v| g.int(v)) {
-        Some(d) if d < 0 && d + rank as i64 >= 0 => (d + rank as i64) as usize,
-        Some(d) if (d as usize) < rank && d >= 0 => d as usize,
-        _ => return false,
+    let Some(dim) = n
+        .inputs
+        .get(2)
+        .and_then(|&v| g.int(v))
+        .and_then(|d| normalised(d, rank))
+    else {
+        return false;
     };
     let width = xs[dim];
     let size_arg = n.inputs[1];
