@@ -251,23 +251,11 @@ where
     }
     for (key, t) in storages.iter().enumerate() {
         start(&mut zip, &format!("data/{key}"), t.byte_len())?;
-        let mut out = Counted {
+        Counted {
             inner: &mut zip,
             written: 0,
-        };
-        fill(key, &mut out)?;
-        if out.written != t.byte_len() {
-            return Err(CheckpointError::InvalidTensor {
-                path: path.to_path_buf(),
-                tensor: shown_name(&t.name),
-                reason: format!(
-                    "{} bytes were written for a tensor of {}",
-                    out.written,
-                    t.byte_len()
-                ),
-            }
-            .into());
         }
+        .fill_exactly(path, key, t, &mut fill)?;
     }
     start(&mut zip, "version", 2)?;
     zip.write_all(b"3\n").map_err(write_err)?;

@@ -673,7 +673,6 @@ fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Res
         }
         return Ok(zeros);
     }
-    raw.advise_sequential();
     let mut zeros = 0;
     for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
         zeros += count_zeros(piece, raw.kind);
@@ -698,7 +697,6 @@ fn write_masked(
     let size = raw.kind.elt_size_in_bytes();
     let numel = raw.bytes.len() / size;
     let (buffer, keep) = scratch.buffers(size);
-    raw.advise_sequential();
     let mut zeros = 0;
     for start in (0..numel).step_by(WRITE_CHUNK) {
         let n = WRITE_CHUNK.min(numel - start);

@@ -313,28 +313,6 @@ impl RawScores<'_> {
     pub(crate) fn usable(&self) -> bool {
         View::raw(self).is_some()
     }
-
-    /// Tells the kernel these bytes are about to be read in order (`MADV_SEQUENTIAL`): where
-    /// they are a memory map, its page faults then read ahead in large pieces, as `read` does,
-    /// and pages behind are dropped first. (Advice only: a failure, on memory that is not a
-    /// mapping or an old kernel, changes nothing but speed, and is ignored. `MADV_WILLNEED` on
-    /// the next chunk was measured slower under a memory cgroup, and is not given.)
-    pub(crate) fn advise_sequential(&self) {
-        if self.bytes.is_empty() {
-            return;
-        }
-        let page = page_size();
-        let start = self.bytes.as_ptr() as usize / page * page;
-        let end = self.bytes.as_ptr() as usize + self.bytes.len();
-        // SAFETY: advice on the pages the slice lies in; it changes none of their contents.
-        unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end - start,
-                libc::MADV_SEQUENTIAL,
-            );
-        }
-    }
 }
 
 /// The outcome of [`smallest_threshold`]: which entries of the parts to prune, decided entry by
@@ -363,9 +341,6 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
                 "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
             )
         })?;
-    for part in parts {
-        part.advise_sequential();
-    }
     let wide = is_wide(&views);
     if k <= 0 {
         return Ok(Threshold {
