@@ -64,9 +64,6 @@ CASES = [
     ("ln-at-once", "ln, the crate with Pruner::prune_and_remove (in place)", ["99M"]),
     ("global-at-once", "global, the crate with global_unstructured_and_remove", ["99M", "470M", "2B"]),
 ]
-# PyTorch has no bool masks: that case is compared with its plain global pruning. (For the
-# at-once cases, PyTorch's side prunes then removes, and both sides compare final weights.)
-TORCH_CASE = {"bool-global": "global", "cli-l1": "l1", "cli-ln": "ln"}
 # The CLI cases: the command's method flags, bench_torch.py's name for the same pruning, and the
 # issue's goals (speed-up over PyTorch's script; peak RssAnon as a share of the file, if any).
 CLI_CASES = {
@@ -74,6 +71,10 @@ CLI_CASES = {
     "cli-l1": (["--method", "l1-unstructured", "--amount", "0.5"], "l1", 20, None),
     "cli-ln": (["--method", "ln-structured", "--amount", "0.5", "--n", "2", "--dim", "0"], "ln", 20, None),
 }
+# PyTorch's name for a case where it differs: PyTorch has no bool masks, so that case is compared
+# with its plain global pruning; a CLI case with bench_torch.py's pruning. (For the at-once cases,
+# PyTorch's side prunes then removes, and both sides compare final weights.)
+TORCH_CASE = {"bool-global": "global", **{case: c[1] for case, c in CLI_CASES.items()}}
 
 
 def params_of(size):

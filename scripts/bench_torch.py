@@ -208,7 +208,7 @@ def ties(case, d, blocks, seed, crate_bits, torch_bits):
                 score = w.abs()
             threshold = score[~t].max().item() if (~t).any() else -math.inf
             per_tensor.append((threshold, score[c != t], int((~c).sum()), int((~t).sum())))
-    if case in ("global", "cli"):
+    if case == "global":
         top = max(th for th, _, _, _ in per_tensor)
         per_tensor = [(top, s, pc, pt) for _, s, pc, pt in per_tensor]
         counts_equal = sum(pc for *_, pc, _ in per_tensor) == sum(pt for *_, pt in per_tensor)

@@ -8,17 +8,13 @@
 
 mod common;
 
-use common::{assert_bits, both_paths, ok};
+use common::{assert_bits, both_paths, ok, prune_args};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_safetensors, write_safetensors};
 
 /// Entries per piece of the masked multiply (`MASK_PIECE` in the crate).
 const PIECE: i64 = 1 << 18;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
 
 /// The integer dtype of the same width, to set bit patterns.
 fn int_of(kind: Kind) -> Kind {
@@ -120,19 +116,12 @@ const RUNS: &[&[&str]] = &[
 ];
 
 fn prune(input: &Path, output: &Path, run: &[&str], in_memory: bool) -> String {
-    let mut args = vec![
-        "prune",
-        s(input),
-        "-o",
-        s(output),
-        "--method",
-        "l1-unstructured",
-    ];
-    args.extend(run);
+    let mut flags = vec!["--method", "l1-unstructured"];
+    flags.extend(run);
     if in_memory {
-        args.push("--in-memory");
+        flags.push("--in-memory");
     }
-    ok(&args)
+    ok(&prune_args(input, output, "", &flags))
 }
 
 #[test]

@@ -83,7 +83,7 @@ impl Drop for RemoveDirOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::temp_file::tests::handler_lock;
+    use crate::checkpoint::temp_file::tests::{entries, handler_lock};
 
     #[test]
     fn a_failed_write_leaves_no_folder() {
@@ -138,10 +138,6 @@ mod tests {
         let written: Result<(), CheckpointError> =
             atomic_write_dir(root.path().join("b"), |_| Ok(()));
         written.expect("written");
-        let names: Vec<String> = std::fs::read_dir(root.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["b"]);
+        assert_eq!(entries(root.path()), ["b"]);
     }
 }
