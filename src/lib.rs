@@ -58,7 +58,12 @@ pub use prune::schedule::{
 pub use prune::structured::{LnStructured, Norm, RandomStructured};
 pub use prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 
-// The README's example is compiled and run as a doc test.
+// The Rust blocks of the README and of the documents in docs/ are compiled and run as doc
+// tests: one such struct per file that holds any.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[doc = include_str!("../docs/training.md")]
+#[cfg(doctest)]
+pub struct TrainingDoctests;
