@@ -14,9 +14,9 @@ use std::time::Instant;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::read_safetensors;
-use tch_prune::{
-    L1Unstructured, LnStructured, Pruner, PruningMethod, Report, ScriptModel, ShrinkOptions,
-};
+use tch_prune::model::{Report, ScriptModel};
+use tch_prune::shrink::ShrinkOptions;
+use tch_prune::{L1Unstructured, LnStructured, Pruner, PruningMethod};
 
 const ROUNDS: usize = 4;
 const EPOCHS_PER_ROUND: usize = 3;

@@ -21,9 +21,9 @@ use std::cell::RefCell;
 use std::path::Path;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
-use tch_prune::{
-    CubicSchedule, GradualPruner, L1Unstructured, NmSparsity, Pruner, Recorder, Report, RewindPoint,
-};
+use tch_prune::model::Report;
+use tch_prune::train::{CubicSchedule, GradualPruner, NmSparsity, Recorder, RewindPoint};
+use tch_prune::{L1Unstructured, Pruner};
 
 const EPOCHS: i64 = 20;
 const SEED: i64 = 0;

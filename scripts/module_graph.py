@@ -35,6 +35,8 @@ LAYERS = [
     ("prune", 2),
     ("model", 3),
     ("crate", 4),  # lib.rs: re-exports only
+    ("train", 4),  # namespaces by job, re-exports only
+    ("shrink", 4),
     ("bin", 5),  # the tch-prune binary, a crate of its own over the library
 ]
 
@@ -114,6 +116,14 @@ def main() -> int:
     modules = {module_of(f): f for f in files}
     is_dir_module = {m: f.name in ("mod.rs", "lib.rs", "main.rs") for m, f in modules.items()}
     texts = {m: strip_comments(f.read_text()) for m, f in modules.items()}
+    # `#[path = "file.rs"] mod name;`: the module `name` is that file's module (the binary
+    # compiles the library's leaf `checkpoint/text.rs` this way).
+    aliases = {}
+    for m, f in modules.items():
+        for am in re.finditer(r'#\[path\s*=\s*"([^"]+)"\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;', f.read_text()):
+            target = module_of((f.parent / am.group(1)).resolve())
+            parent = m if is_dir_module[m] else "::".join(m.split("::")[:-1])
+            aliases[f"{parent}::{am.group(2)}" if parent else am.group(2)] = target
 
     def absolute(module: str, path: str):
         """A path as seen from `module`, made absolute (`None`: not a path into this crate)."""
@@ -164,6 +174,10 @@ def main() -> int:
         """The module defining the item at absolute `parts` (a list of segments)."""
         seen = set()
         while True:
+            for alias, target in aliases.items():
+                n = alias.count("::") + 1
+                if "::".join(parts[:n]) == alias:
+                    parts = target.split("::") + parts[n:]
             key = "::".join(parts)
             if key in seen:
                 return None

@@ -5,7 +5,12 @@ use tch::TchError;
 
 /// Everything that can go wrong in `tch_prune`. No call panics on user input: a failing call
 /// returns one of these and leaves the `VarStore` and the [`Pruner`](crate::Pruner) as they were.
+///
+/// A caller that branches matches the variant, never the message; new variants may come in a
+/// minor release (`#[non_exhaustive]`). Errors from libtorch and from the file layer are kept
+/// as [sources](std::error::Error::source), not flattened into text.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PruneError {
     /// Same rule as PyTorch's `_validate_pruning_amount_init`.
     #[error("invalid amount {0}: it must be a fraction in the range [0, 1] (e.g. 0.3) or a non-negative integer count (e.g. 12)")]
@@ -128,6 +133,65 @@ pub enum PruneError {
     #[error("nothing to prune: no tensor is selected")]
     NothingToPrune,
 
+    /// One tensor named twice in a call that prunes several together (global or gradual).
+    #[error("'{name}' is listed twice for {what} pruning")]
+    ListedTwice {
+        /// The tensor's name.
+        name: String,
+        /// "global" or "gradual".
+        what: &'static str,
+    },
+
+    /// Importance scores given for a tensor the call does not prune.
+    #[error("importance scores are given for '{0}', which is not among the tensors to prune")]
+    ScoresForUnselected(String),
+
+    /// A method or schedule built with values outside its domain (an N:M pattern with N >= M, a
+    /// schedule whose steps or sparsities do not progress): what and why.
+    #[error("{0}")]
+    InvalidConfig(String),
+
+    /// A pruned state dict that does not fit the model it is loaded into
+    /// ([`Pruner::load_state_dict`](crate::Pruner::load_state_dict)).
+    #[error("{0}")]
+    StateMismatch(String),
+
+    /// A boolean mask store given a mask with values other than 0 and 1.
+    #[error(
+        "the new mask of '{0}' has values other than 0 and 1, which boolean masks cannot hold"
+    )]
+    NotBinary(String),
+
+    /// A `VarStore` other than the one the [`Pruner`](crate::Pruner) was made for.
+    #[error("this VarStore is not the one the pruner was made for: move the pruner's own store")]
+    ForeignVarStore,
+
+    /// A checkpoint or a plan that the streaming path cannot prune or report exactly as the
+    /// in-memory path would (see [`StreamedModel::unsupported`](crate::model::StreamedModel::unsupported)).
+    #[error("{0}")]
+    NotStreamable(String),
+
+    /// A TorchScript file libtorch could not load or save.
+    #[error("{}: cannot {action} as TorchScript: {}", path.display(), first_line(&source.to_string()))]
+    TorchScript {
+        /// The file.
+        path: std::path::PathBuf,
+        /// "load" or "save".
+        action: &'static str,
+        /// libtorch's error.
+        source: TchError,
+    },
+
+    /// An error of one tensor among several, with the tensor's name (a streamed step over many
+    /// tensors fails on one of them).
+    #[error("'{name}': {source}")]
+    InTensor {
+        /// The tensor's name.
+        name: String,
+        /// What went wrong with it.
+        source: Box<PruneError>,
+    },
+
     /// An argument out of its range, named in the message.
     #[error("{0}")]
     InvalidArgument(String),
@@ -149,9 +213,10 @@ pub enum PruneError {
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 
-    /// An error from libtorch, trimmed to its first line (libtorch appends a C++ backtrace).
-    #[error("libtorch: {0}")]
-    Torch(String),
+    /// An error from libtorch, shown by its first line (libtorch appends a C++ backtrace, which
+    /// the source keeps).
+    #[error("libtorch: {}", first_line(&.0.to_string()))]
+    Torch(#[from] TchError),
 }
 
 impl PruneError {
@@ -173,13 +238,20 @@ impl PruneError {
             other => other,
         }
     }
+
+    /// This error, as one of the tensor `name`'s.
+    pub(crate) fn in_tensor(self, name: &str) -> Self {
+        PruneError::InTensor {
+            name: name.to_string(),
+            source: Box::new(self),
+        }
+    }
+
+    /// An error that libtorch (or our C++ over it) reported as text only.
+    pub(crate) fn torch(message: impl Into<String>) -> Self {
+        PruneError::Torch(TchError::Torch(message.into()))
+    }
 }
 
 /// The `Result` type of this crate.
 pub type Result<T, E = PruneError> = std::result::Result<T, E>;
-
-impl From<TchError> for PruneError {
-    fn from(err: TchError) -> Self {
-        PruneError::Torch(first_line(&err.to_string()))
-    }
-}

@@ -14,47 +14,49 @@
 //! | forward pre-hooks | [`Pruner::wrap`], [`Pruner::forward`], [`Pruner::apply_masks`] |
 //! | `BasePruningMethod` | the [`PruningMethod`] trait |
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |
-//! | `torch.ao.pruning.scheduler.CubicSL` (gradual pruning) | [`CubicSchedule`] with a [`GradualPruner`]; also [`LinearSchedule`], [`StepSchedule`], [`ConstantSchedule`] |
-//! | `WeightNormSparsifier(sparse_block_shape=(1, 4), zeros_per_block=2)` (2:4) | [`NmSparsity`] |
-//! | lottery-ticket rewinding | [`RewindPoint`] |
-//! | plotting a training run | [`Recorder`] (CSV, and SVG with the `plot` feature) |
+//! | `torch.ao.pruning.scheduler.CubicSL` (gradual pruning) | [`train::CubicSchedule`] with a [`train::GradualPruner`]; also [`train::LinearSchedule`], [`train::StepSchedule`], [`train::ConstantSchedule`] |
+//! | `WeightNormSparsifier(sparse_block_shape=(1, 4), zeros_per_block=2)` (2:4) | [`train::NmSparsity`] |
+//! | lottery-ticket rewinding | [`train::RewindPoint`] |
+//! | plotting a training run | [`train::Recorder`] (CSV, and SVG with the `plot` feature) |
+//! | `torch.jit.load`, `torch.load`, `safetensors` files | [`model::ScriptModel`], [`model::ModelFile`], [`model::StreamedModel`] (larger than memory) |
+//! | Torch-Pruning's channel removal | [`model::ScriptModel::shrink`], options and reports in [`shrink`] |
 //!
 //! Amounts follow Python's types: `0.3` (an `f64`) is a fraction, `3` (an `i64`) a count.
 //!
+//! The crate root holds the pruning core, what a `torch.nn.utils.prune` user looks for. The
+//! rest is grouped by job:
+//!
+//! | namespace | what for |
+//! |---|---|
+//! | [`train`] | pruning while training: schedules, gradual pruning, N:M sparsity, rewinding, the training-curve recorder |
+//! | [`model`] | whole model files: TorchScript modules as a `VarStore`, any model file pruned in its own format, checkpoints larger than memory, sparsity reports |
+//! | [`shrink`] | removing channels from a TorchScript model: the analysis, its options and its report |
+//! | [`checkpoint`] | the file formats underneath (`torch.save` zips, safetensors, TorchScript archives, shards), read without running code and written all or nothing |
+//! | [`backend`] | what of libtorch the process has (its version, whether CUDA is loaded) |
+//!
 //! Using the crate from a binary crate (libtorch at build and run time, CUDA kept linked, the
-//! `cli` feature): see the README's "Using tch-prune in your crate". [`backend::Backend`]
-//! reports whether libtorch's CUDA backend is loaded.
+//! `cli` feature): see the README's "Using tch-prune in your crate".
 #![warn(missing_docs)]
 
 // The layers, bottom up (see CONTRIBUTING.md): `checkpoint` (file formats; depends on nothing
 // else in the crate), `error`, `prune` (the pruning core), `model` (whole model files), and
-// `backend` (what of libtorch the process has, beside them). `checkpoint` and `backend` are
-// public modules; everything else is re-exported here.
+// `backend` (what of libtorch the process has, beside them). `train` and `shrink` only gather
+// what those layers define, by job.
 pub mod backend;
 pub mod checkpoint;
 mod error;
-mod model;
+pub mod model;
 mod prune;
+pub mod shrink;
+pub mod train;
 
-pub use checkpoint::{first_line, CodePolicy};
 pub use error::{PruneError, Result};
-pub use model::{
-    ChannelAnalysis, ChannelGroup, GroupChange, ModelFile, Record, Recorder, Removed, Report,
-    ScriptModel, ShrinkOptions, ShrinkReport, Slice, StreamReport, StreamStep, StreamedModel,
-    TensorReport, WRITE_CHUNK,
-};
 pub use prune::amount::Amount;
 pub use prune::container::combine_masks;
 pub use prune::custom::CustomFromMask;
-pub use prune::gradual::{GradualPruner, ScheduleStep};
 pub use prune::method::{PruningMethod, PruningType};
 pub use prune::module::{Pruned, PrunedT};
-pub use prune::nm::NmSparsity;
 pub use prune::pruner::{mask_name, orig_name, Pruner};
-pub use prune::rewind::RewindPoint;
-pub use prune::schedule::{
-    ConstantSchedule, CubicSchedule, LinearSchedule, SparsitySchedule, StepSchedule,
-};
 pub use prune::structured::{LnStructured, Norm, RandomStructured};
 pub use prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
 

@@ -18,6 +18,7 @@ use std::process::Command;
 use tch::nn::{self, Module, OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_state_dict, write_safetensors};
+use tch_prune::model::{ModelFile, ScriptModel};
 use tch_prune::*;
 
 /// Values with ties, NaN, infinities, signed zeros and subnormals, of `kind`.

@@ -11,10 +11,11 @@ use digits::{accuracy, cnn, train_epoch, Digits, WEIGHTS};
 use std::collections::HashMap;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
-use tch_prune::{
-    CubicSchedule, GradualPruner, L1Unstructured, LinearSchedule, LnStructured, NmSparsity,
-    PruneError, Pruner, RewindPoint, SparsitySchedule, StepSchedule,
+use tch_prune::train::{
+    CubicSchedule, GradualPruner, LinearSchedule, NmSparsity, RewindPoint, SparsitySchedule,
+    StepSchedule,
 };
+use tch_prune::{L1Unstructured, LnStructured, PruneError, Pruner};
 
 const EPOCHS: i64 = 16;
 

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_state_dict, write_safetensors};
-use tch_prune::{L1Unstructured, ModelFile, Pruner, ScriptModel};
+use tch_prune::model::{ModelFile, ScriptModel};
+use tch_prune::{L1Unstructured, Pruner};
 
 const MODELS: &str = r#"
 import sys, torch, torch.nn as nn

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::write_safetensors;
-use tch_prune::Recorder;
+use tch_prune::train::Recorder;
 
 fn check_svg_root(doc: &roxmltree::Document) {
     let root = doc.root_element();

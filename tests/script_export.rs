@@ -8,7 +8,8 @@ mod common;
 use std::path::Path;
 use tch::{Device, Kind};
 use tch_prune::checkpoint::write_safetensors;
-use tch_prune::{Pruner, ScriptModel};
+use tch_prune::model::ScriptModel;
+use tch_prune::Pruner;
 
 const SCRIPT: &str = include_str!("py/script_export.py");
 

@@ -15,7 +15,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-use tch_prune::{ScriptModel, ShrinkOptions, ShrinkReport};
+use tch_prune::model::ScriptModel;
+use tch_prune::shrink::{ShrinkOptions, ShrinkReport};
 
 const GENERATE: &str = r#"
 import sys, torch, torchvision

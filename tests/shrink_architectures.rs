@@ -16,7 +16,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-use tch_prune::{Amount, ScriptModel, ShrinkOptions, ShrinkReport};
+use tch_prune::model::ScriptModel;
+use tch_prune::shrink::{ShrinkOptions, ShrinkReport};
+use tch_prune::Amount;
 
 const PYTORCH_RUNS: &str = r#"
 import sys, torch
@@ -137,7 +139,7 @@ fn shrink(name: &str) -> ShrinkReport {
 }
 
 /// The group produced by `producer` (a prefix of its description).
-fn group<'a>(r: &'a ShrinkReport, producer: &str) -> &'a tch_prune::GroupChange {
+fn group<'a>(r: &'a ShrinkReport, producer: &str) -> &'a tch_prune::shrink::GroupChange {
     r.groups
         .iter()
         .find(|g| g.producer.starts_with(producer))

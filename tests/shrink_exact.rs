@@ -22,7 +22,8 @@ mod common;
 
 use std::path::Path;
 use tch::{Kind, Tensor};
-use tch_prune::{ScriptModel, ShrinkOptions};
+use tch_prune::model::ScriptModel;
+use tch_prune::shrink::ShrinkOptions;
 
 /// A residual block with batch norms, a depthwise convolution, biases, and a flatten of a
 /// 8x2x2 map into a linear layer. Worst cases of the integer model, by layer: stem 28, its
@@ -135,7 +136,7 @@ fn zeroed_and_exact(dir: &Path, kind: &str) -> (Tensor, Tensor) {
         ..Default::default()
     };
     let exact_report = exact.shrink(&x, &exact_opts).expect("exact route");
-    let afters = |r: &tch_prune::ShrinkReport| -> Vec<(i64, i64)> {
+    let afters = |r: &tch_prune::shrink::ShrinkReport| -> Vec<(i64, i64)> {
         r.groups.iter().map(|g| (g.before, g.after)).collect()
     };
     assert_eq!(

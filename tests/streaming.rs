@@ -337,10 +337,11 @@ fn report_reads_sharded_and_single_files_as_in_memory() {
         serde_json::from_str(&ok(&["report", s(path), "--json"])).expect("json")
     };
     let in_memory = |path: &Path| -> serde_json::Value {
-        let model = tch_prune::ModelFile::open(path, Device::Cpu).expect("open");
+        let model = tch_prune::model::ModelFile::open(path, Device::Cpu).expect("open");
         let ties = model.ties().into_iter().collect();
         let pruner = model.pruner().expect("pruner");
-        let r = tch_prune::Report::with_ties(&model.tensors(&pruner), &ties).expect("report");
+        let r =
+            tch_prune::model::Report::with_ties(&model.tensors(&pruner), &ties).expect("report");
         // Printed and parsed back as the CLI's output is (serde_json's float parsing may
         // differ from the value in the last bit).
         serde_json::from_str(&serde_json::to_string_pretty(&r).expect("json")).expect("json")

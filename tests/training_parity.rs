@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use tch::{Kind, Tensor};
 use tch_prune::checkpoint::read_safetensors;
-use tch_prune::{CubicSchedule, NmSparsity, PruningMethod, SparsitySchedule};
+use tch_prune::train::{CubicSchedule, NmSparsity, SparsitySchedule};
+use tch_prune::PruningMethod;
 
 fn python(script: &str, args: &[&Path]) -> String {
     common::run_python(script, args)

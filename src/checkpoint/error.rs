@@ -1,6 +1,7 @@
 //! The file-format layer's error type, and how text from files and from libtorch is put on
 //! the one line of an error message.
 
+pub(crate) use super::text::{escaped_and_cut, first_line};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -212,63 +213,15 @@ impl CheckpointError {
     }
 }
 
-/// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
-pub fn first_line(message: &str) -> String {
-    // The prefix first: libtorch's own message may start on the next line.
-    let message = message.trim_start();
-    let message = message
-        .strip_prefix("Internal torch error:")
-        .unwrap_or(message);
-    message
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("libtorch gave no message")
-        .to_string()
-}
-
 /// A name taken from a file, made safe to show in a one-line message: control characters
 /// (a pickle's strings may hold newlines) are escaped, and very long names are cut.
 pub(crate) fn shown(name: &str) -> String {
     escaped_and_cut(name, 200)
 }
 
-/// `text` made safe for a one-line message: control characters escaped, cut after `max_chars`
-/// characters (marked by `…`). For names and patterns that come from files or users.
-pub fn escaped_and_cut(text: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max_chars {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn torch_errors_keep_only_their_first_line() {
-        let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
-        assert_eq!(
-            first_line(raw),
-            "shape '[3]' is invalid for input of size 4"
-        );
-        let leading_newline = "Internal torch error: \nUnknown builtin op: aten::evil.\nframe #0";
-        assert_eq!(
-            first_line(leading_newline),
-            "Unknown builtin op: aten::evil."
-        );
-        assert_eq!(first_line("\n\n"), "libtorch gave no message");
-    }
 
     #[test]
     fn names_from_files_are_shown_on_one_line() {

@@ -50,7 +50,8 @@ mod script_classes;
 mod shard_index;
 mod sniff;
 mod state_dict;
-pub mod temp_file;
+mod temp_file;
+mod text;
 mod torch_save;
 mod unpickler;
 mod zip_entries;
@@ -58,7 +59,7 @@ mod zip_entries;
 pub use self::atomic::{atomic_write, write_all_or_nothing};
 pub use self::atomic_dir::atomic_write_dir;
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
-pub use self::error::{escaped_and_cut, first_line, CheckpointError};
+pub use self::error::CheckpointError;
 pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
     MappedTensor, TensorHeader,
@@ -72,6 +73,7 @@ pub use self::script_archive::{read_torchscript_state, read_torchscript_state_fr
 pub use self::shard_index::ShardIndex;
 pub(crate) use self::temp_file::check_room;
 pub use self::temp_file::{check_destination, remove_temporary_files};
+pub(crate) use self::text::first_line;
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
     write_torch_zip_streamed,

@@ -1,9 +1,13 @@
-//! Whole model files: a TorchScript module as a `VarStore` ([`ScriptModel`]), any supported
-//! model file opened, pruned and saved back in its own format ([`ModelFile`]), the sparsity
-//! [`Report`] of a set of tensors, the training-curve [`Recorder`] (CSV), with the `plot`
-//! feature their SVG charts (`plot`), and [`StreamedModel`]: safetensors checkpoints (sharded
-//! too) and `torch.save` zips pruned without holding them in memory. Built on the file formats of [`checkpoint`](crate::checkpoint)
-//! and the pruning core.
+//! Whole model files: a TorchScript module as a `VarStore` ([`ScriptModel`], which can also
+//! [`shrink`](ScriptModel::shrink)), any supported model file opened, pruned and saved back in
+//! its own format ([`ModelFile`]), the sparsity [`Report`] of a set of tensors, and
+//! [`StreamedModel`]: safetensors checkpoints (sharded too) and `torch.save` zips pruned without
+//! holding them in memory. TorchScript files are checked before libtorch loads them
+//! ([`CodePolicy`]).
+//!
+//! Built on the file formats of [`checkpoint`](crate::checkpoint) and the pruning core. The
+//! training-curve recorder (with the `plot` feature, its SVG charts) lives here too and is
+//! public as [`train::Recorder`](crate::train::Recorder).
 
 pub(crate) mod model_file;
 #[cfg(feature = "plot")]
@@ -11,15 +15,12 @@ mod plot;
 pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
-mod shrink;
+pub(crate) mod shrink;
 mod streaming;
 mod text_file;
 
+pub use crate::checkpoint::CodePolicy;
 pub use model_file::ModelFile;
-pub use recorder::{Record, Recorder};
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;
-pub use shrink::{
-    ChannelAnalysis, ChannelGroup, GroupChange, Removed, ShrinkOptions, ShrinkReport, Slice,
-};
-pub use streaming::{StreamReport, StreamStep, StreamedModel, WRITE_CHUNK};
+pub use streaming::{StreamReport, StreamStep, StreamedModel};

@@ -27,7 +27,7 @@ pub struct Record {
 /// panel each for sparsity, loss and accuracy (those that were recorded), one line per run.
 ///
 /// ```
-/// use tch_prune::Recorder;
+/// use tch_prune::train::Recorder;
 /// let mut rec = Recorder::new("digits CNN");
 /// rec.record("dense", 0, 0.0, 2.30, None);
 /// rec.record("dense", 100, 0.0, 0.12, 0.975);

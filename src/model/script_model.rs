@@ -65,13 +65,12 @@ impl ScriptModel {
         if policy == CodePolicy::Checked {
             check_torchscript_code(path)?;
         }
-        let module = CModule::load_on_device(path, device).map_err(|e| {
-            PruneError::InvalidArgument(format!(
-                "{}: cannot load as TorchScript: {}",
-                path.display(),
-                first_line(&e.to_string())
-            ))
-        })?;
+        let module =
+            CModule::load_on_device(path, device).map_err(|source| PruneError::TorchScript {
+                path: path.to_path_buf(),
+                action: "load",
+                source,
+            })?;
         Self::registered(module, device)
     }
 

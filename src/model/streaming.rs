@@ -2,7 +2,7 @@
 //! checkpoint (`model.safetensors.index.json`) or a `torch.save` zip. The input is
 //! memory-mapped, L1 selections (per tensor or global) stream over the mapped data, and the
 //! output is written tensor by tensor, a bounded chunk at a time, with the mask applied on the fly. The result is byte for byte what
-//! [`ModelFile`](crate::ModelFile) writes after the same pruning made permanent at once.
+//! [`ModelFile`](crate::model::ModelFile) writes after the same pruning made permanent at once.
 //!
 //! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
 //! [`WRITE_CHUNK`] entries, and, for per-tensor methods other than L1 (random, structured,
@@ -29,7 +29,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Entries per chunk of the masked write: 4 MiB of f32, small against any budget, large enough
 /// for libtorch's vectorized multiply to dominate its call overhead.
-pub const WRITE_CHUNK: usize = 1 << 20;
+pub(crate) const WRITE_CHUNK: usize = 1 << 20;
 
 /// One pruning step of a streamed run: `method` applied to `names`, each on its own or, with
 /// `global`, ranked together (then the method must be [`L1Unstructured`](crate::L1Unstructured)).
@@ -227,7 +227,7 @@ impl StreamedModel {
 
     /// The floating-point tensors with their number of dimensions, in the checkpoint's order
     /// (shards in file-name order, each in the order of its data): what
-    /// [`ModelFile::parameters`](crate::ModelFile::parameters) lists for the same file.
+    /// [`ModelFile::parameters`](crate::model::ModelFile::parameters) lists for the same file.
     pub fn parameters(&self) -> Vec<(String, usize)> {
         self.tensors()
             .filter(|(_, t)| is_float(t.kind) && !is_conventional_buffer(&t.name))
@@ -237,7 +237,7 @@ impl StreamedModel {
 
     /// The tensors PyTorch modules register as buffers by convention (`running_mean`,
     /// `running_var`, `num_batches_tracked`), in the checkpoint's order: never pruned, as
-    /// [`ModelFile::buffers`](crate::ModelFile::buffers).
+    /// [`ModelFile::buffers`](crate::model::ModelFile::buffers).
     pub fn buffers(&self) -> Vec<String> {
         self.tensors()
             .filter(|(_, t)| is_conventional_buffer(&t.name))
@@ -267,12 +267,12 @@ impl StreamedModel {
     }
 
     /// The sparsity of every tensor, counted over the mapped bytes (nothing is read into
-    /// memory): what [`Report::with_ties`](crate::Report::with_ties) gives for the same file
+    /// memory): what [`Report::with_ties`](crate::model::Report::with_ties) gives for the same file
     /// read in memory, when [`unsupported`](Self::unsupported) has nothing to say of it (no tied
     /// weights, not saved pruned). For a checkpoint too large to read, or sharded.
     pub fn report(&self) -> Result<Report> {
         if let Some(reason) = self.unsupported(&[]) {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::NotStreamable(format!(
                 "cannot report this checkpoint from its memory map: {reason}"
             )));
         }
@@ -388,7 +388,7 @@ impl StreamedModel {
     /// `output`: for one file, a file of its format replaced atomically; for a sharded input, a
     /// folder (that must not exist yet, or be empty) holding the same shards and an index of the
     /// same name, which appears whole or not at all. The bytes written are those
-    /// [`ModelFile::save`](crate::ModelFile::save) writes after the same steps.
+    /// [`ModelFile::save`](crate::model::ModelFile::save) writes after the same steps.
     pub fn prune(
         &self,
         steps: &[StreamStep<'_>],
@@ -396,7 +396,7 @@ impl StreamedModel {
     ) -> Result<StreamReport> {
         let output = output.as_ref();
         if let Some(reason) = self.unsupported(steps) {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::NotStreamable(format!(
                 "cannot stream this pruning: {reason}"
             )));
         }
@@ -451,7 +451,7 @@ impl StreamedModel {
                         // tensors can fail on one of them.
                         let k = amount
                             .to_count(t.numel() as i64)
-                            .map_err(|e| PruneError::InvalidArgument(format!("'{n}': {e}")))?;
+                            .map_err(|e| e.in_tensor(n))?;
                         roles.insert(n, Role::L1(Share::PerTensor(k)));
                     }
                 }
@@ -562,10 +562,7 @@ impl StreamedModel {
                         // No message only if the selection's thread panicked, which the scope
                         // then reports.
                         let mut threshold = writer.thresholds.recv().map_err(|_| {
-                            PruneError::InvalidArgument(format!(
-                                "the selection of '{}' stopped",
-                                t.name
-                            ))
+                            PruneError::torch(format!("the selection of '{}' stopped", t.name))
                         })??;
                         write_masked(&raw, &mut threshold, scratch, out, path)?
                     }
@@ -803,7 +800,7 @@ fn write_pruned_whole(
     let pruner = Pruner::with_bool_masks(&vs);
     pruner
         .prune_and_remove("t", method, None)
-        .map_err(|e| PruneError::InvalidArgument(format!("'{}': {e}", t.name)))?;
+        .map_err(|e| e.in_tensor(&t.name))?;
     let pruned = vs
         .variables()
         .remove("t")

@@ -72,17 +72,16 @@ impl Pruner {
         }
         let mut seen = HashSet::new();
         if let Some(dup) = names.iter().find(|n| !seen.insert(**n)) {
-            return Err(PruneError::InvalidArgument(format!(
-                "'{dup}' is listed twice for global pruning"
-            )));
+            return Err(PruneError::ListedTwice {
+                name: dup.to_string(),
+                what: "global",
+            });
         }
         if let Some(extra) = importance_scores
             .keys()
             .find(|k| !seen.contains(k.as_str()))
         {
-            return Err(PruneError::InvalidArgument(format!(
-                "importance scores are given for '{extra}', which is not among the tensors to prune"
-            )));
+            return Err(PruneError::ScoresForUnselected(extra.to_string()));
         }
         self.prune_all(permanent, |state| {
             let mut scores = Vec::with_capacity(names.len());

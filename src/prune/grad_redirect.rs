@@ -87,12 +87,12 @@ impl Drop for GradRedirect {
 
 fn take_error(error: *mut c_char) -> PruneError {
     if error.is_null() {
-        return PruneError::Torch("out of memory".into());
+        return PruneError::torch("out of memory");
     }
     // SAFETY: a NUL-terminated string allocated by the C++ side, freed here once.
     let message = unsafe { CStr::from_ptr(error) }
         .to_string_lossy()
         .into_owned();
     unsafe { tp_free_error(error) };
-    PruneError::Torch(crate::error::first_line(&message))
+    PruneError::torch(crate::error::first_line(&message))
 }

@@ -27,7 +27,7 @@ type MethodFactory = Box<dyn Fn(Amount) -> Result<Box<dyn PruningMethod>>>;
 /// schedule that goes down prunes nothing.
 ///
 /// Any method that prunes an amount works: the built-in unstructured and structured ones, or
-/// your own (`method` builds it for a count). [`NmSparsity`](crate::NmSparsity) has a fixed
+/// your own (`method` builds it for a count). [`NmSparsity`](crate::train::NmSparsity) has a fixed
 /// sparsity and is applied once with [`Pruner::prune`] instead.
 ///
 /// Creating it reparametrizes the tensors not pruned yet (an [`Identity`] step), so that their
@@ -110,15 +110,16 @@ impl GradualPruner {
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = names.iter().find(|n| !seen.insert(**n)) {
-            return Err(PruneError::InvalidArgument(format!(
-                "'{dup}' is listed twice for gradual pruning"
-            )));
+            return Err(PruneError::ListedTwice {
+                name: dup.to_string(),
+                what: "gradual",
+            });
         }
         let unit = match method(Amount::Count(0))?.pruning_type() {
             PruningType::Unstructured => Unit::Entries,
             PruningType::Structured { dim } => Unit::Channels { dim },
             PruningType::Global => {
-                return Err(PruneError::InvalidArgument(format!(
+                return Err(PruneError::InvalidConfig(format!(
                     "{:?} does not prune an amount, so no schedule can drive it: apply it once with Pruner::prune",
                     method(Amount::Count(0))?
                 )))
@@ -180,13 +181,11 @@ impl GradualPruner {
         importance_scores: &HashMap<String, Tensor>,
     ) -> Result<ScheduleStep> {
         if let Some(extra) = importance_scores.keys().find(|k| !self.names.contains(k)) {
-            return Err(PruneError::InvalidArgument(format!(
-                "importance scores are given for '{extra}', which is not among the tensors this schedule prunes"
-            )));
+            return Err(PruneError::ScoresForUnselected(extra.to_string()));
         }
         let target = self.schedule.sparsity_at(step);
         if !(0.0..=1.0).contains(&target) {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "the schedule {:?} gives sparsity {target} at step {step}, outside [0, 1]",
                 self.schedule
             )));

@@ -43,7 +43,7 @@ impl NmSparsity {
     /// Keeps `n` of every `m` (`0 <= n < m`) along dim 1.
     pub fn new(n: i64, m: i64) -> Result<Self> {
         if m < 1 || n < 0 || n >= m {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "invalid N:M pattern {n}:{m}: it keeps N of every M entries, so 0 <= N < M (e.g. 2:4)"
             )));
         }
@@ -78,7 +78,7 @@ impl FromStr for NmSparsity {
 
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
-            PruneError::InvalidArgument(format!(
+            PruneError::InvalidConfig(format!(
                 "invalid N:M pattern '{s}': write it as N:M, e.g. 2:4 (keep 2 of every 4)"
             ))
         };

@@ -126,7 +126,7 @@ impl Pruner {
     /// f32 masks (an eighth of f64's), same pruned values. They hold only 0 and 1, so a custom
     /// mask with other values is refused (unless the pruning is made permanent at once, see
     /// [`Pruner::prune_and_remove`]). Files written by this crate for PyTorch (the CLI's
-    /// `--state-out`, [`ModelFile::reparametrized_state`](crate::ModelFile::reparametrized_state))
+    /// `--state-out`, [`ModelFile::reparametrized_state`](crate::model::ModelFile::reparametrized_state))
     /// hold them as float masks of the weight's dtype, as PyTorch has them.
     pub fn with_bool_masks(vs: &VarStore) -> Self {
         Self::with_state(vs, true)

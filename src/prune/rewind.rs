@@ -82,7 +82,7 @@ impl RewindPoint {
             let target = match pruner.orig(name) {
                 Some(orig) => orig,
                 None => variables.get(name).map(Tensor::shallow_clone).ok_or_else(|| {
-                    PruneError::InvalidArgument(format!(
+                    PruneError::InvalidConfig(format!(
                         "cannot rewind '{name}': the store no longer has it (captured at the rewind point)"
                     ))
                 })?,

@@ -5,7 +5,7 @@ use crate::error::{PruneError, Result};
 use std::fmt::Debug;
 
 /// Answers the training loop's question "what sparsity at step `t`?", as a fraction in
-/// `[0, 1]`. [`GradualPruner`](crate::GradualPruner) prunes up to it; implement it for a
+/// `[0, 1]`. [`GradualPruner`](crate::train::GradualPruner) prunes up to it; implement it for a
 /// schedule of your own. Schedules should never decrease: pruning is never undone, so a lower
 /// value than an earlier one just prunes nothing.
 pub trait SparsitySchedule: Debug {
@@ -22,7 +22,7 @@ pub trait SparsitySchedule: Debug {
 /// so the sparsity rises fast at first, while the network has many redundant weights, and
 /// levels off as it reaches `s_f` at step `t_0 + Δt·n`. Before `t_0` it is `s_0`, or 0 with
 /// [`initially_zero`](Self::initially_zero). Like `CubicSL`, `t` is not rounded down to a
-/// multiple of `Δt`: call [`GradualPruner::step`](crate::GradualPruner::step) every `Δt` steps
+/// multiple of `Δt`: call [`GradualPruner::step`](crate::train::GradualPruner::step) every `Δt` steps
 /// to prune in `n` rounds as in the paper.
 ///
 /// ```
@@ -91,7 +91,7 @@ impl CubicSchedule {
     fn validate(self) -> Result<Self> {
         check_levels("cubic", self.initial_sparsity, self.final_sparsity)?;
         if self.delta_t <= 0 || self.total_t <= 0 {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "cubic schedule: delta_t ({}) and total_t ({}) must be positive (CubicSL divides by their product)",
                 self.delta_t, self.total_t
             )));
@@ -147,7 +147,7 @@ impl LinearSchedule {
     pub fn new(initial: f64, final_sparsity: f64, begin: i64, end: i64) -> Result<Self> {
         check_levels("linear", initial, final_sparsity)?;
         if end <= begin {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "linear schedule: the end step ({end}) must come after the begin step ({begin})"
             )));
         }
@@ -186,7 +186,7 @@ impl StepSchedule {
     /// and non-decreasing.
     pub fn new(milestones: &[(i64, f64)]) -> Result<Self> {
         if milestones.is_empty() {
-            return Err(PruneError::InvalidArgument(
+            return Err(PruneError::InvalidConfig(
                 "step schedule: give at least one (step, sparsity) milestone".into(),
             ));
         }
@@ -194,7 +194,7 @@ impl StepSchedule {
         for &(step, s) in milestones {
             check_levels("step", previous.map_or(0.0, |p| p.1), s)?;
             if let Some((p, _)) = previous.filter(|(p, _)| *p >= step) {
-                return Err(PruneError::InvalidArgument(format!(
+                return Err(PruneError::InvalidConfig(format!(
                     "step schedule: milestone steps must increase, but {step} follows {p}"
                 )));
             }
@@ -243,7 +243,7 @@ impl SparsitySchedule for ConstantSchedule {
 fn check_levels(kind: &str, initial: f64, last: f64) -> Result<()> {
     let in_range = |s: f64| (0.0..=1.0).contains(&s);
     if !in_range(initial) || !in_range(last) || initial > last {
-        return Err(PruneError::InvalidArgument(format!(
+        return Err(PruneError::InvalidConfig(format!(
             "{kind} schedule: sparsities must lie in [0, 1] and never decrease (got {initial} then {last})"
         )));
     }

@@ -50,12 +50,12 @@ impl Pruner {
                 continue;
             }
             if self.is_pruned(key) {
-                return Err(PruneError::InvalidArgument(format!(
+                return Err(PruneError::StateMismatch(format!(
                     "the checkpoint holds '{key}' dense but it is pruned here: remove its pruning first, or load it and re-mask it from its zeros"
                 )));
             }
             let var = vars.get(key).ok_or_else(|| {
-                PruneError::InvalidArgument(format!(
+                PruneError::StateMismatch(format!(
                     "the checkpoint holds '{key}', which the model does not have"
                 ))
             })?;
@@ -64,7 +64,7 @@ impl Pruner {
             plain.push((var.shallow_clone(), tensor));
         }
         if let Some(missing) = vars.keys().find(|n| !covered.contains(*n)) {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::StateMismatch(format!(
                 "the checkpoint has no entry for '{missing}'"
             )));
         }

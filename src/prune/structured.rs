@@ -82,7 +82,7 @@ impl FromStr for Norm {
             "nuc" => Ok(Norm::Nuc),
             other => match other.parse::<f64>() {
                 Ok(p) if !p.is_nan() => Ok(Norm::P(p)),
-                _ => Err(PruneError::InvalidArgument(format!(
+                _ => Err(PruneError::InvalidConfig(format!(
                     "invalid norm '{s}': use a number, inf, -inf, fro or nuc"
                 ))),
             },

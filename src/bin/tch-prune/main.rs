@@ -7,6 +7,9 @@ mod quiet;
 mod shrink;
 mod signals;
 mod stream;
+// The library's one-line text helpers, compiled from the same source rather than exported.
+#[path = "../../checkpoint/text.rs"]
+mod text;
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy, ShardIndex};
-use tch_prune::{ModelFile, Report, StreamedModel};
+use tch_prune::model::{ModelFile, Report, StreamedModel};
 
 #[derive(Parser)]
 #[command(
@@ -206,11 +209,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain, without libtorch's backtraces.
-            let chain: Vec<String> = e
-                .chain()
-                .map(|c| tch_prune::first_line(&c.to_string()))
-                .collect();
+            // One line: the context chain, without libtorch's backtraces. The library's errors
+            // already show what their sources say (a file's error, libtorch's first line), so
+            // a source whose line is already shown is not repeated.
+            let mut chain: Vec<String> = Vec::new();
+            for cause in e.chain() {
+                let line = text::first_line(&cause.to_string());
+                if !chain.last().is_some_and(|shown| shown.contains(&line)) {
+                    chain.push(line);
+                }
+            }
             eprintln!("error: {}", one_line(&chain.join(": ")));
             ExitCode::FAILURE
         }
@@ -220,7 +228,7 @@ fn main() -> ExitCode {
 /// An error line as printed: one line (control characters escaped), and not megabytes long
 /// whatever the user gave (names from files and patterns are cut on their own already).
 fn one_line(text: &str) -> String {
-    tch_prune::checkpoint::escaped_and_cut(text, 4000)
+    text::escaped_and_cut(text, 4000)
 }
 
 fn policy(trust_code: bool) -> CodePolicy {

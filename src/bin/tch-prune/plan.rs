@@ -3,9 +3,10 @@
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
+use tch_prune::train::NmSparsity;
 use tch_prune::{
-    Amount, Identity, L1Unstructured, LnStructured, NmSparsity, Norm, PruneError, Pruner,
-    PruningMethod, RandomStructured, RandomUnstructured, Result,
+    Amount, Identity, L1Unstructured, LnStructured, Norm, PruneError, Pruner, PruningMethod,
+    RandomStructured, RandomUnstructured, Result,
 };
 
 /// A method by its CLI name.
@@ -300,7 +301,7 @@ fn some_names(available: &[(String, usize)]) -> String {
 /// A user's string shown in a one-line message: control characters escaped, cut after 200
 /// characters (a pattern from a plan file can be megabytes long).
 fn cut(text: &str) -> String {
-    tch_prune::checkpoint::escaped_and_cut(text, 200)
+    crate::text::escaped_and_cut(text, 200)
 }
 
 /// A plan file: a JSON list of steps.

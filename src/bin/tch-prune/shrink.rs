@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-use tch_prune::{Amount, ScriptModel, ShrinkOptions, ShrinkReport};
+use tch_prune::model::ScriptModel;
+use tch_prune::shrink::{ShrinkOptions, ShrinkReport};
+use tch_prune::Amount;
 
 #[derive(Args)]
 pub struct ShrinkArgs {

@@ -2,7 +2,7 @@
 //!
 //! The signals are blocked in every thread (set before any other thread starts, and inherited)
 //! and taken by one thread that waits for them: it removes the temporary files that have a name
-//! (see `tch_prune::checkpoint::temp_file`; unnamed ones vanish with the process anyway), says
+//! (see `tch_prune::checkpoint::remove_temporary_files`; unnamed ones vanish with the process anyway), says
 //! so on one line, and exits with 128 + the signal's number, as a shell reports it.
 //!
 //! `SIGPIPE` gets its default action back (Rust ignores it): `tch-prune report m.pt | head` ends

@@ -7,7 +7,8 @@ use crate::PruneArgs;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use tch_prune::checkpoint::{Format, ShardIndex};
-use tch_prune::{PruningMethod, StreamStep, StreamedModel};
+use tch_prune::model::{StreamStep, StreamedModel};
+use tch_prune::PruningMethod;
 
 /// What [`prune`] did.
 pub enum Outcome {

@@ -59,7 +59,7 @@ fn take(error: *mut c_char) -> PruneError {
         .to_string_lossy()
         .into_owned();
     unsafe { tp_free_string(error) };
-    PruneError::Torch(first_line(&message))
+    PruneError::torch(first_line(&message))
 }
 
 fn c(s: &str) -> Result<CString> {

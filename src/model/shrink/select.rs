@@ -53,19 +53,19 @@ impl Default for ShrinkOptions {
 impl ShrinkOptions {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.norm != 1.0 && self.norm != 2.0 {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "shrink norm {}: use 1 or 2",
                 self.norm
             )));
         }
         if self.round_to < 1 {
-            return Err(PruneError::InvalidArgument(format!(
+            return Err(PruneError::InvalidConfig(format!(
                 "round-to {}: it must be at least 1",
                 self.round_to
             )));
         }
         match (self.amount, self.exact) {
-            (None, false) => Err(PruneError::InvalidArgument(
+            (None, false) => Err(PruneError::InvalidConfig(
                 "shrink needs an amount, or the exact route".into(),
             )),
             (Some(a), _) => a.validate().map(|_| ()),
@@ -168,7 +168,7 @@ pub(crate) fn select(
     }
     let amount = opts
         .amount
-        .ok_or_else(|| PruneError::InvalidArgument("shrink needs an amount".into()))?;
+        .ok_or_else(|| PruneError::InvalidConfig("shrink needs an amount".into()))?;
     if opts.global {
         let mut all: Vec<(f64, usize, usize)> = Vec::new();
         let mut total = 0;

@@ -1,0 +1,66 @@
+//! Text for one-line messages: libtorch's first line, and names and patterns from files or
+//! users made safe to show.
+//!
+//! Why a file of its own: it uses nothing, so that the `tch-prune` binary compiles the same
+//! source (`#[path]`) for its error lines instead of the library exporting it as API.
+
+/// The first meaningful line of a libtorch message, without tch's "Internal torch error:" prefix.
+pub(crate) fn first_line(message: &str) -> String {
+    // The prefix first: libtorch's own message may start on the next line.
+    let message = message.trim_start();
+    let message = message
+        .strip_prefix("Internal torch error:")
+        .unwrap_or(message);
+    message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("libtorch gave no message")
+        .to_string()
+}
+
+/// `text` made safe for a one-line message: control characters escaped, cut after `max_chars`
+/// characters (marked by `…`). For names and patterns that come from files or users.
+pub(crate) fn escaped_and_cut(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_errors_keep_only_their_first_line() {
+        let raw = "Internal torch error: shape '[3]' is invalid for input of size 4\nException raised from foo at bar.cpp:12\nframe #0: ...";
+        assert_eq!(
+            first_line(raw),
+            "shape '[3]' is invalid for input of size 4"
+        );
+        let leading_newline = "Internal torch error: \nUnknown builtin op: aten::evil.\nframe #0";
+        assert_eq!(
+            first_line(leading_newline),
+            "Unknown builtin op: aten::evil."
+        );
+        assert_eq!(first_line("\n\n"), "libtorch gave no message");
+    }
+
+    #[test]
+    fn text_is_cut_and_escaped_for_one_line() {
+        assert_eq!(escaped_and_cut("fc1.weight", 200), "fc1.weight");
+        assert_eq!(escaped_and_cut("a\nb\r\u{0}", 200), "a\\nb\\r\\u{0}");
+        let long = "x".repeat(500);
+        assert_eq!(escaped_and_cut(&long, 200).chars().count(), 201);
+    }
+}
