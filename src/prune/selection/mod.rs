@@ -66,6 +66,36 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// A float live mask for each of `scores`: 1 where a uniform draw is above `pruned`.
+    pub(super) fn live_masks(scores: &[Tensor], pruned: f64) -> Vec<Tensor> {
+        scores
+            .iter()
+            .map(|s| {
+                Tensor::rand(s.size(), (Kind::Float, Device::Cpu))
+                    .gt(pruned)
+                    .to_kind(Kind::Float)
+            })
+            .collect()
+    }
+
+    /// The parts of a selection: each of `scores` with its live mask, zeroed into its `outs`.
+    pub(super) fn parts<'a>(
+        scores: &'a [Tensor],
+        live: &'a [Tensor],
+        outs: &'a [Tensor],
+    ) -> Vec<Part<'a>> {
+        scores
+            .iter()
+            .zip(live)
+            .zip(outs)
+            .map(|((scores, live), out)| Part {
+                scores,
+                live: Some(live),
+                out,
+            })
+            .collect()
+    }
+
     /// The radix select on CPU and the tensor-operation path (what GPU tensors take) prune the
     /// same entries, ties included.
     #[test]
@@ -85,14 +115,7 @@ mod tests {
                         if ties { t.round() } else { t }.to_kind(kind)
                     })
                     .collect();
-                let live: Vec<Tensor> = scores
-                    .iter()
-                    .map(|s| {
-                        Tensor::rand(s.size(), (Kind::Float, Device::Cpu))
-                            .gt(0.2)
-                            .to_kind(Kind::Float)
-                    })
-                    .collect();
+                let live = live_masks(&scores, 0.2);
                 let total: i64 = live
                     .iter()
                     .map(|l| l.sum(Kind::Int64).int64_value(&[]))
@@ -100,16 +123,7 @@ mod tests {
                 for k in [1, total / 3, total / 2, total] {
                     let run = |by_ops: bool| -> Vec<Tensor> {
                         let outs: Vec<Tensor> = live.iter().map(|l| l.copy()).collect();
-                        let parts: Vec<Part<'_>> = scores
-                            .iter()
-                            .zip(&live)
-                            .zip(&outs)
-                            .map(|((scores, live), out)| Part {
-                                scores,
-                                live: Some(live),
-                                out,
-                            })
-                            .collect();
+                        let parts = parts(&scores, &live, &outs);
                         if by_ops {
                             zero_smallest_by_ops(&parts, k).unwrap();
                         } else {

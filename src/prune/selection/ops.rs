@@ -151,69 +151,12 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<OpsCoun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prune::selection::tests::{live_masks, parts};
+    use crate::prune::selection::zero_smallest;
     use tch::Device;
 
-    /// The bisection the tensor-operation path used before (a device sync per tensor per
-    /// step): kept to check that the radix select on the device selects the same entries and
-    /// to time both side by side.
-    fn bisection(parts: &[Part<'_>], k: i64) -> OpsCounts {
-        let mut counts = OpsCounts::default();
-        let keys = |p: &Part<'_>| {
-            let key = p
-                .scores
-                .abs()
-                .to_kind(Kind::Float)
-                .contiguous()
-                .view_dtype(Kind::Int)
-                .reshape([-1]);
-            (key, p.live.map(|l| l.eq(1).reshape([-1])))
-        };
-        let and_live = |t: Tensor, live: &Option<Tensor>| match live {
-            Some(live) => t.logical_and(live),
-            None => t,
-        };
-        let mut count = |pred: &dyn Fn(&Tensor) -> Tensor| -> i64 {
-            counts.passes += 1;
-            parts
-                .iter()
-                .map(|p| {
-                    let (key, live) = keys(p);
-                    counts.syncs += 1;
-                    and_live(pred(&key), &live)
-                        .sum(Kind::Int64)
-                        .int64_value(&[])
-                })
-                .sum()
-        };
-        let (mut lo, mut hi) = (0i64, i32::MAX as i64);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if count(&|key| key.le(mid)) >= k {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        let threshold = lo;
-        let mut budget = k - count(&|key| key.lt(threshold));
-        for p in parts {
-            let (key, live) = keys(p);
-            let mut out = p.out.view([-1]);
-            let _ = out.masked_fill_(&and_live(key.lt(threshold), &live), 0);
-            if budget > 0 {
-                let ties = and_live(key.eq(threshold), &live).nonzero().reshape([-1]);
-                counts.syncs += 1;
-                let take = budget.min(ties.size()[0]);
-                let _ = out.index_fill_(0, &ties.narrow(0, 0, take), 0);
-                budget -= take;
-            }
-        }
-        counts.passes += 1;
-        counts
-    }
-
     /// Many tensors, f32 and f64 keys: a fixed number of passes and syncs, whatever the number
-    /// of tensors, and the same entries as the bisection.
+    /// of tensors, and the same entries as the radix select.
     #[test]
     fn one_sync_per_pass_whatever_the_number_of_tensors() {
         tch::manual_seed(8);
@@ -221,31 +164,8 @@ mod tests {
             let scores: Vec<Tensor> = (0..20)
                 .map(|i| Tensor::randn([30 + i, 7], (kind, Device::Cpu)))
                 .collect();
-            let live: Vec<Tensor> = scores
-                .iter()
-                .map(|s| {
-                    Tensor::rand(s.size(), (Kind::Float, Device::Cpu))
-                        .gt(0.25)
-                        .to_kind(Kind::Float)
-                })
-                .collect();
+            let live = live_masks(&scores, 0.25);
             let outs = |_: ()| -> Vec<Tensor> { live.iter().map(Tensor::copy).collect() };
-            fn parts<'a>(
-                scores: &'a [Tensor],
-                live: &'a [Tensor],
-                outs: &'a [Tensor],
-            ) -> Vec<Part<'a>> {
-                scores
-                    .iter()
-                    .zip(live)
-                    .zip(outs)
-                    .map(|((scores, live), out)| Part {
-                        scores,
-                        live: Some(live),
-                        out,
-                    })
-                    .collect()
-            }
             let (a, b) = (outs(()), outs(()));
             let counts = zero_smallest_by_ops(&parts(&scores, &live, &a), 1000).unwrap();
             assert_eq!(
@@ -256,65 +176,10 @@ mod tests {
                 },
                 "{kind:?}"
             );
-            if kind == Kind::Float {
-                let old = bisection(&parts(&scores, &live, &b), 1000);
-                assert!(old.syncs > 30 * 20, "{old:?}");
-                for (x, y) in a.iter().zip(&b) {
-                    assert!(x.equal(y));
-                }
+            zero_smallest(&parts(&scores, &live, &b), 1000).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!(x.equal(y), "{kind:?}");
             }
         }
-    }
-
-    /// `cargo test --release --lib selection::tests::time_ops_against_bisection -- --ignored
-    /// --nocapture`: the tensor-operation path on CPU tensors (the code GPU tensors take),
-    /// against the bisection it replaced, side by side in one run.
-    #[test]
-    #[ignore]
-    fn time_ops_against_bisection() {
-        tch::manual_seed(9);
-        let n: i64 = std::env::var("SELECTION_NUMEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1 << 22);
-        let tensors: i64 = 16;
-        let scores: Vec<Tensor> = (0..tensors)
-            .map(|_| Tensor::randn([n / tensors], (Kind::Float, Device::Cpu)))
-            .collect();
-        let run = |ops: bool| {
-            let outs: Vec<Tensor> = scores
-                .iter()
-                .map(|s| Tensor::ones(s.size(), (Kind::Bool, Device::Cpu)))
-                .collect();
-            let parts: Vec<Part<'_>> = scores
-                .iter()
-                .zip(&outs)
-                .map(|(scores, out)| Part {
-                    scores,
-                    live: None,
-                    out,
-                })
-                .collect();
-            let start = std::time::Instant::now();
-            let counts = if ops {
-                zero_smallest_by_ops(&parts, n / 2).unwrap()
-            } else {
-                bisection(&parts, n / 2)
-            };
-            (start.elapsed().as_secs_f64(), counts, outs)
-        };
-        let _warm_up = run(true);
-        let (t_old, c_old, b) = run(false);
-        let (t_new, c_new, a) = run(true);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.equal(y)));
-        println!(
-            "{n} f32 entries in {tensors} tensors, k = n/2: device radix select {t_new:.3} s \
-             ({} passes, {} syncs), bisection {t_old:.3} s ({} passes, {} syncs): {:.1}x faster",
-            c_new.passes,
-            c_new.syncs,
-            c_old.passes,
-            c_old.syncs,
-            t_old / t_new
-        );
     }
 }

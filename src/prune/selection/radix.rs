@@ -5,7 +5,7 @@
 
 use super::keys::key_table;
 use super::threads::{parallel_map, parallel_sum};
-use super::view::{chunks, Chunk, View, CHUNK};
+use super::view::{chunks, Chunk, View};
 use super::{BUCKETS, DIGIT_BITS};
 use tch::Kind;
 
@@ -96,17 +96,11 @@ pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
 /// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.
 fn for_each_batch<'a>(views: &'a [View], mut f: impl FnMut(&[Chunk<'a>])) {
     let mut batch = Vec::with_capacity(BATCH);
-    for view in views {
-        for start in (0..view.numel).step_by(CHUNK) {
-            batch.push(Chunk {
-                view,
-                start,
-                end: (start + CHUNK).min(view.numel),
-            });
-            if batch.len() == BATCH {
-                f(&batch);
-                batch.clear();
-            }
+    for chunk in views.iter().flat_map(View::chunks) {
+        batch.push(chunk);
+        if batch.len() == BATCH {
+            f(&batch);
+            batch.clear();
         }
     }
     if !batch.is_empty() {

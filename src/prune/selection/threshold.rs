@@ -74,12 +74,7 @@ impl Threshold {
             return 0;
         };
         let mut n = 0;
-        for start in (0..view.numel).step_by(CHUNK) {
-            let chunk = Chunk {
-                view: &view,
-                start,
-                end: (start + CHUNK).min(view.numel),
-            };
+        for chunk in view.chunks() {
             chunk.for_each_live(self.wide, |_, key| n += (key == threshold) as u64);
         }
         n

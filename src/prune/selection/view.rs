@@ -76,6 +76,15 @@ impl View {
             numel,
         })
     }
+
+    /// The view's entries in chunks of [`CHUNK`], in order.
+    pub(super) fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> {
+        (0..self.numel).step_by(CHUNK).map(move |start| Chunk {
+            view: self,
+            start,
+            end: (start + CHUNK).min(self.numel),
+        })
+    }
 }
 
 /// A range of one part's entries: the unit of work of a thread.
@@ -102,17 +111,9 @@ impl Chunk<'_> {
     }
 }
 
+/// The chunks of all views, in order.
 pub(super) fn chunks(views: &[View]) -> Vec<Chunk<'_>> {
-    views
-        .iter()
-        .flat_map(|view| {
-            (0..view.numel).step_by(CHUNK).map(move |start| Chunk {
-                view,
-                start,
-                end: (start + CHUNK).min(view.numel),
-            })
-        })
-        .collect()
+    views.iter().flat_map(View::chunks).collect()
 }
 
 /// The size of an entry of `kind`, for the kinds the crate's files hold.
