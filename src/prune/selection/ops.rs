@@ -2,7 +2,8 @@
 //! views): the radix select of [`super::radix`] with each pass's histogram summed on the
 //! device. One idea: the same select as the CPU path, in as few device syncs as it allows.
 
-use super::{Part, BUCKETS, DIGIT_BITS};
+use super::radix::{BUCKETS, DIGIT_BITS};
+use super::view::Part;
 use crate::error::Result;
 use tch::{Kind, Tensor};
 
@@ -146,40 +147,4 @@ pub(crate) fn zero_smallest_by_ops(parts: &[Part<'_>], k: i64) -> Result<OpsCoun
     }
     counts.passes += 1;
     Ok(counts)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::prune::selection::tests::{live_masks, parts};
-    use crate::prune::selection::zero_smallest;
-    use tch::Device;
-
-    /// Many tensors, f32 and f64 keys: a fixed number of passes and syncs, whatever the number
-    /// of tensors, and the same entries as the radix select.
-    #[test]
-    fn one_sync_per_pass_whatever_the_number_of_tensors() {
-        tch::manual_seed(8);
-        for (kind, digits) in [(Kind::Float, 2), (Kind::Double, 4)] {
-            let scores: Vec<Tensor> = (0..20)
-                .map(|i| Tensor::randn([30 + i, 7], (kind, Device::Cpu)))
-                .collect();
-            let live = live_masks(&scores, 0.25);
-            let outs = |_: ()| -> Vec<Tensor> { live.iter().map(Tensor::copy).collect() };
-            let (a, b) = (outs(()), outs(()));
-            let counts = zero_smallest_by_ops(&parts(&scores, &live, &a), 1000).unwrap();
-            assert_eq!(
-                counts,
-                OpsCounts {
-                    passes: digits + 2,
-                    syncs: digits + 1
-                },
-                "{kind:?}"
-            );
-            zero_smallest(&parts(&scores, &live, &b), 1000).unwrap();
-            for (x, y) in a.iter().zip(&b) {
-                assert!(x.equal(y), "{kind:?}");
-            }
-        }
-    }
 }

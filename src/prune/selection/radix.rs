@@ -6,8 +6,11 @@
 use super::keys::key_table;
 use super::threads::{parallel_map, parallel_sum};
 use super::view::{chunks, Chunk, View};
-use super::{BUCKETS, DIGIT_BITS};
 use tch::Kind;
+
+/// Bits of the digit a radix pass sorts by, on the CPU and on the device alike.
+pub(super) const DIGIT_BITS: u32 = 16;
+pub(super) const BUCKETS: usize = 1 << DIGIT_BITS;
 
 /// The radix select of [`zero_smallest`] on CPU views.
 pub(super) fn radix_select(views: &[View], k: i64) {
@@ -72,7 +75,7 @@ pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
         let shift = (digits - 1 - pass) * DIGIT_BITS;
         let mut histogram = vec![0u64; BUCKETS];
         for_each_batch(views, |batch| {
-            let part = parallel_sum(batch, |c, h| {
+            let part = parallel_sum(batch, BUCKETS, |c, h| {
                 // Only keys whose higher digits are the prefix found so far.
                 let high = (pass > 0).then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
                 c.count_digits(wide, shift, high, h);

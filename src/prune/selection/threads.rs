@@ -3,7 +3,6 @@
 //! defeat the kernel's read-ahead. One idea: the choice of threads and the runs on them.
 
 use super::view::{element_size, Chunk};
-use super::BUCKETS;
 use std::thread;
 
 /// Threads for a selection over `chunks`: libtorch's intra-op count, but one for small inputs,
@@ -82,9 +81,11 @@ pub(super) fn parallel_map<T: Send>(
 }
 
 /// A histogram over all chunks: each thread fills its own, then they are added up. Scores read
-/// from the disk (a memory-mapped file not in the page cache) are read by one thread.
+/// from the disk (a memory-mapped file not in the page cache) are read by one thread. `buckets`:
+/// the histogram's length.
 pub(super) fn parallel_sum(
     chunks: &[Chunk<'_>],
+    buckets: usize,
     f: impl Fn(&Chunk<'_>, &mut [u64]) + Sync,
 ) -> Vec<u64> {
     let n = match threads(chunks.len()) {
@@ -92,7 +93,7 @@ pub(super) fn parallel_sum(
         _ => 1,
     };
     if n == 1 {
-        let mut histogram = vec![0u64; BUCKETS];
+        let mut histogram = vec![0u64; buckets];
         chunks.iter().for_each(|c| f(c, &mut histogram));
         return histogram;
     }
@@ -103,7 +104,7 @@ pub(super) fn parallel_sum(
             .map(|group| {
                 let f = &f;
                 s.spawn(move || {
-                    let mut histogram = vec![0u64; BUCKETS];
+                    let mut histogram = vec![0u64; buckets];
                     group.iter().for_each(|c| f(c, &mut histogram));
                     histogram
                 })
@@ -114,7 +115,7 @@ pub(super) fn parallel_sum(
             .map(|h| h.join().expect("selection thread panicked"))
             .collect()
     });
-    partial.into_iter().fold(vec![0u64; BUCKETS], |mut acc, h| {
+    partial.into_iter().fold(vec![0u64; buckets], |mut acc, h| {
         acc.iter_mut().zip(h).for_each(|(a, x)| *a += x);
         acc
     })

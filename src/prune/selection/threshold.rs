@@ -5,25 +5,9 @@
 
 use super::keys::read_f64;
 use super::radix::{is_wide, kth_key};
-use super::view::{element_size, Chunk, View, CHUNK};
+use super::view::{element_size, Chunk, RawScores, View, CHUNK};
 use crate::error::Result;
 use tch::Kind;
-
-/// The raw little-endian data of one contiguous tensor taking part in a streamed selection
-/// (e.g. a tensor of a memory-mapped file), read in place.
-#[derive(Clone, Copy)]
-pub(crate) struct RawScores<'a> {
-    pub bytes: &'a [u8],
-    pub kind: Kind,
-}
-
-impl RawScores<'_> {
-    /// Whether the selection reads these scores in place: f32, f64, f16 or bf16, whole
-    /// elements, aligned to the element size.
-    pub(crate) fn usable(&self) -> bool {
-        View::raw(self).is_some()
-    }
-}
 
 /// The outcome of [`smallest_threshold`]: which entries of the parts to prune, decided entry by
 /// entry in order with [`Threshold::keep`]. The same entries [`zero_smallest`] zeroes in

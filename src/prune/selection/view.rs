@@ -1,9 +1,35 @@
-//! A part's memory, read in place: raw pointers to its scores, live mask and output, checked
-//! once (device, layout, dtype, alignment), and cut into chunks, the unit of work of a thread.
-//! One idea: where the entries are and how one is zeroed; what they are worth is [`super::keys`].
+//! The parts of a selection ([`Part`]: tensors; [`RawScores`]: a mapped file's bytes) and their
+//! memory, read in place: raw pointers to scores, live mask and output, checked once (device,
+//! layout, dtype, alignment), and cut into chunks, the unit of work of a thread. One idea:
+//! where the entries are and how one is zeroed; what they are worth is [`super::keys`].
 
-use super::{Part, RawScores};
 use tch::{Device, Kind, Tensor};
+
+/// One tensor taking part in a selection.
+pub(crate) struct Part<'a> {
+    /// Ranked by magnitude.
+    pub scores: &'a Tensor,
+    /// Only entries equal to 1 here take part (PyTorch's "still unpruned"); all when `None`.
+    pub live: Option<&'a Tensor>,
+    /// Receives a 0 at every selected entry; nothing else is written.
+    pub out: &'a Tensor,
+}
+
+/// The raw little-endian data of one contiguous tensor taking part in a streamed selection
+/// (e.g. a tensor of a memory-mapped file), read in place.
+#[derive(Clone, Copy)]
+pub(crate) struct RawScores<'a> {
+    pub bytes: &'a [u8],
+    pub kind: Kind,
+}
+
+impl RawScores<'_> {
+    /// Whether the selection reads these scores in place: f32, f64, f16 or bf16, whole
+    /// elements, aligned to the element size.
+    pub(crate) fn usable(&self) -> bool {
+        View::raw(self).is_some()
+    }
+}
 
 /// Small enough for a chunk's keys to stay in cache between decoding and use.
 pub(super) const CHUNK: usize = 1 << 16;
