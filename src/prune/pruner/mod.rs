@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tch::nn::{VarStore, Variables};
 use tch::{Device, Kind, Tensor};
 
-pub(crate) use pruned_tensor::MASK_PIECE;
 use pruned_tensor::PrunedTensor;
+pub(crate) use pruned_tensor::MASK_PIECE;
 
 /// Prunes the tensors of a [`VarStore`] the way `torch.nn.utils.prune` prunes a module's, and
 /// keeps every mask applied.
