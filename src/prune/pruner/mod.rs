@@ -1,19 +1,33 @@
 //! The hook registry: pruning reparametrizes VarStore tensors, and the masks are reapplied
 //! before every forward pass (what PyTorch does with forward pre-hooks, which tch lacks).
+//!
+//! The registry's core is here: the [`Pruner`] handle and its state, planning a prune before
+//! anything changes and committing it (`_orig`, `_mask`), the accessors, and the names PyTorch
+//! gives the reparametrization. Beside it, one idea a file: [`pruned_tensor`] (one pruned
+//! tensor: its masked values written before a forward pass, what PyTorch's hook does),
+//! [`functions`] (PyTorch's `prune.<method>` functions as methods), [`permanent`] (`remove`,
+//! and pruning made permanent at once) and [`placement`] (the registry following its store to
+//! another device or dtype).
+
+mod functions;
+mod permanent;
+mod placement;
+mod pruned_tensor;
 
 use crate::error::{PruneError, Result};
-use crate::prune::amount::Amount;
 use crate::prune::container::combine_masks;
 use crate::prune::custom::CustomFromMask;
 use crate::prune::grad_redirect::GradRedirect;
 use crate::prune::method::{
     all_ones, check_shape, same_device, scores_for, PruningMethod, PruningType,
 };
-use crate::prune::structured::{LnStructured, Norm, RandomStructured};
-use crate::prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
+use crate::prune::unstructured::L1Unstructured;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tch::nn::{VarStore, Variables};
 use tch::{Device, Kind, Tensor};
+
+use pruned_tensor::PrunedTensor;
+pub(crate) use pruned_tensor::MASK_PIECE;
 
 /// Prunes the tensors of a [`VarStore`] the way `torch.nn.utils.prune` prunes a module's, and
 /// keeps every mask applied.
@@ -71,33 +85,6 @@ pub(crate) struct State {
     tensors: Vec<PrunedTensor>,
     /// Store masks as booleans (a quarter of f32's memory) instead of the weight's dtype.
     pub(crate) bool_masks: bool,
-}
-
-/// One pruned tensor: the registry's equivalent of a PyTorch pruning hook.
-#[derive(Debug)]
-struct PrunedTensor {
-    name: String,
-    /// The tensor modules compute with; its identity never changes.
-    target: Tensor,
-    orig: Tensor,
-    mask: Tensor,
-    /// The methods applied so far, oldest first (what PyTorch's `PruningContainer` lists).
-    history: Vec<String>,
-    /// What `target` was last written from (see [`PrunedTensor::stamp`]): while it is
-    /// unchanged, reapplying the mask would write the same values.
-    written_at: Option<Stamp>,
-    /// Routes the gradient of `target` to `orig`, times the mask.
-    redirect: GradRedirect,
-    /// Whether the mask is kept as booleans: `VarStore::set_kind` casts every variable, the
-    /// mask included, and a boolean mask is put back as one (see [`PrunedTensor::follow_orig`]).
-    bool_mask: bool,
-}
-
-/// See [`PrunedTensor::stamp`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    versions: (i64, i64, i64),
-    deliveries: u64,
 }
 
 /// What a successful prune will change, computed before anything is changed.
@@ -161,104 +148,6 @@ impl Pruner {
         state.commit(plan)
     }
 
-    /// Prunes `name` and makes it permanent at once: [`Pruner::prune`] then [`Pruner::remove`]
-    /// (PyTorch's `prune.<method>(...)` then `prune.remove(...)`), for one-shot pruning before
-    /// export. The result is the same, bit for bit; but a tensor not pruned before is simply
-    /// multiplied by its mask in place: no `_orig` copy, no stored mask, and for structured
-    /// methods (scores of the tensor's dtype) no mask of the tensor's size at all. A tensor
-    /// already pruned is pruned again as usual (amounts relative to what is still unpruned),
-    /// then made permanent.
-    ///
-    /// Being in place, it differs from `prune` then `remove` in three ways: tensors that share
-    /// the variable's memory (views of it) see the pruned values too; a variable whose entries
-    /// overlap in memory (an expanded tensor) is refused; and no frozen `_orig` is left in the
-    /// store's trainable list. With [`Pruner::with_bool_masks`], a custom mask's values other
-    /// than 0 and 1 scale the weights as in PyTorch, since no boolean mask is stored.
-    ///
-    /// On error nothing has changed.
-    ///
-    /// ```
-    /// use tch::{nn, Device, Tensor};
-    /// use tch_prune::{LnStructured, Pruner};
-    /// let vs = nn::VarStore::new(Device::Cpu);
-    /// vs.root().var_copy("w", &Tensor::from_slice(&[1f32, 1., 5., 5., -2., 2.]).view([3, 2]));
-    /// let pruner = Pruner::new(&vs);
-    /// pruner.prune_and_remove("w", &LnStructured::new(1, 2.0, 0)?, None)?; // the row of smallest 2-norm
-    /// let w = vs.root().get("w").unwrap();
-    /// assert_eq!(Vec::<f32>::try_from(&w.view([-1]))?, [0., 0., 5., 5., -2., 2.]);
-    /// assert!(!pruner.is_pruned("w") && vs.root().get("w_orig").is_none());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn prune_and_remove(
-        &self,
-        name: &str,
-        method: &dyn PruningMethod,
-        importance_scores: Option<&Tensor>,
-    ) -> Result<()> {
-        let mut state = self.state()?;
-        let plan = state.plan(name, method, importance_scores, true)?;
-        state.commit_permanent(plan)
-    }
-
-    /// Reparametrizes `name` with an all-ones mask (`prune.identity`).
-    pub fn identity(&self, name: &str) -> Result<()> {
-        self.prune(name, &Identity, None)
-    }
-
-    /// Prunes `amount` random entries (`prune.random_unstructured`).
-    pub fn random_unstructured(&self, name: &str, amount: impl Into<Amount>) -> Result<()> {
-        self.prune(name, &RandomUnstructured::new(amount)?, None)
-    }
-
-    /// Prunes the `amount` entries of smallest magnitude (`prune.l1_unstructured`).
-    pub fn l1_unstructured(
-        &self,
-        name: &str,
-        amount: impl Into<Amount>,
-        importance_scores: Option<&Tensor>,
-    ) -> Result<()> {
-        self.prune(name, &L1Unstructured::new(amount)?, importance_scores)
-    }
-
-    /// Prunes `amount` random channels along `dim` (`prune.random_structured`).
-    pub fn random_structured(&self, name: &str, amount: impl Into<Amount>, dim: i64) -> Result<()> {
-        self.prune(name, &RandomStructured::new(amount, dim)?, None)
-    }
-
-    /// Prunes the `amount` channels along `dim` of smallest `n`-norm (`prune.ln_structured`).
-    pub fn ln_structured(
-        &self,
-        name: &str,
-        amount: impl Into<Amount>,
-        n: impl Into<Norm>,
-        dim: i64,
-        importance_scores: Option<&Tensor>,
-    ) -> Result<()> {
-        self.prune(name, &LnStructured::new(amount, n, dim)?, importance_scores)
-    }
-
-    /// Prunes where `mask` is 0 (`prune.custom_from_mask`).
-    pub fn custom_from_mask(&self, name: &str, mask: &Tensor) -> Result<()> {
-        self.prune(name, &CustomFromMask::new(mask), None)
-    }
-
-    /// Makes the pruning of `name` permanent (`prune.remove`): the variable `name` is back in the
-    /// store, trainable, holding the masked values; `_orig` and `_mask` are gone.
-    ///
-    /// The `_orig` tensor stays in the store's list of trainable tensors (optimizers count on
-    /// that list's order) but is frozen and its storage released.
-    pub fn remove(&self, name: &str) -> Result<()> {
-        self.state()?.remove(name)
-    }
-
-    /// Makes every pruning permanent, in the order the tensors were first pruned.
-    pub fn remove_all(&self) -> Result<()> {
-        for name in self.pruned_names() {
-            self.remove(&name)?;
-        }
-        Ok(())
-    }
-
     /// Whether `name` is currently pruned (has `_orig` and `_mask`).
     pub fn is_pruned(&self, name: &str) -> bool {
         self.lock().index_of(name).is_some()
@@ -307,55 +196,6 @@ impl Pruner {
     pub fn forward<T>(&self, forward: impl FnOnce() -> T) -> Result<T> {
         self.apply_masks()?;
         Ok(forward())
-    }
-
-    /// Moves the store to `device` (`VarStore::set_device`) and every pruned tensor with it:
-    /// `_orig`, the mask, the tensor modules compute with and the gradient route end up on
-    /// `device`, and the memory they had before is released now. Calling `vs.set_device`
-    /// directly works too (the pruner notices at its next use, e.g. the next forward pass
-    /// through [`Pruner::wrap`]), but holds the old copy of each pruned tensor until then.
-    ///
-    /// As with any tch store, build the optimizer after moving: tch does not move optimizer
-    /// state. Fails if `vs` is not the store this pruner was made for.
-    ///
-    /// ```
-    /// use tch::{nn, Device, Kind};
-    /// use tch_prune::Pruner;
-    /// let mut vs = nn::VarStore::new(Device::Cpu);
-    /// let fc = nn::linear(vs.root() / "fc", 4, 3, Default::default());
-    /// let pruner = Pruner::new(&vs);
-    /// pruner.l1_unstructured("fc.weight", 0.5, None)?;
-    /// pruner.set_device(&mut vs, Device::cuda_if_available())?; // prune on CPU, train on the GPU
-    /// pruner.set_kind(&mut vs, Kind::Double)?;
-    /// assert_eq!(fc.ws.kind(), Kind::Double);
-    /// assert_eq!(fc.ws.device(), vs.device());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn set_device(&self, vs: &mut VarStore, device: Device) -> Result<()> {
-        self.check_store(vs)?;
-        vs.set_device(device);
-        self.state().map(drop)
-    }
-
-    /// Casts the store to `kind` (`VarStore::set_kind`, which casts every variable, as tch
-    /// does) and every pruned tensor with it, as [`Pruner::set_device`] moves them. Boolean
-    /// masks stay boolean; float masks take `kind`, as PyTorch's `model.to(dtype)` casts its
-    /// mask buffers. `vs.set_kind`, `vs.half()`, `vs.float()`, `vs.bfloat16()` and
-    /// `vs.double()` called directly are followed at the pruner's next use.
-    pub fn set_kind(&self, vs: &mut VarStore, kind: Kind) -> Result<()> {
-        self.check_store(vs)?;
-        vs.set_kind(kind);
-        self.state().map(drop)
-    }
-
-    fn check_store(&self, vs: &VarStore) -> Result<()> {
-        if !Arc::ptr_eq(&self.lock().variables, &vs.variables_) {
-            return Err(PruneError::InvalidArgument(
-                "this VarStore is not the one the pruner was made for: move the pruner's own store"
-                    .into(),
-            ));
-        }
-        Ok(())
     }
 
     /// Shallow copies of all the store's variables.
@@ -432,19 +272,6 @@ impl Pruner {
 impl State {
     fn index_of(&self, name: &str) -> Option<usize> {
         self.tensors.iter().position(|t| t.name == name)
-    }
-
-    /// Every pruned tensor placed where its `_orig` is now, after the store was moved to
-    /// another device or dtype (see [`PrunedTensor::follow_orig`]); written masked at once, so
-    /// that a module's forward pass outside the pruner's wrappers sees the right values too.
-    /// A few device and dtype checks when nothing moved.
-    pub(crate) fn follow_store(&mut self) -> Result<()> {
-        for entry in &mut self.tensors {
-            if entry.follow_orig()? {
-                entry.refresh()?;
-            }
-        }
-        Ok(())
     }
 
     /// The values `name` has now (masked, and fresh even if `_orig` changed since the last
@@ -632,169 +459,6 @@ impl State {
             }
         }
     }
-
-    /// Applies a plan and makes it permanent: `commit` then `remove`. A tensor pruned for the
-    /// first time is simply multiplied by its mask in place; it never gets `_orig` or `_mask`.
-    pub(crate) fn commit_permanent(&mut self, plan: Plan) -> Result<()> {
-        match &plan.first {
-            Some(first) => tch::no_grad(|| write_masked(&first.target, &first.target, &plan.mask)),
-            // `remove` writes the masked values, once.
-            None => {
-                let i = self.index_of(&plan.name).expect("planned as a re-prune");
-                self.tensors[i].set_mask(&plan.mask)?;
-                self.remove(&plan.name)
-            }
-        }
-    }
-
-    /// `prune.remove`: see [`Pruner::remove`].
-    fn remove(&mut self, name: &str) -> Result<()> {
-        let index = self
-            .index_of(name)
-            .ok_or_else(|| PruneError::NotPruned(name.to_string()))?;
-        self.tensors[index].write_target()?;
-        // Dropping the entry removes the gradient route: `target` is a plain parameter again.
-        let PrunedTensor {
-            target, mut orig, ..
-        } = self.tensors.remove(index);
-        {
-            let mut vars = self.variables.lock().expect("VarStore lock poisoned");
-            vars.named_variables.remove(&orig_name(name));
-            vars.named_variables.remove(&mask_name(name));
-            vars.named_variables.insert(name.to_string(), target);
-        }
-        let _ = orig.set_requires_grad(false);
-        orig.f_set_data(&Tensor::f_empty([0], (orig.kind(), orig.device()))?)?;
-        Ok(())
-    }
-}
-
-impl PrunedTensor {
-    /// `mask * orig` as PyTorch's `apply_mask` computes it, in a new tensor.
-    fn masked_orig(&self) -> Result<Tensor> {
-        let out = Tensor::f_empty_like(&self.orig)?;
-        write_masked(&out, &self.orig, &self.mask)?;
-        Ok(out)
-    }
-
-    /// Replaces the mask's values (the buffer keeps its identity); `target` is stale until the
-    /// next [`write_target`](Self::write_target).
-    fn set_mask(&mut self, mask: &Tensor) -> Result<()> {
-        self.mask.f_set_data(mask)?;
-        self.bool_mask = mask.kind() == Kind::Bool;
-        self.written_at = None;
-        Ok(())
-    }
-
-    /// Puts `target` where `_orig` is now. `VarStore::set_device`, `set_kind`, `half`, `float`,
-    /// `bfloat16` and `double` convert the store's variables in place (`set_data`): `_orig` and
-    /// `_mask` are among them, but `target`, which pruning took out of the store, is not. So
-    /// `target` gets fresh memory of `_orig`'s device and dtype (the old memory is released),
-    /// to be written from `_orig` and the mask at once; the mask follows `_orig`'s device if it
-    /// was left behind, and a boolean mask that `set_kind` cast is a boolean again. The
-    /// gradient hook holds `_orig` and the mask themselves, so it sees them moved; libtorch
-    /// gives `target` a new gradient accumulator, which [`PrunedTensor::refresh`] hooks.
-    /// Returns whether anything moved.
-    fn follow_orig(&mut self) -> Result<bool> {
-        let (device, kind) = (self.orig.device(), self.orig.kind());
-        let mut moved = false;
-        if self.mask.device() != device {
-            self.mask.f_set_data(&self.mask.f_to_device(device)?)?;
-            moved = true;
-        }
-        if self.bool_mask && self.mask.kind() != Kind::Bool {
-            self.mask.f_set_data(&self.mask.f_ne(0)?)?;
-            moved = true;
-        }
-        if self.target.device() != device || self.target.kind() != kind {
-            // `_orig` was `target`'s memory (same strides), so this is `target`'s layout.
-            self.target.f_set_data(&Tensor::f_empty_like(&self.orig)?)?;
-            moved = true;
-        }
-        // Moved and back (`half()` then `float()`): same place, values rounded on the way.
-        moved |= self.written_at.is_some() && self.redirect.moved();
-        if moved {
-            self.written_at = None;
-        }
-        Ok(moved)
-    }
-
-    /// Whether `target` holds `orig * mask` as they are now.
-    fn is_written(&self) -> bool {
-        self.written_at.is_some() && self.written_at == self.stamp() && !self.redirect.moved()
-    }
-
-    /// What `target`'s values depend on. In-place edits bump version counters, but optimizers
-    /// update `orig` through `.data()`, which does not: they only update it when it has a
-    /// gradient, so a gradient delivered since the last write, or one still pending, counts as
-    /// a change too.
-    fn stamp(&self) -> Option<Stamp> {
-        if self.orig.grad().defined() {
-            return None;
-        }
-        Some(Stamp {
-            versions: (
-                self.orig.internal_version(),
-                self.mask.internal_version(),
-                self.target.internal_version(),
-            ),
-            deliveries: self.redirect.deliveries(),
-        })
-    }
-
-    /// Writes the masked values into `target`, unless they are there already.
-    fn write_target(&mut self) -> Result<()> {
-        if self.is_written() {
-            return Ok(());
-        }
-        tch::no_grad(|| write_masked(&self.target, &self.orig, &self.mask))?;
-        self.written_at = self.stamp();
-        self.redirect.mark_placed();
-        Ok(())
-    }
-
-    /// Before a forward pass: the masked values in place, and the gradient route on the
-    /// tensor's current accumulator.
-    fn refresh(&mut self) -> Result<()> {
-        if self.target.requires_grad() {
-            self.redirect.refresh()?;
-        }
-        self.write_target()
-    }
-}
-
-/// Entries per piece of a masked multiply by a boolean mask. The streaming path multiplies the
-/// same pieces where it needs libtorch's products (NaN, infinities), so that both paths make
-/// each product in the same call of the same kernel (vectorized or not alike).
-pub(crate) const MASK_PIECE: usize = 1 << 18;
-
-/// `orig * mask` straight into `out` (which may be `orig` itself). A float mask of another dtype
-/// is cast first, as PyTorch's `mask.to(orig.dtype) * orig` does; a boolean one multiplies
-/// exactly.
-fn write_masked(out: &Tensor, orig: &Tensor, mask: &Tensor) -> Result<()> {
-    // Same shapes (checked when planned): contiguous means one flat run of entries each.
-    let flat = [out, orig, mask].iter().all(|t| t.is_contiguous());
-    if mask.kind() == Kind::Bool && orig.device() == Device::Cpu && flat {
-        // libtorch multiplies a float by a bool without vectorizing (8x slower than two floats
-        // on this project's machine): cast the mask a cache-sized piece at a time instead.
-        const PIECE: i64 = MASK_PIECE as i64;
-        let (out, orig, mask) = (out.f_view([-1])?, orig.f_view([-1])?, mask.f_view([-1])?);
-        let n = orig.numel() as i64;
-        for start in (0..n).step_by(PIECE as usize) {
-            let len = PIECE.min(n - start);
-            let piece = mask.f_narrow(0, start, len)?.f_to_kind(orig.kind())?;
-            let _ = orig
-                .f_narrow(0, start, len)?
-                .f_mul_out(&out.f_narrow(0, start, len)?, &piece)?;
-        }
-        return Ok(());
-    }
-    let mask = match mask.kind() {
-        k if k == orig.kind() || k == Kind::Bool => mask.shallow_clone(),
-        _ => mask.f_to_kind(orig.kind())?,
-    };
-    let _ = orig.f_mul_out(out, &mask)?;
-    Ok(())
 }
 
 /// A new tensor that takes over `target`'s values without copying them: it gets `target`'s
@@ -820,9 +484,7 @@ fn to_bool_mask(name: &str, mask: &Tensor) -> Result<Tensor> {
         .f_int64_value(&[])?
         == 1;
     if !binary {
-        return Err(PruneError::InvalidArgument(format!(
-            "the new mask of '{name}' has values other than 0 and 1, which boolean masks cannot hold"
-        )));
+        return Err(PruneError::NotBinary(name.to_string()));
     }
     Ok(mask.f_ne(0)?)
 }

@@ -1,0 +1,52 @@
+//! Magnitude selection at scale: the `k` smallest magnitudes among the live entries of one or
+//! many tensors, found by a radix select over the magnitudes' bit patterns, streaming each tensor
+//! in place. No concatenation, no sort, no index tensors: the extra memory is a few histograms,
+//! whatever the model's size (PyTorch's `global_unstructured` concatenates every score and mask
+//! and runs `topk` with int64 indices).
+//!
+//! The result is the set PyTorch's `topk(largest=False)` selects whenever the magnitudes do not
+//! tie at the boundary. Where they do, exactly `k` entries are still selected, and the tie is
+//! broken by order: the tied entries that come first (earlier tensor, then lower flat index) are
+//! pruned first, on every device. (`topk`'s own choice among equal values is unspecified.)
+//!
+//! One idea a file: [`ops`] the selection with tensor operations, on any device; [`radix`] the
+//! radix select over CPU memory, read in place; [`threshold`] the same select over raw data
+//! (a memory-mapped file), decided entry by entry as a tensor is written; [`view`] the parts
+//! taking part and their memory, cut into chunks; [`keys`] the keys that order the
+//! magnitudes, decoded a chunk at a time; [`threads`] how a pass is spread over threads, and
+//! when it is not. Nothing below this file uses it; `tests.rs` runs both paths side by side.
+
+mod keys;
+mod ops;
+mod radix;
+mod threads;
+mod threshold;
+mod view;
+
+use crate::error::Result;
+use radix::radix_select;
+use view::View;
+
+pub(crate) use ops::zero_smallest_by_ops;
+pub(crate) use threshold::{smallest_threshold, Threshold};
+pub(crate) use view::{Part, RawScores};
+
+/// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts
+/// (`k` at most the number of live entries). Contiguous CPU tensors of the usual float dtypes
+/// go through the radix select; anything else (GPU tensors, other dtypes, strided views)
+/// through [`zero_smallest_by_ops`], which selects the same entries with tensor operations.
+pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<()> {
+    if k <= 0 {
+        return Ok(());
+    }
+    match parts.iter().map(View::of).collect::<Option<Vec<_>>>() {
+        Some(views) => {
+            radix_select(&views, k);
+            Ok(())
+        }
+        None => zero_smallest_by_ops(parts, k).map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests;

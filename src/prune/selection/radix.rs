@@ -1,0 +1,154 @@
+//! The radix select on CPU memory: the key of the `k`-th smallest live magnitude found digit by
+//! digit, one histogram pass per 16-bit digit, most significant first, then the entries below
+//! it zeroed and the first tied ones. One idea: the select itself, over the chunks of
+//! [`super::view`] and the keys of [`super::keys`], spread by [`super::threads`].
+
+use super::keys::key_table;
+use super::threads::{parallel_map, parallel_sum};
+use super::view::{chunks, Chunk, View};
+use tch::Kind;
+
+/// Bits of the digit a radix pass sorts by, on the CPU and on the device alike.
+pub(super) const DIGIT_BITS: u32 = 16;
+pub(super) const BUCKETS: usize = 1 << DIGIT_BITS;
+
+/// The radix select of [`zero_smallest`] on CPU views.
+pub(super) fn radix_select(views: &[View], k: i64) {
+    let wide = is_wide(views);
+    let (threshold, below) = kth_key(views, k, wide);
+    let chunks = chunks(views);
+
+    // Everything below the threshold goes, in parallel; of the entries equal to it, the first
+    // `k - below` in order, which needs their count per chunk first.
+    let ties = parallel_map(&chunks, |c| {
+        let mut ties = 0u64;
+        c.for_each_live(wide, |i, key| {
+            if key < threshold {
+                c.zero(i);
+            } else if key == threshold {
+                ties += 1;
+            }
+        });
+        ties
+    });
+    let mut budget = k as u64 - below;
+    for (chunk, &n) in chunks.iter().zip(&ties) {
+        if budget == 0 {
+            break;
+        }
+        if n == 0 {
+            continue;
+        }
+        chunk.for_each_live(wide, |i, key| {
+            if key == threshold && budget > 0 {
+                chunk.zero(i);
+                budget -= 1;
+            }
+        });
+    }
+}
+
+/// Compare in the precision PyTorch's concatenation promotes to: f64 if any score is f64, else
+/// f32 (which holds f16 and bf16 exactly).
+pub(super) fn is_wide(views: &[View]) -> bool {
+    views.iter().any(|v| v.score_kind == Kind::Double)
+}
+
+/// How many chunks a histogram pass hands to its threads at a time: bounds the chunk list's
+/// memory whatever the number and size of the tensors.
+const BATCH: usize = 1 << 12;
+
+/// The key of the `k`-th smallest live magnitude (`k >= 1`) and how many live keys are smaller:
+/// a radix select, most significant digit first, one histogram pass per digit.
+pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
+    let digits = if wide { 4 } else { 2 };
+    // bf16 widened to f32 has a zero low half: its last digit is known without a pass.
+    let passes = if !wide && views.iter().all(|v| v.score_kind == Kind::BFloat16) {
+        digits - 1
+    } else {
+        digits
+    };
+    // After each pass, `prefix` holds the digits of the k-th smallest key found so far and
+    // `below` how many live keys are smaller.
+    let (mut prefix, mut below) = (0u64, 0u64);
+    for pass in 0..passes {
+        let shift = (digits - 1 - pass) * DIGIT_BITS;
+        let mut histogram = vec![0u64; BUCKETS];
+        for_each_batch(views, |batch| {
+            let part = parallel_sum(batch, BUCKETS, |c, h| {
+                // Only keys whose higher digits are the prefix found so far.
+                let high = (pass > 0).then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                c.count_digits(wide, shift, high, h);
+            });
+            histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+        });
+        let mut seen = below;
+        let digit = histogram
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen >= k as u64
+            })
+            .unwrap_or(BUCKETS - 1);
+        below = seen - histogram[digit];
+        prefix |= (digit as u64) << shift;
+    }
+    (prefix, below)
+}
+
+/// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.
+fn for_each_batch<'a>(views: &'a [View], mut f: impl FnMut(&[Chunk<'a>])) {
+    let mut batch = Vec::with_capacity(BATCH);
+    for chunk in views.iter().flat_map(View::chunks) {
+        batch.push(chunk);
+        if batch.len() == BATCH {
+            f(&batch);
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        f(&batch);
+    }
+}
+
+impl Chunk<'_> {
+    /// Adds to `h` the digit at `shift` of each live key whose bits above `high.0` are
+    /// `high.1` (of every live key when `high` is `None`). Raw f32, f16 and bf16 data (the
+    /// streamed selections) is read straight from its bits, without the keys buffer.
+    fn count_digits(&self, wide: bool, shift: u32, high: Option<(u32, u64)>, h: &mut [u64]) {
+        let v = self.view;
+        let n = self.end - self.start;
+        #[inline(always)]
+        fn add(
+            keys: impl Iterator<Item = u64>,
+            shift: u32,
+            high: Option<(u32, u64)>,
+            h: &mut [u64],
+        ) {
+            let mask = BUCKETS as u64 - 1;
+            match high {
+                None => keys.for_each(|key| h[((key >> shift) & mask) as usize] += 1),
+                Some((bits, prefix)) => keys.for_each(|key| {
+                    if key >> bits == prefix {
+                        h[((key >> shift) & mask) as usize] += 1;
+                    }
+                }),
+            }
+        }
+        // SAFETY: [start, end) lies within the view's `numel` elements of its dtype.
+        unsafe {
+            match (v.score_kind, v.live, wide) {
+                (Kind::Float, None, false) => {
+                    let x = std::slice::from_raw_parts((v.scores as *const u32).add(self.start), n);
+                    add(x.iter().map(|&b| (b & 0x7fff_ffff) as u64), shift, high, h);
+                }
+                (Kind::Half | Kind::BFloat16, None, false) => {
+                    let table = key_table(v.score_kind);
+                    let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
+                    add(x.iter().map(|&b| table[b as usize] as u64), shift, high, h);
+                }
+                _ => self.for_each_live(wide, |_, key| add(std::iter::once(key), shift, high, h)),
+            }
+        }
+    }
+}
