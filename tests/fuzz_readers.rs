@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     check_torchscript_code_from, read_safetensors, read_torch_zip_from,
     read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError,
-    MappedTorchSave,
+    MappedSafetensors, MappedTorchSave,
 };
 
 /// The peak resident memory of this test process (libtorch's own, about 100 MiB, included).
@@ -388,4 +388,79 @@ fn mutated_files_are_read_or_refused_within_bounds() {
         peak <= MEMORY_CEILING_MIB,
         "peak memory {peak} MiB, over {MEMORY_CEILING_MIB} MiB"
     );
+}
+
+/// Issue 20: the mapped readers on files that change size while they are read (cut at a random
+/// byte, or grown), after the map is made: every tensor's bytes are read (a cut reads zeros
+/// past the new end instead of ending the process by `SIGBUS`), and `unchanged` then fails on
+/// one line naming the file. Tensors of several pages, so that cuts land on whole pages.
+#[test]
+fn mapped_files_that_change_size_are_reported() {
+    let dir = common::tempdir();
+    let tensors = || {
+        let _lock = common::generator();
+        tch::manual_seed(5);
+        vec![
+            (
+                "a.weight".to_string(),
+                Tensor::randn([64, 256], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "b.weight".to_string(),
+                Tensor::randn([128, 128], (Kind::Half, Device::Cpu)),
+            ),
+        ]
+    };
+    let st_seed = dir.path().join("seed.safetensors");
+    write_safetensors(&st_seed, &tensors()).expect("write the safetensors seed");
+    let zip_seed = dir.path().join("seed.pt");
+    write_torch_zip(&zip_seed, &tensors()).expect("write the torch.save seed");
+    let mut rng = Rng(seed() ^ 0x2545_f491_4f6c_dd1d);
+    let runs = (inputs() / 10).max(50);
+    for i in 0..runs {
+        let (seed_path, path) = match i % 2 {
+            0 => (&st_seed, dir.path().join("changing.safetensors")),
+            _ => (&zip_seed, dir.path().join("changing.pt")),
+        };
+        let bytes = std::fs::read(seed_path).expect("read seed");
+        std::fs::write(&path, &bytes).expect("write input");
+        let sum = |slices: Vec<&[u8]>| -> usize {
+            slices
+                .iter()
+                .map(|b| b.iter().map(|&x| usize::from(x)).sum::<usize>())
+                .sum()
+        };
+        let change = |rng: &mut Rng| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            let len = match rng.below(4) {
+                0 => bytes.len() as u64 + 1 + rng.below(1 << 16) as u64,
+                _ => rng.below(bytes.len()) as u64,
+            };
+            file.set_len(len).expect("change the size");
+        };
+        let outcome = if i % 2 == 0 {
+            let file = MappedSafetensors::open(&path).expect("the seed maps");
+            change(&mut rng);
+            let _ =
+                std::hint::black_box(sum(file.tensors().iter().map(|t| file.bytes(t)).collect()));
+            file.unchanged()
+        } else {
+            let file = MappedTorchSave::open(&path).expect("the seed maps");
+            change(&mut rng);
+            let _ =
+                std::hint::black_box(sum(file.tensors().iter().map(|t| file.bytes(t)).collect()));
+            // The CRCs of what was read (zeros past a cut) fail or not: no panic either way.
+            let _ = file.tensors().iter().try_for_each(|t| file.check(t));
+            file.unchanged()
+        };
+        let text = outcome.expect_err("a file that changed size").to_string();
+        assert!(
+            !text.contains('\n') && text.contains(&path.display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("changed size"), "{text}");
+    }
 }

@@ -65,7 +65,7 @@ fn run(args: &[String], work: &Path) -> Run {
     let (out, err) = (work.join(".stdout"), work.join(".stderr"));
     // Waited for by `wait4` (which also reports its peak memory), not by `Child::wait`.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(binary())
+    let child = limited(Command::new(binary()))
         .args(args)
         .current_dir(work)
         .stdin(Stdio::null())
@@ -73,7 +73,20 @@ fn run(args: &[String], work: &Path) -> Run {
         .stderr(std::fs::File::create(&err).expect("stderr file"))
         .spawn()
         .expect("start tch-prune");
+    // A build that hangs on an input (a pipe named as a shard, before issue 20) fails its row
+    // instead of hanging the suite.
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let pid = child.id() as libc::pid_t;
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(RUN_LIMIT).is_err() {
+            // SAFETY: signals our own child, not yet waited for (the wait is what ends the
+            // timeout).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let (status, peak_kib) = wait4(child.id());
+    let _ = done.send(());
+    watchdog.join().expect("watchdog");
     let read = |p: &Path| {
         let text = String::from_utf8_lossy(&std::fs::read(p).expect("read")).into_owned();
         std::fs::remove_file(p).expect("remove");
@@ -85,6 +98,29 @@ fn run(args: &[String], work: &Path) -> Run {
         stderr: read(&err),
         peak_mib: peak_kib / 1024,
     }
+}
+
+/// The longest a run of the table may take.
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `command` with its address space limited to 8 GiB: a build that reads `/dev/zero` until
+/// memory runs out (before issue 20) fails its row instead of taking the machine.
+fn limited(mut command: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `setrlimit` is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 8 << 30,
+                rlim_max: 8 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    command
 }
 
 /// Waits for the child `pid`; its exit status (128 + signal if killed) and peak memory in KiB.
@@ -156,6 +192,37 @@ fn make_device(work: &Path) {
             .expect("mkfifo")
             .success());
     }
+}
+
+/// Makes a named pipe at `path`.
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo")
+        .success());
+}
+
+/// Writes `model.safetensors.index.json` in `work`, mapping tensor `w` to `shard`.
+fn write_index(work: &Path, shard: &str) {
+    let index = format!(r#"{{"metadata": {{}}, "weight_map": {{"w": "{shard}"}}}}"#);
+    std::fs::write(work.join("model.safetensors.index.json"), index).expect("index");
+}
+
+/// A safetensors file holding one f32 tensor `name` of `numel` entries (`[2, numel / 2]`),
+/// entry `i` equal to `i`.
+fn safetensors_bytes(name: &str, numel: usize) -> Vec<u8> {
+    let mut header = format!(
+        r#"{{"{name}":{{"dtype":"F32","shape":[2,{}],"data_offsets":[0,{}]}}}}"#,
+        numel / 2,
+        4 * numel
+    )
+    .into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend((0..numel).flat_map(|i| (i as f32).to_le_bytes()));
+    bytes
 }
 
 /// What a failing read may add to the peak memory of the CLI reading a small valid file
@@ -247,6 +314,48 @@ fn rows() -> Vec<Row> {
         // 7. Selecting nothing is an error, global or not.
         row("selecting nothing", "prune {gen}/only_1d.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["nothing to prune", "--params"]),
         row("selecting nothing, --global", "prune {gen}/only_1d.pt -o out.pt --method l1-unstructured --amount 0.5 --global", 1, &["nothing to prune", "--params"]),
+        // Issue 20: inputs that change or lie
+        Row {
+            setup: |w| { write_index(w, "shard.safetensors"); mkfifo(&w.join("shard.safetensors")) },
+            ..row("a pipe as a shard, report", "report model.safetensors.index.json", 1, &["shard.safetensors", "not a regular file"])
+        },
+        Row {
+            setup: |w| { write_index(w, "shard.safetensors"); mkfifo(&w.join("shard.safetensors")) },
+            ..row("a pipe as a shard, prune", "prune model.safetensors.index.json -o out --method l1-unstructured --amount 0.5 --params w", 1, &["shard.safetensors", "not a regular file"])
+        },
+        Row {
+            setup: |w| mkfifo(&w.join("model.safetensors.index.json")),
+            ..row("a pipe as the index", "report model.safetensors.index.json", 1, &["index.json", "not a regular file"])
+        },
+        Row {
+            setup: |w| std::os::unix::fs::symlink("/dev/zero", w.join("model.safetensors.index.json")).expect("symlink"),
+            bomb: true,
+            ..row("the index a link to /dev/zero", "prune model.safetensors.index.json -o out --method l1-unstructured --amount 0.5", 1, &["index.json", "not a regular file"])
+        },
+        Row { bomb: true, ..row("--plan /dev/zero", "prune {gen}/plain.pt -o out.pt --plan /dev/zero", 1, &["/dev/zero", "not a regular file"]) },
+        Row {
+            setup: |w| mkfifo(&w.join("plan.json")),
+            ..row("--plan a pipe", "prune {gen}/plain.pt -o out.pt --plan plan.json", 1, &["plan.json", "not a regular file"])
+        },
+        Row {
+            setup: |w| std::fs::write(w.join("long.safetensors"), safetensors_bytes(&"n".repeat(70_000), 8)).expect("write"),
+            ..row("a 70,000-character tensor name, report", "report long.safetensors", 0, &[])
+        },
+        Row { writes: &["out.pt"], ..row("--pattern 3:4294967297", "prune {gen}/plain.pt -o out.pt --method nm --pattern 3:4294967297", 0, &[]) },
+        Row {
+            setup: |w| std::fs::write(w.join("plan.json"), r#"[{"method": "nm", "pattern": "3:4294967297"}]"#).expect("write"),
+            writes: &["out.pt"],
+            ..row("pattern 3:4294967297 in a plan", "prune {gen}/plain.pt -o out.pt --plan plan.json", 0, &[])
+        },
+        Row {
+            setup: |w| {
+                write_index(w, "shard.safetensors");
+                std::fs::write(w.join("shard.safetensors"), safetensors_bytes("w", 1 << 16)).expect("write");
+                std::fs::create_dir(w.join("empty")).expect("folder");
+                std::os::unix::fs::symlink("empty", w.join("out")).expect("symlink");
+            },
+            ..row("sharded -o a symlink to an empty folder", "prune model.safetensors.index.json -o out --method l1-unstructured --amount 0.5 --params w", 1, &["out", "symbolic link"])
+        },
     ]
 }
 
@@ -413,6 +522,88 @@ fn interrupted_runs_leave_no_partial_file() {
         }
     }
     assert!(interrupted > 5, "only {interrupted} runs were interrupted");
+}
+
+/// Issue 20: a memory-mapped input cut short while a run reads it (one file, and the second
+/// shard of a sharded checkpoint) ends in one line naming the file, exit 1, with no output and
+/// no temporary file left; it used to end the process by `SIGBUS` (exit 135, nothing said, and
+/// a sharded run left its temporary folder). Deterministic: the run is stopped (`SIGSTOP`) as
+/// soon as its map of the input appears in `/proc/<pid>/maps`, before it reads the data, the
+/// file is truncated, and the run goes on.
+#[test]
+fn a_mapped_input_cut_short_during_a_run_ends_in_one_line() {
+    let one = |w: &Path| {
+        let input = w.join("model.safetensors");
+        std::fs::write(&input, safetensors_bytes("w", 16 << 20)).expect("write");
+        (input, "model.safetensors", "out.safetensors", "w")
+    };
+    let sharded = |w: &Path| {
+        let index =
+            r#"{"metadata": {}, "weight_map": {"a": "a.safetensors", "b": "b.safetensors"}}"#;
+        std::fs::write(w.join("model.safetensors.index.json"), index).expect("index");
+        std::fs::write(w.join("a.safetensors"), safetensors_bytes("a", 8 << 20)).expect("a");
+        std::fs::write(w.join("b.safetensors"), safetensors_bytes("b", 8 << 20)).expect("b");
+        // Both shards are mapped when the run opens the checkpoint: cut the second.
+        (
+            w.join("b.safetensors"),
+            "model.safetensors.index.json",
+            "out",
+            "a,b",
+        )
+    };
+    type Make = fn(&Path) -> (PathBuf, &'static str, &'static str, &'static str);
+    for (what, make) in [("one file", one as Make), ("sharded", sharded as Make)] {
+        let work = common::tempdir();
+        let (cut, input, output, params) = make(work.path());
+        let before = names_in(work.path());
+        let err = work.path().join(".stderr");
+        // Waited for by `wait4`, below.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(binary())
+            .args(["prune", input, "-o", output, "--method", "l1-unstructured"])
+            .args(["--amount", "0.5", "--params", params])
+            .current_dir(work.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("start tch-prune");
+        let pid = child.id() as libc::pid_t;
+        let maps = format!("/proc/{pid}/maps");
+        let watched = cut.display().to_string();
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&maps).unwrap_or_default();
+            if text.contains(&watched) {
+                // SAFETY: signals our own child, not yet waited for.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                break;
+            }
+            assert!(
+                start.elapsed() < RUN_LIMIT,
+                "{what}: the run never mapped {watched}"
+            );
+            std::thread::yield_now();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(&cut)
+            .and_then(|f| f.set_len(4096))
+            .expect("truncate");
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let (status, _) = wait4(child.id());
+        let stderr = std::fs::read_to_string(&err).expect("stderr");
+        std::fs::remove_file(&err).expect("remove");
+        let cut_name = cut.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(status, 1, "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(
+            stderr.contains(&cut_name) && stderr.contains("changed size"),
+            "{what}: {stderr}"
+        );
+        assert_eq!(names_in(work.path()), before, "{what}: files left");
+    }
 }
 
 /// A wrong-shaped custom mask is reported against the tensor, by name.

@@ -21,23 +21,7 @@ where
 {
     let dir = dir.as_ref();
     let fail = |e: io::Error| CheckpointError::io(dir, "cannot write", e);
-    if dir.file_name().is_none() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path does not name a folder",
-        ))
-        .into());
-    }
-    if dir.exists() {
-        let empty = dir.is_dir() && std::fs::read_dir(dir).map_err(fail)?.next().is_none();
-        if !empty {
-            return Err(fail(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a sharded output is a folder that must not exist yet (or be empty): choose a new one",
-            ))
-            .into());
-        }
-    }
+    check_folder_destination(dir)?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -59,6 +43,52 @@ where
         let _ = folder.sync_all();
     }
     Ok(value)
+}
+
+/// Checks that `dir` may be created by [`atomic_write_dir`]: nothing, or an empty folder (not
+/// a link to one: the final rename would fail on it, after the whole output was written), in
+/// an existing folder. For callers that check their destinations before reading anything.
+pub fn check_folder_destination(dir: impl AsRef<Path>) -> Result<(), CheckpointError> {
+    let dir = dir.as_ref();
+    let refuse = |reason: &str| {
+        Err(CheckpointError::Destination {
+            path: dir.to_path_buf(),
+            reason: reason.into(),
+        })
+    };
+    if dir.file_name().is_none() {
+        return refuse("the path does not name a folder");
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return refuse("it is a symbolic link, which is never replaced or written through: name a new folder");
+        }
+        Ok(meta) => {
+            let empty = meta.is_dir()
+                && std::fs::read_dir(dir)
+                    .map_err(|e| CheckpointError::io(dir, "cannot write", e))?
+                    .next()
+                    .is_none();
+            if !empty {
+                return refuse(
+                    "a sharded output is a folder that must not exist yet (or be empty): choose a new one",
+                );
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CheckpointError::io(dir, "cannot write", e)),
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return refuse(&format!(
+            "the folder {} does not exist: create it first",
+            parent.display()
+        ));
+    }
+    Ok(())
 }
 
 struct RemoveDirOnDrop<'a>(Option<&'a Path>);
@@ -117,6 +147,33 @@ mod tests {
         let err = again.expect_err("not empty");
         assert!(err.to_string().contains("must not exist"), "{err}");
         assert_eq!(std::fs::read_dir(root.path()).expect("list").count(), 1);
+    }
+
+    /// A link (even to an empty folder), a file and a folder in a missing folder are refused
+    /// before anything is written.
+    #[test]
+    fn links_and_files_are_refused_up_front() {
+        let root = tempfile::tempdir().expect("temporary folder");
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).expect("folder");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&empty, &link).expect("symlink");
+        std::fs::write(root.path().join("file"), b"x").expect("write");
+        check_folder_destination(&empty).expect("an empty folder");
+        check_folder_destination(root.path().join("new")).expect("a new name");
+        for (path, words) in [
+            (link, "symbolic link"),
+            (root.path().join("file"), "must not exist"),
+            (root.path().join("missing/out"), "does not exist"),
+        ] {
+            let e = check_folder_destination(&path)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(words), "{e}");
+            let written: Result<(), CheckpointError> =
+                atomic_write_dir(&path, |_| panic!("nothing is written"));
+            assert!(written.is_err());
+        }
     }
 
     /// What a signal handler removes, and what a killed process left, is gone.

@@ -28,7 +28,6 @@
 
 use super::error::{shown, CheckpointError};
 use super::zip_entries::open_archive;
-use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
@@ -75,7 +74,7 @@ const MAX_CODE_BYTES: u64 = 64 << 20;
 /// [`UntrustedCode`](CheckpointError::UntrustedCode) error naming the entry, line and name.
 pub fn check_torchscript_code(path: impl AsRef<Path>) -> Result<(), CheckpointError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    let file = super::input_file::open_input(path)?;
     check_torchscript_code_from(BufReader::new(file), path)
 }
 

@@ -5,10 +5,11 @@
 
 use super::dtype::DType;
 use super::error::{shown, CheckpointError};
+use super::guarded_map::GuardedMap;
 pub use super::host_tensor::TensorHeader;
 use super::safetensors::{invalid, open_checked, CheckedHeader};
 use ::safetensors::tensor::{Dtype, TensorInfo};
-use memmap2::{Advice, Mmap};
+use memmap2::Advice;
 use serde::ser::{SerializeMap, Serializer};
 use std::collections::HashMap;
 use std::fs::File;
@@ -45,7 +46,7 @@ impl MappedTensor {
 /// checks it, its data mapped read-only.
 pub struct MappedSafetensors {
     path: PathBuf,
-    map: Mmap,
+    map: GuardedMap,
     tensors: Vec<MappedTensor>,
     metadata: HashMap<String, String>,
 }
@@ -71,14 +72,10 @@ impl MappedSafetensors {
                 range: data_start + t.offsets.0..data_start + t.offsets.1,
             })
             .collect();
-        // SAFETY: the mapping is only read. Like every reader of a file that another process
-        // may change, what is read is then undefined in value (never in memory safety, for plain
-        // bytes): do not rewrite a checkpoint while it is being pruned.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+        let map = GuardedMap::new(file, path)?;
         // Read front to back: the kernel reads ahead and drops what was read first.
         // (`MADV_WILLNEED` on the next chunk was measured slower under a memory cgroup.)
-        let _ = map.advise(Advice::Sequential);
+        let _ = map.map().advise(Advice::Sequential);
         Ok(MappedSafetensors {
             path: path.to_path_buf(),
             map,
@@ -102,9 +99,17 @@ impl MappedSafetensors {
         &self.tensors
     }
 
-    /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)).
+    /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)). If the file shrinks
+    /// while they are read, the bytes past its new end read as zeros: call
+    /// [`unchanged`](Self::unchanged) before using what was read.
     pub fn bytes(&self, tensor: &MappedTensor) -> &[u8] {
-        &self.map[tensor.range.clone()]
+        &self.map.map()[tensor.range.clone()]
+    }
+
+    /// Fails, on one line naming the file, if the file changed (size or modification time) or
+    /// was read past a new end since it was mapped: what was read from it must not be written.
+    pub fn unchanged(&self) -> Result<(), CheckpointError> {
+        self.map.unchanged()
     }
 }
 

@@ -7,13 +7,14 @@
 
 use super::archive::{check_crc, StorageEntry};
 use super::error::{shown, CheckpointError};
+use super::guarded_map::GuardedMap;
 use super::host_tensor::TensorLayout;
+use super::input_file::open_input;
 use super::mapped::MappedTensor;
 use super::torch_save::open_state_archive;
 use super::unpickler::Unpickler;
-use memmap2::{Advice, Mmap};
+use memmap2::Advice;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// `model` entry), its pickle read and its storages located, its data mapped read-only.
 pub struct MappedTorchSave {
     path: PathBuf,
-    map: Mmap,
+    map: GuardedMap,
     tensors: Vec<MappedTensor>,
     /// The storage entry of each tensor (by name), for [`MappedTorchSave::check`].
     entries: HashMap<String, StorageEntry>,
@@ -35,15 +36,13 @@ impl MappedTorchSave {
     /// every byte checks), one line naming the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref();
-        let io = |e| CheckpointError::io(path, "cannot read", e);
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the mapping is only read. Like every reader of a file that another process
-        // may change, what is read is then undefined in value (never in memory safety, for plain
-        // bytes): do not rewrite a checkpoint while it is being pruned.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (tensors, entries, unmappable, nested_under) = describe(path, &map)?;
+        let map = GuardedMap::new(open_input(path)?, path)?;
+        // A file cut short while its zip directory and pickle are read reads zeros: that, not
+        // what the zeros look like, is the error.
+        let (tensors, entries, unmappable, nested_under) =
+            describe(path, map.map()).map_err(|e| map.unchanged().err().unwrap_or(e))?;
         // Read front to back: the kernel reads ahead and drops what was read first.
-        let _ = map.advise(Advice::Sequential);
+        let _ = map.map().advise(Advice::Sequential);
         Ok(MappedTorchSave {
             path: path.to_path_buf(),
             map,
@@ -61,10 +60,16 @@ impl MappedTorchSave {
         match self.entries.get(&tensor.name) {
             Some(entry) if entry.unusable.is_none() => {
                 let (start, end) = (entry.range.start as usize, entry.range.end as usize);
-                check_crc(&self.path, entry, &self.map[start..end])
+                check_crc(&self.path, entry, &self.map.map()[start..end])
             }
             _ => Ok(()),
         }
+    }
+
+    /// Fails, on one line naming the file, if the file changed (size or modification time) or
+    /// was read past a new end since it was mapped: what was read from it must not be written.
+    pub fn unchanged(&self) -> Result<(), CheckpointError> {
+        self.map.unchanged()
     }
 
     /// The mapped file.
@@ -80,7 +85,7 @@ impl MappedTorchSave {
     /// The mapped bytes of `tensor` (one of [`tensors`](Self::tensors)); empty for every tensor
     /// when [`unmappable`](Self::unmappable) says why.
     pub fn bytes(&self, tensor: &MappedTensor) -> &[u8] {
-        &self.map[tensor.range.clone()]
+        &self.map.map()[tensor.range.clone()]
     }
 
     /// Why some tensor's bytes are not a plain slice of the file, if so (the first reason

@@ -40,7 +40,9 @@ mod atomic_dir;
 pub mod code_policy;
 mod dtype;
 mod error;
+mod guarded_map;
 mod host_tensor;
+mod input_file;
 mod mapped;
 mod mapped_torch_save;
 mod pickle_writer;
@@ -57,9 +59,10 @@ mod unpickler;
 mod zip_entries;
 
 pub use self::atomic::{atomic_write, write_all_or_nothing};
-pub use self::atomic_dir::atomic_write_dir;
+pub use self::atomic_dir::{atomic_write_dir, check_folder_destination};
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::CheckpointError;
+pub use self::input_file::{open_input, read_input, MAX_SMALL_FILE};
 pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
     MappedTensor, TensorHeader,
@@ -81,7 +84,6 @@ pub use self::torch_save::{
 
 use self::archive::{no_data_pkl, Opened, TorchArchive};
 use self::sniff::Sniff;
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use tch::Tensor;
@@ -105,7 +107,7 @@ impl Format {
     /// `torch.jit.save` wrote, corrupt zips, and anything else unrecognized.
     pub fn detect(path: impl AsRef<Path>) -> Result<Format, CheckpointError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+        let file = open_input(path)?;
         match TorchArchive::open(io::BufReader::new(file), path)? {
             Opened::Archive(archive) if archive.layout.torchscript => Ok(Format::TorchScript),
             Opened::Archive(archive) if archive.layout.prefix.is_some() => Ok(Format::TorchZip),

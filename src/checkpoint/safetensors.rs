@@ -112,7 +112,7 @@ pub(super) fn open_checked(path: &Path) -> Result<CheckedHeader, CheckpointError
 /// the header's length and its parsed contents.
 fn open_header(path: &Path) -> Result<(File, u64, usize, Metadata), CheckpointError> {
     let io = |e| CheckpointError::io(path, "cannot read", e);
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = super::input_file::open_input(path)?;
     let file_len = file.metadata().map_err(io)?.len();
     let (header_len, metadata) = read_header(&mut file, file_len).map_err(|e| match e {
         HeaderError::Io(e) => io(e),

@@ -27,7 +27,6 @@ use super::sniff::Sniff;
 use super::unpickler::{Mode, Obj, Unpickler, Value, VmResult};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use tch::Tensor;
@@ -60,7 +59,7 @@ pub fn read_torchscript_state(
     path: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    let file = super::input_file::open_input(path)?;
     read_torchscript_state_from(BufReader::new(file), path)
 }
 

@@ -2,6 +2,7 @@
 //! naming, for each tensor, the shard file that holds it.
 
 use super::error::{first_line, shown, CheckpointError};
+use super::input_file::{read_input, MAX_SMALL_FILE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -47,8 +48,8 @@ impl ShardIndex {
             path: path.to_path_buf(),
             reason: first_line(&reason),
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+        let bytes = read_input(path, MAX_SMALL_FILE, "a shard index")?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
         let mut value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let object = value

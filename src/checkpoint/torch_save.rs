@@ -31,7 +31,7 @@ use tch::Tensor;
 /// dtypes, corrupt files) is a [`CheckpointError`].
 pub fn read_torch_zip(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    let file = super::input_file::open_input(path)?;
     read_torch_zip_from(BufReader::new(file), path)
 }
 
@@ -53,7 +53,7 @@ pub fn read_torch_zip_tied(
     path: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, "cannot open", e))?;
+    let file = super::input_file::open_input(path)?;
     read_zip(BufReader::new(file), path, true)
 }
 

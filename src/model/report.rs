@@ -108,15 +108,20 @@ impl Report {
     }
 }
 
+/// The widest the table's name column gets.
+const NAME_WIDTH: usize = 120;
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names from files can be any length: past NAME_WIDTH a name runs over its column (a
+        // formatting width over 65,535 panics).
         let width = self
             .tensors
             .iter()
             .map(|r| r.name.len())
             .max()
             .unwrap_or(4)
-            .max(5);
+            .clamp(5, NAME_WIDTH);
         writeln!(
             f,
             "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>9}",
@@ -166,6 +171,22 @@ mod tests {
         assert_eq!((r.tensors[1].numel, r.tensors[1].sparsity), (0, 0.0));
         assert_eq!((r.numel, r.zeros, r.sparsity), (4, 2, 0.5));
         assert!(r.to_string().lines().last().unwrap().starts_with("total"));
+    }
+
+    /// Names of any length print (the column stops widening), one row per tensor.
+    #[test]
+    fn a_name_longer_than_any_width_prints() {
+        let t = Tensor::from_slice(&[0f32, 1.0]);
+        let long = "n".repeat(70_000);
+        let r = Report::new(&[(long.clone(), t.shallow_clone()), ("b".into(), t)]).unwrap();
+        let text = r.to_string();
+        assert_eq!(text.lines().count(), 4);
+        assert!(text.lines().nth(1).unwrap().starts_with(&long));
+        assert!(text
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with(&format!("b{}", " ".repeat(NAME_WIDTH - 1))));
     }
 
     #[test]

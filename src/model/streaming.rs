@@ -106,11 +106,23 @@ impl Source {
     }
 
     /// Checks what the file can check of `t`'s bytes before they are written (a `torch.save`
-    /// storage's CRC).
+    /// storage's CRC). A file cut short fails its CRC on the zeros read past its new end: that
+    /// it changed is the error then.
     fn check(&self, t: &MappedTensor) -> Result<()> {
         match self {
             Source::Safetensors(_) => Ok(()),
-            Source::TorchSave(f) => Ok(f.check(t)?),
+            Source::TorchSave(f) => f
+                .check(t)
+                .map_err(|e| f.unchanged().err().unwrap_or(e).into()),
+        }
+    }
+
+    /// Fails if the file changed since it was mapped (see [`MappedSafetensors::unchanged`]):
+    /// checked after each tensor and before any output is put in place.
+    fn unchanged(&self) -> Result<()> {
+        match self {
+            Source::Safetensors(f) => Ok(f.unchanged()?),
+            Source::TorchSave(f) => Ok(f.unchanged()?),
         }
     }
 
@@ -283,7 +295,16 @@ impl StreamedModel {
                 TensorReport::new(&t.name, t.shape.clone(), t.kind, zeros)
             })
             .collect();
+        self.unchanged()?;
         Ok(Report::from_rows(rows))
+    }
+
+    /// Fails, on one line naming the file, if an input file changed since it was mapped (cut
+    /// short, grown or rewritten in place): what was read from it may be zeros or another
+    /// version's bytes. [`prune`](Self::prune) and [`report`](Self::report) check it before
+    /// they put anything in place or return.
+    pub fn unchanged(&self) -> Result<()> {
+        self.files.iter().try_for_each(Source::unchanged)
     }
 
     /// Total size of the tensors' data in bytes.
@@ -509,7 +530,11 @@ impl StreamedModel {
     fn write_all(&self, output: &Path, writer: &mut Writer<'_, '_>) -> Result<usize> {
         match &self.index {
             None => {
-                atomic_write(output, |tmp| self.write_file(0, tmp, writer))?;
+                atomic_write(output, |tmp| {
+                    self.write_file(0, tmp, writer)?;
+                    // Before the rename: the selection read the map too.
+                    self.unchanged()
+                })?;
                 Ok(1)
             }
             Some(index) => {
@@ -527,7 +552,8 @@ impl StreamedModel {
                     std::fs::write(&index_path, index.to_json()).map_err(|e| {
                         crate::checkpoint::CheckpointError::io(&index_path, "cannot write", e)
                     })?;
-                    Ok(())
+                    // Before the rename: a shard written first may have changed since.
+                    self.unchanged()
                 })?;
                 Ok(shards.len())
             }
@@ -569,6 +595,8 @@ impl StreamedModel {
                 },
                 Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
             };
+            // Stops at the first tensor read from a file that changed, not at the end.
+            file.unchanged()?;
             let report = &mut writer.report;
             report.numel += t.numel() as i64;
             report.zeros += zeros;

@@ -98,8 +98,15 @@ impl PruningMethod for NmSparsity {
 
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
         let dim = checked_dim(scores, self.dim)?;
-        let (n, m) = (self.n, self.m);
         let len = scores.size()[dim as usize];
+        // A block longer than the row: each row is one partial block, of which min(len, m - n)
+        // entries are pruned, as `len - that` of `len` prunes them. Without padding each row to
+        // M entries: M is the user's (`3:4294967297` would ask for billions of NaNs per row).
+        let (n, m) = if self.m > len && len > 0 {
+            (len - (self.m - self.n).min(len), len)
+        } else {
+            (self.n, self.m)
+        };
         // Magnitudes, with what is pruned already below anything live, so it counts first
         // among the pruned of its block.
         let magnitude = scores
@@ -167,6 +174,30 @@ mod tests {
             &[1, 7],
         );
         assert_eq!(m, [0., 0., 0., 1., 0., 0., 0.]);
+    }
+
+    /// M past the row's length (from the command line, up to i64's range) pads nothing: the
+    /// row is one partial block, `min(len, M - N)` of it pruned.
+    #[test]
+    fn a_block_longer_than_the_row_allocates_nothing_for_it() {
+        let values = [1., 2., 3., 4., 5., 6.];
+        let m = mask(NmSparsity::new(3, 4_294_967_297).unwrap(), &values, &[1, 6]);
+        assert_eq!(m, [0.; 6]);
+        let m = mask(
+            NmSparsity::new(i64::MAX - 2, i64::MAX).unwrap(),
+            &values,
+            &[1, 6],
+        );
+        assert_eq!(m, [0., 0., 1., 1., 1., 1.]);
+        // The same as padding: 2:8 on 6 columns prunes min(6, 6) = 6.
+        assert_eq!(
+            mask(NmSparsity::new(2, 8).unwrap(), &values, &[1, 6]),
+            [0.; 6]
+        );
+        assert_eq!(
+            mask(NmSparsity::new(5, 8).unwrap(), &values, &[1, 6]),
+            [0., 0., 0., 1., 1., 1.]
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
-use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as, CodePolicy, ShardIndex};
+use tch_prune::checkpoint::{
+    check_folder_destination, read_input, write_all_or_nothing, write_safetensors_as, CodePolicy,
+    ShardIndex, MAX_SMALL_FILE,
+};
 use tch_prune::model::{ModelFile, Report, StreamedModel};
 
 #[derive(Parser)]
@@ -241,8 +244,12 @@ fn policy(trust_code: bool) -> CodePolicy {
 
 fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
     if let Some(plan) = &args.plan {
-        let text = std::fs::read_to_string(plan)
-            .with_context(|| format!("cannot read plan {}", plan.display()))?;
+        // A regular file of bounded size: a pipe or /dev/zero named as the plan is refused at
+        // once, not waited on or read until memory runs out.
+        let bytes = read_input(plan, MAX_SMALL_FILE, "a plan")?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            anyhow::anyhow!("{}: a plan is JSON text, not UTF-8 here", plan.display())
+        })?;
         return parse_plan(&text).with_context(|| plan.display().to_string());
     }
     let method: MethodName = args.method.as_deref().unwrap_or_default().parse()?;
@@ -286,6 +293,9 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     // writer checks (new or empty) before it writes anything.
     if ShardIndex::locate(&args.input).is_none() {
         outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
+    } else {
+        // Up front too, not at the final rename after the whole output is written.
+        check_folder_destination(&args.output)?;
     }
     let steps = steps(&args)?;
     let device = device(&args.device)?;
