@@ -269,9 +269,30 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-/// The bytes of every file an attack could touch, to check that none changed.
-fn snapshot(paths: &[&Path]) -> Vec<Option<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+/// A digest of every file an attack could touch (its length and a hash of its bytes, read in
+/// pieces), to check that none changed. Not the bytes themselves: a child's peak memory as
+/// `wait4` reports it includes this process's own high-water mark when it started the child,
+/// so holding a 100 MB input here would count against every later row's ceiling.
+fn snapshot(paths: &[&Path]) -> Vec<Option<(u64, u64)>> {
+    use std::hash::Hasher;
+    use std::io::Read;
+    paths
+        .iter()
+        .map(|p| {
+            let mut file = std::fs::File::open(p).ok()?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            let (mut buf, mut len) = (vec![0u8; 1 << 16], 0u64);
+            loop {
+                let n = file.read(&mut buf).ok()?;
+                if n == 0 {
+                    break;
+                }
+                hasher.write(&buf[..n]);
+                len += n as u64;
+            }
+            Some((len, hasher.finish()))
+        })
+        .collect()
 }
 
 #[test]
