@@ -129,7 +129,10 @@ fn timed_outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<(Tensor
                 .forward_is(&[tch::IValue::Tensor(x.shallow_clone())])
         })
         .map_err(|e| {
-            anyhow::anyhow!("the model's forward failed: {}", torch_reason(&e.to_string()))
+            anyhow::anyhow!(
+                "the model's forward failed: {}",
+                torch_reason(&e.to_string())
+            )
         })?;
         // The first tensor of the result, waited for on a GPU.
         let mut tensors = Vec::new();

@@ -26,7 +26,9 @@ pub(crate) fn torchscript_reason(message: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("libtorch gave no message");
-    last.split_once("Error: ").map_or(last, |(_, why)| why).to_string()
+    last.split_once("Error: ")
+        .map_or(last, |(_, why)| why)
+        .to_string()
 }
 
 /// Fails unless `forward` takes exactly one argument (besides `self`), without running it:
@@ -35,15 +37,14 @@ pub(crate) fn torchscript_reason(message: &str) -> String {
 /// Arguments with a default (`y: Optional[Tensor] = None`) need no value.
 pub(crate) fn check_one_input(module: &CModule) -> Result<()> {
     let none: [IValue; 0] = [];
-    let message = match tch::no_grad(|| module.forward_is(&none)) {
-        Ok(_) => {
-            return Err(PruneError::Shrink(
+    let message =
+        match tch::no_grad(|| module.forward_is(&none)) {
+            Ok(_) => return Err(PruneError::Shrink(
                 "the model's forward takes no input; shrink feeds it one tensor (--input-shape)"
                     .into(),
-            ))
-        }
-        Err(e) => e.to_string(),
-    };
+            )),
+            Err(e) => e.to_string(),
+        };
     let Some(declaration) = message.split("Declaration: forward(").nth(1) else {
         return Err(PruneError::Shrink(format!(
             "cannot call the model's forward: {}",
@@ -98,7 +99,8 @@ pub(crate) struct Snapshot(Vec<(String, Tensor)>);
 impl Snapshot {
     /// Every parameter of the module, and the further tensors `more` (buffers, by dotted name).
     pub(crate) fn take<'a>(module: &CModule, more: impl Iterator<Item = &'a str>) -> Result<Self> {
-        let mut tensors: BTreeMap<String, Tensor> = module.named_parameters()?.into_iter().collect();
+        let mut tensors: BTreeMap<String, Tensor> =
+            module.named_parameters()?.into_iter().collect();
         for name in more {
             if !tensors.contains_key(name) {
                 tensors.insert(name.to_string(), ffi::get_tensor(module, name)?);

@@ -138,6 +138,16 @@ impl ScriptModel {
     /// ([`Pruner::remove_all`](crate::Pruner::remove_all)): the masks of a pruned tensor are
     /// not shrunk with it.
     ///
+    /// This runs the model's code: `forward` on `input`, before and after the rewrite, with no
+    /// time or memory limit of its own (`tch-prune shrink` puts each run under
+    /// `--time-limit` and `--memory-limit`; a library caller with untrusted models should run
+    /// this in a process it can limit). Refused: a `forward` that does not take exactly one
+    /// tensor; one that changes the module's parameters while it runs (its buffers too on the
+    /// run after the rewrite, once the first has named them): the changed weights would be
+    /// the ones shrunk and saved. Groups that would slice a tensor
+    /// reachable under two names (one submodule under two attributes, tied weights) keep all
+    /// their channels, with a note in the report.
+    ///
     /// ```no_run
     /// use tch::{Device, Kind, Tensor};
     /// use tch_prune::{ScriptModel, ShrinkOptions};
@@ -194,7 +204,11 @@ impl ScriptModel {
         let _ = std::fs::remove_file(&tmp);
         self.replace_module(reloaded?)?;
         // The buffers too this time: the first run named them.
-        let buffers = g.tensors.iter().filter(|(_, p)| !**p).map(|(n, _)| n.as_str());
+        let buffers = g
+            .tensors
+            .iter()
+            .filter(|(_, p)| !**p)
+            .map(|(n, _)| n.as_str());
         let (g2, _, _) = self.analyse(input, buffers).map_err(|e| match e {
             PruneError::Shrink(m) if m.starts_with("the model's forward changed") => {
                 PruneError::Shrink(m)
