@@ -356,12 +356,52 @@ fn rows() -> Vec<Row> {
             },
             ..row("sharded -o a symlink to an empty folder", "prune model.safetensors.index.json -o out --method l1-unstructured --amount 0.5 --params w", 1, &["out", "symbolic link"])
         },
+        // Issue 20: running a model's code (`shrink` runs forward: the analysis, timing, --verify).
+        row("shrink: a forward that never ends", "shrink {gen}/shrink_loops.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --time-limit 3", 1, &["forward", "ran past the 3 s limit", "--time-limit"]),
+        Row { bomb: true, ..row("shrink: a forward that allocates 3 GB", "shrink {gen}/shrink_allocates.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16", 1, &["forward", "memory limit", "--memory-limit"]) },
+        Row { bomb: true, ..row("shrink: an input shape of 19 GB", "shrink {gen}/shrink_cnn.pt -o out.pt --amount 0.5 --input-shape 1,3,40000,40000", 1, &["--input-shape 1,3,40000,40000", "19200000000 bytes", "--memory-limit"]) },
+        row("shrink: --verify fails, nothing written", "shrink {gen}/shrink_noisy.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["verify", "relative error", "out.pt was not written"]),
+        Row {
+            writes: &["out.pt"],
+            ..row("shrink: one conv under two names, kept whole and verified", "shrink {gen}/shrink_shared_conv.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 0, &[])
+        },
+        row("shrink: a forward that rewrites its weights", "shrink {gen}/shrink_mutates.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["forward changed", "c1.weight"]),
+        row("shrink: -o the input", "shrink {gen}/shrink_cnn.pt -o {gen}/shrink_cnn.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["-o names the input file"]),
+        Row {
+            setup: |w| std::fs::hard_link(fixtures().gen.join("shrink_cnn.pt"), w.join("same.pt")).expect("hard link"),
+            writes: &["same.pt"],
+            ..row("shrink: -o a hard link to the input", "shrink {gen}/shrink_cnn.pt -o same.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["same.pt", "-o names the input file"])
+        },
+        row("shrink: a two-input forward", "shrink {gen}/shrink_two_inputs.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16", 1, &["forward takes 2 inputs", "one tensor", "--input-shape"]),
+        row("shrink: an input of the wrong rank", "shrink {gen}/shrink_cnn.pt -o out.pt --amount 0.5 --input-shape 1,3", 1, &["shape [1, 3]", "--input-shape", "Expected 3D (unbatched) or 4D (batched) input to conv2d"]),
+        row("shrink: a safetensors file", "shrink {gen}/shrink_cnn.safetensors -o out.pt --amount 0.5", 1, &["shrink needs a TorchScript file", "safetensors"]),
     ]
 }
 
-/// The bytes of every file an attack could touch, to check that none changed.
-fn snapshot(paths: &[&Path]) -> Vec<Option<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+/// A digest of every file an attack could touch (its length and a hash of its bytes, read in
+/// pieces), to check that none changed. Not the bytes themselves: a child's peak memory as
+/// `wait4` reports it includes this process's own high-water mark when it started the child,
+/// so holding a 100 MB input here would count against every later row's ceiling.
+fn snapshot(paths: &[&Path]) -> Vec<Option<(u64, u64)>> {
+    use std::hash::Hasher;
+    use std::io::Read;
+    paths
+        .iter()
+        .map(|p| {
+            let mut file = std::fs::File::open(p).ok()?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            let (mut buf, mut len) = (vec![0u8; 1 << 16], 0u64);
+            loop {
+                let n = file.read(&mut buf).ok()?;
+                if n == 0 {
+                    break;
+                }
+                hasher.write(&buf[..n]);
+                len += n as u64;
+            }
+            Some((len, hasher.finish()))
+        })
+        .collect()
 }
 
 #[test]

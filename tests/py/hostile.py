@@ -99,6 +99,87 @@ def replace_code(path, out, old, new):
     write_zip(out, items)
 
 
+# --- Issue 20: running a model's code (`tch-prune shrink`).
+class ShrinkCnn(torch.nn.Module):
+    """A small CNN that `shrink` can narrow: two convs, the first's channels free to go."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+    def body(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Loops(ShrinkCnn):
+    def forward(self, x):
+        n = 0
+        while n >= 0:
+            x = x * 1.0
+            n = n + 1
+        return self.body(x)
+
+
+class Allocates(ShrinkCnn):
+    def forward(self, x):
+        # 3.2 GB in one allocation.
+        big = torch.ones(800_000_000)
+        return self.body(x) + big[0]
+
+
+class SharedConv(torch.nn.Module):
+    """One conv under two names (`a` and `b`), applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        shared = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.a = shared
+        self.b = shared
+        self.c3 = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.a(x))
+        x = torch.relu(self.b(x))
+        return self.c3(x)
+
+
+class MutatesWeights(ShrinkCnn):
+    def forward(self, x):
+        with torch.no_grad():
+            self.c1.weight.mul_(2.0)
+        return self.body(x)
+
+
+class Noisy(ShrinkCnn):
+    """Another answer on every run: --verify cannot pass."""
+
+    def forward(self, x):
+        return self.body(x) + torch.rand_like(self.body(x))
+
+
+class TwoInputs(ShrinkCnn):
+    def forward(self, x, y):
+        return self.body(x) + self.body(y)
+
+
+def shrink_inputs():
+    torch.manual_seed(0)
+    for name, cls in [("shrink_cnn", ShrinkCnn), ("shrink_loops", Loops), ("shrink_allocates", Allocates),
+                      ("shrink_shared_conv", SharedConv), ("shrink_mutates", MutatesWeights),
+                      ("shrink_noisy", Noisy), ("shrink_two_inputs", TwoInputs)]:
+        m = cls()
+        torch.jit.save(torch.jit.script(m), OUT / f"{name}.pt")
+    import safetensors.torch
+
+    safetensors.torch.save_file(ShrinkCnn().state_dict(), str(OUT / "shrink_cnn.safetensors"))
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -195,6 +276,8 @@ def main():
     # A plan whose pattern is 100 MB long.
     (OUT / "long_pattern.json").write_text(
         '[{"params": "%s", "method": "l1-unstructured", "amount": 0.5}]' % ("x" * (100 << 20)))
+
+    shrink_inputs()
 
 
 main()

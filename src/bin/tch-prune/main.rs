@@ -1,6 +1,7 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
+mod limits;
 mod outputs;
 mod plan;
 mod quiet;

@@ -2,6 +2,7 @@
 //! what it gained: per group the channels before and after, then parameters, MACs, file size
 //! and measured latency of both models.
 
+use crate::limits::{self, Limits};
 use crate::plan::{glob_match, split_patterns};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -9,6 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+use tch_prune::checkpoint::Format;
 use tch_prune::model::ScriptModel;
 use tch_prune::shrink::{ShrinkOptions, ShrinkReport};
 use tch_prune::Amount;
@@ -18,7 +20,8 @@ pub struct ShrinkArgs {
     /// A TorchScript .pt (torch.jit.save).
     input: PathBuf,
     /// Where to write the smaller TorchScript model: a regular file or a new name in an existing
-    /// folder (links, devices and folders are refused).
+    /// folder (links, devices and folders are refused), not the input. Written last, after
+    /// --verify passed: a failing run writes nothing.
     #[arg(short, long)]
     output: PathBuf,
     /// Load the TorchScript file even if its code would run (see prune --help): shrink runs the
@@ -52,7 +55,7 @@ pub struct ShrinkArgs {
     #[arg(long, default_value = "1,3,224,224")]
     input_shape: String,
     /// Check that the shrunk model's output equals the original's with the removed channels
-    /// zeroed (relative error at most 1e-4) and fail otherwise.
+    /// zeroed (relative error at most 1e-4) and fail otherwise, writing nothing.
     #[arg(long)]
     verify: bool,
     /// Print JSON instead of a table.
@@ -64,6 +67,14 @@ pub struct ShrinkArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The longest one run of the model's code may take (the analysis, each timed run, the
+    /// check): seconds (60, 90s) or minutes (2m). Past it the run ends with an error.
+    #[arg(long, value_name = "SECONDS", default_value = "120")]
+    time_limit: String,
+    /// The most memory one run of the model's code may take beyond what the process holds
+    /// before it (host memory; 4G, 512M). Default: 2G, or 4 times the model file if larger.
+    #[arg(long, value_name = "SIZE")]
+    memory_limit: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -96,7 +107,13 @@ fn parse_shape(s: &str) -> Result<Vec<i64>> {
 
 /// The model's outputs on `x` as one flat tensor: models such as GoogLeNet and Inception return
 /// a (named) tuple, whose tensors are all compared.
-fn outputs(m: &ScriptModel, x: &Tensor) -> Result<Tensor> {
+fn outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<Tensor> {
+    Ok(timed_outputs(m, x, limits)?.0)
+}
+
+/// [`outputs`] and how long the forward took, in milliseconds (measured inside the limits'
+/// guard, which is not timed).
+fn timed_outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<(Tensor, f64)> {
     fn collect(v: tch::IValue, out: &mut Vec<Tensor>) {
         match v {
             tch::IValue::Tensor(t) => out.push(t.flatten(0, -1)),
@@ -107,29 +124,42 @@ fn outputs(m: &ScriptModel, x: &Tensor) -> Result<Tensor> {
             _ => {}
         }
     }
-    let y = tch::no_grad(|| {
-        m.module()
-            .forward_is(&[tch::IValue::Tensor(x.shallow_clone())])
+    let (y, ms) = limits.run("forward", || {
+        let start = Instant::now();
+        let y = tch::no_grad(|| {
+            m.module()
+                .forward_is(&[tch::IValue::Tensor(x.shallow_clone())])
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the model's forward failed: {}",
+                torch_reason(&e.to_string())
+            )
+        })?;
+        // The first tensor of the result, waited for on a GPU.
+        let mut tensors = Vec::new();
+        collect(y, &mut tensors);
+        if let Some(Device::Cuda(i)) = tensors.first().map(Tensor::device) {
+            tch::Cuda::synchronize(i as i64);
+        }
+        Ok((tensors, start.elapsed().as_secs_f64() * 1e3))
     })?;
-    let mut tensors = Vec::new();
-    collect(y, &mut tensors);
-    if tensors.is_empty() {
+    if y.is_empty() {
         bail!("the model's forward returned no tensor: shrink compares tensor outputs");
     }
-    Ok(Tensor::cat(&tensors, 0))
+    Ok((Tensor::cat(&y, 0), ms))
 }
 
 /// Median of `runs` timed forward passes, in milliseconds, after two warm-up runs; the two
 /// models alternate so that both see the same machine load.
-fn latencies(a: &ScriptModel, b: &ScriptModel, x: &Tensor, runs: usize) -> Result<(f64, f64)> {
-    let time = |m: &ScriptModel| -> Result<f64> {
-        let start = Instant::now();
-        let y = outputs(m, x)?;
-        if let Device::Cuda(i) = y.device() {
-            tch::Cuda::synchronize(i as i64);
-        }
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
+fn latencies(
+    a: &ScriptModel,
+    b: &ScriptModel,
+    x: &Tensor,
+    runs: usize,
+    limits: &Limits,
+) -> Result<(f64, f64)> {
+    let time = |m: &ScriptModel| -> Result<f64> { Ok(timed_outputs(m, x, limits)?.1) };
     for _ in 0..2 {
         time(a)?;
         time(b)?;
@@ -152,6 +182,51 @@ impl ShrinkArgs {
     }
 }
 
+/// The example input's size in bytes (f32), refused before anything is allocated when it would
+/// not fit in the memory limit (or in a u64).
+fn check_input_size(text: &str, shape: &[i64], limits: &Limits) -> Result<()> {
+    let bytes = shape
+        .iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64));
+    match bytes {
+        Some(b) if b <= limits.memory => Ok(()),
+        Some(b) => bail!(
+            "--input-shape {text}: the example input would take {b} bytes ({}) of f32, more than the {} memory limit (--memory-limit): give a smaller shape",
+            limits::shown(b),
+            limits::shown(limits.memory)
+        ),
+        None => bail!(
+            "--input-shape {text}: the example input would take more than 2^64 bytes: give a smaller shape"
+        ),
+    }
+}
+
+/// The limits of the runs of the model's code, from the flags.
+fn limits_of(args: &ShrinkArgs) -> Result<Limits> {
+    let time = limits::parse_duration(&args.time_limit, "--time-limit")?;
+    let memory = match &args.memory_limit {
+        Some(text) => limits::parse_bytes(text, "--memory-limit")?,
+        None => {
+            let file = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+            (2u64 << 30).max(file.saturating_mul(4))
+        }
+    };
+    Ok(Limits { time, memory })
+}
+
+/// Fails unless `input` is a TorchScript file, naming what it is otherwise.
+fn check_torchscript(input: &std::path::Path) -> Result<()> {
+    let what = match Format::detect(input)? {
+        Format::TorchScript => return Ok(()),
+        Format::TorchZip => "a torch.save checkpoint (weights without the model's code)",
+        Format::Safetensors => "a safetensors file (weights without the model's code)",
+    };
+    bail!(
+        "{}: shrink needs a TorchScript file (torch.jit.save, or torch.jit.trace then save), and this is {what}",
+        input.display()
+    )
+}
+
 pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     let shape = parse_shape(&args.input_shape)?;
     let norm = match args.n.as_str() {
@@ -161,6 +236,12 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     };
     let amount: Option<Amount> = args.amount.as_deref().map(str::parse).transpose()?;
     crate::outputs::check(&args.input, Some(&args.output), None)?;
+    // The output is written once every run has passed, from the module in memory: the input
+    // is loaded twice (the shrunk model and the reference), so it may not be the output.
+    crate::outputs::check_other(&args.input, &args.output, "-o")?;
+    let limits = limits_of(&args)?;
+    check_input_size(&args.input_shape, &shape, &limits)?;
+    check_torchscript(&args.input)?;
     let policy = crate::policy(args.trust_code);
     let mut model = ScriptModel::load_with(&args.input, device, policy)?;
     model.set_train(false)?;
@@ -196,24 +277,37 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     };
     tch::manual_seed(0);
     let x = Tensor::randn(shape.as_slice(), (Kind::Float, device));
-    let report = model
-        .shrink(&x, &opts)
+    let report = limits
+        .run("forward (the analysis)", || Ok(model.shrink(&x, &opts)?))
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
-    model.save(&args.output)?;
+    // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
+    // compared again after the timed runs and the check, which run its code too.
+    let shrunk = Snapshot::of(&model)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
-    let (before, after) = latencies(&original, &model, &x, args.runs)?;
+    let (before, after) = latencies(&original, &model, &x, args.runs, &limits)?;
     let verify_relative_error = if args.verify {
         original.zero_channels(&report.removed)?;
-        let reference = outputs(&original, &x)?;
-        let y = outputs(&model, &x)?;
+        let reference = outputs(&original, &x, &limits)?;
+        let y = outputs(&model, &x, &limits)?;
         let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
         let err = f64::try_from((&y - &reference).abs().max())? / scale;
         Some(err)
     } else {
         None
     };
+    shrunk.check(&model)?;
+    // Decided before anything is written: a failed check leaves no file.
+    if let Some(err) = verify_relative_error {
+        if err.is_nan() || err > 1e-4 {
+            bail!(
+                "verify: the shrunk model differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4); {} was not written",
+                args.output.display()
+            );
+        }
+    }
+    model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
         output: args.output.display().to_string(),
@@ -229,14 +323,6 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_table(&summary);
-    }
-    if let Some(err) = verify_relative_error {
-        if err.is_nan() || err > 1e-4 {
-            bail!(
-                "verify: {} differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4)",
-                args.output.display()
-            );
-        }
     }
     Ok(())
 }
@@ -293,4 +379,60 @@ fn print_table(s: &Summary) {
         );
     }
     println!("wrote {} (input shape {:?})", s.output, s.input_shape);
+}
+
+/// libtorch's reason for a failed forward: the last line of the interpreter's traceback (the
+/// exception), not its first ("The following operation failed in the TorchScript
+/// interpreter.").
+fn torch_reason(message: &str) -> String {
+    let message = message.trim();
+    if !message.contains("The following operation failed in the TorchScript interpreter") {
+        return tch_prune::first_line(message);
+    }
+    let last = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("libtorch gave no message");
+    last.split_once("Error: ")
+        .map_or(last, |(_, why)| why)
+        .to_string()
+}
+
+/// Copies of a model's parameters, to check that running its code left them as they were.
+struct Snapshot(Vec<(String, Tensor)>);
+
+impl Snapshot {
+    fn of(model: &ScriptModel) -> Result<Self> {
+        Ok(Self(
+            model
+                .module()
+                .named_parameters()?
+                .into_iter()
+                .map(|(n, t)| (n, tch::no_grad(|| t.detach().copy())))
+                .collect(),
+        ))
+    }
+
+    fn check(&self, model: &ScriptModel) -> Result<()> {
+        let now = model.module().named_parameters()?;
+        for ((name, before), (_, now)) in self.0.iter().zip(&now) {
+            let same = now.size() == before.size()
+                && tch::no_grad(|| {
+                    if now.is_floating_point() {
+                        now.allclose(before, 0.0, 0.0, true)
+                    } else {
+                        now.equal(before)
+                    }
+                });
+            if !same {
+                bail!("the model's forward changed its parameter '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)");
+            }
+        }
+        if now.len() != self.0.len() {
+            bail!("the model's forward changed its parameters while it ran: a model that rewrites its own weights cannot be shrunk");
+        }
+        Ok(())
+    }
 }

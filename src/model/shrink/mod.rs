@@ -10,6 +10,7 @@
 //! builds the reference the result must equal: the original with the removed channels zeroed
 //! in every coupled parameter.
 
+mod checks;
 mod ffi;
 mod graph;
 mod groups;
@@ -86,17 +87,45 @@ fn parameter_count(module: &CModule) -> Result<i64> {
 }
 
 impl ScriptModel {
-    fn analyse(&self, input: &Tensor) -> Result<(graph::Graph, groups::Analysis)> {
-        let text = ffi::describe(self.module(), input)?;
+    /// Runs `forward` once on `input` and couples its channels. The run is checked: `forward`
+    /// must take one tensor, a failure is reported by libtorch's reason with the input's shape,
+    /// and the run must leave the module's parameters (and the buffers named in `buffers`) as
+    /// they were. Groups that slice a tensor reachable under two names are blocked; the notes
+    /// say which.
+    fn analyse<'a>(
+        &self,
+        input: &Tensor,
+        buffers: impl Iterator<Item = &'a str>,
+    ) -> Result<(graph::Graph, groups::Analysis, Vec<String>)> {
+        checks::check_one_input(self.module())?;
+        let before = checks::Snapshot::take(self.module(), buffers)?;
+        let text = ffi::describe(self.module(), input).map_err(|e| {
+            // The describe call keeps only the first line of libtorch's message, the
+            // interpreter's "The following operation failed": the reason is at its end, which
+            // a plain call of forward (on this error path only) returns whole.
+            let reason = match tch::no_grad(|| {
+                self.module()
+                    .forward_is(&[tch::IValue::Tensor(input.shallow_clone())])
+            }) {
+                Err(full) => checks::torchscript_reason(&full.to_string()),
+                Ok(_) => e.to_string(),
+            };
+            PruneError::Shrink(format!(
+                "the model's forward failed on the example input of shape {:?} (--input-shape): {reason}",
+                input.size()
+            ))
+        })?;
+        before.check(self.module())?;
         let g = graph::Graph::parse(&text)?;
-        let a = groups::analyse(&g);
-        Ok((g, a))
+        let mut a = groups::analyse(&g);
+        let notes = checks::block_aliases(self.module(), g.tensors.keys().cloned(), &mut a)?;
+        Ok((g, a, notes))
     }
 
     /// The coupled channel groups of the model, found on its `forward` run once on `input`
     /// (an example of the inputs it will see: the analysis needs the shapes).
     pub fn channel_groups(&self, input: &Tensor) -> Result<ChannelAnalysis> {
-        let (g, a) = self.analyse(input)?;
+        let (g, a, _) = self.analyse(input, std::iter::empty())?;
         Ok(ChannelAnalysis {
             groups: a.groups,
             macs: g.macs(),
@@ -108,6 +137,16 @@ impl ScriptModel {
     /// example input (its shape matters, not its values). Make pruning permanent first
     /// ([`Pruner::remove_all`](crate::Pruner::remove_all)): the masks of a pruned tensor are
     /// not shrunk with it.
+    ///
+    /// This runs the model's code: `forward` on `input`, before and after the rewrite, with no
+    /// time or memory limit of its own (`tch-prune shrink` puts each run under
+    /// `--time-limit` and `--memory-limit`; a library caller with untrusted models should run
+    /// this in a process it can limit). Refused: a `forward` that does not take exactly one
+    /// tensor; one that changes the module's parameters while it runs (its buffers too on the
+    /// run after the rewrite, once the first has named them): the changed weights would be
+    /// the ones shrunk and saved. Groups that would slice a tensor
+    /// reachable under two names (one submodule under two attributes, tied weights) keep all
+    /// their channels, with a note in the report.
     ///
     /// ```no_run
     /// use tch::{Device, Kind, Tensor};
@@ -133,7 +172,7 @@ impl ScriptModel {
                 "the model is being pruned ('{name}' is in its store): make the pruning permanent (Pruner::remove_all) before removing channels"
             )));
         }
-        let (g, a) = self.analyse(input)?;
+        let (g, a, alias_notes) = self.analyse(input, std::iter::empty())?;
         let module = self.module();
         let scores = select::scores(&a, &|name: &str| ffi::get_tensor(module, name), opts.norm)?;
         let kept = select::select(&a, &g, &scores, opts)?;
@@ -151,7 +190,8 @@ impl ScriptModel {
             })
             .collect();
         let parameters_before = parameter_count(module)?;
-        let notes = rewrite::rewrite(module, &g, &a, &kept)?;
+        let mut notes = alias_notes;
+        notes.extend(rewrite::rewrite(module, &g, &a, &kept)?);
         // A fresh load: libtorch caches each method's execution plan with the old code inlined.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = std::env::temp_dir().join(format!(
@@ -163,10 +203,19 @@ impl ScriptModel {
         let reloaded = CModule::load_on_device(&tmp, self.var_store().device());
         let _ = std::fs::remove_file(&tmp);
         self.replace_module(reloaded?)?;
-        let (g2, _) = self.analyse(input).map_err(|e| {
-            PruneError::Shrink(format!(
+        // The buffers too this time: the first run named them.
+        let buffers = g
+            .tensors
+            .iter()
+            .filter(|(_, p)| !**p)
+            .map(|(n, _)| n.as_str());
+        let (g2, _, _) = self.analyse(input, buffers).map_err(|e| match e {
+            PruneError::Shrink(m) if m.starts_with("the model's forward changed") => {
+                PruneError::Shrink(m)
+            }
+            e => PruneError::Shrink(format!(
                 "the shrunk model does not run on the example input: {e}"
-            ))
+            )),
         })?;
         let groups = a
             .groups

@@ -1,0 +1,207 @@
+//! What the analysis checks around each run of the model's own code: that `forward` takes the
+//! one tensor it is fed, that a failing forward is reported by libtorch's reason (not the first
+//! line of its TorchScript traceback), that the run left every parameter and buffer as it was
+//! (a forward that rewrites its weights would have its rewritten weights shrunk and saved), and
+//! that no tensor is reachable under two names (one conv under two module paths would be
+//! sliced once per name, differently).
+
+use super::ffi;
+use super::groups::Analysis;
+use crate::error::{first_line, PruneError, Result};
+use std::collections::{BTreeMap, HashMap};
+use tch::{CModule, IValue, Tensor};
+
+/// libtorch's reason for a failed run: the interpreter's message starts with "The following
+/// operation failed in the TorchScript interpreter." and a traceback, and ends with the
+/// exception's own line (`RuntimeError: Expected 4D input...`); other messages are their first
+/// line.
+pub(crate) fn torchscript_reason(message: &str) -> String {
+    let message = message.trim();
+    if !message.contains("The following operation failed in the TorchScript interpreter") {
+        return first_line(message);
+    }
+    let last = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("libtorch gave no message");
+    last.split_once("Error: ")
+        .map_or(last, |(_, why)| why)
+        .to_string()
+}
+
+/// Fails unless `forward` takes exactly one argument (besides `self`), without running it:
+/// called with none, libtorch refuses it by its schema and names every argument ("forward() is
+/// missing value for argument 'x'. Declaration: forward(__torch__.M self, Tensor x, Tensor y)").
+/// Arguments with a default (`y: Optional[Tensor] = None`) need no value.
+pub(crate) fn check_one_input(module: &CModule) -> Result<()> {
+    let none: [IValue; 0] = [];
+    let message =
+        match tch::no_grad(|| module.forward_is(&none)) {
+            Ok(_) => return Err(PruneError::Shrink(
+                "the model's forward takes no input; shrink feeds it one tensor (--input-shape)"
+                    .into(),
+            )),
+            Err(e) => e.to_string(),
+        };
+    let Some(declaration) = message.split("Declaration: forward(").nth(1) else {
+        return Err(PruneError::Shrink(format!(
+            "cannot call the model's forward: {}",
+            first_line(&message)
+        )));
+    };
+    let required = required_arguments(declaration);
+    if required != 1 {
+        return Err(PruneError::Shrink(format!(
+            "the model's forward takes {required} inputs (forward({})); shrink feeds it one tensor (--input-shape)",
+            arguments(declaration).join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The arguments of a declaration's text after `forward(`, `self` left out, split at the commas
+/// outside brackets (`Tuple[Tensor, Tensor] x`).
+fn arguments(declaration: &str) -> Vec<String> {
+    let (mut depth, mut current, mut out) = (0i32, String::new(), Vec::new());
+    for ch in declaration.chars() {
+        match ch {
+            '[' | '(' => depth += 1,
+            ']' | ')' if depth == 0 => break,
+            ']' | ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(current.trim().to_string());
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(ch);
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    // The first is `self` (`__torch__.M self`).
+    out.into_iter().skip(1).collect()
+}
+
+fn required_arguments(declaration: &str) -> usize {
+    arguments(declaration)
+        .iter()
+        .filter(|a| !a.contains('=') && !a.starts_with('*'))
+        .count()
+}
+
+/// Copies of the module's tensors, taken before a run of its code and compared after it.
+pub(crate) struct Snapshot(Vec<(String, Tensor)>);
+
+impl Snapshot {
+    /// Every parameter of the module, and the further tensors `more` (buffers, by dotted name).
+    pub(crate) fn take<'a>(module: &CModule, more: impl Iterator<Item = &'a str>) -> Result<Self> {
+        let mut tensors: BTreeMap<String, Tensor> =
+            module.named_parameters()?.into_iter().collect();
+        for name in more {
+            if !tensors.contains_key(name) {
+                tensors.insert(name.to_string(), ffi::get_tensor(module, name)?);
+            }
+        }
+        Ok(Self(
+            tensors
+                .into_iter()
+                .map(|(n, t)| (n, tch::no_grad(|| t.detach().copy())))
+                .collect(),
+        ))
+    }
+
+    /// Fails, naming the first tensor, if the module's tensors are not what they were: other
+    /// values (NaN equal to NaN), another shape or another dtype.
+    pub(crate) fn check(&self, module: &CModule) -> Result<()> {
+        for (name, before) in &self.0 {
+            let now = ffi::get_tensor(module, name)?;
+            let same = now.size() == before.size()
+                && now.kind() == before.kind()
+                && tch::no_grad(|| {
+                    if now.is_floating_point() {
+                        now.allclose(before, 0.0, 0.0, true)
+                    } else {
+                        now.equal(before)
+                    }
+                });
+            if !same {
+                return Err(PruneError::Shrink(format!(
+                    "the model's forward changed its tensor '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Blocks every group that slices a tensor reachable under two names (the same submodule under
+/// two attributes, or a weight tied to another): slicing it once per name would cut the one
+/// tensor twice, along different channels. Returns one note per shared tensor.
+pub(crate) fn block_aliases(
+    module: &CModule,
+    names: impl Iterator<Item = String>,
+    analysis: &mut Analysis,
+) -> Result<Vec<String>> {
+    let mut by_address: HashMap<usize, Vec<String>> = HashMap::new();
+    for name in names {
+        let t = ffi::get_tensor(module, &name)?;
+        if t.numel() == 0 {
+            continue;
+        }
+        by_address
+            .entry(t.data_ptr() as usize)
+            .or_default()
+            .push(name);
+    }
+    let mut notes = Vec::new();
+    let mut shared: Vec<Vec<String>> = by_address.into_values().filter(|n| n.len() > 1).collect();
+    shared.iter_mut().for_each(|n| n.sort());
+    shared.sort();
+    for names in shared {
+        let quoted = names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = format!("{quoted} are one tensor (shared under several names)");
+        for group in &mut analysis.groups {
+            if group.slices.iter().any(|s| names.contains(&s.name)) && !group.blocked.contains(&why)
+            {
+                group.blocked.push(why.clone());
+            }
+        }
+        notes.push(format!(
+            "{quoted} are one tensor: the groups that slice it keep all their channels"
+        ));
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_are_counted_by_required_arguments() {
+        let d = "__torch__.M self, Tensor x, Tensor y) -> Tensor";
+        assert_eq!(required_arguments(d), 2);
+        assert_eq!(arguments(d), ["Tensor x", "Tensor y"]);
+        let d = "__torch__.M self, Tuple[Tensor, Tensor] x, Tensor? y=None) -> Tensor";
+        assert_eq!(required_arguments(d), 1);
+        assert_eq!(required_arguments("__torch__.M self) -> Tensor"), 0);
+    }
+
+    #[test]
+    fn the_reason_is_the_exception_line() {
+        let m = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript\n  File x\nRuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]\n";
+        assert_eq!(
+            torchscript_reason(m),
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]"
+        );
+        assert_eq!(torchscript_reason("one\ntwo"), "one");
+    }
+}
