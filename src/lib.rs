@@ -27,12 +27,14 @@
 #![warn(missing_docs)]
 
 // The layers, bottom up (see CONTRIBUTING.md): `checkpoint` (file formats; depends on nothing
-// else in the crate), `error`, `prune` (the pruning core), `model` (whole model files), and
-// `backend` (what of libtorch the process has, beside them). `checkpoint` and `backend` are
+// else in the crate), `error`, `ffi` (every call into the crate's C++), `prune` (the pruning
+// core), `model` (whole model files), and `backend` (what of libtorch the process has, beside
+// them). `checkpoint` and `backend` are
 // public modules; everything else is re-exported here.
 pub mod backend;
 pub mod checkpoint;
 mod error;
+mod ffi;
 mod model;
 mod prune;
 

@@ -5,8 +5,8 @@
 //! checks all methods share), the methods ([`unstructured`], [`structured`], [`custom`]),
 //! [`container`] (combining a new mask with the previous one, as `PruningContainer` does),
 //! [`pruner`] (the registry of pruned tensors: reparametrization, `remove`, forward), and
-//! extensions of the registry: [`global`] pruning, [`state`] loading, the [`module`] wrappers
-//! and the gradient hook [`grad_redirect`]. Pruning while training: [`nm`] (N:M
+//! extensions of the registry: [`global`] pruning, [`state`] loading and the [`module`] wrappers
+//! (the gradient hook the registry installs is C++: `crate::ffi::GradRedirect`). Pruning while training: [`nm`] (N:M
 //! semi-structured sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning
 //! up to a schedule through the registry) and [`rewind`] (lottery-ticket rewinding). Nothing
 //! here reads or writes files.
@@ -15,7 +15,6 @@ pub(crate) mod amount;
 pub(crate) mod container;
 pub(crate) mod custom;
 pub(crate) mod global;
-pub(crate) mod grad_redirect;
 pub(crate) mod gradual;
 pub(crate) mod method;
 pub(crate) mod module;

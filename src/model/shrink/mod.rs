@@ -10,7 +10,6 @@
 //! builds the reference the result must equal: the original with the removed channels zeroed
 //! in every coupled parameter.
 
-mod ffi;
 mod graph;
 mod groups;
 mod rewrite;
@@ -20,6 +19,7 @@ pub use groups::{ChannelGroup, Slice};
 pub use select::ShrinkOptions;
 
 use super::script_model::ScriptModel;
+use crate::ffi;
 use crate::error::{PruneError, Result};
 use tch::{CModule, Kind, Tensor};
 
@@ -135,7 +135,7 @@ impl ScriptModel {
         }
         let (g, a) = self.analyse(input)?;
         let module = self.module();
-        let scores = select::scores(&a, &|name: &str| ffi::get_tensor(module, name), opts.norm)?;
+        let scores = select::scores(&a, &|name: &str| Ok(ffi::get_tensor(module, name)?), opts.norm)?;
         let kept = select::select(&a, &g, &scores, opts)?;
         let removed: Vec<Removed> = a
             .layouts
