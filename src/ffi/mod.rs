@@ -369,7 +369,10 @@ pub(crate) fn get_tensor(module: &CModule, dotted: &str) -> Result<Tensor> {
             name.as_ptr(),
             &mut tensor,
         ))?;
-        assert!(!tensor.is_null(), "tp_shrink_get_tensor sets its tensor on success");
+        assert!(
+            !tensor.is_null(),
+            "tp_shrink_get_tensor sets its tensor on success"
+        );
         Ok(Tensor::from_ptr(tensor))
     }
 }
@@ -463,10 +466,7 @@ mod tests {
             FfiError::Cpp("no tensor `0.nothing` in the module".into())
         );
         let error = set_int(&module, "5", "out_features", 2).unwrap_err();
-        assert_eq!(
-            error,
-            FfiError::Cpp("no submodule `5` in `5`".into())
-        );
+        assert_eq!(error, FfiError::Cpp("no submodule `5` in `5`".into()));
         // After failures the module still answers.
         let weight = get_tensor(&module, "0.weight").unwrap();
         assert_eq!(weight.size(), [3, 4]);

@@ -2,10 +2,10 @@
 //! before every forward pass (what PyTorch does with forward pre-hooks, which tch lacks).
 
 use crate::error::{PruneError, Result};
+use crate::ffi::GradRedirect;
 use crate::prune::amount::Amount;
 use crate::prune::container::combine_masks;
 use crate::prune::custom::CustomFromMask;
-use crate::ffi::GradRedirect;
 use crate::prune::method::{
     all_ones, check_shape, same_device, scores_for, PruningMethod, PruningType,
 };

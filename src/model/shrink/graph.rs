@@ -404,7 +404,13 @@ O 4
             nodes,
             [
                 ("prim::GetAttr", Some("conv"), vec![0], vec![2], false),
-                ("prim::GetAttr", Some("conv.weight"), vec![2], vec![3], false),
+                (
+                    "prim::GetAttr",
+                    Some("conv.weight"),
+                    vec![2],
+                    vec![3],
+                    false
+                ),
                 ("prim::GetAttr", Some("?_flag"), vec![0], vec![13], false),
                 ("aten::conv2d", None, vec![1, 3], vec![4], false),
                 ("prim::If", None, vec![5, 4], vec![], true),
@@ -450,13 +456,19 @@ O 4
         for line in text.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             assert!(fields.iter().all(|f| !f.is_empty()), "{line:?}");
-            assert!(["M", "A", "V", "I", "N", "O"].contains(&fields[0]), "{line:?}");
+            assert!(
+                ["M", "A", "V", "I", "N", "O"].contains(&fields[0]),
+                "{line:?}"
+            );
         }
         let class = |path: &str| g.modules[path].class.as_str();
         assert_eq!(g.modules.len(), 3);
         assert_eq!(class(""), "__torch__.torch.nn.modules.container.Sequential");
         assert_eq!(class("0"), "__torch__.torch.nn.modules.linear.Linear");
-        assert_eq!(class("1"), "__torch__.torch.nn.modules.batchnorm.BatchNorm1d");
+        assert_eq!(
+            class("1"),
+            "__torch__.torch.nn.modules.batchnorm.BatchNorm1d"
+        );
         assert_eq!(g.modules["1"].int_constants["num_features"], 3);
         let params: Vec<_> = ["0.weight", "0.bias", "1.weight", "1.bias"]
             .map(|n| (n.to_string(), true))
@@ -487,7 +499,10 @@ O 4
 
         let node = |kind: &str| g.nodes.iter().find(|n| n.kind == kind).unwrap();
         let linear = node("aten::linear");
-        let weight = g.nodes.iter().find(|n| n.attr.as_deref() == Some("0.weight"));
+        let weight = g
+            .nodes
+            .iter()
+            .find(|n| n.attr.as_deref() == Some("0.weight"));
         assert_eq!(linear.inputs[1], weight.unwrap().outputs[0]);
         assert_eq!(g.shape(linear.inputs[1]), Some(&[3, 4][..]));
         assert_eq!(g.shape(linear.outputs[0]), Some(&[5, 3][..]));
@@ -495,9 +510,15 @@ O 4
         // evaluation mode, its floats read back exactly.
         let norm = node("aten::batch_norm");
         assert_eq!(norm.inputs[0], linear.outputs[0]);
-        assert_eq!(g.kind(norm.inputs[5]), &ValueKind::Const(Const::Bool(false)));
+        assert_eq!(
+            g.kind(norm.inputs[5]),
+            &ValueKind::Const(Const::Bool(false))
+        );
         assert_eq!(g.kind(norm.inputs[6]), &ValueKind::Const(Const::Float(0.1)));
-        assert_eq!(g.kind(norm.inputs[7]), &ValueKind::Const(Const::Float(1e-5)));
+        assert_eq!(
+            g.kind(norm.inputs[7]),
+            &ValueKind::Const(Const::Float(1e-5))
+        );
         // BatchNorm1d's input check stays as `if` nodes that use the measured input.
         assert!(g.nodes.iter().any(|n| n.kind == "prim::If" && n.has_blocks));
         // The error message string constant, its spaces written as `_`.

@@ -19,8 +19,8 @@ pub use groups::{ChannelGroup, Slice};
 pub use select::ShrinkOptions;
 
 use super::script_model::ScriptModel;
-use crate::ffi;
 use crate::error::{PruneError, Result};
+use crate::ffi;
 use tch::{CModule, Kind, Tensor};
 
 /// The coupled channel groups of a model for one input shape.
@@ -135,7 +135,7 @@ impl ScriptModel {
         }
         let (g, a) = self.analyse(input)?;
         let module = self.module();
-        let scores = select::scores(&a, &|name: &str| Ok(ffi::get_tensor(module, name)?), opts.norm)?;
+        let scores = select::scores(&a, &|name| Ok(ffi::get_tensor(module, name)?), opts.norm)?;
         let kept = select::select(&a, &g, &scores, opts)?;
         let removed: Vec<Removed> = a
             .layouts
