@@ -9,12 +9,27 @@
 //!    script reads `DEP_TCH_PRUNE_LINK_ARG` (one linker argument doing 1 and 2 for their
 //!    binaries; link arguments of a dependency never reach them) and `DEP_TCH_PRUNE_LIBTORCH_LIB`.
 //! 4. Compiles the small C++ part of the crate (src/ffi/: the gradient hook, the backend report,
-//!    the TorchScript save), against the same libtorch.
+//!    the TorchScript save, the graph of `shrink`), against the same libtorch, with warnings on
+//!    (`-Wall -Wextra` and more, libtorch's headers as system headers so that only our code is
+//!    judged). From a checkout of the repository a warning fails the build: the code is ours
+//!    and kept clean. From a packaged copy (crates.io, vendored: cargo writes `Cargo.toml.orig`
+//!    into it) warnings are shown and do not fail it: a compiler newer than ours may warn where
+//!    ours did not, and the user could not fix it.
 //!
 //! torch-sys (`links = "tch"`) reports libtorch's library folder to crates that depend on it
 //! directly as `DEP_TCH_LIBTORCH_LIB`. With the `doc-only` feature (docs.rs) there is no
 //! libtorch: nothing is linked or compiled.
 use std::path::{Path, PathBuf};
+
+/// The C++ part, one interface (tch_prune.h) and the files implementing it.
+const CPP_HEADER: &str = "src/ffi/tch_prune.h";
+const CPP_SOURCES: [&str; 5] = [
+    "src/ffi/tch_prune.cpp",
+    "src/ffi/backend.cpp",
+    "src/ffi/grad_redirect.cpp",
+    "src/ffi/script_save.cpp",
+    "src/ffi/shrink_graph.cpp",
+];
 
 /// The libtorch libraries that hold its GPU backends: present in CUDA (or ROCm) builds only.
 const BACKEND_LIBRARIES: [&str; 4] = ["torch_cuda", "torch_cuda_cu", "torch_cuda_cpp", "torch_hip"];
@@ -24,10 +39,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=DOCS_RS");
-    println!("cargo:rerun-if-changed=src/ffi/grad_redirect.cpp");
-    println!("cargo:rerun-if-changed=src/ffi/shrink_graph.cpp");
-    println!("cargo:rerun-if-changed=src/ffi/backend.cpp");
-    println!("cargo:rerun-if-changed=src/ffi/script_save.cpp");
+    for file in CPP_SOURCES.iter().chain([&CPP_HEADER]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
 
     // What src/backend.rs reports about the build.
     if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() || std::env::var_os("DOCS_RS").is_some()
@@ -107,23 +121,35 @@ fn main() {
             include.display()
         ));
     }
-    cc::Build::new()
+    let packaged = manifest.join("Cargo.toml.orig").is_file();
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
-        .warnings(false)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        .warnings(true)
+        .extra_warnings(true)
+        .warnings_into_errors(!packaged)
+        // System headers: their warnings are libtorch's, not ours.
+        .flag("-isystem")
+        .flag(&include)
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
+        .flag("-Wshadow")
+        .flag("-Wnon-virtual-dtor")
         .flag(format!(
             "-D_GLIBCXX_USE_CXX11_ABI={}",
             std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())
         ))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/ffi/grad_redirect.cpp")
-        .file("src/ffi/shrink_graph.cpp")
-        .file("src/ffi/backend.cpp")
-        .file("src/ffi/script_save.cpp")
-        .compile("tch_prune_ffi");
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    // An exported function not declared in tch_prune.h (the one interface) is a warning: GCC
+    // calls that check -Wmissing-declarations, clang -Wmissing-prototypes.
+    if build.get_compiler().is_like_clang() {
+        build.flag("-Wmissing-prototypes");
+    } else {
+        build.flag("-Wmissing-declarations");
+    }
+    build.files(CPP_SOURCES).compile("tch_prune_ffi");
 }
 
 /// Stops the build with one line saying what to do (cargo shows a failed build script's output).

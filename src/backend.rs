@@ -7,17 +7,9 @@
 //! and then `Device::cuda_if_available()` quietly gives the CPU, even on a GPU machine.
 //! [`Backend::detect`] tells the two situations apart; `tch-prune doctor` prints it.
 
+use crate::ffi;
 use serde::Serialize;
-use std::ffi::{c_char, CStr};
 use std::fmt;
-
-extern "C" {
-    fn tp_libtorch_version() -> *const c_char;
-    fn tp_cudart_version() -> i64;
-    fn tp_cudnn_version() -> i64;
-    fn tp_cuda_device_count(why: *mut c_char, why_len: usize) -> i64;
-    fn tp_can_load(name: *const c_char, why: *mut c_char, why_len: usize) -> i32;
-}
 
 /// Loads libtorch's CUDA backend into this process, for a binary linked without it (the
 /// `tch-prune` command line is: its CPU runs then do not pay the backend's start-up, about
@@ -40,21 +32,12 @@ pub fn load_cuda() -> Result<bool, String> {
         let linked = std::path::Path::new(LIBTORCH_LIB).join("libtorch_cuda.so");
         let mut why = String::new();
         for name in [std::path::Path::new("libtorch_cuda.so"), &linked] {
-            let Ok(name) = std::ffi::CString::new(name.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            // SAFETY: a NUL-terminated path; the library is never unloaded (its static
-            // initialisers register the backend with libtorch for the life of the process).
-            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-            if !handle.is_null() {
-                return Ok(true);
-            }
-            // SAFETY: dlerror returns NULL or a NUL-terminated message owned by the loader.
-            let error = unsafe { libc::dlerror() };
-            if !error.is_null() {
-                why = unsafe { CStr::from_ptr(error) }
-                    .to_string_lossy()
-                    .into_owned();
+            // Never unloaded: its static initialisers register the backend with libtorch for
+            // the life of the process.
+            match ffi::load_library(name) {
+                Ok(()) => return Ok(true),
+                Err(reason) if !reason.is_empty() => why = reason,
+                Err(_) => {}
             }
         }
         Err(format!("cannot load libtorch's CUDA backend: {why}"))
@@ -94,10 +77,7 @@ pub struct Backend {
 
 /// The libtorch version of the headers this crate was compiled against, e.g. `2.13.0`.
 pub fn libtorch_version() -> String {
-    // SAFETY: a static NUL-terminated string.
-    unsafe { CStr::from_ptr(tp_libtorch_version()) }
-        .to_string_lossy()
-        .into_owned()
+    ffi::libtorch_version()
 }
 
 impl Backend {
@@ -105,15 +85,11 @@ impl Backend {
     /// (as any CUDA call does); it never fails: what is missing is reported in the fields.
     pub fn detect() -> Backend {
         let libtorch_version = libtorch_version();
-        // SAFETY: plain calls; the C++ side catches every exception.
-        let cudart = unsafe { tp_cudart_version() };
-        let cudnn = unsafe { tp_cudnn_version() };
-        let mut why = vec![0 as c_char; 1024];
-        // SAFETY: `why` is writable for its length; the C++ side NUL-terminates within it.
-        let cuda_devices = unsafe { tp_cuda_device_count(why.as_mut_ptr(), why.len()) };
-        let libtorch_said = c_string(&why);
+        let cudart = ffi::cudart_version();
+        let cudnn = ffi::cudnn_version();
+        let (cuda_devices, libtorch_said) = ffi::cuda_device_count();
         let cuda_compiled = env!("TCH_PRUNE_LIBTORCH_CUDA") == "1";
-        let cuda_loaded = cudart >= 0;
+        let cuda_loaded = cudart.is_some();
         let cuda_unavailable_reason = (cuda_devices == 0)
             .then(|| no_device_reason(cuda_compiled, cuda_loaded, libtorch_said));
         Backend {
@@ -122,11 +98,11 @@ impl Backend {
             libtorch_lib: LIBTORCH_LIB.to_string(),
             cuda_compiled,
             cuda_loaded,
-            cuda_runtime_version: cuda_loaded.then_some(cudart),
+            cuda_runtime_version: cudart,
             cuda_devices,
             cuda_unavailable_reason,
-            cudnn_version: (cudnn >= 0).then_some(cudnn),
-            cudnn_available: cudnn >= 0 && cuda_devices > 0,
+            cudnn_version: cudnn,
+            cudnn_available: cudnn.is_some() && cuda_devices > 0,
         }
     }
 }
@@ -148,24 +124,14 @@ fn no_device_reason(compiled: bool, loaded: bool, libtorch_said: String) -> Stri
         );
     }
     // libtorch warns only on the first count in a process; ask the loader about the driver.
-    let mut why = vec![0 as c_char; 1024];
-    // SAFETY: a NUL-terminated name and a writable buffer of the length given.
-    let driver = unsafe { tp_can_load(c"libcuda.so.1".as_ptr(), why.as_mut_ptr(), why.len()) };
-    if driver == 0 {
-        return format!("no NVIDIA driver: {}", c_string(&why));
+    #[cfg(unix)]
+    if let Err(why) = ffi::can_load(c"libcuda.so.1") {
+        return format!("no NVIDIA driver: {}", why.trim());
     }
     match std::env::var("CUDA_VISIBLE_DEVICES") {
         Ok(visible) => format!("the NVIDIA driver is loaded, CUDA_VISIBLE_DEVICES={visible:?}"),
         Err(_) => "the NVIDIA driver is loaded but reports no usable device".into(),
     }
-}
-
-fn c_string(buffer: &[c_char]) -> String {
-    // SAFETY: the C++ side wrote a NUL-terminated string within the buffer (zeroed before).
-    unsafe { CStr::from_ptr(buffer.as_ptr()) }
-        .to_string_lossy()
-        .trim()
-        .to_string()
 }
 
 impl fmt::Display for Backend {

@@ -39,12 +39,13 @@
 #![warn(missing_docs)]
 
 // The layers, bottom up (see CONTRIBUTING.md): `checkpoint` (file formats; depends on nothing
-// else in the crate), `error`, `prune` (the pruning core), `model` (whole model files), and
-// `backend` (what of libtorch the process has, beside them). `train` and `shrink` only gather
-// what those layers define, by job.
+// else in the crate), `error`, `ffi` (every call into the crate's C++), `prune` (the pruning
+// core), `model` (whole model files), and `backend` (what of libtorch the process has, beside
+// them). `train` and `shrink` only gather what those layers define, by job.
 pub mod backend;
 pub mod checkpoint;
 mod error;
+mod ffi;
 pub mod model;
 mod prune;
 pub mod shrink;

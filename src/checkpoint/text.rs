@@ -37,6 +37,26 @@ pub(crate) fn escaped_and_cut(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// libtorch's reason for a failed run: the interpreter's message starts with "The following
+/// operation failed in the TorchScript interpreter." and a traceback, and ends with the
+/// exception's own line (`RuntimeError: Expected 4D input...`); other messages are their first
+/// line.
+pub(crate) fn torchscript_reason(message: &str) -> String {
+    let message = message.trim();
+    if !message.contains("The following operation failed in the TorchScript interpreter") {
+        return first_line(message);
+    }
+    let last = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("libtorch gave no message");
+    last.split_once("Error: ")
+        .map_or(last, |(_, why)| why)
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +82,15 @@ mod tests {
         assert_eq!(escaped_and_cut("a\nb\r\u{0}", 200), "a\\nb\\r\\u{0}");
         let long = "x".repeat(500);
         assert_eq!(escaped_and_cut(&long, 200).chars().count(), 201);
+    }
+
+    #[test]
+    fn the_reason_is_the_exception_line() {
+        let m = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript\n  File x\nRuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]\n";
+        assert_eq!(
+            torchscript_reason(m),
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]"
+        );
+        assert_eq!(torchscript_reason("one\ntwo"), "one");
     }
 }

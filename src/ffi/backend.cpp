@@ -5,12 +5,11 @@
 #include <c10/util/Exception.h>
 #include <torch/headeronly/version.h>
 
-#include <dlfcn.h>
-
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <string>
+
+#include "tch_prune.h"
 
 namespace {
 
@@ -25,27 +24,16 @@ struct CollectWarnings final : c10::WarningHandler {
   }
 };
 
-void copy_out(const std::string& text, char* out, size_t len) {
-  if (out == nullptr || len == 0) {
-    return;
-  }
-  size_t n = text.size() < len - 1 ? text.size() : len - 1;
-  std::memcpy(out, text.data(), n);
-  out[n] = '\0';
-}
-
 }  // namespace
 
 extern "C" {
 
-// The libtorch version of the headers this crate was compiled against.
-const char* tp_libtorch_version() {
+const char* tp_libtorch_version() noexcept {
   return TORCH_VERSION;
 }
 
-// The CUDA runtime version libtorch's CUDA part was built with, or -1 when that part is not
-// loaded in this process (the default hooks then answer with an error).
-int64_t tp_cudart_version() {
+// Without the CUDA part, libtorch's default hooks answer with an exception: that is the -1.
+int64_t tp_cudart_version() noexcept {
   try {
     return at::detail::getCUDAHooks().versionCUDART();
   } catch (...) {
@@ -53,8 +41,7 @@ int64_t tp_cudart_version() {
   }
 }
 
-// The cuDNN version libtorch's CUDA part was built with, or -1 without one.
-int64_t tp_cudnn_version() {
+int64_t tp_cudnn_version() noexcept {
   try {
     const auto& hooks = at::detail::getCUDAHooks();
     return hooks.hasCuDNN() ? hooks.versionCuDNN() : -1;
@@ -63,34 +50,22 @@ int64_t tp_cudnn_version() {
   }
 }
 
-// The number of CUDA devices. When it is 0, `why` receives what libtorch said about it (its
-// warning on the first count in the process, e.g. "Found no NVIDIA driver on your system"),
-// or an empty string.
-int64_t tp_cuda_device_count(char* why, size_t why_len) {
-  CollectWarnings collect;
-  int64_t count = 0;
-  {
-    c10::WarningUtils::WarningHandlerGuard guard(&collect);
-    try {
-      count = at::detail::getCUDAHooks().deviceCount();
-    } catch (const std::exception& e) {
-      collect.text = e.what();
+char* tp_cuda_device_count(int64_t* count, char** why) noexcept {
+  return tp::protect([&] {
+    CollectWarnings collect;
+    int64_t devices = 0;
+    {
+      c10::WarningUtils::WarningHandlerGuard guard(&collect);
+      // An exception while counting is a reason for no device, not a failure of the report.
+      try {
+        devices = at::detail::getCUDAHooks().deviceCount();
+      } catch (const std::exception& e) {
+        collect.text = e.what();
+      }
     }
-  }
-  copy_out(collect.text, why, why_len);
-  return count;
-}
-
-// Whether a shared library can be loaded; when not, `why` receives the loader's reason.
-int tp_can_load(const char* name, char* why, size_t why_len) {
-  void* handle = dlopen(name, RTLD_LAZY | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* error = dlerror();
-    copy_out(error == nullptr ? "" : error, why, why_len);
-    return 0;
-  }
-  dlclose(handle);
-  return 1;
+    *why = collect.text.empty() ? nullptr : tp::copy_string(collect.text);
+    *count = devices;
+  });
 }
 
 }  // extern "C"

@@ -13,10 +13,10 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
-#include <exception>
 #include <memory>
 #include <optional>
+
+#include "tch_prune.h"
 
 using torch::autograd::FunctionPreHook;
 using torch::autograd::Node;
@@ -32,8 +32,8 @@ struct RedirectToOrig final : FunctionPreHook {
   // `orig` may have changed.
   std::shared_ptr<std::atomic<uint64_t>> deliveries;
 
-  RedirectToOrig(at::Tensor orig, at::Tensor mask, std::shared_ptr<std::atomic<uint64_t>> deliveries)
-      : orig(std::move(orig)), mask(std::move(mask)), deliveries(std::move(deliveries)) {}
+  RedirectToOrig(at::Tensor orig_, at::Tensor mask_, std::shared_ptr<std::atomic<uint64_t>> deliveries_)
+      : orig(std::move(orig_)), mask(std::move(mask_)), deliveries(std::move(deliveries_)) {}
 
   variable_list operator()(const variable_list& grads) override {
     const at::Tensor& grad = grads.at(0);
@@ -56,7 +56,10 @@ struct RedirectToOrig final : FunctionPreHook {
   }
 };
 
-struct Redirect {
+}  // namespace
+
+// Declared in tch_prune.h: the handle Rust holds.
+struct TpRedirect {
   at::Tensor target;
   at::Tensor orig;
   at::Tensor mask;
@@ -71,13 +74,9 @@ struct Redirect {
   std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> mask_storage;
 };
 
-char* copy_message(const char* message) {
-  char* copy = static_cast<char*>(std::malloc(std::strlen(message) + 1));
-  if (copy != nullptr) std::strcpy(copy, message);
-  return copy;
-}
+namespace {
 
-void detach_hook(Redirect& r) {
+void detach_hook(TpRedirect& r) {
   if (r.accumulator && r.hook != nullptr) {
     auto& hooks = r.accumulator->pre_hooks();
     for (auto it = hooks.begin(); it != hooks.end(); ++it) {
@@ -96,7 +95,7 @@ void detach_hook(Redirect& r) {
 // when the store was moved (VarStore::set_device, set_kind; see `PrunedTensor::follow_orig`),
 // and calls this before the next forward pass. `orig` and `mask` are held as the store's own
 // tensors, so the hook sees them where the store moved them.
-void attach_hook(Redirect& r) {
+void attach_hook(TpRedirect& r) {
   auto accumulator = torch::autograd::impl::grad_accumulator(r.target);
   if (accumulator.get() == r.accumulator.get() && r.hook != nullptr) return;
   detach_hook(r);
@@ -110,63 +109,47 @@ void attach_hook(Redirect& r) {
 
 extern "C" {
 
-// Returns an owned handle, or null with `*error` set (free it with tp_free_error).
-void* tp_redirect_new(const at::Tensor* target, const at::Tensor* orig, const at::Tensor* mask,
-                      char** error) {
-  try {
-    auto r = std::make_unique<Redirect>();
+char* tp_redirect_new(const at::Tensor* target, const at::Tensor* orig, const at::Tensor* mask,
+                      TpRedirect** redirect) noexcept {
+  return tp::protect([&] {
+    auto r = std::make_unique<TpRedirect>();
     r->target = *target;
     r->orig = *orig;
     r->mask = *mask;
     attach_hook(*r);
-    return r.release();
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-    return nullptr;
-  }
+    *redirect = r.release();
+  });
 }
 
-// Makes sure the hook sits on the tensor's current accumulator. Returns 0, or 1 with `*error`.
-int tp_redirect_refresh(void* handle, char** error) {
-  try {
-    attach_hook(*static_cast<Redirect*>(handle));
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-    return 1;
-  }
+char* tp_redirect_refresh(TpRedirect* redirect) noexcept {
+  return tp::protect([&] { attach_hook(*redirect); });
 }
 
-// How many gradients have been handed to `orig` so far.
-uint64_t tp_redirect_deliveries(const void* handle) {
-  return static_cast<const Redirect*>(handle)->deliveries->load(std::memory_order_relaxed);
+uint64_t tp_redirect_deliveries(const TpRedirect* redirect) noexcept {
+  return redirect->deliveries->load(std::memory_order_relaxed);
 }
 
-// Records the storages `orig` and `mask` have now.
-void tp_redirect_mark_placed(void* handle) {
-  auto& r = *static_cast<Redirect*>(handle);
+void tp_redirect_mark_placed(TpRedirect* redirect) noexcept {
+  auto& r = *redirect;
   r.orig_storage = r.orig.has_storage() ? std::optional(r.orig.storage().getWeakStorageImpl()) : std::nullopt;
   r.mask_storage = r.mask.has_storage() ? std::optional(r.mask.storage().getWeakStorageImpl()) : std::nullopt;
 }
 
-// 1 if `orig` or `mask` has another storage than at the last tp_redirect_mark_placed (or none
-// was recorded), else 0.
-int tp_redirect_moved(const void* handle) {
-  const auto& r = *static_cast<const Redirect*>(handle);
+int tp_redirect_moved(const TpRedirect* redirect) noexcept {
+  const auto& r = *redirect;
   auto same = [](const at::Tensor& t, const std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>>& s) {
     return s.has_value() && t.has_storage() && s->_unsafe_get_target() == t.storage().unsafeGetStorageImpl();
   };
   return same(r.orig, r.orig_storage) && same(r.mask, r.mask_storage) ? 0 : 1;
 }
 
-void tp_redirect_free(void* handle) {
-  auto* r = static_cast<Redirect*>(handle);
+void tp_redirect_free(TpRedirect* redirect) noexcept {
+  // The hook is removed if it can be; the handle is freed in any case.
   try {
-    detach_hook(*r);
+    detach_hook(*redirect);
   } catch (...) {
   }
-  delete r;
+  delete redirect;
 }
 
-void tp_free_error(char* error) { std::free(error); }
-}
+}  // extern "C"

@@ -9,18 +9,11 @@
 // tensor's transfer and the module being trained is left as it was.
 #include <torch/csrc/jit/api/module.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 
-namespace {
+#include "tch_prune.h"
 
-char* copy_save_message(const char* message) {
-  char* copy = static_cast<char*>(std::malloc(std::strlen(message) + 1));
-  if (copy != nullptr) std::strcpy(copy, message);
-  return copy;
-}
+namespace {
 
 // Whether any tensor held by the module (parameters, buffers, other attributes, tensors in
 // lists, tuples and dicts, submodules) is on another device than `device`.
@@ -40,13 +33,12 @@ bool holds_tensor_elsewhere(const torch::jit::Module& module, const at::Device& 
 
 extern "C" {
 
-// `module` is tch's `CModule` handle (a `torch::jit::Module*`); `device` is -1 for the CPU, N for
-// `cuda:N`. With `always_copy`, the copy is made even when every tensor is on `device` already
-// (the path a GPU module takes, run on the CPU by the tests). Returns 0, or 1 with `*error` set
-// (free it with tp_free_error).
-int tp_module_save(const void* module, const char* path, int device, int always_copy, char** error) {
-  try {
-    const auto& m = *static_cast<const torch::jit::Module*>(module);
+// With `always_copy`, the copy is made even when every tensor is on `device` already (the path a
+// GPU module takes, run on the CPU by the tests).
+char* tp_module_save(const torch::jit::Module* module, const char* path, int device,
+                     int always_copy) noexcept {
+  return tp::protect([&] {
+    const auto& m = *module;
     const at::Device target = device < 0 ? at::Device(at::kCPU)
                                          : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device));
     if (always_copy != 0 || holds_tensor_elsewhere(m, target)) {
@@ -54,10 +46,7 @@ int tp_module_save(const void* module, const char* path, int device, int always_
     } else {
       m.save(std::string(path));
     }
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_save_message(e.what());
-    return 1;
-  }
+  });
 }
-}
+
+}  // extern "C"

@@ -1,18 +1,16 @@
-// The TorchScript side of channel removal (src/shrink/): what tch does not expose of libtorch's
+// The TorchScript side of channel removal (src/model/shrink/): what tch does not expose of libtorch's
 // JIT API. Three jobs:
 //  1. describe: the inlined graph of `forward`, with every primitive module attribute
 //     (`self.training`, `self.use_res_connect`, an absent `bias`) replaced by its current value
 //     and constant-propagated away (so the `if` branches a model takes are plain nodes), and the
 //     shape of every top-level tensor value measured by running that graph once on an example
-//     input. Written as a small line format that src/shrink/graph.rs parses; the coupling
-//     analysis itself is in Rust.
+//     input. Written in the line format that src/model/shrink/graph.rs specifies and parses;
+//     the coupling analysis itself is in Rust.
 //  2. set: replace a parameter or buffer by dotted name (keeping its kind and requires_grad), and
 //     an int attribute or class constant (`out_channels`, `num_features`, ...) of a submodule.
 //  3. set_groups: a conv's `groups` is a class constant that TorchScript bakes into the
 //     generated code (`torch.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 32)`): rewrite that
 //     constant in the class's method graphs, from which `save` regenerates the code.
-//
-// `module` is tch's CModule handle: a `torch::jit::Module*` (torch-sys's torch_api.h).
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
@@ -20,12 +18,13 @@
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 
-#include <cstdlib>
-#include <cstring>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "tch_prune.h"
 
 using torch::jit::Block;
 using torch::jit::Graph;
@@ -34,13 +33,8 @@ using torch::jit::Value;
 
 namespace {
 
-char* copy_string(const std::string& s) {
-  char* copy = static_cast<char*>(std::malloc(s.size() + 1));
-  if (copy != nullptr) std::memcpy(copy, s.c_str(), s.size() + 1);
-  return copy;
-}
-
-// Constants may hold spaces or newlines (strings): the line format keeps them on one token.
+// Constants may hold spaces or newlines (strings): the line format keeps them on one token, with
+// each whitespace character written as `_` and an empty one written as `_`.
 std::string token(const std::string& s) {
   std::string out;
   for (char c : s) out += (c == ' ' || c == '\n' || c == '\t' || c == '\r') ? '_' : c;
@@ -226,6 +220,8 @@ std::string describe(torch::jit::Module& module, const at::Tensor& input) {
   }
 
   std::ostringstream out;
+  // Floats with as many digits as read them back exactly.
+  out.precision(std::numeric_limits<double>::max_digits10);
   // Submodules: path, class, int constants of the class.
   for (const auto& item : module.named_modules()) {
     auto type = item.value.type();
@@ -311,10 +307,10 @@ void split_name(const std::string& dotted, std::string& parent, std::string& lea
 
 // The submodule holding the parameter or buffer `dotted`, and its name there in `leaf`; throws
 // when there is no such tensor.
-torch::jit::Module tensor_owner(void* module, const char* dotted, std::string& leaf) {
+torch::jit::Module tensor_owner(const torch::jit::Module& module, const char* dotted, std::string& leaf) {
   std::string parent;
   split_name(dotted, parent, leaf);
-  auto m = submodule(*static_cast<torch::jit::Module*>(module), parent);
+  auto m = submodule(module, parent);
   if (!m.hasattr(leaf) || !m.attr(leaf).isTensor())
     throw std::runtime_error(std::string("no tensor `") + dotted + "` in the module");
   return m;
@@ -343,98 +339,70 @@ extern "C" {
 
 // Every method of every submodule caches its optimized execution plan, with callees inlined and
 // shapes profiled: after a rewrite they are dropped, so the next run compiles the new module.
-int tp_shrink_reset_plans(void* module, char** error) {
-  try {
-    for (const auto& m : static_cast<torch::jit::Module*>(module)->modules()) {
+char* tp_shrink_reset_plans(torch::jit::Module* module) noexcept {
+  return tp::protect([&] {
+    for (const auto& m : module->modules()) {
       for (auto& method : m.get_methods()) torch::jit::toGraphFunction(method.function()).clear_optimized_graphs();
     }
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return 1;
-  }
+  });
 }
 
-void tp_free_string(char* s) { std::free(s); }
-
-// Returns the description (free with tp_free_string), or null with `*error` set.
-char* tp_shrink_describe(void* module, const at::Tensor* input, char** error) {
-  try {
-    return copy_string(describe(*static_cast<torch::jit::Module*>(module), *input));
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return nullptr;
-  }
+char* tp_shrink_describe(torch::jit::Module* module, const at::Tensor* input, char** text) noexcept {
+  return tp::protect([&] { *text = tp::copy_string(describe(*module, *input)); });
 }
 
-// The parameter or buffer `dotted` (a new handle to the same tensor, owned by the caller), or
-// null with `*error` set.
-at::Tensor* tp_shrink_get_tensor(void* module, const char* dotted, char** error) {
-  try {
+char* tp_shrink_get_tensor(torch::jit::Module* module, const char* dotted, at::Tensor** tensor) noexcept {
+  return tp::protect([&] {
     std::string leaf;
-    auto m = tensor_owner(module, dotted, leaf);
-    return new at::Tensor(m.attr(leaf).toTensor());
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return nullptr;
-  }
+    auto m = tensor_owner(*module, dotted, leaf);
+    *tensor = new at::Tensor(m.attr(leaf).toTensor());
+  });
 }
 
-// Replaces the parameter or buffer `dotted` by `value` (same kind, same requires_grad).
-int tp_shrink_set_tensor(void* module, const char* dotted, const at::Tensor* value, char** error) {
-  try {
+char* tp_shrink_set_tensor(torch::jit::Module* module, const char* dotted, const at::Tensor* value) noexcept {
+  return tp::protect([&] {
     std::string leaf;
-    auto m = tensor_owner(module, dotted, leaf);
+    auto m = tensor_owner(*module, dotted, leaf);
     bool requires_grad = m.attr(leaf).toTensor().requires_grad();
     at::Tensor t = value->detach().clone();
     t.set_requires_grad(requires_grad);
     m.setattr(leaf, t);
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return 1;
-  }
+  });
 }
 
-// Sets the int `name` of the submodule at `path` ("" for the root): an attribute of that
-// instance (returns 1) or a class constant, shared by every instance of the class (returns 2);
-// 0 when the module has neither.
-int tp_shrink_set_int(void* module, const char* path, const char* name, int64_t value, char** error) {
-  try {
-    auto m = submodule(*static_cast<torch::jit::Module*>(module), path);
+char* tp_shrink_set_int(torch::jit::Module* module, const char* path, const char* name, int64_t value,
+                        int* slot) noexcept {
+  return tp::protect([&] {
+    auto m = submodule(*module, path);
     auto type = m.type();
     if (type->findConstantSlot(name)) {
-      if (!type->getConstant(name).isInt()) return 0;
+      if (!type->getConstant(name).isInt()) {
+        *slot = 0;
+        return;
+      }
       type->unsafeRemoveConstant(name);
       type->addConstant(name, c10::IValue(value));
-      return 2;
-    }
-    if (type->findAttributeSlot(name) && m.attr(name).isInt()) {
+      *slot = 2;
+    } else if (type->findAttributeSlot(name) && m.attr(name).isInt()) {
       m.setattr(name, c10::IValue(value));
-      return 1;
+      *slot = 1;
+    } else {
+      *slot = 0;
     }
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return -1;
-  }
+  });
 }
 
-// Rewrites the `groups` constant of the convolutions in the methods of the class of the
-// submodule at `path` from `old_groups` to `new_groups`. Returns how many calls changed.
-int64_t tp_shrink_set_groups(void* module, const char* path, int64_t old_groups, int64_t new_groups,
-                             char** error) {
-  try {
-    auto m = submodule(*static_cast<torch::jit::Module*>(module), path);
-    int64_t changed = 0;
+char* tp_shrink_set_groups(torch::jit::Module* module, const char* path, int64_t old_groups, int64_t new_groups,
+                           int64_t* changed) noexcept {
+  return tp::protect([&] {
+    auto m = submodule(*module, path);
+    int64_t calls = 0;
     for (auto& method : m.get_methods()) {
       auto& fn = torch::jit::toGraphFunction(method.function());
-      changed += static_cast<int64_t>(set_groups_in(fn.graph()->block(), old_groups, new_groups));
+      calls += static_cast<int64_t>(set_groups_in(fn.graph()->block(), old_groups, new_groups));
     }
-    return changed;
-  } catch (const std::exception& e) {
-    *error = copy_string(e.what());
-    return -1;
-  }
+    *changed = calls;
+  });
 }
-}
+
+}  // extern "C"

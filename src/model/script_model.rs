@@ -2,23 +2,10 @@
 
 use crate::checkpoint::{atomic_write, check_torchscript_code, CodePolicy};
 use crate::error::{first_line, PruneError, Result};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use crate::ffi::{self, FfiError};
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{CModule, Device, Tensor};
-
-extern "C" {
-    // src/ffi/script_save.cpp
-    fn tp_module_save(
-        module: *const c_void,
-        path: *const c_char,
-        device: c_int,
-        always_copy: c_int,
-        error: *mut *mut c_char,
-    ) -> c_int;
-    // src/ffi/grad_redirect.cpp
-    fn tp_free_error(error: *mut c_char);
-}
 
 /// A TorchScript module (a `.pt` written by `torch.jit.save`) loaded for pruning and training.
 ///
@@ -166,10 +153,10 @@ impl ScriptModel {
             ))
         };
         let device = match device {
-            Device::Cpu => -1,
-            Device::Cuda(i) => {
-                c_int::try_from(i).map_err(|_| fail(format!("no device cuda:{i}")))?
-            }
+            Device::Cpu => None,
+            Device::Cuda(i) => Some(
+                std::ffi::c_int::try_from(i).map_err(|_| fail(format!("no device cuda:{i}")))?,
+            ),
             other => {
                 return Err(fail(format!(
                     "{other:?} is not supported: save to Cpu or Cuda(n)"
@@ -177,43 +164,12 @@ impl ScriptModel {
             }
         };
         atomic_write(path, |tmp| -> Result<()> {
-            let tmp = CString::new(tmp.as_os_str().as_encoded_bytes())
-                .map_err(|_| fail("the path holds a NUL byte".into()))?;
-            let mut error = std::ptr::null_mut();
-            // SAFETY: the module handle is live for `&self`; the path is a NUL-terminated
-            // string; the C++ side catches every exception.
-            let status = unsafe {
-                tp_module_save(
-                    module_handle(&self.module),
-                    tmp.as_ptr(),
-                    device,
-                    always_copy as c_int,
-                    &mut error,
-                )
-            };
-            if status == 0 {
-                return Ok(());
-            }
-            if error.is_null() {
-                return Err(fail("out of memory".into()));
-            }
-            // SAFETY: a NUL-terminated string allocated by the C++ side, freed here once.
-            let message = unsafe { CStr::from_ptr(error) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { tp_free_error(error) };
-            Err(fail(first_line(&message)))
+            ffi::save_module(&self.module, tmp, device, always_copy).map_err(|e| match e {
+                FfiError::Cpp(message) => fail(message),
+                FfiError::Nul(_) => fail("the path holds a NUL byte".into()),
+            })
         })
     }
-}
-
-/// The `torch::jit::Module*` inside tch's `CModule`, whose only field is that pointer (not
-/// public). A struct whose one field is as large as the struct holds it at offset 0; the
-/// assertion stops the build should a tch release add a field.
-fn module_handle(module: &CModule) -> *const c_void {
-    const _: () = assert!(std::mem::size_of::<CModule>() == std::mem::size_of::<*mut c_void>());
-    // SAFETY: see above; the pointer is read, not taken over (the CModule keeps owning it).
-    unsafe { *(module as *const CModule).cast::<*const c_void>() }
 }
 
 impl tch::nn::Module for ScriptModel {

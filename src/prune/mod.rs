@@ -1,24 +1,23 @@
 //! The pruning core: PyTorch's `torch.nn.utils.prune` on the tensors of a `VarStore`.
 //!
 //! From the bottom up: [`amount`] (how much to prune), [`selection`] (which entries are the
-//! smallest, as `torch.topk` picks them: a folder, one file per path and piece, the tensor
-//! operations, the radix select, the streamed threshold, keys, threads), [`method`] (the
-//! `PruningMethod` trait and the checks all methods share), the methods ([`unstructured`],
-//! [`structured`], [`custom`]), [`container`] (combining a new mask with the previous one, as
-//! `PruningContainer` does), [`pruner`] (the registry of pruned tensors: reparametrization and
-//! its names in `mod.rs`, beside it one pruned tensor reapplied before forward, PyTorch's
-//! `prune.<method>` functions, `remove` and pruning made permanent at once, following the
-//! store to another device or dtype), and extensions of the registry: [`global`] pruning, [`state`] loading, the [`module`] wrappers
-//! and the gradient hook [`grad_redirect`]. Pruning while training: [`nm`] (N:M
-//! semi-structured sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning
-//! up to a schedule through the registry) and [`rewind`] (lottery-ticket rewinding). Nothing
-//! here reads or writes files.
+//! smallest, as `torch.topk` picks them: the tensor operations, the radix select, the streamed
+//! threshold, keys, threads), [`method`] (the `PruningMethod` trait and the checks all methods
+//! share), the methods ([`unstructured`], [`structured`], [`custom`]), [`container`] (combining
+//! a new mask with the previous one, as `PruningContainer` does), [`pruner`] (the registry of
+//! pruned tensors: reparametrization and its names, one pruned tensor reapplied before forward,
+//! PyTorch's `prune.<method>` functions, `remove` and pruning made permanent at once, following
+//! the store to another device or dtype), and extensions of the registry: [`global`] pruning,
+//! [`state`] loading and the [`module`] wrappers (the gradient hook the registry installs is
+//! C++: `crate::ffi::GradRedirect`). Pruning while training: [`nm`] (N:M semi-structured
+//! sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning up to a schedule
+//! through the registry) and [`rewind`] (lottery-ticket rewinding). Nothing here reads or
+//! writes files.
 
 pub(crate) mod amount;
 pub(crate) mod container;
 pub(crate) mod custom;
 pub(crate) mod global;
-pub(crate) mod grad_redirect;
 pub(crate) mod gradual;
 pub(crate) mod method;
 pub(crate) mod module;

@@ -132,7 +132,7 @@ impl Limits {
                     None => anyhow!(
                         "the model's {what} needed more than the {} memory limit (--memory-limit): {}",
                         shown(self.memory),
-                        tch_prune::first_line(&text)
+                        crate::text::first_line(&text)
                     ),
                 }
             } else {

@@ -133,7 +133,7 @@ fn timed_outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<(Tensor
         .map_err(|e| {
             anyhow::anyhow!(
                 "the model's forward failed: {}",
-                torch_reason(&e.to_string())
+                crate::text::torchscript_reason(&e.to_string())
             )
         })?;
         // The first tensor of the result, waited for on a GPU.
@@ -379,25 +379,6 @@ fn print_table(s: &Summary) {
         );
     }
     println!("wrote {} (input shape {:?})", s.output, s.input_shape);
-}
-
-/// libtorch's reason for a failed forward: the last line of the interpreter's traceback (the
-/// exception), not its first ("The following operation failed in the TorchScript
-/// interpreter.").
-fn torch_reason(message: &str) -> String {
-    let message = message.trim();
-    if !message.contains("The following operation failed in the TorchScript interpreter") {
-        return tch_prune::first_line(message);
-    }
-    let last = message
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("libtorch gave no message");
-    last.split_once("Error: ")
-        .map_or(last, |(_, why)| why)
-        .to_string()
 }
 
 /// Copies of a model's parameters, to check that running its code left them as they were.

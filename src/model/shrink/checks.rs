@@ -5,31 +5,11 @@
 //! that no tensor is reachable under two names (one conv under two module paths would be
 //! sliced once per name, differently).
 
-use super::ffi;
 use super::groups::Analysis;
 use crate::error::{first_line, PruneError, Result};
+use crate::ffi;
 use std::collections::{BTreeMap, HashMap};
 use tch::{CModule, IValue, Tensor};
-
-/// libtorch's reason for a failed run: the interpreter's message starts with "The following
-/// operation failed in the TorchScript interpreter." and a traceback, and ends with the
-/// exception's own line (`RuntimeError: Expected 4D input...`); other messages are their first
-/// line.
-pub(crate) fn torchscript_reason(message: &str) -> String {
-    let message = message.trim();
-    if !message.contains("The following operation failed in the TorchScript interpreter") {
-        return first_line(message);
-    }
-    let last = message
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("libtorch gave no message");
-    last.split_once("Error: ")
-        .map_or(last, |(_, why)| why)
-        .to_string()
-}
 
 /// Fails unless `forward` takes exactly one argument (besides `self`), without running it:
 /// called with none, libtorch refuses it by its schema and names every argument ("forward() is
@@ -193,15 +173,5 @@ mod tests {
         let d = "__torch__.M self, Tuple[Tensor, Tensor] x, Tensor? y=None) -> Tensor";
         assert_eq!(required_arguments(d), 1);
         assert_eq!(required_arguments("__torch__.M self) -> Tensor"), 0);
-    }
-
-    #[test]
-    fn the_reason_is_the_exception_line() {
-        let m = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript\n  File x\nRuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]\n";
-        assert_eq!(
-            torchscript_reason(m),
-            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [1, 3]"
-        );
-        assert_eq!(torchscript_reason("one\ntwo"), "one");
     }
 }

@@ -11,7 +11,6 @@
 //! in every coupled parameter.
 
 mod checks;
-mod ffi;
 mod graph;
 mod groups;
 mod rewrite;
@@ -22,6 +21,7 @@ pub use select::ShrinkOptions;
 
 use super::script_model::ScriptModel;
 use crate::error::{PruneError, Result};
+use crate::ffi;
 use tch::{CModule, Kind, Tensor};
 
 /// The coupled channel groups of a model for one input shape.
@@ -107,7 +107,7 @@ impl ScriptModel {
                 self.module()
                     .forward_is(&[tch::IValue::Tensor(input.shallow_clone())])
             }) {
-                Err(full) => checks::torchscript_reason(&full.to_string()),
+                Err(full) => crate::checkpoint::torchscript_reason(&full.to_string()),
                 Ok(_) => e.to_string(),
             };
             PruneError::Shrink(format!(
@@ -174,7 +174,7 @@ impl ScriptModel {
         }
         let (g, a, alias_notes) = self.analyse(input, std::iter::empty())?;
         let module = self.module();
-        let scores = select::scores(&a, &|name: &str| ffi::get_tensor(module, name), opts.norm)?;
+        let scores = select::scores(&a, &|name| Ok(ffi::get_tensor(module, name)?), opts.norm)?;
         let kept = select::select(&a, &g, &scores, opts)?;
         let removed: Vec<Removed> = a
             .layouts

@@ -3,10 +3,10 @@
 //! `groups` of depthwise convolutions changed in their class's code. Nothing else of the code
 //! changes: conv, linear and batch norm take their shapes from their tensors.
 
-use super::ffi::{self, IntSlot};
 use super::graph::Graph;
 use super::groups::{Analysis, LayerKind};
 use crate::error::{PruneError, Result};
+use crate::ffi::{self, IntSlot};
 use std::collections::{BTreeMap, HashMap};
 use tch::{CModule, Kind, Tensor};
 

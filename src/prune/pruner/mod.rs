@@ -15,9 +15,9 @@ mod placement;
 mod pruned_tensor;
 
 use crate::error::{PruneError, Result};
+use crate::ffi::GradRedirect;
 use crate::prune::container::combine_masks;
 use crate::prune::custom::CustomFromMask;
-use crate::prune::grad_redirect::GradRedirect;
 use crate::prune::method::{
     all_ones, check_shape, same_device, scores_for, PruningMethod, PruningType,
 };

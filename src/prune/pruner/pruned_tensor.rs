@@ -3,7 +3,7 @@
 //! when (and only when) something changed. One idea: keeping that tensor's values right.
 
 use crate::error::Result;
-use crate::prune::grad_redirect::GradRedirect;
+use crate::ffi::GradRedirect;
 use tch::{Device, Kind, Tensor};
 
 /// One pruned tensor: the registry's equivalent of a PyTorch pruning hook.

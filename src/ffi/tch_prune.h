@@ -1,0 +1,140 @@
+// The one interface between the crate's C++ (src/ffi/*.cpp) and its Rust (src/ffi/mod.rs, which
+// declares every function below once, in the same order). Every .cpp file includes this header,
+// and the build's -Wmissing-declarations refuses an exported function that is not declared here.
+//
+// One error convention. A function that can fail returns `char*`: null when it succeeded, else
+// the message of what failed, which the caller frees with tp_free_string. Its results come back
+// through out-parameters, written only on success. Its body runs inside tp::protect, so that no
+// exception crosses into Rust (where unwinding through a foreign frame is undefined behaviour).
+// A function that cannot fail returns its result and is `noexcept`.
+//
+// One string channel. Every string handed to Rust (results, messages, reasons) is a malloc'd copy
+// made by tp::copy_string, and freed by Rust with tp_free_string. When memory runs out while a
+// failure is reported, the message is the static tp::kOutOfMemory, which tp_free_string knows not
+// to free: a failure is therefore never mistaken for a success.
+//
+// Handles: `torch::jit::Module*` is tch's `CModule` (torch-sys's `CModule_`), `at::Tensor*` is
+// tch's `Tensor` (torch-sys's `C_tensor`); both stay owned by the Rust side unless said otherwise.
+#ifndef TCH_PRUNE_FFI_H
+#define TCH_PRUNE_FFI_H
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <string>
+
+namespace at {
+class Tensor;
+}
+namespace torch {
+namespace jit {
+struct Module;
+}
+}  // namespace torch
+
+// A pruned tensor's gradient route (grad_redirect.cpp); owned by the Rust side's `GradRedirect`.
+struct TpRedirect;
+
+namespace tp {
+
+// The message returned when not even the copy of a failure's message could be allocated.
+extern char kOutOfMemory[];
+
+// A malloc'd copy of `text` for the Rust side to free with tp_free_string. Throws std::bad_alloc
+// when malloc fails, so that inside tp::protect a lost result becomes a reported failure.
+char* copy_string(const std::string& text);
+
+// The message a failing function returns: a copy of `what`, or kOutOfMemory.
+char* error_message(const char* what) noexcept;
+
+// Runs `body` (a callable taking nothing) under the error convention: null when it returned,
+// the exception's message when it threw.
+template <typename Body>
+char* protect(Body&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_message(e.what());
+  } catch (...) {
+    return error_message("C++ exception of an unknown type");
+  }
+}
+
+}  // namespace tp
+
+extern "C" {
+
+// Strings (tch_prune.cpp)
+
+// Frees a string the C++ side handed over (a result or a failure's message); null is allowed.
+void tp_free_string(char* s) noexcept;
+
+// The backend report (backend.cpp). A missing CUDA backend is an answer, not a failure: the three
+// numbers never fail, and the count fails only when memory runs out.
+
+// The libtorch version of the headers this crate was compiled against (static, not to be freed).
+const char* tp_libtorch_version() noexcept;
+// The CUDA runtime version libtorch's CUDA part was built with, or -1 when that part is not
+// loaded in this process.
+int64_t tp_cudart_version() noexcept;
+// The cuDNN version libtorch's CUDA part was built with, or -1 without one.
+int64_t tp_cudnn_version() noexcept;
+// The number of CUDA devices into `*count`, and into `*why` what libtorch said while counting
+// them (its warning on the first count in a process, or the exception it threw), or null when
+// it said nothing.
+char* tp_cuda_device_count(int64_t* count, char** why) noexcept;
+
+// TorchScript save (script_save.cpp)
+
+// Saves `module` to `path` with its tensors on `device` (-1: the CPU, N: `cuda:N`), from a copy
+// of the module when a tensor is elsewhere or when `always_copy` is non-zero.
+char* tp_module_save(const torch::jit::Module* module, const char* path, int device,
+                     int always_copy) noexcept;
+
+// The gradient route of a pruned tensor (grad_redirect.cpp)
+
+// Installs the hook on `target`'s gradient accumulator; `*redirect` receives the owned handle.
+char* tp_redirect_new(const at::Tensor* target, const at::Tensor* orig, const at::Tensor* mask,
+                      TpRedirect** redirect) noexcept;
+// Makes sure the hook sits on the tensor's current accumulator.
+char* tp_redirect_refresh(TpRedirect* redirect) noexcept;
+// How many gradients have been handed to `orig` so far.
+uint64_t tp_redirect_deliveries(const TpRedirect* redirect) noexcept;
+// Records the storages `orig` and `mask` have now.
+void tp_redirect_mark_placed(TpRedirect* redirect) noexcept;
+// 1 if `orig` or `mask` has another storage than at the last tp_redirect_mark_placed (or none
+// was recorded), else 0.
+int tp_redirect_moved(const TpRedirect* redirect) noexcept;
+// Removes the hook and frees the handle.
+void tp_redirect_free(TpRedirect* redirect) noexcept;
+
+// The TorchScript graph for channel removal (shrink_graph.cpp)
+
+// The description of `module`'s forward graph measured on `input`, into `*text` (the line format
+// written down in src/model/shrink/graph.rs; free it with tp_free_string).
+char* tp_shrink_describe(torch::jit::Module* module, const at::Tensor* input,
+                         char** text) noexcept;
+// The parameter or buffer `dotted` into `*tensor` (a new handle to the same tensor, owned by the
+// caller).
+char* tp_shrink_get_tensor(torch::jit::Module* module, const char* dotted,
+                           at::Tensor** tensor) noexcept;
+// Replaces the parameter or buffer `dotted` by a copy of `value` (same kind, same requires_grad).
+char* tp_shrink_set_tensor(torch::jit::Module* module, const char* dotted,
+                           const at::Tensor* value) noexcept;
+// Sets the int `name` of the submodule at `path` ("" for the root); `*slot` receives 1 for an
+// attribute of that instance, 2 for a class constant (shared by every instance of the class), 0
+// when the module has neither.
+char* tp_shrink_set_int(torch::jit::Module* module, const char* path, const char* name,
+                        int64_t value, int* slot) noexcept;
+// Rewrites the `groups` constant of the convolutions in the methods of the class of the
+// submodule at `path` from `old_groups` to `new_groups`; `*changed` receives how many calls
+// changed.
+char* tp_shrink_set_groups(torch::jit::Module* module, const char* path, int64_t old_groups,
+                           int64_t new_groups, int64_t* changed) noexcept;
+// Drops the optimized execution plans every method of every submodule caches.
+char* tp_shrink_reset_plans(torch::jit::Module* module) noexcept;
+
+}  // extern "C"
+
+#endif  // TCH_PRUNE_FFI_H
