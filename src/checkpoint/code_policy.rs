@@ -97,9 +97,45 @@ const CLASS_NAMESPACES: [&str; 3] = ["quantized", "xnnpack", "rnn"];
 /// tensor casts (`x.half()` is `aten::to`), an enum's `value`, `type` (`aten::to` too),
 /// `tolist`, and `unpack`, the method of libtorch's native packed-parameter classes
 /// (`torch.classes.quantized.*`) that quantized models call.
-const BUILTIN_ATTRIBUTES: [&str; 16] = [
-    "byte", "char", "short", "int", "long", "half", "float", "double", "bfloat16", "bool",
-    "cfloat", "cdouble", "value", "type", "tolist", "unpack",
+/// With them, the properties TorchScript resolves to operators that are not in the registry's
+/// schemas (its `builtin_properties`: `x.shape`, `x.T`, `device.index`, ...).
+const BUILTIN_ATTRIBUTES: [&str; 36] = [
+    "byte",
+    "char",
+    "short",
+    "int",
+    "long",
+    "half",
+    "float",
+    "double",
+    "bfloat16",
+    "bool",
+    "cfloat",
+    "cdouble",
+    "value",
+    "type",
+    "tolist",
+    "unpack",
+    "dtype",
+    "device",
+    "grad",
+    "data",
+    "shape",
+    "requires_grad",
+    "layout",
+    "T",
+    "H",
+    "mT",
+    "mH",
+    "ndim",
+    "name",
+    "real",
+    "imag",
+    "is_leaf",
+    "retains_grad",
+    "itemsize",
+    "nbytes",
+    "index",
 ];
 
 /// All the code of one archive together may take this many bytes (real ones take kilobytes to
@@ -540,6 +576,12 @@ fn check_path(
             }
         }
         "getattr" | "hasattr" => {
+            // `getattr(torch, "x")`, `getattr(ops.aten, "x")`: the namespace is the refusal.
+            if let Some(Kind::Name("torch" | "ops")) = tokens.get(next + 1).map(|t| t.kind) {
+                let (object, _) = chain_at(tokens, next + 1);
+                let shown: Vec<&str> = object.iter().map(|(n, _)| *n).collect();
+                return namespace_itself(shown.join("."));
+            }
             let name = call_literal(tokens, next).ok_or_else(|| Finding {
                 line,
                 what: format!(
@@ -603,6 +645,14 @@ fn check_attribute(name: &[u8], line: usize, declared: &HashSet<&[u8]>) -> Resul
         return Err(Finding {
             line,
             what: format!("uses the attribute '.{shown}', which calls the operator {q}: it acts outside the process's tensors (files, stdout, other processes)"),
+        });
+    }
+    if name == b"classes" {
+        // `(__torch__.torch).classes.<namespace>`: custom classes reached around the checked
+        // `__torch__.torch.classes.<namespace>` path, whatever the archive declares.
+        return Err(Finding {
+            line,
+            what: "uses the attribute '.classes', which reaches custom classes other than by their full __torch__.torch.classes path".into(),
         });
     }
     let known = std::str::from_utf8(name)
@@ -765,6 +815,16 @@ mod tests {
                 "namespace 'ops'",
             ),
             // Their relatives.
+            (
+                "classes : int\ny = (__torch__.torch).classes.dist_c10d.FileStore(p, 1)\n",
+                2,
+                "'.classes'",
+            ),
+            (
+                "classes : int\ny = getattr(__torch__.torch, \"classes\")\n",
+                2,
+                "'.classes'",
+            ),
             ("y = (torch).from_file(p)\n", 1, "namespace 'torch'"),
             (
                 "a = ops.aten\nb = a.from_file(p)\n",
