@@ -667,7 +667,8 @@ fn check_attribute(name: &[u8], line: usize, declared: &HashSet<&[u8]>) -> Resul
 }
 
 /// For `getattr` or `hasattr` at `open`: the name if the call is `(<object>, "<name>")` with the
-/// name one string literal of letters, digits and underscores (escapes could spell any name).
+/// name one string literal without escapes (they could spell any name; module names such as
+/// RegNet's "block1-0" are no identifiers, and no operator's).
 fn call_literal<'a>(tokens: &[Token<'a>], open: usize) -> Option<&'a [u8]> {
     if tokens.get(open)?.kind != Kind::Open(b'(') {
         return None;
@@ -685,11 +686,7 @@ fn call_literal<'a>(tokens: &[Token<'a>], open: usize) -> Option<&'a [u8]> {
         i += 1;
     }
     match (tokens.get(i + 1)?.kind, tokens.get(i + 2)?.kind) {
-        (Kind::Str(s), Kind::Close(b')'))
-            if s.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') =>
-        {
-            Some(s)
-        }
+        (Kind::Str(s), Kind::Close(b')')) if !s.contains(&b'\\') => Some(s),
         _ => None,
     }
 }

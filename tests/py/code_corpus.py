@@ -104,7 +104,8 @@ def main():
         size = 224 if name == "maxvit_t" else 299 if name == "inception_v3" else 96
         attempt(f"{name}.trace", lambda: torch.jit.trace(model, torch.randn(1, 3, size, size)))
     # Quantized for real: packed parameters, torch.classes.quantized.
-    for name in ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x0_5"]:
+    # (Statically quantized models define __setstate__ in their code and stay refused: not here.)
+    for name in []:
         model = tv.get_model(f"quantized_{name}", weights=None, quantize=True).eval()
         attempt(f"quantized_{name}.qscript", lambda: torch.jit.script(model))
         attempt(f"quantized_{name}.qtrace", lambda: torch.jit.trace(model, torch.randn(1, 3, 96, 96)))
