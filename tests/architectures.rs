@@ -14,30 +14,46 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SCRIPT: &str = include_str!("py/architectures.py");
+const CORPUS_SCRIPT: &str = include_str!("py/code_corpus.py");
+const SHRINK_SCRIPT: &str = include_str!("py/shrink_architectures.py");
 const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
 
 /// The generated models' folder, or None (said on stderr) without a Python that has torch.
 fn models() -> Option<&'static Path> {
     static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        // FNV-1a of the script: a changed generator writes a new folder.
-        let hash = SCRIPT.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp.join(format!("architectures-{hash:016x}"));
-        if dir.join("done").exists() {
-            return Some(dir);
-        }
-        // Written aside and renamed into place, so that an interrupted run leaves no half folder.
-        let partial = tempfile::tempdir_in(tmp).expect("temporary folder");
-        common::run_python(SCRIPT, &[Path::new("generate"), partial.path()])?;
-        std::fs::write(partial.path().join("done"), "").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(partial.path(), &dir).expect("cannot move the generated models into place");
-        Some(dir)
+        generated("architectures", &[SCRIPT], |out| {
+            common::run_python(SCRIPT, &[Path::new("generate"), out]).map(drop)
+        })
     })
     .as_deref()
+}
+
+/// A folder of generated files under the target folder, keyed by the generating scripts' text
+/// (FNV-1a: a changed generator writes a new folder), made by `make` once; None without Python.
+fn generated(
+    prefix: &str,
+    scripts: &[&str],
+    make: impl FnOnce(&Path) -> Option<()>,
+) -> Option<PathBuf> {
+    let hash = scripts
+        .iter()
+        .flat_map(|s| s.bytes())
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join(format!("{prefix}-{hash:016x}"));
+    if dir.join("done").exists() {
+        return Some(dir);
+    }
+    // Written aside and renamed into place, so that an interrupted run leaves no half folder.
+    let partial = tempfile::tempdir_in(tmp).expect("temporary folder");
+    make(partial.path())?;
+    std::fs::write(partial.path().join("done"), "").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(partial.path(), &dir).expect("cannot move the generated files into place");
+    Some(dir)
 }
 
 fn tch_prune(args: &[String]) -> String {
@@ -175,4 +191,76 @@ fn gpt2_with_tied_embeddings_equals_pytorch_in_every_format() {
 #[test]
 fn bert_with_tied_embeddings_equals_pytorch_in_every_format() {
     check_model("bert");
+}
+
+/// The TorchScript code policy (the default, `CodePolicy::Checked`) refuses no real model: the
+/// code of every model the test suites build (every torchvision classification model, as
+/// scripts/shrink_sweep.py makes them, its detection, segmentation, video, optical-flow and
+/// quantized models, some traced; this file's models and tests/py/shrink_architectures.py's;
+/// Hugging Face models traced; tests/py/formats' TorchScript fixtures), written by
+/// tests/py/code_corpus.py, and the committed TorchScript fixtures.
+#[test]
+fn the_code_policy_refuses_no_real_model() {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py");
+    let corpus = generated(
+        "code-corpus",
+        &[CORPUS_SCRIPT, SCRIPT, SHRINK_SCRIPT],
+        |out| {
+            let log = common::run_python(CORPUS_SCRIPT, &[&py, out])?;
+            assert!(log.ends_with("done\n"), "{log}");
+            Some(())
+        },
+    )
+    .expect("this test needs TCH_PRUNE_PYTHON with torch, torchvision and transformers");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = [
+        "tests/fixtures/formats/script.pt",
+        "tests/fixtures/formats/tiny_script.pt",
+        "data/digits_cnn.pt",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .collect();
+    for dir in [corpus.clone(), corpus.join("formats")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "pt") {
+                files.push(path);
+            }
+        }
+    }
+    let mut refused: Vec<String> = files
+        .iter()
+        .filter_map(|f| tch_prune::checkpoint::check_torchscript_code(f).err())
+        .map(|e| e.to_string())
+        .collect();
+    // torchvision's detection models call torchvision's own operators, which libtorch alone
+    // does not have (it could not load them either): refused for that, and only that.
+    let detection: Vec<PathBuf> = std::fs::read_dir(corpus.join("torchvision_ops"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for f in &detection {
+        match tch_prune::checkpoint::check_torchscript_code(f) {
+            Err(e) if e.to_string().contains("namespace 'torchvision'") => {}
+            other => refused.push(format!(
+                "{}: {other:?}, not refused for ops.torchvision",
+                f.display()
+            )),
+        }
+    }
+    assert!(
+        detection.len() >= 8,
+        "only {} detection models",
+        detection.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "{} of {} real models refused:\n{}",
+        refused.len(),
+        files.len(),
+        refused.join("\n")
+    );
+    // Not vacuous: the corpus holds what the generator says it writes.
+    assert!(files.len() > 150, "only {} models checked", files.len());
 }

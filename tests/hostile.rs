@@ -252,7 +252,7 @@ fn rows() -> Vec<Row> {
         // 1. TorchScript code from the file never runs by default.
         row("setstate, report", "report {gen}/setstate.pt", 1, &["__setstate__", "refused", "--trust-code"]),
         row("setstate, prune", "prune {gen}/setstate.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["__setstate__", "--trust-code"]),
-        row("from_file in forward", "prune {gen}/forward_from_file.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["'from_file'", "line"]),
+        row("from_file in forward", "prune {gen}/forward_from_file.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["'torch.from_file'", "line"]),
         row("custom operator namespace", "report {gen}/custom_op.pt", 1, &["'evilext'"]),
         Row {
             trusted: true,
@@ -261,6 +261,21 @@ fn rows() -> Vec<Row> {
         Row {
             trusted: true,
             ..row("setstate trusted, warnings asked for", "report {gen}/setstate.pt --trust-code --libtorch-warnings", 0, &["Warning", "quantize_per_tensor"])
+        },
+        // Issue 20: the code allow-list. Names in string literals (getattr on a namespace) or
+        // behind parentheses reach files past a deny-list; shrink runs forward, report loads.
+        row("getattr(torch, 'from_file'), shrink", "shrink {gen}/getattr_from_file.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8", 1, &["getattr_from_file.pt", "line", "namespace 'torch'", "--trust-code"]),
+        row("getattr(torch, 'from_file'), report", "report {gen}/getattr_from_file.pt", 1, &["line", "namespace 'torch'", "--trust-code"]),
+        row("getattr(torch, 'save'), shrink", "shrink {gen}/getattr_save.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8", 1, &["line", "namespace 'torch'", "--trust-code"]),
+        row("getattr(torch, 'save'), report", "report {gen}/getattr_save.pt", 1, &["line", "namespace 'torch'", "--trust-code"]),
+        row("getattr(ops.aten, 'from_file'), shrink", "shrink {gen}/getattr_ops_from_file.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8", 1, &["line", "namespace 'ops.aten'", "--trust-code"]),
+        row("getattr(ops.aten, 'from_file'), report", "report {gen}/getattr_ops_from_file.pt", 1, &["line", "namespace 'ops.aten'", "--trust-code"]),
+        row("(ops)._c10d_functional, shrink", "shrink {gen}/paren_ops.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8", 1, &["line", "namespace 'ops'", "--trust-code"]),
+        row("(ops)._c10d_functional, report", "report {gen}/paren_ops.pt", 1, &["line", "namespace 'ops'", "--trust-code"]),
+        Row {
+            trusted: true,
+            writes: &["out.pt"],
+            ..row("getattr(torch, 'from_file') trusted: runs", "shrink {gen}/getattr_from_file.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8 --trust-code", 0, &[])
         },
         // 2. Small files do not take the machine.
         Row { bomb: true, ..row("pickle bomb", "report {gen}/pickle_bomb.pt", 1, &["data.pkl"]) },
@@ -306,7 +321,9 @@ fn rows() -> Vec<Row> {
         // 6. Error lines that help.
         row("quantized TorchScript", "report {gen}/quantized.pt", 1, &["quantized", "not supported"]),
         row("quantized TorchScript, trusted", "report {gen}/quantized.pt --trust-code", 1, &["quantized", "not supported"]),
-        row("libtorch message after a newline", "report {gen}/unknown_op.pt", 1, &["cannot load as TorchScript: Unknown builtin op"]),
+        // The allow-list refuses an unknown operator itself; trusted, libtorch's message shows.
+        row("unknown operator", "report {gen}/unknown_op.pt", 1, &["torch.no_such_op", "not an operator"]),
+        row("libtorch message after a newline", "report {gen}/unknown_op.pt --trust-code", 1, &["cannot load as TorchScript: Unknown builtin op"]),
         row("100 MB pattern", "prune {gen}/plain.pt -o out.pt --plan {gen}/long_pattern.json", 1, &["matches no parameter", "xxx…"]),
         row("safetensors header past the end", "report {gen}/header_past_end.safetensors", 1, &["safetensors", "past the end"]),
         Row { writes: &["out.pt"], ..row("--seed -1", "prune {gen}/plain.pt -o out.pt --method random-unstructured --amount 0.5 --seed -1", 0, &[]) },

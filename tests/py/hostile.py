@@ -63,6 +63,21 @@ class ReadsInForward(torch.nn.Module):
         return self.fc(x) + t
 
 
+class ConvReads(torch.nn.Module):
+    """A conv net shrink can analyse, whose forward holds a harmless call (torch.clone, its
+    result used so that it stays in the code) that the issue 20 inputs replace with a trick."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+        self.path = path
+
+    def forward(self, x):
+        y = torch.sum(torch.clone(x)) * 0
+        return self.head(torch.relu(self.conv(x))) + y
+
+
 class Mlp(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -199,6 +214,19 @@ def main():
     code = [(n, d) for n, d in items if n.endswith("code/__torch__.py")][0]
     evil = (code[0], code[1].replace(b"torch.relu(", b"torch.from_file(\"%s\", True, 4) + torch.relu(" % VICTIM.encode()))
     write_zip(OUT / "dup_code.pt", [evil] + items)
+    # Issue 20: the code allow-list. The forward of a scripted conv net reaches the victim
+    # through names a deny-list does not see: in string literals (getattr with a namespace) or
+    # behind parentheses. `shrink` runs forward; `report` only loads.
+    torch.jit.save(torch.jit.script(ConvReads(VICTIM)), OUT / "conv_reads.pt")
+    tricks = {
+        "getattr_from_file": 'getattr(torch, "from_file")(self.path, True, 4).fill_(65.)',
+        "getattr_save": '(torch.clone(x), getattr(torch, "save")(x, self.path))[0]',
+        "getattr_ops_from_file": 'getattr(ops.aten, "from_file")(self.path, True, 4).fill_(65.)',
+        "paren_ops": "(ops)._c10d_functional.wait_tensor(x)",
+    }
+    for name, trick in tricks.items():
+        replace_code(OUT / "conv_reads.pt", OUT / f"{name}.pt", "torch.clone(x)", trick)
+
     # Quantized (dynamic): packed parameters, whose loading warns in libtorch.
     q = torch.ao.quantization.quantize_dynamic(Mlp(), {torch.nn.Linear}, dtype=torch.qint8)
     torch.jit.save(torch.jit.script(q), OUT / "quantized.pt")

@@ -74,8 +74,8 @@ def randomise(m):
     return m.eval()
 
 
-def main():
-    out = sys.argv[1]
+def models():
+    """The models, randomised and in eval mode, by name (seeded: the same every call)."""
     torch.manual_seed(0)
     models = {
         name: torchvision.models.get_model(name, weights=None)
@@ -95,6 +95,12 @@ def main():
             for mod in m.modules():
                 if hasattr(mod, "layer_scale"):
                     mod.layer_scale.data.uniform_(0.5, 1.5)
+    return models
+
+
+def main():
+    out = sys.argv[1]
+    for name, m in models().items():
         torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
     print("ok")
 
