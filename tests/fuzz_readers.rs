@@ -160,6 +160,68 @@ fn mutate_zip(rng: &mut Rng, seed: &[u8], entries: &[(String, Vec<u8>)]) -> Vec<
     rezip(&entries)
 }
 
+/// The central directory records of a zip written by [`rezip`] (no comments, no zip64): the
+/// offset of each, and of the end record.
+fn central_records(zip: &[u8]) -> (Vec<usize>, usize) {
+    let le16 = |at: usize| usize::from(u16::from_le_bytes([zip[at], zip[at + 1]]));
+    let end = zip.len() - 22;
+    let mut at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().expect("4")) as usize;
+    let mut records = Vec::new();
+    while at < end {
+        records.push(at);
+        at += 46 + le16(at + 28) + le16(at + 30) + le16(at + 32);
+    }
+    (records, end)
+}
+
+/// Issue 20's mutations of the directory, where readers differ (see `zip_entries`): an entry
+/// renamed by an Info-ZIP Unicode Path extra field (0x7075, valid CRC: the zip crate honours
+/// it, miniz does not), the UTF-8 flag set over invalid UTF-8, or cleared over a non-ASCII byte
+/// (decoded as code page 437 by the zip crate). Whether an entry was renamed (such an input
+/// must be refused).
+fn mutate_directory(rng: &mut Rng, zip: &mut Vec<u8>) -> bool {
+    let (records, end) = central_records(zip);
+    let record = records[rng.below(records.len())];
+    let name_len = usize::from(u16::from_le_bytes([zip[record + 28], zip[record + 29]]));
+    let name = zip[record + 46..record + 46 + name_len].to_vec();
+    match rng.below(3) {
+        0 => {
+            let mut shown = name.clone();
+            shown.push(b'x');
+            let mut field = vec![0x75, 0x70];
+            field.extend_from_slice(&(5 + shown.len() as u16).to_le_bytes());
+            field.push(1);
+            field.extend_from_slice(&crc32fast::hash(&name).to_le_bytes());
+            field.extend_from_slice(&shown);
+            let extra_len = u16::from_le_bytes([zip[record + 30], zip[record + 31]]);
+            zip[record + 30..record + 32]
+                .copy_from_slice(&(extra_len + field.len() as u16).to_le_bytes());
+            let at = record + 46 + name_len + usize::from(extra_len);
+            zip.splice(at..at, field.iter().copied());
+            let cd_len = u32::from_le_bytes(
+                zip[end + field.len() + 12..end + field.len() + 16]
+                    .try_into()
+                    .expect("4"),
+            );
+            let end = end + field.len();
+            zip[end + 12..end + 16].copy_from_slice(&(cd_len + field.len() as u32).to_le_bytes());
+            true
+        }
+        flip => {
+            // Bit 11 of the flags: the name is UTF-8.
+            if flip == 1 {
+                zip[record + 9] |= 0x08;
+            } else {
+                zip[record + 9] &= !0x08;
+            }
+            if name_len > 0 {
+                zip[record + 46 + rng.below(name_len)] = if flip == 1 { 0xff } else { 0x80 };
+            }
+            false
+        }
+    }
+}
+
 /// Reads one input, checking the outcome: a result, or a one-line error naming the file.
 fn check<T>(
     what: &str,
@@ -269,9 +331,19 @@ fn run_zip_format(
     let start = Instant::now();
     let mut accepted = 0;
     for _ in 0..inputs() {
-        let input = mutate_zip(&mut rng, seed_bytes, &entries);
+        let mut input = mutate_zip(&mut rng, seed_bytes, &entries);
+        // A quarter of the inputs: the directory's names (issue 20), on a well-formed zip.
+        let mut renamed = false;
+        if rng.below(4) == 0 {
+            input = rezip(&entries);
+            renamed = mutate_directory(&mut rng, &mut input);
+        }
         let t = Instant::now();
         let result = read(&input);
+        assert!(
+            !(renamed && matches!(result, Ok(Ok(_)))),
+            "{what}: an entry renamed by a Unicode Path field was read"
+        );
         if matches!(result, Ok(Ok(_))) {
             accepted += 1;
         }

@@ -50,6 +50,9 @@ struct Run {
     stderr: String,
     /// Peak resident memory, in MiB.
     peak_mib: u64,
+    /// CPU time, user and system, in seconds (what `max_secs` bounds: wall time depends on
+    /// what else the machine runs).
+    cpu_secs: f64,
 }
 
 /// The binary under test: this crate's, or the one `TCH_PRUNE_BIN` names (to run the table
@@ -84,7 +87,7 @@ fn run(args: &[String], work: &Path) -> Run {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     });
-    let (status, peak_kib) = wait4(child.id());
+    let (status, peak_kib, cpu_secs) = wait4_cpu(child.id());
     let _ = done.send(());
     watchdog.join().expect("watchdog");
     let read = |p: &Path| {
@@ -97,6 +100,7 @@ fn run(args: &[String], work: &Path) -> Run {
         stdout: read(&out),
         stderr: read(&err),
         peak_mib: peak_kib / 1024,
+        cpu_secs,
     }
 }
 
@@ -125,6 +129,12 @@ fn limited(mut command: Command) -> Command {
 
 /// Waits for the child `pid`; its exit status (128 + signal if killed) and peak memory in KiB.
 fn wait4(pid: u32) -> (i32, u64) {
+    let (status, peak, _) = wait4_cpu(pid);
+    (status, peak)
+}
+
+/// [`wait4`], and the CPU seconds (user and system) the child took.
+fn wait4_cpu(pid: u32) -> (i32, u64, f64) {
     let mut status = 0;
     // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -135,7 +145,12 @@ fn wait4(pid: u32) -> (i32, u64) {
     } else {
         128 + libc::WTERMSIG(status)
     };
-    (code, usage.ru_maxrss as u64)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        code,
+        usage.ru_maxrss as u64,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+    )
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -161,6 +176,9 @@ struct Row {
     bomb: bool,
     /// The payload must run (rows that pass --trust-code to a file that has one), or must not.
     trusted: bool,
+    /// The run must take less than this many seconds of CPU (rows about time that grows with
+    /// the input).
+    max_secs: Option<u64>,
 }
 
 const NO_SETUP: fn(&Path) = |_| {};
@@ -175,6 +193,7 @@ fn row(name: &'static str, args: &'static str, status: i32, words: &'static [&'s
         writes: &[],
         bomb: false,
         trusted: false,
+        max_secs: None,
     }
 }
 
@@ -392,6 +411,16 @@ fn rows() -> Vec<Row> {
         row("shrink: a two-input forward", "shrink {gen}/shrink_two_inputs.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16", 1, &["forward takes 2 inputs", "one tensor", "--input-shape"]),
         row("shrink: an input of the wrong rank", "shrink {gen}/shrink_cnn.pt -o out.pt --amount 0.5 --input-shape 1,3", 1, &["shape [1, 3]", "--input-shape", "Expected 3D (unbatched) or 4D (batched) input to conv2d"]),
         row("shrink: a safetensors file", "shrink {gen}/shrink_cnn.safetensors -o out.pt --amount 0.5", 1, &["shrink needs a TorchScript file", "safetensors"]),
+        // Issue 20: archive differentials and scale
+        row("code renamed by a Unicode Path field, a decoy in its place", "report {gen}/unicode_code.pt", 1, &["Unicode Path", "__torch__.py", "refused"]),
+        row("code renamed by a Unicode Path field, prune", "prune {gen}/unicode_code.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["Unicode Path", "refused"]),
+        row("data/0 renamed by a Unicode Path field, a decoy in its place", "report {gen}/unicode_data.pt", 1, &["Unicode Path", "data/0", "refused"]),
+        row("one storage declared as float and as int32", "report {gen}/two_dtypes.pt", 1, &["storage '0'", "float32", "int32"]),
+        row("a half view of a float storage", "report {gen}/half_view.pt", 1, &["storage '0'", "float32", "float16"]),
+        Row { bomb: true, max_secs: Some(30), ..row("1M one-element views of one storage", "prune {gen}/views_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params v*", 1, &["cop", "refused"]) },
+        Row { bomb: true, max_secs: Some(30), ..row("one tensor under 1M names", "prune {gen}/tied_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params t*", 1, &["several names", "refused"]) },
+        Row { writes: &["out.pt"], max_secs: Some(40), ..row("50,000 one-element views of one storage", "prune {gen}/views_50k.pt -o out.pt --method l1-unstructured --amount 0.5 --params v* --in-memory", 0, &[]) },
+        Row { writes: &["out.pt"], max_secs: Some(40), ..row("20,000 tensors in memory", "prune {gen}/many_tensors.pt -o out.pt --method l1-unstructured --amount 0.5 --in-memory", 0, &[]) },
     ]
 }
 
@@ -490,6 +519,11 @@ fn every_attack_is_refused_cleanly() {
                 false => "--trust-code did not let the payload run".into(),
             });
         }
+        if let Some(max) = row.max_secs {
+            if out.cpu_secs >= max as f64 {
+                problems.push(format!("took {:.1} s of CPU, {max} or more", out.cpu_secs));
+            }
+        }
         if row.bomb {
             let ceiling = read_ceiling;
             if out.peak_mib > ceiling {
@@ -514,6 +548,85 @@ fn every_attack_is_refused_cleanly() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// What tch-prune reads of each file of the differential corpus (crafted archives and a few
+/// valid ones, see tests/py/hostile.py) is what `torch.load(weights_only=True)` reads: the same
+/// names, dtypes, shapes and values bit for bit; or both refuse. Where
+/// tch-prune is stricter than PyTorch on purpose, the row says why.
+#[test]
+fn reads_what_torch_load_reads_or_both_refuse() {
+    let fx = fixtures();
+    // Files PyTorch reads and tch-prune refuses, on purpose.
+    let stricter: &[(&str, &str)] = &[
+        // torch.load reads the int32 declaration as the float storage, torch.jit.load as int32.
+        ("two_dtypes", "declared as"),
+        // Names two readers resolve differently: PyTorch reads one entry, other readers (the
+        // zip crate, scanners) another; refused rather than guessed.
+        ("unicode_data", "Unicode Path"),
+        ("dup_storage", "two entries"),
+        ("dup_case", "two entries"),
+        ("dup_pkl", "two entries"),
+    ];
+    let corpus = [
+        "plain",
+        "valid_views",
+        "views_50k",
+        "unicode_data",
+        "two_dtypes",
+        "half_view",
+        "dup_storage",
+        "dup_case",
+        "dup_pkl",
+    ];
+    let mut failures = Vec::new();
+    for name in corpus {
+        let file = fx.gen.join(format!("{name}.pt"));
+        let expected = fx.gen.join("expected");
+        let ours = tch_prune::checkpoint::read_torch_zip(&file);
+        let theirs = expected.join(format!("{name}.safetensors"));
+        match (ours, theirs.is_file()) {
+            (Err(_), false) => {}
+            (Err(e), true) => match stricter.iter().find(|(n, _)| *n == name) {
+                Some((_, words)) if e.to_string().contains(words) => {}
+                _ => failures.push(format!("{name}: PyTorch reads it, tch-prune refuses: {e}")),
+            },
+            (Ok(_), false) => {
+                let why = std::fs::read_to_string(expected.join(format!("{name}.refused")))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "{name}: tch-prune reads it, PyTorch refuses: {why}"
+                ));
+            }
+            (Ok(ours), true) => {
+                let mut theirs =
+                    tch_prune::checkpoint::read_safetensors(&theirs).expect("expected");
+                let mut ours = ours;
+                // safetensors keeps no order: compared by name.
+                ours.sort_by(|a, b| a.0.cmp(&b.0));
+                theirs.sort_by(|a, b| a.0.cmp(&b.0));
+                let names = |v: &[(String, tch::Tensor)]| -> Vec<String> {
+                    v.iter().map(|(n, _)| n.clone()).collect()
+                };
+                if names(&ours) != names(&theirs) {
+                    failures.push(format!("{name}: other names"));
+                    continue;
+                }
+                for ((n, a), (_, b)) in ours.iter().zip(&theirs) {
+                    if a.kind() != b.kind() || a.size() != b.size() || !a.equal(b) {
+                        failures.push(format!(
+                            "{name}: '{n}' differs ({:?} {:?} against PyTorch's {:?} {:?})",
+                            a.kind(),
+                            a.size(),
+                            b.kind(),
+                            b.size()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Interrupted runs leave no file behind: `SIGINT`, `SIGTERM` and `SIGKILL` at several points

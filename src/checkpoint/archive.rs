@@ -122,25 +122,35 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
 /// What the entry names of a zip say about it.
 #[derive(Debug, Default)]
 pub(super) struct ZipLayout {
-    /// `"<prefix>/"` of the folder that holds `data.pkl` (`""` if it sits at the root).
+    /// `"<prefix>/"` of the folder that holds `data.pkl`: that of the first entry.
     pub(super) prefix: Option<String>,
     /// `torch.jit.save` also writes `constants.pkl` and the module's Python source under `code/`.
     pub(super) torchscript: bool,
 }
 
 impl ZipLayout {
-    pub(super) fn of<'a>(names: impl Iterator<Item = &'a str>) -> ZipLayout {
+    /// What the names say, read as `PyTorchStreamReader` reads them: every record is looked up
+    /// under the folder of the archive's *first* entry (a first entry outside any folder makes
+    /// PyTorch refuse the file), and `torch.load` hands a file to `torch.jit.load` when that
+    /// folder holds `constants.pkl`. A `data.pkl` in another folder is never read.
+    pub(super) fn of<'a>(mut names: impl Iterator<Item = &'a str>) -> ZipLayout {
         let mut layout = ZipLayout::default();
-        for name in names {
-            let (prefix, rest) = match name.split_once('/') {
-                Some((top, rest)) => (format!("{top}/"), rest),
-                None => (String::new(), name),
+        let Some(first) = names.next() else {
+            return layout;
+        };
+        let Some((top, _)) = first.split_once('/') else {
+            return layout;
+        };
+        let prefix = format!("{top}/");
+        for name in std::iter::once(first).chain(names) {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
             };
             if rest == "constants.pkl" || rest.starts_with("code/") {
                 layout.torchscript = true;
             }
-            if rest == "data.pkl" && layout.prefix.is_none() {
-                layout.prefix = Some(prefix);
+            if rest == "data.pkl" {
+                layout.prefix = Some(prefix.clone());
             }
         }
         layout

@@ -93,6 +93,17 @@ pub enum CheckpointError {
         entry: String,
     },
 
+    /// A zip archive whose directory two readers would read differently: an entry renamed by an
+    /// extra field, a name not in its raw bytes, sizes or offsets that PyTorch's reader (miniz)
+    /// takes from elsewhere than this crate's (see [`zip_entries`](super::zip_entries)).
+    #[error("{}: the zip archive {reason}, so PyTorch and other readers would read different entries: refused; re-save the file from a copy you trust", path.display())]
+    AmbiguousArchive {
+        /// The file.
+        path: PathBuf,
+        /// What the readers disagree on.
+        reason: String,
+    },
+
     /// TorchScript code that libtorch would run while loading the file, or that reaches files,
     /// processes or the network (see [`code_policy`](super::code_policy)).
     #[error("{}: entry {entry} line {line}: the TorchScript code {what}; libtorch would run it, so the file is refused: load it only if you trust it as a program (tch-prune --trust-code, or CodePolicy::Trusted)", path.display())]

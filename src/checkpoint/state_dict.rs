@@ -19,6 +19,13 @@ const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
 const COPY_BUDGET_FACTOR: u64 = 8;
 const COPY_BUDGET_FLOOR: u64 = 64 << 20;
 
+/// What one more tensor object costs, whatever its size: libtorch's tensor and storage, their
+/// allocation, and the entries that name it (here, and in the store a model is loaded into).
+/// Every tensor that is not a storage read once (a copy, a view of a shared storage, a name
+/// given to a tensor already handed out) is charged at least this much, so that a pickle of a
+/// few bytes per view cannot make a million of them.
+const TENSOR_COST: u64 = 1 << 10;
+
 impl Unpickler<'_> {
     /// Charges `bytes` of tensor copies (`what` says which) to the copy budget, or says why
     /// they are refused, before anything is copied.
@@ -27,8 +34,9 @@ impl Unpickler<'_> {
             .storage_bytes
             .saturating_mul(COPY_BUDGET_FACTOR)
             .max(COPY_BUDGET_FLOOR);
-        let copied = self.copied.saturating_add(bytes);
+        let copied = self.copied.saturating_add(bytes.max(TENSOR_COST));
         if copied > budget {
+            self.over_budget += 1;
             return Err(format!(
                 "{what}: copies of tensors over shared storages would take {copied} bytes, more than {COPY_BUDGET_FACTOR} times the {} bytes of the storages read (or {COPY_BUDGET_FLOOR}); refused rather than materialized: save x.contiguous() or x.clone() instead",
                 self.storage_bytes
@@ -36,6 +44,44 @@ impl Unpickler<'_> {
         }
         self.copied = copied;
         Ok(())
+    }
+
+    /// Charges the tensor about to be built over `view` of `storage` to the copy budget, before
+    /// anything is built (or, for a storage only located, described): nothing for the first
+    /// tensor over a whole storage (it takes the storage's memory), its bytes (at least
+    /// [`TENSOR_COST`]) for any other, which is a copy. Whether the tensor takes the storage.
+    fn charge_view(
+        &mut self,
+        storage: &StorageRef,
+        kind: Kind,
+        view: &StridedView,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Result<bool, String> {
+        let elements = match view.contiguous_range() {
+            Some((start, end)) => {
+                if start == 0
+                    && end as i64 == storage.numel
+                    && self.taken.insert(storage.key.clone())
+                {
+                    return Ok(true);
+                }
+                end - start
+            }
+            None => view.numel,
+        };
+        let bytes = (elements * kind.elt_size_in_bytes()) as u64;
+        let what = match view.contiguous_range() {
+            Some(_) => "a view of part of a storage, or of one another tensor has".to_string(),
+            // More elements than the storage holds: an expansion (`x.expand(n, m)`, strides
+            // of 0), which PyTorch keeps a view of a few bytes.
+            None if view.numel as i64 > storage.numel => format!(
+                "an expanded view (size {size:?}, stride {stride:?}) of {} elements over a storage of {}",
+                view.numel, storage.numel
+            ),
+            None => format!("a strided view (size {size:?}, stride {stride:?})"),
+        };
+        self.charge_copy(bytes, &what).map(|()| false)
     }
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`:
@@ -68,16 +114,6 @@ impl Unpickler<'_> {
         };
         let view = StridedView::new(storage.numel, offset, &size, &stride)
             .map_err(TensorProblem::Invalid)?;
-        let Some(bytes) = storage.bytes.as_ref() else {
-            return Ok(Obj::Layout(TensorLayout {
-                storage: storage.key.to_string(),
-                kind,
-                offset,
-                elements: view.contiguous_range(),
-                size,
-                stride,
-            }));
-        };
         let key: ViewKey = (
             storage.key.clone(),
             kind,
@@ -90,7 +126,20 @@ impl Unpickler<'_> {
                 return Ok(Obj::Tensor(t.shallow_clone()));
             }
         }
-        let t = self.rebuild_view(storage, kind, bytes, view, offset, &size, &stride)?;
+        let takes = self
+            .charge_view(storage, kind, &view, &size, &stride)
+            .map_err(TensorProblem::Invalid)?;
+        let Some(bytes) = storage.bytes.as_ref() else {
+            return Ok(Obj::Layout(TensorLayout {
+                storage: storage.key.to_string(),
+                kind,
+                offset,
+                elements: view.contiguous_range(),
+                size,
+                stride,
+            }));
+        };
+        let t = self.rebuild_view(storage, kind, bytes, view, takes, offset, &size, &stride)?;
         if self.keep_ties {
             self.views.insert(key, t.shallow_clone());
         }
@@ -105,6 +154,7 @@ impl Unpickler<'_> {
         kind: Kind,
         bytes: &Tensor,
         view: StridedView,
+        takes: bool,
         offset: i64,
         size: &[i64],
         stride: &[i64],
@@ -124,38 +174,61 @@ impl Unpickler<'_> {
                 .and_then(|t| t.f_view(size))
                 .map_err(torch)?;
             // The first tensor over a whole storage takes its memory, with no copy; any other
-            // gets a copy, so that tensors read never share memory (pruning one in place must
-            // not change another, as tied weights loaded into a model do not).
-            if start == 0 && end as i64 == storage.numel && self.taken.insert(storage.key.clone()) {
+            // gets a copy (charged by `charge_view`), so that tensors read never share memory
+            // (pruning one in place must not change another, as tied weights loaded into a
+            // model do not).
+            if takes {
                 return Ok(t);
             }
-            let bytes = ((end - start) * kind.elt_size_in_bytes()) as u64;
-            self.charge_copy(
-                bytes,
-                "a view of part of a storage, or of one another tensor has",
-            )
-            .map_err(TensorProblem::Invalid)?;
             let mut copy = Tensor::f_empty_like(&t).map_err(torch)?;
             copy.f_copy_(&t).map_err(torch)?;
             return Ok(copy);
         }
-        let bytes = (view.numel * kind.elt_size_in_bytes()) as u64;
-        // More elements than the storage holds: an expansion (`x.expand(n, m)`, strides of 0),
-        // which PyTorch keeps a view of a few bytes.
-        let what = if view.numel as i64 > storage.numel {
-            format!(
-                "an expanded view (size {size:?}, stride {stride:?}) of {} elements over a storage of {}",
-                view.numel, storage.numel
-            )
-        } else {
-            format!("a strided view (size {size:?}, stride {stride:?})")
-        };
-        self.charge_copy(bytes, &what)
-            .map_err(TensorProblem::Invalid)?;
         let base = &self.bases[&(storage.key.clone(), kind)];
         base.f_as_strided(size, stride, offset)
             .and_then(|view| view.f_contiguous())
             .map_err(torch)
+    }
+
+    /// Charges [`TENSOR_COST`] for a tensor put into a dict once more (one more name for it,
+    /// which becomes one more tensor or handle wherever the state dict goes), as the pickle
+    /// does it: a million names of one tensor are refused before a million entries are built.
+    pub(super) fn charge_name(&mut self, at: usize, value: &Value) -> VmResult<()> {
+        let Value::Obj(index) = value else {
+            return Ok(());
+        };
+        if !self.is_tensor(value) || self.named.insert(*index) {
+            return Ok(());
+        }
+        self.charge_copy(0, "tensors given under several names")
+            .map_err(|reason| CheckpointError::Unsupported {
+                path: self.path.to_path_buf(),
+                reason: format!("{reason} (at byte {at} of data.pkl)"),
+            })
+    }
+
+    /// Charges the copies of tensors given under several names (all but the first name's,
+    /// unless `keep_ties`) to the copy budget, by their bytes.
+    fn charge_names(&mut self, keys: &[(String, usize)]) -> VmResult<()> {
+        let mut copies = 0u64;
+        let mut seen = HashSet::new();
+        for (_, index) in keys.iter().filter(|_| !self.keep_ties) {
+            if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
+                if !seen.insert(*index) {
+                    let bytes =
+                        (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
+                    copies = copies.saturating_add(bytes);
+                }
+            }
+        }
+        if copies == 0 {
+            return Ok(());
+        }
+        self.charge_copy(copies, "tensors given under several names")
+            .map_err(|reason| CheckpointError::NotAStateDict {
+                path: self.path.to_path_buf(),
+                reason,
+            })
     }
 
     /// Picks the state dict out of the unpickled object and hands out its tensors.
@@ -251,31 +324,14 @@ impl Unpickler<'_> {
     }
 
     /// Takes the tensors at arena indices out under their names (`key_prefix` only goes into
-    /// error messages). A tensor under several names is copied for all but the first; with
-    /// `copy_factor`, copies may total at most that many times the bytes of the distinct tensors,
-    /// or 1 GiB if more, so that a few bytes of pickle cannot ask for unbounded copies.
+    /// error messages). A tensor under several names is copied for all but the first (unless
+    /// `keep_ties`), within the copy budget (see [`Unpickler::charge_names`]).
     pub(super) fn hand_out(
         &mut self,
         keys: Vec<(String, usize)>,
         key_prefix: &str,
     ) -> VmResult<Vec<(String, Tensor)>> {
-        // Tied names kept as one tensor copy nothing.
-        let mut copies = 0u64;
-        let mut seen = HashSet::new();
-        for (_, index) in keys.iter().filter(|_| !self.keep_ties) {
-            if let Some(Obj::Tensor(t)) = self.arena.get(*index) {
-                if !seen.insert(*index) {
-                    let bytes =
-                        (t.numel() as u64).saturating_mul(t.kind().elt_size_in_bytes() as u64);
-                    copies = copies.saturating_add(bytes);
-                }
-            }
-        }
-        self.charge_copy(copies, "tensors given under several names")
-            .map_err(|reason| CheckpointError::NotAStateDict {
-                path: self.path.to_path_buf(),
-                reason,
-            })?;
+        self.charge_names(&keys)?;
         let mut out = Vec::with_capacity(keys.len());
         let mut handed_out = HashSet::new();
         for (name, index) in keys {

@@ -1,24 +1,77 @@
-//! Opening a zip archive so that every reader sees the same entries: names given twice are
-//! refused.
+//! Opening a zip archive so that this crate reads exactly the entries PyTorch reads.
 //!
-//! The zip crate keys its entries by name and keeps the *last* of two entries named alike;
-//! PyTorch's reader (miniz) finds the *first*, and compares names without regard to ASCII case.
-//! A file holding two `archive/data/0` (or two `data.pkl`, or two class definitions) could show
-//! one set of weights or one program to PyTorch or a scanner and another to this crate, so such
-//! archives are refused, as safetensors refuses a header naming a tensor twice.
+//! PyTorch (`torch.load`) and libtorch (`torch.jit.load`, tch's `CModule::load`) read archives
+//! through `PyTorchStreamReader` (caffe2/serialize), which uses miniz; this crate reads them
+//! through the `zip` crate. The two parse a zip differently where a file is crafted to make
+//! them: the `zip` crate renames an entry by its Info-ZIP Unicode Path extra field (0x7075) and
+//! decodes names without the UTF-8 flag as code page 437, miniz looks entries up by their raw
+//! bytes; the `zip` crate takes zip64 sizes whenever the extra field is long enough, miniz only
+//! in place of 32-bit fields that are 0xFFFFFFFF; the `zip` crate falls back to an earlier end
+//! record, and detects data prepended to the archive, miniz does neither; the `zip` crate keeps
+//! the *last* of two entries named alike, miniz finds one of them, comparing names without
+//! regard to ASCII case. Any of these lets a file show one program or one set of weights to a
+//! checker and another to PyTorch.
+//!
+//! So [`open_archive`] reads the central directory itself, by miniz's rules
+//! (`mz_zip_reader_read_central_dir` and `mz_zip_file_stat_internal` of miniz 3.0.2, which
+//! PyTorch vendors), and refuses the archive unless the `zip` crate sees the same thing:
+//!
+//! * the end record is the last signature at least 22 bytes before the end of the file, found
+//!   scanning back at most about 64 KiB as miniz scans; the zip64 end record counts when its
+//!   locator sits right before it; the central directory starts where they say, with no shift;
+//! * every entry (in the central directory's order) has, in both readers, the same position in
+//!   the directory, the same name byte for byte (the raw bytes: an entry renamed by a 0x7075
+//!   field, or whose name is not plain UTF-8 as stored, is refused), the same local header
+//!   offset, sizes, CRC-32 and method (stored or deflated only; the zip64 extra field only
+//!   replaces 32-bit fields that are 0xFFFFFFFF, and only its first occurrence counts);
+//! * no two entries have names equal but for ASCII case; no entry is encrypted; a stored entry's
+//!   two sizes are equal (miniz refuses otherwise);
+//! * the local header, which both read only for the length of its name and extra field, is
+//!   found at the same offset by both, so both find the same data.
+//!
+//! Lookups by name then agree: a name this crate finds is the one raw name miniz finds (names
+//! are unique ignoring case), and a name only miniz finds (spelled in another case) is reported
+//! missing, never replaced by another entry. Readers also take the folder all records sit under
+//! from the first entry, as `PyTorchStreamReader` does (see
+//! [`ZipLayout`](super::archive::ZipLayout)). The Unicode *comment* field (0x6375) only renames
+//! a comment, which no reader uses: it is harmless and allowed.
 
 use super::error::{first_line, shown, CheckpointError};
 use std::collections::HashSet;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// The signature of a central directory file header.
-const CENTRAL_HEADER: u32 = 0x0201_4b50;
-/// Its fixed part, before the name, extra field and comment.
-const CENTRAL_HEADER_LEN: usize = 46;
+/// Signatures and sizes of the records miniz reads.
+const END_SIG: u32 = 0x0605_4b50;
+const END_LEN: u64 = 22;
+const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_END_SIG: u32 = 0x0606_4b50;
+const ZIP64_END_LEN: u64 = 56;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+const CENTRAL_LEN: usize = 46;
+const LOCAL_LEN: u64 = 30;
+/// The zip64 extended information extra field.
+const ZIP64_EXTRA: u16 = 0x0001;
+const MAX32: u64 = u32::MAX as u64;
 
-/// Opens `reader` as a zip archive, refusing archives whose central directory names an entry
-/// twice (comparing names as PyTorch does, ignoring ASCII case).
+/// One entry of the central directory, as miniz reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawEntry {
+    /// Where its record sits in the file.
+    pub(crate) record: u64,
+    /// The name's raw bytes: what miniz compares names with.
+    pub(crate) name: Vec<u8>,
+    pub(crate) flags: u16,
+    pub(crate) method: u16,
+    pub(crate) crc32: u32,
+    pub(crate) compressed: u64,
+    pub(crate) uncompressed: u64,
+    pub(crate) local_header: u64,
+}
+
+/// Opens `reader` as a zip archive whose entries this crate's zip reader and PyTorch's (miniz)
+/// read alike (see the module docs), refusing any other.
 pub(crate) fn open_archive<R: Read + Seek>(
     reader: R,
     path: &Path,
@@ -28,73 +81,302 @@ pub(crate) fn open_archive<R: Read + Seek>(
         reason: first_line(&e.to_string()),
     };
     let archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
-    let (count, start) = (archive.len(), archive.central_directory_start());
     // The zip crate gives no access to its reader but by taking it back; the archive is parsed
     // again afterwards (a cost per entry, not per byte).
     let mut reader = archive.into_inner();
-    let names = central_names(&mut reader, start, count, path)?;
-    let mut seen = HashSet::with_capacity(names.len());
-    for name in &names {
-        if !seen.insert(name.to_ascii_lowercase()) {
+    let (start, entries) = miniz_directory(&mut reader, path)?;
+    let mut seen = HashSet::with_capacity(entries.len());
+    for entry in &entries {
+        if !seen.insert(entry.name.to_ascii_lowercase()) {
             return Err(CheckpointError::DuplicateEntry {
                 path: path.to_path_buf(),
-                entry: shown(&String::from_utf8_lossy(name)),
+                entry: shown(&String::from_utf8_lossy(&entry.name)),
             });
         }
     }
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
-    let archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
-    // The zip crate read the same directory; fewer entries there means it merged some.
-    if archive.len() != names.len() {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!(
-                "its central directory holds {} entries, of which the zip reader tells {} apart",
-                names.len(),
-                archive.len()
-            ),
-        });
-    }
+    let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
+    agree(&mut archive, start, &entries, path)?;
     Ok(archive)
 }
 
-/// Every entry name of the central directory that starts at `start` (from the file's start, as
-/// the zip crate reports it), as bytes, in its order; at most `count` + 1 of them, the number the
-/// end record declares (plus one, to notice more). Each record takes 46 bytes plus its name, so
-/// the list is bounded by the file.
-fn central_names<R: Read + Seek>(
-    reader: &mut R,
+/// Refuses the archive unless the zip crate's view of it is `entries`, the directory at `start`.
+fn agree<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
     start: u64,
-    count: usize,
+    entries: &[RawEntry],
     path: &Path,
-) -> Result<Vec<Vec<u8>>, CheckpointError> {
+) -> Result<(), CheckpointError> {
+    let differ = |reason: String| CheckpointError::AmbiguousArchive {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if archive.len() != entries.len() || archive.central_directory_start() != start {
+        return Err(differ(format!(
+            "has a central directory of {} entries at offset {start} as PyTorch reads it, and of {} at offset {} as the zip reader does",
+            entries.len(),
+            archive.len(),
+            archive.central_directory_start()
+        )));
+    }
+    for (index, raw) in entries.iter().enumerate() {
+        let name = String::from_utf8_lossy(&raw.name);
+        if raw.flags & 0x41 != 0 {
+            return Err(CheckpointError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("entry {} is encrypted", shown(&name)),
+            });
+        }
+        let method = match raw.method {
+            0 => zip::CompressionMethod::Stored,
+            8 => zip::CompressionMethod::Deflated,
+            other => {
+                return Err(CheckpointError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "entry {} is compressed by method {other}; PyTorch reads only stored and deflated entries",
+                        shown(&name)
+                    ),
+                })
+            }
+        };
+        let entry = archive
+            .by_index_raw(index)
+            .map_err(|e| super::archive::corrupt(path, e))?;
+        if entry.name().as_bytes() != raw.name.as_slice() {
+            return Err(differ(format!(
+                "names an entry '{}' in its directory (the name PyTorch looks it up by) and '{}' elsewhere (a Unicode Path extra field, or another code page: the name other readers give it)",
+                shown(&name),
+                shown(entry.name())
+            )));
+        }
+        let theirs = (
+            entry.central_header_start(),
+            entry.header_start(),
+            entry.compressed_size(),
+            entry.size(),
+            entry.crc32(),
+            entry.compression(),
+        );
+        let ours = (
+            raw.record,
+            raw.local_header,
+            raw.compressed,
+            raw.uncompressed,
+            raw.crc32,
+            method,
+        );
+        if theirs != ours {
+            return Err(differ(format!(
+                "describes entry {} two ways (record, local header, sizes, CRC, method: {ours:?} as PyTorch reads them, {theirs:?} as the zip reader does)",
+                shown(&name)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The central directory as miniz reads it: where it starts, and its entries in order. Errors
+/// where miniz fails to open the archive (a few more: values it would only trip on later).
+pub(crate) fn miniz_directory<R: Read + Seek>(
+    reader: &mut R,
+    path: &Path,
+) -> Result<(u64, Vec<RawEntry>), CheckpointError> {
+    let bad = |reason: &str| CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!("{reason} (as PyTorch reads the archive)"),
+    };
     let io = |e: std::io::Error| CheckpointError::CorruptArchive {
         path: path.to_path_buf(),
         reason: format!("cannot read its central directory: {e}"),
     };
-    reader.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut reader = BufReader::new(reader);
-    let mut names = Vec::new();
-    let mut header = [0u8; CENTRAL_HEADER_LEN];
-    while names.len() <= count {
-        match reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io(e)),
-        }
-        if u32::from_le_bytes([header[0], header[1], header[2], header[3]]) != CENTRAL_HEADER {
-            break;
-        }
-        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as usize;
-        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
-        let mut name = vec![0u8; name_len];
-        reader.read_exact(&mut name).map_err(io)?;
-        reader
-            .seek_relative((extra_len + comment_len) as i64)
-            .map_err(io)?;
-        names.push(name);
+    let size = reader.seek(SeekFrom::End(0)).map_err(io)?;
+    if size < END_LEN {
+        return Err(bad("too short for a zip archive"));
     }
-    Ok(names)
+    let end = find_end_record(reader, size)
+        .map_err(io)?
+        .ok_or_else(|| bad("no end of central directory record"))?;
+    let eocd = read_at(reader, end, END_LEN as usize).map_err(io)?;
+    let mut total = u64::from(le16(&eocd, 10));
+    let mut on_disk = u64::from(le16(&eocd, 8));
+    let mut this_disk = u32::from(le16(&eocd, 4));
+    let mut directory_disk = u32::from(le16(&eocd, 6));
+    let mut directory_len = u64::from(le32(&eocd, 12));
+    let mut start = u64::from(le32(&eocd, 16));
+    // A zip64 end record counts when its locator sits right before the end record.
+    if end >= ZIP64_LOCATOR_LEN + ZIP64_END_LEN {
+        let locator =
+            read_at(reader, end - ZIP64_LOCATOR_LEN, ZIP64_LOCATOR_LEN as usize).map_err(io)?;
+        if le32(&locator, 0) == ZIP64_LOCATOR_SIG {
+            let at = le64(&locator, 8);
+            if at > size - ZIP64_END_LEN {
+                return Err(bad("its zip64 locator points past the end of the file"));
+            }
+            let record = read_at(reader, at, ZIP64_END_LEN as usize).map_err(io)?;
+            if le32(&record, 0) == ZIP64_END_SIG {
+                if le64(&record, 4) < ZIP64_END_LEN - 12 || le32(&locator, 16) != 1 {
+                    return Err(bad(
+                        "its zip64 end record is malformed or spans several disks",
+                    ));
+                }
+                total = le64(&record, 32);
+                on_disk = le64(&record, 24);
+                directory_len = le64(&record, 40);
+                if total > MAX32 || on_disk > MAX32 || directory_len > MAX32 {
+                    return Err(bad("its zip64 end record declares too many entries"));
+                }
+                this_disk = le32(&record, 16);
+                directory_disk = le32(&record, 20);
+                start = le64(&record, 48);
+            }
+        }
+    }
+    if total != on_disk
+        || ((this_disk | directory_disk) != 0 && (this_disk != 1 || directory_disk != 1))
+    {
+        return Err(bad("it spans several disks"));
+    }
+    if directory_len < total.saturating_mul(CENTRAL_LEN as u64)
+        || start.checked_add(directory_len).is_none_or(|e| e > size)
+    {
+        return Err(bad("its central directory does not fit in the file"));
+    }
+    // Bounded by the file's size, checked just above.
+    let directory = read_at(reader, start, directory_len as usize).map_err(io)?;
+    let mut entries = Vec::with_capacity(total as usize);
+    let mut at = 0usize;
+    for _ in 0..total {
+        let record = &directory[at..];
+        if record.len() < CENTRAL_LEN || le32(record, 0) != CENTRAL_SIG {
+            return Err(bad("a central directory record is missing or broken"));
+        }
+        let (name_len, extra_len, comment_len) = (
+            usize::from(le16(record, 28)),
+            usize::from(le16(record, 30)),
+            usize::from(le16(record, 32)),
+        );
+        let record_len = CENTRAL_LEN + name_len + extra_len + comment_len;
+        if record_len > record.len() {
+            return Err(bad("a central directory record runs past the directory"));
+        }
+        let name = record[CENTRAL_LEN..CENTRAL_LEN + name_len].to_vec();
+        let extra = &record[CENTRAL_LEN + name_len..CENTRAL_LEN + name_len + extra_len];
+        let mut entry = RawEntry {
+            record: start + at as u64,
+            name,
+            flags: le16(record, 8),
+            method: le16(record, 10),
+            crc32: le32(record, 16),
+            compressed: u64::from(le32(record, 20)),
+            uncompressed: u64::from(le32(record, 24)),
+            local_header: u64::from(le32(record, 42)),
+        };
+        zip64_values(&mut entry, extra).map_err(|reason| bad(reason))?;
+        let disk = le16(record, 34);
+        if disk == u16::MAX || (u32::from(disk) != this_disk && disk != 1) {
+            return Err(bad("an entry sits on another disk"));
+        }
+        if entry.compressed != MAX32 && entry.uncompressed != MAX32 {
+            if (entry.method == 0 && entry.compressed != entry.uncompressed)
+                || (entry.uncompressed != 0 && entry.compressed == 0)
+            {
+                return Err(bad("a stored entry's two sizes differ"));
+            }
+            let data_end = entry
+                .local_header
+                .checked_add(LOCAL_LEN)
+                .and_then(|e| e.checked_add(entry.compressed));
+            if data_end.is_none_or(|e| e > size) {
+                return Err(bad("an entry runs past the end of the file"));
+            }
+        }
+        if entry.flags & 0x2000 != 0 {
+            return Err(bad("its local headers are masked (encrypted directory)"));
+        }
+        entries.push(entry);
+        at += record_len;
+    }
+    Ok((start, entries))
+}
+
+/// Replaces the 32-bit sizes and offset that are 0xFFFFFFFF by the first zip64 extra field's
+/// values, in its order, as miniz does (and only those: a zip64 field of an entry whose 32-bit
+/// values are all set is ignored).
+fn zip64_values(entry: &mut RawEntry, mut extra: &[u8]) -> Result<(), &'static str> {
+    let wanted = [entry.uncompressed, entry.compressed, entry.local_header];
+    if !wanted.contains(&MAX32) {
+        return Ok(());
+    }
+    while !extra.is_empty() {
+        if extra.len() < 4 {
+            return Err("an extra field is cut short");
+        }
+        let (id, len) = (le16(extra, 0), usize::from(le16(extra, 2)));
+        if 4 + len > extra.len() {
+            return Err("an extra field runs past its record");
+        }
+        if id == ZIP64_EXTRA {
+            let mut data = &extra[4..4 + len];
+            for value in [
+                &mut entry.uncompressed,
+                &mut entry.compressed,
+                &mut entry.local_header,
+            ] {
+                if *value == MAX32 {
+                    if data.len() < 8 {
+                        return Err("a zip64 extra field is too short");
+                    }
+                    *value = le64(data, 0);
+                    data = &data[8..];
+                }
+            }
+            return Ok(());
+        }
+        extra = &extra[4 + len..];
+    }
+    Ok(())
+}
+
+/// Where miniz finds the end record (`mz_zip_reader_locate_header_sig`): scanning 4 KiB windows
+/// back from the end of the file, the last signature with at least 22 bytes after it; giving up
+/// once a window without one starts 64 KiB + 22 bytes or more before the end.
+fn find_end_record<R: Read + Seek>(reader: &mut R, size: u64) -> std::io::Result<Option<u64>> {
+    const WINDOW: u64 = 4096;
+    let mut at = size.saturating_sub(WINDOW);
+    loop {
+        let n = WINDOW.min(size - at) as usize;
+        let window = read_at(reader, at, n)?;
+        let found = (0..n.saturating_sub(3))
+            .rev()
+            .find(|&i| le32(&window, i) == END_SIG && size - (at + i as u64) >= END_LEN);
+        if let Some(i) = found {
+            return Ok(Some(at + i as u64));
+        }
+        if at == 0 || size - at >= u64::from(u16::MAX) + END_LEN {
+            return Ok(None);
+        }
+        at = at.saturating_sub(WINDOW - 3);
+    }
+}
+
+fn read_at<R: Read + Seek>(reader: &mut R, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    reader.seek(SeekFrom::Start(at))?;
+    let mut buf = vec![0u8; len];
+    reader.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"))
 }

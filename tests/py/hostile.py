@@ -195,6 +195,134 @@ def shrink_inputs():
     safetensors.torch.save_file(ShrinkCnn().state_dict(), str(OUT / "shrink_cnn.safetensors"))
 
 
+def unicode_path(raw, shown):
+    """A ZipInfo whose raw name is `raw`, renamed `shown` by an Info-ZIP Unicode Path extra
+    field (0x7075: version 1, the CRC-32 of the raw name, the new name): readers that honour the
+    field (the zip crate) see `shown`, miniz (PyTorch) looks the entry up by `raw`."""
+    info = zipfile.ZipInfo(raw)
+    new = shown.encode()
+    info.extra = struct.pack("<HHBI", 0x7075, 5 + len(new), 1, zlib.crc32(raw.encode())) + new
+    return info
+
+
+def write_infos(path, items):
+    """Writes (ZipInfo or name, bytes) pairs in order, stored."""
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in items:
+            if isinstance(info, str):
+                info = zipfile.ZipInfo(info)
+            z.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+
+
+def pickle_str(s):
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def views_pickle(n, numel, tied):
+    """data.pkl of a dict of `n` tensors over one float storage '0' of `numel` elements, as
+    torch.save writes it (globals and the storage memoized): one-element views at offsets
+    0..n (`tied` False), or the same [4, 4] tensor object under `n` names (`tied` True)."""
+    out = [b"\x80\x02}q\x00("]
+    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\nq\x01"
+    storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuJ" + struct.pack("<i", numel) + b"tQq\x02"
+    hooks = b"ccollections\nOrderedDict\nq\x03)R"
+    if tied:
+        out.append(pickle_str("t0") + rebuild + b"(" + storage + b"K\x00K\x04K\x04\x86K\x04K\x01\x86\x89" + hooks + b"tRr\x04\x00\x00\x00")
+        out.extend(pickle_str(f"t{i}") + b"j\x04\x00\x00\x00" for i in range(1, n))
+    else:
+        out.append(pickle_str("v0") + rebuild + b"(" + storage + b"K\x00K\x01\x85K\x01\x85\x89" + hooks + b"tR")
+        out.extend(pickle_str(f"v{i}") + b"h\x01(h\x02J" + struct.pack("<i", i) + b"K\x01\x85K\x01\x85\x89h\x03)RtR" for i in range(1, n))
+    out.append(b"u.")
+    return b"".join(out)
+
+
+def issue20(sd):
+    # TorchScript: the real code/__torch__.py (its __setstate__ overwrites the victim) renamed
+    # .txt by a Unicode Path field, and a decoy whose raw name is __torch__.pyc renamed to
+    # code/__torch__.py, with the payload's names taken out. libtorch compiles the real one.
+    items = entries(OUT / "setstate.pt")
+    code = [n for n, _ in items if n.endswith("/code/__torch__.py")][0]
+    forged = []
+    for name, data in items:
+        if name == code:
+            forged.append((unicode_path(name, name[:-3] + ".txt"), data))
+            clean = data.replace(b"__setstate__", b"__sleepy____").replace(b"from_file", b"zeros_lik")
+            forged.append((unicode_path(name + "c", name), clean))
+        else:
+            forged.append((name, data))
+    write_infos(OUT / "unicode_code.pt", forged)
+
+    # torch.save: data/0 (ones) renamed away, a decoy (zeros) renamed to data/0. torch.load
+    # reads the ones.
+    one = io.BytesIO()
+    torch.save({"w": torch.ones(4, 4)}, one)
+    forged = []
+    for name, data in entries(one):
+        if name.endswith("/data/0"):
+            forged.append((unicode_path(name, name[:-1] + "9"), data))
+            forged.append((unicode_path(name + "x", name), bytes(len(data))))
+        else:
+            forged.append((name, data))
+    write_infos(OUT / "unicode_data.pt", forged)
+
+    # One storage key declared twice: as float and as int32 (torch.load reads both as float,
+    # torch.jit.load the second as int32); as float [4] and as half [8] (torch.load refuses the
+    # half view, out of the float storage's bounds).
+    def same_key(first, second, out):
+        b = io.BytesIO()
+        torch.save({"a": first, "b": second}, b)
+        items = []
+        for name, data in entries(b):
+            if name.endswith("data.pkl"):
+                assert data.count(b"X\x01\x00\x00\x001") == 1, data
+                data = data.replace(b"X\x01\x00\x00\x001", b"X\x01\x00\x00\x000")
+            if not name.endswith("/data/1"):
+                items.append((name, data))
+        write_zip(out, items)
+
+    same_key(torch.arange(4.0), torch.arange(4, dtype=torch.int32), OUT / "two_dtypes.pt")
+    same_key(torch.arange(4.0), torch.arange(8, dtype=torch.float16), OUT / "half_view.pt")
+
+    # Many views: 1M one-element views of one storage, and one [4, 4] tensor under 1M names,
+    # their data.pkl deflated (a few MB of file); 50,000 views (within the copy budget: read,
+    # in time linear in them).
+    prefix = "archive"
+
+    def views(path, n, numel, tied):
+        storage = torch.randn(numel).numpy().tobytes()
+        items = [(f"{prefix}/data.pkl", views_pickle(n, numel, tied)), (f"{prefix}/byteorder", b"little"),
+                 (f"{prefix}/data/0", storage), (f"{prefix}/version", b"3\n")]
+        write_zip(path, items, compress={f"{prefix}/data.pkl"})
+
+    views(OUT / "views_1m.pt", 1_000_000, 1_000_000, False)
+    views(OUT / "tied_1m.pt", 1_000_000, 16, True)
+    views(OUT / "views_50k.pt", 50_000, 50_000, False)
+    # 20,000 tensors of their own, read in memory.
+    torch.save({f"w{i}.weight": torch.randn(2, 2) for i in range(20_000)}, OUT / "many_tensors.pt")
+
+    # The differential corpus: what torch.load(weights_only=True) reads of each file, as
+    # safetensors (or `.refused` with its error), for tests/hostile.rs to compare with what
+    # tch-prune reads. A few valid files beside the crafted ones: views, a transposed weight,
+    # tied weights, several dtypes.
+    base = torch.randn(64)
+    torch.save({"a": base[:16].view(4, 4), "b": base[16:48], "t": torch.randn(3, 5).t(),
+                "h": torch.randn(6).half(), "i": torch.arange(5), "tied": base, "tied2": base},
+               OUT / "valid_views.pt")
+    expected = OUT / "expected"
+    expected.mkdir(exist_ok=True)
+    import safetensors.torch
+
+    for name in ["plain", "valid_views", "views_50k", "unicode_data", "two_dtypes", "half_view",
+                 "dup_storage", "dup_case", "dup_pkl"]:
+        try:
+            sd = torch.load(OUT / f"{name}.pt", weights_only=True)
+            sd = {k: v.contiguous().clone() for k, v in sd.items()}
+            safetensors.torch.save_file(sd, str(expected / f"{name}.safetensors"))
+        except Exception as e:  # noqa: BLE001 - any refusal is what is compared
+            (expected / f"{name}.refused").write_text(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -296,6 +424,9 @@ def main():
     base = torch.randn(1 << 20)
     n = (1 << 20) - 256
     torch.save({f"v{i}": base[i:i + n] for i in range(256)}, OUT / "shared_views.pt")
+
+    # --- Issue 20: archive differentials and scale.
+    issue20(sd)
 
     # safetensors whose header length runs past the end of the file.
     header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'

@@ -29,6 +29,7 @@ pub(super) mod tests;
 
 pub(super) use self::globals::{Global, Mode};
 use super::archive::StorageSource;
+use super::dtype::kind_name;
 use super::error::{shown, CheckpointError};
 use super::host_tensor::TensorLayout;
 use std::collections::hash_map::Entry;
@@ -167,6 +168,12 @@ pub(super) struct Unpickler<'a> {
     pub(super) keep_ties: bool,
     /// The tensors built so far, by their view, when `keep_ties`.
     pub(super) views: HashMap<ViewKey, Tensor>,
+    /// The tensors put into a dict so far, by arena index (see [`Unpickler::charge_name`]).
+    pub(super) named: HashSet<usize>,
+    /// How many tensors the copy budget refused (see [`Unpickler::charge_copy`]).
+    pub(super) over_budget: u32,
+    /// Each storage key's first declaration (see [`Unpickler::persistent_load`]).
+    declared: HashMap<Rc<str>, Rc<StorageRef>>,
 }
 
 /// A view of a storage: storage key, dtype, offset, size, stride.
@@ -207,6 +214,9 @@ impl<'a> Unpickler<'a> {
             contained: 0,
             keep_ties: false,
             views: HashMap::new(),
+            named: HashSet::new(),
+            over_budget: 0,
+            declared: HashMap::new(),
         }
     }
 
@@ -573,6 +583,9 @@ impl<'a> Unpickler<'a> {
                 b'}' => self.push_obj(Obj::Dict(Dict::default())),
                 b'd' => {
                     let items = self.pop_mark(at)?;
+                    for value in items.iter().skip(1).step_by(2) {
+                        self.charge_name(at, value)?;
+                    }
                     let dict = self.dict_from_pairs(at, items)?;
                     self.push_obj(Obj::Dict(dict));
                 }
@@ -580,6 +593,7 @@ impl<'a> Unpickler<'a> {
                 b's' => {
                     let value = self.pop(at)?;
                     let key = self.pop(at)?;
+                    self.charge_name(at, &value)?;
                     let dict = self.top(at)?.clone();
                     self.contained += 2;
                     match self.obj_mut(at, &dict)? {
@@ -599,6 +613,9 @@ impl<'a> Unpickler<'a> {
                     }
                     let dict = self.top(at)?.clone();
                     self.contained += items.len();
+                    for value in items.iter().skip(1).step_by(2) {
+                        self.charge_name(at, value)?;
+                    }
                     match self.obj_mut(at, &dict)? {
                         Obj::Dict(d) => {
                             let mut items = items.into_iter();
@@ -775,6 +792,17 @@ impl<'a> Unpickler<'a> {
             }
             Global::RebuildTensorV2 => {
                 let obj = self.rebuild_tensor(&args).unwrap_or_else(Obj::BadTensor);
+                // One tensor over the copy budget is reported under its name, if it is part of
+                // the state dict; more are the file asking for copies without end (a million
+                // views of a few bytes of pickle each): refused at once.
+                if let (Obj::BadTensor(TensorProblem::Invalid(reason)), true) =
+                    (&obj, self.over_budget > 1)
+                {
+                    return Err(CheckpointError::Unsupported {
+                        path: self.path.to_path_buf(),
+                        reason: reason.clone(),
+                    });
+                }
                 Ok(self.alloc(obj))
             }
             // Parameter(data, requires_grad, hooks[, state]): the data is the tensor.
@@ -828,6 +856,28 @@ impl<'a> Unpickler<'a> {
                 format!("storage '{}' has a negative size {numel}", shown(key)),
             ));
         }
+        // A key declared again (torch.save memoizes a storage, so it never does; TorchScript
+        // neither) must be declared the same: `torch.load` reads every later declaration as the
+        // first one's dtype and size, `torch.jit.load` each as its own, so any other reading
+        // would differ from one of them.
+        if let Some(first) = self.declared.get(key) {
+            if first.kind == *kind && first.numel == *numel {
+                return Ok(Value::Storage(first.clone()));
+            }
+            let describe = |kind: &Result<Kind, Rc<str>>, numel: i64| match kind {
+                Ok(kind) => format!("{numel} elements of {}", kind_name(*kind)),
+                Err(name) => format!("{numel} elements of {}", shown(name)),
+            };
+            return Err(self.malformed(
+                at,
+                format!(
+                    "storage '{}' is declared as {} and again as {}: torch.load reads both as the first, torch.jit.load each as itself, so no reading is right; refused (torch.save never writes this)",
+                    shown(key),
+                    describe(&first.kind, first.numel),
+                    describe(kind, *numel)
+                ),
+            ));
+        }
         let bytes = match kind {
             Ok(kind) => {
                 let nbytes = (*numel as u64)
@@ -843,12 +893,14 @@ impl<'a> Unpickler<'a> {
             }
             Err(_) => None,
         };
-        Ok(Value::Storage(Rc::new(StorageRef {
+        let storage = Rc::new(StorageRef {
             kind: kind.clone(),
             bytes,
             key: key.clone(),
             numel: *numel,
-        })))
+        });
+        self.declared.insert(key.clone(), storage.clone());
+        Ok(Value::Storage(storage))
     }
 
     /// A tuple or list of ints, as sizes and strides are pickled.
