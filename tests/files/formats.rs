@@ -1,4 +1,4 @@
-//! Shared by the tests of the file-format layer (tests/checkpoint_*.rs): running the Python
+//! Shared by the tests of the file-format layer (tests/files/): running the Python
 //! reference scripts of tests/py/formats/, the committed fixtures of tests/fixtures/formats/,
 //! and comparisons on raw bytes (so NaN payloads, -0.0 and int64 beyond 2^53 count).
 #![allow(dead_code)]

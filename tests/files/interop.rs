@@ -158,6 +158,7 @@ fn torchscript_trains_with_masks_and_exports_what_pytorch_loads() {
         .iter()
         .map(|n| pruner.orig(n).unwrap().copy())
         .collect();
+    let _generator = common::generator();
     tch::manual_seed(0);
     let x = Tensor::randn([16, 3, 8, 8], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(5, [16], (Kind::Int64, Device::Cpu));

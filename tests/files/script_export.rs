@@ -42,6 +42,7 @@ fn exports_through_the_gpu_path_load_with_no_gpu_visible() {
     pruner.remove_all().unwrap();
     model.save(&removed).unwrap();
     // The module keeps computing after the save (it was not touched).
+    let _generator = common::generator();
     let x = tch::Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
     let _ = model.forward(&x).unwrap();
 

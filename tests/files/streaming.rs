@@ -20,6 +20,7 @@ fn s(p: &Path) -> &str {
 /// A small model with weights of `kind`, a bias, a 4-D conv weight, an integer buffer and
 /// tie-heavy values (rounded to quarters) so that the tie rule is exercised.
 fn model(kind: Kind, seed: i64) -> Vec<(String, Tensor)> {
+    let _generator = common::generator();
     tch::manual_seed(seed);
     let w = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind);
     let tied = (Tensor::randn([48, 40], (Kind::Float, Device::Cpu)) * 4.0).round() / 4.0;

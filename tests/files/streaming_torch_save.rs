@@ -164,6 +164,7 @@ fn a_failing_write_leaves_no_output_and_no_temporary_file() {
 /// tensor in memory at a time.
 fn write_large(path: &Path, tensors: usize, numel: usize) {
     let headers = large_headers("", tensors, numel);
+    let _generator = common::generator();
     tch::manual_seed(5);
     write_torch_zip_streamed(path, &headers, |i, out: &mut dyn Write| {
         let t = Tensor::randn(headers[i].shape.as_slice(), (Kind::Float, Device::Cpu));

@@ -85,6 +85,7 @@ fn set_bits(t: &Tensor, positions: impl Iterator<Item = i64>, bits: &[i64]) {
 /// `a.weight`: four pieces, specials in the first two and at the very last entry, the third
 /// clean; `b.weight`: half infinities and NaNs; `c.weight`: clean ties, one piece and a bit.
 fn model(kind: Kind) -> Vec<(String, Tensor)> {
+    let _generator = common::generator();
     tch::manual_seed(21);
     let a = tied(3 * PIECE + 1000, kind);
     set_bits(&a, (0..40).map(|i| 17 + i * 6007), &non_finite(kind));

@@ -117,6 +117,7 @@ fn check_global(kinds: &[Kind], ties: bool, amount: Amount, bool_masks: bool) {
 
 #[test]
 fn global_selection_matches_the_stable_reference_on_every_dtype() {
+    let _generator = common::generator();
     for kinds in [
         vec![Kind::Float],
         vec![Kind::Double],
@@ -140,6 +141,7 @@ fn global_selection_matches_the_stable_reference_on_every_dtype() {
 
 #[test]
 fn bool_masks_select_the_same_entries() {
+    let _generator = common::generator();
     for ties in [false, true] {
         check_global(&[Kind::Float], ties, Amount::Fraction(0.5), true);
     }
@@ -147,6 +149,7 @@ fn bool_masks_select_the_same_entries() {
 
 #[test]
 fn without_ties_the_selection_is_exactly_topks() {
+    let _generator = common::generator();
     for kind in [Kind::Float, Kind::Double] {
         let t = Tensor::randn([300, 301], (kind, Device::Cpu));
         let ones = t.ones_like();
@@ -164,6 +167,7 @@ fn without_ties_the_selection_is_exactly_topks() {
 
 #[test]
 fn iterative_l1_selects_among_live_entries_in_place() {
+    let _generator = common::generator();
     for kind in [Kind::Float, Kind::Half] {
         for ties in [false, true] {
             let t = random(&[50, 40], kind, ties);

@@ -4,7 +4,7 @@
 //! loads and runs in PyTorch with the new parameter count, parameters and MACs fall, the output
 //! equals the original with the removed channels zeroed (relative error <= 1e-4), and the
 //! exact route (removing only all-zero groups) leaves the outputs unchanged (up to float
-//! summation order: relative error <= 1e-5; tests/shrink_exact.rs shows that summation order is
+//! summation order: relative error <= 1e-5; tests/shrink/exact.rs shows that summation order is
 //! the only difference, bit for bit).
 //!
 //! These tests need Python's torch and torchvision (`make test` provides them): without them
@@ -191,7 +191,7 @@ fn check(name: &str) -> ShrinkReport {
     assert_eq!(exact_report.parameters_after, report.parameters_after);
     let exact_out = forward(&exact, &x);
     // Not bit for bit: convolutions over fewer channels sum in another order (see
-    // tests/shrink_exact.rs).
+    // tests/shrink/exact.rs).
     let err = rel_err(&exact_out, &expected);
     assert!(
         err <= 1e-5,
