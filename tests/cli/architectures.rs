@@ -8,10 +8,10 @@
 //! script's hash, and reused by later runs.
 
 use crate::common;
+use common::Cli;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SCRIPT: &str = include_str!("../py/architectures.py");
 const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
@@ -40,27 +40,10 @@ fn models() -> Option<&'static Path> {
     .as_deref()
 }
 
-fn tch_prune(args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .expect("failed to start tch-prune");
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The file's tensors in order, as the CLI reports them.
 fn order(path: &Path) -> Vec<String> {
-    let report: Value = serde_json::from_str(&tch_prune(&[
-        "report".into(),
-        path.display().to_string(),
-        "--json".into(),
-    ]))
-    .unwrap();
+    let report: Value =
+        serde_json::from_str(&Cli::new("report").arg(path).arg("--json").ok()).unwrap();
     report["tensors"]
         .as_array()
         .unwrap()
@@ -120,18 +103,11 @@ fn check_model(model: &str) {
             let output = work.path().join(format!("{}-{format}.{ext}", case.name));
             let plan = work.path().join(format!("{}.json", case.name));
             std::fs::write(&plan, case.steps.to_string()).unwrap();
-            let mut args: Vec<String> = vec![
-                "prune".into(),
-                input.display().to_string(),
-                "-o".into(),
-                output.display().to_string(),
-                "--plan".into(),
-                plan.display().to_string(),
-            ];
-            if let Some(seed) = case.seed {
-                args.extend(["--seed".into(), seed.to_string()]);
-            }
-            tch_prune(&args);
+            Cli::prune(&input, &output)
+                .arg("--plan")
+                .arg(&plan)
+                .option("--seed", case.seed)
+                .ok();
             specs.push(json!({
                 "case": format!("{model}.{ext} {}", case.name),
                 "model": model, "format": format, "input": input, "output": output,

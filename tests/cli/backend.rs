@@ -3,8 +3,8 @@
 //! device; `Backend::detect` and `tch-prune doctor` say so. What
 //! needs a GPU (devices, cuDNN in use) is asserted only to be consistent with tch's own answers.
 
+use crate::common::Cli;
 use std::path::Path;
-use std::process::Command;
 use tch_prune::backend::{Backend, LIBTORCH_LIB};
 
 /// The libtorch built against ships a CUDA backend.
@@ -157,8 +157,9 @@ fn this_process_has_the_cuda_backend_loaded() {
 
 #[test]
 fn doctor_reports_the_backend() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(["doctor", "--json"])
+    let out = Cli::new("doctor")
+        .arg("--json")
+        .command()
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
@@ -188,10 +189,7 @@ fn doctor_reports_the_backend() {
     }
 
     // The text form: one line per field, the version line first.
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .arg("doctor")
-        .output()
-        .unwrap();
+    let out = Cli::new("doctor").run();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -204,10 +202,7 @@ fn doctor_reports_the_backend() {
     };
     assert!(lines[3].starts_with(loaded), "{text}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = Cli::new("--version").run();
     let version = String::from_utf8(out.stdout).unwrap();
     assert!(
         version.starts_with(&format!(

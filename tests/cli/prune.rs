@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{cli, ok};
+use common::{cli, ok, Cli};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -15,9 +15,7 @@ fn fixtures() -> Option<&'static Path> {
     static DIR: std::sync::OnceLock<Option<tempfile::TempDir>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = common::tempdir();
-        let script = format!("{REFERENCE}\nfixtures(sys.argv[1])\n");
-        let script = script.replace("if __name__ == \"__main__\":", "if False:");
-        common::run_python(&script, &[dir.path()])?;
+        common::run_python(REFERENCE, &[Path::new("fixtures"), dir.path()])?;
         Some(dir)
     })
     .as_ref()
@@ -36,51 +34,75 @@ fn order(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Runs `tch-prune prune` on a fixture and has PyTorch check the result.
-fn check(
-    model: &str,
-    format: &str,
-    steps: Value,
+/// One run of `tch-prune prune` on a fixture, which PyTorch then checks: the output must equal
+/// `steps` applied by `torch.nn.utils.prune` to the same model.
+struct Case {
+    model: &'static str,
+    format: &'static str,
+    cli_flags: Vec<String>,
     seed: Option<i64>,
-    flags: &[&str],
     state_out: bool,
-) {
-    let Some(dir) = fixtures() else { return };
-    let ext = match format {
-        "ts" => "ts.pt",
-        "sd" => "sd.pt",
-        _ => "safetensors",
-    };
-    let input = dir.join(format!("{model}.{ext}"));
-    let work = common::tempdir();
-    let output = work.path().join(format!("out.{ext}"));
-    let state = work.path().join("state.safetensors");
-    let mut args: Vec<String> = vec![
-        "prune".into(),
-        input.display().to_string(),
-        "-o".into(),
-        output.display().to_string(),
-    ];
-    args.extend(flags.iter().map(|s| s.to_string()));
-    if let Some(seed) = seed {
-        args.extend(["--seed".into(), seed.to_string()]);
+}
+
+/// `model` (`mlp`, `cnn` or `nested`) in `format` (`ts`: TorchScript, `sd`: `torch.save`, `st`:
+/// safetensors), pruned with `flags` (split at spaces).
+fn prune(model: &'static str, format: &'static str, flags: &str) -> Case {
+    Case {
+        model,
+        format,
+        cli_flags: flags.split_whitespace().map(str::to_string).collect(),
+        seed: None,
+        state_out: false,
     }
-    if state_out {
-        args.extend(["--state-out".into(), state.display().to_string()]);
+}
+
+impl Case {
+    /// One more argument, as it is.
+    fn arg(mut self, arg: &str) -> Case {
+        self.cli_flags.push(arg.to_string());
+        self
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&args);
-    let spec = json!({
-        "model": model, "format": format, "input": input, "output": output,
-        "steps": steps, "seed": seed, "order": order(&input),
-        "state_out": if state_out { Some(state.clone()) } else { None },
-    });
-    let spec_path = work.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script =
-        REFERENCE.replace("if __name__ == \"__main__\":", "if False:") + "\ncheck(sys.argv[1])\n";
-    let out = common::run_python(&script, &[&spec_path]).unwrap();
-    assert_eq!(out.trim(), "OK", "{model}.{ext} {args:?}");
+
+    /// `--seed SEED`, which PyTorch seeds its generator with too.
+    fn seed(mut self, seed: i64) -> Case {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// `--state-out`, whose file PyTorch loads strictly into the reparametrized model.
+    fn state_out(mut self) -> Case {
+        self.state_out = true;
+        self
+    }
+
+    /// Runs the CLI and has PyTorch check its output against `steps`.
+    fn check(self, steps: Value) {
+        let Some(dir) = fixtures() else { return };
+        let (model, format) = (self.model, self.format);
+        let ext = match format {
+            "ts" => "ts.pt",
+            "sd" => "sd.pt",
+            _ => "safetensors",
+        };
+        let input = dir.join(format!("{model}.{ext}"));
+        let work = common::tempdir();
+        let output = work.path().join(format!("out.{ext}"));
+        let state = work.path().join("state.safetensors");
+        let cli = Cli::prune(&input, &output)
+            .args(&self.cli_flags)
+            .option("--seed", self.seed)
+            .option("--state-out", self.state_out.then(|| state.display()));
+        cli.ok();
+        let spec = json!({
+            "model": model, "format": format, "input": input, "output": output,
+            "steps": steps, "seed": self.seed, "order": order(&input),
+            "state_out": if self.state_out { Some(state.clone()) } else { None },
+        });
+        let spec_path = work.path().join("spec.json");
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let out = common::run_python(REFERENCE, &[Path::new("check"), &spec_path]).unwrap();
+        assert_eq!(out.trim(), "OK", "{model}.{ext} {cli}");
+    }
 }
 
 fn flags_step(method: &str, amount: Value) -> Value {
@@ -91,14 +113,8 @@ fn flags_step(method: &str, amount: Value) -> Value {
 fn l1_unstructured_on_every_format_and_architecture() {
     for model in ["mlp", "cnn", "nested"] {
         for format in ["ts", "sd", "st"] {
-            check(
-                model,
-                format,
-                json!([flags_step("l1-unstructured", json!(0.3))]),
-                None,
-                &["--method", "l1-unstructured", "--amount", "0.3"],
-                false,
-            );
+            prune(model, format, "--method l1-unstructured --amount 0.3")
+                .check(json!([flags_step("l1-unstructured", json!(0.3))]));
         }
     }
 }
@@ -107,130 +123,62 @@ fn l1_unstructured_on_every_format_and_architecture() {
 fn global_pruning_with_patterns() {
     for format in ["ts", "sd", "st"] {
         let steps = json!([{"method": "l1-unstructured", "amount": 0.5, "global": true, "params": "*.weight"}]);
-        check(
+        prune(
             "cnn",
             format,
-            steps,
-            None,
-            &[
-                "--method",
-                "l1-unstructured",
-                "--amount",
-                "0.5",
-                "--global",
-                "--params",
-                "*.weight",
-            ],
-            false,
-        );
+            "--method l1-unstructured --amount 0.5 --global --params *.weight",
+        )
+        .check(steps);
     }
     let steps = json!([{"method": "l1-unstructured", "amount": 100, "global": true, "params": "block.*,head.*"}]);
-    check(
+    prune(
         "nested",
         "ts",
-        steps,
-        None,
-        &[
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "100",
-            "--global",
-            "--params",
-            "block.*,head.*",
-        ],
-        false,
-    );
+        "--method l1-unstructured --amount 100 --global --params block.*,head.*",
+    )
+    .check(steps);
 }
 
 #[test]
 fn structured_methods_norms_and_negative_dims() {
     let steps = json!([{"method": "ln-structured", "amount": 2, "n": "inf", "dim": 0}]);
-    check(
+    prune(
         "cnn",
         "ts",
-        steps,
-        None,
-        &[
-            "--method",
-            "ln-structured",
-            "--amount",
-            "2",
-            "--n",
-            "inf",
-            "--dim",
-            "0",
-        ],
-        false,
-    );
+        "--method ln-structured --amount 2 --n inf --dim 0",
+    )
+    .check(steps);
     let steps = json!([{"method": "ln-structured", "amount": 0.25, "n": 1, "dim": -1}]);
-    check(
+    prune(
         "mlp",
         "sd",
-        steps,
-        None,
-        &[
-            "--method",
-            "ln-structured",
-            "--amount",
-            "0.25",
-            "--n",
-            "1",
-            "--dim",
-            "-1",
-        ],
-        false,
-    );
+        "--method ln-structured --amount 0.25 --n 1 --dim -1",
+    )
+    .check(steps);
     let steps = json!([{"method": "ln-structured", "amount": 0.5, "n": "-inf", "dim": 1, "params": "0.weight"}]);
-    check(
+    prune(
         "mlp",
         "st",
-        steps,
-        None,
-        &[
-            "--method",
-            "ln-structured",
-            "--amount",
-            "0.5",
-            "--n",
-            "-inf",
-            "--dim",
-            "1",
-            "--params",
-            "0.weight",
-        ],
-        false,
-    );
+        "--method ln-structured --amount 0.5 --n -inf --dim 1 --params 0.weight",
+    )
+    .check(steps);
 }
 
 #[test]
 fn seeded_random_methods_equal_pytorchs() {
     for format in ["ts", "sd", "st"] {
         let steps = json!([flags_step("random-unstructured", json!(0.4))]);
-        check(
-            "mlp",
-            format,
-            steps,
-            Some(17),
-            &["--method", "random-unstructured", "--amount", "0.4"],
-            false,
-        );
+        prune("mlp", format, "--method random-unstructured --amount 0.4")
+            .seed(17)
+            .check(steps);
         let steps = json!([{"method": "random-structured", "amount": 1, "dim": 0}]);
-        check(
+        prune(
             "cnn",
             format,
-            steps,
-            Some(5),
-            &[
-                "--method",
-                "random-structured",
-                "--amount",
-                "1",
-                "--dim",
-                "0",
-            ],
-            false,
-        );
+            "--method random-structured --amount 1 --dim 0",
+        )
+        .seed(5)
+        .check(steps);
     }
 }
 
@@ -247,14 +195,10 @@ fn multi_step_plans_compose_iteratively() {
     let plan_path = work.path().join("plan.json");
     std::fs::write(&plan_path, plan.to_string()).unwrap();
     for format in ["ts", "sd", "st"] {
-        check(
-            "nested",
-            format,
-            plan.clone(),
-            Some(3),
-            &["--plan", plan_path.to_str().unwrap()],
-            false,
-        );
+        prune("nested", format, "--plan")
+            .arg(plan_path.to_str().unwrap())
+            .seed(3)
+            .check(plan.clone());
     }
 }
 
@@ -262,14 +206,9 @@ fn multi_step_plans_compose_iteratively() {
 fn state_out_loads_strictly_into_a_reparametrized_pytorch_model() {
     for format in ["ts", "sd", "st"] {
         let steps = json!([flags_step("l1-unstructured", json!(0.5))]);
-        check(
-            "cnn",
-            format,
-            steps,
-            None,
-            &["--method", "l1-unstructured", "--amount", "0.5"],
-            true,
-        );
+        prune("cnn", format, "--method l1-unstructured --amount 0.5")
+            .state_out()
+            .check(steps);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{cli, ok, prune_args};
+use common::{ok, Cli};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -15,9 +15,9 @@ const SCRIPT: &str = include_str!("../py/same_answer.py");
 const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
 
 /// The one line a failing run prints.
-fn fails(args: &[&str]) -> String {
-    let out = cli(args);
-    assert_eq!(out.status.code(), Some(1), "tch-prune {args:?} should fail");
+fn fails(cli: &Cli) -> String {
+    let out = cli.run();
+    assert_eq!(out.status.code(), Some(1), "{cli} should fail");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(err.lines().count(), 1, "{err}");
     err
@@ -79,12 +79,9 @@ fn tied_weights_are_pruned_once_and_stay_tied_in_every_format() {
         let input = dir.join(format!("tied.{ext}"));
         // Seeded random pruning: each name pruned on its own would draw two masks.
         let output = work.path().join(format!("random.{ext}"));
-        let stdout = ok(&prune_args(
-            &input,
-            &output,
-            "--method random-unstructured --amount 0.3 --seed 4",
-            &[],
-        ));
+        let stdout = Cli::prune(&input, &output)
+            .flags("--method random-unstructured --amount 0.3 --seed 4")
+            .ok();
         // embed.weight (40x8, tied to decoder.weight) and hidden.weight, each once.
         assert!(stdout.starts_with("pruned 2 tensors"), "{format}: {stdout}");
         let steps = json!([{"method": "random-unstructured", "amount": 0.3,
@@ -93,24 +90,18 @@ fn tied_weights_are_pruned_once_and_stay_tied_in_every_format() {
 
         // Global L1 over every name: the tied tensor is ranked once, not twice.
         let output = work.path().join(format!("global.{ext}"));
-        ok(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 0.5 --global --params *.weight",
-            &[],
-        ));
+        Cli::prune(&input, &output)
+            .flags("--method l1-unstructured --amount 0.5 --global --params *.weight")
+            .ok();
         let steps = json!([{"method": "l1-unstructured", "amount": 0.5, "global": true,
                             "names": ["embed.weight", "hidden.weight"]}]);
         specs.push(spec("tied", format, &input, &output, steps, None));
 
         // Naming only the second name of the tie prunes the tensor.
         let output = work.path().join(format!("named.{ext}"));
-        ok(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 0.25 --params decoder.weight",
-            &[],
-        ));
+        Cli::prune(&input, &output)
+            .flags("--method l1-unstructured --amount 0.25 --params decoder.weight")
+            .ok();
         let steps =
             json!([{"method": "l1-unstructured", "amount": 0.25, "names": ["embed.weight"]}]);
         specs.push(spec("tied", format, &input, &output, steps, None));
@@ -137,28 +128,15 @@ fn the_reparametrized_state_of_a_tied_model_loads_strictly_into_pytorch() {
         let input = dir.join(format!("tied.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
         let state = work.path().join(format!("state-{format}.safetensors"));
-        ok(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 0.3 --state-out",
-            &[path_str(&state)],
-        ));
+        Cli::prune(&input, &output)
+            .flags("--method l1-unstructured --amount 0.3 --state-out")
+            .arg(&state)
+            .ok();
         args.push(state);
     }
-    let script = format!(
-        "{SCRIPT}\nimport sys\nfrom safetensors.torch import load_file\n\
-         for state, kept in zip(sys.argv[1:], ['embed', 'embed', 'decoder']):\n\
-         \x20   model = build('tied')\n\
-         \x20   prune.identity(getattr(model, kept), 'weight')\n\
-         \x20   prune.identity(model.hidden, 'weight')\n\
-         \x20   model.load_state_dict(load_file(state), strict=True)\n\
-         \x20   other = 'decoder' if kept == 'embed' else 'embed'\n\
-         \x20   assert getattr(model, other).weight is getattr(model, kept).weight_orig\n\
-         print('OK')\n"
-    );
-    let script = script.replace("if __name__ == \"__main__\":", "if False:");
-    let args: Vec<&Path> = args.iter().map(PathBuf::as_path).collect();
-    let out = common::run_python(&script, &args).unwrap();
+    let mut args: Vec<&Path> = args.iter().map(PathBuf::as_path).collect();
+    args.insert(0, Path::new("tied-states"));
+    let out = common::run_python(SCRIPT, &args).unwrap();
     assert_eq!(out.trim(), "OK");
 }
 
@@ -222,12 +200,9 @@ fn globs_never_select_buffers_and_naming_one_says_it_is_a_buffer() {
     for (format, ext) in FORMATS {
         let input = dir.join(format!("cnn.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
-        ok(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 0.5 --params features.*",
-            &[],
-        ));
+        Cli::prune(&input, &output)
+            .flags("--method l1-unstructured --amount 0.5 --params features.*")
+            .ok();
         let (before, after) = match format {
             "ts" => (
                 tch_prune::checkpoint::read_torchscript_state(&input).unwrap(),
@@ -256,23 +231,20 @@ fn globs_never_select_buffers_and_naming_one_says_it_is_a_buffer() {
         assert_eq!(w.eq(0.0).sum(Kind::Int64).int64_value(&[]), 3, "{format}");
 
         for name in ["features.1.running_var", "features.1.num_batches_tracked"] {
-            let err = fails(&prune_args(
-                &input,
-                &output,
-                "--method l1-unstructured --amount 0.5 --params",
-                &[name],
-            ));
+            let err = fails(
+                &Cli::prune(&input, &output)
+                    .flags("--method l1-unstructured --amount 0.5 --params")
+                    .arg(name),
+            );
             assert!(
                 err.contains(&format!("'{name}' is a buffer")),
                 "{format}: {err}"
             );
         }
-        let err = fails(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 0.5 --params *.running_*",
-            &[],
-        ));
+        let err = fails(
+            &Cli::prune(&input, &output)
+                .flags("--method l1-unstructured --amount 0.5 --params *.running_*"),
+        );
         assert!(err.contains("matches only buffers"), "{format}: {err}");
     }
 }
@@ -310,12 +282,11 @@ fn names_given_in_a_plan_give_the_model_order_for_safetensors() {
         let steps = json!([{"method": "random-unstructured", "amount": 0.4, "global": global,
                             "params": model_order}]);
         std::fs::write(&plan, steps.to_string()).unwrap();
-        ok(&prune_args(
-            &input,
-            &output,
-            "--plan",
-            &[path_str(&plan), "--seed", "11"],
-        ));
+        Cli::prune(&input, &output)
+            .arg("--plan")
+            .arg(&plan)
+            .flags("--seed 11")
+            .ok();
         let steps = json!([{"method": "random-unstructured", "amount": 0.4, "global": global,
                             "names": model_order}]);
         specs.push(spec("cnn", "st", &input, &output, steps, Some(11)));
@@ -403,12 +374,9 @@ fn every_safetensors_file_the_cli_writes_is_recognised() {
         ok(&["report", path_str(path)]);
         // The names end in weight0..7, which the default selection skips, and selecting
         // nothing is an error (issue 11).
-        ok(&prune_args(
-            path,
-            &out,
-            "--method l1-unstructured --amount 0.5 --params layer.*",
-            &[],
-        ));
+        Cli::prune(path, &out)
+            .flags("--method l1-unstructured --amount 0.5 --params layer.*")
+            .ok();
         ok(&["report", path_str(&out)]);
     }
     let script = "import sys\nfrom safetensors.torch import load_file\nfor p in sys.argv[1:]: assert len(load_file(p)) == 8\nprint('OK')\n";
@@ -430,12 +398,10 @@ fn every_file_the_cli_writes_is_recognised_as_its_format() {
             let state = work
                 .path()
                 .join(format!("{model}-{format}-state.safetensors"));
-            ok(&prune_args(
-                &input,
-                &output,
-                "--method l1-unstructured --amount 0.3 --state-out",
-                &[path_str(&state)],
-            ));
+            Cli::prune(&input, &output)
+                .flags("--method l1-unstructured --amount 0.3 --state-out")
+                .arg(&state)
+                .ok();
             let expected = match format {
                 "ts" => Format::TorchScript,
                 "sd" => Format::TorchZip,
@@ -463,12 +429,10 @@ fn a_step_that_fails_on_one_tensor_names_it() {
         let input = dir.join(format!("cnn.{ext}"));
         let output = work.path().join(format!("out.{ext}"));
         // 5 entries: more than features.3.bias holds (4), no more than the others.
-        let err = fails(&prune_args(
-            &input,
-            &output,
-            "--method l1-unstructured --amount 5 --params *.bias",
-            &[],
-        ));
+        let err = fails(
+            &Cli::prune(&input, &output)
+                .flags("--method l1-unstructured --amount 5 --params *.bias"),
+        );
         assert!(err.contains("'features.3.bias'"), "{format}: {err}");
         assert!(
             err.contains("amount=5 should be smaller than the number of parameters to prune=4"),
@@ -481,7 +445,7 @@ fn a_step_that_fails_on_one_tensor_names_it() {
             {"method": "l1-unstructured", "amount": 1.0, "params": ["classifier.bias"]},
             {"method": "l1-unstructured", "amount": 2, "params": ["features.0.bias", "classifier.bias"]}
         ]).to_string()).unwrap();
-        let err = fails(&prune_args(&input, &output, "--plan", &[path_str(&plan)]));
+        let err = fails(&Cli::prune(&input, &output).arg("--plan").arg(&plan));
         assert!(
             err.contains("step 2") && err.contains("'classifier.bias'"),
             "{format}: {err}"

@@ -4,9 +4,9 @@
 //! and errors on one line. Needs Python's torch to make the model (fails without it).
 
 use crate::common;
+use common::Cli;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const MODEL: &str = r#"
 import sys, torch, torch.nn as nn
@@ -52,11 +52,7 @@ fn model(dir: &Path) -> PathBuf {
 }
 
 fn shrink(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .arg("shrink")
-        .args(args)
-        .output()
-        .expect("run tch-prune")
+    Cli::new("shrink").args(args).run()
 }
 
 /// `tch-prune shrink IN -o OUT ARGS --input-shape 1,3,8,8 --json --runs 1`, which must succeed.

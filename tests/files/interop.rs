@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::assert_same;
+use common::{assert_same, Cli};
 use std::collections::HashMap;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -73,11 +73,10 @@ fn the_cli_resumes_a_pytorch_pruned_checkpoint_and_makes_it_permanent() {
     )
     .unwrap();
     let out = dir.path().join("out.pt");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(["prune", "--plan"])
+    let run = Cli::new("prune")
+        .arg("--plan")
         .args([&plan, &dir.path().join("pruned.sd.pt"), &"-o".into(), &out])
-        .output()
-        .unwrap();
+        .run();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),

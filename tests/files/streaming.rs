@@ -6,7 +6,7 @@ use crate::common;
 
 use common::{
     assert_streamed_memory_under, both_paths, cli, folder_entries, kill_when, large_headers, ok,
-    stream_runs,
+    stream_runs, Cli,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -108,15 +108,14 @@ fn sharded_checkpoints_stream_to_the_same_shards_and_index() {
             } else {
                 shard_dir.clone()
             };
-            let mut a = vec!["prune", s(&input), "-o", s(&out)];
-            a.extend(&args);
-            let said = ok(&a);
+            let said = Cli::prune(&input, &out).args(&args).ok();
             assert!(said.contains("3 shards and their index"), "{said}");
 
             let reference = dir.path().join("reference.safetensors");
-            let mut b = vec!["prune", s(&merged), "-o", s(&reference), "--in-memory"];
-            b.extend(&args);
-            ok(&b);
+            Cli::prune(&merged, &reference)
+                .arg("--in-memory")
+                .args(&args)
+                .ok();
             let pruned = read_safetensors(&reference).expect("read reference");
             // Each shard is what writing its tensors, pruned in memory, gives.
             let index_json: serde_json::Value = serde_json::from_str(
@@ -286,18 +285,8 @@ fn a_killed_sharded_write_leaves_no_output_and_the_next_run_cleans_up() {
     std::fs::create_dir(&outputs).expect("folder");
     let out = outputs.join("pruned");
     // Kill it once its temporary folder holds a shard: mid-way through the output.
-    let args = [
-        "prune",
-        s(&index),
-        "-o",
-        s(&out),
-        "--method",
-        "l1-unstructured",
-        "--amount",
-        "0.5",
-        "--global",
-    ];
-    let killed_mid_way = kill_when(&args, |_| {
+    let run = Cli::prune(&index, &out).flags("--method l1-unstructured --amount 0.5 --global");
+    let killed_mid_way = kill_when(&run, |_| {
         folder_entries(&outputs)
             .into_iter()
             .find(|n| n.starts_with(".tch-prune-"))
@@ -309,7 +298,7 @@ fn a_killed_sharded_write_leaves_no_output_and_the_next_run_cleans_up() {
     );
     assert!(!out.exists(), "a killed run left a partial output folder");
     // The next write into the folder removes what the killed process left.
-    let status = cli(&args);
+    let status = run.run();
     assert!(status.status.success(), "{status:?}");
     assert_eq!(folder_entries(&outputs), ["pruned"]);
 }

@@ -6,8 +6,8 @@
 use crate::common;
 
 use common::{
-    assert_streamed_memory_under, both_paths, cli, folder_entries, kill_when, large_headers, ok,
-    run_python, stream_runs,
+    assert_streamed_memory_under, both_paths, folder_entries, kill_when, large_headers, run_python,
+    stream_runs, Cli,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,12 +69,9 @@ fn the_streamed_output_loads_in_pytorch_with_the_expected_zeros() {
     for dtype in ["float32", "float16", "bfloat16"] {
         let input = folder.join(format!("model-{dtype}.pt"));
         let out = dir.path().join(format!("pruned-{dtype}.pt"));
-        let said = ok(&common::prune_args(
-            &input,
-            &out,
-            "--method l1-unstructured --amount 0.5 --global",
-            &[],
-        ));
+        let said = Cli::prune(&input, &out)
+            .flags("--method l1-unstructured --amount 0.5 --global")
+            .ok();
         assert!(said.contains("streamed from a memory map"), "{said}");
         let zeros = |file: &Path| -> Vec<(String, String, i64, i64)> {
             let listed = run_python(SCRIPT, &[Path::new("zeros"), file]).expect("python ran");
@@ -148,12 +145,9 @@ fn a_failing_write_leaves_no_output_and_no_temporary_file() {
     let out = outputs.join("pruned.pt");
     // 30 rows of "embed.weight" (50) are pruned and written; "layers.0.attn.weight" has 24:
     // the run fails with part of the file written.
-    let failed = cli(&common::prune_args(
-        &folder.join("model-float32.pt"),
-        &out,
-        "--method ln-structured --amount 30 --n 1 --dim 0",
-        &[],
-    ));
+    let failed = Cli::prune(&folder.join("model-float32.pt"), &out)
+        .flags("--method ln-structured --amount 30 --n 1 --dim 0")
+        .run();
     assert!(!failed.status.success());
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("layers.0.attn.weight"), "{stderr}");
@@ -207,13 +201,8 @@ fn a_killed_write_leaves_no_output_and_no_temporary_file() {
     std::fs::create_dir(&outputs).expect("folder");
     let out = outputs.join("pruned.pt");
     // SIGKILL once its temporary file holds part of the output: mid-way through the write.
-    let args = common::prune_args(
-        &input,
-        &out,
-        "--method l1-unstructured --amount 0.5 --global",
-        &[],
-    );
-    let killed_mid_way = kill_when(&args, |pid| {
+    let run = Cli::prune(&input, &out).flags("--method l1-unstructured --amount 0.5 --global");
+    let killed_mid_way = kill_when(&run, |pid| {
         temporary_output_size(pid, &outputs).is_some_and(|len| len > 1 << 20)
     });
     assert!(
@@ -225,7 +214,7 @@ fn a_killed_write_leaves_no_output_and_no_temporary_file() {
     // filesystems without O_TMPFILE) is removed by the next run.
     let leftovers = folder_entries(&outputs);
     if !leftovers.is_empty() {
-        let again = ok(&common::prune_args(&input, &out, "--method identity", &[]));
+        let again = Cli::prune(&input, &out).flags("--method identity").ok();
         assert!(again.contains("streamed"), "{again}");
         assert_eq!(folder_entries(&outputs), vec!["pruned.pt".to_string()]);
     }

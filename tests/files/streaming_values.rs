@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::{assert_bits, both_paths, ok, prune_args};
+use common::{assert_bits, both_paths, Cli};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_safetensors, write_safetensors};
@@ -122,7 +122,7 @@ fn prune(input: &Path, output: &Path, run: &[&str], in_memory: bool) -> String {
     if in_memory {
         flags.push("--in-memory");
     }
-    ok(&prune_args(input, output, "", &flags))
+    Cli::prune(input, output).args(&flags).ok()
 }
 
 #[test]

@@ -4,10 +4,10 @@
 //! `make test`) and fail without it: they exist to compare.
 
 use crate::common;
+use common::Cli;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use tch::{Kind, Tensor};
 use tch_prune::checkpoint::read_safetensors;
 use tch_prune::train::{CubicSchedule, NmSparsity, SparsitySchedule};
@@ -264,16 +264,9 @@ fn cli_nm_output_is_what_weight_norm_sparsifier_gives() {
     let dir = common::tempdir();
     let (input, output) = (dir.path().join("m.pt"), dir.path().join("out.pt"));
     python(NM_CLI_MODEL, &[&input]);
-    let run = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args([
-            "prune",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-        ])
-        .args(["--method", "nm", "--pattern", "2:4"])
-        .output()
-        .unwrap();
+    let run = Cli::prune(&input, &output)
+        .flags("--method nm --pattern 2:4")
+        .run();
     assert!(
         run.status.success(),
         "{}",
@@ -298,16 +291,7 @@ fn cli_nm_output_is_what_weight_norm_sparsifier_gives() {
             "2:4",
         ],
     ] {
-        let run = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-            .args([
-                "prune",
-                input.to_str().unwrap(),
-                "-o",
-                refused.to_str().unwrap(),
-            ])
-            .args(args)
-            .output()
-            .unwrap();
+        let run = Cli::prune(&input, &refused).args(args).run();
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");

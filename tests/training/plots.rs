@@ -4,8 +4,8 @@
 #![cfg(feature = "plot")]
 
 use crate::common;
+use common::Cli;
 
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::write_safetensors;
 use tch_prune::train::Recorder;
@@ -120,15 +120,7 @@ fn report_svg_has_a_bar_per_tensor() {
         ),
     ];
     write_safetensors(&input, &tensors).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args([
-            "report",
-            input.to_str().unwrap(),
-            "--svg",
-            svg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = Cli::new("report").arg(&input).arg("--svg").arg(&svg).run();
     assert!(
         out.status.success(),
         "{}",
@@ -166,11 +158,11 @@ fn report_svg_has_a_bar_per_tensor() {
     assert!((bars[2] / bars[0] - 0.75).abs() < 0.01, "{bars:?}");
 
     // An output folder that does not exist: one line, non-zero status.
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(["report", input.to_str().unwrap(), "--svg"])
+    let out = Cli::new("report")
+        .arg(&input)
+        .arg("--svg")
         .arg(dir.path().join("no/such/folder/r.svg"))
-        .output()
-        .unwrap();
+        .run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
