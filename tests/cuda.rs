@@ -14,7 +14,6 @@ use common::moves::{check_moved, pruned_mlp, PRUNED};
 use common::{assert_bits, assert_same, run_python, run_python_without_gpu};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::nn::{self, Module, OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{read_state_dict, write_safetensors};
@@ -362,18 +361,6 @@ fn fixtures(dir: &Path) -> Option<()> {
     Some(())
 }
 
-fn tch_prune(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Prunes each of the CNN's files with the CLI on `device`; returns the outputs.
 fn cli_outputs(dir: &Path, device: &str) -> Vec<PathBuf> {
     let mut outputs = Vec::new();
@@ -405,7 +392,7 @@ fn cli_outputs(dir: &Path, device: &str) -> Vec<PathBuf> {
                 device,
             ];
             all.extend_from_slice(args);
-            tch_prune(&all);
+            common::ok(&all);
             outputs.push(out);
         }
     }

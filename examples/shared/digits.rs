@@ -1,5 +1,5 @@
 //! The digits CNN of the demo (scripts/make_demo_data.py), built and trained from scratch in
-//! Rust: shared by examples/gradual.rs and tests/gradual_training.rs (through `#[path]`).
+//! Rust: shared by examples/gradual.rs and tests/training/gradual.rs (through `#[path]`).
 #![allow(dead_code)]
 
 use std::error::Error;

@@ -1,4 +1,5 @@
 //! Shared by the integration tests: the real PyTorch to compare against, and small helpers.
+// Each test binary (an area of tests/) uses part of it.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -135,38 +136,92 @@ pub mod cuda;
 pub mod moves;
 pub mod parity;
 
-/// Runs this crate's `tch-prune` binary with `args`.
-pub fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
-        .output()
-        .expect("failed to start tch-prune")
+/// A `tch-prune` command line, built up and then run: the one way the tests assemble one.
+/// Paths and values are passed as they are; [`Cli::flags`] splits a string of flags at spaces,
+/// as a shell would: `Cli::prune(&input, &output).flags("--method l1-unstructured --amount
+/// 0.3").ok()`.
+#[derive(Clone, Debug, Default)]
+pub struct Cli {
+    args: Vec<std::ffi::OsString>,
 }
 
-/// The arguments of `tch-prune prune INPUT -o OUTPUT`, then `flags` split at spaces, then
-/// `values` as they are (names and paths).
-pub fn prune_args<'a>(
-    input: &'a Path,
-    output: &'a Path,
-    flags: &'a str,
-    values: &[&'a str],
-) -> Vec<&'a str> {
-    let path = |p: &'a Path| p.to_str().expect("test paths are UTF-8");
-    let mut args = vec!["prune", path(input), "-o", path(output)];
-    args.extend(flags.split_whitespace());
-    args.extend_from_slice(values);
-    args
+impl Cli {
+    /// `tch-prune SUBCOMMAND`.
+    pub fn new(subcommand: &str) -> Cli {
+        Cli::default().arg(subcommand)
+    }
+
+    /// `tch-prune prune INPUT -o OUTPUT`.
+    pub fn prune(input: &Path, output: &Path) -> Cli {
+        Cli::new("prune").arg(input).arg("-o").arg(output)
+    }
+
+    /// One more argument, as it is (a path, a name, a value that holds spaces).
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Cli {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// More arguments, each as it is.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(self, args: impl IntoIterator<Item = S>) -> Cli {
+        args.into_iter().fold(self, Cli::arg)
+    }
+
+    /// `flags` split at spaces: flags and values that hold none.
+    pub fn flags(self, flags: &str) -> Cli {
+        self.args(flags.split_whitespace())
+    }
+
+    /// `NAME VALUE` where there is a value; nothing where there is none.
+    pub fn option(self, name: &str, value: Option<impl ToString>) -> Cli {
+        match value {
+            Some(value) => self.arg(name).arg(value.to_string()),
+            None => self,
+        }
+    }
+
+    /// The command, not yet run (for a test that waits for it or signals it itself).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tch-prune"));
+        command.args(&self.args);
+        command
+    }
+
+    /// Runs it to the end.
+    pub fn run(&self) -> Output {
+        self.command().output().expect("failed to start tch-prune")
+    }
+
+    /// Runs it, which must succeed; its standard output.
+    pub fn ok(&self) -> String {
+        let out = self.run();
+        assert!(
+            out.status.success(),
+            "{self} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl std::fmt::Display for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tch-prune")?;
+        for arg in &self.args {
+            write!(f, " {}", arg.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs this crate's `tch-prune` binary with `args` (a fixed list; [`Cli`] builds the others).
+pub fn cli(args: &[&str]) -> Output {
+    Cli::default().args(args).run()
 }
 
 /// [`cli`], which must succeed; its standard output.
 pub fn ok(args: &[&str]) -> String {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "tch-prune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Cli::default().args(args).ok()
 }
 
 /// Runs `tch-prune prune INPUT` with `flags` twice into `dir`, as the CLI chooses and with
@@ -176,8 +231,11 @@ pub fn both_paths(input: &Path, flags: &[&str], dir: &Path) -> (Vec<u8>, Vec<u8>
     let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("out");
     let chosen = dir.join(format!("chosen.{ext}"));
     let in_memory = dir.join(format!("in-memory.{ext}"));
-    let said = ok(&prune_args(input, &chosen, "", flags));
-    let said_in_memory = ok(&prune_args(input, &in_memory, "--in-memory", flags));
+    let said = Cli::prune(input, &chosen).args(flags).ok();
+    let said_in_memory = Cli::prune(input, &in_memory)
+        .arg("--in-memory")
+        .args(flags)
+        .ok();
     assert!(
         said_in_memory.contains("(in memory: --in-memory"),
         "{said_in_memory}"
@@ -188,9 +246,9 @@ pub fn both_paths(input: &Path, flags: &[&str], dir: &Path) -> (Vec<u8>, Vec<u8>
 
 /// Runs tch-prune, sampling its `RssAnon` from /proc every millisecond; returns the peak in
 /// bytes and the output.
-pub fn peak_anon(args: &[&str]) -> (u64, Output) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
+pub fn peak_anon(cli: &Cli) -> (u64, Output) {
+    let mut child = cli
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -225,11 +283,11 @@ pub fn folder_entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Runs tch-prune with `args` and sends it SIGKILL as soon as `ready(pid)` holds (asked every
+/// Runs `cli` and sends it SIGKILL as soon as `ready(pid)` holds (asked every
 /// 200 µs); returns whether it was killed, rather than having ended first.
-pub fn kill_when(args: &[&str], ready: impl Fn(u32) -> bool) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(args)
+pub fn kill_when(cli: &Cli, ready: impl Fn(u32) -> bool) -> bool {
+    let mut child = cli
+        .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -307,7 +365,7 @@ pub fn assert_streamed_memory_under(small: &Path, large: &Path, out: &Path, budg
         "--method l1-unstructured --amount 0.5",
     ] {
         let run = |input: &Path| {
-            let (peak, output) = peak_anon(&prune_args(input, out, method, &[]));
+            let (peak, output) = peak_anon(&Cli::prune(input, out).flags(method));
             assert!(
                 output.status.success(),
                 "{}",

@@ -1,7 +1,7 @@
 //! The parity cases: generated cases pruned here and by `torch.nn.utils.prune` (the provisioned
 //! torch 2.13, tests/py/parity.py), on one device; masks and pruned values must agree bit for
-//! bit (-0.0 counted as 0.0), dtypes included. Run on the CPU by tests/parity_pytorch.rs, on
-//! CUDA by tests/cuda.rs.
+//! bit (-0.0 counted as 0.0), dtypes included. Run on the CPU by
+//! tests/pruning/parity_pytorch.rs, on CUDA by tests/cuda.rs.
 
 use super::{assert_bits, assert_same, run_python};
 use serde_json::{json, Value};

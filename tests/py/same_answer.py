@@ -1,7 +1,11 @@
-"""PyTorch's side of tests/same_answer.rs: one model, the same answer whatever file it came in.
+"""PyTorch's side of tests/cli/same_answer.rs: one model, the same answer whatever file it came in.
 
     same_answer.py fixtures DIR        tied.{ts.pt,sd.pt,safetensors}, cnn.{...}
     same_answer.py check SPECS.json    prints OK per spec, or fails with the first difference
+    same_answer.py tied-states TS SD ST
+                                       loads each --state-out of the tied model (from its
+                                       TorchScript, torch.save and safetensors files) strictly;
+                                       prints OK
 
 Each spec names the model, the input and output files, the steps (names given in the order
 PyTorch is to prune them, a tied parameter under its named_parameters() name) and the seed.
@@ -135,9 +139,25 @@ def check(spec):
     print("OK")
 
 
+def tied_states(states):
+    """Each state loads strictly into the tied model reparametrized under the name the tensor
+    was pruned under (embed in TorchScript and torch.save files, decoder, the name the file
+    holds, in safetensors), the other name holding `_orig`'s values."""
+    for state, kept in zip(states, ["embed", "embed", "decoder"]):
+        model = build("tied")
+        prune.identity(getattr(model, kept), "weight")
+        prune.identity(model.hidden, "weight")
+        model.load_state_dict(load_file(state), strict=True)
+        other = "decoder" if kept == "embed" else "embed"
+        assert getattr(model, other).weight is getattr(model, kept).weight_orig
+    print("OK")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
+    elif sys.argv[1] == "tied-states":
+        tied_states(sys.argv[2:])
     else:
         for spec in json.load(open(sys.argv[2])):
             check(spec)

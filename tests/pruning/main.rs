@@ -1,0 +1,11 @@
+//! The pruning core against PyTorch: one test binary, a module per file (see CONTRIBUTING.md).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod parity_pytorch;
+mod permanent;
+mod pruner;
+mod pytorch_port;
+mod selection;
+mod store_moves;
