@@ -48,7 +48,8 @@ where
 }
 
 /// Writes `path` all or nothing: `write` gets the path of a temporary file in the same folder
-/// (already created, empty; see [`temp_file`] for where it lives and when it has a name) and
+/// (already created, empty, unnamed while it is written where the system allows, in the same
+/// folder so that the rename is atomic) and
 /// must write the file there; once it returns `Ok` the file is fsynced and renamed over `path`.
 /// If `write` fails (or panics), or the sync or the rename does, the temporary file is removed
 /// and `path` is left as it was, so readers never see a truncated file. A writer that writes

@@ -27,7 +27,7 @@
 //! * every attribute of a value (`x.name`, `f(x).name`, `(x).name`, and `getattr(x, "name")`,
 //!   whose name must be one plain string literal) is an allowed aten or prim operator's name (a
 //!   tensor's methods and properties resolve to `aten::name`, `prim::name`), a tensor cast or
-//!   builtin property ([`BUILTIN_ATTRIBUTES`]), or a name the archive's code declares (its
+//!   builtin property (`shape`, `dtype`, `T`, ...), or a name the archive's code declares (its
 //!   classes' methods and attributes); never a denied operator's name, declared or not;
 //! * `getattr` and `hasattr` are only called directly, `print` not at all (stdout carries the
 //!   CLI's report), and `__setstate__` appears nowhere (a definition is what libtorch runs while

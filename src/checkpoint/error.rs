@@ -95,7 +95,8 @@ pub enum CheckpointError {
 
     /// A zip archive whose directory two readers would read differently: an entry renamed by an
     /// extra field, a name not in its raw bytes, sizes or offsets that PyTorch's reader (miniz)
-    /// takes from elsewhere than this crate's (see [`zip_entries`](super::zip_entries)).
+    /// takes from elsewhere than this crate's (see SECURITY.md, "Every reader sees the same
+    /// entries").
     #[error("{}: the zip archive {reason}, so PyTorch and other readers would read different entries: refused; re-save the file from a copy you trust", path.display())]
     AmbiguousArchive {
         /// The file.

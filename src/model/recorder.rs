@@ -23,7 +23,7 @@ pub struct Record {
 
 /// Collects the curves of one or more training runs (a dense baseline, a gradually pruned
 /// run, a 2:4 run, ...) and writes them for a spreadsheet ([`write_csv`](Self::write_csv)) or
-/// a browser ([`write_svg`](Self::write_svg), with the `plot` feature, on by default): one
+/// a browser (`write_svg`, with the `plot` feature, on by default): one
 /// panel each for sparsity, loss and accuracy (those that were recorded), one line per run.
 ///
 /// ```
