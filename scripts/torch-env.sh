@@ -23,7 +23,7 @@ if [ -n "${LIBTORCH:-}" ]; then
 fi
 
 # torchvision pairs 0.28 with torch 2.13; it and transformers build the real architectures of
-# tests/architectures.rs (random init, nothing downloaded). torch-pruning is `make bench`'s
+# tests/cli/architectures.rs (random init, nothing downloaded). torch-pruning is `make bench`'s
 # comparison for `tch-prune shrink` (scripts/bench_shrink.py); it needs no other torch.
 torchvision_version=0.28
 torch_pruning_version=1.6.1
