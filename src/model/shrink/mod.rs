@@ -14,6 +14,7 @@ mod checks;
 mod graph;
 mod groups;
 mod rewrite;
+mod round_trip;
 mod select;
 
 pub use groups::{ChannelGroup, Slice};
@@ -193,16 +194,8 @@ impl ScriptModel {
         let mut notes = alias_notes;
         notes.extend(rewrite::rewrite(module, &g, &a, &kept)?);
         // A fresh load: libtorch caches each method's execution plan with the old code inlined.
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let tmp = std::env::temp_dir().join(format!(
-            "tch-prune-shrink-{}-{}.pt",
-            std::process::id(),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        self.module().save(&tmp)?;
-        let reloaded = CModule::load_on_device(&tmp, self.var_store().device());
-        let _ = std::fs::remove_file(&tmp);
-        self.replace_module(reloaded?)?;
+        let reloaded = round_trip::reload(self.module(), self.var_store().device())?;
+        self.replace_module(reloaded)?;
         // The buffers too this time: the first run named them.
         let buffers = g
             .tensors
