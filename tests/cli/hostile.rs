@@ -402,6 +402,7 @@ fn rows() -> Vec<Row> {
             ..row("shrink: one conv under two names, kept whole and verified", "shrink {gen}/shrink_shared_conv.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 0, &[])
         },
         row("shrink: a forward that rewrites its weights", "shrink {gen}/shrink_mutates.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["forward changed", "c1.weight"]),
+        row("shrink: a forward that rewrites a buffer on its later runs only", "shrink {gen}/shrink_rewrites_buffer_later.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16", 1, &["forward changed", "bn.running_var"]),
         row("shrink: -o the input", "shrink {gen}/shrink_cnn.pt -o {gen}/shrink_cnn.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["-o names the input file"]),
         Row {
             setup: |w| std::fs::hard_link(fixtures().gen.join("shrink_cnn.pt"), w.join("same.pt")).expect("hard link"),
