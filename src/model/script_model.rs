@@ -89,6 +89,12 @@ impl ScriptModel {
         &self.names
     }
 
+    /// A parameter or buffer of the module by its dotted name (`bn.running_var`): the tensor the
+    /// module computes with, not a copy.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        Ok(ffi::get_tensor(&self.module, name)?)
+    }
+
     /// The TorchScript module itself.
     pub fn module(&self) -> &CModule {
         &self.module

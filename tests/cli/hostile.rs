@@ -402,6 +402,7 @@ fn rows() -> Vec<Row> {
             ..row("shrink: one conv under two names, kept whole and verified", "shrink {gen}/shrink_shared_conv.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 0, &[])
         },
         row("shrink: a forward that rewrites its weights", "shrink {gen}/shrink_mutates.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["forward changed", "c1.weight"]),
+        row("shrink: a forward that rewrites a buffer on its later runs only", "shrink {gen}/shrink_rewrites_buffer_later.pt -o out.pt --amount 0.5 --input-shape 1,3,16,16", 1, &["forward changed", "bn.running_var"]),
         row("shrink: -o the input", "shrink {gen}/shrink_cnn.pt -o {gen}/shrink_cnn.pt --amount 0.5 --input-shape 1,3,16,16 --verify", 1, &["-o names the input file"]),
         Row {
             setup: |w| std::fs::hard_link(fixtures().gen.join("shrink_cnn.pt"), w.join("same.pt")).expect("hard link"),
@@ -773,6 +774,60 @@ fn a_mapped_input_cut_short_during_a_run_ends_in_one_line() {
             "{what}: {stderr}"
         );
         assert_eq!(names_in(work.path()), before, "{what}: files left");
+    }
+}
+
+/// `shrink` saves the rewritten model and loads it again; it once did so at a name another user
+/// of the temporary folder could predict (`tch-prune-shrink-<pid>-0.pt`), following a link
+/// planted there. A shell that knows its pid plants links at that name (and at the folder name
+/// without `.pt`) and then becomes the CLI (`exec` keeps the pid): the victim must stay as it was.
+#[test]
+fn shrink_never_follows_a_link_planted_in_the_temporary_folder() {
+    let fx = fixtures();
+    let work = common::tempdir();
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("temporary folder");
+    let victim = work.path().join("victim.txt");
+    std::fs::write(&victim, VICTIM_TEXT).expect("victim written");
+    let plant = r#"for n in "$TMPDIR/tch-prune-shrink-$$-0.pt" "$TMPDIR/tch-prune-shrink-$$-0"; do ln -s "$VICTIM" "$n" || exit 99; done; exec "$0" "$@""#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(plant)
+        .arg(binary())
+        .args([
+            "shrink",
+            "--amount",
+            "0.5",
+            "--input-shape",
+            "1,3,16,16",
+            "-o",
+        ])
+        .arg(work.path().join("out.pt"))
+        .arg(fx.gen.join("shrink_cnn.pt"))
+        .env("TMPDIR", &tmp)
+        .env("VICTIM", &victim)
+        .stdout(Stdio::null())
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&victim).expect("victim read"),
+        VICTIM_TEXT,
+        "the planted link was followed"
+    );
+    // The two links stay, and nothing else: the CLI's own folder is gone.
+    let left = names_in(&tmp);
+    assert_eq!(left.len(), 2, "in the temporary folder: {left:?}");
+    for name in &left {
+        let meta = std::fs::symlink_metadata(tmp.join(name)).expect("entry");
+        assert!(
+            meta.file_type().is_symlink(),
+            "{name} is not a planted link"
+        );
     }
 }
 

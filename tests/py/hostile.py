@@ -171,6 +171,26 @@ class MutatesWeights(ShrinkCnn):
         return self.body(x)
 
 
+class RewritesBufferLater(torch.nn.Module):
+    """Leaves its buffer alone on the runs `shrink`'s analysis checks (the first two) and
+    rewrites it on every later one (the timed runs): the rewritten buffer would be saved."""
+
+    calls: int
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.c2 = torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls = self.calls + 1
+        if self.calls > 2:
+            self.bn.running_var.mul_(4.0)
+        return self.c2(torch.relu(self.bn(self.c1(x))))
+
+
 class Noisy(ShrinkCnn):
     """Another answer on every run: --verify cannot pass."""
 
@@ -187,7 +207,8 @@ def shrink_inputs():
     torch.manual_seed(0)
     for name, cls in [("shrink_cnn", ShrinkCnn), ("shrink_loops", Loops), ("shrink_allocates", Allocates),
                       ("shrink_shared_conv", SharedConv), ("shrink_mutates", MutatesWeights),
-                      ("shrink_noisy", Noisy), ("shrink_two_inputs", TwoInputs)]:
+                      ("shrink_noisy", Noisy), ("shrink_two_inputs", TwoInputs),
+                      ("shrink_rewrites_buffer_later", RewritesBufferLater)]:
         m = cls()
         torch.jit.save(torch.jit.script(m), OUT / f"{name}.pt")
     import safetensors.torch

@@ -282,7 +282,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
-    let shrunk = Snapshot::of(&model)?;
+    let shrunk = Snapshot::of(&model, &report.buffers)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -381,25 +381,32 @@ fn print_table(s: &Summary) {
     println!("wrote {} (input shape {:?})", s.output, s.input_shape);
 }
 
-/// Copies of a model's parameters, to check that running its code left them as they were.
-struct Snapshot(Vec<(String, Tensor)>);
+/// Copies of a model's parameters and of the buffers its forward reads, to check that running
+/// its code left them as they were: a forward can leave them alone on its first runs (those
+/// `shrink` checks) and rewrite them on the timed runs or the check.
+/// The second field counts the buffers among the tensors.
+struct Snapshot(Vec<(String, Tensor)>, usize);
 
 impl Snapshot {
-    fn of(model: &ScriptModel) -> Result<Self> {
+    fn of(model: &ScriptModel, buffers: &[String]) -> Result<Self> {
+        let mut tensors = model.module().named_parameters()?;
+        for name in buffers {
+            tensors.push((name.clone(), model.tensor(name)?));
+        }
         Ok(Self(
-            model
-                .module()
-                .named_parameters()?
+            tensors
                 .into_iter()
                 .map(|(n, t)| (n, tch::no_grad(|| t.detach().copy())))
                 .collect(),
+            buffers.len(),
         ))
     }
 
     fn check(&self, model: &ScriptModel) -> Result<()> {
-        let now = model.module().named_parameters()?;
-        for ((name, before), (_, now)) in self.0.iter().zip(&now) {
+        for (name, before) in &self.0 {
+            let now = model.tensor(name)?;
             let same = now.size() == before.size()
+                && now.kind() == before.kind()
                 && tch::no_grad(|| {
                     if now.is_floating_point() {
                         now.allclose(before, 0.0, 0.0, true)
@@ -408,10 +415,10 @@ impl Snapshot {
                     }
                 });
             if !same {
-                bail!("the model's forward changed its parameter '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)");
+                bail!("the model's forward changed its tensor '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)");
             }
         }
-        if now.len() != self.0.len() {
+        if model.module().named_parameters()?.len() != self.0.len() - self.1 {
             bail!("the model's forward changed its parameters while it ran: a model that rewrites its own weights cannot be shrunk");
         }
         Ok(())

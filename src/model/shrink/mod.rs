@@ -14,6 +14,7 @@ mod checks;
 mod graph;
 mod groups;
 mod rewrite;
+mod round_trip;
 mod select;
 
 pub use groups::{ChannelGroup, Slice};
@@ -76,6 +77,12 @@ pub struct ShrinkReport {
     pub removed: Vec<Removed>,
     /// What could not be kept consistent (metadata only).
     pub notes: Vec<String>,
+    /// The buffers `forward` reads, by dotted name: with the parameters, the tensors whose
+    /// values the runs of `shrink` checked unchanged. A caller that runs the module again
+    /// before saving it checks them again ([`ScriptModel::tensor`]): a `forward` can leave them
+    /// alone on its first runs and rewrite them on later ones.
+    #[serde(skip)]
+    pub buffers: Vec<String>,
 }
 
 fn parameter_count(module: &CModule) -> Result<i64> {
@@ -193,30 +200,25 @@ impl ScriptModel {
         let mut notes = alias_notes;
         notes.extend(rewrite::rewrite(module, &g, &a, &kept)?);
         // A fresh load: libtorch caches each method's execution plan with the old code inlined.
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let tmp = std::env::temp_dir().join(format!(
-            "tch-prune-shrink-{}-{}.pt",
-            std::process::id(),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        self.module().save(&tmp)?;
-        let reloaded = CModule::load_on_device(&tmp, self.var_store().device());
-        let _ = std::fs::remove_file(&tmp);
-        self.replace_module(reloaded?)?;
+        let reloaded = round_trip::reload(self.module(), self.var_store().device())?;
+        self.replace_module(reloaded)?;
         // The buffers too this time: the first run named them.
-        let buffers = g
+        let buffers: Vec<String> = g
             .tensors
             .iter()
             .filter(|(_, p)| !**p)
-            .map(|(n, _)| n.as_str());
-        let (g2, _, _) = self.analyse(input, buffers).map_err(|e| match e {
-            PruneError::Shrink(m) if m.starts_with("the model's forward changed") => {
-                PruneError::Shrink(m)
-            }
-            e => PruneError::Shrink(format!(
-                "the shrunk model does not run on the example input: {e}"
-            )),
-        })?;
+            .map(|(n, _)| n.clone())
+            .collect();
+        let (g2, _, _) = self
+            .analyse(input, buffers.iter().map(String::as_str))
+            .map_err(|e| match e {
+                PruneError::Shrink(m) if m.starts_with("the model's forward changed") => {
+                    PruneError::Shrink(m)
+                }
+                e => PruneError::Shrink(format!(
+                    "the shrunk model does not run on the example input: {e}"
+                )),
+            })?;
         let groups = a
             .groups
             .iter()
@@ -236,6 +238,7 @@ impl ScriptModel {
             macs_after: g2.macs(),
             removed,
             notes,
+            buffers,
         })
     }
 
