@@ -33,13 +33,21 @@
 //! are unique ignoring case), and a name only miniz finds (spelled in another case) is reported
 //! missing, never replaced by another entry. Readers also take the folder all records sit under
 //! from the first entry, as `PyTorchStreamReader` does (see
-//! [`ZipLayout`](super::archive::ZipLayout)). The Unicode *comment* field (0x6375) only renames
+//! `ZipLayout`). The Unicode *comment* field (0x6375) only renames
 //! a comment, which no reader uses: it is harmless and allowed.
 
 use super::error::{first_line, shown, CheckpointError};
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+
+/// A zip error of the archive at `path`, as one line.
+pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&err.to_string()),
+    }
+}
 
 /// Signatures and sizes of the records miniz reads.
 const END_SIG: u32 = 0x0605_4b50;
@@ -76,11 +84,7 @@ pub(crate) fn open_archive<R: Read + Seek>(
     reader: R,
     path: &Path,
 ) -> Result<zip::ZipArchive<R>, CheckpointError> {
-    let corrupt = |e: zip::result::ZipError| CheckpointError::CorruptArchive {
-        path: path.to_path_buf(),
-        reason: first_line(&e.to_string()),
-    };
-    let archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
+    let archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
     // The zip crate gives no access to its reader but by taking it back; the archive is parsed
     // again afterwards (a cost per entry, not per byte).
     let mut reader = archive.into_inner();
@@ -97,7 +101,7 @@ pub(crate) fn open_archive<R: Read + Seek>(
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
-    let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
+    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
     agree(&mut archive, start, &entries, path)?;
     Ok(archive)
 }
@@ -142,9 +146,7 @@ fn agree<R: Read + Seek>(
                 })
             }
         };
-        let entry = archive
-            .by_index_raw(index)
-            .map_err(|e| super::archive::corrupt(path, e))?;
+        let entry = archive.by_index_raw(index).map_err(|e| corrupt(path, e))?;
         if entry.name().as_bytes() != raw.name.as_slice() {
             return Err(differ(format!(
                 "names an entry '{}' in its directory (the name PyTorch looks it up by) and '{}' elsewhere (a Unicode Path extra field, or another code page: the name other readers give it)",
