@@ -18,9 +18,11 @@
 //!   the class headers) are read, by [`script_classes`](super::script_classes); the code
 //!   itself is never interpreted.
 //! * `<prefix>/constants.pkl` holds the constants the code uses, which are not part of the state
-//!   dict, and is not read.
+//!   dict. libtorch unpickles it as it loads the module (a packed quantized class among them
+//!   would run its C++ `__setstate__` on the file's bytes), so it is held to the same globals as
+//!   `data.pkl` by the same virtual machine; its tensors are looked at, never read.
 
-use super::archive::{Opened, StorageSource, TorchArchive};
+use super::archive::{Opened, StorageSource, TorchArchive, MAX_PICKLE_BYTES};
 use super::error::{shown, CheckpointError};
 use super::script_classes::ScriptClasses;
 use super::sniff::Sniff;
@@ -125,9 +127,25 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
         classes.add_file(&qualifier, &String::from_utf8_lossy(&source));
     }
 
+    let constants = format!("{}constants.pkl", archive.prefix());
+    if archive.entry_names().any(|name| name == constants) {
+        let pickle = archive.read(&constants, MAX_PICKLE_BYTES)?;
+        Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+    }
+
     let pickle = archive.data_pkl()?;
     let mut storages = archive.into_storages();
     read_module_state(&pickle, path, &mut storages, &classes)
+}
+
+/// The storages of `constants.pkl`: its tensors are checked as `data.pkl`'s are (their globals,
+/// dtypes and sizes), never read.
+struct Unread;
+
+impl StorageSource for Unread {
+    fn load(&mut self, _key: &str, _nbytes: u64) -> Result<Option<Tensor>, CheckpointError> {
+        Ok(None)
+    }
 }
 
 /// A TorchScript module tree is a tree in real files (thousands of modules of a few dozen

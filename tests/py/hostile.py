@@ -379,6 +379,12 @@ def main():
     # Quantized (dynamic): packed parameters, whose loading warns in libtorch.
     q = torch.ao.quantization.quantize_dynamic(Mlp(), {torch.nn.Linear}, dtype=torch.qint8)
     torch.jit.save(torch.jit.script(q), OUT / "quantized.pt")
+    # Issue 20: a packed quantized object in constants.pkl, which libtorch unpickles (running
+    # the class's C++ __setstate__ on the file's bytes) while the module's data.pkl is plain.
+    packed = (b"\x80\x02c__torch__.torch.classes.quantized\nLinearPackedParamsBase\n"
+              b")\x81\x85q\x00.")
+    write_zip(OUT / "quantized_constants.pt",
+              [(n, packed if n.endswith("/constants.pkl") else d) for n, d in entries(OUT / "mlp.ts.pt")])
 
     # --- State dicts.
     sd = {"fc1.weight": torch.randn(16, 8), "fc1.bias": torch.randn(16),
