@@ -12,6 +12,7 @@
 use super::error::{first_line, shown, CheckpointError};
 use super::host_tensor::read_into;
 use super::sniff::{sniff_reader, Sniff};
+use super::zip_entries::corrupt;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -154,13 +155,6 @@ impl ZipLayout {
             }
         }
         layout
-    }
-}
-
-pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
-    CheckpointError::CorruptArchive {
-        path: path.to_path_buf(),
-        reason: first_line(&err.to_string()),
     }
 }
 

@@ -170,7 +170,7 @@ pub fn check_torchscript_code_from<R: Read + Seek>(
     for index in entries {
         let mut entry = archive
             .by_index(index)
-            .map_err(|e| super::archive::corrupt(path, e))?;
+            .map_err(|e| super::zip_entries::corrupt(path, e))?;
         let entry_name = shown(entry.name());
         let mut source = Vec::new();
         (&mut entry)

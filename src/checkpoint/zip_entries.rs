@@ -102,6 +102,14 @@ pub(crate) fn open_archive<R: Read + Seek>(
     Ok(archive)
 }
 
+/// A `zip` crate error, as the one-line reason of a corrupt archive.
+pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&err.to_string()),
+    }
+}
+
 /// Refuses the archive unless the zip crate's view of it is `entries`, the directory at `start`.
 fn agree<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
@@ -142,9 +150,7 @@ fn agree<R: Read + Seek>(
                 })
             }
         };
-        let entry = archive
-            .by_index_raw(index)
-            .map_err(|e| super::archive::corrupt(path, e))?;
+        let entry = archive.by_index_raw(index).map_err(|e| corrupt(path, e))?;
         if entry.name().as_bytes() != raw.name.as_slice() {
             return Err(differ(format!(
                 "names an entry '{}' in its directory (the name PyTorch looks it up by) and '{}' elsewhere (a Unicode Path extra field, or another code page: the name other readers give it)",
