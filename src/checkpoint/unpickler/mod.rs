@@ -15,9 +15,9 @@
 //! BUILD gives them, the `torch.jit._pickle` list helpers and `builtins.complex`.
 //!
 //! The machine, one part a file: this one holds its state, its memory budget and the opcode loop;
-//! `value` the values it builds, `read` the operands it reads after an opcode, `stack` its
-//! stack, memo and arena, `calls` the globals it resolves and calls, `persistent` the storages
-//! a pickle declares. Turning what it built into tensors and state dicts is
+//! `opcode` the opcodes (byte and name), `value` the values it builds, `read` the operands it
+//! reads after an opcode, `stack` its stack, memo and arena, `calls` the globals it resolves
+//! and calls, `persistent` the storages a pickle declares. Turning what it built into tensors and state dicts is
 //! [`state_dict`](super::state_dict)'s job, and the module tree walk of TorchScript archives
 //! [`script_archive`](super::script_archive)'s.
 //!
@@ -28,6 +28,7 @@
 
 mod calls;
 mod globals;
+mod opcode;
 mod persistent;
 mod read;
 mod stack;
@@ -36,6 +37,7 @@ pub(super) mod tests;
 mod value;
 
 pub(super) use self::globals::{Global, Mode};
+use self::opcode::OpCode;
 use self::value::{decode_long, Dict};
 pub(super) use self::value::{Obj, StorageRef, TensorProblem, Value, ViewKey};
 use super::archive::StorageSource;
@@ -162,129 +164,125 @@ impl<'a> Unpickler<'a> {
             if at >= self.data.len() {
                 return Err(self.malformed(at, "truncated: the pickle ends before its STOP opcode"));
             }
-            let op = self.data[at];
+            let byte = self.data[at];
             self.pos += 1;
+            let Some(op) = OpCode::from_byte(byte) else {
+                return Err(self.unsupported_opcode(at, byte, "not used by torch.save"));
+            };
             match op {
-                // PROTO
-                0x80 => {
-                    let version = self.take_u8("PROTO")?;
+                OpCode::Proto => {
+                    let version = self.take_u8(op.name())?;
                     if version > 5 {
                         return Err(
                             self.malformed(at, format!("unsupported pickle protocol {version}"))
                         );
                     }
                 }
-                // FRAME: only a hint for buffered readers.
-                0x95 => {
-                    self.take_array::<8>("FRAME")?;
+                // Only a hint for buffered readers.
+                OpCode::Frame => {
+                    self.take_array::<8>(op.name())?;
                 }
-                // STOP
-                b'.' => {
+                OpCode::Stop => {
                     let value = self.pop(at)?;
                     return Ok(value);
                 }
-                // MARK
-                b'(' => self.marks.push(self.stack.len()),
-                // POP
-                b'0' => {
+                OpCode::Mark => self.marks.push(self.stack.len()),
+                OpCode::Pop => {
                     self.pop(at)?;
                 }
-                // POP_MARK
-                b'1' => {
+                OpCode::PopMark => {
                     self.pop_mark(at)?;
                 }
-                // DUP
-                b'2' => {
+                OpCode::Dup => {
                     let top = self.top(at)?.clone();
                     self.stack.push(top);
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                // BININT, BININT1, BININT2
-                b'J' => {
-                    let v = i32::from_le_bytes(self.take_array("BININT")?);
+                OpCode::None => self.stack.push(Value::None),
+                OpCode::NewTrue => self.stack.push(Value::Bool(true)),
+                OpCode::NewFalse => self.stack.push(Value::Bool(false)),
+                OpCode::BinInt => {
+                    let v = i32::from_le_bytes(self.take_array(op.name())?);
                     self.stack.push(Value::Int(i64::from(v)));
                 }
-                b'K' => {
-                    let v = self.take_u8("BININT1")?;
+                OpCode::BinInt1 => {
+                    let v = self.take_u8(op.name())?;
                     self.stack.push(Value::Int(i64::from(v)));
                 }
-                b'M' => {
-                    let v = u16::from_le_bytes(self.take_array("BININT2")?);
+                OpCode::BinInt2 => {
+                    let v = u16::from_le_bytes(self.take_array(op.name())?);
                     self.stack.push(Value::Int(i64::from(v)));
                 }
-                // LONG1, LONG4
-                0x8a => {
-                    let n = usize::from(self.take_u8("LONG1")?);
-                    let bytes = self.take(n, "LONG1")?;
+                OpCode::Long1 => {
+                    let n = usize::from(self.take_u8(op.name())?);
+                    let bytes = self.take(n, op.name())?;
                     self.stack.push(decode_long(bytes));
                 }
-                0x8b => {
-                    let n = i32::from_le_bytes(self.take_array("LONG4")?);
+                OpCode::Long4 => {
+                    let n = i32::from_le_bytes(self.take_array(op.name())?);
                     let n = usize::try_from(n)
                         .map_err(|_| self.malformed(at, "LONG4 with a negative length"))?;
-                    let bytes = self.take(n, "LONG4")?;
+                    let bytes = self.take(n, op.name())?;
                     self.stack.push(decode_long(bytes));
                 }
-                // BINFLOAT: big-endian, unlike everything else.
-                b'G' => {
-                    self.take_array::<8>("BINFLOAT")?;
+                // Big-endian, unlike everything else.
+                OpCode::BinFloat => {
+                    self.take_array::<8>(op.name())?;
                     self.stack.push(Value::Float);
                 }
-                // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
-                0x8c => {
-                    let n = usize::from(self.take_u8("SHORT_BINUNICODE")?);
-                    let s = self.take_str(n, "SHORT_BINUNICODE")?;
+                OpCode::ShortBinUnicode => {
+                    let n = usize::from(self.take_u8(op.name())?);
+                    let s = self.take_str(n, op.name())?;
                     self.stack.push(s);
                 }
-                b'X' => {
-                    let n = self.take_u32("BINUNICODE")? as usize;
-                    let s = self.take_str(n, "BINUNICODE")?;
+                OpCode::BinUnicode => {
+                    let n = self.take_u32(op.name())? as usize;
+                    let s = self.take_str(n, op.name())?;
                     self.stack.push(s);
                 }
-                0x8d => {
-                    let n = self.take_len64("BINUNICODE8")?;
-                    let s = self.take_str(n, "BINUNICODE8")?;
+                OpCode::BinUnicode8 => {
+                    let n = self.take_len64(op.name())?;
+                    let s = self.take_str(n, op.name())?;
                     self.stack.push(s);
                 }
-                // SHORT_BINSTRING, BINSTRING: Python 2 str, which Python 3 decodes as ASCII.
-                b'U' => {
-                    let n = usize::from(self.take_u8("SHORT_BINSTRING")?);
-                    let s = self.take_str(n, "SHORT_BINSTRING")?;
+                // Python 2 str, which Python 3 decodes as ASCII.
+                OpCode::ShortBinString => {
+                    let n = usize::from(self.take_u8(op.name())?);
+                    let s = self.take_str(n, op.name())?;
                     self.stack.push(s);
                 }
-                b'T' => {
-                    let n = i32::from_le_bytes(self.take_array("BINSTRING")?);
+                OpCode::BinString => {
+                    let n = i32::from_le_bytes(self.take_array(op.name())?);
                     let n = usize::try_from(n)
                         .map_err(|_| self.malformed(at, "BINSTRING with a negative length"))?;
-                    let s = self.take_str(n, "BINSTRING")?;
+                    let s = self.take_str(n, op.name())?;
                     self.stack.push(s);
                 }
-                // SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
-                b'C' => {
-                    let n = usize::from(self.take_u8("SHORT_BINBYTES")?);
-                    let b = self.take_bytes(n, "SHORT_BINBYTES")?;
+                OpCode::ShortBinBytes => {
+                    let n = usize::from(self.take_u8(op.name())?);
+                    let b = self.take_bytes(n, op.name())?;
                     self.stack.push(b);
                 }
-                b'B' => {
-                    let n = self.take_u32("BINBYTES")? as usize;
-                    let b = self.take_bytes(n, "BINBYTES")?;
+                OpCode::BinBytes => {
+                    let n = self.take_u32(op.name())? as usize;
+                    let b = self.take_bytes(n, op.name())?;
                     self.stack.push(b);
                 }
-                0x8e | 0x96 => {
+                OpCode::BinBytes8 | OpCode::ByteArray8 => {
                     let n = self.take_len64("BINBYTES8")?;
                     let b = self.take_bytes(n, "BINBYTES8")?;
                     self.stack.push(b);
                 }
-                // EMPTY_TUPLE, TUPLE, TUPLE1..3
-                b')' => self.push_obj(Obj::Tuple(Vec::new())),
-                b't' => {
+                OpCode::EmptyTuple => self.push_obj(Obj::Tuple(Vec::new())),
+                OpCode::Tuple => {
                     let items = self.pop_mark(at)?;
                     self.push_obj(Obj::Tuple(items));
                 }
-                0x85..=0x87 => {
-                    let n = usize::from(op - 0x84);
+                OpCode::Tuple1 | OpCode::Tuple2 | OpCode::Tuple3 => {
+                    let n = match op {
+                        OpCode::Tuple1 => 1,
+                        OpCode::Tuple2 => 2,
+                        _ => 3,
+                    };
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
                         items.push(self.pop(at)?);
@@ -292,14 +290,12 @@ impl<'a> Unpickler<'a> {
                     items.reverse();
                     self.push_obj(Obj::Tuple(items));
                 }
-                // EMPTY_LIST, LIST, EMPTY_SET, FROZENSET
-                b']' | 0x8f => self.push_obj(Obj::List(Vec::new())),
-                b'l' | 0x91 => {
+                OpCode::EmptyList | OpCode::EmptySet => self.push_obj(Obj::List(Vec::new())),
+                OpCode::List | OpCode::FrozenSet => {
                     let items = self.pop_mark(at)?;
                     self.push_obj(Obj::List(items));
                 }
-                // APPEND
-                b'a' => {
+                OpCode::Append => {
                     let item = self.pop(at)?;
                     let list = self.top(at)?.clone();
                     self.contained += 1;
@@ -310,8 +306,7 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                // APPENDS, ADDITEMS
-                b'e' | 0x90 => {
+                OpCode::Appends | OpCode::AddItems => {
                     let items = self.pop_mark(at)?;
                     let list = self.top(at)?.clone();
                     self.contained += items.len();
@@ -324,9 +319,8 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                // EMPTY_DICT, DICT
-                b'}' => self.push_obj(Obj::Dict(Dict::default())),
-                b'd' => {
+                OpCode::EmptyDict => self.push_obj(Obj::Dict(Dict::default())),
+                OpCode::Dict => {
                     let items = self.pop_mark(at)?;
                     for value in items.iter().skip(1).step_by(2) {
                         self.charge_name(at, value)?;
@@ -334,8 +328,7 @@ impl<'a> Unpickler<'a> {
                     let dict = self.dict_from_pairs(at, items)?;
                     self.push_obj(Obj::Dict(dict));
                 }
-                // SETITEM
-                b's' => {
+                OpCode::SetItem => {
                     let value = self.pop(at)?;
                     let key = self.pop(at)?;
                     self.charge_name(at, &value)?;
@@ -350,8 +343,7 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                // SETITEMS
-                b'u' => {
+                OpCode::SetItems => {
                     let items = self.pop_mark(at)?;
                     if items.len() % 2 != 0 {
                         return Err(self.malformed(at, "SETITEMS with an odd number of items"));
@@ -375,40 +367,36 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                // BINPUT, LONG_BINPUT, MEMOIZE
-                b'q' => {
-                    let index = u32::from(self.take_u8("BINPUT")?);
+                OpCode::BinPut => {
+                    let index = u32::from(self.take_u8(op.name())?);
                     self.memo_put(at, index)?;
                 }
-                b'r' => {
-                    let index = self.take_u32("LONG_BINPUT")?;
+                OpCode::LongBinPut => {
+                    let index = self.take_u32(op.name())?;
                     self.memo_put(at, index)?;
                 }
-                0x94 => {
+                OpCode::Memoize => {
                     let index = u32::try_from(self.memo.len())
                         .map_err(|_| self.malformed(at, "memo overflow"))?;
                     self.memo_put(at, index)?;
                 }
-                // BINGET, LONG_BINGET
-                b'h' => {
-                    let index = u32::from(self.take_u8("BINGET")?);
+                OpCode::BinGet => {
+                    let index = u32::from(self.take_u8(op.name())?);
                     let value = self.memo_get(at, index)?;
                     self.stack.push(value);
                 }
-                b'j' => {
-                    let index = self.take_u32("LONG_BINGET")?;
+                OpCode::LongBinGet => {
+                    let index = self.take_u32(op.name())?;
                     let value = self.memo_get(at, index)?;
                     self.stack.push(value);
                 }
-                // GLOBAL
-                b'c' => {
+                OpCode::Global => {
                     let module = self.take_line("GLOBAL module")?;
                     let name = self.take_line("GLOBAL name")?;
                     let global = self.resolve(module, name)?;
                     self.stack.push(Value::Global(global));
                 }
-                // STACK_GLOBAL
-                0x93 => {
+                OpCode::StackGlobal => {
                     let name = self.pop(at)?;
                     let module = self.pop(at)?;
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
@@ -417,17 +405,17 @@ impl<'a> Unpickler<'a> {
                     let global = self.resolve(&module, &name)?;
                     self.stack.push(Value::Global(global));
                 }
-                // REDUCE, NEWOBJ: both only ever call one of the allow-listed globals.
-                b'R' | 0x81 => {
+                // Both only ever call one of the allow-listed globals.
+                OpCode::Reduce | OpCode::NewObj => {
                     let args = self.pop(at)?;
                     let callable = self.pop(at)?;
                     let result = self.call(at, callable, args)?;
                     self.stack.push(result);
                 }
-                // BUILD: sets an object's attributes. A TorchScript object keeps them (a module's
+                // Sets an object's attributes. A TorchScript object keeps them (a module's
                 // attributes are its parameters, buffers and submodules); anything else's (e.g. a
                 // state dict's `_metadata`) carry nothing a tensor list needs.
-                b'b' => {
+                OpCode::Build => {
                     let state = self.pop(at)?;
                     let target = self.top(at)?.clone();
                     if let Value::Obj(i) = target {
@@ -443,39 +431,38 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                // BINPERSID
-                b'Q' => {
+                OpCode::BinPersId => {
                     let pid = self.pop(at)?;
                     let storage = self.persistent_load(at, pid)?;
                     self.stack.push(storage);
                 }
-                _ => {
-                    return Err(self.malformed(
-                        at,
-                        format!("unsupported pickle opcode 0x{op:02x} ({})", opcode_name(op)),
-                    ))
+                // Opcodes torch.save never writes: refused by name.
+                OpCode::Float
+                | OpCode::Int
+                | OpCode::Long
+                | OpCode::PersId
+                | OpCode::String
+                | OpCode::Unicode
+                | OpCode::Get
+                | OpCode::Inst
+                | OpCode::Obj
+                | OpCode::Put
+                | OpCode::Ext1
+                | OpCode::Ext2
+                | OpCode::Ext4
+                | OpCode::NewObjEx
+                | OpCode::NextBuffer
+                | OpCode::ReadOnlyBuffer => {
+                    return Err(self.unsupported_opcode(at, byte, op.name()));
                 }
             }
         }
     }
-}
 
-fn opcode_name(op: u8) -> &'static str {
-    match op {
-        b'I' => "INT",
-        b'L' => "LONG",
-        b'F' => "FLOAT",
-        b'S' => "STRING",
-        b'V' => "UNICODE",
-        b'p' => "PUT",
-        b'g' => "GET",
-        b'i' => "INST",
-        b'o' => "OBJ",
-        b'P' => "PERSID",
-        0x82..=0x84 => "EXT",
-        0x92 => "NEWOBJ_EX",
-        0x97 => "NEXT_BUFFER",
-        0x98 => "READONLY_BUFFER",
-        _ => "not used by torch.save",
+    fn unsupported_opcode(&self, at: usize, byte: u8, name: &str) -> CheckpointError {
+        self.malformed(
+            at,
+            format!("unsupported pickle opcode 0x{byte:02x} ({name})"),
+        )
     }
 }
