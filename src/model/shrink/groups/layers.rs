@@ -238,42 +238,34 @@ fn grouped(
 }
 
 pub(super) fn linear(st: &mut State, g: &Graph, n: &Node) -> bool {
-    let Some(LayerIo {
-        x,
-        o,
-        xs,
-        ws,
-        os,
-        weight,
-        bias,
-    }) = layer_io(st, g, n)
-    else {
+    let Some(io) = layer_io(st, g, n) else {
         return false;
     };
-    if ws.len() != 2 || xs.is_empty() {
+    if io.ws.len() != 2 || io.xs.is_empty() {
         return false;
     }
-    let last = xs.len() - 1;
-    let path = module_of(&weight);
-    if let Some(t) = st.tag(x, last) {
-        st.couple(&weight, 1, &t);
+    let last = io.xs.len() - 1;
+    let rank = io.os.len();
+    let path = module_of(&io.weight);
+    if let Some(t) = st.tag(io.x, last) {
+        st.couple(&io.weight, 1, &t);
     }
     // The other dims pass through (a sequence's length, the batch).
     for d in 0..last {
-        if let Some(t) = st.tag(x, d) {
-            st.set_tag(o, os.len(), d, t);
+        if let Some(t) = st.tag(io.x, d) {
+            st.set_tag(io.o, rank, d, t);
         }
     }
-    let s = st.new_space(ws[0], format!("{path} (linear output features)"));
+    let s = st.new_space(io.ws[0], format!("{path} (linear output features)"));
     let tag = vec![Seg { space: s, inner: 1 }];
-    st.couple(&weight, 0, &tag);
-    if let Some(bn) = &bias {
+    st.couple(&io.weight, 0, &tag);
+    if let Some(bn) = &io.bias {
         st.couple(bn, 0, &tag);
     }
-    st.set_tag(o, os.len(), os.len() - 1, tag);
+    st.set_tag(io.o, rank, rank - 1, tag);
     st.layers.push(Layer {
         path,
-        weight,
+        weight: io.weight,
         kind: LayerKind::Linear,
     });
     true
