@@ -280,7 +280,7 @@ pub(crate) fn miniz_directory<R: Read + Seek>(
             uncompressed: u64::from(le32(record, 24)),
             local_header: u64::from(le32(record, 42)),
         };
-        zip64_values(&mut entry, extra).map_err(|reason| bad(reason))?;
+        zip64_values(&mut entry, extra).map_err(bad)?;
         let disk = le16(record, 34);
         if disk == u16::MAX || (u32::from(disk) != this_disk && disk != 1) {
             return Err(bad("an entry sits on another disk"));

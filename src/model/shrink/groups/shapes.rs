@@ -225,7 +225,6 @@ pub(super) fn reshape(st: &mut State, g: &Graph, n: &Node) -> bool {
 /// `cat` along a dim: the output layout along it is the inputs' layouts in order (an input
 /// without channels there makes that whole stretch fixed: then the others cannot be shrunk
 /// either, since nothing records where the fixed part sits after they shrink).
-
 pub(super) fn cat(st: &mut State, g: &Graph, n: &Node) -> bool {
     let Some(parts) = st.containers.get(&n.inputs[0]).cloned() else {
         return false;
