@@ -12,7 +12,7 @@
 use super::error::{first_line, shown, CheckpointError};
 use super::host_tensor::read_into;
 use super::sniff::{sniff_reader, Sniff};
-pub(super) use super::zip_entries::corrupt;
+use super::zip_entries::corrupt;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{Read, Seek};

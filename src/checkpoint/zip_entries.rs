@@ -33,21 +33,13 @@
 //! are unique ignoring case), and a name only miniz finds (spelled in another case) is reported
 //! missing, never replaced by another entry. Readers also take the folder all records sit under
 //! from the first entry, as `PyTorchStreamReader` does (see
-//! `ZipLayout`). The Unicode *comment* field (0x6375) only renames
+//! [`ZipLayout`](super::archive::ZipLayout)). The Unicode *comment* field (0x6375) only renames
 //! a comment, which no reader uses: it is harmless and allowed.
 
 use super::error::{first_line, shown, CheckpointError};
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-
-/// A zip error of the archive at `path`, as one line.
-pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
-    CheckpointError::CorruptArchive {
-        path: path.to_path_buf(),
-        reason: first_line(&err.to_string()),
-    }
-}
 
 /// Signatures and sizes of the records miniz reads.
 const END_SIG: u32 = 0x0605_4b50;
@@ -84,7 +76,11 @@ pub(crate) fn open_archive<R: Read + Seek>(
     reader: R,
     path: &Path,
 ) -> Result<zip::ZipArchive<R>, CheckpointError> {
-    let archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+    let corrupt = |e: zip::result::ZipError| CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&e.to_string()),
+    };
+    let archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     // The zip crate gives no access to its reader but by taking it back; the archive is parsed
     // again afterwards (a cost per entry, not per byte).
     let mut reader = archive.into_inner();
@@ -101,9 +97,17 @@ pub(crate) fn open_archive<R: Read + Seek>(
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, e))?;
+    let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     agree(&mut archive, start, &entries, path)?;
     Ok(archive)
+}
+
+/// A `zip` crate error, as the one-line reason of a corrupt archive.
+pub(super) fn corrupt(path: &Path, err: zip::result::ZipError) -> CheckpointError {
+    CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: first_line(&err.to_string()),
+    }
 }
 
 /// Refuses the archive unless the zip crate's view of it is `entries`, the directory at `start`.
@@ -276,7 +280,7 @@ pub(crate) fn miniz_directory<R: Read + Seek>(
             uncompressed: u64::from(le32(record, 24)),
             local_header: u64::from(le32(record, 42)),
         };
-        zip64_values(&mut entry, extra).map_err(&bad)?;
+        zip64_values(&mut entry, extra).map_err(bad)?;
         let disk = le16(record, 34);
         if disk == u16::MAX || (u32::from(disk) != this_disk && disk != 1) {
             return Err(bad("an entry sits on another disk"));

@@ -18,7 +18,8 @@ use tch::{CModule, Device, Tensor};
 ///
 /// ```no_run
 /// use tch::{Device, Kind, Tensor};
-/// use tch_prune::{Pruner, ScriptModel};
+/// use tch_prune::Pruner;
+/// use tch_prune::model::ScriptModel;
 /// let mut model = ScriptModel::load("model.pt", Device::cuda_if_available())?;
 /// let pruner = Pruner::new(model.var_store());
 /// pruner.l1_unstructured("features.0.weight", 0.5, None)?;

@@ -36,7 +36,8 @@ type MethodFactory = Box<dyn Fn(Amount) -> Result<Box<dyn PruningMethod>>>;
 ///
 /// ```
 /// use tch::{nn, Device};
-/// use tch_prune::{CubicSchedule, GradualPruner, L1Unstructured, Pruner};
+/// use tch_prune::{L1Unstructured, Pruner};
+/// use tch_prune::train::{CubicSchedule, GradualPruner};
 /// let vs = nn::VarStore::new(Device::Cpu);
 /// let _fc = nn::linear(vs.root() / "fc", 100, 10, Default::default());
 /// let pruner = Pruner::new(&vs);

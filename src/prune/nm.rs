@@ -26,7 +26,8 @@ use tch::{Kind, Tensor};
 ///
 /// ```
 /// use tch::Tensor;
-/// use tch_prune::{NmSparsity, PruningMethod};
+/// use tch_prune::PruningMethod;
+/// use tch_prune::train::NmSparsity;
 /// let w = Tensor::from_slice(&[0.1f32, -3., 2., 0.5, 1., 1., -1., 4.]).view([1, 8]);
 /// let pruned = NmSparsity::new(2, 4)?.prune(&w, None, None)?;
 /// assert_eq!(Vec::<f32>::try_from(&pruned.view([-1]))?, [0., -3., 2., 0., 0., 0., -1., 4.]);

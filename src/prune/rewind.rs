@@ -18,7 +18,8 @@ use tch::Tensor;
 ///
 /// ```
 /// use tch::{nn, nn::OptimizerConfig, Device};
-/// use tch_prune::{Pruner, RewindPoint};
+/// use tch_prune::Pruner;
+/// use tch_prune::train::RewindPoint;
 /// let vs = nn::VarStore::new(Device::Cpu);
 /// let mut fc = nn::linear(vs.root() / "fc", 4, 2, Default::default());
 /// let pruner = Pruner::new(&vs);

@@ -26,7 +26,7 @@ pub trait SparsitySchedule: Debug {
 /// to prune in `n` rounds as in the paper.
 ///
 /// ```
-/// use tch_prune::{CubicSchedule, SparsitySchedule};
+/// use tch_prune::train::{CubicSchedule, SparsitySchedule};
 /// // CubicSL(sparsifier with sparsity_level=0.9, init_t=0, delta_t=10, total_t=10)
 /// let s = CubicSchedule::new(0.9, 0, 10, 10)?;
 /// assert_eq!(s.sparsity_at(0), 0.0);
@@ -124,7 +124,7 @@ impl SparsitySchedule for CubicSchedule {
 /// there (tfmot's `PolynomialDecay` with `power=1`).
 ///
 /// ```
-/// use tch_prune::{LinearSchedule, SparsitySchedule};
+/// use tch_prune::train::{LinearSchedule, SparsitySchedule};
 /// let s = LinearSchedule::new(0.0, 0.8, 100, 200)?;
 /// assert_eq!((s.sparsity_at(0), s.sparsity_at(150), s.sparsity_at(300)), (0.0, 0.4, 0.8));
 /// # Ok::<(), tch_prune::PruneError>(())
@@ -171,7 +171,7 @@ impl SparsitySchedule for LinearSchedule {
 /// (SparseML's and the lottery-ticket papers' "prune x % every k epochs", written out).
 ///
 /// ```
-/// use tch_prune::{StepSchedule, SparsitySchedule};
+/// use tch_prune::train::{StepSchedule, SparsitySchedule};
 /// let s = StepSchedule::new(&[(10, 0.5), (20, 0.75), (30, 0.875)])?;
 /// assert_eq!((s.sparsity_at(9), s.sparsity_at(10), s.sparsity_at(25), s.sparsity_at(99)), (0.0, 0.5, 0.75, 0.875));
 /// # Ok::<(), tch_prune::PruneError>(())

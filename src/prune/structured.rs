@@ -34,9 +34,7 @@ impl PruningMethod for RandomStructured {
     }
 
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
-        let dim = checked_dim(scores, self.dim)?;
-        let channels = scores.size()[dim as usize];
-        let k = self.amount.to_count(channels)?;
+        let (dim, channels, k) = channels_to_prune(scores, self.dim, self.amount)?;
         if k == 0 {
             return fresh_copy(default_mask);
         }
@@ -48,6 +46,15 @@ impl PruningMethod for RandomStructured {
             .f_reshape([-1])?;
         channel_mask(scores, dim, &kept, default_mask)
     }
+}
+
+/// The channel dim of `scores` (checked, negative from the end), its number of channels and how
+/// many of them `amount` prunes: where both structured methods start.
+fn channels_to_prune(scores: &Tensor, dim: i64, amount: Amount) -> Result<(i64, i64, i64)> {
+    let dim = checked_dim(scores, dim)?;
+    let channels = scores.size()[dim as usize];
+    let k = amount.to_count(channels)?;
+    Ok((dim, channels, k))
 }
 
 /// A norm accepted by `torch.norm`, for [`LnStructured`].
@@ -121,9 +128,7 @@ impl PruningMethod for LnStructured {
     }
 
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
-        let dim = checked_dim(scores, self.dim)?;
-        let channels = scores.size()[dim as usize];
-        let k = self.amount.to_count(channels)?;
+        let (dim, channels, k) = channels_to_prune(scores, self.dim, self.amount)?;
         // PyTorch computes the norms before it looks at k, so an invalid norm fails even for k = 0.
         let norms = channel_norms(scores, self.n, dim)?;
         if k == 0 {

@@ -157,7 +157,8 @@ impl ScriptModel {
     ///
     /// ```no_run
     /// use tch::{Device, Kind, Tensor};
-    /// use tch_prune::{ScriptModel, ShrinkOptions};
+    /// use tch_prune::model::ScriptModel;
+    /// use tch_prune::shrink::ShrinkOptions;
     /// let mut model = ScriptModel::load("resnet18.pt", Device::Cpu)?;
     /// let x = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
     /// let opts = ShrinkOptions { amount: Some(0.5.into()), ..Default::default() };

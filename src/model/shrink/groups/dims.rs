@@ -3,7 +3,7 @@
 //! (`mean`, `sum`, `amax`, `amin`), and padding. Moving a dim moves its layout; a reduction over
 //! a dim that holds channels would change with their number, so it keeps them.
 
-use super::{normalised, State, Tag};
+use super::spaces::{State, Tag};
 use crate::model::shrink::graph::{Const, Graph, Node, ValueKind};
 
 /// Output dim `d` is input dim `order[d]`.
@@ -187,4 +187,11 @@ pub(super) fn slice(st: &mut State, g: &Graph, n: &Node) -> bool {
         }
     }
     true
+}
+
+/// Dim `d` of a tensor of `rank` dims (negative from the end), if there is one.
+pub(super) fn normalised(d: i64, rank: usize) -> Option<usize> {
+    let r = rank as i64;
+    let d = if d < 0 { d + r } else { d };
+    (0..r).contains(&d).then_some(d as usize)
 }

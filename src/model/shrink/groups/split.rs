@@ -5,7 +5,8 @@
 //! folded, see `State::fold`); `split` with sizes that are constants of the graph cuts at the
 //! old places, so the channels along that dimension keep their width.
 
-use super::{normalised, State, Tag};
+use super::dims::normalised;
+use super::spaces::{Seg, State, Tag};
 use crate::model::shrink::graph::{Graph, Node};
 
 /// The layouts of the `k` pieces of `tag` (a dimension of width `width`) cut into equal
@@ -28,7 +29,7 @@ pub(super) fn equal_pieces(st: &mut State, tag: &Tag, width: i64, k: i64) -> Opt
             }
             let f = st.fold(seg.space, w / seg.inner)?;
             for t in 0..seg_width / w {
-                pieces[(pos / w + t) as usize].push(super::Seg {
+                pieces[(pos / w + t) as usize].push(Seg {
                     space: f,
                     inner: seg.inner,
                 });

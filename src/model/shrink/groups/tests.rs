@@ -1,8 +1,8 @@
 //! The layout algebra on its own: folds (repeats), coarsening (channels taken `k` at a time),
 //! their compositions, and what must block.
 
+use super::spaces::{Seg, State};
 use super::split::equal_pieces;
-use super::{Seg, State};
 
 fn seg(space: usize, inner: i64) -> Seg {
     Seg { space, inner }

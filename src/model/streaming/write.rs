@@ -1,0 +1,414 @@
+//! The write side of the streaming path: the steps' selections found (global thresholds up
+//! front, per-tensor ones on a thread one tensor ahead of the write), then every file written
+//! tensor by tensor, a bounded chunk at a time, each tensor as it is, masked, or pruned whole in
+//! memory by another method, and the input checked unchanged before anything is put in place.
+
+use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
+use crate::checkpoint::{atomic_write, atomic_write_dir, check_room, MappedTensor};
+use crate::error::{PruneError, Result};
+use crate::model::script_model::add_dotted;
+use crate::prune::pruner::MASK_PIECE;
+use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
+use crate::{Pruner, PruningMethod};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Entries per chunk of the masked write: 4 MiB of f32, small against any budget, large enough
+/// for libtorch's vectorized multiply to dominate its call overhead.
+pub(crate) const WRITE_CHUNK: usize = 1 << 20;
+
+impl StreamedModel {
+    /// Prunes the steps' tensors, each pruning made permanent, and writes the checkpoint to
+    /// `output`: for one file, a file of its format replaced atomically; for a sharded input, a
+    /// folder (that must not exist yet, or be empty) holding the same shards and an index of the
+    /// same name, which appears whole or not at all. The bytes written are those
+    /// [`ModelFile::save`](crate::model::ModelFile::save) writes after the same steps.
+    pub fn prune(
+        &self,
+        steps: &[StreamStep<'_>],
+        output: impl AsRef<Path>,
+    ) -> Result<StreamReport> {
+        let output = output.as_ref();
+        if let Some(reason) = self.unsupported(steps) {
+            return Err(PruneError::NotStreamable(format!(
+                "cannot stream this pruning: {reason}"
+            )));
+        }
+        // Before the selection's passes, which take minutes on a checkpoint larger than memory.
+        check_room(output, self.byte_len())?;
+        let locations = self.locations();
+        let order = self.write_order();
+        let mut roles: HashMap<&str, Role<'_>> = HashMap::new();
+        for step in steps {
+            if step.names.is_empty() {
+                return Err(PruneError::NothingToPrune);
+            }
+            let amount = step.method.smallest_magnitudes();
+            match amount {
+                Some(amount) if step.global => {
+                    let parts: Vec<RawScores<'_>> = step
+                        .names
+                        .iter()
+                        .map(|n| {
+                            let (f, i) = locations[n.as_str()];
+                            self.raw(f, &self.files[f].tensors()[i])
+                        })
+                        .collect();
+                    let total: usize = parts
+                        .iter()
+                        .map(|p| p.bytes.len() / p.kind.elt_size_in_bytes())
+                        .sum();
+                    let k = amount.to_count(total as i64)?;
+                    let threshold = smallest_threshold(&parts, k)?;
+                    // Ties go to the first tensors in the step's order; when the output visits
+                    // them in another order, each gets its share up front.
+                    let in_order = step.names.windows(2).all(|w| order[&w[0]] < order[&w[1]]);
+                    if in_order {
+                        let shared = std::rc::Rc::new(std::cell::RefCell::new(threshold));
+                        for n in &step.names {
+                            roles.insert(n, Role::L1(Share::Shared(shared.clone())));
+                        }
+                    } else {
+                        let mut left = threshold.ties();
+                        for (n, part) in step.names.iter().zip(&parts) {
+                            let take = threshold.ties_in(part).min(left);
+                            left -= take;
+                            roles.insert(n, Role::L1(Share::Own(threshold.with_ties(take))));
+                        }
+                    }
+                }
+                Some(amount) => {
+                    for n in &step.names {
+                        let (f, i) = locations[n.as_str()];
+                        let t = &self.files[f].tensors()[i];
+                        // Checked before anything is written, and named: a step over many
+                        // tensors can fail on one of them.
+                        let k = amount
+                            .to_count(t.numel() as i64)
+                            .map_err(|e| e.in_tensor(n))?;
+                        roles.insert(n, Role::L1(Share::PerTensor(k)));
+                    }
+                }
+                None => {
+                    for n in &step.names {
+                        roles.insert(n, Role::Method(step.method));
+                    }
+                }
+            }
+        }
+
+        // Per-tensor thresholds are found one or two tensors ahead of the write, on a thread of
+        // their own: the selection's passes over the next tensor overlap the masked write of
+        // this one.
+        let mut ahead: Vec<(usize, RawScores<'_>, i64)> = roles
+            .iter()
+            .filter_map(|(n, role)| match role {
+                Role::L1(Share::PerTensor(k)) => {
+                    let (f, i) = locations[n];
+                    Some((order[*n], self.raw(f, &self.files[f].tensors()[i]), *k))
+                }
+                _ => None,
+            })
+            .collect();
+        ahead.sort_by_key(|(rank, _, _)| *rank);
+        std::thread::scope(|s| {
+            // A rendezvous: the next threshold waits for the writer, so the selection is never
+            // more than one tensor ahead of the write (its pages stay in memory between the two).
+            let (send, thresholds) = std::sync::mpsc::sync_channel(0);
+            s.spawn(move || {
+                for (_, raw, k) in ahead {
+                    let threshold = smallest_threshold(&[raw], k);
+                    let failed = threshold.is_err();
+                    // A send fails once the writer has stopped: nothing more is wanted.
+                    if send.send(threshold).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let mut writer = Writer {
+                roles: &roles,
+                thresholds,
+                scratch: Scratch::default(),
+                report: StreamReport::default(),
+            };
+            let written = self.write_all(output, &mut writer);
+            // The receiver goes with the writer, before the scope waits for the thread: a thread
+            // blocked on sending a threshold nobody will take then returns.
+            let Writer { report, .. } = writer;
+            written.map(|files| StreamReport { files, ..report })
+        })
+    }
+
+    /// Writes the output: one file, or the shards and their index in a folder.
+    fn write_all(&self, output: &Path, writer: &mut Writer<'_, '_>) -> Result<usize> {
+        match &self.index {
+            None => {
+                atomic_write(output, |tmp| {
+                    self.write_file(0, tmp, writer)?;
+                    // Before the rename: the selection read the map too.
+                    self.unchanged()
+                })?;
+                Ok(1)
+            }
+            Some(index) => {
+                let index_name = index
+                    .path
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("model.safetensors.index.json"));
+                let shards = index.shards();
+                atomic_write_dir(output, |tmp| -> Result<()> {
+                    for (f, shard) in shards.iter().enumerate() {
+                        self.write_file(f, &tmp.join(shard), writer)?;
+                    }
+                    let index_path = tmp.join(&index_name);
+                    std::fs::write(&index_path, index.to_json()).map_err(|e| {
+                        crate::checkpoint::CheckpointError::io(&index_path, "cannot write", e)
+                    })?;
+                    // Before the rename: a shard written first may have changed since.
+                    self.unchanged()
+                })?;
+                Ok(shards.len())
+            }
+        }
+    }
+
+    /// Writes file `f` of the input, pruned, to `path`.
+    fn write_file(&self, f: usize, path: &Path, writer: &mut Writer<'_, '_>) -> Result<()> {
+        let file = &self.files[f];
+        let headers = file.headers();
+        let by_name: HashMap<&str, &MappedTensor> = file
+            .tensors()
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        file.write(path, &headers, |i, out| -> Result<()> {
+            let t = by_name[headers[i].name.as_str()];
+            file.check(t)?;
+            let raw = self.raw(f, t);
+            let role = writer.roles.get(t.name.as_str());
+            let scratch = &mut writer.scratch;
+            let zeros = match role {
+                None => write_unchanged(&raw, out, path)?,
+                Some(Role::L1(share)) => match share {
+                    Share::Shared(shared) => {
+                        write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
+                    }
+                    Share::Own(threshold) => {
+                        write_masked(&raw, &mut threshold.clone(), scratch, out, path)?
+                    }
+                    Share::PerTensor(_) => {
+                        // No message only if the selection's thread panicked, which the scope
+                        // then reports.
+                        let mut threshold = writer.thresholds.recv().map_err(|_| {
+                            PruneError::torch(format!("the selection of '{}' stopped", t.name))
+                        })??;
+                        write_masked(&raw, &mut threshold, scratch, out, path)?
+                    }
+                },
+                Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
+            };
+            // Stops at the first tensor read from a file that changed, not at the end.
+            file.unchanged()?;
+            let report = &mut writer.report;
+            report.numel += t.numel() as i64;
+            report.zeros += zeros;
+            if role.is_some() {
+                report.pruned_numel += t.numel() as i64;
+                report.pruned_zeros += zeros;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The state of one streamed write, carried from file to file.
+struct Writer<'r, 'a> {
+    roles: &'r HashMap<&'a str, Role<'a>>,
+    /// The per-tensor thresholds, in write order.
+    thresholds: std::sync::mpsc::Receiver<Result<Threshold>>,
+    scratch: Scratch,
+    report: StreamReport,
+}
+
+/// What happens to a tensor.
+enum Role<'a> {
+    /// Its L1 selection.
+    L1(Share),
+    /// Another method, on the whole tensor in memory.
+    Method(&'a dyn PruningMethod),
+}
+
+/// A tensor's part of an L1 selection.
+enum Share {
+    /// The step's threshold, whose tie allowance the tensors use up in write order.
+    Shared(std::rc::Rc<std::cell::RefCell<Threshold>>),
+    /// Its own allowance of ties.
+    Own(Threshold),
+    /// A per-tensor selection of this many entries, found by the selection's thread just before
+    /// the tensor is written.
+    PerTensor(i64),
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> PruneError {
+    crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
+}
+
+/// A tensor not pruned: its bytes as they are, from the mapping (booleans normalised to 0/1,
+/// as the in-memory reader normalises them).
+fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Result<i64> {
+    if raw.kind == Kind::Bool {
+        let mut zeros = 0;
+        for piece in raw.bytes.chunks(WRITE_CHUNK) {
+            let normal: Vec<u8> = piece.iter().map(|&b| (b != 0) as u8).collect();
+            zeros += count_zeros(&normal, Kind::Bool);
+            out.write_all(&normal).map_err(|e| io_error(path, e))?;
+        }
+        return Ok(zeros);
+    }
+    let mut zeros = 0;
+    for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
+        zeros += count_zeros(piece, raw.kind);
+        out.write_all(piece).map_err(|e| io_error(path, e))?;
+    }
+    Ok(zeros)
+}
+
+/// An L1-pruned tensor: `value * mask` a chunk at a time, the bytes the in-memory path writes.
+/// Finite entries are masked in Rust ([`Threshold::apply_finite`]: the decision, the product
+/// and the zero count in one pass over the mapped data); a piece holding an infinity or a NaN
+/// is multiplied by libtorch instead, over the same [`MASK_PIECE`] entries and with the same
+/// call the in-memory path makes (the boolean mask cast to the dtype, then `mul_out`), so NaN
+/// payloads and `inf * 0` come out the same.
+fn write_masked(
+    raw: &RawScores<'_>,
+    threshold: &mut Threshold,
+    scratch: &mut Scratch,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<i64> {
+    let size = raw.kind.elt_size_in_bytes();
+    let numel = raw.bytes.len() / size;
+    let (buffer, keep) = scratch.buffers(size);
+    let mut zeros = 0;
+    for start in (0..numel).step_by(WRITE_CHUNK) {
+        let n = WRITE_CHUNK.min(numel - start);
+        let chunk = &mut buffer[..n * size];
+        for (p, piece) in chunk.chunks_mut(MASK_PIECE * size).enumerate() {
+            let first = start + p * MASK_PIECE;
+            zeros += match threshold.apply_finite(raw, first, piece) {
+                Some(z) => z as i64,
+                None => {
+                    let keep = &mut keep[..piece.len() / size];
+                    threshold.keep(raw, first, keep);
+                    multiply_by_libtorch(raw, first, keep, piece)?
+                }
+            };
+        }
+        out.write_all(chunk).map_err(|e| io_error(path, e))?;
+    }
+    Ok(zeros)
+}
+
+/// `value * keep` for the entries `first..first + keep.len()` of `raw`, into `out`, by
+/// libtorch as the in-memory path computes it; returns the zeros written.
+fn multiply_by_libtorch(
+    raw: &RawScores<'_>,
+    first: usize,
+    keep: &[bool],
+    out: &mut [u8],
+) -> Result<i64> {
+    let size = raw.kind.elt_size_in_bytes();
+    let n = keep.len() as i64;
+    // SAFETY: the three blobs outlive the tensors over them (dropped at the end of this call);
+    // the mapped input is only read (the mapping is read-only: a write would fault, not
+    // corrupt), `keep` holds valid bools, `out` is this call's to write, `n` elements long,
+    // and the selection checked the input's alignment (`out` is aligned by `Scratch`).
+    let (input, keep, product) = unsafe {
+        (
+            Tensor::f_from_blob(
+                raw.bytes[first * size..].as_ptr(),
+                &[n],
+                &[1],
+                raw.kind,
+                Device::Cpu,
+            )?,
+            Tensor::f_from_blob(
+                keep.as_ptr() as *const u8,
+                &[n],
+                &[1],
+                Kind::Bool,
+                Device::Cpu,
+            )?,
+            Tensor::f_from_blob(out.as_mut_ptr(), &[n], &[1], raw.kind, Device::Cpu)?,
+        )
+    };
+    let _ = input.f_mul_out(&product, &keep.f_to_kind(raw.kind)?)?;
+    Ok(count_zeros(out, raw.kind))
+}
+
+/// The buffers of the masked writes, allocated once per run: allocating them per chunk let
+/// glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
+#[derive(Default)]
+struct Scratch {
+    /// One chunk of output, as u64 so that it is aligned for every dtype.
+    output: Vec<u64>,
+    /// One piece's decisions, for the pieces libtorch multiplies.
+    keep: Vec<bool>,
+}
+
+impl Scratch {
+    /// The output buffer ([`WRITE_CHUNK`] entries of `size` bytes) and the decisions' buffer.
+    fn buffers(&mut self, size: usize) -> (&mut [u8], &mut [bool]) {
+        let words = WRITE_CHUNK * size / 8;
+        if self.output.len() < words {
+            self.output = vec![0; words];
+            self.keep = vec![true; MASK_PIECE];
+        }
+        // SAFETY: plain bytes of the vector's initialized u64s.
+        let output = unsafe {
+            std::slice::from_raw_parts_mut(self.output.as_mut_ptr() as *mut u8, words * 8)
+        };
+        (output, &mut self.keep)
+    }
+}
+
+/// A tensor pruned by another method: read whole into memory (one tensor's working set) and
+/// pruned by the in-memory path's own code, [`Pruner::prune_and_remove`] in a store of its own.
+fn write_pruned_whole(
+    t: &MappedTensor,
+    raw: &RawScores<'_>,
+    method: &dyn PruningMethod,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<i64> {
+    let tensor = Tensor::f_empty(t.shape.as_slice(), (t.kind, Device::Cpu))?;
+    // SAFETY: a fresh contiguous tensor of exactly the mapped tensor's byte size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            raw.bytes.as_ptr(),
+            tensor.data_ptr() as *mut u8,
+            raw.bytes.len(),
+        );
+    }
+    let vs = VarStore::new(Device::Cpu);
+    let _ = add_dotted(&vs, "t", tensor, true);
+    let pruner = Pruner::with_bool_masks(&vs);
+    pruner
+        .prune_and_remove("t", method, None)
+        .map_err(|e| e.in_tensor(&t.name))?;
+    let pruned = vs
+        .variables()
+        .remove("t")
+        .ok_or_else(|| PruneError::UnknownTensor(t.name.clone()))?
+        .f_contiguous()?;
+    // SAFETY: contiguous CPU tensor of the mapped tensor's shape and dtype.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(pruned.data_ptr() as *const u8, raw.bytes.len()) };
+    let zeros = count_zeros(bytes, t.kind);
+    out.write_all(bytes).map_err(|e| io_error(path, e))?;
+    Ok(zeros)
+}
