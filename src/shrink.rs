@@ -4,4 +4,5 @@
 //! what it [reports](ShrinkReport).
 pub use crate::model::shrink::{
     ChannelAnalysis, ChannelGroup, GroupChange, Removed, ShrinkOptions, ShrinkReport, Slice,
+    TensorSnapshot,
 };

@@ -282,7 +282,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
-    let shrunk = Snapshot::of(&model, &report.buffers)?;
+    let shrunk = model.snapshot(&report.buffers)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -297,7 +297,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     } else {
         None
     };
-    shrunk.check(&model)?;
+    model.check_unchanged(&shrunk)?;
     // Decided before anything is written: a failed check leaves no file.
     if let Some(err) = verify_relative_error {
         if err.is_nan() || err > 1e-4 {
@@ -379,48 +379,4 @@ fn print_table(s: &Summary) {
         );
     }
     println!("wrote {} (input shape {:?})", s.output, s.input_shape);
-}
-
-/// Copies of a model's parameters and of the buffers its forward reads, to check that running
-/// its code left them as they were: a forward can leave them alone on its first runs (those
-/// `shrink` checks) and rewrite them on the timed runs or the check.
-/// The second field counts the buffers among the tensors.
-struct Snapshot(Vec<(String, Tensor)>, usize);
-
-impl Snapshot {
-    fn of(model: &ScriptModel, buffers: &[String]) -> Result<Self> {
-        let mut tensors = model.module().named_parameters()?;
-        for name in buffers {
-            tensors.push((name.clone(), model.tensor(name)?));
-        }
-        Ok(Self(
-            tensors
-                .into_iter()
-                .map(|(n, t)| (n, tch::no_grad(|| t.detach().copy())))
-                .collect(),
-            buffers.len(),
-        ))
-    }
-
-    fn check(&self, model: &ScriptModel) -> Result<()> {
-        for (name, before) in &self.0 {
-            let now = model.tensor(name)?;
-            let same = now.size() == before.size()
-                && now.kind() == before.kind()
-                && tch::no_grad(|| {
-                    if now.is_floating_point() {
-                        now.allclose(before, 0.0, 0.0, true)
-                    } else {
-                        now.equal(before)
-                    }
-                });
-            if !same {
-                bail!("the model's forward changed its tensor '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)");
-            }
-        }
-        if model.module().named_parameters()?.len() != self.0.len() - self.1 {
-            bail!("the model's forward changed its parameters while it ran: a model that rewrites its own weights cannot be shrunk");
-        }
-        Ok(())
-    }
 }

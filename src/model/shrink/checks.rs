@@ -73,31 +73,39 @@ fn required_arguments(declaration: &str) -> usize {
         .count()
 }
 
-/// Copies of the module's tensors, taken before a run of its code and compared after it.
-pub(crate) struct Snapshot(Vec<(String, Tensor)>);
+/// Copies of a model's parameters and of the buffers its `forward` reads, taken before its
+/// code runs and compared after ([`ScriptModel::snapshot`](crate::model::ScriptModel::snapshot)):
+/// a forward can leave them alone on its first runs and rewrite them on later ones, and a model
+/// saved after such runs would be saved rewritten.
+pub struct TensorSnapshot {
+    tensors: Vec<(String, Tensor)>,
+    parameters: usize,
+}
 
-impl Snapshot {
+impl TensorSnapshot {
     /// Every parameter of the module, and the further tensors `more` (buffers, by dotted name).
     pub(crate) fn take<'a>(module: &CModule, more: impl Iterator<Item = &'a str>) -> Result<Self> {
         let mut tensors: BTreeMap<String, Tensor> =
             module.named_parameters()?.into_iter().collect();
+        let parameters = tensors.len();
         for name in more {
             if !tensors.contains_key(name) {
                 tensors.insert(name.to_string(), ffi::get_tensor(module, name)?);
             }
         }
-        Ok(Self(
-            tensors
+        Ok(Self {
+            tensors: tensors
                 .into_iter()
                 .map(|(n, t)| (n, tch::no_grad(|| t.detach().copy())))
                 .collect(),
-        ))
+            parameters,
+        })
     }
 
     /// Fails, naming the first tensor, if the module's tensors are not what they were: other
-    /// values (NaN equal to NaN), another shape or another dtype.
+    /// values (NaN equal to NaN), another shape or another dtype, or parameters come or gone.
     pub(crate) fn check(&self, module: &CModule) -> Result<()> {
-        for (name, before) in &self.0 {
+        for (name, before) in &self.tensors {
             let now = ffi::get_tensor(module, name)?;
             let same = now.size() == before.size()
                 && now.kind() == before.kind()
@@ -113,6 +121,11 @@ impl Snapshot {
                     "the model's forward changed its tensor '{name}' while it ran: a model that rewrites its own weights cannot be shrunk (its rewritten weights would be saved)"
                 )));
             }
+        }
+        if module.named_parameters()?.len() != self.parameters {
+            return Err(PruneError::Shrink(
+                "the model's forward changed its parameters while it ran: a model that rewrites its own weights cannot be shrunk".into(),
+            ));
         }
         Ok(())
     }

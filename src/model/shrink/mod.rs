@@ -17,6 +17,7 @@ mod rewrite;
 mod round_trip;
 mod select;
 
+pub use checks::TensorSnapshot;
 pub use groups::{ChannelGroup, Slice};
 pub use select::ShrinkOptions;
 
@@ -105,7 +106,7 @@ impl ScriptModel {
         buffers: impl Iterator<Item = &'a str>,
     ) -> Result<(graph::Graph, groups::Analysis, Vec<String>)> {
         checks::check_one_input(self.module())?;
-        let before = checks::Snapshot::take(self.module(), buffers)?;
+        let before = checks::TensorSnapshot::take(self.module(), buffers)?;
         let text = ffi::describe(self.module(), input).map_err(|e| {
             // The describe call keeps only the first line of libtorch's message, the
             // interpreter's "The following operation failed": the reason is at its end, which
@@ -127,6 +128,19 @@ impl ScriptModel {
         let mut a = groups::analyse(&g);
         let notes = checks::block_aliases(self.module(), g.tensors.keys().cloned(), &mut a)?;
         Ok((g, a, notes))
+    }
+
+    /// Copies of the model's parameters and of the tensors `buffers` names (a shrink's
+    /// [`ShrinkReport::buffers`]: those its `forward` reads), to check with
+    /// [`check_unchanged`](Self::check_unchanged) that later runs of its code (timing, a
+    /// comparison) left them as they were before the model is saved.
+    pub fn snapshot(&self, buffers: &[String]) -> Result<TensorSnapshot> {
+        TensorSnapshot::take(self.module(), buffers.iter().map(String::as_str))
+    }
+
+    /// Fails, naming the first tensor, if the model's tensors are not those of `snapshot`.
+    pub fn check_unchanged(&self, snapshot: &TensorSnapshot) -> Result<()> {
+        snapshot.check(self.module())
     }
 
     /// The coupled channel groups of the model, found on its `forward` run once on `input`
