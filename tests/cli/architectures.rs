@@ -56,18 +56,6 @@ fn generated(
     Some(dir)
 }
 
-/// The file's tensors in order, as the CLI reports them.
-fn order(path: &Path) -> Vec<String> {
-    let report: Value =
-        serde_json::from_str(&Cli::new("report").arg(path).arg("--json").ok()).unwrap();
-    report["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// One CLI run: a name, the plan (what PyTorch is to do), and the seed.
 struct Case {
     name: &'static str,
@@ -114,7 +102,7 @@ fn check_model(model: &str) {
     let mut specs = Vec::new();
     for (format, ext) in FORMATS {
         let input = dir.join(format!("{model}.{ext}"));
-        let order = order(&input);
+        let order = common::tensor_order(&input);
         for case in cases() {
             let output = work.path().join(format!("{}-{format}.{ext}", case.name));
             let plan = work.path().join(format!("{}.json", case.name));

@@ -22,18 +22,6 @@ fn fixtures() -> Option<&'static Path> {
     .map(|d| d.path())
 }
 
-/// The file's tensors in order, as the CLI reports them.
-fn order(path: &Path) -> Vec<String> {
-    let report: Value =
-        serde_json::from_str(&ok(&["report", path.to_str().unwrap(), "--json"])).unwrap();
-    report["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// One run of `tch-prune prune` on a fixture, which PyTorch then checks: the output must equal
 /// `steps` applied by `torch.nn.utils.prune` to the same model.
 struct Case {
@@ -95,7 +83,7 @@ impl Case {
         cli.ok();
         let spec = json!({
             "model": model, "format": format, "input": input, "output": output,
-            "steps": steps, "seed": self.seed, "order": order(&input),
+            "steps": steps, "seed": self.seed, "order": common::tensor_order(&input),
             "state_out": if self.state_out { Some(state.clone()) } else { None },
         });
         let spec_path = work.path().join("spec.json");

@@ -224,6 +224,18 @@ pub fn ok(args: &[&str]) -> String {
     Cli::default().args(args).ok()
 }
 
+/// The file's tensor names in order, as `tch-prune report --json` lists them.
+pub fn tensor_order(path: &Path) -> Vec<String> {
+    let report: serde_json::Value =
+        serde_json::from_str(&Cli::new("report").arg(path).arg("--json").ok()).unwrap();
+    report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Runs `tch-prune prune INPUT` with `flags` twice into `dir`, as the CLI chooses and with
 /// `--in-memory` (outputs named with the input's extension); asserts that the second run was in
 /// memory and returns both outputs' bytes and what the first run said.
