@@ -73,6 +73,11 @@ impl GuardedMap {
         &self.map
     }
 
+    /// The mapped file, open for reading (to copy ranges of it in the kernel).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Fails, on one line naming the file, if the file changed since it was mapped: what was
     /// read from the map may then be zeros or another version's bytes, and must not be written.
     pub(crate) fn unchanged(&self) -> Result<(), CheckpointError> {

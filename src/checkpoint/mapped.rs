@@ -7,13 +7,13 @@ use super::dtype::DType;
 use super::error::{shown, CheckpointError};
 use super::guarded_map::GuardedMap;
 pub use super::host_tensor::TensorHeader;
+use super::output_file::{InputRange, OutputFile, TensorSink, WriteStats};
 use super::safetensors::{invalid, open_checked, CheckedHeader};
 use ::safetensors::tensor::{Dtype, TensorInfo};
 use memmap2::Advice;
 use serde::ser::{SerializeMap, Serializer};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
@@ -106,6 +106,16 @@ impl MappedSafetensors {
         &self.map.map()[tensor.range.clone()]
     }
 
+    /// The mapped bytes of `tensor` with where they lie in the file, for
+    /// [`TensorSink::write_unchanged`] (which may copy them file to file in the kernel).
+    pub fn input_range(&self, tensor: &MappedTensor) -> InputRange<'_> {
+        InputRange {
+            bytes: self.bytes(tensor),
+            file: self.map.file(),
+            offset: tensor.range.start as u64,
+        }
+    }
+
     /// Fails, on one line naming the file, if the file changed (size or modification time) or
     /// was read past a new end since it was mapped: what was read from it must not be written.
     pub fn unchanged(&self) -> Result<(), CheckpointError> {
@@ -125,12 +135,29 @@ pub fn safetensors_order(tensors: &mut [TensorHeader]) {
 /// [`atomic_write`](super::atomic_write) or write into a folder that is renamed whole), byte for
 /// byte what [`write_safetensors`](super::write_safetensors) writes for the same tensors:
 /// `tensors` must already be in [`safetensors_order`]. `fill(i, out)` writes tensor `i`'s bytes
-/// (exactly its size, little-endian) to `out`, which buffers them; nothing else is held.
+/// (exactly its size, little-endian) to `out`, which buffers them; nothing else is held. The
+/// file is synced. [`write_safetensors_to_sink`] is the same with a sink that can also copy
+/// an input's bytes in the kernel, and says how the file was written.
 pub fn write_safetensors_streamed<E>(
     path: &Path,
     tensors: &[TensorHeader],
     mut fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
 ) -> Result<(), E>
+where
+    E: From<CheckpointError>,
+{
+    write_safetensors_to_sink(path, tensors, |i, out| fill(i, out)).map(drop)
+}
+
+/// [`write_safetensors_streamed`] into an [`OutputFile`]: `fill(i, out)` may write bytes, or
+/// hand over an input's bytes with [`TensorSink::write_unchanged`], which copies them in the
+/// kernel where it can. The file is written with direct I/O where the filesystem takes it, and
+/// synced; the returned [`WriteStats`] say how it was written.
+pub fn write_safetensors_to_sink<E>(
+    path: &Path,
+    tensors: &[TensorHeader],
+    mut fill: impl FnMut(usize, &mut dyn TensorSink) -> Result<(), E>,
+) -> Result<WriteStats, E>
 where
     E: From<CheckpointError>,
 {
@@ -158,9 +185,9 @@ where
         offset += n;
     }
     let header = header_bytes(&infos).map_err(|e| invalid(path, e))?;
-    let file = File::create(path).map_err(io)?;
+    let file = OutputFile::create(path).map_err(io)?;
     let mut out = Counted {
-        inner: BufWriter::with_capacity(1 << 22, file),
+        inner: file,
         written: 0,
     };
     out.write_all(&(header.len() as u64).to_le_bytes())
@@ -169,12 +196,7 @@ where
     for (i, t) in tensors.iter().enumerate() {
         out.fill_exactly(path, i, t, &mut fill)?;
     }
-    out.inner
-        .into_inner()
-        .map_err(|e| io(e.into_error()))?
-        .sync_all()
-        .map_err(io)?;
-    Ok(())
+    Ok(out.inner.finish().map_err(io)?)
 }
 
 /// Counts what goes through, to check each tensor's size.
@@ -183,7 +205,7 @@ pub(super) struct Counted<W> {
     pub(super) written: usize,
 }
 
-impl<W: Write> Counted<W> {
+impl<W: TensorSink> Counted<W> {
     /// Has `fill` write tensor `i`, `t`, which must come to exactly `t`'s size: another count
     /// would shift every tensor after it.
     pub(super) fn fill_exactly<E: From<CheckpointError>>(
@@ -191,7 +213,7 @@ impl<W: Write> Counted<W> {
         path: &Path,
         i: usize,
         t: &TensorHeader,
-        fill: &mut impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+        fill: &mut impl FnMut(usize, &mut dyn TensorSink) -> Result<(), E>,
     ) -> Result<(), E> {
         let before = self.written;
         fill(i, self)?;
@@ -219,6 +241,14 @@ impl<W: Write> Write for Counted<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<W: TensorSink> TensorSink for Counted<W> {
+    fn write_unchanged(&mut self, range: InputRange<'_>) -> std::io::Result<()> {
+        self.inner.write_unchanged(range)?;
+        self.written += range.bytes.len();
+        Ok(())
     }
 }
 

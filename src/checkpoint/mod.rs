@@ -45,6 +45,7 @@ mod host_tensor;
 mod input_file;
 mod mapped;
 mod mapped_torch_save;
+mod output_file;
 mod pickle_writer;
 mod safetensors;
 mod script_archive;
@@ -64,10 +65,11 @@ pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from,
 pub use self::error::CheckpointError;
 pub use self::input_file::{open_input, read_input, MAX_SMALL_FILE};
 pub use self::mapped::{
-    safetensors_dtype, safetensors_order, write_safetensors_streamed, MappedSafetensors,
-    MappedTensor, TensorHeader,
+    safetensors_dtype, safetensors_order, write_safetensors_streamed, write_safetensors_to_sink,
+    MappedSafetensors, MappedTensor, TensorHeader,
 };
 pub use self::mapped_torch_save::MappedTorchSave;
+pub use self::output_file::{InputRange, OutputFile, TensorSink, WriteStats};
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
@@ -79,7 +81,7 @@ pub use self::temp_file::{check_destination, remove_temporary_files};
 pub(crate) use self::text::{first_line, torchscript_reason};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
-    write_torch_zip_streamed,
+    write_torch_zip_streamed, write_torch_zip_to_sink,
 };
 
 use self::archive::{no_data_pkl, Opened, TorchArchive};

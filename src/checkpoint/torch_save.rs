@@ -7,6 +7,7 @@ use super::dtype::DType;
 use super::error::{shown as shown_name, CheckpointError};
 use super::host_tensor::{check_names, HostTensor, TensorHeader};
 use super::mapped::Counted;
+use super::output_file::{Plain, TensorSink, WriteStats};
 use super::pickle_writer::{state_dict_pickle, PickledStorage};
 use super::sniff::Sniff;
 use super::unpickler::Unpickler;
@@ -184,15 +185,35 @@ where
 pub fn write_torch_zip_streamed<E>(
     path: &Path,
     tensors: &[TensorHeader],
-    fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+    mut fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
 ) -> Result<(), E>
+where
+    E: From<CheckpointError>,
+{
+    write_torch_zip_to_sink(path, tensors, |i, out| fill(i, out)).map(drop)
+}
+
+/// [`write_torch_zip_streamed`] with a [`TensorSink`] for `fill`, as the streamed writers of
+/// every format take it; returns how the file was written (through the page cache: the zip
+/// writer seeks back over its entries, which direct I/O's aligned buffers do not allow).
+pub fn write_torch_zip_to_sink<E>(
+    path: &Path,
+    tensors: &[TensorHeader],
+    fill: impl FnMut(usize, &mut dyn TensorSink) -> Result<(), E>,
+) -> Result<WriteStats, E>
 where
     E: From<CheckpointError>,
 {
     check_names(path, tensors.iter().map(|t| t.name.as_str()))?;
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     let storage_of: Vec<usize> = (0..tensors.len()).collect();
-    write_zip(path, path, &names, &storage_of, tensors, fill)
+    write_zip(path, path, &names, &storage_of, tensors, fill)?;
+    let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(WriteStats {
+        direct: false,
+        written,
+        copied: 0,
+    })
 }
 
 /// The one writer of `torch.save` archives: name `n` over storage `storage_of[n]`, storage `i`
@@ -204,7 +225,7 @@ fn write_zip<E>(
     names: &[&str],
     storage_of: &[usize],
     storages: &[TensorHeader],
-    mut fill: impl FnMut(usize, &mut dyn Write) -> Result<(), E>,
+    mut fill: impl FnMut(usize, &mut dyn TensorSink) -> Result<(), E>,
 ) -> Result<(), E>
 where
     E: From<CheckpointError>,
@@ -252,7 +273,7 @@ where
     for (key, t) in storages.iter().enumerate() {
         start(&mut zip, &format!("data/{key}"), t.byte_len())?;
         Counted {
-            inner: &mut zip,
+            inner: Plain(&mut zip),
             written: 0,
         }
         .fill_exactly(path, key, t, &mut fill)?;

@@ -106,11 +106,12 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         "one file".to_string()
     };
     Ok(Outcome::Streamed(format!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files})",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files}, {})",
         pruned.len(),
         ratio(report.pruned_zeros, report.pruned_numel),
         ratio(report.zeros, report.numel),
         report.numel,
         args.output.display(),
+        report.writes.describe(),
     )))
 }

@@ -54,6 +54,8 @@ pub struct StreamReport {
     pub pruned_zeros: i64,
     /// Files written: 1, or the shards (the index not counted).
     pub files: usize,
+    /// How the files were written (direct I/O or the page cache; bytes copied in the kernel).
+    pub writes: crate::checkpoint::WriteStats,
 }
 
 /// A checkpoint opened for streaming: one memory-mapped file (safetensors or `torch.save`), or

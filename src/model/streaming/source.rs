@@ -3,12 +3,11 @@
 //! what the in-memory path would do otherwise, how the output is written).
 
 use crate::checkpoint::{
-    safetensors_order, write_safetensors_streamed, write_torch_zip_streamed, MappedSafetensors,
-    MappedTensor, MappedTorchSave, TensorHeader,
+    safetensors_order, write_safetensors_to_sink, write_torch_zip_to_sink, InputRange,
+    MappedSafetensors, MappedTensor, MappedTorchSave, TensorHeader, TensorSink, WriteStats,
 };
 use crate::error::Result;
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
 /// One mapped input file, in a format the streaming path reads and writes: the file layer of
@@ -32,6 +31,15 @@ impl Source {
         match self {
             Source::Safetensors(f) => f.bytes(t),
             Source::TorchSave(f) => f.bytes(t),
+        }
+    }
+
+    /// `t`'s bytes with where they lie in the file, for a copy in the kernel (safetensors; a
+    /// `torch.save` zip is written through its zip writer, which takes bytes).
+    pub(super) fn input_range(&self, t: &MappedTensor) -> Option<InputRange<'_>> {
+        match self {
+            Source::Safetensors(f) => Some(f.input_range(t)),
+            Source::TorchSave(_) => None,
         }
     }
 
@@ -93,16 +101,16 @@ impl Source {
     }
 
     /// Writes a file of this format at `path` (not atomically): `headers` in order, their bytes
-    /// from `fill`.
+    /// from `fill`. Returns how it was written.
     pub(super) fn write(
         &self,
         path: &Path,
         headers: &[TensorHeader],
-        mut fill: impl FnMut(usize, &mut dyn Write) -> Result<()>,
-    ) -> Result<()> {
+        mut fill: impl FnMut(usize, &mut dyn TensorSink) -> Result<()>,
+    ) -> Result<WriteStats> {
         match self {
-            Source::Safetensors(_) => write_safetensors_streamed(path, headers, &mut fill),
-            Source::TorchSave(_) => write_torch_zip_streamed(path, headers, &mut fill),
+            Source::Safetensors(_) => write_safetensors_to_sink(path, headers, &mut fill),
+            Source::TorchSave(_) => write_torch_zip_to_sink(path, headers, &mut fill),
         }
     }
 }

@@ -4,14 +4,15 @@
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
 use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
-use crate::checkpoint::{atomic_write, atomic_write_dir, check_room, MappedTensor};
+use crate::checkpoint::{
+    atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
+};
 use crate::error::{PruneError, Result};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
 use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
 use crate::{Pruner, PruningMethod};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -185,14 +186,14 @@ impl StreamedModel {
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        file.write(path, &headers, |i, out| -> Result<()> {
+        let stats = file.write(path, &headers, |i, out| -> Result<()> {
             let t = by_name[headers[i].name.as_str()];
             file.check(t)?;
             let raw = self.raw(f, t);
             let role = writer.roles.get(t.name.as_str());
             let scratch = &mut writer.scratch;
             let zeros = match role {
-                None => write_unchanged(&raw, out, path)?,
+                None => write_unchanged(&raw, file.input_range(t), out, path)?,
                 Some(Role::L1(share)) => match share {
                     Share::Shared(shared) => {
                         write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
@@ -221,7 +222,9 @@ impl StreamedModel {
                 report.pruned_zeros += zeros;
             }
             Ok(())
-        })
+        })?;
+        writer.report.writes.add(stats);
+        Ok(())
     }
 }
 
@@ -258,8 +261,14 @@ fn io_error(path: &Path, e: std::io::Error) -> PruneError {
 }
 
 /// A tensor not pruned: its bytes as they are, from the mapping (booleans normalised to 0/1,
-/// as the in-memory reader normalises them).
-fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Result<i64> {
+/// as the in-memory reader normalises them), or copied from the file in the kernel where the
+/// file says where they lie (`range`) and the output can.
+fn write_unchanged(
+    raw: &RawScores<'_>,
+    range: Option<InputRange<'_>>,
+    out: &mut dyn TensorSink,
+    path: &Path,
+) -> Result<i64> {
     if raw.kind == Kind::Bool {
         let mut zeros = 0;
         for piece in raw.bytes.chunks(WRITE_CHUNK) {
@@ -270,9 +279,18 @@ fn write_unchanged(raw: &RawScores<'_>, out: &mut dyn Write, path: &Path) -> Res
         return Ok(zeros);
     }
     let mut zeros = 0;
-    for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
-        zeros += count_zeros(piece, raw.kind);
-        out.write_all(piece).map_err(|e| io_error(path, e))?;
+    match range {
+        Some(range) => {
+            // The count reads the mapped bytes; the copy does not need them in memory.
+            zeros = count_zeros(raw.bytes, raw.kind);
+            out.write_unchanged(range).map_err(|e| io_error(path, e))?;
+        }
+        None => {
+            for piece in raw.bytes.chunks(WRITE_CHUNK * 4) {
+                zeros += count_zeros(piece, raw.kind);
+                out.write_all(piece).map_err(|e| io_error(path, e))?;
+            }
+        }
     }
     Ok(zeros)
 }
@@ -287,7 +305,7 @@ fn write_masked(
     raw: &RawScores<'_>,
     threshold: &mut Threshold,
     scratch: &mut Scratch,
-    out: &mut dyn Write,
+    out: &mut dyn TensorSink,
     path: &Path,
 ) -> Result<i64> {
     let size = raw.kind.elt_size_in_bytes();
@@ -382,7 +400,7 @@ fn write_pruned_whole(
     t: &MappedTensor,
     raw: &RawScores<'_>,
     method: &dyn PruningMethod,
-    out: &mut dyn Write,
+    out: &mut dyn TensorSink,
     path: &Path,
 ) -> Result<i64> {
     let tensor = Tensor::f_empty(t.shape.as_slice(), (t.kind, Device::Cpu))?;
