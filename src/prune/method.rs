@@ -71,6 +71,15 @@ pub trait PruningMethod: Debug {
         None
     }
 
+    /// `Some(pattern)` if this method is the N:M sparsity `pattern` (as
+    /// [`NmSparsity`](crate::train::NmSparsity) is): the streamed path
+    /// ([`StreamedModel`](crate::model::StreamedModel)) then prunes a tensor a block of rows at a
+    /// time, as `NmSparsity`'s mask decides, instead of reading it whole into memory and calling
+    /// [`compute_mask`](Self::compute_mask).
+    fn semi_structured(&self) -> Option<crate::train::NmSparsity> {
+        None
+    }
+
     /// Prunes a tensor without any `VarStore`: `t * mask`, the mask computed from
     /// `importance_scores` (default: `t`) and `default_mask` (default: all ones).
     fn prune(

@@ -97,6 +97,10 @@ impl PruningMethod for NmSparsity {
         PruningType::Global
     }
 
+    fn semi_structured(&self) -> Option<NmSparsity> {
+        Some(*self)
+    }
+
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
         let dim = checked_dim(scores, self.dim)?;
         let len = scores.size()[dim as usize];

@@ -6,15 +6,18 @@
 //! same pruning made permanent at once.
 //!
 //! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
-//! [`WRITE_CHUNK`](write::WRITE_CHUNK) entries, and, for per-tensor methods other than L1
-//! (random, structured, identity), one tensor's working set at a time (the tensor, its mask, the
-//! method's temporaries). Nothing grows with the number or total size of the tensors.
+//! [`WRITE_CHUNK`](write::WRITE_CHUNK) entries, the output's write buffers
+//! ([`OutputFile`](crate::checkpoint::OutputFile), 24 MiB), and, for per-tensor methods other
+//! than L1 and N:M (random, structured, identity), one tensor's working set at a time (the
+//! tensor, its mask, the method's temporaries). N:M is pruned a block of rows at a time
+//! (`nm`). Nothing grows with the number or total size of the tensors.
 //!
 //! This file is the reading side: the checkpoint opened and checked (one file or the shards of
 //! an index), its tensors listed and reported, and whether a pruning streams at all
 //! ([`StreamedModel::unsupported`]). `source` is the file layer (safetensors or `torch.save`),
 //! `write` the pruning and the write.
 
+mod nm;
 mod source;
 mod write;
 

@@ -3,6 +3,7 @@
 //! tensor by tensor, a bounded chunk at a time, each tensor as it is, masked, or pruned whole in
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
+use super::nm::write_nm;
 use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
@@ -210,7 +211,16 @@ impl StreamedModel {
                         write_masked(&raw, &mut threshold, scratch, out, path)?
                     }
                 },
-                Some(Role::Method(method)) => write_pruned_whole(t, &raw, *method, out, path)?,
+                Some(Role::Method(method)) => {
+                    let streamed = match method.semi_structured() {
+                        Some(nm) => write_nm(t, &raw, &nm, scratch, out, path)?,
+                        None => None,
+                    };
+                    match streamed {
+                        Some(zeros) => zeros,
+                        None => write_pruned_whole(t, &raw, *method, out, path)?,
+                    }
+                }
             };
             // Stops at the first tensor read from a file that changed, not at the end.
             file.unchanged()?;
@@ -256,7 +266,7 @@ enum Share {
     PerTensor(i64),
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> PruneError {
+pub(super) fn io_error(path: &Path, e: std::io::Error) -> PruneError {
     crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
 }
 
@@ -371,27 +381,52 @@ fn multiply_by_libtorch(
 /// The buffers of the masked writes, allocated once per run: allocating them per chunk let
 /// glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
 #[derive(Default)]
-struct Scratch {
+pub(super) struct Scratch {
     /// One chunk of output, as u64 so that it is aligned for every dtype.
     output: Vec<u64>,
     /// One piece's decisions, for the pieces libtorch multiplies.
     keep: Vec<bool>,
+    /// N:M: one chunk's decisions, one unit's keys, a block's ranking.
+    nm_keep: Vec<bool>,
+    nm_keys: Vec<u64>,
+    nm_order: Vec<u32>,
 }
 
 impl Scratch {
     /// The output buffer ([`WRITE_CHUNK`] entries of `size` bytes) and the decisions' buffer.
     fn buffers(&mut self, size: usize) -> (&mut [u8], &mut [bool]) {
-        let words = WRITE_CHUNK * size / 8;
-        if self.output.len() < words {
-            self.output = vec![0; words];
+        if self.keep.len() < MASK_PIECE {
             self.keep = vec![true; MASK_PIECE];
         }
-        // SAFETY: plain bytes of the vector's initialized u64s.
-        let output = unsafe {
-            std::slice::from_raw_parts_mut(self.output.as_mut_ptr() as *mut u8, words * 8)
-        };
-        (output, &mut self.keep)
+        (output_bytes(&mut self.output, size), &mut self.keep)
     }
+
+    /// The buffers of a streamed N:M write: the output buffer, a chunk's decisions
+    /// ([`WRITE_CHUNK`]), and room for one unit's keys and one block's ranking.
+    pub(super) fn nm_buffers(
+        &mut self,
+        size: usize,
+    ) -> (&mut [u8], &mut [bool], &mut Vec<u64>, &mut Vec<u32>) {
+        if self.nm_keep.len() < WRITE_CHUNK {
+            self.nm_keep = vec![true; WRITE_CHUNK];
+        }
+        (
+            output_bytes(&mut self.output, size),
+            &mut self.nm_keep,
+            &mut self.nm_keys,
+            &mut self.nm_order,
+        )
+    }
+}
+
+/// [`WRITE_CHUNK`] entries of `size` bytes in `output`, grown once to the largest dtype seen.
+fn output_bytes(output: &mut Vec<u64>, size: usize) -> &mut [u8] {
+    let words = WRITE_CHUNK * size / 8;
+    if output.len() < words {
+        *output = vec![0; words];
+    }
+    // SAFETY: plain bytes of the vector's initialized u64s.
+    unsafe { std::slice::from_raw_parts_mut(output.as_mut_ptr() as *mut u8, words * 8) }
 }
 
 /// A tensor pruned by another method: read whole into memory (one tensor's working set) and
