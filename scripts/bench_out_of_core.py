@@ -10,7 +10,10 @@ reads from the disk. Needs root and the cgroup v1 memory controller (/sys/fs/cgr
 without them the cases say so and are skipped.
 
 The cp baseline copies the shards and syncs the copies (`sync FILE...`), as tch-prune syncs its
-output before renaming it into place: both times include getting the bytes to the disk.
+output before renaming it into place: both times include getting the bytes to the disk. The dd
+baseline writes the same shards with `dd bs=16M oflag=direct conv=fsync` (direct I/O, as
+tch-prune writes where the filesystem allows it), in the same cgroup; the run is compared with
+the faster of the two.
 
 BENCH_OOC_SCALE=N divides the checkpoint and the cgroup limit by N (the same ratio, e.g. 4:
 2 GiB under 256 MiB), to try the harness where disk or time is short; the limit stays at least
@@ -41,8 +44,9 @@ CASES = {
 # The smallest cgroup limit a scaled case gets: libtorch's resident code and tables alone take
 # more than 128 MiB of it.
 MIN_LIMIT = 256 << 20
-# The issue's goal: the out-of-core run within this many times the cp baseline.
-CP_GOAL = 2.5
+# The goal (issue 26): the out-of-core run within this many times the faster of the cp and dd
+# baselines.
+CP_GOAL = 1.3
 
 
 def scaled(case):
@@ -238,6 +242,12 @@ def measure(case, cli, env, seed, work):
         record["cp"] = in_cgroup(cgroup, ["sh", "-c", 'd="$1"; shift; cp "$@" "$d" && cd "$d" && sync -- *',
                                           "cp", copy] + inputs, env)
         shutil.rmtree(copy)
+        os.makedirs(copy)
+        drop_cache(inputs)
+        record["dd"] = in_cgroup(cgroup, ["sh", "-c", 'd="$1"; shift; for f in "$@"; do '
+                                          'dd if="$f" of="$d/${f##*/}" bs=16M oflag=direct conv=fsync '
+                                          '2>/dev/null || exit 1; done', "dd", copy] + inputs, env)
+        shutil.rmtree(copy)
         out = os.path.join(work, "pruned")
         drop_cache(inputs)
         record["crate"] = in_cgroup(cgroup, [cli, "prune", index, "-o", out, "--method",
@@ -252,14 +262,18 @@ def measure(case, cli, env, seed, work):
             pass
         if os.environ.get("BENCH_KEEP_CACHE", "1") == "0":
             shutil.rmtree(folder, ignore_errors=True)
-    crate, cp = record["crate"], record["cp"]
+    crate, cp, dd = record["crate"], record["cp"], record["dd"]
     gib = lambda n: f"{n / 2**30:.2f} GiB"
     if crate["exit"] != 0:
         text = f"failed (exit {crate['exit']}): {crate['stderr']}"
     else:
-        times = crate['seconds'] / cp['seconds']
-        text = (f"{crate['seconds']:.1f} s, cp + sync {cp['seconds']:.1f} s ({times:.2f}x cp, goal <= {CP_GOAL}x: "
+        best = min([cp["seconds"]] + ([dd["seconds"]] if dd["exit"] == 0 else []))
+        times = crate['seconds'] / best
+        dd_text = f"{dd['seconds']:.1f} s" if dd["exit"] == 0 else "refused"
+        text = (f"{crate['seconds']:.1f} s, cp + sync {cp['seconds']:.1f} s, dd oflag=direct {dd_text} "
+                f"({times:.2f}x the faster, goal <= {CP_GOAL}x: "
                 f"{'met' if times <= CP_GOAL else 'NOT met'}); "
+                f"{crate['stdout'].rsplit('(', 1)[-1].rstrip(')') if crate['stdout'] else ''}; "
                 f"cgroup peak {gib(crate['cgroup_peak_bytes'])} of {gib(limit)} (cp: {gib(cp['cgroup_peak_bytes'])}); "
                 f"check: {record['check']['text']}")
     swap = "no swap" if meminfo("SwapTotal") == 0 else f"{gib(meminfo('SwapTotal'))} of swap on the machine"

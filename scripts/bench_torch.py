@@ -5,7 +5,7 @@ One measurement per process, so that each peak resident set size is its own:
   bench_torch.py <case> <d> <blocks> <seed> <out-dir>     one JSON line, as examples/bench.rs
   bench_torch.py checksum <d> <blocks> <seed>             the bit sum of every tensor
   bench_torch.py write-model <d> <blocks> <seed> <path>   the model as safetensors (CLI case)
-  bench_torch.py cli <d> <blocks> <in> <out> [global|l1|ln]
+  bench_torch.py cli <d> <blocks> <in> <out> [global|l1|ln|nm]
                                                           what the CLI cases' tch-prune does
   bench_torch.py ties <case> <d> <blocks> <seed> <crate-bits> <torch-bits>
                                                           are the masks' differences all ties?
@@ -168,7 +168,8 @@ def checksum(d, blocks, seed):
 def cli(d, blocks, src, dst, method="global"):
     """What `tch-prune prune src -o dst` does with `--method l1-unstructured --amount 0.5
     --global` (global), `--method l1-unstructured --amount 0.5` (l1) or `--method ln-structured
-    --amount 0.5 --n 2 --dim 0` (ln)."""
+    --amount 0.5 --n 2 --dim 0` (ln) or `--method nm --pattern 2:4` (nm: the two largest
+    magnitudes of every four consecutive entries of a row kept, a custom_from_mask mask)."""
     from safetensors.torch import load_file, save_file
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model = Stack(d, blocks, None)
@@ -183,6 +184,12 @@ def cli(d, blocks, src, dst, method="global"):
             prune.l1_unstructured(module, name, amount=0.5)
         elif method == "ln":
             prune.ln_structured(module, name, amount=0.5, n=2, dim=0)
+        elif method == "nm":
+            w = module.weight.detach()
+            blocks = w.abs().reshape(-1, 4)
+            keep = torch.zeros_like(blocks, dtype=torch.bool)
+            keep.scatter_(1, blocks.topk(2, dim=1).indices, True)
+            prune.custom_from_mask(module, name, keep.reshape(w.shape))
         prune.remove(module, name)
     save_file(model.state_dict(), dst)
 

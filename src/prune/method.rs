@@ -71,12 +71,13 @@ pub trait PruningMethod: Debug {
         None
     }
 
-    /// `Some(pattern)` if this method is the N:M sparsity `pattern` (as
-    /// [`NmSparsity`](crate::train::NmSparsity) is): the streamed path
+    /// `Some((n, m, dim))` if this method keeps the `n` largest magnitudes of every `m`
+    /// consecutive entries along `dim`, exactly as [`NmSparsity`](crate::train::NmSparsity)
+    /// does (its `pattern()` and `dim()`): the streamed path
     /// ([`StreamedModel`](crate::model::StreamedModel)) then prunes a tensor a block of rows at a
-    /// time, as `NmSparsity`'s mask decides, instead of reading it whole into memory and calling
+    /// time with `NmSparsity`'s decisions, instead of reading it whole into memory and calling
     /// [`compute_mask`](Self::compute_mask).
-    fn semi_structured(&self) -> Option<crate::train::NmSparsity> {
+    fn semi_structured(&self) -> Option<(i64, i64, i64)> {
         None
     }
 

@@ -97,8 +97,8 @@ impl PruningMethod for NmSparsity {
         PruningType::Global
     }
 
-    fn semi_structured(&self) -> Option<NmSparsity> {
-        Some(*self)
+    fn semi_structured(&self) -> Option<(i64, i64, i64)> {
+        Some((self.n, self.m, self.dim))
     }
 
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {

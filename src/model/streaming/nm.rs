@@ -1,10 +1,12 @@
 //! N:M sparsity streamed: a tensor pruned a block of rows at a time, straight from the mapped
-//! data, with the decisions [`NmSparsity`]'s mask makes and the bytes the in-memory path writes.
+//! data, with the decisions [`NmSparsity`](crate::train::NmSparsity)'s mask makes and the bytes
+//! the in-memory path writes.
 //!
 //! Along the pruned dimension `dim`, of length `len`, with `inner` entries per step after it,
 //! the `m` consecutive rows `g·m .. g·m + m` of each index before `dim` are `m · inner` contiguous
 //! entries holding whole blocks (one per inner index): a unit that needs nothing else to be
-//! decided. Units are gathered up to [`WRITE_CHUNK`] entries, decided, masked and written. A
+//! decided. Units are gathered up to a chunk of entries (the output buffer's), decided, masked
+//! and written. A
 //! tensor holding an infinity or a NaN is left to the in-memory code (see [`write_nm`]).
 //!
 //! The decision is `NmSparsity::compute_mask`'s on a tensor pruned for the first time: in each
@@ -14,11 +16,9 @@
 //! as the value's bits with the sign cleared, which order like the values for everything but
 //! NaN; every NaN is one key above infinity, as the sort ranks them equal.
 
-use super::write::{io_error, Scratch, WRITE_CHUNK};
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::Result;
 use crate::prune::selection::RawScores;
-use crate::train::NmSparsity;
 use std::path::Path;
 use tch::Kind;
 
@@ -26,6 +26,15 @@ use tch::Kind;
 /// entry, the entries that come before it in the ranking (no allocation, no branches to
 /// mispredict for 2:4).
 const COUNTED_BLOCK: usize = 32;
+
+/// The buffers of the streamed N:M writes, kept from tensor to tensor: a chunk's decisions, its
+/// keys, one block's ranking.
+#[derive(Default)]
+pub(super) struct NmScratch {
+    keep: Vec<bool>,
+    keys: Vec<u64>,
+    order: Vec<u32>,
+}
 
 /// The shape of a streamed N:M pruning of one tensor.
 struct Layout {
@@ -41,20 +50,18 @@ impl Layout {
     /// The layout, or `None` where the tensor is left to the in-memory code (which then gives
     /// its own answer or error): a dimension the method refuses, no entries, or a unit of
     /// blocks larger than a chunk.
-    fn of(t: &MappedTensor, nm: &NmSparsity) -> Option<Layout> {
+    fn of(t: &MappedTensor, (n, m, dim): (i64, i64, i64), chunk: usize) -> Option<Layout> {
         let shape: Vec<usize> = t
             .shape
             .iter()
             .map(|&d| usize::try_from(d).ok())
             .collect::<Option<_>>()?;
         let ndim = shape.len() as i64;
-        let dim = nm.dim();
         if ndim <= 1 || dim >= ndim || dim < -ndim || shape.contains(&0) {
             return None;
         }
         let dim = if dim < 0 { dim + ndim } else { dim } as usize;
         let len = shape[dim];
-        let (n, m) = nm.pattern();
         let (n, m) = (usize::try_from(n).ok()?, usize::try_from(m).ok()?);
         // A block longer than the row: the row is one partial block (as `compute_mask` takes it).
         let (m, pruned) = if m > len {
@@ -68,7 +75,7 @@ impl Layout {
             m,
             pruned,
         };
-        (layout.m.checked_mul(layout.inner)? <= WRITE_CHUNK).then_some(layout)
+        (layout.m.checked_mul(layout.inner)? <= chunk).then_some(layout)
     }
 
     /// Decides the entries of the rows `row .. row + rows` (`rows <= m`) of one outer index,
@@ -228,11 +235,14 @@ fn keys(bytes: &[u8], kind: Kind, out: &mut Vec<u64>) {
 
 /// Writes `t` pruned N:M (`Some(zeros written)`), or returns `None`, having written nothing,
 /// when the in-memory code must do it (see [`Layout::of`]).
+/// `pattern`: `(n, m, dim)` ([`PruningMethod::semi_structured`](crate::PruningMethod::semi_structured));
+/// `buffer`: room for the output of one chunk (whose length in entries it sets).
 pub(super) fn write_nm(
     t: &MappedTensor,
     raw: &RawScores<'_>,
-    nm: &NmSparsity,
-    scratch: &mut Scratch,
+    pattern: (i64, i64, i64),
+    buffer: &mut [u8],
+    scratch: &mut NmScratch,
     out: &mut dyn TensorSink,
     path: &Path,
 ) -> Result<Option<i64>> {
@@ -243,7 +253,9 @@ pub(super) fn write_nm(
     {
         return Ok(None);
     }
-    let Some(layout) = Layout::of(t, nm) else {
+    let size = raw.kind.elt_size_in_bytes();
+    let chunk_len = buffer.len() / size;
+    let Some(layout) = Layout::of(t, pattern, chunk_len) else {
         return Ok(None);
     };
     // Infinities and NaNs: their products by the mask are libtorch's, and which of its
@@ -253,20 +265,27 @@ pub(super) fn write_nm(
     if !all_finite(raw.bytes, raw.kind) {
         return Ok(None);
     }
-    let size = raw.kind.elt_size_in_bytes();
     let numel = raw.bytes.len() / size;
     let slab = layout.len * layout.inner;
-    let (buffer, keep, keys_buf, order) = scratch.nm_buffers(size);
+    if scratch.keep.len() < chunk_len {
+        scratch.keep = vec![true; chunk_len];
+    }
+    let NmScratch {
+        keep,
+        keys: keys_buf,
+        order,
+    } = scratch;
+    let io_error = |e| crate::checkpoint::CheckpointError::io(path, "cannot write", e);
     let mut zeros = 0;
     let unit = layout.m * layout.inner;
     // Whole slabs where they fit in a chunk, else whole units of one slab (its last unit may be
     // short): a chunk always ends where a unit does.
     let chunk_end = |start: usize| -> usize {
         let in_slab = start % slab;
-        if in_slab == 0 && slab <= WRITE_CHUNK {
-            (start + WRITE_CHUNK / slab * slab).min(numel)
+        if in_slab == 0 && slab <= chunk_len {
+            (start + chunk_len / slab * slab).min(numel)
         } else {
-            (start + (WRITE_CHUNK / unit).max(1) * unit).min(start - in_slab + slab)
+            (start + (chunk_len / unit).max(1) * unit).min(start - in_slab + slab)
         }
     };
     let mut start = 0;
@@ -278,7 +297,7 @@ pub(super) fn write_nm(
         if layout.inner == 1 && layout.len % layout.m == 0 {
             if let Some(z) = mask_blocks_of(raw.kind, layout.m, layout.pruned, src, chunk) {
                 zeros += z as i64;
-                out.write_all(chunk).map_err(|e| io_error(path, e))?;
+                out.write_all(chunk).map_err(io_error)?;
                 start = end;
                 continue;
             }
@@ -299,7 +318,7 @@ pub(super) fn write_nm(
             }
         }
         zeros += apply_finite(src, raw.kind, &keep[..n], chunk) as i64;
-        out.write_all(chunk).map_err(|e| io_error(path, e))?;
+        out.write_all(chunk).map_err(io_error)?;
         start = end;
     }
     Ok(Some(zeros))

@@ -3,7 +3,7 @@
 //! tensor by tensor, a bounded chunk at a time, each tensor as it is, masked, or pruned whole in
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
-use super::nm::write_nm;
+use super::nm::{write_nm, NmScratch};
 use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
@@ -213,7 +213,11 @@ impl StreamedModel {
                 },
                 Some(Role::Method(method)) => {
                     let streamed = match method.semi_structured() {
-                        Some(nm) => write_nm(t, &raw, &nm, scratch, out, path)?,
+                        Some(pattern) => {
+                            let size = t.kind.elt_size_in_bytes();
+                            let buffer = output_bytes(&mut scratch.output, size);
+                            write_nm(t, &raw, pattern, buffer, &mut scratch.nm, out, path)?
+                        }
                         None => None,
                     };
                     match streamed {
@@ -266,7 +270,7 @@ enum Share {
     PerTensor(i64),
 }
 
-pub(super) fn io_error(path: &Path, e: std::io::Error) -> PruneError {
+fn io_error(path: &Path, e: std::io::Error) -> PruneError {
     crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
 }
 
@@ -381,15 +385,13 @@ fn multiply_by_libtorch(
 /// The buffers of the masked writes, allocated once per run: allocating them per chunk let
 /// glibc keep tens of MB of freed memory (its mmap threshold adapts upward).
 #[derive(Default)]
-pub(super) struct Scratch {
+struct Scratch {
     /// One chunk of output, as u64 so that it is aligned for every dtype.
     output: Vec<u64>,
     /// One piece's decisions, for the pieces libtorch multiplies.
     keep: Vec<bool>,
-    /// N:M: one chunk's decisions, one unit's keys, a block's ranking.
-    nm_keep: Vec<bool>,
-    nm_keys: Vec<u64>,
-    nm_order: Vec<u32>,
+    /// N:M's buffers.
+    nm: NmScratch,
 }
 
 impl Scratch {
@@ -399,23 +401,6 @@ impl Scratch {
             self.keep = vec![true; MASK_PIECE];
         }
         (output_bytes(&mut self.output, size), &mut self.keep)
-    }
-
-    /// The buffers of a streamed N:M write: the output buffer, a chunk's decisions
-    /// ([`WRITE_CHUNK`]), and room for one unit's keys and one block's ranking.
-    pub(super) fn nm_buffers(
-        &mut self,
-        size: usize,
-    ) -> (&mut [u8], &mut [bool], &mut Vec<u64>, &mut Vec<u32>) {
-        if self.nm_keep.len() < WRITE_CHUNK {
-            self.nm_keep = vec![true; WRITE_CHUNK];
-        }
-        (
-            output_bytes(&mut self.output, size),
-            &mut self.nm_keep,
-            &mut self.nm_keys,
-            &mut self.nm_order,
-        )
     }
 }
 
