@@ -197,8 +197,9 @@ def cli(d, blocks, src, dst, method="global"):
 def ties(case, d, blocks, seed, crate_bits, torch_bits):
     """Where the two masks differ, is every differing entry's score equal to PyTorch's
     threshold (the largest score it pruned)? Then both masks are valid answers and differ only
-    in how ties are broken. Scores are |w| (unstructured) or the row's 2-norm (ln, dim=0);
-    the threshold is per tensor, or over all tensors for global pruning."""
+    in how ties are broken. Scores are |w| (unstructured, nm) or the row's 2-norm (ln, dim=0);
+    the threshold is per tensor, over all tensors for global pruning, or per block of four
+    (nm: the largest score PyTorch pruned in the block)."""
     case = case.removesuffix("-at-once")
     model = Stack(d, blocks, seed)
     per_tensor = []  # (threshold, scores where the masks differ, pruned by crate, by torch)
@@ -213,6 +214,12 @@ def ties(case, d, blocks, seed, crate_bits, torch_bits):
                 score = torch.norm(w, p=2, dim=[1], keepdim=True).expand_as(w)
             else:
                 score = w.abs()
+            if case == "nm":
+                pruned = torch.where(t, torch.full_like(score, -math.inf), score).reshape(-1, 4)
+                block = pruned.max(dim=1, keepdim=True).values.expand(-1, 4).reshape(w.shape)
+                differ = c != t
+                per_tensor.append((0.0, score[differ] - block[differ], int((~c).sum()), int((~t).sum())))
+                continue
             threshold = score[~t].max().item() if (~t).any() else -math.inf
             per_tensor.append((threshold, score[c != t], int((~c).sum()), int((~t).sum())))
     if case == "global":
