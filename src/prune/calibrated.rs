@@ -6,6 +6,7 @@ use crate::error::{PruneError, Result};
 use crate::prune::calibration::{Calibration, LayerStats};
 use crate::prune::pruner::Pruner;
 use crate::prune::sparsegpt::SparseGpt;
+use crate::prune::unstructured::fresh_copy;
 use crate::prune::wanda::Wanda;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -149,7 +150,12 @@ impl Pruner {
         block: usize,
     ) -> Result<LayerReport> {
         let stats = calibration.stats(name)?;
-        let (before, _) = self.current(name)?;
+        // A copy: the current values share memory with what becomes `_orig`, which SparseGPT
+        // rewrites. Only needed for the error, which needs `H`.
+        let before = match stats.hessian() {
+            Some(_) => Some(fresh_copy(&self.current(name)?.0)?),
+            None => None,
+        };
         let start = Instant::now();
         match method {
             CalibratedMethod::Wanda(wanda) => self.wanda(name, calibration, wanda)?,
@@ -166,7 +172,10 @@ impl Pruner {
             block,
             samples: stats.samples(),
             sparsity: pruned as f64 / mask.numel().max(1) as f64,
-            error: relative_error(&before, &after, &stats)?,
+            error: match &before {
+                Some(before) => relative_error(before, &after, &stats)?,
+                None => None,
+            },
             seconds,
         })
     }

@@ -5,7 +5,9 @@ results saved for the Rust side to match.
     calibrated.py OUT_DIR ARCH DTYPE
 
 ARCH is gpt2 or llama, DTYPE float32 or float64. Writes OUT_DIR/model.safetensors (the initial
-weights and `calibration`, the hidden states entering block 0: [samples, tokens, hidden]) and
+weights and `calibration`, the hidden states entering block 0: [samples, tokens, hidden]), the
+same model as TorchScript (OUT_DIR/model.pt) with its calibration file for the command line
+(OUT_DIR/calibration.safetensors, the tensor `input`), and
 OUT_DIR/results.safetensors: for every case `METHOD/SPARSITY/ORDER`, each pruned weight
 (`CASE/NAME`) and, for Wanda, its mask (`CASE/NAME.mask`, 1 = kept); for SparseGPT, the `H`
 the reference gathered and the weight it was handed (`CASE/NAME.H`, `CASE/NAME.before`).
@@ -34,7 +36,7 @@ torch.backends.cuda.matmul.allow_tf32 = False
 
 # ---- the models: the same operations, in the same order, as tests/pruning/calibrated.rs ----
 
-def attention(q, k, v, heads):
+def attention(q, k, v, heads: int):
     b, t, c = q.shape
     d = c // heads
     q = q.reshape(b, t, heads, d).transpose(1, 2)
@@ -132,6 +134,11 @@ class Stack(nn.Module):
     def __init__(self, blocks):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 # Sizes shared with the Rust side: hidden 64, 4 heads, 2 blocks; 16 samples of 48 tokens (more
@@ -387,6 +394,9 @@ def main():
     calibration[..., :4] *= 20.0
     initial = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
     save_file({**initial, "calibration": calibration.contiguous()}, f"{out_dir}/model.safetensors")
+    # The same model as TorchScript, and its calibration file, for the command line.
+    torch.jit.script(model).save(f"{out_dir}/model.pt")
+    save_file({"input": calibration.contiguous()}, f"{out_dir}/calibration.safetensors")
 
     results = {}
     for method in ("wanda", "sparsegpt"):
