@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench lint msrv
+.PHONY: test test-cuda downstream demo gradual build bench lint msrv llm-demo
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -48,3 +48,8 @@ msrv:
 ## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
 bench:
 	$(TORCH_ENV) && cargo build --release --example bench --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench.py
+
+## Wanda and SparseGPT against magnitude on a small causal LM trained on Python's standard library
+## (cached in ~/.cache/tch-prune/llm-demo-*; LLM_DEMO_STEPS=300), and the references timed in the same run.
+llm-demo:
+	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/llm_demo.py $${CARGO_TARGET_DIR:-target}/release/tch-prune --json $${CARGO_TARGET_DIR:-target}/llm-demo.json

@@ -76,3 +76,7 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/training.md")]
 #[cfg(doctest)]
 pub struct TrainingDoctests;
+
+#[doc = include_str!("../docs/activation-aware.md")]
+#[cfg(doctest)]
+pub struct ActivationAwareDoctests;
