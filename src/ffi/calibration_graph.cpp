@@ -40,6 +40,18 @@ bool module_path(Value* self, Value* v, std::string& path) {
   return true;
 }
 
+// The last line of `text` of the form `SomethingError: message`, else the first line.
+std::string what_failed(const std::string& text) {
+  std::stringstream ss(text);
+  std::string line, first, found;
+  while (std::getline(ss, line)) {
+    if (first.empty()) first = line;
+    auto colon = line.find("Error: ");
+    if (colon != std::string::npos && line.find(' ') > colon) found = line;
+  }
+  return found.empty() ? first : found;
+}
+
 }  // namespace
 
 char* tp_calibration_probe_new(torch::jit::Module* module, const char* names,
@@ -91,9 +103,13 @@ char* tp_calibration_probe_run(const TpCalibrationProbe* probe, torch::jit::Modu
     torch::jit::Stack stack{module->_ivalue()};
     for (size_t i = 0; i < count; ++i) stack.emplace_back(*inputs[i]);
     torch::jit::InterpreterState state(probe->code);
-    {
+    try {
       at::NoGradGuard no_grad;
       state.run(stack);
+    } catch (const std::exception& e) {
+      // The interpreter's message starts with "The following operation failed in the
+      // TorchScript interpreter." and a traceback; what failed is its last `...Error: ` line.
+      throw std::runtime_error(what_failed(e.what()));
     }
     auto elements = stack.back().toTupleRef().elements();
     std::vector<std::unique_ptr<at::Tensor>> out;

@@ -1,6 +1,7 @@
 //! `tch-prune prune --method wanda|sparsegpt --calibration FILE`: calibrated pruning of a
 //! TorchScript model's linear layers, from the inputs of its forward.
 
+use crate::limits::{self, Limits};
 use crate::plan::{split_patterns, MethodName, Step};
 use crate::{device, one_line, policy, quiet, PruneArgs};
 use anyhow::{bail, Context, Result};
@@ -8,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as};
 use tch_prune::model::{CalibrationInputs, ModelFile};
-use tch_prune::{CalibratedMethod, LayerReport, Order, SparseGpt, Sparsity, Wanda};
+use tch_prune::{CalibratedMethod, Calibration, LayerReport, Order, SparseGpt, Sparsity, Wanda};
 
 /// Whether the arguments ask for calibrated pruning.
 pub(crate) fn wanted(args: &PruneArgs) -> bool {
@@ -122,12 +123,39 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
             .expect("valid template"),
     );
     bar.set_message("calibrating");
-    let reports = calibrator.prune(&pruner, &method, order, &inputs, batch_size, |report| {
-        bar.inc(1);
-        bar.set_message(report.name.clone());
-    });
+    // Each forward pass runs the model's code: under the time and memory limits, as shrink's
+    // runs (a failure inside is kept whole, to be reported as the run's error).
+    let limits = limits_of(&args)?;
+    let batches = inputs.batches(batch_size, device)?;
+    let calibration = Calibration::with_hessian();
+    let mut failure: Option<anyhow::Error> = None;
+    let reports = pruner.prune_calibrated(
+        &calibration,
+        &calibrator.blocks(),
+        &method,
+        order,
+        || {
+            pruner.apply_masks()?;
+            for batch in &batches {
+                if let Err(e) = limits.run("forward", || Ok(calibrator.run(&calibration, batch)?)) {
+                    let line = e.to_string();
+                    failure = Some(e);
+                    return Err(tch_prune::PruneError::Calibration(line));
+                }
+            }
+            Ok(())
+        },
+        |report| {
+            bar.inc(1);
+            bar.set_message(report.name.clone());
+        },
+    );
     bar.finish_and_clear();
-    let reports = reports?;
+    let reports = match (reports, failure) {
+        (Ok(reports), _) => reports,
+        (Err(_), Some(e)) => return Err(e),
+        (Err(e), None) => return Err(e.into()),
+    };
 
     let state = args
         .state_out
@@ -185,6 +213,19 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The limits of each calibration forward pass, from the flags (as shrink's).
+fn limits_of(args: &PruneArgs) -> Result<Limits> {
+    let time = limits::parse_duration(&args.time_limit, "--time-limit")?;
+    let memory = match &args.memory_limit {
+        Some(text) => limits::parse_bytes(text, "--memory-limit")?,
+        None => {
+            let file = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+            (2u64 << 30).max(file.saturating_mul(4))
+        }
+    };
+    Ok(Limits { time, memory })
 }
 
 fn layer(r: &LayerReport) -> Layer {

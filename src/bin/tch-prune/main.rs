@@ -169,6 +169,20 @@ pub(crate) struct PruneArgs {
     /// error) as JSON.
     #[arg(long, requires = "calibration")]
     json: bool,
+    /// For wanda and sparsegpt: the longest one calibration forward pass (the model's code)
+    /// may take: seconds (60, 90s) or minutes (2m). Past it the run ends with an error.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "120",
+        requires = "calibration"
+    )]
+    time_limit: String,
+    /// For wanda and sparsegpt: the most memory one calibration forward pass may take beyond
+    /// what the process holds before it (host memory; 4G, 512M). Default: 2G, or 4 times the
+    /// model file if larger.
+    #[arg(long, value_name = "SIZE", requires = "calibration")]
+    memory_limit: Option<String>,
     /// Load a TorchScript file even if its code would run: by default a TorchScript input
     /// whose code defines __setstate__ (which libtorch runs while loading), or calls anything
     /// that reads or writes files or reaches other processes, is refused before libtorch sees
