@@ -202,6 +202,15 @@ fn bad_calibration_inputs_are_one_clear_error_and_nothing_written() {
         );
         assert!(!out.exists());
     }
+    // The forward passes run under the memory limit, as shrink's runs.
+    let run = Cli::prune(&model, &out)
+        .flags("--method wanda --amount 0.5 --memory-limit 1M --calibration")
+        .arg(&calibration)
+        .run();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("memory limit"), "{stderr}");
+    assert!(!out.exists());
     // A state dict has no forward to run.
     let state = dir.path().join("model.safetensors");
     let run = Cli::prune(&state, &out)
