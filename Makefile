@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv
+.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -53,3 +53,8 @@ bench:
 ## oflag=direct` of the same file in the same run, and the out-of-core case (docs/write-path.md).
 bench-disk:
 	$(TORCH_ENV) && cargo build --release --bin tch-prune && BENCH_CASES=cli,cli-l1,cli-ln,cli-nm,out-of-core $$TCH_PRUNE_PYTHON scripts/bench.py
+
+## Wanda and SparseGPT against magnitude on a small causal LM trained on Python's standard library
+## (cached in ~/.cache/tch-prune/llm-demo-*; LLM_DEMO_STEPS=300), and the references timed in the same run.
+llm-demo:
+	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/llm_demo.py $${CARGO_TARGET_DIR:-target}/release/tch-prune --json $${CARGO_TARGET_DIR:-target}/llm-demo.json

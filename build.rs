@@ -23,12 +23,13 @@ use std::path::{Path, PathBuf};
 
 /// The C++ part, one interface (tch_prune.h) and the files implementing it.
 const CPP_HEADER: &str = "src/ffi/tch_prune.h";
-const CPP_SOURCES: [&str; 5] = [
+const CPP_SOURCES: [&str; 6] = [
     "src/ffi/tch_prune.cpp",
     "src/ffi/backend.cpp",
     "src/ffi/grad_redirect.cpp",
     "src/ffi/script_save.cpp",
     "src/ffi/shrink_graph.cpp",
+    "src/ffi/calibration_graph.cpp",
 ];
 
 /// The libtorch libraries that hold its GPU backends: present in CUDA (or ROCm) builds only.

@@ -196,6 +196,12 @@ pub enum PruneError {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Calibrated pruning (Wanda, SparseGPT) could not be done: calibration inputs missing,
+    /// of the wrong shape or dtype, empty, or not finite, or a layer whose `H` cannot be
+    /// inverted. What and what to do.
+    #[error("calibration: {0}")]
+    Calibration(String),
+
     /// Channel removal could not be done or checked (src/model/shrink/): what and why.
     #[error("shrink: {0}")]
     Shrink(String),

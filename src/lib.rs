@@ -16,6 +16,7 @@
 //! | `PruningContainer.compute_mask` | [`combine_masks`] |
 //! | `torch.ao.pruning.scheduler.CubicSL` (gradual pruning) | [`train::CubicSchedule`] with a [`train::GradualPruner`]; also [`train::LinearSchedule`], [`train::StepSchedule`], [`train::ConstantSchedule`] |
 //! | `WeightNormSparsifier(sparse_block_shape=(1, 4), zeros_per_block=2)` (2:4) | [`train::NmSparsity`] |
+//! | Wanda's `prune_wanda`, SparseGPT's `fasterprune` (calibrated one-shot pruning of LLMs) | [`Pruner::wanda`], [`Pruner::sparsegpt`], [`Pruner::prune_calibrated`], statistics by [`Calibration`] |
 //! | lottery-ticket rewinding | [`train::RewindPoint`] |
 //! | plotting a training run | [`train::Recorder`] (CSV, and SVG with the `plot` feature) |
 //! | `torch.jit.load`, `torch.load`, `safetensors` files | [`model::ScriptModel`], [`model::ModelFile`], [`model::StreamedModel`] (larger than memory) |
@@ -53,13 +54,18 @@ pub mod train;
 
 pub use error::{PruneError, Result};
 pub use prune::amount::Amount;
+pub use prune::calibrated::{CalibratedMethod, LayerReport, Order};
+pub use prune::calibration::{Calibration, LayerStats, Observed};
 pub use prune::container::combine_masks;
 pub use prune::custom::CustomFromMask;
 pub use prune::method::{PruningMethod, PruningType};
 pub use prune::module::{Pruned, PrunedT};
 pub use prune::pruner::{mask_name, orig_name, Pruner};
+pub use prune::sparsegpt::{Solution, SparseGpt};
+pub use prune::sparsity::Sparsity;
 pub use prune::structured::{LnStructured, Norm, RandomStructured};
 pub use prune::unstructured::{Identity, L1Unstructured, RandomUnstructured};
+pub use prune::wanda::{wanda_scores, Wanda};
 
 // The Rust blocks of the README and of the documents in docs/ are compiled and run as doc
 // tests: one such struct per file that holds any.
@@ -70,3 +76,7 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/training.md")]
 #[cfg(doctest)]
 pub struct TrainingDoctests;
+
+#[doc = include_str!("../docs/activation-aware.md")]
+#[cfg(doctest)]
+pub struct ActivationAwareDoctests;

@@ -13,7 +13,9 @@
 //! [`Backend`](crate::backend::Backend)), `script_save.cpp` (a TorchScript module saved with its
 //! tensors on a chosen device), `grad_redirect.cpp` ([`GradRedirect`], the gradient hook of a
 //! pruned tensor) and `shrink_graph.cpp` (a TorchScript graph described and rewritten for channel
-//! removal; the description's line format is written down in `model/shrink/graph.rs`). The
+//! removal; the description's line format is written down in `model/shrink/graph.rs`) and
+//! `calibration_graph.cpp` ([`CalibrationProbe`], a forward that also returns the inputs of
+//! linear layers, for calibrated pruning). The
 //! loader calls of the backend report (`dlopen`) are here too, so that the callers hold no
 //! `unsafe` code.
 
@@ -27,6 +29,13 @@ use torch_sys::{CModule_, C_tensor};
 /// `TpRedirect` of tch_prune.h: a handle only the C++ side looks into.
 #[repr(C)]
 struct TpRedirect {
+    _opaque: [u8; 0],
+    _not_send_sync_unpin: PhantomData<(*mut u8, PhantomPinned)>,
+}
+
+/// `TpCalibrationProbe` of tch_prune.h: a handle only the C++ side looks into.
+#[repr(C)]
+struct TpCalibrationProbe {
     _opaque: [u8; 0],
     _not_send_sync_unpin: PhantomData<(*mut u8, PhantomPinned)>,
 }
@@ -93,6 +102,22 @@ extern "C" {
         changed: *mut i64,
     ) -> *mut c_char;
     fn tp_shrink_reset_plans(module: *mut CModule_) -> *mut c_char;
+
+    // calibration_graph.cpp
+    fn tp_calibration_probe_new(
+        module: *mut CModule_,
+        names: *const c_char,
+        probe: *mut *mut TpCalibrationProbe,
+        taps: *mut *mut c_char,
+    ) -> *mut c_char;
+    fn tp_calibration_probe_run(
+        probe: *const TpCalibrationProbe,
+        module: *mut CModule_,
+        inputs: *const *const C_tensor,
+        count: usize,
+        taps: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn tp_calibration_probe_free(probe: *mut TpCalibrationProbe);
 }
 
 /// What failed at the boundary.
@@ -445,6 +470,71 @@ pub(crate) fn set_groups(module: &CModule, path: &str, old: i64, new: i64) -> Re
 pub(crate) fn reset_plans(module: &CModule) -> Result<()> {
     // SAFETY: a live module.
     unsafe { check(tp_shrink_reset_plans(module_ptr(module))) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// calibration_graph.cpp
+
+/// A compiled copy of a TorchScript module's `forward` that also returns the inputs of some of
+/// its linear layers (the module itself is not changed).
+#[derive(Debug)]
+pub(crate) struct CalibrationProbe {
+    probe: NonNull<TpCalibrationProbe>,
+    taps: Vec<String>,
+}
+
+impl CalibrationProbe {
+    /// A probe of the top-level `aten::linear` calls of `module`'s inlined forward whose
+    /// weight is one of `weights` (dotted names).
+    pub(crate) fn new(module: &CModule, weights: &[String]) -> Result<Self> {
+        let names = c_string(&weights.join("\n"))?;
+        let (mut probe, mut taps) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: a live module, a NUL-terminated list; both results are ours on success.
+        unsafe {
+            check(tp_calibration_probe_new(
+                module_ptr(module),
+                names.as_ptr(),
+                &mut probe,
+                &mut taps,
+            ))?;
+            let taps = take_string(NonNull::new(taps).expect("set on success"));
+            Ok(Self {
+                probe: NonNull::new(probe).expect("set on success"),
+                taps: taps.lines().map(str::to_string).collect(),
+            })
+        }
+    }
+
+    /// The weight of each returned input, in the order [`run`](Self::run) returns them (a
+    /// layer called twice in one forward is listed twice).
+    pub(crate) fn taps(&self) -> &[String] {
+        &self.taps
+    }
+
+    /// Runs forward on `inputs` (without gradients): each tapped layer's input.
+    pub(crate) fn run(&self, module: &CModule, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let handles: Vec<*const C_tensor> = inputs.iter().map(Tensor::as_ptr).collect();
+        let mut out: Vec<*mut C_tensor> = vec![ptr::null_mut(); self.taps.len()];
+        // SAFETY: a live probe, module and tensors; `out` has one slot per tap, each set to a
+        // new handle we own on success.
+        unsafe {
+            check(tp_calibration_probe_run(
+                self.probe.as_ptr(),
+                module_ptr(module),
+                handles.as_ptr(),
+                handles.len(),
+                out.as_mut_ptr(),
+            ))?;
+            Ok(out.into_iter().map(|t| Tensor::from_ptr(t)).collect())
+        }
+    }
+}
+
+impl Drop for CalibrationProbe {
+    fn drop(&mut self) {
+        // SAFETY: ours, freed once.
+        unsafe { tp_calibration_probe_free(self.probe.as_ptr()) }
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ struct Module;
 
 // A pruned tensor's gradient route (grad_redirect.cpp); owned by the Rust side's `GradRedirect`.
 struct TpRedirect;
+// A TorchScript forward graph that also returns its linear layers' inputs
+// (calibration_graph.cpp); owned by the Rust side's `CalibrationProbe`.
+struct TpCalibrationProbe;
 
 namespace tp {
 
@@ -134,6 +137,23 @@ char* tp_shrink_set_groups(torch::jit::Module* module, const char* path, int64_t
                            int64_t new_groups, int64_t* changed) noexcept;
 // Drops the optimized execution plans every method of every submodule caches.
 char* tp_shrink_reset_plans(torch::jit::Module* module) noexcept;
+
+
+// The calibration probe (calibration_graph.cpp)
+
+// Compiles a copy of `module`'s inlined forward that also returns the input of each top-level
+// `aten::linear` whose weight is one of `names` (dotted, one a line); `*taps` receives the
+// weight of each returned input, in order, one a line (free it with tp_free_string), `*probe`
+// the owned handle.
+char* tp_calibration_probe_new(torch::jit::Module* module, const char* names,
+                               TpCalibrationProbe** probe, char** taps) noexcept;
+// Runs the probe on `count` inputs; `taps` (as many slots as lines in the probe's `taps`)
+// receives a new handle to each layer input, owned by the caller.
+char* tp_calibration_probe_run(const TpCalibrationProbe* probe, torch::jit::Module* module,
+                               at::Tensor* const* inputs, size_t count,
+                               at::Tensor** taps) noexcept;
+// Frees the probe.
+void tp_calibration_probe_free(TpCalibrationProbe* probe) noexcept;
 
 }  // extern "C"
 

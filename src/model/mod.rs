@@ -2,13 +2,15 @@
 //! [`shrink`](ScriptModel::shrink)), any supported model file opened, pruned and saved back in
 //! its own format ([`ModelFile`]), the sparsity [`Report`] of a set of tensors, and
 //! [`StreamedModel`]: safetensors checkpoints (sharded too) and `torch.save` zips pruned without
-//! holding them in memory. TorchScript files are checked before libtorch loads them
+//! holding them in memory. A TorchScript model's linear layers can be calibrated for Wanda and
+//! SparseGPT ([`ScriptCalibrator`], inputs from [`CalibrationInputs`]). TorchScript files are checked before libtorch loads them
 //! ([`CodePolicy`]).
 //!
 //! Built on the file formats of [`checkpoint`](crate::checkpoint) and the pruning core. The
 //! training-curve recorder (with the `plot` feature, its SVG charts) lives here too and is
 //! public as [`train::Recorder`](crate::train::Recorder).
 
+mod calibrate;
 pub(crate) mod model_file;
 #[cfg(feature = "plot")]
 mod plot;
@@ -20,6 +22,7 @@ mod streaming;
 mod text_file;
 
 pub use crate::checkpoint::CodePolicy;
+pub use calibrate::{CalibrationInputs, ScriptCalibrator};
 pub use model_file::ModelFile;
 pub use report::{Report, TensorReport};
 pub use script_model::ScriptModel;

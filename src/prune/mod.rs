@@ -11,10 +11,15 @@
 //! [`state`] loading and the [`module`] wrappers (the gradient hook the registry installs is
 //! C++: `crate::ffi::GradRedirect`). Pruning while training: [`nm`] (N:M semi-structured
 //! sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning up to a schedule
-//! through the registry) and [`rewind`] (lottery-ticket rewinding). Nothing here reads or
+//! through the registry) and [`rewind`] (lottery-ticket rewinding). Pruning from what the layers
+//! see: [`calibration`] (the statistics of each layer's inputs, gathered in forward passes),
+//! [`sparsity`] (a fraction or an N:M pattern), the methods [`wanda`] and [`sparsegpt`], and
+//! [`calibrated`] (many layers at once, one-shot or block by block). Nothing here reads or
 //! writes files.
 
 pub(crate) mod amount;
+pub(crate) mod calibrated;
+pub(crate) mod calibration;
 pub(crate) mod container;
 pub(crate) mod custom;
 pub(crate) mod global;
@@ -26,6 +31,9 @@ pub(crate) mod pruner;
 pub(crate) mod rewind;
 pub(crate) mod schedule;
 pub(crate) mod selection;
+pub(crate) mod sparsegpt;
+pub(crate) mod sparsity;
 pub(crate) mod state;
 pub(crate) mod structured;
 pub(crate) mod unstructured;
+pub(crate) mod wanda;

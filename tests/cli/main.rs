@@ -6,6 +6,7 @@ mod common;
 
 mod architectures;
 mod backend;
+mod calibrated;
 mod hostile;
 mod prune;
 mod same_answer;

@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod calibrated;
 mod parity_pytorch;
 mod permanent;
 mod pruner;

@@ -1,6 +1,7 @@
 //! `tch-prune`: prune PyTorch models (TorchScript, state dicts, safetensors) from the command
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
+mod calibrated;
 mod limits;
 mod outputs;
 mod plan;
@@ -90,8 +91,10 @@ pub(crate) struct PruneArgs {
     /// index appear in it whole or not at all.
     #[arg(short, long)]
     output: PathBuf,
-    /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, or
-    /// nm (N:M semi-structured sparsity, with --pattern).
+    /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, nm
+    /// (N:M semi-structured sparsity, with --pattern), or wanda / sparsegpt (a TorchScript
+    /// model's linear layers pruned from what they see of --calibration, with --amount
+    /// FRACTION or --pattern N:M; see docs/activation-aware.md).
     #[arg(long, required_unless_present = "plan")]
     method: Option<String>,
     /// A number with a decimal point is a fraction (0.3, 1.0), an integer a count (12), as in PyTorch.
@@ -149,6 +152,37 @@ pub(crate) struct PruneArgs {
     /// order).
     #[arg(long, value_name = "PLAN.json", conflicts_with_all = ["method", "amount", "params", "global", "n", "dim", "pattern"])]
     plan: Option<PathBuf>,
+    /// For wanda and sparsegpt: a safetensors file of the inputs of the model's forward, the
+    /// samples along the first dimension: one tensor named 'input' (input.0, input.1, ... for
+    /// a forward of several arguments), of the dtype forward takes (int64 token ids included).
+    #[arg(long, value_name = "FILE.safetensors", conflicts_with = "plan")]
+    calibration: Option<PathBuf>,
+    /// For wanda and sparsegpt: calibration samples per forward pass.
+    #[arg(long, default_value_t = 8, requires = "calibration")]
+    batch_size: i64,
+    /// For wanda and sparsegpt: calibrate and prune block by block, each block on the outputs
+    /// of the blocks pruned before it (the references' order), instead of every layer on the
+    /// dense model in one pass.
+    #[arg(long, requires = "calibration")]
+    sequential: bool,
+    /// For wanda and sparsegpt: print the summary (each layer's sparsity and reconstruction
+    /// error) as JSON.
+    #[arg(long, requires = "calibration")]
+    json: bool,
+    /// For wanda and sparsegpt: the longest one calibration forward pass (the model's code)
+    /// may take: seconds (60, 90s) or minutes (2m). Past it the run ends with an error.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "120",
+        requires = "calibration"
+    )]
+    time_limit: String,
+    /// For wanda and sparsegpt: the most memory one calibration forward pass may take beyond
+    /// what the process holds before it (host memory; 4G, 512M). Default: 2G, or 4 times the
+    /// model file if larger.
+    #[arg(long, value_name = "SIZE", requires = "calibration")]
+    memory_limit: Option<String>,
     /// Load a TorchScript file even if its code would run: by default a TorchScript input
     /// whose code defines __setstate__ (which libtorch runs while loading), or calls anything
     /// that reads or writes files or reaches other processes, is refused before libtorch sees
@@ -297,6 +331,9 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     } else {
         // Up front too, not at the final rename after the whole output is written.
         check_folder_destination(&args.output)?;
+    }
+    if calibrated::wanted(&args) {
+        return calibrated::run(args, show);
     }
     let steps = steps(&args)?;
     let device = device(&args.device)?;
