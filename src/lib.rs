@@ -44,6 +44,7 @@
 // them). `train` and `shrink` only gather what those layers define, by job.
 pub mod backend;
 pub mod checkpoint;
+pub mod distributed;
 mod error;
 mod ffi;
 pub mod model;

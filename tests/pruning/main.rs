@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod distributed;
 mod parity_pytorch;
 mod permanent;
 mod pruner;

@@ -4,7 +4,8 @@
 //! included, with no mask in memory.
 
 use super::keys::read_f64;
-use super::radix::{is_wide, kth_key};
+use super::radix::{is_wide, kth_key, kth_key_across, tie_share};
+use super::Across;
 use super::view::{element_size, Chunk, RawScores, View, CHUNK};
 use crate::error::Result;
 use tch::Kind;
@@ -49,6 +50,41 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
         wide,
         ties: k as u64 - below,
     })
+}
+
+/// [`smallest_threshold`] over the parts of every rank (`k` counted over their union): the
+/// global threshold, and this rank's share of the tied entries, those that come first in the
+/// global order (rank order, then each rank's parts in order). Every rank calls it.
+pub(crate) fn smallest_threshold_across(
+    parts: &[RawScores<'_>],
+    k: i64,
+    across: &dyn Across,
+) -> Result<Threshold> {
+    let views = parts.iter().map(View::raw).collect::<Option<Vec<_>>>();
+    // Whether any rank refused its parts, known to all before the selection's collectives.
+    if across.any(views.is_none())? {
+        return Err(crate::error::PruneError::NotStreamable(match views {
+            None => "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
+            Some(_) => "another rank's tensors cannot take part in the streamed selection".into(),
+        }));
+    }
+    let views = views.unwrap_or_default();
+    let wide = across.any(is_wide(&views))?;
+    if k <= 0 {
+        return Ok(Threshold {
+            key: None,
+            wide,
+            ties: 0,
+        });
+    }
+    let (key, below) = kth_key_across(&views, k, wide, across)?;
+    let threshold = Threshold {
+        key: Some(key),
+        wide,
+        ties: 0,
+    };
+    let mine: u64 = parts.iter().map(|p| threshold.ties_in(p)).sum();
+    Ok(threshold.with_ties(tie_share(k as u64 - below, mine, across)?))
 }
 
 impl Threshold {
