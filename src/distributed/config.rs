@@ -77,9 +77,9 @@ impl GroupConfig {
     /// [`from_env`](Self::from_env) over any source of variables (for tests and launchers).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let required = |name: &str| {
-            var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                PruneError::Distributed(format!("{name} is not set: {LAUNCH_HINT}"))
-            })
+            var(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| PruneError::Distributed(format!("{name} is not set: {LAUNCH_HINT}")))
         };
         let number = |name: &str, text: String| {
             text.trim().parse::<u64>().map_err(|_| {
@@ -125,7 +125,11 @@ impl GroupConfig {
             })?;
         let timeout = match var("TCH_PRUNE_DIST_TIMEOUT").filter(|v| !v.is_empty()) {
             Some(text) => {
-                let seconds = text.trim().parse::<f64>().ok().filter(|s| *s > 0.0 && s.is_finite());
+                let seconds = text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0 && s.is_finite());
                 match seconds {
                     Some(s) => Duration::from_secs_f64(s),
                     None => {
@@ -161,8 +165,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn read(vars: &[(&str, &str)]) -> Result<GroupConfig> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         GroupConfig::from_vars(|name| map.get(name).cloned())
     }
 

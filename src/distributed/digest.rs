@@ -35,4 +35,3 @@ pub fn mask_digest(mask: &Tensor) -> Result<u64> {
     }
     Ok(hash)
 }
-

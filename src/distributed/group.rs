@@ -192,6 +192,57 @@ impl ProcessGroup {
         let _ = group.store_set(&key, &format!("failed: {}", one_line(reason)));
     }
 
+    /// Every rank learns whether every rank succeeded at what it just did, and which did not:
+    /// each passes its own error (`None` when it succeeded). `Ok` when no rank failed; else an
+    /// error naming the ranks that failed and why (a rank that failed also returns this, after
+    /// its own error has been recorded for the others). One all-reduce of one number.
+    pub fn all_succeeded(&self, error: Option<String>) -> Result<()> {
+        if let Some(error) = &error {
+            self.fail(error);
+        }
+        let flag = Tensor::from_slice(&[i64::from(error.is_some())]);
+        self.all_reduce(&flag, ReduceOp::Max)?;
+        if flag.int64_value(&[0]) == 0 {
+            return Ok(());
+        }
+        let me = self.rank();
+        let mut group = self.lock();
+        let failed: Vec<String> = (0..self.world_size())
+            .filter(|&r| r != me)
+            .filter_map(|r| {
+                let key = status_key(r);
+                match group.store_check(&key) {
+                    Ok(true) => group.store_get(&key).ok().map(|s| format!("rank {r} {s}")),
+                    _ => None,
+                }
+            })
+            .collect();
+        Err(PruneError::Distributed(match (failed.is_empty(), error) {
+            (_, Some(mine)) if failed.is_empty() => {
+                format!("rank {me} failed: {}", one_line(&mine))
+            }
+            (true, None) => format!("rank {me}: another rank failed"),
+            _ => format!("rank {me} stops: {}", failed.join("; ")),
+        }))
+    }
+
+    /// Sets `key` in the group's store (under the group's prefix).
+    pub(crate) fn store_set(&self, key: &str, value: &str) -> Result<()> {
+        Ok(self.lock().store_set(key, value)?)
+    }
+
+    /// The value of `key` in the group's store, waiting for it up to the timeout.
+    pub(crate) fn store_get(&self, key: &str) -> Result<String> {
+        let value = self.lock().store_get(key);
+        value.map_err(|e| {
+            PruneError::Distributed(format!(
+                "rank {}: no word from rank 0 within {:.0} s: {e}",
+                self.rank(),
+                self.config.timeout.as_secs_f64()
+            ))
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GlooGroup> {
         // A panic while holding the lock left the group as it was: Gloo's state is its own.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -238,7 +289,12 @@ impl ProcessGroup {
         if !matches!(group.store_check(&mine), Ok(true)) {
             let _ = group.store_set(&mine, "aborted");
         }
-        if let Some(earlier) = self.broken.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(earlier) = self
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             return PruneError::Distributed(format!("rank {me}: {what}: {earlier}"));
         }
         // The ranks still waiting on this one fail at once when its connections close, and

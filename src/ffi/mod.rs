@@ -112,8 +112,7 @@ extern "C" {
         prefix: *const c_char,
         group: *mut *mut TpGroup,
     ) -> *mut c_char;
-    fn tp_group_all_reduce(group: *mut TpGroup, tensor: *const C_tensor, op: c_int)
-        -> *mut c_char;
+    fn tp_group_all_reduce(group: *mut TpGroup, tensor: *const C_tensor, op: c_int) -> *mut c_char;
     fn tp_group_broadcast(group: *mut TpGroup, tensor: *const C_tensor, root: c_int)
         -> *mut c_char;
     fn tp_group_all_gather(
@@ -129,10 +128,16 @@ extern "C" {
         value: *const c_char,
         len: usize,
     ) -> *mut c_char;
-    fn tp_group_store_check(group: *mut TpGroup, key: *const c_char, present: *mut c_int)
-        -> *mut c_char;
-    fn tp_group_store_get(group: *mut TpGroup, key: *const c_char, value: *mut *mut c_char)
-        -> *mut c_char;
+    fn tp_group_store_check(
+        group: *mut TpGroup,
+        key: *const c_char,
+        present: *mut c_int,
+    ) -> *mut c_char;
+    fn tp_group_store_get(
+        group: *mut TpGroup,
+        key: *const c_char,
+        value: *mut *mut c_char,
+    ) -> *mut c_char;
     fn tp_group_free(group: *mut TpGroup);
 }
 
@@ -598,7 +603,13 @@ impl GlooGroup {
     /// In place on every rank (a dense contiguous CPU tensor, checked by the caller).
     pub(crate) fn all_reduce(&mut self, tensor: &Tensor, op: Reduce) -> Result<()> {
         // SAFETY: a live group and a live tensor.
-        unsafe { check(tp_group_all_reduce(self.0.as_ptr(), tensor.as_ptr(), op as c_int)) }
+        unsafe {
+            check(tp_group_all_reduce(
+                self.0.as_ptr(),
+                tensor.as_ptr(),
+                op as c_int,
+            ))
+        }
     }
 
     /// Rank `root`'s `tensor` into every rank's, in place.
@@ -653,7 +664,13 @@ impl GlooGroup {
         let key = c_string(key)?;
         let mut present = 0;
         // SAFETY: a live group, a C string, one out-parameter.
-        unsafe { check(tp_group_store_check(self.0.as_ptr(), key.as_ptr(), &mut present))? };
+        unsafe {
+            check(tp_group_store_check(
+                self.0.as_ptr(),
+                key.as_ptr(),
+                &mut present,
+            ))?
+        };
         Ok(present != 0)
     }
 
@@ -663,8 +680,14 @@ impl GlooGroup {
         let mut value = ptr::null_mut();
         // SAFETY: as above; the value is ours to free.
         unsafe {
-            check(tp_group_store_get(self.0.as_ptr(), key.as_ptr(), &mut value))?;
-            Ok(NonNull::new(value).map(|v| take_string(v)).unwrap_or_default())
+            check(tp_group_store_get(
+                self.0.as_ptr(),
+                key.as_ptr(),
+                &mut value,
+            ))?;
+            Ok(NonNull::new(value)
+                .map(|v| take_string(v))
+                .unwrap_or_default())
         }
     }
 }

@@ -76,10 +76,16 @@ impl Pruner {
         for (rank, list) in lists.iter().enumerate() {
             let theirs: Vec<&str> = list.split('\n').filter(|s| !s.is_empty()).collect();
             if rank != group.rank() && theirs != mine {
-                let only_here: Vec<&str> =
-                    mine.iter().copied().filter(|n| !theirs.contains(n)).collect();
-                let only_there: Vec<&str> =
-                    theirs.iter().copied().filter(|n| !mine.contains(n)).collect();
+                let only_here: Vec<&str> = mine
+                    .iter()
+                    .copied()
+                    .filter(|n| !theirs.contains(n))
+                    .collect();
+                let only_there: Vec<&str> = theirs
+                    .iter()
+                    .copied()
+                    .filter(|n| !mine.contains(n))
+                    .collect();
                 differences.push(format!(
                     "rank {rank} prunes {} tensors, rank {} prunes {} (only on rank {}: {}; only on rank {rank}: {})",
                     theirs.len(),
@@ -116,7 +122,10 @@ impl Pruner {
                 .map(|(r, _)| r.to_string())
                 .collect();
             if !off.is_empty() {
-                differ.push(format!("'{name}' (ranks {} differ from rank 0)", off.join(", ")));
+                differ.push(format!(
+                    "'{name}' (ranks {} differ from rank 0)",
+                    off.join(", ")
+                ));
             }
         }
         if differ.is_empty() {

@@ -1,11 +1,11 @@
 //! Global pruning: one ranking across many tensors (PyTorch's `global_unstructured`).
 
+use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::prune::container::combine_masks;
 use crate::prune::custom::CustomFromMask;
 use crate::prune::method::{same_device, scores_for, PruningMethod, PruningType};
 use crate::prune::pruner::Pruner;
-use crate::distributed::ProcessGroup;
 use crate::prune::selection::{zero_smallest, zero_smallest_across, Across, Part};
 use crate::prune::unstructured::fresh_copy;
 use std::collections::{HashMap, HashSet};

@@ -1,14 +1,14 @@
 //! Gradual pruning: a training loop prunes up to a [`SparsitySchedule`] step by step, each step
 //! pruning the difference relative to what remains (iterative pruning's composition).
 
+use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::prune::amount::Amount;
 use crate::prune::method::{checked_dim, PruningMethod, PruningType};
 use crate::prune::pruner::Pruner;
 use crate::prune::schedule::SparsitySchedule;
-use crate::prune::unstructured::Identity;
-use crate::distributed::ProcessGroup;
 use crate::prune::selection::Across;
+use crate::prune::unstructured::Identity;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;

@@ -37,7 +37,12 @@ fn spawn(scenario: &str, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
     (0..world)
         .map(|rank| {
             Command::new(&exe)
-                .args(["--exact", "distributed::worker", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "distributed::worker",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(SCENARIO, scenario)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
@@ -115,8 +120,14 @@ fn collectives_on_2_3_and_4_ranks() {
 fn data_parallel_masks_are_identical_and_equal_to_one_process() {
     let lines = run_ok("data_parallel", 3);
     // Every rank computed the same digests, which are those of the one-process run.
-    let digests: Vec<&str> = lines.iter().map(|l| l.split(" digests ").nth(1).unwrap_or("")).collect();
-    assert!(digests.iter().all(|d| *d == digests[0] && !d.is_empty()), "{lines:?}");
+    let digests: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(" digests ").nth(1).unwrap_or(""))
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0] && !d.is_empty()),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -155,7 +166,10 @@ fn a_killed_rank_is_named_by_the_others() {
             .lines()
             .find(|l| l.contains("error:"))
             .unwrap_or_else(|| panic!("no error line: {stderr}"));
-        assert!(line.contains("rank 2"), "the error does not name rank 2: {line}");
+        assert!(
+            line.contains("rank 2"),
+            "the error does not name rank 2: {line}"
+        );
     }
 }
 
@@ -188,10 +202,21 @@ fn torchrun_launches_the_ranks() {
     let exe = std::env::current_exe().expect("the test binary");
     let port = free_port().to_string();
     let out = Command::new(python)
-        .args(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python"])
+        .args([
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+        ])
         .args(["--master-addr", "127.0.0.1", "--master-port", &port])
         .arg(&exe)
-        .args(["--exact", "distributed::worker", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "distributed::worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(SCENARIO, "collectives")
         .env("OMP_NUM_THREADS", "1")
         .output()
@@ -241,7 +266,10 @@ fn worker() {
     };
     match result {
         Ok(what) => {
-            println!("rank {}: ok {what}", std::env::var("RANK").unwrap_or_default());
+            println!(
+                "rank {}: ok {what}",
+                std::env::var("RANK").unwrap_or_default()
+            );
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -266,7 +294,9 @@ fn collectives(group: &ProcessGroup) -> Check {
     let t = Tensor::from_slice(&[r + 1.0, -r]);
     group.all_reduce(&t, ReduceOp::Sum).map_err(e)?;
     let sum: Vec<f64> = Vec::try_from(&t).map_err(|e: tch::TchError| e.to_string())?;
-    ensure(sum == [w * (w + 1.0) / 2.0, -(w - 1.0) * w / 2.0], || format!("sum {sum:?}"))?;
+    ensure(sum == [w * (w + 1.0) / 2.0, -(w - 1.0) * w / 2.0], || {
+        format!("sum {sum:?}")
+    })?;
 
     let t = Tensor::from_slice(&[r as i64, 10 - r as i64]);
     group.all_reduce(&t, ReduceOp::Max).map_err(e)?;
@@ -277,28 +307,37 @@ fn collectives(group: &ProcessGroup) -> Check {
     for kind in [Kind::Half, Kind::BFloat16] {
         let t = Tensor::ones([3], (kind, Device::Cpu));
         group.all_reduce(&t, ReduceOp::Sum).map_err(e)?;
-        ensure(t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]) == 3.0 * w, || {
-            format!("{kind:?} sum {t}")
-        })?;
+        ensure(
+            t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]) == 3.0 * w,
+            || format!("{kind:?} sum {t}"),
+        )?;
     }
     let base = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]);
     let view = base.tr();
     group.all_reduce(&view, ReduceOp::Sum).map_err(e)?;
-    ensure(base.double_value(&[1, 2]) == 5.0 * w, || format!("strided {base}"))?;
+    ensure(base.double_value(&[1, 2]) == 5.0 * w, || {
+        format!("strided {base}")
+    })?;
 
     let t = Tensor::from_slice(&[r * 7.0]);
     let root = group.world_size() - 1;
     group.broadcast(&t, root).map_err(e)?;
-    ensure(t.double_value(&[0]) == (w - 1.0) * 7.0, || format!("broadcast {t}"))?;
+    ensure(t.double_value(&[0]) == (w - 1.0) * 7.0, || {
+        format!("broadcast {t}")
+    })?;
 
-    let gathered = group.all_gather(&Tensor::from_slice(&[r, r * r])).map_err(e)?;
+    let gathered = group
+        .all_gather(&Tensor::from_slice(&[r, r * r]))
+        .map_err(e)?;
     let expected = Tensor::stack(
         &(0..group.world_size())
             .map(|i| Tensor::from_slice(&[i as f64, (i * i) as f64]))
             .collect::<Vec<_>>(),
         0,
     );
-    ensure(gathered.equal(&expected), || format!("all_gather {gathered}"))?;
+    ensure(gathered.equal(&expected), || {
+        format!("all_gather {gathered}")
+    })?;
     group.barrier().map_err(e)?;
     ensure(
         group.payload_bytes() > 0 && group.timeout() == Duration::from_secs(300),
@@ -359,7 +398,10 @@ fn digests(pruner: &Pruner) -> String {
         .iter()
         .map(|n| {
             let mask = pruner.mask(n).expect("a mask");
-            format!("{:016x}", tch_prune::distributed::mask_digest(&mask).expect("digest"))
+            format!(
+                "{:016x}",
+                tch_prune::distributed::mask_digest(&mask).expect("digest")
+            )
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -373,8 +415,12 @@ fn data_parallel(group: &ProcessGroup) -> Check {
     let (vs1, net1) = replica(3);
     let reference = prune_everything(&vs1, &net1).map_err(|e| e.to_string())?;
     let (mine, theirs) = (digests(&pruner), digests(&reference));
-    ensure(mine == theirs, || format!("rank's masks {mine} != one process's {theirs}"))?;
-    ensure(pruner.pruned_names().len() == 5, || "5 pruned tensors".into())?;
+    ensure(mine == theirs, || {
+        format!("rank's masks {mine} != one process's {theirs}")
+    })?;
+    ensure(pruner.pruned_names().len() == 5, || {
+        "5 pruned tensors".into()
+    })?;
     Ok(format!("data_parallel digests {mine}"))
 }
 
@@ -382,7 +428,9 @@ fn inconsistent(group: &ProcessGroup) -> Check {
     let (vs, net) = replica(3);
     let pruner = prune_everything(&vs, &net).map_err(|e| e.to_string())?;
     if group.rank() == 1 {
-        pruner.l1_unstructured("fc2.weight", 1, None).map_err(|e| e.to_string())?;
+        pruner
+            .l1_unstructured("fc2.weight", 1, None)
+            .map_err(|e| e.to_string())?;
     }
     let error = match pruner.check_consistent(group) {
         Ok(()) => return Err("different masks were not noticed".into()),
@@ -447,8 +495,12 @@ fn sharded(group: &ProcessGroup) -> Check {
             }
             let one = Pruner::new(&vs1);
             let names1: Vec<&str> = order.iter().map(|&i| tensors[i].0.as_str()).collect();
-            one.global_unstructured(&names1, &L1Unstructured::new(0.37).unwrap(), &HashMap::new())
-                .map_err(|e| e.to_string())?;
+            one.global_unstructured(
+                &names1,
+                &L1Unstructured::new(0.37).unwrap(),
+                &HashMap::new(),
+            )
+            .map_err(|e| e.to_string())?;
 
             let vs = nn::VarStore::new(Device::Cpu);
             let mine = held(rank, world, count);
@@ -468,7 +520,9 @@ fn sharded(group: &ProcessGroup) -> Check {
             for name in &names {
                 let (a, b) = (pruner.mask(name).unwrap(), one.mask(name).unwrap());
                 let same = a.kind() == b.kind() && a.equal(&b);
-                ensure(same, || format!("{kind:?} ties={ties}: mask of {name} differs"))?;
+                ensure(same, || {
+                    format!("{kind:?} ties={ties}: mask of {name} differs")
+                })?;
             }
             if !ties {
                 bytes_seen.push((kind, numel, bytes));
@@ -477,11 +531,17 @@ fn sharded(group: &ProcessGroup) -> Check {
     }
     // The bytes do not grow with the model: the same for 5 x 4096 and 9 x 65536 entries.
     for pair in bytes_seen.chunks(2) {
-        ensure(pair[0].2 == pair[1].2, || format!("bytes grow with the model: {bytes_seen:?}"))?;
+        ensure(pair[0].2 == pair[1].2, || {
+            format!("bytes grow with the model: {bytes_seen:?}")
+        })?;
     }
     let f32_bytes = bytes_seen[0].2;
-    ensure(f32_bytes < 2 * 65536 * 8 + 4096, || format!("{f32_bytes} bytes"))?;
-    Ok(format!("sharded f32/f16/bf16 bit-identical, {f32_bytes} bytes per f32 selection"))
+    ensure(f32_bytes < 2 * 65536 * 8 + 4096, || {
+        format!("{f32_bytes} bytes")
+    })?;
+    Ok(format!(
+        "sharded f32/f16/bf16 bit-identical, {f32_bytes} bytes per f32 selection"
+    ))
 }
 
 fn gradual(group: Arc<ProcessGroup>) -> Check {
@@ -529,14 +589,18 @@ fn gradual(group: Arc<ProcessGroup>) -> Check {
 
 fn killed(group: &ProcessGroup) -> Check {
     let t = Tensor::from_slice(&[1f32]);
-    group.all_reduce(&t, ReduceOp::Sum).map_err(|e| e.to_string())?;
+    group
+        .all_reduce(&t, ReduceOp::Sum)
+        .map_err(|e| e.to_string())?;
     if group.rank() == 2 {
         // SIGKILL: no destructor, no word to the others.
         // SAFETY: a plain system call on this process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
     std::thread::sleep(Duration::from_millis(500));
-    group.all_reduce(&t, ReduceOp::Sum).map_err(|e| e.to_string())?;
+    group
+        .all_reduce(&t, ReduceOp::Sum)
+        .map_err(|e| e.to_string())?;
     group.barrier().map_err(|e| e.to_string())?;
     Err("the collectives went on without rank 2".into())
 }

@@ -15,6 +15,7 @@
 //! ([`StreamedModel::unsupported`]). `source` is the file layer (safetensors or `torch.save`),
 //! `write` the pruning and the write.
 
+mod ranks;
 mod source;
 mod write;
 

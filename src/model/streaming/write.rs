@@ -3,8 +3,9 @@
 //! tensor by tensor, a bounded chunk at a time, each tensor as it is, masked, or pruned whole in
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
-use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
+use super::{count_zeros, ranks, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{atomic_write, atomic_write_dir, check_room, MappedTensor};
+use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
@@ -31,7 +32,18 @@ impl StreamedModel {
         steps: &[StreamStep<'_>],
         output: impl AsRef<Path>,
     ) -> Result<StreamReport> {
-        let output = output.as_ref();
+        self.prune_with(steps, output.as_ref(), None)
+    }
+
+    /// [`prune`](Self::prune) by one rank of `group`, each rank taking part of the work
+    /// (`super::ranks`); `None`: all of it.
+    pub(super) fn prune_with(
+        &self,
+        steps: &[StreamStep<'_>],
+        output: &Path,
+        group: Option<&ProcessGroup>,
+    ) -> Result<StreamReport> {
+        let mine = |f: usize| group.is_none_or(|g| ranks::handles(g, f));
         if let Some(reason) = self.unsupported(steps) {
             return Err(PruneError::NotStreamable(format!(
                 "cannot stream this pruning: {reason}"
@@ -48,6 +60,10 @@ impl StreamedModel {
             }
             let amount = step.method.smallest_magnitudes();
             match amount {
+                Some(amount) if step.global && group.is_some() => {
+                    let group = group.unwrap_or_else(|| unreachable!());
+                    roles.extend(ranks::global_roles(self, step, amount, group)?);
+                }
                 Some(amount) if step.global => {
                     let parts: Vec<RawScores<'_>> = step
                         .names
@@ -89,11 +105,13 @@ impl StreamedModel {
                         let k = amount
                             .to_count(t.numel() as i64)
                             .map_err(|e| e.in_tensor(n))?;
-                        roles.insert(n, Role::L1(Share::PerTensor(k)));
+                        if mine(f) {
+                            roles.insert(n, Role::L1(Share::PerTensor(k)));
+                        }
                     }
                 }
                 None => {
-                    for n in &step.names {
+                    for n in step.names.iter().filter(|n| mine(locations[n.as_str()].0)) {
                         roles.insert(n, Role::Method(step.method));
                     }
                 }
@@ -134,7 +152,10 @@ impl StreamedModel {
                 scratch: Scratch::default(),
                 report: StreamReport::default(),
             };
-            let written = self.write_all(output, &mut writer);
+            let written = match group {
+                Some(group) => ranks::write_all(self, output, &mut writer, group),
+                None => self.write_all(output, &mut writer),
+            };
             // The receiver goes with the writer, before the scope waits for the thread: a thread
             // blocked on sending a threshold nobody will take then returns.
             let Writer { report, .. } = writer;
@@ -177,7 +198,12 @@ impl StreamedModel {
     }
 
     /// Writes file `f` of the input, pruned, to `path`.
-    fn write_file(&self, f: usize, path: &Path, writer: &mut Writer<'_, '_>) -> Result<()> {
+    pub(super) fn write_file(
+        &self,
+        f: usize,
+        path: &Path,
+        writer: &mut Writer<'_, '_>,
+    ) -> Result<()> {
         let file = &self.files[f];
         let headers = file.headers();
         let by_name: HashMap<&str, &MappedTensor> = file
@@ -226,7 +252,7 @@ impl StreamedModel {
 }
 
 /// The state of one streamed write, carried from file to file.
-struct Writer<'r, 'a> {
+pub(super) struct Writer<'r, 'a> {
     roles: &'r HashMap<&'a str, Role<'a>>,
     /// The per-tensor thresholds, in write order.
     thresholds: std::sync::mpsc::Receiver<Result<Threshold>>,
@@ -235,7 +261,7 @@ struct Writer<'r, 'a> {
 }
 
 /// What happens to a tensor.
-enum Role<'a> {
+pub(super) enum Role<'a> {
     /// Its L1 selection.
     L1(Share),
     /// Another method, on the whole tensor in memory.
@@ -243,7 +269,7 @@ enum Role<'a> {
 }
 
 /// A tensor's part of an L1 selection.
-enum Share {
+pub(super) enum Share {
     /// The step's threshold, whose tie allowance the tensors use up in write order.
     Shared(std::rc::Rc<std::cell::RefCell<Threshold>>),
     /// Its own allowance of ties.

@@ -116,7 +116,11 @@ fn kth_key_with(
 ) -> Result<(u64, u64)> {
     let digits = if wide { 4 } else { 2 };
     // bf16 widened to f32 has a zero low half: its last digit is known without a pass.
-    let passes = if !wide && all_bf16 { digits - 1 } else { digits };
+    let passes = if !wide && all_bf16 {
+        digits - 1
+    } else {
+        digits
+    };
     // After each pass, `prefix` holds the digits of the k-th smallest key found so far and
     // `below` how many live keys are smaller.
     let (mut prefix, mut below) = (0u64, 0u64);

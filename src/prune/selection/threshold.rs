@@ -4,9 +4,9 @@
 //! included, with no mask in memory.
 
 use super::keys::read_f64;
-use super::radix::{is_wide, kth_key, kth_key_across, tie_share};
-use super::Across;
+use super::radix::{is_wide, kth_key, kth_key_across};
 use super::view::{element_size, Chunk, RawScores, View, CHUNK};
+use super::Across;
 use crate::error::Result;
 use tch::Kind;
 
@@ -53,8 +53,10 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
 }
 
 /// [`smallest_threshold`] over the parts of every rank (`k` counted over their union): the
-/// global threshold, and this rank's share of the tied entries, those that come first in the
-/// global order (rank order, then each rank's parts in order). Every rank calls it.
+/// global threshold key, and in [`Threshold::ties`] how many tied entries the union prunes.
+/// Which of them each rank takes is the caller's: the tied entries go in the union's order,
+/// which only the caller knows (see [`Threshold::ties_in`] and [`Threshold::with_ties`]).
+/// Every rank calls it.
 pub(crate) fn smallest_threshold_across(
     parts: &[RawScores<'_>],
     k: i64,
@@ -78,13 +80,11 @@ pub(crate) fn smallest_threshold_across(
         });
     }
     let (key, below) = kth_key_across(&views, k, wide, across)?;
-    let threshold = Threshold {
+    Ok(Threshold {
         key: Some(key),
         wide,
-        ties: 0,
-    };
-    let mine: u64 = parts.iter().map(|p| threshold.ties_in(p)).sum();
-    Ok(threshold.with_ties(tie_share(k as u64 - below, mine, across)?))
+        ties: k as u64 - below,
+    })
 }
 
 impl Threshold {
