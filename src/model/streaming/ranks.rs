@@ -11,12 +11,11 @@
 //! killed outright breaks the group's connections, and the others stop naming it as gone. In
 //! both cases rank 0 removes the temporary folder and no output appears.
 
-use super::write::{Role, Share, Writer};
 use super::{StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{atomic_write_dir, CheckpointError};
 use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
-use crate::prune::selection::{smallest_threshold_across, Across, RawScores};
+use crate::prune::selection::{smallest_threshold_across, Across, RawScores, Threshold};
 use crate::Amount;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -96,16 +95,16 @@ impl StreamedModel {
     }
 }
 
-/// The roles of this rank's tensors in a global L1 step: the threshold over the union of every
-/// rank's tensors of the step, and each tensor's share of the tied entries, given in the
-/// step's order (the one-process order) from every tensor's count of ties, summed over the
+/// The thresholds of this rank's tensors in a global L1 step: the threshold over the union of
+/// every rank's tensors of the step, each with the tensor's share of the tied entries, given in
+/// the step's order (the one-process order) from every tensor's count of ties, summed over the
 /// ranks.
-pub(super) fn global_roles<'a>(
+pub(super) fn global_thresholds<'a>(
     model: &StreamedModel,
     step: &'a StreamStep<'_>,
     amount: Amount,
     group: &ProcessGroup,
-) -> Result<Vec<(&'a str, Role<'a>)>> {
+) -> Result<Vec<(&'a str, Threshold)>> {
     let locations = model.locations();
     let mut sizes = Vec::with_capacity(step.names.len());
     let mut mine: Vec<(usize, RawScores<'_>)> = Vec::new();
@@ -119,7 +118,7 @@ pub(super) fn global_roles<'a>(
     }
     // The union's size from the headers, which every rank reads: the same `k` everywhere.
     let k = amount.to_count(sizes.iter().sum())?;
-    let parts: Vec<RawScores<'_>> = mine.iter().map(|(_, p)| p.clone()).collect();
+    let parts: Vec<RawScores<'_>> = mine.iter().map(|(_, p)| *p).collect();
     let threshold = smallest_threshold_across(&parts, k, group)?;
     let mut ties = vec![0u64; step.names.len()];
     for (i, part) in &mine {
@@ -134,32 +133,30 @@ pub(super) fn global_roles<'a>(
         left -= take;
         if next_mine.peek() == Some(&i) {
             next_mine.next();
-            roles.push((
-                name.as_str(),
-                Role::L1(Share::Own(threshold.with_ties(take))),
-            ));
+            roles.push((name.as_str(), threshold.with_ties(take)));
         }
     }
     Ok(roles)
 }
 
-/// Writes this rank's shards into the output folder rank 0 prepares, and commits it with the
-/// other ranks (the protocol above). Returns the number of shards of the whole output.
+/// Writes this rank's shards into the output folder rank 0 prepares (`write_file(f, path)`
+/// writes file `f` of the input, pruned), and commits it with the other ranks (the protocol
+/// above). Returns the number of shards of the whole output.
 pub(super) fn write_all(
     model: &StreamedModel,
     output: &Path,
-    writer: &mut Writer<'_, '_>,
+    mut write_file: impl FnMut(usize, &Path) -> Result<()>,
     group: &ProcessGroup,
 ) -> Result<usize> {
     let Some(index) = &model.index else {
         return Err(PruneError::NotStreamable("no shard index".into()));
     };
     let shards = index.shards();
-    let write_mine = |folder: &Path, writer: &mut Writer<'_, '_>| -> Result<()> {
+    let mut write_mine = |folder: &Path| -> Result<()> {
         for (f, shard) in shards.iter().enumerate() {
             if handles(group, f) {
                 let path = folder.join(shard);
-                model.write_file(f, &path, writer)?;
+                write_file(f, &path)?;
                 // Rank 0 syncs the folder before the rename; each rank syncs its own files,
                 // on its own machine.
                 std::fs::File::open(&path)
@@ -177,7 +174,7 @@ pub(super) fn write_all(
                 .map_err(|e| CheckpointError::io(tmp, "cannot resolve", e))?;
             group.store_set(FOLDER_KEY, &format!("ok {}", folder.display()))?;
             published = true;
-            let written = write_mine(tmp, writer);
+            let written = write_mine(tmp);
             let agreed = group.all_succeeded(written.as_ref().err().map(|e| e.to_string()));
             written?;
             agreed?;
@@ -215,7 +212,7 @@ pub(super) fn write_all(
             }
         };
         let written = if folder.is_dir() {
-            write_mine(&folder, writer)
+            write_mine(&folder)
         } else {
             Err(PruneError::Distributed(format!(
                 "rank {} does not see rank 0's temporary output folder {}: the output must be \

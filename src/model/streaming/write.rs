@@ -62,7 +62,10 @@ impl StreamedModel {
             match amount {
                 Some(amount) if step.global && group.is_some() => {
                     let group = group.unwrap_or_else(|| unreachable!());
-                    roles.extend(ranks::global_roles(self, step, amount, group)?);
+                    let thresholds = ranks::global_thresholds(self, step, amount, group)?;
+                    for (n, threshold) in thresholds {
+                        roles.insert(n, Role::L1(Share::Own(threshold)));
+                    }
                 }
                 Some(amount) if step.global => {
                     let parts: Vec<RawScores<'_>> = step
@@ -153,7 +156,12 @@ impl StreamedModel {
                 report: StreamReport::default(),
             };
             let written = match group {
-                Some(group) => ranks::write_all(self, output, &mut writer, group),
+                Some(group) => ranks::write_all(
+                    self,
+                    output,
+                    |f, path| self.write_file(f, path, &mut writer),
+                    group,
+                ),
                 None => self.write_all(output, &mut writer),
             };
             // The receiver goes with the writer, before the scope waits for the thread: a thread
@@ -198,12 +206,7 @@ impl StreamedModel {
     }
 
     /// Writes file `f` of the input, pruned, to `path`.
-    pub(super) fn write_file(
-        &self,
-        f: usize,
-        path: &Path,
-        writer: &mut Writer<'_, '_>,
-    ) -> Result<()> {
+    fn write_file(&self, f: usize, path: &Path, writer: &mut Writer<'_, '_>) -> Result<()> {
         let file = &self.files[f];
         let headers = file.headers();
         let by_name: HashMap<&str, &MappedTensor> = file
@@ -252,7 +255,7 @@ impl StreamedModel {
 }
 
 /// The state of one streamed write, carried from file to file.
-pub(super) struct Writer<'r, 'a> {
+struct Writer<'r, 'a> {
     roles: &'r HashMap<&'a str, Role<'a>>,
     /// The per-tensor thresholds, in write order.
     thresholds: std::sync::mpsc::Receiver<Result<Threshold>>,
@@ -261,7 +264,7 @@ pub(super) struct Writer<'r, 'a> {
 }
 
 /// What happens to a tensor.
-pub(super) enum Role<'a> {
+enum Role<'a> {
     /// Its L1 selection.
     L1(Share),
     /// Another method, on the whole tensor in memory.
@@ -269,7 +272,7 @@ pub(super) enum Role<'a> {
 }
 
 /// A tensor's part of an L1 selection.
-pub(super) enum Share {
+enum Share {
     /// The step's threshold, whose tie allowance the tensors use up in write order.
     Shared(std::rc::Rc<std::cell::RefCell<Threshold>>),
     /// Its own allowance of ties.

@@ -16,6 +16,7 @@
 //! magnitudes, decoded a chunk at a time; [`threads`] how a pass is spread over threads, and
 //! when it is not. Nothing below this file uses it; `tests.rs` runs both paths side by side.
 
+mod across;
 mod keys;
 mod ops;
 mod radix;
@@ -27,6 +28,7 @@ use crate::error::{PruneError, Result};
 use radix::{radix_select, radix_select_across};
 use view::View;
 
+pub(crate) use across::Across;
 pub(crate) use ops::zero_smallest_by_ops;
 pub(crate) use threshold::{smallest_threshold, smallest_threshold_across, Threshold};
 pub(crate) use view::{Part, RawScores};
@@ -46,19 +48,6 @@ pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<()> {
         }
         None => zero_smallest_by_ops(parts, k).map(drop),
     }
-}
-
-/// The other ranks of a selection over tensors spread across processes
-/// ([`zero_smallest_across`]): the few collectives it needs, each called by every rank in the
-/// same order. Their sizes do not depend on the tensors': a histogram of 65,536 counts per
-/// pass, and single numbers.
-pub(crate) trait Across {
-    /// Adds the other ranks' counts into `counts` (an all-reduce sum).
-    fn sum(&self, counts: &mut [u64]) -> Result<()>;
-    /// Whether `flag` holds on any rank.
-    fn any(&self, flag: bool) -> Result<bool>;
-    /// The sum of `n` over the ranks before this one.
-    fn exclusive_prefix_sum(&self, n: u64) -> Result<u64>;
 }
 
 /// [`zero_smallest`] over the parts of every rank: the `k` smallest live magnitudes of their

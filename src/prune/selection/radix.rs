@@ -3,10 +3,10 @@
 //! it zeroed and the first tied ones. One idea: the select itself, over the chunks of
 //! [`super::view`] and the keys of [`super::keys`], spread by [`super::threads`].
 
+use super::across::Across;
 use super::keys::key_table;
 use super::threads::{parallel_map, parallel_sum};
 use super::view::{chunks, Chunk, View};
-use super::Across;
 use crate::error::{PruneError, Result};
 use tch::Kind;
 

@@ -3,10 +3,10 @@
 //! tensor is written out. One idea: the same entries [`super::zero_smallest`] zeroes, tie rule
 //! included, with no mask in memory.
 
+use super::across::Across;
 use super::keys::read_f64;
 use super::radix::{is_wide, kth_key, kth_key_across};
 use super::view::{element_size, Chunk, RawScores, View, CHUNK};
-use super::Across;
 use crate::error::Result;
 use tch::Kind;
 
