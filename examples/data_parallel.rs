@@ -82,7 +82,11 @@ fn train(group: Option<&ProcessGroup>) -> Res<(f64, f64)> {
             let acc = accuracy(&model, &pruner, &data)?;
             println!(
                 "  [{}] epoch {:2}: loss {:.4}, sparsity {:.3}, test accuracy {:.2}%",
-                if group.is_some() { "2 ranks" } else { "1 process" },
+                if group.is_some() {
+                    "2 ranks"
+                } else {
+                    "1 process"
+                },
                 epoch + 1,
                 total / spe as f64,
                 gradual.sparsity()?,
@@ -102,15 +106,23 @@ fn main() -> Res<()> {
         // One rank of the group.
         let group = ProcessGroup::from_env()?;
         let (acc, sparsity) = train(Some(&group))?;
-        println!("rank {}: final accuracy {acc:.6} sparsity {sparsity:.4}", group.rank());
+        println!(
+            "rank {}: final accuracy {acc:.6} sparsity {sparsity:.4}",
+            group.rank()
+        );
         return Ok(());
     }
     println!("one process:");
     let (single, sparsity) = train(None)?;
-    println!("one process: final accuracy {:.2}% at sparsity {sparsity:.3}\n", 100.0 * single);
+    println!(
+        "one process: final accuracy {:.2}% at sparsity {sparsity:.3}\n",
+        100.0 * single
+    );
 
     println!("2 ranks (this program again, as torchrun would start it):");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let exe = std::env::current_exe()?;
     let ranks: Vec<_> = (0..2)
         .map(|rank| {

@@ -139,9 +139,10 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     };
     let files = if let Some(group) = &group {
         format!(
-            "{} shards and their index, by {} ranks",
+            "{} shards and their index, by {} ranks; {} bytes to collectives per rank",
             report.files,
-            group.world_size()
+            group.world_size(),
+            group.payload_bytes()
         )
     } else if model.is_sharded() {
         format!("{} shards and their index", report.files)
