@@ -71,3 +71,7 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/training.md")]
 #[cfg(doctest)]
 pub struct TrainingDoctests;
+
+#[doc = include_str!("../docs/distributed.md")]
+#[cfg(doctest)]
+pub struct DistributedDoctests;
