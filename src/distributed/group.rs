@@ -163,24 +163,33 @@ impl ProcessGroup {
         if grads.is_empty() {
             return Ok(());
         }
-        let flat: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.f_to_kind(Kind::Float)?.f_to(Device::Cpu)?.f_reshape([-1]))
-            .collect::<Result<_, _>>()?;
-        let mut all = Tensor::f_cat(&flat, 0)?;
-        drop(flat);
-        self.all_reduce(&all, ReduceOp::Sum)?;
-        let _ = all.f_div_scalar_(self.world_size() as f64)?;
-        let mut offset = 0;
-        tch::no_grad(|| -> Result<()> {
-            for g in &grads {
-                let n = g.numel() as i64;
-                let part = all.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
-                g.shallow_clone().f_copy_(&part)?;
-                offset += n;
-            }
-            Ok(())
-        })
+        // One collective per dtype, in the gradients' own precision.
+        let mut kinds: Vec<Kind> = grads.iter().map(Tensor::kind).collect();
+        kinds.dedup();
+        kinds.sort_by_key(|k| format!("{k:?}"));
+        kinds.dedup();
+        for kind in kinds {
+            let same: Vec<&Tensor> = grads.iter().filter(|g| g.kind() == kind).collect();
+            let flat: Vec<Tensor> = same
+                .iter()
+                .map(|g| g.f_to(Device::Cpu)?.f_reshape([-1]))
+                .collect::<Result<_, _>>()?;
+            let mut all = Tensor::f_cat(&flat, 0)?;
+            drop(flat);
+            self.all_reduce(&all, ReduceOp::Sum)?;
+            let _ = all.f_div_scalar_(self.world_size() as f64)?;
+            let mut offset = 0;
+            tch::no_grad(|| -> Result<()> {
+                for g in same {
+                    let n = g.numel() as i64;
+                    let part = all.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
+                    g.shallow_clone().f_copy_(&part)?;
+                    offset += n;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Tells the other ranks that this one fails, and why: a rank whose collective then
@@ -300,6 +309,18 @@ impl ProcessGroup {
         // The ranks still waiting on this one fail at once when its connections close, and
         // record that they abort: only the ranks that caused the failure stay silent.
         group.abort();
+        let beats = |group: &mut GlooGroup| -> Vec<Option<String>> {
+            (0..self.world_size())
+                .map(|r| {
+                    let key = format!("alive/{r}");
+                    match group.store_check(&key) {
+                        Ok(true) => group.store_get(&key).ok(),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        let first_beats = beats(group);
         let deadline = Instant::now() + GRACE.min(self.config.timeout);
         let cause = loop {
             let mut failed = Vec::new();
@@ -344,10 +365,23 @@ impl ProcessGroup {
                 break None;
             }
             if Instant::now() >= deadline {
-                break Some(format!(
-                    "{} left the group without a word (killed, or its machine lost)",
-                    ranks(&silent)
-                ));
+                // A rank whose heartbeat stood still over the wait is gone; one whose
+                // heartbeat went on is still at work and will fail in its turn.
+                let last_beats = beats(group);
+                let (gone, busy): (Vec<usize>, Vec<usize>) = silent
+                    .iter()
+                    .partition(|&&r| last_beats[r].is_none() || last_beats[r] == first_beats[r]);
+                break Some(if gone.is_empty() {
+                    format!(
+                        "the group's connections broke while {} still ran",
+                        ranks(&busy)
+                    )
+                } else {
+                    format!(
+                        "{} left the group without a word (killed, or its machine lost)",
+                        ranks(&gone)
+                    )
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         };

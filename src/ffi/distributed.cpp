@@ -15,7 +15,11 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,6 +30,22 @@ struct TpGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  // The heartbeat: a thread that counts up the key `alive/<rank>` twice a second, on a store
+  // connection of its own, so that a rank whose collective broke can tell a rank that is gone
+  // from one still at work.
+  std::thread heartbeat;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stop = false;
+
+  ~TpGroup() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+    }
+    wake.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  }
 };
 
 namespace {
@@ -73,8 +93,28 @@ char* tp_group_new(const char* host, int port, int rank, int world_size, int hos
     auto gloo_options = c10d::ProcessGroupGloo::Options::create_default(timeout);
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::static_intrusive_pointer_cast<c10d::Store>(store), rank, world_size, gloo_options);
-    *group = new TpGroup{c10::static_intrusive_pointer_cast<c10d::Store>(store),
-                         c10::static_intrusive_pointer_cast<c10d::Backend>(backend), timeout};
+    auto owned = std::make_unique<TpGroup>();
+    TpGroup* made = owned.get();
+    made->store = c10::static_intrusive_pointer_cast<c10d::Store>(store);
+    made->backend = c10::static_intrusive_pointer_cast<c10d::Backend>(backend);
+    made->timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> beat_store = made->store->clone();
+    const std::string key = "alive/" + std::to_string(rank);
+    made->heartbeat = std::thread([made, beat_store, key] {
+      std::unique_lock<std::mutex> lock(made->mutex);
+      for (uint64_t beat = 1; !made->stop; ++beat) {
+        lock.unlock();
+        try {
+          const std::string text = std::to_string(beat);
+          beat_store->set(key, std::vector<uint8_t>(text.begin(), text.end()));
+        } catch (...) {
+          // The store is gone: the collectives will say so.
+        }
+        lock.lock();
+        made->wake.wait_for(lock, std::chrono::milliseconds(500), [made] { return made->stop; });
+      }
+    });
+    *group = owned.release();
   });
 }
 

@@ -54,7 +54,7 @@ impl Pruner {
     /// let vs = nn::VarStore::new(Device::Cpu);
     /// let _fc = nn::linear(vs.root() / "fc", 8, 4, Default::default());
     /// let pruner = Pruner::new(&vs);
-    /// pruner.l1_unstructured("fc.weight", 0.5)?;
+    /// pruner.l1_unstructured("fc.weight", 0.5, None)?;
     /// pruner.check_consistent(&group)?;
     /// # Ok::<(), tch_prune::PruneError>(())
     /// ```
