@@ -173,7 +173,10 @@ fn a_killed_rank_is_named_by_the_others() {
     }
     // Rank 1 was busy, not gone: its heartbeat went on, and rank 0 does not blame it.
     let rank0 = String::from_utf8_lossy(&outputs[0].stderr);
-    assert!(!rank0.contains("rank 1") && !rank0.contains("ranks 1"), "{rank0}");
+    assert!(
+        !rank0.contains("rank 1") && !rank0.contains("ranks 1"),
+        "{rank0}"
+    );
 }
 
 #[test]
