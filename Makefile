@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo
+.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo data-parallel
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -30,6 +30,10 @@ demo:
 ## Pruning while training: the digits CNN trained from scratch in Rust (dense, gradual to 90 %, rewound, 2:4); writes target/gradual/curves.csv and curves.svg.
 gradual:
 	$(TORCH_ENV) && cargo run --example gradual
+
+## Data-parallel training with pruning: the digits CNN on 2 ranks (Gloo over localhost), gradients all-reduced, masks checked identical at every pruning step, accuracy compared with one process.
+data-parallel:
+	$(TORCH_ENV) && cargo run --example data_parallel
 
 ## Release binaries (target/release/tch-prune).
 build:

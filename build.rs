@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// The C++ part, one interface (tch_prune.h) and the files implementing it.
 const CPP_HEADER: &str = "src/ffi/tch_prune.h";
-const CPP_SOURCES: [&str; 6] = [
+const CPP_SOURCES: [&str; 7] = [
     "src/ffi/tch_prune.cpp",
+    "src/ffi/distributed.cpp",
     "src/ffi/backend.cpp",
     "src/ffi/grad_redirect.cpp",
     "src/ffi/script_save.cpp",
@@ -43,6 +44,7 @@ fn main() {
     for file in CPP_SOURCES.iter().chain([&CPP_HEADER]) {
         println!("cargo:rerun-if-changed={file}");
     }
+    println!("cargo:rerun-if-changed=src/ffi/vendor");
 
     // What src/backend.rs reports about the build.
     if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() || std::env::var_os("DOCS_RS").is_some()
@@ -135,6 +137,10 @@ fn main() {
         .flag(&include)
         .flag("-isystem")
         .flag(include.join("torch/csrc/api/include"))
+        // Gloo's headers, which c10d's ProcessGroupGloo.hpp includes and PyTorch's wheels do not
+        // ship (src/ffi/vendor/README.md).
+        .flag("-isystem")
+        .flag(manifest.join("src/ffi/vendor"))
         .flag("-std=c++17")
         .flag("-Wshadow")
         .flag("-Wnon-virtual-dtor")

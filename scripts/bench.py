@@ -11,7 +11,9 @@ and the masks are compared. One line per case; everything also goes to target/be
   BENCH_CASES=l1,global  only these cases (out-of-core, out-of-core-bf16, out-of-core-machine: see
                          scripts/bench_out_of_core.py; BENCH_CACHE, BENCH_KEEP_CACHE;
                          shrink: tch-prune shrink beside Torch-Pruning, see
-                         scripts/bench_shrink.py; BENCH_SHRINK_MODELS)
+                         scripts/bench_shrink.py; BENCH_SHRINK_MODELS;
+                         distributed: the CLI on 1, 2 and 4 ranks, see
+                         scripts/bench_distributed.py)
   BENCH_THREADS=2, BENCH_REPEATS=5, BENCH_SEED=0
 (or --sizes, --cases, --threads, --repeats, --seed).
 """
@@ -27,6 +29,7 @@ import time
 
 import numpy as np
 
+import bench_distributed
 import bench_out_of_core
 import bench_shrink
 
@@ -388,16 +391,16 @@ def main():
     env_list = lambda name, default: os.environ.get(name) or default
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=env_list("BENCH_SIZES", ",".join(STANDARD)))
-    p.add_argument("--cases", default=env_list("BENCH_CASES", ",".join(c for c, _, _ in CASES)))
+    p.add_argument("--cases", default=env_list("BENCH_CASES", ",".join([c for c, _, _ in CASES] + ["distributed"])))
     p.add_argument("--threads", type=int, default=int(env_list("BENCH_THREADS", "2")))
     p.add_argument("--repeats", type=int, default=int(env_list("BENCH_REPEATS", "5")))
     p.add_argument("--seed", type=int, default=int(env_list("BENCH_SEED", "0")))
     a = p.parse_args()
     sizes, cases = a.sizes.split(","), a.cases.split(",")
-    known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES) + ["shrink"]
+    known = [c for c, _, _ in CASES] + list(bench_out_of_core.CASES) + ["shrink", "distributed"]
     for bad in [s for s in sizes if s not in SIZES] + [c for c in cases if c not in known]:
         sys.exit(f"unknown size or case '{bad}' (sizes: {', '.join(SIZES)}; cases: {', '.join(known)})")
-    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | set(CLI_CASES) | {"shrink"} else [CRATE, CLI]
+    needed = [CLI] if set(cases) <= set(bench_out_of_core.CASES) | set(CLI_CASES) | {"shrink", "distributed"} else [CRATE, CLI]
     for binary in needed:
         if not os.path.exists(binary):
             sys.exit(f"{binary} is missing: run `make bench`, or build with "
@@ -436,6 +439,11 @@ def main():
             print(f"{case}: {bench_out_of_core.__doc__.splitlines()[0]}")
             record, text = bench_out_of_core.measure(case, CLI, env, a.seed, work)
             results.append(record)
+            print(text, flush=True)
+        if "distributed" in cases:
+            print(f"distributed: {bench_distributed.__doc__.splitlines()[0]}")
+            records, text = bench_distributed.measure(env, work)
+            results.extend(records)
             print(text, flush=True)
         if "shrink" in cases:
             print(f"shrink: {bench_shrink.__doc__.splitlines()[0]} (batch {bench_shrink.BATCH}, "

@@ -34,6 +34,7 @@ LAYERS = [
     ("checkpoint", 0),
     ("error", 1),
     ("ffi", 2),  # every call into the crate's C++ (src/ffi/)
+    ("distributed", 2),  # process groups: c10d through ffi, below the pruning that uses them
     ("prune", 3),
     ("model", 4),
     ("crate", 5),  # lib.rs: re-exports only

@@ -215,6 +215,17 @@ pub enum PruneError {
         reason: String,
     },
 
+    /// A process group could not be joined, or a collective failed: what, on which rank, and
+    /// which rank caused it when the group can tell
+    /// ([`ProcessGroup`](crate::distributed::ProcessGroup)).
+    #[error("{0}")]
+    Distributed(String),
+
+    /// The ranks of a group hold different masks
+    /// ([`Pruner::check_consistent`](crate::Pruner::check_consistent)): the tensors and ranks.
+    #[error("{0}")]
+    Inconsistent(String),
+
     /// Reading or writing a file failed.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

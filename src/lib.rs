@@ -45,6 +45,7 @@
 // them). `train` and `shrink` only gather what those layers define, by job.
 pub mod backend;
 pub mod checkpoint;
+pub mod distributed;
 mod error;
 mod ffi;
 pub mod model;
@@ -80,3 +81,7 @@ pub struct TrainingDoctests;
 #[doc = include_str!("../docs/activation-aware.md")]
 #[cfg(doctest)]
 pub struct ActivationAwareDoctests;
+
+#[doc = include_str!("../docs/distributed.md")]
+#[cfg(doctest)]
+pub struct DistributedDoctests;

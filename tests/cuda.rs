@@ -528,3 +528,105 @@ fn torchscript_from_a_cuda_model_loads_without_a_gpu() {
     .unwrap();
     assert_eq!(on_cuda.trim(), "{'cuda'}");
 }
+
+/// The process group's collectives and the data-parallel check on CUDA tensors, 2 ranks over
+/// localhost (this binary run again as each rank): Gloo stages a CUDA tensor through the CPU;
+/// the masks pruned on the GPU are identical on both ranks; the selection across ranks refuses
+/// CUDA tensors with one line on every rank (no rank waits for the others). The CPU run first.
+#[test]
+fn process_group_on_cuda_tensors() {
+    let test = "process_group_on_cuda_tensors";
+    run_ranks("cpu");
+    if cuda::device(test).is_some() {
+        run_ranks("cuda");
+    }
+}
+
+fn run_ranks(device: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let exe = std::env::current_exe().expect("the test binary");
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "distributed_worker", "--nocapture"])
+                .env("TCH_PRUNE_DIST_WORKER", device)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("TCH_PRUNE_DIST_TIMEOUT", "60")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("a rank's output"))
+        .collect();
+    for (rank, out) in children.iter().enumerate() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("rank {rank}: ok {device}")),
+            "{device} rank {rank}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One rank of [`process_group_on_cuda_tensors`]; nothing when run as an ordinary test.
+#[test]
+fn distributed_worker() {
+    use tch_prune::distributed::{ProcessGroup, ReduceOp};
+    let Ok(which) = std::env::var("TCH_PRUNE_DIST_WORKER") else {
+        return;
+    };
+    let group = ProcessGroup::from_env().unwrap();
+    let device = match which.as_str() {
+        "cuda" => Device::Cuda(group.local_rank() % tch::Cuda::device_count() as usize),
+        _ => Device::Cpu,
+    };
+    let w = group.world_size() as f64;
+    let t = Tensor::ones([5], (Kind::Float, device));
+    group.all_reduce(&t, ReduceOp::Sum).unwrap();
+    assert_eq!(t.device(), device);
+    assert_eq!(t.sum(Kind::Double).double_value(&[]), 5.0 * w);
+    let gathered = group.all_gather(&t).unwrap();
+    assert_eq!(gathered.size(), [2, 5]);
+
+    tch::manual_seed(1);
+    let vs = VarStore::new(device);
+    let _a = nn::linear(vs.root() / "a", 32, 16, Default::default());
+    let _b = nn::linear(vs.root() / "b", 16, 4, Default::default());
+    let pruner = Pruner::new(&vs);
+    pruner.l1_unstructured("a.weight", 0.4, None).unwrap();
+    pruner
+        .global_unstructured(
+            &["a.weight", "b.weight"],
+            &L1Unstructured::new(0.3).unwrap(),
+            &HashMap::new(),
+        )
+        .unwrap();
+    pruner.check_consistent(&group).unwrap();
+
+    // Across ranks the selection takes CPU tensors only: refused on every rank, at once.
+    let refused = pruner.global_unstructured_across(
+        &group,
+        &["b.bias"],
+        &L1Unstructured::new(0.5).unwrap(),
+        &HashMap::new(),
+    );
+    if device != Device::Cpu {
+        let e = refused.unwrap_err().to_string();
+        assert!(e.contains("contiguous CPU tensors"), "{e}");
+    } else {
+        refused.unwrap();
+    }
+    group.barrier().unwrap();
+    println!("rank {}: ok {which}", group.rank());
+}

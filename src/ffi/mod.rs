@@ -26,6 +26,13 @@ use std::ptr::{self, NonNull};
 use tch::{CModule, Tensor};
 use torch_sys::{CModule_, C_tensor};
 
+/// `TpGroup` of tch_prune.h: a process group only the C++ side looks into.
+#[repr(C)]
+struct TpGroup {
+    _opaque: [u8; 0],
+    _not_send_sync_unpin: PhantomData<(*mut u8, PhantomPinned)>,
+}
+
 /// `TpRedirect` of tch_prune.h: a handle only the C++ side looks into.
 #[repr(C)]
 struct TpRedirect {
@@ -118,6 +125,45 @@ extern "C" {
         taps: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn tp_calibration_probe_free(probe: *mut TpCalibrationProbe);
+
+    // distributed.cpp
+    fn tp_group_new(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world_size: c_int,
+        host_store: c_int,
+        timeout_ms: i64,
+        prefix: *const c_char,
+        group: *mut *mut TpGroup,
+    ) -> *mut c_char;
+    fn tp_group_all_reduce(group: *mut TpGroup, tensor: *const C_tensor, op: c_int) -> *mut c_char;
+    fn tp_group_broadcast(group: *mut TpGroup, tensor: *const C_tensor, root: c_int)
+        -> *mut c_char;
+    fn tp_group_all_gather(
+        group: *mut TpGroup,
+        tensor: *const C_tensor,
+        gathered: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn tp_group_barrier(group: *mut TpGroup) -> *mut c_char;
+    fn tp_group_abort(group: *mut TpGroup);
+    fn tp_group_store_set(
+        group: *mut TpGroup,
+        key: *const c_char,
+        value: *const c_char,
+        len: usize,
+    ) -> *mut c_char;
+    fn tp_group_store_check(
+        group: *mut TpGroup,
+        key: *const c_char,
+        present: *mut c_int,
+    ) -> *mut c_char;
+    fn tp_group_store_get(
+        group: *mut TpGroup,
+        key: *const c_char,
+        value: *mut *mut c_char,
+    ) -> *mut c_char;
+    fn tp_group_free(group: *mut TpGroup);
 }
 
 /// What failed at the boundary.
@@ -584,5 +630,161 @@ mod tests {
         let x = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
         set_tensor(&module, "0.bias", &x.get(0)).unwrap();
         assert_eq!(get_tensor(&module, "0.bias").unwrap().size(), [3]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// distributed.cpp
+
+/// Where a process joins its group: the launcher's store and this rank's place in the group.
+pub(crate) struct GroupAddress<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub rank: i32,
+    pub world_size: i32,
+    /// Whether this process runs the store's server (rank 0 when no launcher hosts one).
+    pub host_store: bool,
+    pub timeout_ms: i64,
+    /// The prefix of the group's keys in the store.
+    pub prefix: &'a str,
+}
+
+/// A c10d TCPStore and Gloo process group (distributed.cpp), owned; left on drop.
+///
+/// libtorch's c10d objects are thread-safe, and the handle is only ever used through `&mut`
+/// or by the one owner, so moving it to another thread is sound.
+pub(crate) struct GlooGroup(NonNull<TpGroup>);
+
+// SAFETY: see above; the C++ object has no thread affinity.
+unsafe impl Send for GlooGroup {}
+
+/// The reduction of [`GlooGroup::all_reduce`].
+#[derive(Clone, Copy)]
+pub(crate) enum Reduce {
+    Sum = 0,
+    Max = 1,
+}
+
+impl GlooGroup {
+    /// Joins the group; returns when every rank has joined (Gloo's rendezvous), or fails at the
+    /// timeout.
+    pub(crate) fn new(address: &GroupAddress<'_>) -> Result<Self> {
+        let host = c_string(address.host)?;
+        let prefix = c_string(address.prefix)?;
+        let mut group = ptr::null_mut();
+        // SAFETY: valid C strings and one writable out-parameter; the handle is ours.
+        unsafe {
+            check(tp_group_new(
+                host.as_ptr(),
+                c_int::from(address.port),
+                address.rank,
+                address.world_size,
+                c_int::from(address.host_store),
+                address.timeout_ms,
+                prefix.as_ptr(),
+                &mut group,
+            ))?;
+        }
+        NonNull::new(group)
+            .map(GlooGroup)
+            .ok_or_else(|| FfiError::Cpp("no process group was made".into()))
+    }
+
+    /// In place on every rank (a dense contiguous CPU tensor, checked by the caller).
+    pub(crate) fn all_reduce(&mut self, tensor: &Tensor, op: Reduce) -> Result<()> {
+        // SAFETY: a live group and a live tensor.
+        unsafe {
+            check(tp_group_all_reduce(
+                self.0.as_ptr(),
+                tensor.as_ptr(),
+                op as c_int,
+            ))
+        }
+    }
+
+    /// Rank `root`'s `tensor` into every rank's, in place.
+    pub(crate) fn broadcast(&mut self, tensor: &Tensor, root: i32) -> Result<()> {
+        // SAFETY: as above.
+        unsafe { check(tp_group_broadcast(self.0.as_ptr(), tensor.as_ptr(), root)) }
+    }
+
+    /// Every rank's `tensor`, stacked in rank order.
+    pub(crate) fn all_gather(&mut self, tensor: &Tensor) -> Result<Tensor> {
+        let mut gathered = ptr::null_mut();
+        // SAFETY: as above, and one out-parameter receiving a new handle we own.
+        unsafe {
+            check(tp_group_all_gather(
+                self.0.as_ptr(),
+                tensor.as_ptr(),
+                &mut gathered,
+            ))?;
+            Ok(Tensor::from_ptr(gathered))
+        }
+    }
+
+    /// Returns when every rank has called it.
+    pub(crate) fn barrier(&mut self) -> Result<()> {
+        // SAFETY: a live group.
+        unsafe { check(tp_group_barrier(self.0.as_ptr())) }
+    }
+
+    /// Tears down the Gloo connections, keeping the store: the ranks still waiting on this one
+    /// fail at once. Collectives fail after it.
+    pub(crate) fn abort(&mut self) {
+        // SAFETY: a live group.
+        unsafe { tp_group_abort(self.0.as_ptr()) }
+    }
+
+    /// Sets `key` of the group's store.
+    pub(crate) fn store_set(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = c_string(key)?;
+        // SAFETY: a live group, a C string, and `value`'s bytes with their length.
+        unsafe {
+            check(tp_group_store_set(
+                self.0.as_ptr(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+            ))
+        }
+    }
+
+    /// Whether `key` is set in the group's store, without waiting.
+    pub(crate) fn store_check(&mut self, key: &str) -> Result<bool> {
+        let key = c_string(key)?;
+        let mut present = 0;
+        // SAFETY: a live group, a C string, one out-parameter.
+        unsafe {
+            check(tp_group_store_check(
+                self.0.as_ptr(),
+                key.as_ptr(),
+                &mut present,
+            ))?
+        };
+        Ok(present != 0)
+    }
+
+    /// The value of `key`, waiting for it up to the group's timeout.
+    pub(crate) fn store_get(&mut self, key: &str) -> Result<String> {
+        let key = c_string(key)?;
+        let mut value = ptr::null_mut();
+        // SAFETY: as above; the value is ours to free.
+        unsafe {
+            check(tp_group_store_get(
+                self.0.as_ptr(),
+                key.as_ptr(),
+                &mut value,
+            ))?;
+            Ok(NonNull::new(value)
+                .map(|v| take_string(v))
+                .unwrap_or_default())
+        }
+    }
+}
+
+impl Drop for GlooGroup {
+    fn drop(&mut self) {
+        // SAFETY: the handle is ours and not used again.
+        unsafe { tp_group_free(self.0.as_ptr()) }
     }
 }

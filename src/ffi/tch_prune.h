@@ -38,6 +38,9 @@ struct TpRedirect;
 // (calibration_graph.cpp); owned by the Rust side's `CalibrationProbe`.
 struct TpCalibrationProbe;
 
+// A c10d store and Gloo process group (distributed.cpp); owned by the Rust side's `Group`.
+struct TpGroup;
+
 namespace tp {
 
 // The message returned when not even the copy of a failure's message could be allocated.
@@ -154,6 +157,38 @@ char* tp_calibration_probe_run(const TpCalibrationProbe* probe, torch::jit::Modu
                                at::Tensor** taps) noexcept;
 // Frees the probe.
 void tp_calibration_probe_free(TpCalibrationProbe* probe) noexcept;
+
+// Process groups (distributed.cpp). Every collective is called in the same order on every rank
+// and waits for its result within the group's timeout.
+
+// Joins the group of `world_size` ranks as `rank`: a TCPStore client of `host:port` (its server
+// too when `host_store` is non-zero), keys under `prefix`, then Gloo's rendezvous, which waits for
+// every rank up to `timeout_ms`. `*group` receives the owned handle.
+char* tp_group_new(const char* host, int port, int rank, int world_size, int host_store,
+                   int64_t timeout_ms, const char* prefix, TpGroup** group) noexcept;
+// In place, on every rank: the element-wise sum (`op` 0) or maximum (`op` 1) of `tensor` over
+// the ranks (a dense contiguous CPU tensor).
+char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op) noexcept;
+// In place: `tensor` of rank `root` copied into `tensor` of every rank.
+char* tp_group_broadcast(TpGroup* group, const at::Tensor* tensor, int root) noexcept;
+// Every rank's `tensor` (same shape and dtype on all), stacked in rank order into `*gathered`
+// (a new handle owned by the caller).
+char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor,
+                          at::Tensor** gathered) noexcept;
+// Returns when every rank has called it.
+char* tp_group_barrier(TpGroup* group) noexcept;
+// Tears down the group's Gloo connections, keeping its store: after a failed collective, so that
+// the ranks still waiting in it fail at once instead of at their timeout. Collectives fail after it.
+void tp_group_abort(TpGroup* group) noexcept;
+// Sets `key` of the group's store to the `len` bytes at `value`.
+char* tp_group_store_set(TpGroup* group, const char* key, const char* value,
+                         size_t len) noexcept;
+// `*present` receives 1 when `key` is set in the group's store, else 0; does not wait.
+char* tp_group_store_check(TpGroup* group, const char* key, int* present) noexcept;
+// The value of `key` (text without NUL bytes) into `*value`, waiting for it up to the timeout.
+char* tp_group_store_get(TpGroup* group, const char* key, char** value) noexcept;
+// Leaves the group and frees the handle.
+void tp_group_free(TpGroup* group) noexcept;
 
 }  // extern "C"
 

@@ -1,14 +1,17 @@
 //! Gradual pruning: a training loop prunes up to a [`SparsitySchedule`] step by step, each step
 //! pruning the difference relative to what remains (iterative pruning's composition).
 
+use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::prune::amount::Amount;
 use crate::prune::method::{checked_dim, PruningMethod, PruningType};
 use crate::prune::pruner::Pruner;
 use crate::prune::schedule::SparsitySchedule;
+use crate::prune::selection::Across;
 use crate::prune::unstructured::Identity;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Builds the method that prunes a given amount (`|a| L1Unstructured::new(a)`).
@@ -59,6 +62,8 @@ pub struct GradualPruner {
     method: MethodFactory,
     unit: Unit,
     global: bool,
+    /// The group whose ranks' tensors are ranked together ([`GradualPruner::across`]).
+    group: Option<Arc<ProcessGroup>>,
 }
 
 /// What a schedule's sparsity counts.
@@ -151,6 +156,7 @@ impl GradualPruner {
             method: Box::new(move |a| Ok(Box::new(method(a)?) as Box<dyn PruningMethod>)),
             unit,
             global: false,
+            group: None,
         })
     }
 
@@ -166,6 +172,18 @@ impl GradualPruner {
         }
         self.global = true;
         Ok(self)
+    }
+
+    /// Ranks the tensors of every rank of `group` together ([`global`](Self::global) over the
+    /// union, through [`Pruner::global_unstructured_across`]): the schedule's sparsity is that
+    /// of the union of every rank's tensors, and each step's masks are bit for bit those of one
+    /// process pruning the union. Every rank then calls [`step`](Self::step) and
+    /// [`sparsity`](Self::sparsity) at the same points (they are collectives); each rank names
+    /// its own tensors, at least one.
+    pub fn across(self, group: Arc<ProcessGroup>) -> Result<Self> {
+        let mut this = self.global()?;
+        this.group = Some(group);
+        Ok(this)
     }
 
     /// Prunes up to the schedule's sparsity at `step`, with the current values (`_orig * mask`)
@@ -192,16 +210,28 @@ impl GradualPruner {
             )));
         }
         let counts = self.counts()?;
-        let units: i64 = counts.iter().map(|c| c.1).sum();
-        let pruned: i64 = counts.iter().map(|c| c.0).sum();
+        let (pruned, units) = self.totals(&counts)?;
         let mut newly_pruned = 0;
         if self.global {
             let missing = wanted(target, units) - pruned;
             if missing > 0 {
                 let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
                 let method = (self.method)(Amount::Count(missing))?;
-                self.pruner
-                    .global_unstructured(&names, method.as_ref(), importance_scores)?;
+                match &self.group {
+                    Some(group) => {
+                        self.pruner.global_unstructured_across(
+                            group,
+                            &names,
+                            method.as_ref(),
+                            importance_scores,
+                        )?;
+                    }
+                    None => self.pruner.global_unstructured(
+                        &names,
+                        method.as_ref(),
+                        importance_scores,
+                    )?,
+                }
                 newly_pruned = missing;
             }
         } else {
@@ -235,9 +265,7 @@ impl GradualPruner {
     /// The sparsity the tensors have now, in the schedule's units (pruned units over all units
     /// of all the tensors).
     pub fn sparsity(&self) -> Result<f64> {
-        let counts = self.counts()?;
-        let units: i64 = counts.iter().map(|c| c.1).sum();
-        let pruned: i64 = counts.iter().map(|c| c.0).sum();
+        let (pruned, units) = self.totals(&self.counts()?)?;
         Ok(if units == 0 {
             0.0
         } else {
@@ -253,6 +281,19 @@ impl GradualPruner {
     /// The schedule.
     pub fn schedule(&self) -> &dyn SparsitySchedule {
         self.schedule.as_ref()
+    }
+
+    /// `(pruned, units)` over all the tensors: this process's, or every rank's
+    /// ([`across`](Self::across)).
+    fn totals(&self, counts: &[(i64, i64)]) -> Result<(i64, i64)> {
+        let mut totals = [
+            counts.iter().map(|c| c.0).sum::<i64>() as u64,
+            counts.iter().map(|c| c.1).sum::<i64>() as u64,
+        ];
+        if let Some(group) = &self.group {
+            Across::sum(group.as_ref(), &mut totals)?;
+        }
+        Ok((totals[0] as i64, totals[1] as i64))
     }
 
     /// `(pruned, units)` per tensor, as the composition counts them: an entry is live while its
@@ -300,6 +341,7 @@ impl fmt::Debug for GradualPruner {
             .field("schedule", &self.schedule)
             .field("unit", &self.unit)
             .field("global", &self.global)
+            .field("across", &self.group)
             .finish()
     }
 }

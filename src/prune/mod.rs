@@ -7,7 +7,8 @@
 //! a new mask with the previous one, as `PruningContainer` does), [`pruner`] (the registry of
 //! pruned tensors: reparametrization and its names, one pruned tensor reapplied before forward,
 //! PyTorch's `prune.<method>` functions, `remove` and pruning made permanent at once, following
-//! the store to another device or dtype), and extensions of the registry: [`global`] pruning,
+//! the store to another device or dtype), and extensions of the registry: [`global`] pruning (over
+//! the ranks of a process group too: [`across`], with the check that replicas agree),
 //! [`state`] loading and the [`module`] wrappers (the gradient hook the registry installs is
 //! C++: `crate::ffi::GradRedirect`). Pruning while training: [`nm`] (N:M semi-structured
 //! sparsity, a method), [`schedule`] (sparsity per step), [`gradual`] (pruning up to a schedule
@@ -17,6 +18,7 @@
 //! [`calibrated`] (many layers at once, one-shot or block by block). Nothing here reads or
 //! writes files.
 
+pub(crate) mod across;
 pub(crate) mod amount;
 pub(crate) mod calibrated;
 pub(crate) mod calibration;

@@ -4,6 +4,8 @@
 mod common;
 
 mod calibrated;
+
+mod distributed;
 mod parity_pytorch;
 mod permanent;
 mod pruner;

@@ -6,6 +6,7 @@ use std::error::Error;
 use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_prune::backend::Backend;
+use tch_prune::distributed::{GroupConfig, ProcessGroup, ReduceOp};
 use tch_prune::{LnStructured, Pruner};
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -44,6 +45,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let pruner = Pruner::new(&vs);
     pruner.l1_unstructured("fc1.weight", 0.5, None)?;
     pruner.prune("fc2.weight", &LnStructured::new(16, 2.0, 1)?, None)?;
+    one_rank_group(&pruner)?;
     let names = ["fc1.weight", "fc2.weight"];
     let before: Vec<Tensor> = names
         .iter()
@@ -105,5 +107,20 @@ fn main() -> Result<(), Box<dyn Error>> {
     if zeros as usize != fc1.numel() / 2 {
         return Err(format!("fc1.weight should be half zeros, has {zeros}").into());
     }
+    Ok(())
+}
+
+/// A process group of one rank (c10d's TCPStore and Gloo, in libtorch_cpu.so): the distributed
+/// API links and runs from a dependent's binary too.
+fn one_rank_group(pruner: &Pruner) -> Result<(), Box<dyn Error>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let group = ProcessGroup::new(&GroupConfig::new(0, 1, "127.0.0.1", port))?;
+    let t = Tensor::from_slice(&[2f32, 3.]);
+    group.all_reduce(&t, ReduceOp::Max)?;
+    pruner.check_consistent(&group)?;
+    if Vec::<f32>::try_from(&t)? != [2., 3.] || group.world_size() != 1 {
+        return Err("a one-rank all_reduce changed its tensor".into());
+    }
+    println!("process group: {group:?}");
     Ok(())
 }

@@ -7,8 +7,19 @@ use crate::PruneArgs;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use tch_prune::checkpoint::{Format, ShardIndex};
+use tch_prune::distributed::ProcessGroup;
 use tch_prune::model::{StreamStep, StreamedModel};
 use tch_prune::PruningMethod;
+
+/// The process group of a run launched as several ranks (`torchrun --nproc-per-node N
+/// --no-python tch-prune prune ...`, or `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` set
+/// by hand): `None` when `WORLD_SIZE` is unset or 1.
+fn group() -> Result<Option<ProcessGroup>> {
+    match std::env::var("WORLD_SIZE") {
+        Ok(w) if !w.trim().is_empty() && w.trim() != "1" => Ok(Some(ProcessGroup::from_env()?)),
+        _ => Ok(None),
+    }
+}
 
 /// What [`prune`] did.
 pub enum Outcome {
@@ -21,7 +32,20 @@ pub enum Outcome {
 /// Prunes `args.input` on the streaming path if it gives the same answer as the in-memory one.
 pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     let sharded = ShardIndex::locate(&args.input).is_some();
+    let group = group()?;
+    if group.is_some() && !sharded {
+        bail!(
+            "{}: several ranks prune a sharded checkpoint (a folder or its index.json) only; run one process for a single file",
+            args.input.display()
+        );
+    }
     let in_memory = |reason: &str| -> Result<Outcome> {
+        if group.is_some() {
+            bail!(
+                "{}: several ranks prune by streaming only, and {reason}",
+                args.input.display()
+            );
+        }
         if sharded {
             bail!(
                 "{}: a sharded checkpoint is only pruned by streaming, and {reason}",
@@ -88,7 +112,20 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         .map_or(Ok(()), |i| {
             Err(tch_prune::PruneError::NothingToPrune).with_context(|| format!("step {}", i + 1))
         })
-        .and_then(|()| Ok(model.prune(&stream_steps, &args.output)?))?;
+        .and_then(|()| {
+            Ok(match &group {
+                Some(group) => model.prune_across(&stream_steps, &args.output, group)?,
+                None => model.prune(&stream_steps, &args.output)?,
+            })
+        })?;
+    if let Some(group) = group.as_ref().filter(|g| g.rank() != 0) {
+        // Rank 0 says what the group did.
+        return Ok(Outcome::Streamed(format!(
+            "rank {} of {}: wrote its shards (rank 0 reports the run)",
+            group.rank(),
+            group.world_size()
+        )));
+    }
     let pruned: HashSet<&str> = stream_steps
         .iter()
         .flat_map(|s| s.names.iter().map(String::as_str))
@@ -100,7 +137,14 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
             100.0 * z as f64 / n as f64
         }
     };
-    let files = if model.is_sharded() {
+    let files = if let Some(group) = &group {
+        format!(
+            "{} shards and their index, by {} ranks; {} bytes to collectives per rank",
+            report.files,
+            group.world_size(),
+            group.payload_bytes()
+        )
+    } else if model.is_sharded() {
         format!("{} shards and their index", report.files)
     } else {
         "one file".to_string()

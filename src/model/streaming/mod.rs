@@ -18,6 +18,8 @@
 //! `write` the pruning and the write.
 
 mod nm;
+
+mod ranks;
 mod source;
 mod write;
 

@@ -4,10 +4,11 @@
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
 use super::nm::{write_nm, NmScratch};
-use super::{count_zeros, StreamReport, StreamStep, StreamedModel};
+use super::{count_zeros, ranks, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
 };
+use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
@@ -33,7 +34,18 @@ impl StreamedModel {
         steps: &[StreamStep<'_>],
         output: impl AsRef<Path>,
     ) -> Result<StreamReport> {
-        let output = output.as_ref();
+        self.prune_with(steps, output.as_ref(), None)
+    }
+
+    /// [`prune`](Self::prune) by one rank of `group`, each rank taking part of the work
+    /// (`super::ranks`); `None`: all of it.
+    pub(super) fn prune_with(
+        &self,
+        steps: &[StreamStep<'_>],
+        output: &Path,
+        group: Option<&ProcessGroup>,
+    ) -> Result<StreamReport> {
+        let mine = |f: usize| group.is_none_or(|g| ranks::handles(g, f));
         if let Some(reason) = self.unsupported(steps) {
             return Err(PruneError::NotStreamable(format!(
                 "cannot stream this pruning: {reason}"
@@ -50,6 +62,13 @@ impl StreamedModel {
             }
             let amount = step.method.smallest_magnitudes();
             match amount {
+                Some(amount) if step.global && group.is_some() => {
+                    let group = group.unwrap_or_else(|| unreachable!());
+                    let thresholds = ranks::global_thresholds(self, step, amount, group)?;
+                    for (n, threshold) in thresholds {
+                        roles.insert(n, Role::L1(Share::Own(threshold)));
+                    }
+                }
                 Some(amount) if step.global => {
                     let parts: Vec<RawScores<'_>> = step
                         .names
@@ -91,11 +110,13 @@ impl StreamedModel {
                         let k = amount
                             .to_count(t.numel() as i64)
                             .map_err(|e| e.in_tensor(n))?;
-                        roles.insert(n, Role::L1(Share::PerTensor(k)));
+                        if mine(f) {
+                            roles.insert(n, Role::L1(Share::PerTensor(k)));
+                        }
                     }
                 }
                 None => {
-                    for n in &step.names {
+                    for n in step.names.iter().filter(|n| mine(locations[n.as_str()].0)) {
                         roles.insert(n, Role::Method(step.method));
                     }
                 }
@@ -136,7 +157,15 @@ impl StreamedModel {
                 scratch: Scratch::default(),
                 report: StreamReport::default(),
             };
-            let written = self.write_all(output, &mut writer);
+            let written = match group {
+                Some(group) => ranks::write_all(
+                    self,
+                    output,
+                    |f, path| self.write_file(f, path, &mut writer),
+                    group,
+                ),
+                None => self.write_all(output, &mut writer),
+            };
             // The receiver goes with the writer, before the scope waits for the thread: a thread
             // blocked on sending a threshold nobody will take then returns.
             let Writer { report, .. } = writer;

@@ -16,6 +16,7 @@
 //! magnitudes, decoded a chunk at a time; [`threads`] how a pass is spread over threads, and
 //! when it is not. Nothing below this file uses it; `tests.rs` runs both paths side by side.
 
+mod across;
 mod keys;
 mod ops;
 mod radix;
@@ -23,12 +24,13 @@ mod threads;
 mod threshold;
 mod view;
 
-use crate::error::Result;
-use radix::radix_select;
+use crate::error::{PruneError, Result};
+use radix::{radix_select, radix_select_across};
 use view::View;
 
+pub(crate) use across::Across;
 pub(crate) use ops::zero_smallest_by_ops;
-pub(crate) use threshold::{smallest_threshold, Threshold};
+pub(crate) use threshold::{smallest_threshold, smallest_threshold_across, Threshold};
 pub(crate) use view::{Part, RawScores};
 
 /// Zeroes, in each part's `out`, the `k` live entries of smallest magnitude across all parts
@@ -45,6 +47,36 @@ pub(crate) fn zero_smallest(parts: &[Part<'_>], k: i64) -> Result<()> {
             Ok(())
         }
         None => zero_smallest_by_ops(parts, k).map(drop),
+    }
+}
+
+/// [`zero_smallest`] over the parts of every rank: the `k` smallest live magnitudes of their
+/// union (`k` counted over the union), in the global order: rank order, then each rank's
+/// parts in order. Every rank calls it with its own parts; each zeroes its share. The parts
+/// must be contiguous CPU tensors of the radix select's dtypes (the collectives carry its
+/// histograms; there is no tensor-operation fallback across ranks).
+pub(crate) fn zero_smallest_across(parts: &[Part<'_>], k: i64, across: &dyn Across) -> Result<()> {
+    let views = parts
+        .iter()
+        .map(View::of)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            PruneError::InvalidArgument(
+                "a selection across ranks needs contiguous CPU tensors of f32, f64, f16 or bf16 \
+                 (scores and masks): move them to the CPU first"
+                    .into(),
+            )
+        });
+    // Every rank learns whether any refused its parts, so that none waits in a collective
+    // the others never start. `k` is the same on every rank.
+    let refused = across.any(views.is_err())?;
+    match views {
+        Err(e) => Err(e),
+        Ok(_) if refused => Err(PruneError::Distributed(
+            "another rank's tensors cannot take part in the selection (its error says why)".into(),
+        )),
+        Ok(views) if k > 0 => radix_select_across(&views, k, across),
+        Ok(_) => Ok(()),
     }
 }
 

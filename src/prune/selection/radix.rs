@@ -3,9 +3,11 @@
 //! it zeroed and the first tied ones. One idea: the select itself, over the chunks of
 //! [`super::view`] and the keys of [`super::keys`], spread by [`super::threads`].
 
+use super::across::Across;
 use super::keys::key_table;
 use super::threads::{parallel_map, parallel_sum};
 use super::view::{chunks, Chunk, View};
+use crate::error::{PruneError, Result};
 use tch::Kind;
 
 /// Bits of the digit a radix pass sorts by, on the CPU and on the device alike.
@@ -16,6 +18,32 @@ pub(super) const BUCKETS: usize = 1 << DIGIT_BITS;
 pub(super) fn radix_select(views: &[View], k: i64) {
     let wide = is_wide(views);
     let (threshold, below) = kth_key(views, k, wide);
+    zero_selected(views, threshold, wide, |_| k as u64 - below);
+}
+
+/// The radix select of [`super::zero_smallest_across`]: the `k` smallest over the views of
+/// every rank, in the global order (rank order, then each rank's), each rank zeroing its own.
+pub(super) fn radix_select_across(views: &[View], k: i64, across: &dyn Across) -> Result<()> {
+    let wide = across.any(is_wide(views))?;
+    let (threshold, below) = kth_key_across(views, k, wide, across)?;
+    let mut agreed = Ok(0);
+    zero_selected(views, threshold, wide, |ties| {
+        agreed = tie_share(k as u64 - below, ties, across);
+        *agreed.as_ref().unwrap_or(&0)
+    });
+    agreed.map(drop)
+}
+
+/// This rank's share of the `budget` tied entries to prune, given its own `ties`: those that
+/// come first in the global order (the ranks before it take theirs first).
+pub(super) fn tie_share(budget: u64, ties: u64, across: &dyn Across) -> Result<u64> {
+    let before = across.exclusive_prefix_sum(ties)?;
+    Ok(budget.saturating_sub(before).min(ties))
+}
+
+/// Zeroes the live entries below `threshold`, and the first of those equal to it: `budget`
+/// says how many, given how many there are.
+fn zero_selected(views: &[View], threshold: u64, wide: bool, budget: impl FnOnce(u64) -> u64) {
     let chunks = chunks(views);
 
     // Everything below the threshold goes, in parallel; of the entries equal to it, the first
@@ -31,7 +59,7 @@ pub(super) fn radix_select(views: &[View], k: i64) {
         });
         ties
     });
-    let mut budget = k as u64 - below;
+    let mut budget = budget(ties.iter().sum());
     for (chunk, &n) in chunks.iter().zip(&ties) {
         if budget == 0 {
             break;
@@ -61,9 +89,34 @@ const BATCH: usize = 1 << 12;
 /// The key of the `k`-th smallest live magnitude (`k >= 1`) and how many live keys are smaller:
 /// a radix select, most significant digit first, one histogram pass per digit.
 pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
+    let all_bf16 = views.iter().all(|v| v.score_kind == Kind::BFloat16);
+    let result = kth_key_with(views, k, wide, all_bf16, &mut |_| Ok(()));
+    result.unwrap_or_else(|e: PruneError| unreachable!("a local select cannot fail: {e}"))
+}
+
+/// [`kth_key`] over the views of every rank: the histograms summed over the ranks after each
+/// pass, so the key is the global one and `below` counts the keys below it on all ranks.
+pub(super) fn kth_key_across(
+    views: &[View],
+    k: i64,
+    wide: bool,
+    across: &dyn Across,
+) -> Result<(u64, u64)> {
+    let all_bf16 = !across.any(views.iter().any(|v| v.score_kind != Kind::BFloat16))?;
+    kth_key_with(views, k, wide, all_bf16, &mut |h| across.sum(h))
+}
+
+/// The select of [`kth_key`], `sum` adding the other ranks' counts into each histogram.
+fn kth_key_with(
+    views: &[View],
+    k: i64,
+    wide: bool,
+    all_bf16: bool,
+    sum: &mut dyn FnMut(&mut [u64]) -> Result<()>,
+) -> Result<(u64, u64)> {
     let digits = if wide { 4 } else { 2 };
     // bf16 widened to f32 has a zero low half: its last digit is known without a pass.
-    let passes = if !wide && views.iter().all(|v| v.score_kind == Kind::BFloat16) {
+    let passes = if !wide && all_bf16 {
         digits - 1
     } else {
         digits
@@ -82,6 +135,7 @@ pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
             });
             histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
         });
+        sum(&mut histogram)?;
         let mut seen = below;
         let digit = histogram
             .iter()
@@ -93,7 +147,7 @@ pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
         below = seen - histogram[digit];
         prefix |= (digit as u64) << shift;
     }
-    (prefix, below)
+    Ok((prefix, below))
 }
 
 /// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.

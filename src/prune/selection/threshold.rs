@@ -3,8 +3,9 @@
 //! tensor is written out. One idea: the same entries [`super::zero_smallest`] zeroes, tie rule
 //! included, with no mask in memory.
 
+use super::across::Across;
 use super::keys::read_f64;
-use super::radix::{is_wide, kth_key};
+use super::radix::{is_wide, kth_key, kth_key_across};
 use super::view::{element_size, Chunk, RawScores, View, CHUNK};
 use crate::error::Result;
 use tch::Kind;
@@ -44,6 +45,41 @@ pub(crate) fn smallest_threshold(parts: &[RawScores<'_>], k: i64) -> Result<Thre
         });
     }
     let (key, below) = kth_key(&views, k, wide);
+    Ok(Threshold {
+        key: Some(key),
+        wide,
+        ties: k as u64 - below,
+    })
+}
+
+/// [`smallest_threshold`] over the parts of every rank (`k` counted over their union): the
+/// global threshold key, and in [`Threshold::ties`] how many tied entries the union prunes.
+/// Which of them each rank takes is the caller's: the tied entries go in the union's order,
+/// which only the caller knows (see [`Threshold::ties_in`] and [`Threshold::with_ties`]).
+/// Every rank calls it.
+pub(crate) fn smallest_threshold_across(
+    parts: &[RawScores<'_>],
+    k: i64,
+    across: &dyn Across,
+) -> Result<Threshold> {
+    let views = parts.iter().map(View::raw).collect::<Option<Vec<_>>>();
+    // Whether any rank refused its parts, known to all before the selection's collectives.
+    if across.any(views.is_none())? {
+        return Err(crate::error::PruneError::NotStreamable(match views {
+            None => "a streamed selection needs aligned f32, f64, f16 or bf16 data".into(),
+            Some(_) => "another rank's tensors cannot take part in the streamed selection".into(),
+        }));
+    }
+    let views = views.unwrap_or_default();
+    let wide = across.any(is_wide(&views))?;
+    if k <= 0 {
+        return Ok(Threshold {
+            key: None,
+            wide,
+            ties: 0,
+        });
+    }
+    let (key, below) = kth_key_across(&views, k, wide, across)?;
     Ok(Threshold {
         key: Some(key),
         wide,

@@ -1,0 +1,293 @@
+//! `tch-prune prune` of a sharded checkpoint by several ranks (Gloo over localhost, the
+//! variables a launcher sets): the same bytes as one process, f32, f16 and bf16, ties across
+//! ranks included; a rank killed mid-write leaves no output folder, and the others stop naming
+//! it; one `torchrun --no-python` run.
+
+use crate::common::{self, Cli};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A sharded safetensors checkpoint of `shards` files in `dir`: `count` weights of `numel`
+/// entries of `kind` (values from 9 levels when `ties`, so that many tie at any threshold, in
+/// every shard), and a bias per layer.
+fn write_sharded(dir: &Path, kind: Kind, count: usize, numel: i64, ties: bool, shards: usize) {
+    std::fs::create_dir_all(dir).expect("folder");
+    tch::manual_seed(5);
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for i in 0..count {
+        let w = if ties {
+            (Tensor::randint(9, [numel], (Kind::Int64, Device::Cpu)) - 4).to_kind(kind)
+        } else {
+            Tensor::randn([numel], (Kind::Float, Device::Cpu)).to_kind(kind)
+        };
+        tensors.push((format!("layers.{i:02}.weight"), w.view([numel / 64, 64])));
+        tensors.push((
+            format!("layers.{i:02}.bias"),
+            Tensor::randn([64], (Kind::Float, Device::Cpu)).to_kind(kind),
+        ));
+    }
+    let per = tensors.len().div_ceil(shards);
+    let mut weight_map = serde_json::Map::new();
+    for (i, group) in tensors.chunks(per).enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
+        Tensor::write_safetensors(group, dir.join(&name)).expect("write shard");
+        for (tensor, _) in group {
+            weight_map.insert(tensor.clone(), name.clone().into());
+        }
+    }
+    let json = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&json).expect("json"),
+    )
+    .expect("index");
+}
+
+/// Starts `world` ranks of `cli`.
+fn ranks(cli: &Cli, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
+    let port = free_port().to_string();
+    (0..world)
+        .map(|rank| {
+            cli.command()
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .envs(extra.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect()
+}
+
+fn outputs(children: Vec<Child>) -> Vec<Output> {
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("a rank's output"))
+        .collect()
+}
+
+/// The files of a folder, name and bytes, sorted.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("read"))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn several_ranks_write_the_bytes_of_one_process() {
+    let dir = common::tempdir();
+    let runs = [
+        (
+            Kind::Float,
+            false,
+            "--method l1-unstructured --amount 0.45 --global",
+        ),
+        (
+            Kind::Float,
+            true,
+            "--method l1-unstructured --amount 0.5 --global --params *.weight,*.bias",
+        ),
+        (
+            Kind::Half,
+            true,
+            "--method l1-unstructured --amount 0.3 --global",
+        ),
+        (
+            Kind::BFloat16,
+            true,
+            "--method l1-unstructured --amount 0.6 --global",
+        ),
+        (
+            Kind::BFloat16,
+            false,
+            "--method l1-unstructured --amount 0.25",
+        ),
+        (
+            Kind::Float,
+            false,
+            "--method ln-structured --amount 2 --n 2 --dim 0",
+        ),
+    ];
+    for (i, (kind, ties, flags)) in runs.iter().enumerate() {
+        let input = dir.path().join(format!("in-{i}"));
+        write_sharded(&input, *kind, 7, 4096, *ties, 5);
+        let one = dir.path().join(format!("one-{i}"));
+        Cli::prune(&input, &one).flags(flags).ok();
+        for world in [2, 3] {
+            let many = dir.path().join(format!("many-{i}-{world}"));
+            let outs = outputs(ranks(&Cli::prune(&input, &many).flags(flags), world, &[]));
+            for (rank, out) in outs.iter().enumerate() {
+                assert!(
+                    out.status.success(),
+                    "{kind:?} {flags} rank {rank} of {world}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let said = String::from_utf8_lossy(&outs[0].stdout);
+            assert!(
+                said.contains(&format!("5 shards and their index, by {world} ranks")),
+                "{said}"
+            );
+            assert_eq!(
+                files(&many),
+                files(&one),
+                "{kind:?} {flags}: {world} ranks differ from one process"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_methods_and_single_files_are_refused_on_several_ranks() {
+    let dir = common::tempdir();
+    let input = dir.path().join("in");
+    write_sharded(&input, Kind::Float, 2, 1024, false, 2);
+    let out = dir.path().join("out");
+    let outs = outputs(ranks(
+        &Cli::prune(&input, &out).flags("--method random-unstructured --amount 0.3 --seed 1"),
+        2,
+        &[],
+    ));
+    for o in &outs {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains("draws random numbers"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert!(!out.exists());
+    let single = input.join("model-00001-of-00002.safetensors");
+    let cli = Cli::prune(&single, &dir.path().join("o.safetensors")).flags("--method identity");
+    let outs = outputs(ranks(&cli, 2, &[]));
+    for o in &outs {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("several ranks prune a sharded checkpoint"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_killed_mid_write_leaves_no_output_and_is_named() {
+    let dir = common::tempdir();
+    let input = dir.path().join("in");
+    // 4 shards of about 32 MB: rank 1 writes the second and the fourth.
+    write_sharded(&input, Kind::Float, 8, 1 << 21, false, 4);
+    let out = dir.path().join("out");
+    let cli = Cli::prune(&input, &out).flags("--method l1-unstructured --amount 0.5 --global");
+    let mut children = ranks(&cli, 2, &[("TCH_PRUNE_DIST_TIMEOUT", "60")]);
+    // Stop rank 1 the moment its first shard appears in the temporary folder, then kill it.
+    let start = Instant::now();
+    let mut stopped = false;
+    while start.elapsed() < Duration::from_secs(120) && !stopped {
+        if let Some(tmp) = temporary_folder(dir.path()) {
+            if tmp.join("model-00002-of-00004.safetensors").exists() {
+                let pid = children[1].id().to_string();
+                let _ = Command::new("kill").args(["-STOP", &pid]).status();
+                stopped = true;
+            }
+        }
+        if children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(stopped, "rank 1 wrote no shard: nothing was tested");
+    let _ = Command::new("kill")
+        .args(["-KILL", &children[1].id().to_string()])
+        .status();
+    let outs = outputs(children);
+    let stderr = String::from_utf8_lossy(&outs[0].stderr);
+    assert!(!outs[0].status.success(), "rank 0 succeeded without rank 1");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        line.contains("rank 1"),
+        "rank 0's error does not name rank 1: {stderr}"
+    );
+    eprintln!("rank 0 said: {line}");
+    assert!(!out.exists(), "an output folder appeared");
+    assert!(
+        temporary_folder(dir.path()).is_none(),
+        "the temporary folder was left"
+    );
+}
+
+/// The temporary output folder beside `out` (`.tch-prune-*.tmp`), if there is one.
+fn temporary_folder(parent: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(parent).ok()?.find_map(|e| {
+        let path = e.ok()?.path();
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        (name.starts_with(".tch-prune-") && path.is_dir()).then_some(path)
+    })
+}
+
+#[test]
+fn torchrun_prunes_a_sharded_checkpoint() {
+    let Some(python) = common::python() else {
+        return;
+    };
+    let dir = common::tempdir();
+    let input = dir.path().join("in");
+    write_sharded(&input, Kind::Float, 5, 4096, true, 3);
+    let flags = "--method l1-unstructured --amount 0.5 --global";
+    let one = dir.path().join("one");
+    Cli::prune(&input, &one).flags(flags).ok();
+    let many = dir.path().join("many");
+    let port = free_port().to_string();
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+        ])
+        .args(["--master-addr", "127.0.0.1", "--master-port", &port])
+        .arg(env!("CARGO_BIN_EXE_tch-prune"))
+        .args(["prune"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&many)
+        .args(flags.split(' '))
+        .output()
+        .expect("start torchrun");
+    assert!(
+        out.status.success(),
+        "torchrun failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&many), files(&one));
+}
