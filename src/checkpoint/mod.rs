@@ -46,6 +46,7 @@ mod input_file;
 mod mapped;
 mod mapped_torch_save;
 mod pickle_writer;
+mod pt2;
 mod safetensors;
 mod script_archive;
 mod script_classes;
@@ -68,6 +69,7 @@ pub use self::mapped::{
     MappedTensor, TensorHeader,
 };
 pub use self::mapped_torch_save::MappedTorchSave;
+pub use self::pt2::Pt2Archive;
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
@@ -98,6 +100,9 @@ pub enum Format {
     TorchZip,
     /// A `.safetensors` file.
     Safetensors,
+    /// A `torch.export.save` archive (`.pt2`): an exported program and its weights
+    /// ([`Pt2Archive`]).
+    Pt2,
 }
 
 impl Format {
@@ -111,6 +116,8 @@ impl Format {
         match TorchArchive::open(io::BufReader::new(file), path)? {
             Opened::Archive(archive) if archive.layout.torchscript => Ok(Format::TorchScript),
             Opened::Archive(archive) if archive.layout.prefix.is_some() => Ok(Format::TorchZip),
+            // Told from other zips by its entry's name; its content is the reader's to check.
+            Opened::Archive(archive) if archive.layout.archive_format => Ok(Format::Pt2),
             Opened::Archive(_) => Err(no_data_pkl(path)),
             Opened::NotZip(Sniff::Pickle) => Err(CheckpointError::LegacyFormat {
                 path: path.to_path_buf(),
@@ -136,5 +143,6 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, 
         Format::TorchScript => Err(CheckpointError::TorchScript {
             path: path.to_path_buf(),
         }),
+        Format::Pt2 => Pt2Archive::read(path).map(|(_, tensors)| tensors),
     }
 }

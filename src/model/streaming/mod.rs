@@ -19,7 +19,9 @@ mod source;
 mod write;
 
 use self::source::Source;
-use crate::checkpoint::{Format, MappedSafetensors, MappedTensor, MappedTorchSave, ShardIndex};
+use crate::checkpoint::{
+    CheckpointError, Format, MappedSafetensors, MappedTensor, MappedTorchSave, ShardIndex,
+};
 use crate::error::{PruneError, Result};
 use crate::model::model_file::is_conventional_buffer;
 use crate::model::report::{Report, TensorReport};
@@ -93,6 +95,14 @@ impl StreamedModel {
         let Some(index_path) = ShardIndex::locate(path) else {
             let file = match Format::detect(path)? {
                 Format::TorchZip => Source::TorchSave(MappedTorchSave::open(path)?),
+                Format::Pt2 | Format::TorchScript => {
+                    return Err(CheckpointError::WrongFormat {
+                        path: path.to_path_buf(),
+                        expected: "a safetensors file or a torch.save zip (what is streamed)",
+                        found: "a torch.export archive or a TorchScript module (read in memory: ModelFile)",
+                    }
+                    .into())
+                }
                 _ => Source::Safetensors(MappedSafetensors::open(path)?),
             };
             return Ok(StreamedModel {
