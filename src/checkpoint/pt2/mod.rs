@@ -260,6 +260,15 @@ impl Pt2Archive {
             });
         }
         let stamps = archive.stamps()?;
+        // Every entry carried over is checked now (read through, against its CRC), so that a
+        // damaged archive is refused before any work, not when it is written.
+        let read_here: std::collections::HashSet<&str> =
+            storages.iter().map(|s| s.entry.as_str()).collect();
+        for stamp in &stamps {
+            if !read_here.contains(stamp.name.as_str()) {
+                archive.copy_entry(&stamp.name, &mut std::io::sink())?;
+            }
+        }
         let mut source = archive.into_storages();
         let tensors = build_tensors(path, &weights, &storages, &weights_dir, &mut source)?;
         Ok((

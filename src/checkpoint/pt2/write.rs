@@ -142,8 +142,8 @@ impl Pt2Archive {
                 )
                 .map_err(|e| torch(&w.name, e))?;
             // Only what changed is written: an unchanged view (a broadcast buffer among them,
-            // whose elements overlap and cannot be written) keeps the input's bytes.
-            if !v.equal(&t) {
+            // whose elements overlap and cannot be written) keeps the input's bytes, bit for bit.
+            if !same_bits(&v, &t) {
                 v.f_copy_(&t).map_err(|e| torch(&w.name, e))?;
             }
         }
@@ -152,6 +152,21 @@ impl Pt2Archive {
             .map_err(|e| torch(entry, e))?;
         debug_assert_eq!(raw.kind(), Kind::Uint8);
         Ok(bytes)
+    }
+}
+
+/// Whether two tensors of one shape and dtype hold the same bits (a NaN equal to itself, -0.0
+/// not equal to 0.0).
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    let bits = |t: &Tensor| match t.kind() {
+        Kind::Float => t.f_view_dtype(Kind::Int),
+        Kind::Double => t.f_view_dtype(Kind::Int64),
+        Kind::Half | Kind::BFloat16 => t.f_view_dtype(Kind::Int16),
+        _ => Ok(t.shallow_clone()),
+    };
+    match (bits(a), bits(b)) {
+        (Ok(a), Ok(b)) => a.equal(&b),
+        _ => false,
     }
 }
 
