@@ -458,7 +458,10 @@ fn mutated_files_are_read_or_refused_within_bounds() {
                     Kind::Half | Kind::BFloat16 => t.view_dtype(Kind::Int16),
                     _ => t.shallow_clone(),
                 };
-                assert!(n == m && bits(a).equal(&bits(b)), "'{n}' read back differently");
+                assert!(
+                    n == m && bits(a).equal(&bits(b)),
+                    "'{n}' read back differently"
+                );
             }
             Ok(tensors.len())
         })

@@ -69,7 +69,7 @@ pub use self::mapped::{
     MappedTensor, TensorHeader,
 };
 pub use self::mapped_torch_save::MappedTorchSave;
-pub use self::pt2::Pt2Archive;
+pub use self::pt2::{MappedPt2, Pt2Archive};
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,

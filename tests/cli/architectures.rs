@@ -119,7 +119,9 @@ fn check_model(model: &str) {
                 .arg(&plan)
                 .option("--seed", case.seed)
                 .ok();
-            let report = work.path().join(format!("{}-{format}.report.json", case.name));
+            let report = work
+                .path()
+                .join(format!("{}-{format}.report.json", case.name));
             std::fs::write(&report, Cli::new("report").arg(&output).arg("--json").ok()).unwrap();
             specs.push(json!({
                 "case": format!("{model}.{ext} {}", case.name),

@@ -11,6 +11,7 @@ mod rejections;
 mod safetensors;
 mod script_export;
 mod streaming;
+mod streaming_pt2;
 mod streaming_torch_save;
 mod streaming_values;
 mod torch_save;

@@ -26,7 +26,10 @@
 //! are checked against it.
 
 mod config;
+mod mapped;
 mod write;
+
+pub use self::mapped::MappedPt2;
 
 use self::config::{PayloadConfig, View};
 use super::archive::{EntryStamp, Opened, StorageSource, TorchArchive};
@@ -107,7 +110,29 @@ impl Pt2Archive {
     ) -> Result<(Pt2Archive, Vec<(String, Tensor)>), CheckpointError> {
         let path = path.as_ref();
         let file = open_input(path)?;
-        let mut archive = match TorchArchive::open(BufReader::new(file), path)? {
+        let (described, archive) = Pt2Archive::describe(BufReader::new(file), path)?;
+        let weights_dir = format!("{}data/weights/", archive.prefix());
+        let mut source = archive.into_storages();
+        let tensors = build_tensors(
+            path,
+            &described.weights,
+            &described.storages,
+            &weights_dir,
+            &mut source,
+        )?;
+        Ok((described, tensors))
+    }
+
+    /// The archive read from `reader` (`path` names it) but for its storages: the layout, the
+    /// program's name, the weights config checked (every view against its storage's size), and
+    /// every entry but the storages read through against its CRC, so that a damaged archive is
+    /// refused before any work rather than when it is written. The zip, entered at its root,
+    /// for the storages.
+    fn describe<'p, R: std::io::Read + std::io::Seek>(
+        reader: R,
+        path: &'p Path,
+    ) -> Result<(Pt2Archive, TorchArchive<'p, R>), CheckpointError> {
+        let mut archive = match TorchArchive::open(reader, path)? {
             Opened::Archive(archive) => archive,
             Opened::NotZip(kind) => {
                 return Err(CheckpointError::WrongFormat {
@@ -260,27 +285,21 @@ impl Pt2Archive {
             });
         }
         let stamps = archive.stamps()?;
-        // Every entry carried over is checked now (read through, against its CRC), so that a
-        // damaged archive is refused before any work, not when it is written.
-        let read_here: std::collections::HashSet<&str> =
+        let storage_entries: std::collections::HashSet<&str> =
             storages.iter().map(|s| s.entry.as_str()).collect();
         for stamp in &stamps {
-            if !read_here.contains(stamp.name.as_str()) {
+            if !storage_entries.contains(stamp.name.as_str()) {
                 archive.copy_entry(&stamp.name, &mut std::io::sink())?;
             }
         }
-        let mut source = archive.into_storages();
-        let tensors = build_tensors(path, &weights, &storages, &weights_dir, &mut source)?;
-        Ok((
-            Pt2Archive {
-                path: path.to_path_buf(),
-                model,
-                stamps,
-                weights,
-                storages,
-            },
-            tensors,
-        ))
+        let described = Pt2Archive {
+            path: path.to_path_buf(),
+            model,
+            stamps,
+            weights,
+            storages,
+        };
+        Ok((described, archive))
     }
 
     /// Whether `name` is a parameter (`is_param` in the weights config); the other names are

@@ -4,13 +4,13 @@
 //! inputs and extra files of the output are the input's, byte for byte.
 
 use super::Pt2Archive;
-use crate::checkpoint::archive::{Opened, TorchArchive};
+use crate::checkpoint::archive::{EntryStamp, Opened, TorchArchive};
 use crate::checkpoint::atomic::atomic_write;
 use crate::checkpoint::error::{first_line, shown, CheckpointError};
 use crate::checkpoint::input_file::open_input;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -66,14 +66,47 @@ impl Pt2Archive {
         shown_path: &Path,
         over: &HashMap<&str, Vec<(usize, &Tensor)>>,
     ) -> Result<(), CheckpointError> {
+        let reader = BufReader::new(open_input(&self.path)?);
+        self.copy_archive(reader, file, shown_path, |archive, stamp, out| {
+            match over.get(stamp.name.as_str()) {
+                Some(views) if stamp.size > 0 => {
+                    let bytes = self.storage_bytes(archive, &stamp.name, views, shown_path)?;
+                    out.write_all(&bytes)
+                        .map_err(|e| CheckpointError::io(shown_path, "cannot write", e))?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
+    /// Writes at `file` (messages name `shown_path`) the archive `reader` holds again, which
+    /// must be the one read (the same entries, sizes and CRCs): each entry, in order and under
+    /// its name, stored and 64-byte aligned as PyTorch's writer stores it, its bytes written
+    /// by `replace` (which says it wrote them) or else copied as they are read (checked
+    /// against the entry's CRC).
+    pub(super) fn copy_archive<R, E>(
+        &self,
+        reader: R,
+        file: &Path,
+        shown_path: &Path,
+        mut replace: impl FnMut(
+            &mut TorchArchive<'_, R>,
+            &EntryStamp,
+            &mut dyn Write,
+        ) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        R: Read + Seek,
+        E: From<CheckpointError>,
+    {
         let input = &self.path;
-        let reader = open_input(input)?;
-        let mut archive = match TorchArchive::open(BufReader::new(reader), input)? {
+        let mut archive = match TorchArchive::open(reader, input)? {
             Opened::Archive(archive) => archive,
-            Opened::NotZip(_) => return Err(changed(input)),
+            Opened::NotZip(_) => return Err(changed(input).into()),
         };
         if archive.stamps()? != self.stamps {
-            return Err(changed(input));
+            return Err(changed(input).into());
         }
         let write_err = |e: std::io::Error| CheckpointError::io(shown_path, "cannot write", e);
         let zip_err = |e: zip::result::ZipError| {
@@ -93,14 +126,8 @@ impl Pt2Archive {
             let large = stamp.size >= u64::from(u32::MAX);
             zip.start_file(stamp.name.as_str(), options.large_file(large))
                 .map_err(zip_err)?;
-            match over.get(stamp.name.as_str()) {
-                Some(views) if stamp.size > 0 => {
-                    let bytes = self.storage_bytes(&mut archive, &stamp.name, views, shown_path)?;
-                    zip.write_all(&bytes).map_err(write_err)?;
-                }
-                _ => {
-                    archive.copy_entry(&stamp.name, &mut zip)?;
-                }
+            if !replace(&mut archive, stamp, &mut zip)? {
+                archive.copy_entry(&stamp.name, &mut zip)?;
             }
         }
         let writer = zip.finish().map_err(zip_err)?;
@@ -115,7 +142,7 @@ impl Pt2Archive {
     /// (in the config's order; tied names write the same values).
     fn storage_bytes(
         &self,
-        archive: &mut TorchArchive<'_, BufReader<File>>,
+        archive: &mut TorchArchive<'_, impl Read + Seek>,
         entry: &str,
         views: &[(usize, &Tensor)],
         shown_path: &Path,
