@@ -1,7 +1,7 @@
 //! The streaming path on `torch.export` archives (`.pt2`, PyTorch's own, from
 //! tests/py/streaming_pt2.py) against the in-memory path: the same bytes out for every method it
 //! takes, f32, f16 and bf16; outputs that `torch.export.load` reads and runs; tied weights left
-//! to the in-memory path with their reason.
+//! to the in-memory path with their reason; `--state-out` on a tied `.pt2`.
 
 use crate::common;
 
@@ -103,4 +103,31 @@ fn tied_weights_in_a_pt2_are_pruned_in_memory_saying_why() {
         &[Path::new("check"), &folder.join("tied.pt2"), &out],
     );
     assert!(check.is_some_and(|c| c.starts_with("OK ")));
+}
+
+#[test]
+fn a_pt2_pruned_with_state_out_writes_the_reparametrized_state_of_its_weights() {
+    let dir = common::tempdir();
+    let Some(folder) = inputs(dir.path()) else {
+        return;
+    };
+    let (out, state) = (
+        dir.path().join("out.pt2"),
+        dir.path().join("state.safetensors"),
+    );
+    Cli::prune(&folder.join("tied.pt2"), &out)
+        .args(["--method", "l1-unstructured", "--amount", "0.5"])
+        .arg("--state-out")
+        .arg(&state)
+        .ok();
+    let state = tch_prune::checkpoint::read_safetensors(&state).unwrap();
+    let get = |n: &str| &state.iter().find(|(m, _)| m == n).unwrap().1;
+    let (_, pruned) = tch_prune::checkpoint::Pt2Archive::read(&out).unwrap();
+    // The tie is pruned once, under its first name; the alias holds the `_orig` values, as the
+    // other module of a tied PyTorch model holds the Parameter that became `_orig`.
+    let weight = &pruned.iter().find(|(n, _)| n == "emb.weight").unwrap().1;
+    assert!(weight.equal(&(get("emb.weight_orig") * get("emb.weight_mask"))));
+    assert!(get("out.weight").equal(get("emb.weight_orig")));
+    let alias = &pruned.iter().find(|(n, _)| n == "out.weight").unwrap().1;
+    assert!(alias.equal(weight), "the tie is kept in the archive");
 }
