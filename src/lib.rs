@@ -70,3 +70,7 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/training.md")]
 #[cfg(doctest)]
 pub struct TrainingDoctests;
+
+#[doc = include_str!("../docs/pt2.md")]
+#[cfg(doctest)]
+pub struct Pt2Doctests;

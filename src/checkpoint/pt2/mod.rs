@@ -26,10 +26,8 @@
 //! are checked against it.
 
 mod config;
-mod mapped;
+pub(super) mod mapped;
 mod write;
-
-pub use self::mapped::MappedPt2;
 
 use self::config::{PayloadConfig, View};
 use super::archive::{EntryStamp, Opened, StorageSource, TorchArchive};
