@@ -26,6 +26,8 @@ pub struct MappedPt2 {
     tensors: Vec<MappedTensor>,
     /// Each tensor's storage entry, in the order of `tensors`.
     entries: Vec<StorageEntry>,
+    /// Each tensor's index, by name.
+    index: HashMap<String, usize>,
     unmappable: Option<String>,
 }
 
@@ -39,11 +41,17 @@ impl MappedPt2 {
             describe(path, map.map()).map_err(|e| map.unchanged().err().unwrap_or(e))?;
         let (archive, tensors, entries, unmappable) = described;
         let _ = map.map().advise(Advice::Sequential);
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(MappedPt2 {
             map,
             archive,
             tensors,
             entries,
+            index,
             unmappable,
         })
     }
@@ -67,7 +75,7 @@ impl MappedPt2 {
     /// Checks the CRC of the storage entry of `tensor`, reading all of it (the bytes a writer is
     /// about to read anyway): a damaged file is refused, as [`Pt2Archive::read`] refuses it.
     pub fn check(&self, tensor: &MappedTensor) -> Result<(), CheckpointError> {
-        let Some(i) = self.tensors.iter().position(|t| t.name == tensor.name) else {
+        let Some(&i) = self.index.get(&tensor.name) else {
             return Ok(());
         };
         let entry = &self.entries[i];

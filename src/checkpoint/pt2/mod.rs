@@ -38,7 +38,7 @@ use super::sniff::Sniff;
 use super::state_dict::{
     typed_storage, StridedView, COPY_BUDGET_FACTOR, COPY_BUDGET_FLOOR, TENSOR_COST,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -72,6 +72,8 @@ pub struct Pt2Archive {
     stamps: Vec<EntryStamp>,
     weights: Vec<Weight>,
     storages: Vec<Storage>,
+    /// The names `is_param` marks, for [`Pt2Archive::is_parameter`].
+    parameters: HashSet<String>,
 }
 
 /// One name of the weights config.
@@ -283,19 +285,24 @@ impl Pt2Archive {
             });
         }
         let stamps = archive.stamps()?;
-        let storage_entries: std::collections::HashSet<&str> =
-            storages.iter().map(|s| s.entry.as_str()).collect();
+        let storage_entries: HashSet<&str> = storages.iter().map(|s| s.entry.as_str()).collect();
         for stamp in &stamps {
             if !storage_entries.contains(stamp.name.as_str()) {
                 archive.copy_entry(&stamp.name, &mut std::io::sink())?;
             }
         }
+        let parameters = weights
+            .iter()
+            .filter(|w| w.is_param)
+            .map(|w| w.name.clone())
+            .collect();
         let described = Pt2Archive {
             path: path.to_path_buf(),
             model,
             stamps,
             weights,
             storages,
+            parameters,
         };
         Ok((described, archive))
     }
@@ -303,7 +310,7 @@ impl Pt2Archive {
     /// Whether `name` is a parameter (`is_param` in the weights config); the other names are
     /// buffers, which pruning never selects.
     pub fn is_parameter(&self, name: &str) -> bool {
-        self.weights.iter().any(|w| w.name == name && w.is_param)
+        self.parameters.contains(name)
     }
 
     /// The names of the parameters and buffers, in the archive's order.
