@@ -159,6 +159,27 @@ fn exported_program_archive_written_back() {
     let same = dir.path().join("same.pt2");
     archive.write(&same, &tensors).expect("write");
     assert!(zip_entries(&path) == zip_entries(&same), "entries changed");
+    // Another shape than the graph's, or a tensor missing: refused, nothing written.
+    let refused = dir.path().join("refused.pt2");
+    let mut wrong: Vec<(String, tch::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    wrong[2].1 = tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+    let err = archive.write(&refused, &wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("'bn.weight'") && err.contains("shapes its graph"),
+        "{err}"
+    );
+    let err = archive
+        .write(&refused, &tensors[1..])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'emb.weight'") && err.contains("do not"),
+        "{err}"
+    );
+    assert!(!refused.exists());
 
     let model = tch_prune::model::ModelFile::open(&path, tch::Device::Cpu).expect("open");
     assert_eq!(

@@ -23,6 +23,10 @@ impl Pt2Archive {
     /// each entry's bytes against its CRC as it is copied). Entries are stored, 64-byte aligned,
     /// as `torch.export.save` writes them. Atomic (see [`atomic_write`]); `path` may be the
     /// input.
+    ///
+    /// Errors: a tensor missing, or of another shape or dtype than the archive's program has
+    /// (shapes are the graph's), a nonzero value for a tensor whose storage the archive holds
+    /// empty (zeros), and an input that changed.
     pub fn write(
         &self,
         path: impl AsRef<Path>,
@@ -50,6 +54,18 @@ impl Pt2Archive {
                         t.kind(),
                         w.view.size
                     ),
+                });
+            }
+            // An empty storage stands for zeros (what torch.export.load makes of it): other
+            // values cannot be written there without rewriting the config, so they are refused
+            // rather than lost.
+            if self.storages[w.storage].nbytes == 0
+                && t.f_count_nonzero(None).ok().map(|n| n.int64_value(&[])) != Some(0)
+            {
+                return Err(CheckpointError::InvalidTensor {
+                    path: path.to_path_buf(),
+                    tensor: shown(&w.name),
+                    reason: "its storage in the archive is empty (zeros of its size), so it cannot hold other values".into(),
                 });
             }
             over.entry(self.storages[w.storage].entry.as_str())
