@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     check_torchscript_code_from, read_safetensors, read_torch_zip_from,
-    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError,
+    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError, MappedPt2,
     MappedSafetensors, MappedTorchSave, Pt2Archive,
 };
 
@@ -435,15 +435,41 @@ fn mutated_files_are_read_or_refused_within_bounds() {
         inputs()
     ));
 
-    // A .pt2 is read from a path. What is read is written back (every other entry copied) and
-    // read again: the same tensors.
+    // A .pt2 is read from a path, mapped (the streaming path's reader) and read. What is read is
+    // written back (every other entry copied) and read again: the same tensors.
     let pt2_seed = pt2_seed();
     let pt2 = dir.path().join("fuzzed-mapped.pt");
     let pt2_out = dir.path().join("fuzzed-out.pt2");
     let (ok, took) = run_zip_format(".pt2", &pt2_seed, |data| {
         std::fs::write(&pt2, data).expect("write input");
         quiet(&|| {
+            // The streaming path's reader: every tensor's mapped bytes are read (a range outside
+            // the map would panic), and where it maps every tensor, they are the bytes read.
+            let mapped = MappedPt2::open(&pt2);
+            if let Ok(m) = &mapped {
+                for t in m.tensors() {
+                    std::hint::black_box(m.bytes(t).iter().map(|&b| usize::from(b)).sum::<usize>());
+                }
+            }
             let (archive, tensors) = Pt2Archive::read(&pt2)?;
+            if let Ok(m) = &mapped {
+                if m.unmappable().is_none() {
+                    // Bools as stored (any nonzero byte) and as read (normalised) differ.
+                    let plain = m
+                        .tensors()
+                        .iter()
+                        .zip(&tensors)
+                        .filter(|(t, _)| t.kind != Kind::Bool);
+                    for (t, (name, read)) in plain {
+                        let mut bytes = vec![0u8; t.byte_len()];
+                        read.contiguous().copy_data_u8(&mut bytes, read.numel());
+                        assert!(
+                            &t.name == name && m.bytes(t) == bytes,
+                            "'{name}' mapped differently"
+                        );
+                    }
+                }
+            }
             // What was read must be written: a failure here is a bug, not a refusal.
             if let Err(e) = archive.write(&pt2_out, &tensors) {
                 panic!("a .pt2 read but not written back: {e}");

@@ -199,12 +199,15 @@ impl Pt2Archive {
 }
 
 /// Whether two tensors of one shape and dtype hold the same bits (a NaN equal to itself, -0.0
-/// not equal to 0.0).
+/// not equal to 0.0; bools as the values they read as).
 fn same_bits(a: &Tensor, b: &Tensor) -> bool {
     let bits = |t: &Tensor| match t.kind() {
         Kind::Float => t.f_view_dtype(Kind::Int),
         Kind::Double => t.f_view_dtype(Kind::Int64),
         Kind::Half | Kind::BFloat16 => t.f_view_dtype(Kind::Int16),
+        // A bool storage may hold bytes other than 0 and 1, which read as true (the reader
+        // normalises them): an unchanged one keeps its bytes, as the streaming path keeps them.
+        Kind::Bool => t.f_view_dtype(Kind::Uint8).and_then(|b| b.f_ne(0)),
         _ => Ok(t.shallow_clone()),
     };
     match (bits(a), bits(b)) {
