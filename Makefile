@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo data-parallel
+.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo data-parallel bench-pt2
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -62,3 +62,7 @@ bench-disk:
 ## (cached in ~/.cache/tch-prune/llm-demo-*; LLM_DEMO_STEPS=300), and the references timed in the same run.
 llm-demo:
 	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/llm_demo.py $${CARGO_TARGET_DIR:-target}/release/tch-prune --json $${CARGO_TARGET_DIR:-target}/llm-demo.json
+
+## tch-prune on torch.export archives (.pt2): streamed, in memory, and PyTorch's load-prune-save (scripts/bench_pt2.py).
+bench-pt2:
+	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench_pt2.py

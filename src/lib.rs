@@ -85,3 +85,7 @@ pub struct ActivationAwareDoctests;
 #[doc = include_str!("../docs/distributed.md")]
 #[cfg(doctest)]
 pub struct DistributedDoctests;
+
+#[doc = include_str!("../docs/pt2.md")]
+#[cfg(doctest)]
+pub struct Pt2Doctests;

@@ -1,10 +1,10 @@
 //! A seeded mutation fuzzer of the file readers: `torch.save` zips (read, and mapped by
-//! `MappedTorchSave`), TorchScript archives (their state and their code check) and safetensors
-//! files.
+//! `MappedTorchSave`), TorchScript archives (their state and their code check), safetensors
+//! files and `torch.export` archives (`.pt2`, read and, when read, written back and read again).
 //!
 //! Each input is a valid file mutated: raw bytes (flips, interesting values, cuts, inserts,
 //! splices), or, to get past the zip CRCs, one entry's contents (`data.pkl`, a storage, a
-//! `code/*.py`) mutated and the archive rebuilt, or a safetensors header's JSON. Every input
+//! `code/*.py`, a `.pt2`'s JSON) mutated and the archive rebuilt, or a safetensors header's JSON. Every input
 //! must be read or refused with one line naming the file; never a panic, an abort, an input
 //! that takes more than a few seconds, or a peak resident memory above [`MEMORY_CEILING_MIB`].
 //!
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::{
     check_torchscript_code_from, read_safetensors, read_torch_zip_from,
-    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError,
-    MappedSafetensors, MappedTorchSave,
+    read_torchscript_state_from, write_safetensors, write_torch_zip, CheckpointError, MappedPt2,
+    MappedSafetensors, MappedTorchSave, Pt2Archive,
 };
 
 /// The peak resident memory of this test process (libtorch's own, about 100 MiB, included).
@@ -139,7 +139,7 @@ fn rezip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// A mutated copy of a zip seed: half the time raw bytes, else one entry's contents (preferring
-/// `data.pkl` and code) with the archive rebuilt around it.
+/// `data.pkl`, code and JSON) with the archive rebuilt around it.
 fn mutate_zip(rng: &mut Rng, seed: &[u8], entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     if rng.below(2) == 0 {
         let mut data = seed.to_vec();
@@ -148,7 +148,10 @@ fn mutate_zip(rng: &mut Rng, seed: &[u8], entries: &[(String, Vec<u8>)]) -> Vec<
     }
     let mut entries = entries.to_vec();
     let preferred: Vec<usize> = (0..entries.len())
-        .filter(|&i| entries[i].0.ends_with("data.pkl") || entries[i].0.ends_with(".py"))
+        .filter(|&i| {
+            let name = &entries[i].0;
+            name.ends_with("data.pkl") || name.ends_with(".py") || name.ends_with(".json")
+        })
         .collect();
     let i = if !preferred.is_empty() && rng.below(4) != 0 {
         preferred[rng.below(preferred.len())]
@@ -321,6 +324,32 @@ torch.jit.save(torch.jit.script(M()), sys.argv[1])
     std::fs::read(&pt).expect("read seed")
 }
 
+/// A small `torch.export` archive written by PyTorch: parameters, buffers (an int64 one), a tied
+/// weight and a constant.
+fn pt2_seed() -> Vec<u8> {
+    let dir = common::tempdir();
+    let pt2 = dir.path().join("seed.pt2");
+    let script = r#"
+import sys, torch
+torch.manual_seed(0)
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(6, 4)
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.out = torch.nn.Linear(4, 6, bias=False)
+        self.out.weight = self.emb.weight
+        self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+    def forward(self, x):
+        return self.out(self.bn(self.emb(x).mean(1))) * self.scale
+m = M().eval()
+torch.export.save(torch.export.export(m, (torch.tensor([[1, 2], [3, 4]]),)), sys.argv[1])
+"#;
+    common::run_python(script, &[&pt2])
+        .expect("the .pt2 seed needs PyTorch: set TCH_PRUNE_PYTHON (make test does)");
+    std::fs::read(&pt2).expect("read seed")
+}
+
 fn run_zip_format(
     what: &str,
     seed_bytes: &[u8],
@@ -405,6 +434,65 @@ fn mutated_files_are_read_or_refused_within_bounds() {
         "TorchScript: {} inputs, {ok} read, {took:.1?}",
         inputs()
     ));
+
+    // A .pt2 is read from a path, mapped (the streaming path's reader) and read. What is read is
+    // written back (every other entry copied) and read again: the same tensors.
+    let pt2_seed = pt2_seed();
+    let pt2 = dir.path().join("fuzzed-mapped.pt");
+    let pt2_out = dir.path().join("fuzzed-out.pt2");
+    let (ok, took) = run_zip_format(".pt2", &pt2_seed, |data| {
+        std::fs::write(&pt2, data).expect("write input");
+        quiet(&|| {
+            // The streaming path's reader: every tensor's mapped bytes are read (a range outside
+            // the map would panic), and where it maps every tensor, they are the bytes read.
+            let mapped = MappedPt2::open(&pt2);
+            if let Ok(m) = &mapped {
+                for t in m.tensors() {
+                    std::hint::black_box(m.bytes(t).iter().map(|&b| usize::from(b)).sum::<usize>());
+                }
+            }
+            let (archive, tensors) = Pt2Archive::read(&pt2)?;
+            if let Ok(m) = &mapped {
+                if m.unmappable().is_none() {
+                    // Bools as stored (any nonzero byte) and as read (normalised) differ.
+                    let plain = m
+                        .tensors()
+                        .iter()
+                        .zip(&tensors)
+                        .filter(|(t, _)| t.kind != Kind::Bool);
+                    for (t, (name, read)) in plain {
+                        let mut bytes = vec![0u8; t.byte_len()];
+                        read.contiguous().copy_data_u8(&mut bytes, read.numel());
+                        assert!(
+                            &t.name == name && m.bytes(t) == bytes,
+                            "'{name}' mapped differently"
+                        );
+                    }
+                }
+            }
+            // What was read must be written: a failure here is a bug, not a refusal.
+            if let Err(e) = archive.write(&pt2_out, &tensors) {
+                panic!("a .pt2 read but not written back: {e}");
+            }
+            let (_, again) = Pt2Archive::read(&pt2_out).expect("the written .pt2 reads");
+            assert_eq!(tensors.len(), again.len());
+            for ((n, a), (m, b)) in tensors.iter().zip(&again) {
+                // NaN included: the bytes must be the same.
+                let bits = |t: &Tensor| match t.kind() {
+                    Kind::Float => t.view_dtype(Kind::Int),
+                    Kind::Double => t.view_dtype(Kind::Int64),
+                    Kind::Half | Kind::BFloat16 => t.view_dtype(Kind::Int16),
+                    _ => t.shallow_clone(),
+                };
+                assert!(
+                    n == m && bits(a).equal(&bits(b)),
+                    "'{n}' read back differently"
+                );
+            }
+            Ok(tensors.len())
+        })
+    });
+    report.push(format!(".pt2: {} inputs, {ok} read, {took:.1?}", inputs()));
 
     // safetensors is read from a path: each input is written to one file.
     let fuzzed = dir.path().join("fuzzed.safetensors");

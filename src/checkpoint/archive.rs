@@ -102,6 +102,57 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
         read_entry(&mut self.zip, self.path, name, max, self.file_len)
     }
 
+    /// The size an entry declares (a full name), if the archive has it.
+    pub(super) fn entry_size(&mut self, name: &str) -> Option<u64> {
+        let index = self.zip.index_for_name(name)?;
+        self.zip.by_index_raw(index).ok().map(|e| e.size())
+    }
+
+    /// Every entry's name, size and CRC-32, in the archive's order: what a writer that carries
+    /// entries over checks the file against when it reads them again.
+    pub(super) fn stamps(&mut self) -> Result<Vec<EntryStamp>, CheckpointError> {
+        (0..self.zip.len())
+            .map(|i| {
+                let e = self
+                    .zip
+                    .by_index_raw(i)
+                    .map_err(|e| corrupt(self.path, e))?;
+                Ok(EntryStamp {
+                    name: e.name().to_string(),
+                    size: e.size(),
+                    crc32: e.crc32(),
+                })
+            })
+            .collect()
+    }
+
+    /// Copies entry `name`'s bytes to `out` as they are read (never held whole), with the same
+    /// checks as [`TorchArchive::read`]: a decompression bomb refused before anything is
+    /// inflated, the byte count held to the header's, the CRC checked at the end.
+    pub(super) fn copy_entry(
+        &mut self,
+        name: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, CheckpointError> {
+        let mut entry = self.zip.by_name(name).map_err(|e| corrupt(self.path, e))?;
+        let size = entry.size();
+        let shown_name = shown(name);
+        check_inflation(self.path, &shown_name, &entry, self.file_len)?;
+        let failed = |e: std::io::Error| CheckpointError::CorruptArchive {
+            path: self.path.to_path_buf(),
+            reason: format!("cannot read entry {shown_name}: {e}"),
+        };
+        let copied =
+            std::io::copy(&mut (&mut entry).take(size.saturating_add(1)), out).map_err(failed)?;
+        if copied != size {
+            return Err(CheckpointError::CorruptArchive {
+                path: self.path.to_path_buf(),
+                reason: format!("entry {shown_name} holds {copied} bytes, its header says {size}"),
+            });
+        }
+        Ok(copied)
+    }
+
     /// The pickle of the chosen folder.
     pub(super) fn data_pkl(&mut self) -> Result<Vec<u8>, CheckpointError> {
         let name = format!("{}data.pkl", self.prefix);
@@ -120,6 +171,14 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
     }
 }
 
+/// An entry as the directory describes it: what a second reading of the same file must find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EntryStamp {
+    pub(super) name: String,
+    pub(super) size: u64,
+    pub(super) crc32: u32,
+}
+
 /// What the entry names of a zip say about it.
 #[derive(Debug, Default)]
 pub(super) struct ZipLayout {
@@ -127,6 +186,11 @@ pub(super) struct ZipLayout {
     pub(super) prefix: Option<String>,
     /// `torch.jit.save` also writes `constants.pkl` and the module's Python source under `code/`.
     pub(super) torchscript: bool,
+    /// `"<prefix>/"` of the first entry, whatever the archive holds.
+    pub(super) root: Option<String>,
+    /// That folder holds `archive_format`, as `torch.export.save` writes (its content, `pt2`,
+    /// is checked by the reader of those archives).
+    pub(super) archive_format: bool,
 }
 
 impl ZipLayout {
@@ -143,6 +207,7 @@ impl ZipLayout {
             return layout;
         };
         let prefix = format!("{top}/");
+        layout.root = Some(prefix.clone());
         for name in std::iter::once(first).chain(names) {
             let Some(rest) = name.strip_prefix(&prefix) else {
                 continue;
@@ -152,6 +217,9 @@ impl ZipLayout {
             }
             if rest == "data.pkl" {
                 layout.prefix = Some(prefix.clone());
+            }
+            if rest == "archive_format" {
+                layout.archive_format = true;
             }
         }
         layout
@@ -470,5 +538,13 @@ mod tests {
         assert!(!layout.torchscript);
         assert_eq!(layout.prefix.as_deref(), Some("sd/"));
         assert!(ZipLayout::of(["a/readme.txt"].into_iter()).prefix.is_none());
+        let exported = [
+            "m/data/weights/weight_0",
+            "m/models/model.json",
+            "m/archive_format",
+        ];
+        let layout = ZipLayout::of(exported.into_iter());
+        assert!(layout.archive_format && layout.prefix.is_none() && !layout.torchscript);
+        assert_eq!(layout.root.as_deref(), Some("m/"));
     }
 }

@@ -1,6 +1,6 @@
 //! The one table of the dtypes the file formats read and write: for each, tch's `Kind`,
-//! PyTorch's name, the storage class `torch.save` pickles its tensors with, and the dtype tag of
-//! safetensors. Every reader and writer looks dtypes up here, so a dtype is supported by all of
+//! PyTorch's name, the storage class `torch.save` pickles its tensors with, the dtype tag of
+//! safetensors, and the `ScalarType` number of `torch.export`'s serialized schema. Every reader and writer looks dtypes up here, so a dtype is supported by all of
 //! them or by none.
 
 use safetensors::Dtype;
@@ -15,22 +15,30 @@ pub(super) struct DType {
     /// The `torch.<name>` storage class a `torch.save` pickle names for it.
     pub(super) storage: &'static str,
     pub(super) safetensors: Dtype,
+    /// `torch._export.serde.schema.ScalarType`: the `dtype` of a `.pt2` archive's `tensor_meta`.
+    pub(super) export: i64,
 }
 
 /// The dtypes both formats are read and written in. The list of
 /// [`CheckpointError::UnsupportedDtype`](super::CheckpointError::UnsupportedDtype)'s message
 /// names the same ones.
 pub(super) const DTYPES: [DType; 10] = [
-    DType::new(Kind::Float, "float32", "FloatStorage", Dtype::F32),
-    DType::new(Kind::Half, "float16", "HalfStorage", Dtype::F16),
-    DType::new(Kind::BFloat16, "bfloat16", "BFloat16Storage", Dtype::BF16),
-    DType::new(Kind::Double, "float64", "DoubleStorage", Dtype::F64),
-    DType::new(Kind::Int64, "int64", "LongStorage", Dtype::I64),
-    DType::new(Kind::Int, "int32", "IntStorage", Dtype::I32),
-    DType::new(Kind::Int16, "int16", "ShortStorage", Dtype::I16),
-    DType::new(Kind::Int8, "int8", "CharStorage", Dtype::I8),
-    DType::new(Kind::Uint8, "uint8", "ByteStorage", Dtype::U8),
-    DType::new(Kind::Bool, "bool", "BoolStorage", Dtype::BOOL),
+    DType::new(Kind::Float, "float32", "FloatStorage", Dtype::F32, 7),
+    DType::new(Kind::Half, "float16", "HalfStorage", Dtype::F16, 6),
+    DType::new(
+        Kind::BFloat16,
+        "bfloat16",
+        "BFloat16Storage",
+        Dtype::BF16,
+        13,
+    ),
+    DType::new(Kind::Double, "float64", "DoubleStorage", Dtype::F64, 8),
+    DType::new(Kind::Int64, "int64", "LongStorage", Dtype::I64, 5),
+    DType::new(Kind::Int, "int32", "IntStorage", Dtype::I32, 4),
+    DType::new(Kind::Int16, "int16", "ShortStorage", Dtype::I16, 3),
+    DType::new(Kind::Int8, "int8", "CharStorage", Dtype::I8, 2),
+    DType::new(Kind::Uint8, "uint8", "ByteStorage", Dtype::U8, 1),
+    DType::new(Kind::Bool, "bool", "BoolStorage", Dtype::BOOL, 12),
 ];
 
 impl DType {
@@ -39,12 +47,14 @@ impl DType {
         name: &'static str,
         storage: &'static str,
         safetensors: Dtype,
+        export: i64,
     ) -> Self {
         DType {
             kind,
             name,
             storage,
             safetensors,
+            export,
         }
     }
 
@@ -62,6 +72,11 @@ impl DType {
             name
         };
         DTYPES.iter().find(|d| d.storage == name)
+    }
+
+    /// The row of a `torch.export` `ScalarType` number.
+    pub(super) fn of_export(code: i64) -> Option<&'static DType> {
+        DTYPES.iter().find(|d| d.export == code)
     }
 
     /// The row of a safetensors dtype tag.
@@ -88,7 +103,11 @@ mod tests {
                 DType::of_safetensors(d.safetensors).map(|r| r.kind),
                 Some(d.kind)
             );
+            assert_eq!(DType::of_export(d.export).map(|r| r.kind), Some(d.kind));
         }
+        // `ScalarType.COMPLEXFLOAT`, `UNKNOWN`.
+        assert!(DType::of_export(10).is_none());
+        assert!(DType::of_export(0).is_none());
         assert_eq!(
             DType::of_storage("UntypedStorage").map(|r| r.kind),
             Some(Kind::Uint8)

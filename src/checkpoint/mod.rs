@@ -6,6 +6,7 @@
 //! | state-dict zip | `torch.save(model.state_dict(), "m.pt")` (PyTorch >= 1.6), [`write_torch_zip`] | [`read_torch_zip`] |
 //! | safetensors | `safetensors.torch.save_file(sd, "m.safetensors")`, [`write_safetensors`] | [`read_safetensors`] |
 //! | TorchScript zip | `torch.jit.save(torch.jit.script(model), "m.pt")` | its state (parameters and buffers): [`read_torchscript_state`]; the module: `tch::CModule` |
+//! | `torch.export` archive (`.pt2`) | `torch.export.save(ep, "m.pt2")`, [`Pt2Archive::write`] | [`Pt2Archive::read`], [`MappedPt2`] |
 //!
 //! [`read_state_dict`] picks the reader from the file's content (not its extension), and
 //! [`Format::detect`] says which format a file is in. It refuses TorchScript files, whose tensors
@@ -28,7 +29,7 @@
 //! zip archives of `torch.save` and `torch.jit.save`, for every reader), `unpickler` (the pickle
 //! virtual machine and its allow-list of globals), `state_dict` (tensors built from storages),
 //! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
-//! `script_archive` and `script_classes` (TorchScript archives), `dtype` (the one dtype table),
+//! `script_archive` and `script_classes` (TorchScript archives), `pt2` (`torch.export` archives), `dtype` (the one dtype table),
 //! `host_tensor` (tensor bytes in and out), `mapped` (safetensors read through a memory map and
 //! written tensor by tensor), `mapped_torch_save` (`torch.save` zips read through a memory map), `shard_index` (sharded checkpoints' `index.json`), `atomic`
 //! ([`atomic_write`]: all-or-nothing writes), `atomic_dir` (the same for a folder of shards)
@@ -47,6 +48,7 @@ mod mapped;
 mod mapped_torch_save;
 mod output_file;
 mod pickle_writer;
+mod pt2;
 mod safetensors;
 mod script_archive;
 mod script_classes;
@@ -70,6 +72,9 @@ pub use self::mapped::{
 };
 pub use self::mapped_torch_save::MappedTorchSave;
 pub use self::output_file::{InputRange, OutputFile, TensorSink, WriteStats};
+
+pub use self::pt2::mapped::MappedPt2;
+pub use self::pt2::Pt2Archive;
 pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
@@ -100,6 +105,9 @@ pub enum Format {
     TorchZip,
     /// A `.safetensors` file.
     Safetensors,
+    /// A `torch.export.save` archive (`.pt2`): an exported program and its weights
+    /// ([`Pt2Archive`]).
+    Pt2,
 }
 
 impl Format {
@@ -113,6 +121,8 @@ impl Format {
         match TorchArchive::open(io::BufReader::new(file), path)? {
             Opened::Archive(archive) if archive.layout.torchscript => Ok(Format::TorchScript),
             Opened::Archive(archive) if archive.layout.prefix.is_some() => Ok(Format::TorchZip),
+            // Told from other zips by its entry's name; its content is the reader's to check.
+            Opened::Archive(archive) if archive.layout.archive_format => Ok(Format::Pt2),
             Opened::Archive(_) => Err(no_data_pkl(path)),
             Opened::NotZip(Sniff::Pickle) => Err(CheckpointError::LegacyFormat {
                 path: path.to_path_buf(),
@@ -125,8 +135,9 @@ impl Format {
     }
 }
 
-/// Reads the `name -> tensor` pairs of a `torch.save` zip or a safetensors file, in the file's
-/// order, as contiguous CPU tensors that share no memory with each other.
+/// Reads the `name -> tensor` pairs of a `torch.save` zip, a safetensors file or a `.pt2`
+/// archive's parameters and buffers, in the file's order, as contiguous CPU tensors that share
+/// no memory with each other.
 ///
 /// A TorchScript file is an error: its parameters belong to a module, which should be loaded as
 /// one (`tch::CModule::load`).
@@ -138,5 +149,27 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, 
         Format::TorchScript => Err(CheckpointError::TorchScript {
             path: path.to_path_buf(),
         }),
+        // Tied names are one tensor in the archive; here each gets its own memory.
+        Format::Pt2 => {
+            let (_, tensors) = Pt2Archive::read(path)?;
+            let mut seen = std::collections::HashSet::new();
+            tensors
+                .into_iter()
+                .map(|(name, t)| {
+                    if t.numel() == 0 || seen.insert(t.data_ptr() as usize) {
+                        return Ok((name, t));
+                    }
+                    let copy = t
+                        .f_empty_like()
+                        .and_then(|mut c| c.f_copy_(&t).map(|()| c))
+                        .map_err(|e| CheckpointError::InvalidTensor {
+                            path: path.to_path_buf(),
+                            tensor: error::shown(&name),
+                            reason: first_line(&e.to_string()),
+                        })?;
+                    Ok((name, copy))
+                })
+                .collect()
+        }
     }
 }

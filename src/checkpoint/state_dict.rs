@@ -16,15 +16,15 @@ const NESTED_KEYS: [&str; 2] = ["state_dict", "model"];
 /// Copies of tensors (views of a storage another tensor has taken, strided views, a tensor
 /// under several names) may take this many times the bytes of the storages read, or
 /// [`COPY_BUDGET_FLOOR`] if more, so that a few bytes of pickle cannot ask for unbounded copies.
-const COPY_BUDGET_FACTOR: u64 = 8;
-const COPY_BUDGET_FLOOR: u64 = 64 << 20;
+pub(super) const COPY_BUDGET_FACTOR: u64 = 8;
+pub(super) const COPY_BUDGET_FLOOR: u64 = 64 << 20;
 
 /// What one more tensor object costs, whatever its size: libtorch's tensor and storage, their
 /// allocation, and the entries that name it (here, and in the store a model is loaded into).
 /// Every tensor that is not a storage read once (a copy, a view of a shared storage, a name
 /// given to a tensor already handed out) is charged at least this much, so that a pickle of a
 /// few bytes per view cannot make a million of them.
-const TENSOR_COST: u64 = 1 << 10;
+pub(super) const TENSOR_COST: u64 = 1 << 10;
 
 impl Unpickler<'_> {
     /// Charges `bytes` of tensor copies (`what` says which) to the copy budget, or says why
@@ -374,14 +374,14 @@ impl Unpickler<'_> {
 
 /// An `as_strided` view checked against its storage, all in `i64` with overflow checks, so that
 /// neither the byte slicing nor libtorch ever sees an out-of-bounds request.
-struct StridedView {
+pub(super) struct StridedView {
     offset: usize,
-    numel: usize,
+    pub(super) numel: usize,
     contiguous: bool,
 }
 
 impl StridedView {
-    fn new(
+    pub(super) fn new(
         storage_numel: i64,
         offset: i64,
         size: &[i64],
@@ -430,7 +430,7 @@ impl StridedView {
     }
 
     /// The element range of a view that is a plain slice of its storage.
-    fn contiguous_range(&self) -> Option<(usize, usize)> {
+    pub(super) fn contiguous_range(&self) -> Option<(usize, usize)> {
         if self.numel == 0 {
             return Some((0, 0));
         }
@@ -442,7 +442,7 @@ impl StridedView {
 /// A storage's bytes as its elements, without a copy. Python's `bool` storages hold 0 or 1; any
 /// other byte would make a bool tensor whose value depends on the kernel reading it, so those are
 /// normalised (a copy, of what is usually a small mask).
-fn typed_storage(bytes: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
+pub(super) fn typed_storage(bytes: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     match kind {
         Kind::Bool => bytes.f_ne(0),
         _ => bytes.f_view_dtype(kind),

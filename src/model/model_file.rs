@@ -1,5 +1,5 @@
 //! A model file of any kind the crate reads, loaded into a VarStore: TorchScript, a `torch.save`
-//! state dict, or safetensors. What the CLI works on.
+//! state dict, safetensors, or a `torch.export` archive (`.pt2`). What the CLI works on.
 
 use crate::checkpoint::{self, CodePolicy, Format};
 use crate::error::Result;
@@ -44,7 +44,17 @@ enum Contents {
         vs: VarStore,
         names: Vec<String>,
         masks: Vec<(String, Tensor)>,
+        /// For a `.pt2` archive: the archive, written back around the new values.
+        exported: Option<Exported>,
     },
+}
+
+/// What a `.pt2` archive adds to its tensors: which are buffers (`is_param` false in its
+/// weights config), and the archive itself, whose other entries [`ModelFile::save`] carries over.
+#[derive(Debug)]
+struct Exported {
+    archive: checkpoint::Pt2Archive,
+    buffers: HashSet<String>,
 }
 
 impl ModelFile {
@@ -118,7 +128,39 @@ impl ModelFile {
                     }
                     names.push(name);
                 }
-                (Contents::Tensors { vs, names, masks }, ties)
+                let contents = Contents::Tensors {
+                    vs,
+                    names,
+                    masks,
+                    exported: None,
+                };
+                (contents, ties)
+            }
+            Format::Pt2 => {
+                let (archive, tensors) = checkpoint::Pt2Archive::read(path)?;
+                let ties = shared_names(&tensors);
+                let buffers: HashSet<String> = tensors
+                    .iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| !archive.is_parameter(n))
+                    .cloned()
+                    .collect();
+                let vs = VarStore::new(device);
+                let mut names = Vec::with_capacity(tensors.len());
+                for (name, tensor) in tensors {
+                    if !ties.contains_key(&name) {
+                        let trainable = tensor.is_floating_point() && !buffers.contains(&name);
+                        let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, trainable);
+                    }
+                    names.push(name);
+                }
+                let contents = Contents::Tensors {
+                    vs,
+                    names,
+                    masks: Vec::new(),
+                    exported: Some(Exported { archive, buffers }),
+                };
+                (contents, ties)
             }
         };
         Ok(Self {
@@ -206,7 +248,8 @@ impl ModelFile {
 
     /// The model's buffers, in the file's order: what a TorchScript module registers as one, and
     /// in a state dict the tensors PyTorch modules register as buffers by convention
-    /// (`running_mean`, `running_var`, `num_batches_tracked`). PyTorch cannot prune them, so
+    /// (`running_mean`, `running_var`, `num_batches_tracked`), in a `.pt2` archive what its
+    /// weights config says is not a parameter. PyTorch cannot prune them, so
     /// neither does the CLI, whatever the format.
     pub fn buffers(&self) -> Vec<String> {
         self.names()
@@ -219,6 +262,10 @@ impl ModelFile {
     fn is_buffer(&self, name: &str) -> bool {
         match &self.contents {
             Contents::Script { buffers, .. } => buffers.contains_key(name),
+            Contents::Tensors {
+                exported: Some(exported),
+                ..
+            } => exported.buffers.contains(name),
             Contents::Tensors { .. } => is_conventional_buffer(name),
         }
     }
@@ -305,7 +352,8 @@ impl ModelFile {
     }
 
     /// Writes the model in its own format: TorchScript as TorchScript (structure kept), a state
-    /// dict as the same kind of state dict. Pruned tensors are written masked; tied weights stay
+    /// dict as the same kind of state dict, a `.pt2` archive as the same archive with new values
+    /// for its weights (every other entry carried over byte for byte). Pruned tensors are written masked; tied weights stay
     /// tied (one storage in a `torch.save` zip; in safetensors, one name and the others in the
     /// metadata as `safetensors.torch.save_model` records them). Atomic.
     pub fn save(&self, path: impl AsRef<Path>, pruner: &Pruner) -> Result<()> {
@@ -321,6 +369,13 @@ impl ModelFile {
                     path, &tensors, &self.ties,
                 )?)
             }
+            (
+                Contents::Tensors {
+                    exported: Some(exported),
+                    ..
+                },
+                _,
+            ) => Ok(exported.archive.write(path, &self.tensors(pruner))?),
             (Contents::Tensors { .. }, _) => {
                 Ok(checkpoint::write_torch_zip(path, &self.tensors(pruner))?)
             }

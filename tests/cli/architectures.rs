@@ -1,7 +1,9 @@
 //! The CLI on real architectures nobody here wrote (torchvision's ResNet, MobileNetV3 and ViT,
-//! Hugging Face's GPT-2 and BERT with tied embeddings), each in TorchScript, `torch.save` and
-//! safetensors form: every output must equal `torch.nn.utils.prune` applied to the model loaded
-//! from the same file, bit for bit, but for L1 entries tied at the selection threshold (the
+//! Hugging Face's GPT-2 and BERT with tied embeddings), each in TorchScript, `torch.save`,
+//! safetensors and `torch.export` (`.pt2`) form: every output must equal `torch.nn.utils.prune`
+//! applied to the model loaded from the same file (for `.pt2`, also: every entry but the weight
+//! storages unchanged, `torch.export.load(out).module()` running, the report of the output
+//! right), bit for bit, but for L1 entries tied at the selection threshold (the
 //! documented tie rule; tests/py/architectures.py checks that each difference is such a tie).
 //!
 //! The models are generated once, by tests/py/architectures.py, into a folder keyed by the
@@ -16,7 +18,12 @@ use std::path::{Path, PathBuf};
 const SCRIPT: &str = include_str!("../py/architectures.py");
 const CORPUS_SCRIPT: &str = include_str!("../py/code_corpus.py");
 const SHRINK_SCRIPT: &str = include_str!("../py/shrink_architectures.py");
-const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
+const FORMATS: [(&str, &str); 4] = [
+    ("ts", "ts.pt"),
+    ("sd", "sd.pt"),
+    ("st", "safetensors"),
+    ("ep", "pt2"),
+];
 
 /// The generated models' folder, or None (said on stderr) without a Python that has torch.
 fn models() -> Option<&'static Path> {
@@ -112,10 +119,14 @@ fn check_model(model: &str) {
                 .arg(&plan)
                 .option("--seed", case.seed)
                 .ok();
+            let report = work
+                .path()
+                .join(format!("{}-{format}.report.json", case.name));
+            std::fs::write(&report, Cli::new("report").arg(&output).arg("--json").ok()).unwrap();
             specs.push(json!({
                 "case": format!("{model}.{ext} {}", case.name),
                 "model": model, "format": format, "input": input, "output": output,
-                "steps": case.steps, "seed": case.seed, "order": order,
+                "steps": case.steps, "seed": case.seed, "order": order, "report": report,
             }));
         }
     }

@@ -11,7 +11,7 @@ use formats::*;
 use std::io::Cursor;
 use tch_prune::checkpoint::{
     read_safetensors, read_state_dict, read_torch_zip, read_torch_zip_from, read_torchscript_state,
-    CheckpointError, Format,
+    CheckpointError, Format, Pt2Archive,
 };
 
 /// Reads the fixture `name` with `read` and checks it against `<name>.ref.safetensors` and the
@@ -115,6 +115,110 @@ fn a_pickle_calling_a_function_is_refused_without_calling_it() {
     }
 }
 
+/// A zip's entries, in order, with their bytes.
+fn zip_entries(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).expect("open")).expect("zip");
+    (0..zip.len())
+        .map(|i| {
+            let mut entry = zip.by_index(i).expect("entry");
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).expect("read");
+            (entry.name().to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn exported_program_archive() {
+    let path = fixture("exported.pt2");
+    assert_eq!(Format::detect(&path).expect("detect"), Format::Pt2);
+    let tensors = assert_fixture("exported.pt2", |p| Pt2Archive::read(p).map(|(_, t)| t));
+    assert_fixture("exported.pt2", |p| read_state_dict(p));
+    let (archive, _) = Pt2Archive::read(&path).expect("read");
+    assert!(archive.is_parameter("emb.weight") && archive.is_parameter("bn.weight"));
+    assert!(
+        !archive.is_parameter("bn.running_mean") && !archive.is_parameter("bn.num_batches_tracked")
+    );
+    // The tie is one tensor, as the module's one Parameter.
+    let get = |n: &str| &tensors.iter().find(|(m, _)| m == n).expect(n).1;
+    assert_eq!(get("emb.weight").data_ptr(), get("out.weight").data_ptr());
+    // Read by read_state_dict, each name has its own memory.
+    let copies = read_state_dict(&path).expect("read");
+    let got = |n: &str| &copies.iter().find(|(m, _)| m == n).expect(n).1;
+    assert_ne!(got("emb.weight").data_ptr(), got("out.weight").data_ptr());
+}
+
+/// Written back unchanged, a `.pt2` holds the input's entries, byte for byte; pruned, only the
+/// storage of the pruned tensor changes, and the tie stays one storage.
+#[test]
+fn exported_program_archive_written_back() {
+    let dir = common::tempdir();
+    let path = fixture("exported.pt2");
+    let (archive, tensors) = Pt2Archive::read(&path).expect("read");
+    let same = dir.path().join("same.pt2");
+    archive.write(&same, &tensors).expect("write");
+    assert!(zip_entries(&path) == zip_entries(&same), "entries changed");
+    // Another shape than the graph's, or a tensor missing: refused, nothing written.
+    let refused = dir.path().join("refused.pt2");
+    let mut wrong: Vec<(String, tch::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    wrong[2].1 = tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+    let err = archive.write(&refused, &wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("'bn.weight'") && err.contains("shapes its graph"),
+        "{err}"
+    );
+    let err = archive
+        .write(&refused, &tensors[1..])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'emb.weight'") && err.contains("do not"),
+        "{err}"
+    );
+    assert!(!refused.exists());
+
+    let model = tch_prune::model::ModelFile::open(&path, tch::Device::Cpu).expect("open");
+    assert_eq!(
+        model.buffers(),
+        [
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked"
+        ]
+    );
+    let pruner = model.pruner().expect("pruner");
+    pruner
+        .prune_and_remove(
+            "emb.weight",
+            &tch_prune::L1Unstructured::new(0.5).expect("amount"),
+            None,
+        )
+        .expect("prune");
+    let pruned = dir.path().join("pruned.pt2");
+    model.save(&pruned, &pruner).expect("save");
+    let (before, after) = (zip_entries(&path), zip_entries(&pruned));
+    let changed: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].contains("/data/weights/weight_"), "{changed:?}");
+    let (_, read) = Pt2Archive::read(&pruned).expect("read");
+    let get = |n: &str| &read.iter().find(|(m, _)| m == n).expect(n).1;
+    assert_eq!(get("emb.weight").data_ptr(), get("out.weight").data_ptr());
+    let zeros = get("emb.weight")
+        .eq(0.0)
+        .sum(tch::Kind::Int64)
+        .int64_value(&[]);
+    assert_eq!(zeros, 12);
+}
+
 /// The committed files are what tests/py/make_fixtures.py makes: made again, each reads as the
 /// committed one does (bytes may differ, e.g. in zip metadata; what is read may not).
 #[test]
@@ -139,7 +243,14 @@ fn fixtures_are_what_the_script_makes() {
     let expected = std::fs::read_to_string(dir.path().join("expected.json")).expect("json");
     let committed = std::fs::read_to_string(fixture("expected.json")).expect("json");
     assert_eq!(expected, committed, "expected.json");
-    for name in ["mlp.pt", "views.pt", "dtypes.pt", "nested.pt", "tiny.pt"] {
+    for name in [
+        "mlp.pt",
+        "views.pt",
+        "dtypes.pt",
+        "nested.pt",
+        "tiny.pt",
+        "exported.pt2",
+    ] {
         let made = read_state_dict(dir.path().join(name)).expect("read made");
         let kept = read_state_dict(fixture(name)).expect("read committed");
         assert_eq!(made.len(), kept.len(), "{name}");

@@ -12,6 +12,8 @@ mod safetensors;
 mod script_export;
 mod streaming;
 mod streaming_nm;
+
+mod streaming_pt2;
 mod streaming_torch_save;
 mod streaming_values;
 mod torch_save;

@@ -1,9 +1,10 @@
 """PyTorch's side of tests/architectures.rs: real architectures nobody here wrote (torchvision's
 ResNet, MobileNetV3 and ViT, Hugging Face's GPT-2 and BERT with tied embeddings), small and
-randomly initialised (no download), in the three formats the CLI reads; and the check of the
-CLI's outputs against torch.nn.utils.prune applied to the model loaded from the same file.
+randomly initialised (no download), in the four formats the CLI reads (TorchScript, torch.save,
+safetensors, and torch.export archives); and the check of the CLI's outputs against
+torch.nn.utils.prune applied to the model loaded from the same file.
 
-    architectures.py generate DIR      writes DIR/<model>.{ts.pt,sd.pt,safetensors}
+    architectures.py generate DIR      writes DIR/<model>.{ts.pt,sd.pt,safetensors,pt2}
     architectures.py check CASES.json  prints one "OK <case>" line per case, or fails
 
 Seeded everything: the same script writes the same files, so the tests cache them by the
@@ -11,8 +12,10 @@ script's hash.
 """
 import fnmatch
 import json
+import re
 import sys
 import warnings
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -97,6 +100,7 @@ def generate(folder):
         # save_file refuses shared tensors: save_model writes one name per tie and records the
         # others in the metadata, which is what users of tied models have.
         save_model(model, f"{folder}/{name}.safetensors")
+        torch.export.save(torch.export.export(model, (x,)), f"{folder}/{name}.pt2")
 
 
 def resolve(model, name):
@@ -132,6 +136,8 @@ def load(spec):
         model.load_state_dict(state, strict=False)
     elif fmt == "sd":
         model.load_state_dict(torch.load(path, weights_only=True))
+    elif fmt == "ep":
+        model.load_state_dict(torch.export.load(path).state_dict)
     else:
         load_model(model, path)
     return model
@@ -244,6 +250,8 @@ def check(spec):
         got = torch.load(out, weights_only=True)
         assert list(got.keys()) == list(torch.load(spec["input"], weights_only=True).keys()), \
             f"{what}: keys or their order changed"
+    elif fmt == "ep":
+        got = check_exported(spec, model, ties)
     else:
         got = load_file(out)
         # The file holds one name per tie: load it as safetensors' load_model does.
@@ -260,6 +268,39 @@ def check(spec):
             sorted(ns) for ns in _groups(sd) if len(ns) > 1)
         assert shared(got_raw) == shared(inp), f"{what}: ties {shared(got_raw)} vs {shared(inp)}"
     print(f"OK {what}")
+
+
+def check_exported(spec, model, ties):
+    """A pruned torch.export archive: the same entries in the same order, every one but the
+    weight storages byte for byte the input's; torch.export.load reads it and its program runs,
+    giving what the eager model with the same weights gives (and, without ties at the L1
+    threshold, what the PyTorch-pruned model gives); ties kept; the CLI's report of it right."""
+    out, what = spec["output"], spec["case"]
+    zin, zout = zipfile.ZipFile(spec["input"]), zipfile.ZipFile(out)
+    assert zin.namelist() == zout.namelist(), f"{what}: entries or their order changed"
+    for name in zin.namelist():
+        if zin.read(name) != zout.read(name):
+            assert re.fullmatch(r"[^/]+/data/weights/weight_[0-9]+", name), \
+                f"{what}: entry {name} changed"
+    loaded, before = torch.export.load(out), torch.export.load(spec["input"])
+    got = dict(loaded.state_dict)
+    assert list(got) == list(before.state_dict), f"{what}: names or their order changed"
+    x = example_input(spec["model"])
+    ran = output(loaded.module(), x)
+    fresh = build(spec["model"])
+    fresh.load_state_dict(got)
+    assert torch.equal(ran, output(fresh, x)), f"{what}: the exported program and the eager model differ"
+    if not ties:
+        assert torch.equal(ran, output(model, x)), f"{what}: outputs differ from PyTorch's pruning"
+    shared = lambda sd: sorted(sorted(ns) for ns in _groups(sd) if len(ns) > 1)
+    assert shared(got) == shared(before.state_dict), f"{what}: ties {shared(got)} vs {shared(before.state_dict)}"
+    report = json.load(open(spec["report"]))
+    listed = {t["name"]: t for t in report["tensors"]}
+    for k, v in got.items():
+        t = listed[k]
+        assert t["shape"] == list(v.shape), f"{what} {k}: report shape {t['shape']}"
+        assert t["zeros"] == int((v == 0).sum()), f"{what} {k}: report says {t['zeros']} zeros"
+    return got
 
 
 def _groups(sd):

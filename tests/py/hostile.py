@@ -8,6 +8,7 @@ overwrite (and create if missing) when libtorch runs their code: the test checks
 """
 
 import io
+import json
 import struct
 import sys
 import zipfile
@@ -344,6 +345,98 @@ def issue20(sd):
             (expected / f"{name}.refused").write_text(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+# --- Issue 23: torch.export archives (.pt2).
+class WritesVictim:
+    """Pickled, it makes the unpickler call open(VICTIM, "w"): what `use_pickle` weights could
+    hold, since torch.export.load unpickles them with weights_only=False."""
+
+    def __reduce__(self):
+        return (open, (VICTIM, "w"))
+
+
+def pt2_inputs():
+    mlp = Mlp().eval()
+    torch.export.save(torch.export.export(mlp, (torch.randn(2, 8),)), OUT / "pt2_mlp.pt2")
+    items = entries(OUT / "pt2_mlp.pt2")
+    root = items[0][0].split("/")[0]
+    config_name = f"{root}/data/weights/model_weights_config.json"
+    config = json.loads(dict(items)[config_name])
+    first = next(iter(config["config"]))
+    storage = f"{root}/data/weights/{config['config'][first]['path_name']}"
+
+    def with_config(out, edit, data=None):
+        """The archive with the first weight's config entry edited (and its storage's bytes
+        replaced by `data`, if given)."""
+        c = json.loads(json.dumps(config))
+        edit(c["config"][first])
+        text = json.dumps(c).encode()
+        write_zip(OUT / out, [(n, text if n == config_name else data if n == storage and data is not None else d)
+                              for n, d in items])
+
+    def meta(sizes, strides, offset=0):
+        def edit(entry):
+            m = entry["tensor_meta"]
+            m["sizes"] = [{"as_int": v} for v in sizes]
+            m["strides"] = [{"as_int": v} for v in strides]
+            m["storage_offset"] = {"as_int": offset}
+        return edit
+
+    # A weight the archive says is pickled, its entry a pickle that writes the victim.
+    with_config("pt2_pickled.pt2", lambda e: e.update(use_pickle=True),
+                data=__import__("pickle").dumps(WritesVictim(), protocol=2))
+    # A view past the end of its storage.
+    w = config["config"][first]["tensor_meta"]
+    sizes = [v["as_int"] for v in w["sizes"]]
+    strides = [v["as_int"] for v in w["strides"]]
+    with_config("pt2_view_past_end.pt2", meta(sizes, strides, 1000))
+    # A path_name that leaves the weights folder.
+    with_config("pt2_path_escape.pt2", lambda e: e.update(path_name="../../archive_format"))
+    # A name given twice in the config: json.loads keeps the last, a careless reader the first.
+    inner = json.dumps({first: config["config"][first]})[1:-1]
+    twice = json.dumps(config).replace('"config": {', '"config": {' + inner + ", ", 1)
+    write_zip(OUT / "pt2_name_twice.pt2", [(n, twice.encode() if n == config_name else d) for n, d in items])
+    # An empty storage stands for zeros of the tensor's size: 16 GiB asked for by a few bytes.
+    with_config("pt2_zeros_bomb.pt2", meta([65536, 65536], [65536, 1]), data=b"")
+    # A stride-0 expansion of one element to [16384, 16384], which a reader that copies views
+    # would materialize (1 GiB).
+    with_config("pt2_stride0.pt2", meta([16384, 16384], [0, 0]))
+    # Two entries of one storage: PyTorch (miniz) reads one, the zip crate the other.
+    dup = []
+    for n, d in items:
+        dup.append((n, d))
+        if n == storage:
+            dup.append((n, bytes(len(d))))
+    write_zip(OUT / "pt2_dup_storage.pt2", dup)
+    # A storage deflated from 1 GiB of zeros, the config saying so.
+    c = json.loads(json.dumps(config))
+    meta([1 << 28], [1])(c["config"][first])
+    with zipfile.ZipFile(OUT / "pt2_deflate_bomb.pt2", "w") as z:
+        for n, d in items:
+            if n == storage:
+                info = zipfile.ZipInfo(n)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with z.open(info, "w") as entry:
+                    for _ in range(64):
+                        entry.write(bytes(1 << 24))
+                continue
+            z.writestr(zipfile.ZipInfo(n), json.dumps(c).encode() if n == config_name else d)
+    # Not pt2: another archive_format.
+    write_zip(OUT / "pt2_format.pt2", [(n, b"pt3" if n.endswith("/archive_format") else d) for n, d in items])
+    # Two programs.
+    model_json = f"{root}/models/model.json"
+    write_zip(OUT / "pt2_two_models.pt2", items + [(f"{root}/models/other.json", dict(items)[model_json])])
+    # An AOTInductor package, laid out as torch._inductor.aoti_compile_and_package writes one
+    # (PyTorch 2.13, CPU): generated C++, its metadata, the compiled library holding the weights.
+    so = f"{root}/data/aotinductor/model/cabc.wrapper.so"
+    aoti = [(f"{root}/data/aotinductor/model/cabc.wrapper.cpp", b"// generated"),
+            (f"{root}/data/aotinductor/model/ckernel.kernel.cpp", b"// generated"),
+            (f"{root}/data/aotinductor/model/cabc.wrapper_metadata.json", b'{"AOTI_DEVICE_KEY": "cpu"}'),
+            (so, b"\x7fELF" + bytes(64)),
+            (f"{root}/archive_format", b"pt2"), (f"{root}/archive_version", b"0"),
+            (f"{root}/.data/version", b"6\n"), (f"{root}/byteorder", b"little")]
+    write_zip(OUT / "pt2_aoti.pt2", aoti)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -464,6 +557,7 @@ def main():
         '[{"params": "%s", "method": "l1-unstructured", "amount": 0.5}]' % ("x" * (100 << 20)))
 
     shrink_inputs()
+    pt2_inputs()
 
 
 main()

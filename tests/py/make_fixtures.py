@@ -90,6 +90,30 @@ torch.save(nn.Linear(3, 2).state_dict(), path("tiny.pt"))
 torch.manual_seed(6)
 torch.jit.save(torch.jit.script(nn.Linear(3, 2)), path("tiny_script.pt"))
 
+# A torch.export archive: parameters, batch-norm buffers (an int64 one), a tied weight, and a
+# non-persistent buffer (a constant of the program, carried but not listed).
+class Exported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.out = nn.Linear(4, 6, bias=False)
+        self.out.weight = self.emb.weight
+        self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+
+    def forward(self, x):
+        return self.out(self.bn(self.emb(x).mean(1))) * self.scale
+
+
+torch.manual_seed(7)
+exported = Exported()
+exported.train()
+exported(torch.tensor([[1, 2], [3, 4]]))
+exported.eval()
+ep = torch.export.export(exported, (torch.tensor([[1, 2], [3, 4]]),))
+torch.export.save(ep, path("exported.pt2"))
+reference("exported.pt2", dict(torch.export.load(path("exported.pt2")).state_dict))
+
 # Files the readers must refuse.
 torch.save(nn.Linear(2, 2).state_dict(), path("legacy.pt"), _use_new_zipfile_serialization=False)
 

@@ -220,6 +220,7 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
         Format::TorchScript => return Ok(()),
         Format::TorchZip => "a torch.save checkpoint (weights without the model's code)",
         Format::Safetensors => "a safetensors file (weights without the model's code)",
+        Format::Pt2 => "a torch.export archive (.pt2), which shrink does not rewrite yet (prune and report read it); for now save the same model with torch.jit.trace and torch.jit.save",
     };
     bail!(
         "{}: shrink needs a TorchScript file (torch.jit.save, or torch.jit.trace then save), and this is {what}",

@@ -1,5 +1,5 @@
-//! The CLI's streaming path: safetensors checkpoints (one file or sharded) and `torch.save`
-//! zips pruned through a memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
+//! The CLI's streaming path: safetensors checkpoints (one file or sharded), `torch.save` zips
+//! and `.pt2` archives pruned through a memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
 //! in-memory path's answer; the summary says which path ran.
 
 use crate::plan::Step;
@@ -66,11 +66,11 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     if !sharded
         && !matches!(
             Format::detect(&args.input)?,
-            Format::Safetensors | Format::TorchZip
+            Format::Safetensors | Format::TorchZip | Format::Pt2
         )
     {
         return Ok(Outcome::InMemory(
-            "only safetensors files and torch.save zips are streamed".to_string(),
+            "only safetensors files, torch.save zips and .pt2 archives are streamed".to_string(),
         ));
     }
     let model = StreamedModel::open(&args.input)?;

@@ -1,5 +1,6 @@
 //! Pruning a checkpoint without holding it in memory: a safetensors file, a sharded safetensors
-//! checkpoint (`model.safetensors.index.json`) or a `torch.save` zip. The input is
+//! checkpoint (`model.safetensors.index.json`), a `torch.save` zip or a `torch.export` archive
+//! (`.pt2`, written back as one). The input is
 //! memory-mapped, L1 selections (per tensor or global) stream over the mapped data, and the
 //! output is written tensor by tensor, a bounded chunk at a time, with the mask applied on the
 //! fly. The result is byte for byte what [`ModelFile`](crate::model::ModelFile) writes after the
@@ -14,7 +15,7 @@
 //!
 //! This file is the reading side: the checkpoint opened and checked (one file or the shards of
 //! an index), its tensors listed and reported, and whether a pruning streams at all
-//! ([`StreamedModel::unsupported`]). `source` is the file layer (safetensors or `torch.save`),
+//! ([`StreamedModel::unsupported`]). `source` is the file layer (safetensors, `torch.save` or `.pt2`),
 //! `write` the pruning and the write.
 
 mod nm;
@@ -24,9 +25,11 @@ mod source;
 mod write;
 
 use self::source::Source;
-use crate::checkpoint::{Format, MappedSafetensors, MappedTensor, MappedTorchSave, ShardIndex};
+use crate::checkpoint::{
+    CheckpointError, Format, MappedPt2, MappedSafetensors, MappedTensor, MappedTorchSave,
+    ShardIndex,
+};
 use crate::error::{PruneError, Result};
-use crate::model::model_file::is_conventional_buffer;
 use crate::model::report::{Report, TensorReport};
 use crate::prune::selection::RawScores;
 use crate::{PruningMethod, PruningType};
@@ -100,6 +103,14 @@ impl StreamedModel {
         let Some(index_path) = ShardIndex::locate(path) else {
             let file = match Format::detect(path)? {
                 Format::TorchZip => Source::TorchSave(MappedTorchSave::open(path)?),
+                Format::Pt2 => Source::Pt2(MappedPt2::open(path)?),
+                Format::TorchScript => return Err(CheckpointError::WrongFormat {
+                    path: path.to_path_buf(),
+                    expected:
+                        "a safetensors file, a torch.save zip or a .pt2 archive (what is streamed)",
+                    found: "a TorchScript module (read in memory: ModelFile)",
+                }
+                .into()),
                 _ => Source::Safetensors(MappedSafetensors::open(path)?),
             };
             return Ok(StreamedModel {
@@ -152,17 +163,17 @@ impl StreamedModel {
     /// [`ModelFile::parameters`](crate::model::ModelFile::parameters) lists for the same file.
     pub fn parameters(&self) -> Vec<(String, usize)> {
         self.tensors()
-            .filter(|(_, t)| is_float(t.kind) && !is_conventional_buffer(&t.name))
+            .filter(|(f, t)| is_float(t.kind) && !self.files[*f].is_buffer(&t.name))
             .map(|(_, t)| (t.name.clone(), t.shape.len()))
             .collect()
     }
 
     /// The tensors PyTorch modules register as buffers by convention (`running_mean`,
-    /// `running_var`, `num_batches_tracked`), in the checkpoint's order: never pruned, as
-    /// [`ModelFile::buffers`](crate::model::ModelFile::buffers).
+    /// `running_var`, `num_batches_tracked`), or a `.pt2` says are not parameters, in the
+    /// checkpoint's order: never pruned, as [`ModelFile::buffers`](crate::model::ModelFile::buffers).
     pub fn buffers(&self) -> Vec<String> {
         self.tensors()
-            .filter(|(_, t)| is_conventional_buffer(&t.name))
+            .filter(|(f, t)| self.files[*f].is_buffer(&t.name))
             .map(|(_, t)| t.name.clone())
             .collect()
     }

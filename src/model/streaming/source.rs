@@ -1,12 +1,13 @@
-//! The file layer of the streaming path: one mapped input file, safetensors or `torch.save`,
-//! with what differs between the two (where a tensor's bytes are, what can be checked of them,
+//! The file layer of the streaming path: one mapped input file, safetensors, `torch.save` or a
+//! `torch.export` archive (`.pt2`), with what differs between them (where a tensor's bytes are, what can be checked of them,
 //! what the in-memory path would do otherwise, how the output is written).
 
 use crate::checkpoint::{
-    safetensors_order, write_safetensors_to_sink, write_torch_zip_to_sink, InputRange,
+    safetensors_order, write_safetensors_to_sink, write_torch_zip_to_sink, InputRange, MappedPt2,
     MappedSafetensors, MappedTensor, MappedTorchSave, TensorHeader, TensorSink, WriteStats,
 };
 use crate::error::Result;
+use crate::model::model_file::is_conventional_buffer;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 pub(super) enum Source {
     Safetensors(MappedSafetensors),
     TorchSave(MappedTorchSave),
+    Pt2(MappedPt2),
 }
 
 impl Source {
@@ -23,6 +25,16 @@ impl Source {
         match self {
             Source::Safetensors(f) => f.tensors(),
             Source::TorchSave(f) => f.tensors(),
+            Source::Pt2(f) => f.tensors(),
+        }
+    }
+
+    /// Whether `name` is a buffer, never pruned: what a `.pt2` says is not a parameter, and in
+    /// a state dict the tensors PyTorch modules register as buffers by convention.
+    pub(super) fn is_buffer(&self, name: &str) -> bool {
+        match self {
+            Source::Pt2(f) => !f.is_parameter(name),
+            _ => is_conventional_buffer(name),
         }
     }
 
@@ -31,15 +43,16 @@ impl Source {
         match self {
             Source::Safetensors(f) => f.bytes(t),
             Source::TorchSave(f) => f.bytes(t),
+            Source::Pt2(f) => f.bytes(t),
         }
     }
 
     /// `t`'s bytes with where they lie in the file, for a copy in the kernel (safetensors; a
-    /// `torch.save` zip is written through its zip writer, which takes bytes).
+    /// `torch.save` zip or a `.pt2` is written through a zip writer, which takes bytes).
     pub(super) fn input_range(&self, t: &MappedTensor) -> Option<InputRange<'_>> {
         match self {
             Source::Safetensors(f) => Some(f.input_range(t)),
-            Source::TorchSave(_) => None,
+            Source::TorchSave(_) | Source::Pt2(_) => None,
         }
     }
 
@@ -52,6 +65,9 @@ impl Source {
             Source::TorchSave(f) => f
                 .check(t)
                 .map_err(|e| f.unchanged().err().unwrap_or(e).into()),
+            Source::Pt2(f) => f
+                .check(t)
+                .map_err(|e| f.unchanged().err().unwrap_or(e).into()),
         }
     }
 
@@ -61,6 +77,7 @@ impl Source {
         match self {
             Source::Safetensors(f) => Ok(f.unchanged()?),
             Source::TorchSave(f) => Ok(f.unchanged()?),
+            Source::Pt2(f) => Ok(f.unchanged()?),
         }
     }
 
@@ -79,11 +96,12 @@ impl Source {
                         .into()
                 }),
             Source::TorchSave(f) => f.unmappable().map(str::to_string),
+            Source::Pt2(f) => f.unmappable().map(str::to_string),
         }
     }
 
     /// The output's tensors in the order they are written: safetensors sorts them (see
-    /// [`safetensors_order`]), `torch.save` keeps the state dict's order.
+    /// [`safetensors_order`]), `torch.save` and `.pt2` keep the state dict's order.
     pub(super) fn headers(&self) -> Vec<TensorHeader> {
         let mut headers: Vec<TensorHeader> = self
             .tensors()
@@ -111,6 +129,7 @@ impl Source {
         match self {
             Source::Safetensors(_) => write_safetensors_to_sink(path, headers, &mut fill),
             Source::TorchSave(_) => write_torch_zip_to_sink(path, headers, &mut fill),
+            Source::Pt2(f) => f.write_streamed(path, headers, &mut fill),
         }
     }
 }
