@@ -16,6 +16,7 @@ pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
 pub(crate) mod shrink;
+mod sharded_file;
 mod streaming;
 mod text_file;
 

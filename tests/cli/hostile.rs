@@ -331,7 +331,8 @@ fn rows() -> Vec<Row> {
         row("--state-out into a missing folder", "prune {gen}/plain.pt -o out.pt --state-out missing/s.safetensors --method l1-unstructured --amount 0.5", 1, &["missing", "does not exist"]),
         row("-o into a missing folder", "prune {gen}/plain.pt -o missing/out.pt --method l1-unstructured --amount 0.5", 1, &["missing", "does not exist"]),
         row("--state-out fails after the model is written", "prune {gen}/metadata_key.pt -o out.pt --state-out s.safetensors --method l1-unstructured --amount 0.5", 1, &["s.safetensors", "__metadata__"]),
-        row("input a folder", "report {gen}", 1, &["not a regular file"]),
+        // A folder is a model folder now (issue 25): this one holds three files and no index.
+        row("input a folder", "report {gen}", 1, &["not a model folder", "3 safetensors files"]),
         // 5. Names of any valid length.
         Row {
             writes: &["LONG"],
@@ -421,7 +422,7 @@ fn rows() -> Vec<Row> {
         row("a half view of a float storage", "report {gen}/half_view.pt", 1, &["storage '0'", "float32", "float16"]),
         Row { bomb: true, max_secs: Some(30), ..row("1M one-element views of one storage", "prune {gen}/views_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params v*", 1, &["cop", "refused"]) },
         Row { bomb: true, max_secs: Some(30), ..row("one tensor under 1M names", "prune {gen}/tied_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params t*", 1, &["several names", "refused"]) },
-        Row { writes: &["out.pt"], max_secs: Some(40), ..row("50,000 one-element views of one storage", "prune {gen}/views_50k.pt -o out.pt --method l1-unstructured --amount 0.5 --params v* --in-memory", 0, &[]) },
+        Row { writes: &["out.pt"], max_secs: Some(40), ..row("50,000 one-element views of one storage", "prune {gen}/views_50k.pt -o out.pt --method l1-unstructured --amount 0.5 --params v* --in-memory", 0, &["50000 one-dimensional tensors"]) },
         Row { writes: &["out.pt"], max_secs: Some(40), ..row("20,000 tensors in memory", "prune {gen}/many_tensors.pt -o out.pt --method l1-unstructured --amount 0.5 --in-memory", 0, &[]) },
     ]
 }

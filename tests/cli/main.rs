@@ -6,6 +6,7 @@ mod common;
 
 mod architectures;
 mod backend;
+mod hf;
 mod hostile;
 mod prune;
 mod same_answer;

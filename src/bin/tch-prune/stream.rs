@@ -2,11 +2,12 @@
 //! zips pruned through a memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
 //! in-memory path's answer; the summary says which path ran.
 
+use crate::folder::Io;
 use crate::plan::Step;
 use crate::PruneArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::HashSet;
-use tch_prune::checkpoint::{Format, ShardIndex};
+use tch_prune::checkpoint::Format;
 use tch_prune::model::{StreamStep, StreamedModel};
 use tch_prune::PruningMethod;
 
@@ -18,18 +19,10 @@ pub enum Outcome {
     InMemory(String),
 }
 
-/// Prunes `args.input` on the streaming path if it gives the same answer as the in-memory one.
-pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
-    let sharded = ShardIndex::locate(&args.input).is_some();
-    let in_memory = |reason: &str| -> Result<Outcome> {
-        if sharded {
-            bail!(
-                "{}: a sharded checkpoint is only pruned by streaming, and {reason}",
-                args.input.display()
-            );
-        }
-        Ok(Outcome::InMemory(reason.to_string()))
-    };
+/// Prunes the input on the streaming path if it gives the same answer as the in-memory one.
+pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io) -> Result<Outcome> {
+    let sharded = io.is_sharded();
+    let in_memory = |reason: &str| -> Result<Outcome> { Ok(Outcome::InMemory(reason.to_string())) };
     if args.in_memory {
         return in_memory("--in-memory asks for it");
     }
@@ -41,7 +34,7 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     }
     if !sharded
         && !matches!(
-            Format::detect(&args.input)?,
+            Format::detect(&io.weights)?,
             Format::Safetensors | Format::TorchZip
         )
     {
@@ -49,7 +42,7 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
             "only safetensors files and torch.save zips are streamed".to_string(),
         ));
     }
-    let model = StreamedModel::open(&args.input)?;
+    let model = StreamedModel::open(&io.weights)?;
     // What the file itself rules out (a checkpoint saved pruned, ties, a torch.save layout that
     // is not a plain slice of the file), before the steps pick names the in-memory path reads
     // otherwise (`<name>` for `<name>_orig` and `<name>_mask`).
@@ -79,6 +72,8 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     if let Some(reason) = model.unsupported(&stream_steps) {
         return in_memory(&reason);
     }
+    let selected: Vec<Vec<String>> = stream_steps.iter().map(|s| s.names.clone()).collect();
+    crate::plan::print_warnings(&selected, &parameters);
     if let Some(seed) = args.seed {
         tch::manual_seed(seed);
     }
@@ -88,7 +83,7 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         .map_or(Ok(()), |i| {
             Err(tch_prune::PruneError::NothingToPrune).with_context(|| format!("step {}", i + 1))
         })
-        .and_then(|()| Ok(model.prune(&stream_steps, &args.output)?))?;
+        .and_then(|()| io.write(|dest| Ok(model.prune(&stream_steps, dest)?)))?;
     let pruned: HashSet<&str> = stream_steps
         .iter()
         .flat_map(|s| s.names.iter().map(String::as_str))
@@ -106,11 +101,12 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         "one file".to_string()
     };
     Ok(Outcome::Streamed(format!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files})",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files}){}",
         pruned.len(),
         ratio(report.pruned_zeros, report.pruned_numel),
         ratio(report.zeros, report.numel),
         report.numel,
-        args.output.display(),
+        io.output.display(),
+        io.carried_summary(),
     )))
 }
