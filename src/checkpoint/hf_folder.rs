@@ -15,7 +15,17 @@ use std::path::{Path, PathBuf};
 /// Extensions of weight files in formats other than safetensors (`pytorch_model.bin`, a GGUF
 /// export): copies of the weights that a pruned folder must not carry unpruned.
 const OTHER_WEIGHTS: &[&str] = &[
-    "bin", "pt", "pth", "ckpt", "h5", "msgpack", "gguf", "onnx", "safetensors", "pt2", "npz",
+    "bin",
+    "pt",
+    "pth",
+    "ckpt",
+    "h5",
+    "msgpack",
+    "gguf",
+    "onnx",
+    "safetensors",
+    "pt2",
+    "npz",
 ];
 
 /// A Hugging Face model folder: where its weights are, and what else it holds.
@@ -143,7 +153,8 @@ impl HfFolder {
         Ok(match &self.weights {
             HfWeights::Single(p) => BTreeSet::from([name(p)]),
             HfWeights::Sharded(p) => {
-                let mut files: BTreeSet<String> = ShardIndex::read(p)?.shards().into_iter().collect();
+                let mut files: BTreeSet<String> =
+                    ShardIndex::read(p)?.shards().into_iter().collect();
                 files.insert(name(p));
                 files
             }
@@ -250,7 +261,10 @@ mod tests {
         write(d, "pytorch_model.bin", b"x");
         std::fs::create_dir(d.join("onnx")).expect("folder");
         let folder = HfFolder::open(d).expect("a model folder");
-        assert_eq!(folder.weights, HfWeights::Single(d.join("model.safetensors")));
+        assert_eq!(
+            folder.weights,
+            HfWeights::Single(d.join("model.safetensors"))
+        );
         let carried = folder.carried().expect("listed");
         assert_eq!(carried.carried, ["config.json", "tokenizer.json"]);
         let left: Vec<&str> = carried.left_out.iter().map(|(n, _)| n.as_str()).collect();
@@ -259,7 +273,10 @@ mod tests {
         folder
             .copy_carried(&carried.carried, into.path())
             .expect("copied");
-        assert_eq!(std::fs::read(into.path().join("config.json")).expect("read"), b"{}");
+        assert_eq!(
+            std::fs::read(into.path().join("config.json")).expect("read"),
+            b"{}"
+        );
     }
 
     #[test]

@@ -15,10 +15,11 @@ mod plot;
 pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
-pub(crate) mod shrink;
 mod sharded_file;
+pub(crate) mod shrink;
 mod streaming;
 mod text_file;
+pub(crate) mod transformer_shrink;
 
 pub use crate::checkpoint::CodePolicy;
 pub use model_file::ModelFile;

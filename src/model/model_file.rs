@@ -383,7 +383,10 @@ impl TensorIdentity {
 /// The names `safetensors.torch.save_model` left out of a file because they are tied to a name
 /// it kept (its metadata maps each to the kept name): added back, after the kept name, as the
 /// same tensor. Other metadata (`"format": "pt"`, a user's notes) names no tensor and is ignored.
-pub(super) fn add_saved_aliases(tensors: &mut Vec<(String, Tensor)>, metadata: &HashMap<String, String>) {
+pub(super) fn add_saved_aliases(
+    tensors: &mut Vec<(String, Tensor)>,
+    metadata: &HashMap<String, String>,
+) {
     let present: HashSet<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
     let mut aliases: HashMap<&str, Vec<&str>> = HashMap::new();
     for (alias, kept) in metadata {

@@ -82,7 +82,10 @@ impl ModelFile {
                     path: index.path.clone(),
                     reason: format!("it maps no shard for '{name}'"),
                 })?;
-            shards.entry(shard.as_str()).or_default().push((name, tensor));
+            shards
+                .entry(shard.as_str())
+                .or_default()
+                .push((name, tensor));
         }
         let mut weight_map = BTreeMap::new();
         let mut total: u64 = 0;

@@ -206,6 +206,111 @@ def check_state(out, state):
         assert torch.equal(got, after[base]), f"{state}: {base}_orig * {base}_mask != the output"
 
 
+def kept_rows(small, big):
+    """The indices of `big`'s rows that `small` holds, in order (each row found by value)."""
+    index = {tuple(r.float().tolist()): i for i, r in enumerate(big)}
+    return [index[tuple(r.float().tolist())] for r in small]
+
+
+def check_shrink(orig, out, tp_params):
+    """The shrunk folder loads with no warning, carries every file but config.json unchanged,
+    and its logits equal the original's with the removed neurons and heads zeroed; its
+    parameter count equals Torch-Pruning's at the same widths (tp_params)."""
+    check_loads(out, orig)
+    skip = weight_files(orig) | {"config.json"}
+    for name in set(os.listdir(orig)) - skip:
+        with open(os.path.join(orig, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
+            assert a.read() == b.read(), f"{out}/{name} differs"
+    big, _, _ = load(orig)
+    small, _, _ = load(out)
+    cfg, new = big.config, small.config
+    d = cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads
+    g = cfg.num_attention_heads // cfg.num_key_value_heads
+    with torch.no_grad():
+        for lb, ls in zip(big.model.layers, small.model.layers):
+            mlp = kept_rows(ls.mlp.gate_proj.weight, lb.mlp.gate_proj.weight)
+            gone = [i for i in range(cfg.intermediate_size) if i not in mlp]
+            lb.mlp.gate_proj.weight[gone] = 0
+            lb.mlp.up_proj.weight[gone] = 0
+            lb.mlp.down_proj.weight[:, gone] = 0
+            kv_rows = kept_rows(ls.self_attn.k_proj.weight, lb.self_attn.k_proj.weight)
+            kv = sorted({r // d for r in kv_rows})
+            assert len(kv) * d == len(kv_rows)
+            gone = [h for h in range(cfg.num_key_value_heads) if h not in kv]
+            for h in gone:
+                q = slice(h * g * d, (h + 1) * g * d)
+                k = slice(h * d, (h + 1) * d)
+                a = lb.self_attn
+                a.q_proj.weight[q] = 0
+                a.k_proj.weight[k] = 0
+                a.v_proj.weight[k] = 0
+                a.o_proj.weight[:, q] = 0
+                for proj, sl in ((a.q_proj, q), (a.k_proj, k), (a.v_proj, k)):
+                    if proj.bias is not None:
+                        proj.bias[sl] = 0
+        torch.manual_seed(1)
+        ids = torch.randint(0, cfg.vocab_size, (2, 16))
+        want = big(ids).logits.float()
+        got = small(ids).logits.float()
+    tol = 1e-4 if big.dtype == torch.float32 else 2e-2
+    err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+    assert err <= tol, f"{out}: logits differ from the zeroed original's by {err:.3e} (relative)"
+    count = sum(p.numel() for p in small.parameters())
+    assert count == tp_params, f"{out}: {count} parameters, Torch-Pruning gives {tp_params}"
+    print("shrunk", out, "relative logit error", f"{err:.2e}", "parameters", count)
+
+
+def check_unchanged(orig, out):
+    """The shrunk model's logits equal the original's, unzeroed (what it removed added nothing)."""
+    big, _, _ = load(orig)
+    small, _, _ = load(out)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
+    with torch.no_grad():
+        ids = torch.randint(0, big.config.vocab_size, (2, 16))
+        want, got = big(ids).logits.float(), small(ids).logits.float()
+    err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+    assert err <= 1e-4, f"{out}: logits changed by {err:.3e} (relative)"
+
+
+def torch_pruning_params(orig, mlp_removed, kv_removed):
+    """Torch-Pruning 1.6's parameter count for the same widths on the same weights, as
+    prune_llm.py prunes a decoder: the MLP groups through its dependency graph (gate/up rows
+    with down columns), the heads with its linear-layer pruning functions on q/k/v rows and o
+    columns (its MetaPruner's grouping of attention does not finish in minutes on this model).
+    The lowest-norm groups, as its default importance ranks them."""
+    import torch_pruning as tp
+
+    model, _, _ = load(orig)
+    model.config.use_cache = False
+    cfg = model.config
+    d = cfg.head_dim if getattr(cfg, "head_dim", None) else cfg.hidden_size // cfg.num_attention_heads
+    g = cfg.num_attention_heads // cfg.num_key_value_heads
+    ids = torch.randint(0, cfg.vocab_size, (1, 8))
+    graph = tp.DependencyGraph().build_dependency(
+        model.float(), example_inputs=ids, output_transform=lambda o: o.logits)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            m = layer.mlp
+            norm = (m.gate_proj.weight.pow(2).sum(1) + m.up_proj.weight.pow(2).sum(1)
+                    + m.down_proj.weight.pow(2).sum(0))
+            idxs = norm.argsort()[:mlp_removed].tolist()
+            graph.get_pruning_group(m.gate_proj, tp.prune_linear_out_channels, idxs=idxs).prune()
+            a = layer.self_attn
+            heads = torch.zeros(cfg.num_key_value_heads)
+            for h in range(cfg.num_key_value_heads):
+                q, k = slice(h * g * d, (h + 1) * g * d), slice(h * d, (h + 1) * d)
+                heads[h] = (a.q_proj.weight[q].pow(2).sum() + a.k_proj.weight[k].pow(2).sum()
+                            + a.v_proj.weight[k].pow(2).sum() + a.o_proj.weight[:, q].pow(2).sum())
+            gone = heads.argsort()[:kv_removed].tolist()
+            q_rows = [r for h in gone for r in range(h * g * d, (h + 1) * g * d)]
+            kv_rows = [r for h in gone for r in range(h * d, (h + 1) * d)]
+            tp.prune_linear_out_channels(a.q_proj, q_rows)
+            tp.prune_linear_out_channels(a.k_proj, kv_rows)
+            tp.prune_linear_out_channels(a.v_proj, kv_rows)
+            tp.prune_linear_in_channels(a.o_proj, q_rows)
+    return sum(p.numel() for p in model.parameters())
+
+
 def main():
     if sys.argv[1] == "make":
         make(sys.argv[2])
@@ -222,6 +327,11 @@ def main():
             check_nm(c["out"])
         elif kind == "state":
             check_state(c["out"], c["state"])
+        elif kind == "shrink":
+            tp_params = torch_pruning_params(c["orig"], c["mlp_removed"], c["kv_removed"])
+            check_shrink(c["orig"], c["out"], tp_params)
+        elif kind == "unchanged":
+            check_unchanged(c["orig"], c["out"])
         elif kind == "loads":
             check_loads(c["out"], c.get("orig"))
         else:

@@ -8,6 +8,7 @@ mod pattern;
 mod plan;
 mod quiet;
 mod shrink;
+mod shrink_hf;
 mod signals;
 mod stream;
 // The library's one-line text helpers, compiled from the same source rather than exported.
@@ -51,7 +52,7 @@ enum Command {
     Prune(Box<PruneArgs>),
     /// Remove channels from a TorchScript model: smaller and faster, the code unchanged.
     #[command(
-        after_help = "Examples:\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
+        after_help = "Examples:\n  tch-prune shrink Llama-3.2-1B/ -o Llama-3.2-1B-shrunk/ --amount 0.25\n  tch-prune shrink qwen2/ -o out/ --mlp-amount 0.3 --head-amount 0.25\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
     )]
     Shrink(Box<shrink::ShrinkArgs>),
     /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.
@@ -274,7 +275,9 @@ fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
         let mut steps = parse_plan(&text).with_context(|| plan.display().to_string())?;
         if let Some(exclude) = args.exclude.as_deref().map(split_patterns) {
             for step in &mut steps {
-                step.exclude.get_or_insert_with(Vec::new).extend(exclude.clone());
+                step.exclude
+                    .get_or_insert_with(Vec::new)
+                    .extend(exclude.clone());
             }
         }
         return Ok(steps);
@@ -320,7 +323,10 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     // it never touches.
     // A model folder (or a shard index) goes to a new folder, checked (new or empty) here, not
     // at the final rename after the whole output is written.
-    let io = folder::Io::resolve(&args.input, args.output.as_deref().filter(|_| !args.dry_run))?;
+    let io = folder::Io::resolve(
+        &args.input,
+        args.output.as_deref().filter(|_| !args.dry_run),
+    )?;
     let output = io.output.clone();
     if io.folder.is_none() && !args.dry_run {
         outputs::check(&args.input, Some(&output), args.state_out.as_deref())?;
@@ -509,8 +515,9 @@ fn dry_run(io: &folder::Io, steps: &[Step], show: bool, policy: CodePolicy) -> R
         Some(Ok(model)) => (model.parameters(), model.buffers(), model.shapes()),
         Some(Err(e)) if io.is_sharded() => return Err(e.into()),
         _ => {
-            let model =
-                quiet::quietly(show, || ModelFile::open_with(&io.weights, Device::Cpu, policy))?;
+            let model = quiet::quietly(show, || {
+                ModelFile::open_with(&io.weights, Device::Cpu, policy)
+            })?;
             let vars = model.var_store().variables();
             let shapes = model
                 .parameters()
@@ -520,8 +527,10 @@ fn dry_run(io: &folder::Io, steps: &[Step], show: bool, policy: CodePolicy) -> R
             (model.parameters(), model.buffers(), shapes)
         }
     };
-    let shape_of: HashMap<&str, (&Vec<i64>, tch::Kind)> =
-        shapes.iter().map(|(n, s, k)| (n.as_str(), (s, *k))).collect();
+    let shape_of: HashMap<&str, (&Vec<i64>, tch::Kind)> = shapes
+        .iter()
+        .map(|(n, s, k)| (n.as_str(), (s, *k)))
+        .collect();
     let mut selections = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let names = step

@@ -21,8 +21,14 @@ enum Piece {
     Char(char),
     One,
     Any,
-    Class { negated: bool, ranges: Vec<(char, char)> },
-    Number { low: u64, high: u64 },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    Number {
+        low: u64,
+        high: u64,
+    },
     Either(Vec<Vec<Piece>>),
 }
 
@@ -208,7 +214,10 @@ mod tests {
         };
         assert_eq!(selected("model.layers.[0-3].*"), [0, 1, 2, 3]);
         assert_eq!(selected("model.layers.[!0-3].*"), [4, 5, 6, 7, 8, 9]);
-        assert_eq!(selected("model.layers.{0..11}.*"), (0..12).collect::<Vec<_>>());
+        assert_eq!(
+            selected("model.layers.{0..11}.*"),
+            (0..12).collect::<Vec<_>>()
+        );
         assert_eq!(selected("model.layers.{20..30}.*"), [20, 21, 22, 23]);
         assert_eq!(selected("model.layers.{1,5,12}.*"), [1, 5, 12]);
         assert!(glob_match("*.{q,k,v}_proj.weight", &q(3)));

@@ -17,21 +17,38 @@ use tch_prune::Amount;
 
 #[derive(Args)]
 pub struct ShrinkArgs {
-    /// A TorchScript .pt (torch.jit.save).
-    input: PathBuf,
+    /// A TorchScript .pt (torch.jit.save), or a Hugging Face model folder of a decoder family
+    /// shrink knows (config.json's model_type llama, mistral or qwen2): see --mlp-amount.
+    pub(crate) input: PathBuf,
     /// Where to write the smaller TorchScript model: a regular file or a new name in an existing
     /// folder (links, devices and folders are refused), not the input. Written last, after
     /// --verify passed: a failing run writes nothing.
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
+    /// For a model folder: MLP neurons to remove in every layer (a fraction of
+    /// intermediate_size, or a count); default --amount. Each neuron is a row of gate_proj and
+    /// up_proj and a column of down_proj.
+    #[arg(long)]
+    pub(crate) mlp_amount: Option<String>,
+    /// For a model folder: attention heads to remove in every layer (a fraction, or a count of
+    /// key/value heads); default --amount. A key/value head goes with the query heads that
+    /// read it (grouped-query attention); for llama the count is rounded to one that divides
+    /// hidden_size, as transformers' LlamaConfig requires, and the summary says so.
+    #[arg(long)]
+    pub(crate) head_amount: Option<String>,
+    /// For a model folder: a safetensors file of importance scores (higher is kept):
+    /// 'model.layers.<i>.mlp' (one per neuron), 'model.layers.<i>.self_attn' (one per key/value
+    /// head, or per attention head). Default: the L2 norm of each group's weights.
+    #[arg(long, value_name = "SCORES.safetensors")]
+    pub(crate) scores: Option<PathBuf>,
     /// Load the TorchScript file even if its code would run (see prune --help): shrink runs the
     /// model's forward, so only for files you would run as programs.
     #[arg(long)]
     trust_code: bool,
     /// Channels to remove per group: a fraction (0.5) or a count (16), as PyTorch reads amounts.
     /// With --global, of all shrinkable channels together.
-    #[arg(long, required_unless_present = "exact")]
-    amount: Option<String>,
+    #[arg(long, required_unless_present_any = ["exact", "mlp_amount", "head_amount"])]
+    pub(crate) amount: Option<String>,
     /// Remove exactly the channels whose every coupled parameter slice is already zero: the
     /// layer's weight rows and bias, its batch norm's scale and shift, and the input columns of
     /// the layers that read it (ln-structured pruning of the conv alone leaves those). The
@@ -60,7 +77,7 @@ pub struct ShrinkArgs {
     verify: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Timed runs per model for the latency (after two warm-up runs).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -228,6 +245,18 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
 }
 
 pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
+    if args.input.is_dir() {
+        if args.exact || args.global || args.verify || args.params.is_some() || args.round_to != 1 {
+            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files", args.input.display());
+        }
+        return crate::shrink_hf::run(&args);
+    }
+    if args.mlp_amount.is_some() || args.head_amount.is_some() || args.scores.is_some() {
+        bail!(
+            "{}: --mlp-amount, --head-amount and --scores are for a Hugging Face model folder",
+            args.input.display()
+        );
+    }
     let shape = parse_shape(&args.input_shape)?;
     let norm = match args.n.as_str() {
         "1" => 1.0,
