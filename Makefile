@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench lint msrv
+.PHONY: test test-cuda downstream demo gradual build bench bench-hf lint msrv
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -48,3 +48,8 @@ msrv:
 ## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
 bench:
 	$(TORCH_ENV) && cargo build --release --example bench --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench.py
+
+## Width pruning of a Llama-shaped Hugging Face folder: tch-prune shrink beside Torch-Pruning
+## (parameters, weight bytes, pruning time, CPU tokens/s before and after; scripts/bench_hf_shrink.py).
+bench-hf:
+	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench_hf_shrink.py

@@ -78,6 +78,14 @@ pub struct ShrinkArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The example input's dtype: float32, float16, bfloat16, float64, or int64 / int32 for
+    /// models that take token ids or other indices (then give --input-range).
+    #[arg(long, default_value = "float32")]
+    input_dtype: String,
+    /// For an integer --input-dtype: the values drawn, LOW inclusive to HIGH exclusive
+    /// (token ids: 0,VOCAB_SIZE).
+    #[arg(long, value_name = "LOW,HIGH")]
+    input_range: Option<String>,
     /// Timed runs per model for the latency (after two warm-up runs).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -105,7 +113,41 @@ struct Summary<'a> {
     file_bytes_after: u64,
     latency_ms_before: f64,
     latency_ms_after: f64,
+    /// Timed runs per model behind each latency (their median).
+    runs: usize,
     verify_relative_error: Option<f64>,
+}
+
+/// The example input: random normal floats, or for an integer dtype, integers drawn from
+/// `--input-range` (token ids into an embedding must be integers in range).
+fn example_input(args: &ShrinkArgs, shape: &[i64], device: Device) -> Result<Tensor> {
+    let kind = match args.input_dtype.to_ascii_lowercase().as_str() {
+        "float32" | "float" => Kind::Float,
+        "float16" | "half" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "float64" | "double" => Kind::Double,
+        "int64" | "long" => Kind::Int64,
+        "int32" | "int" => Kind::Int,
+        other => {
+            bail!("--input-dtype {other}: use float32, float16, bfloat16, float64, int64 or int32")
+        }
+    };
+    let integer = matches!(kind, Kind::Int64 | Kind::Int);
+    match (&args.input_range, integer) {
+        (None, false) => Ok(Tensor::randn(shape, (kind, device))),
+        (None, true) => bail!("--input-dtype {}: give the values to draw, --input-range LOW,HIGH (token ids: 0,VOCAB_SIZE)", args.input_dtype),
+        (Some(_), false) => bail!("--input-range is for an integer --input-dtype (int64, int32)"),
+        (Some(range), true) => {
+            let bounds: Vec<i64> = range
+                .split(',')
+                .map(|v| v.trim().parse::<i64>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|b: &Vec<i64>| b.len() == 2 && b[0] < b[1])
+                .with_context(|| format!("--input-range '{range}': give LOW,HIGH with LOW < HIGH, e.g. 0,32000"))?;
+            Ok(Tensor::randint_low(bounds[0], bounds[1], shape, (kind, device)))
+        }
+    }
 }
 
 fn parse_shape(s: &str) -> Result<Vec<i64>> {
@@ -249,7 +291,15 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         if args.exact || args.global || args.verify || args.params.is_some() || args.round_to != 1 {
             bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files", args.input.display());
         }
-        return crate::shrink_hf::run(&args);
+        return crate::shrink_hf::run(&crate::shrink_hf::FolderArgs {
+            input: args.input,
+            output: args.output,
+            amount: args.amount,
+            mlp_amount: args.mlp_amount,
+            head_amount: args.head_amount,
+            scores: args.scores,
+            json: args.json,
+        });
     }
     if args.mlp_amount.is_some() || args.head_amount.is_some() || args.scores.is_some() {
         bail!(
@@ -305,13 +355,30 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         exact: args.exact,
     };
     tch::manual_seed(0);
-    let x = Tensor::randn(shape.as_slice(), (Kind::Float, device));
+    let x = example_input(&args, &shape, device)?;
     let report = limits
         .run("forward (the analysis)", || Ok(model.shrink(&x, &opts)?))
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
     let shrunk = model.snapshot(&report.buffers)?;
+    if report.groups.iter().all(|g| g.after == g.before) {
+        let why = report
+            .groups
+            .iter()
+            .find_map(|g| {
+                g.blocked
+                    .first()
+                    .map(|b| format!(" (e.g. {}: {b})", g.producer))
+            })
+            .unwrap_or_default();
+        bail!(
+            "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
+            report.groups.len(),
+            if args.exact { ", none entirely zero" } else { "" },
+            args.output.display()
+        );
+    }
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -346,6 +413,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         file_bytes_after: std::fs::metadata(&args.output)?.len(),
         latency_ms_before: before,
         latency_ms_after: after,
+        runs: args.runs.max(1),
         verify_relative_error,
     };
     if args.json {
@@ -391,6 +459,10 @@ fn print_table(s: &Summary) {
         s.file_bytes_before as f64,
         s.file_bytes_after as f64,
         "",
+    );
+    println!(
+        "latency: the median of {} forward passes per model after 2 warm-up runs, the models alternating, on the input below",
+        s.runs
     );
     println!(
         "{:<12} {:>14} {:>14} {:>8.3}",

@@ -2,14 +2,24 @@
 //! ([`shrink_transformer`]), with its summary: widths, parameters and file sizes before and
 //! after.
 
-use crate::shrink::ShrinkArgs;
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch_prune::checkpoint::check_folder_destination;
 use tch_prune::shrink::{shrink_transformer, TransformerShrinkOptions};
 use tch_prune::Amount;
 
-pub fn run(args: &ShrinkArgs) -> Result<()> {
+/// The arguments of `shrink` that a model folder takes.
+pub struct FolderArgs {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub amount: Option<String>,
+    pub mlp_amount: Option<String>,
+    pub head_amount: Option<String>,
+    pub scores: Option<PathBuf>,
+    pub json: bool,
+}
+
+pub fn run(args: &FolderArgs) -> Result<()> {
     check_folder_destination(&args.output)?;
     let amount = |flag: &Option<String>, name: &str| -> Result<Amount> {
         let text = flag
