@@ -23,6 +23,6 @@ pub(crate) mod transformer_shrink;
 
 pub use crate::checkpoint::CodePolicy;
 pub use model_file::ModelFile;
-pub use report::{Report, TensorReport};
+pub use report::{GroupReport, Report, TensorReport};
 pub use script_model::ScriptModel;
 pub use streaming::{StreamReport, StreamStep, StreamedModel};
