@@ -13,6 +13,7 @@ BENCH_REPEATS=5 runs after two warm-up runs). Results also go to target/bench/hf
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,13 @@ def torch_pruning(path):
 
 def main():
     work = tempfile.mkdtemp(prefix="bench-hf-")
+    try:
+        run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work):
     cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=HIDDEN, intermediate_size=INTER,
                                    num_hidden_layers=LAYERS, num_attention_heads=8,
                                    num_key_value_heads=4, head_dim=HIDDEN // 8)
