@@ -255,4 +255,21 @@ fn token_ids_as_the_example_input() {
         .run();
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("--input-range LOW,HIGH"));
+    // Floats into the embedding: libtorch's whole error, the script's traceback included, on
+    // one line (only its last line was shown before issue 25).
+    let r = Cli::new("shrink")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("x.pt"))
+        .flags("--amount 0.5 --input-shape 2,8")
+        .run();
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("libtorch's whole message")
+            && err.contains("Traceback of TorchScript")
+            && err.contains("self.emb"),
+        "{err}"
+    );
 }

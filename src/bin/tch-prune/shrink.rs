@@ -192,7 +192,7 @@ fn timed_outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<(Tensor
         .map_err(|e| {
             anyhow::anyhow!(
                 "the model's forward failed: {}",
-                crate::text::torchscript_reason(&e.to_string())
+                crate::text::torchscript_whole(&e.to_string())
             )
         })?;
         // The first tensor of the result, waited for on a GPU.
