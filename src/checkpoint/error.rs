@@ -198,6 +198,15 @@ pub enum CheckpointError {
         reason: String,
     },
 
+    /// A folder given as a model that is not a Hugging Face model folder tch-prune can read.
+    #[error("{}: not a model folder: {reason}", path.display())]
+    ModelFolder {
+        /// The folder.
+        path: PathBuf,
+        /// What it lacks.
+        reason: String,
+    },
+
     /// An error from libtorch, trimmed to its first line.
     #[error("{}: libtorch: {message}", path.display())]
     Torch {

@@ -31,7 +31,7 @@
 //! `pickle_writer`, `torch_save` (reading and writing `torch.save` files), `safetensors`,
 //! `script_archive` and `script_classes` (TorchScript archives), `pt2` (`torch.export` archives), `dtype` (the one dtype table),
 //! `host_tensor` (tensor bytes in and out), `mapped` (safetensors read through a memory map and
-//! written tensor by tensor), `mapped_torch_save` (`torch.save` zips read through a memory map), `shard_index` (sharded checkpoints' `index.json`), `atomic`
+//! written tensor by tensor), `mapped_torch_save` (`torch.save` zips read through a memory map), `shard_index` (sharded checkpoints' `index.json`), `hf_folder` (Hugging Face model folders: the weights and the files carried beside them), `atomic`
 //! ([`atomic_write`]: all-or-nothing writes), `atomic_dir` (the same for a folder of shards)
 //! and `error` ([`CheckpointError`]).
 
@@ -42,6 +42,7 @@ pub mod code_policy;
 mod dtype;
 mod error;
 mod guarded_map;
+mod hf_folder;
 mod host_tensor;
 mod input_file;
 mod mapped;
@@ -65,6 +66,7 @@ pub use self::atomic::{atomic_write, write_all_or_nothing};
 pub use self::atomic_dir::{atomic_write_dir, check_folder_destination};
 pub use self::code_policy::{check_torchscript_code, check_torchscript_code_from, CodePolicy};
 pub use self::error::CheckpointError;
+pub use self::hf_folder::{Carried, HfFolder, HfWeights};
 pub use self::input_file::{open_input, read_input, MAX_SMALL_FILE};
 pub use self::mapped::{
     safetensors_dtype, safetensors_order, write_safetensors_streamed, write_safetensors_to_sink,
@@ -83,7 +85,7 @@ pub use self::script_archive::{read_torchscript_state, read_torchscript_state_fr
 pub use self::shard_index::ShardIndex;
 pub(crate) use self::temp_file::check_room;
 pub use self::temp_file::{check_destination, remove_temporary_files};
-pub(crate) use self::text::{first_line, torchscript_reason};
+pub(crate) use self::text::{first_line, torchscript_whole};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,
     write_torch_zip_streamed, write_torch_zip_to_sink,

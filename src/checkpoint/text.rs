@@ -57,9 +57,54 @@ pub(crate) fn torchscript_reason(message: &str) -> String {
         .to_string()
 }
 
+/// libtorch's whole message on one line: [`torchscript_reason`] first, then every line of the
+/// message (the TorchScript traceback: which file, line and call of the model's code failed)
+/// but libtorch's C++ frames, joined by ` | `. For errors of running a model's code, where the
+/// first or last line alone does not say where it failed.
+pub(crate) fn torchscript_whole(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix("Internal torch error:").unwrap_or(l).trim()
+        })
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("frame #") && !l.starts_with("Exception raised from")
+        })
+        .collect();
+    // The reason read off the lines without the C++ frames, which may come last.
+    let reason = torchscript_reason(&lines.join("\n"));
+    if lines.len() <= 1 {
+        return reason;
+    }
+    format!("{reason} [libtorch's whole message: {}]", lines.join(" | "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scripts_error_keeps_its_traceback() {
+        let raw = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript (most recent call last):\n  File \"code/__torch__.py\", line 9, in forward\n    return self.emb(ids)\nRuntimeError: Expected tensor for argument #1 'indices' to have one of the following scalar types: Long, Int\nframe #0: c10::Error";
+        let whole = torchscript_whole(raw);
+        assert!(
+            whole.starts_with("Expected tensor for argument #1"),
+            "{whole}"
+        );
+        assert!(
+            whole.contains("File \"code/__torch__.py\", line 9, in forward | return self.emb(ids)"),
+            "{whole}"
+        );
+        assert!(
+            !whole.contains("frame #") && !whole.contains('\n'),
+            "{whole}"
+        );
+        assert_eq!(
+            torchscript_whole("Internal torch error: one line"),
+            "one line"
+        );
+    }
 
     #[test]
     fn torch_errors_keep_only_their_first_line() {

@@ -17,13 +17,15 @@ mod plot;
 pub(crate) mod recorder;
 mod report;
 pub(crate) mod script_model;
+mod sharded_file;
 pub(crate) mod shrink;
 mod streaming;
 mod text_file;
+pub(crate) mod transformer_shrink;
 
 pub use crate::checkpoint::CodePolicy;
 pub use calibrate::{CalibrationInputs, ScriptCalibrator};
 pub use model_file::ModelFile;
-pub use report::{Report, TensorReport};
+pub use report::{GroupReport, Report, TensorReport};
 pub use script_model::ScriptModel;
 pub use streaming::{StreamReport, StreamStep, StreamedModel};

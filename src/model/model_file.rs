@@ -20,14 +20,14 @@ use tch::{Device, Kind, Tensor};
 /// plus `safetensors.torch.save_model`'s metadata convention in safetensors.
 #[derive(Debug)]
 pub struct ModelFile {
-    format: Format,
-    contents: Contents,
+    pub(super) format: Format,
+    pub(super) contents: Contents,
     /// Alias -> the name the tensor is pruned under.
-    ties: HashMap<String, String>,
+    pub(super) ties: HashMap<String, String>,
 }
 
 #[derive(Debug)]
-enum Contents {
+pub(super) enum Contents {
     /// A TorchScript module, with its whole state dict's names in order: the parameters live in
     /// the module (and the store); `buffers` are the other entries as the file holds them.
     Script {
@@ -52,7 +52,7 @@ enum Contents {
 /// What a `.pt2` archive adds to its tensors: which are buffers (`is_param` false in its
 /// weights config), and the archive itself, whose other entries [`ModelFile::save`] carries over.
 #[derive(Debug)]
-struct Exported {
+pub(super) struct Exported {
     archive: checkpoint::Pt2Archive,
     buffers: HashSet<String>,
 }
@@ -111,30 +111,11 @@ impl ModelFile {
                     Format::TorchZip => checkpoint::read_torch_zip_tied(path)?,
                     _ => checkpoint::read_safetensors(path)?,
                 };
-                let masks = take_masks(&mut tensors);
                 if format == Format::Safetensors {
                     let metadata = checkpoint::read_safetensors_metadata(path)?;
                     add_saved_aliases(&mut tensors, &metadata);
                 }
-                let ties = shared_names(&tensors);
-                let vs = VarStore::new(device);
-                let mut names = Vec::with_capacity(tensors.len());
-                for (name, tensor) in tensors {
-                    // An alias is not a variable of its own: its canonical name stands for it.
-                    if !ties.contains_key(&name) {
-                        let trainable =
-                            tensor.is_floating_point() && !is_conventional_buffer(&name);
-                        let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, trainable);
-                    }
-                    names.push(name);
-                }
-                let contents = Contents::Tensors {
-                    vs,
-                    names,
-                    masks,
-                    exported: None,
-                };
-                (contents, ties)
+                state_contents(tensors, device)?
             }
             Format::Pt2 => {
                 let (archive, tensors) = checkpoint::Pt2Archive::read(path)?;
@@ -383,6 +364,35 @@ impl ModelFile {
     }
 }
 
+/// A state dict's contents: `<name>_orig`/`<name>_mask` pairs taken as pruned tensors, ties
+/// found, every tensor registered (see [`Contents::Tensors`]).
+pub(super) fn state_contents(
+    mut tensors: Vec<(String, Tensor)>,
+    device: Device,
+) -> Result<(Contents, HashMap<String, String>)> {
+    let masks = take_masks(&mut tensors);
+    let ties = shared_names(&tensors);
+    let vs = VarStore::new(device);
+    let mut names = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        // An alias is not a variable of its own: its canonical name stands for it.
+        if !ties.contains_key(&name) {
+            let trainable = tensor.is_floating_point() && !is_conventional_buffer(&name);
+            let _ = add_dotted(&vs, &name, tensor.f_to_device(device)?, trainable);
+        }
+        names.push(name);
+    }
+    Ok((
+        Contents::Tensors {
+            vs,
+            names,
+            masks,
+            exported: None,
+        },
+        ties,
+    ))
+}
+
 /// Names whose tensors are one tensor (the same memory, shape, strides and dtype: tied weights):
 /// each later name -> the first one.
 fn shared_names(tensors: &[(String, Tensor)]) -> HashMap<String, String> {
@@ -430,7 +440,10 @@ impl TensorIdentity {
 /// The names `safetensors.torch.save_model` left out of a file because they are tied to a name
 /// it kept (its metadata maps each to the kept name): added back, after the kept name, as the
 /// same tensor. Other metadata (`"format": "pt"`, a user's notes) names no tensor and is ignored.
-fn add_saved_aliases(tensors: &mut Vec<(String, Tensor)>, metadata: &HashMap<String, String>) {
+pub(super) fn add_saved_aliases(
+    tensors: &mut Vec<(String, Tensor)>,
+    metadata: &HashMap<String, String>,
+) {
     let present: HashSet<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
     let mut aliases: HashMap<&str, Vec<&str>> = HashMap::new();
     for (alias, kept) in metadata {

@@ -38,6 +38,90 @@ pub struct Report {
     pub zeros: i64,
     /// `zeros / numel`, 0 when there is no element.
     pub sparsity: f64,
+    /// The prunable weights only (PyTorch's default selection: floating-point tensors whose
+    /// name ends in `weight`, with two or more dimensions), a tied tensor counted once.
+    pub prunable: GroupReport,
+    /// Per layer: the tensors under each `<prefix>.<index>` (`model.layers.3`,
+    /// `transformer.h.0`), by the first numbered module of their names, in the file's order.
+    /// Empty when the names number fewer than two layers, or when none holds two tensors.
+    pub layers: Vec<GroupReport>,
+    /// Per module type: the tensors of modules with the same last name (`q_proj`,
+    /// `input_layernorm`, `conv1`) and parameter (`weight`, `bias`): `q_proj.weight`.
+    /// Empty when fewer than two types are found, or when none holds two tensors.
+    pub module_types: Vec<GroupReport>,
+}
+
+/// Totals over a group of tensors of a [`Report`] (tied tensors counted once), under the same
+/// keys as a tensor's row.
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct GroupReport {
+    /// The layer (`model.layers.3`), the module type (`q_proj.weight`), or `prunable`.
+    pub name: String,
+    /// Tensors in the group.
+    pub tensors: usize,
+    /// Their elements.
+    pub numel: i64,
+    /// Exact zeros among them.
+    pub zeros: i64,
+    /// `zeros / numel` (0 for no elements).
+    pub sparsity: f64,
+}
+
+impl GroupReport {
+    fn add(&mut self, r: &TensorReport) {
+        if r.tied_to.is_none() {
+            self.tensors += 1;
+            self.numel += r.numel;
+            self.zeros += r.zeros;
+            self.sparsity = ratio(self.zeros, self.numel);
+        }
+    }
+}
+
+/// The layer of a tensor's name: up to its first all-digit segment (`model.layers.3`).
+fn layer_of(name: &str) -> Option<&str> {
+    let mut end = 0;
+    for part in name.split('.') {
+        end += part.len();
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(&name[..end]);
+        }
+        end += 1;
+    }
+    None
+}
+
+/// The module type of a tensor's name: its last module and parameter (`q_proj.weight`), for
+/// names with a module.
+fn module_type_of(name: &str) -> Option<String> {
+    let mut parts = name.rsplit('.');
+    let parameter = parts.next()?;
+    let module = parts.find(|p| !p.bytes().all(|b| b.is_ascii_digit()))?;
+    Some(format!("{module}.{parameter}"))
+}
+
+/// Groups `rows` by `key`, in the order keys first appear; none for fewer than two groups or
+/// when no group holds two tensors.
+fn grouped(rows: &[TensorReport], key: impl Fn(&str) -> Option<String>) -> Vec<GroupReport> {
+    let mut groups: Vec<GroupReport> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for r in rows {
+        let Some(k) = key(&r.name) else { continue };
+        let i = *at.entry(k.clone()).or_insert_with(|| {
+            groups.push(GroupReport {
+                name: k,
+                ..Default::default()
+            });
+            groups.len() - 1
+        });
+        groups[i].add(r);
+    }
+    // One group, or about one per tensor (a model without repeated blocks), says nothing the
+    // rows do not.
+    if groups.len() < 2 || groups.iter().all(|g| g.tensors < 2) {
+        groups.clear();
+    }
+    groups
 }
 
 impl TensorReport {
@@ -89,11 +173,26 @@ impl Report {
         let counted = || rows.iter().filter(|r| r.tied_to.is_none());
         let numel = counted().map(|r| r.numel).sum();
         let zeros = counted().map(|r| r.zeros).sum();
+        let mut prunable = GroupReport {
+            name: "prunable".into(),
+            ..Default::default()
+        };
+        for r in &rows {
+            let float = matches!(r.dtype.as_str(), "float" | "double" | "half" | "bfloat16");
+            if float && r.name.ends_with("weight") && r.shape.len() >= 2 {
+                prunable.add(r);
+            }
+        }
+        let layers = grouped(&rows, |n| layer_of(n).map(str::to_string));
+        let module_types = grouped(&rows, module_type_of);
         Self {
             tensors: rows,
             numel,
             zeros,
             sparsity: ratio(zeros, numel),
+            prunable,
+            layers,
+            module_types,
         }
     }
 
@@ -127,7 +226,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>9}",
-            "name", "shape", "dtype", "elements", "zeros", "sparsity"
+            "name", "shape", "dtype", "numel", "zeros", "sparsity"
         )?;
         for r in &self.tensors {
             let shape = format!("{:?}", r.shape);
@@ -145,6 +244,45 @@ impl fmt::Display for Report {
                 Some(to) => writeln!(f, "  tied to {to} (counted once)")?,
                 None => writeln!(f)?,
             }
+        }
+        // The groups: `layers`, `module_types` and `prunable`, as the JSON names them.
+        for (title, groups) in [
+            ("layers", &self.layers),
+            ("module_types", &self.module_types),
+        ] {
+            if groups.is_empty() {
+                continue;
+            }
+            writeln!(
+                f,
+                "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>9}",
+                title, "tensors", "", "numel", "zeros", "sparsity"
+            )?;
+            for g in groups.iter() {
+                writeln!(
+                    f,
+                    "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
+                    g.name,
+                    g.tensors,
+                    "",
+                    g.numel,
+                    g.zeros,
+                    100.0 * g.sparsity
+                )?;
+            }
+        }
+        let p = &self.prunable;
+        if p.tensors > 0 && p.numel != self.numel {
+            writeln!(
+                f,
+                "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
+                "prunable",
+                p.tensors,
+                "",
+                p.numel,
+                p.zeros,
+                100.0 * p.sparsity
+            )?;
         }
         write!(
             f,
@@ -176,6 +314,45 @@ mod tests {
     }
 
     /// Names of any length print (the column stops widening), one row per tensor.
+    /// Grouped by layer and by module type, with a total over the prunable weights only; the
+    /// table's headers are the JSON's keys.
+    #[test]
+    fn groups_by_layer_and_module_type() {
+        let w = || Tensor::from_slice(&[0f32, 1.0, 2.0, 3.0]).reshape([2, 2]);
+        let n = || Tensor::from_slice(&[0f32, 1.0]);
+        let r = Report::new(&[
+            ("model.layers.0.self_attn.q_proj.weight".into(), w()),
+            ("model.layers.0.input_layernorm.weight".into(), n()),
+            ("model.layers.1.self_attn.q_proj.weight".into(), w()),
+            ("model.layers.1.input_layernorm.weight".into(), n()),
+            ("model.norm.weight".into(), n()),
+        ])
+        .unwrap();
+        let names = |g: &[GroupReport]| g.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&r.layers), ["model.layers.0", "model.layers.1"]);
+        assert_eq!(
+            names(&r.module_types),
+            ["q_proj.weight", "input_layernorm.weight", "norm.weight"]
+        );
+        assert_eq!((r.layers[0].numel, r.layers[0].zeros), (6, 2));
+        assert_eq!(
+            (r.prunable.tensors, r.prunable.numel, r.prunable.zeros),
+            (2, 8, 2)
+        );
+        let text = r.to_string();
+        let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["name", "shape", "dtype", "numel", "zeros", "sparsity"]
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        for key in &header[3..] {
+            assert!(json["tensors"][0].get(key).is_some() && json["prunable"].get(key).is_some());
+        }
+        assert!(text.contains("\nprunable ") && text.contains("\nmodel.layers.1 "));
+        assert!(text.lines().last().unwrap().starts_with("total"));
+    }
+
     #[test]
     fn a_name_longer_than_any_width_prints() {
         let t = Tensor::from_slice(&[0f32, 1.0]);

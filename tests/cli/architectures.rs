@@ -38,7 +38,7 @@ fn models() -> Option<&'static Path> {
 
 /// A folder of generated files under the target folder, keyed by the generating scripts' text
 /// (FNV-1a: a changed generator writes a new folder), made by `make` once; None without Python.
-fn generated(
+pub(crate) fn generated(
     prefix: &str,
     scripts: &[&str],
     make: impl FnOnce(&Path) -> Option<()>,

@@ -7,8 +7,8 @@ mod common;
 mod architectures;
 mod backend;
 mod calibrated;
-
 mod distributed;
+mod hf;
 mod hostile;
 mod prune;
 mod same_answer;

@@ -166,10 +166,24 @@ fn shrink_cli() {
         .collect();
     assert_eq!(changed, vec!["a (conv2d output channels)".to_string()]);
 
-    // The exact route on an unpruned model removes nothing.
-    let v = shrink_json(i, o, &["--exact", "--verify"]);
-    assert!(afters(&v).iter().all(|(_, b, a)| a == b));
-    assert_eq!(v["verify_relative_error"].as_f64(), Some(0.0));
+    // The exact route on an unpruned model removes nothing: said on one line, exit 1, nothing
+    // written (it exited 0 having shrunk nothing before issue 25).
+    let nothing = dir.path().join("nothing.pt");
+    let r = shrink(&[
+        i,
+        "-o",
+        nothing.to_str().unwrap(),
+        "--exact",
+        "--input-shape",
+        "1,3,8,8",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("nothing could be shrunk") && err.contains("none entirely zero"),
+        "{err}"
+    );
+    assert!(!nothing.exists());
 
     // Errors: one line, status 1 (bad input) or 2 (arguments), no output file.
     let missing = dir.path().join("missing.pt");
@@ -208,4 +222,54 @@ fn shrink_cli() {
     let r = shrink(&[i, "-o", fresh.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(2), "no --amount nor --exact");
     assert!(!fresh.exists());
+}
+
+/// A model that takes token ids (an embedding, then linear layers) shrinks with
+/// `--input-dtype int64 --input-range 0,VOCAB` (random floats were fed into the embedding
+/// before issue 25, and the forward failed); the latency says what it timed.
+#[test]
+fn token_ids_as_the_example_input() {
+    let dir = common::tempdir();
+    let input = dir.path().join("lm.pt");
+    let script = "import sys, torch, torch.nn as nn\ntorch.manual_seed(0)\nclass M(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.emb = nn.Embedding(100, 16)\n        self.up = nn.Linear(16, 32)\n        self.down = nn.Linear(32, 4)\n    def forward(self, ids):\n        return self.down(torch.relu(self.up(self.emb(ids))))\ntorch.jit.save(torch.jit.script(M().eval()), sys.argv[1])\n";
+    common::run_python(script, &[&input]).expect("this test needs TCH_PRUNE_PYTHON with torch");
+    let out = dir.path().join("small.pt");
+    let said = Cli::new("shrink")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .flags("--amount 0.5 --input-shape 2,8 --input-dtype int64 --input-range 0,100 --verify --runs 3")
+        .ok();
+    assert!(
+        said.contains("16 up (linear output features)")
+            || said.contains("up (linear output features)"),
+        "{said}"
+    );
+    assert!(said.contains("the median of 3 forward passes"), "{said}");
+    assert!(out.is_file());
+    let r = Cli::new("shrink")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("x.pt"))
+        .flags("--amount 0.5 --input-shape 2,8 --input-dtype int64")
+        .run();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--input-range LOW,HIGH"));
+    // Floats into the embedding: libtorch's whole error, the script's traceback included, on
+    // one line (only its last line was shown before issue 25).
+    let r = Cli::new("shrink")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("x.pt"))
+        .flags("--amount 0.5 --input-shape 2,8")
+        .run();
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("libtorch's whole message")
+            && err.contains("Traceback of TorchScript")
+            && err.contains("self.emb"),
+        "{err}"
+    );
 }

@@ -7,6 +7,7 @@ use crate::{device, one_line, policy, quiet, PruneArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use std::path::Path;
 use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as};
 use tch_prune::model::{CalibrationInputs, ModelFile};
 use tch_prune::{CalibratedMethod, Calibration, LayerReport, Order, SparseGpt, Sparsity, Wanda};
@@ -66,7 +67,7 @@ fn method(args: &PruneArgs) -> Result<(CalibratedMethod, Sparsity)> {
     Ok((method, sparsity))
 }
 
-pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
+pub(crate) fn run(args: PruneArgs, output: &Path, show: bool) -> Result<()> {
     let (method, sparsity) = method(&args)?;
     let Some(calibration_path) = &args.calibration else {
         bail!("--method {} needs --calibration FILE: a safetensors file of the forward's inputs (a tensor named 'input', samples first)", args.method.as_deref().unwrap_or_default());
@@ -96,6 +97,8 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
         dim: None,
         global: false,
         pattern: None,
+        exclude: args.exclude.as_deref().map(split_patterns),
+        transformer: false,
     };
     let selected = step.select(&model.parameters(), &model.buffers())?;
     let calibrator = script.calibrator(&selected)?;
@@ -163,7 +166,7 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
         .map(|path| (path, model.reparametrized_entries(&pruner)));
     pruner.remove_all()?;
     write_all_or_nothing(|| -> Result<()> {
-        quiet::quietly(show, || model.save(&args.output, &pruner))?;
+        quiet::quietly(show, || model.save(output, &pruner))?;
         if let Some((path, state)) = &state {
             let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
                 .iter()
@@ -186,7 +189,7 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
             sparsity: sparsity.to_string(),
             order: order_name,
             samples: inputs.samples(),
-            output: args.output.display().to_string(),
+            output: output.display().to_string(),
             layers: reports.iter().map(layer).collect(),
         };
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -209,7 +212,7 @@ pub(crate) fn run(args: PruneArgs, show: bool) -> Result<()> {
             "pruned {} linear layers with {method_name} ({sparsity}, {order_name}, {} calibration samples); wrote {}",
             reports.len(),
             inputs.samples(),
-            args.output.display()
+            output.display()
         );
     }
     Ok(())

@@ -2,11 +2,15 @@
 //! line, with PyTorch's exact semantics. A thin layer over the `tch_prune` library.
 
 mod calibrated;
+
+mod folder;
 mod limits;
 mod outputs;
+mod pattern;
 mod plan;
 mod quiet;
 mod shrink;
+mod shrink_hf;
 mod signals;
 mod stream;
 // The library's one-line text helpers, compiled from the same source rather than exported.
@@ -22,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::{
-    check_folder_destination, read_input, write_all_or_nothing, write_safetensors_as, CodePolicy,
-    ShardIndex, MAX_SMALL_FILE,
+    read_input, write_all_or_nothing, write_safetensors_as, CodePolicy, HfFolder, ShardIndex,
+    MAX_SMALL_FILE,
 };
 use tch_prune::model::{ModelFile, Report, StreamedModel};
 
@@ -50,7 +54,7 @@ enum Command {
     Prune(Box<PruneArgs>),
     /// Remove channels from a TorchScript model: smaller and faster, the code unchanged.
     #[command(
-        after_help = "Examples:\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
+        after_help = "Examples:\n  tch-prune shrink Llama-3.2-1B/ -o Llama-3.2-1B-shrunk/ --amount 0.25\n  tch-prune shrink qwen2/ -o out/ --mlp-amount 0.3 --head-amount 0.25\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
     )]
     Shrink(Box<shrink::ShrinkArgs>),
     /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.
@@ -87,10 +91,12 @@ pub(crate) struct PruneArgs {
     input: PathBuf,
     /// Where to write the pruned model (same format as the input): a regular file or a new
     /// name in an existing folder; links, devices and folders are refused. It may be the input.
-    /// For a sharded input, a folder that does not exist yet (or is empty): the same shards and
-    /// index appear in it whole or not at all.
-    #[arg(short, long)]
-    output: PathBuf,
+    /// For a model folder or a sharded input, a folder that does not exist yet (or is empty):
+    /// the weights (the same shards and index, or one model.safetensors) and every other file
+    /// of the input folder (config.json, tokenizer files, README) appear in it whole or not at
+    /// all; naming an index there (out/model.safetensors.index.json) means its folder.
+    #[arg(short, long, required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
     /// l1-unstructured, random-unstructured, ln-structured, random-structured, identity, nm
     /// (N:M semi-structured sparsity, with --pattern), or wanda / sparsegpt (a TorchScript
     /// model's linear layers pruned from what they see of --calibration, with --amount
@@ -100,10 +106,16 @@ pub(crate) struct PruneArgs {
     /// A number with a decimal point is a fraction (0.3, 1.0), an integer a count (12), as in PyTorch.
     #[arg(long, allow_hyphen_values = true)]
     amount: Option<String>,
-    /// Comma-separated names or glob patterns ('*.weight', 'features.*'). Default: every
-    /// parameter whose name ends in 'weight' and that has at least two dimensions. A pattern that
-    /// matches no parameter, or a selection of nothing, is an error (exit 1), with or without
-    /// --global.
+    /// Comma-separated names or patterns ('*.weight', 'features.*', 'model.layers.{0..3}.*',
+    /// 'model.layers.[0-3].mlp.*', '*.{q,k,v}_proj.weight'): '*' any characters, '?' one,
+    /// '[0-3]' one of a class, '{0..11}' a number in a range, '{a,b}' either.
+    ///
+    /// Default: every parameter whose name ends in 'weight' and that has at least two
+    /// dimensions (PyTorch's convention); for a Hugging Face model folder (one with a
+    /// config.json), those but the embedding tables and the output head ('*embed*', 'wte',
+    /// 'wpe', 'lm_head'). A pattern that matches no parameter, or a selection of nothing, is an
+    /// error (exit 1), with or without --global. A selection that holds one-dimensional tensors
+    /// or embeddings is run with a warning.
     ///
     /// Order (what seeded random methods and --global depend on): names are pruned in the
     /// order given, a pattern's matches in the file's order. A safetensors file's order is not
@@ -146,7 +158,8 @@ pub(crate) struct PruneArgs {
     /// safetensors. Must differ from -o and from the input. Both files are written, or neither.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
-    /// A JSON list of steps ({"params", "method", "amount", "n", "dim", "global", "pattern"}),
+    /// A JSON list of steps ({"params", "exclude", "method", "amount", "n", "dim", "global",
+    /// "pattern"}); a tensor may be pruned by several steps (L1 then 2:4 composes the masks),
     /// applied in order. "params" is a string as for --params or a list of names and patterns; a
     /// list of names is the order the step prunes in (the way to give a safetensors file's model
     /// order).
@@ -183,6 +196,16 @@ pub(crate) struct PruneArgs {
     /// model file if larger.
     #[arg(long, value_name = "SIZE", requires = "calibration")]
     memory_limit: Option<String>,
+
+    /// Comma-separated names or patterns (as for --params) left out of what each step selects,
+    /// every step of a plan included (a plan step also takes its own "exclude"). One that
+    /// matches no parameter is an error. E.g. --exclude '*embed*,lm_head.weight,*norm*'.
+    #[arg(long)]
+    exclude: Option<String>,
+    /// Print what each step selects (names, shapes, dtypes and element counts) and the
+    /// warnings, then exit: nothing is pruned or written, and -o is not needed.
+    #[arg(long)]
+    dry_run: bool,
     /// Load a TorchScript file even if its code would run: by default a TorchScript input
     /// whose code defines __setstate__ (which libtorch runs while loading), or calls anything
     /// that reads or writes files or reaches other processes, is refused before libtorch sees
@@ -285,11 +308,21 @@ fn steps(args: &PruneArgs) -> Result<Vec<Step>> {
         let text = String::from_utf8(bytes).map_err(|_| {
             anyhow::anyhow!("{}: a plan is JSON text, not UTF-8 here", plan.display())
         })?;
-        return parse_plan(&text).with_context(|| plan.display().to_string());
+        let mut steps = parse_plan(&text).with_context(|| plan.display().to_string())?;
+        if let Some(exclude) = args.exclude.as_deref().map(split_patterns) {
+            for step in &mut steps {
+                step.exclude
+                    .get_or_insert_with(Vec::new)
+                    .extend(exclude.clone());
+            }
+        }
+        return Ok(steps);
     }
     let method: MethodName = args.method.as_deref().unwrap_or_default().parse()?;
     let step = Step {
         params: args.params.as_deref().map(split_patterns),
+        exclude: args.exclude.as_deref().map(split_patterns),
+        transformer: false,
         method,
         amount: args.amount.as_deref().map(str::parse).transpose()?,
         n: args.n.as_deref().map(str::parse).transpose()?,
@@ -324,20 +357,37 @@ fn device(name: &str) -> Result<Device> {
 fn prune(args: PruneArgs, show: bool) -> Result<()> {
     // Before anything is read: a run that fails writes nothing, and what it may not replace
     // it never touches.
-    // A sharded checkpoint (an index or its folder) goes to a new folder, which the streaming
-    // writer checks (new or empty) before it writes anything.
-    if ShardIndex::locate(&args.input).is_none() {
-        outputs::check(&args.input, Some(&args.output), args.state_out.as_deref())?;
-    } else {
-        // Up front too, not at the final rename after the whole output is written.
-        check_folder_destination(&args.output)?;
+    // A model folder (or a shard index) goes to a new folder, checked (new or empty) here, not
+    // at the final rename after the whole output is written.
+    let io = folder::Io::resolve(
+        &args.input,
+        args.output.as_deref().filter(|_| !args.dry_run),
+    )?;
+    let output = io.output.clone();
+    if io.folder.is_none() && !args.dry_run {
+        outputs::check(&args.input, Some(&output), args.state_out.as_deref())?;
+    } else if let Some(state) = args.state_out.as_ref().filter(|_| !args.dry_run) {
+        outputs::check_other(&io.weights, state, "--state-out")?;
     }
     if calibrated::wanted(&args) {
-        return calibrated::run(args, show);
+        if args.dry_run {
+            bail!("--dry-run lists what the magnitude methods select; wanda and sparsegpt prune the linear layers forward calls (--params narrows them), listed in their summary");
+        }
+        return calibrated::run(args, &output, show);
     }
-    let steps = steps(&args)?;
+    let mut steps = steps(&args)?;
+    let transformer = io
+        .folder
+        .as_ref()
+        .is_some_and(|f| f.dir.join("config.json").is_file());
+    for step in &mut steps {
+        step.transformer = transformer;
+    }
+    if args.dry_run {
+        return dry_run(&io, &steps, show, policy(args.trust_code));
+    }
     let device = device(&args.device)?;
-    let why_in_memory = match stream::prune(&args, &steps)? {
+    let why_in_memory = match stream::prune(&args, &steps, &io)? {
         stream::Outcome::Streamed(summary) => {
             println!("{summary}");
             return Ok(());
@@ -345,7 +395,17 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
         stream::Outcome::InMemory(reason) => reason,
     };
     let policy = policy(args.trust_code);
-    let model = quiet::quietly(show, || ModelFile::open_with(&args.input, device, policy))?;
+    let index = match io.is_sharded() {
+        true => Some(ShardIndex::read(&io.weights)?),
+        false => None,
+    };
+    let model = match &index {
+        Some(index) => {
+            folder::check_memory(index)?;
+            ModelFile::open_sharded(index, device)?
+        }
+        None => quiet::quietly(show, || ModelFile::open_with(&io.weights, device, policy))?,
+    };
     let parameters = model.parameters();
     let buffers = model.buffers();
     let selections = steps
@@ -366,6 +426,7 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
 
+    plan::print_warnings(&selections, &parameters);
     let pruner = model.pruner()?;
     // Pruned in this run or by the file's own `_orig`/`_mask`, for the summary.
     let mut pruned = pruner.pruned_names();
@@ -434,9 +495,17 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
         .as_ref()
         .map(|path| (path, model.reparametrized_entries(&pruner)));
     pruner.remove_all()?;
-    // Both outputs or neither: a failure writing the state leaves no pruned model behind.
-    write_all_or_nothing(|| -> Result<()> {
-        quiet::quietly(show, || model.save(&args.output, &pruner))?;
+    let save = |dest: &Path| -> Result<()> {
+        match &index {
+            Some(index) => {
+                std::fs::create_dir(dest)
+                    .with_context(|| format!("{}: cannot write", dest.display()))?;
+                Ok(model.save_sharded(dest, index, &pruner)?)
+            }
+            None => Ok(quiet::quietly(show, || model.save(dest, &pruner))?),
+        }
+    };
+    let write_state = || -> Result<()> {
         if let Some((path, state)) = &state {
             let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
                 .iter()
@@ -445,16 +514,105 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
             write_safetensors_as(path, &entries, &Default::default())?;
         }
         Ok(())
-    })?;
+    };
+    if io.folder.is_some() {
+        // The folder is put in place whole by its own rename, then the state is written: a
+        // failure writing the state removes the folder this run created.
+        io.write(save)?;
+        if let Err(e) = write_state() {
+            let _ = std::fs::remove_dir_all(&io.output);
+            return Err(e);
+        }
+    } else {
+        // Both outputs or neither: a failure writing the state leaves no pruned model behind.
+        write_all_or_nothing(|| -> Result<()> {
+            save(&output)?;
+            write_state()
+        })?;
+    }
     let report = report_of(&model, &pruner)?;
     println!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (in memory: {why_in_memory})",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (in memory: {why_in_memory}){}",
         pruned.len(),
         100.0 * report.sparsity_of(&pruned),
         100.0 * report.sparsity,
         report.numel,
-        args.output.display()
+        io.output.display(),
+        io.carried_summary()
     );
+    Ok(())
+}
+
+/// `--dry-run`: each step's selection, with shapes and dtypes read from the file's headers where
+/// its format has them (safetensors, `torch.save` zips: nothing is read into memory), else from
+/// the loaded model.
+fn dry_run(io: &folder::Io, steps: &[Step], show: bool, policy: CodePolicy) -> Result<()> {
+    let headers = io.is_sharded()
+        || matches!(
+            tch_prune::checkpoint::Format::detect(&io.weights)?,
+            tch_prune::checkpoint::Format::Safetensors | tch_prune::checkpoint::Format::TorchZip
+        );
+    let streamed = headers.then(|| StreamedModel::open(&io.weights));
+    let (parameters, buffers, shapes) = match streamed {
+        Some(Ok(model)) => (model.parameters(), model.buffers(), model.shapes()),
+        Some(Err(e)) if io.is_sharded() => return Err(e.into()),
+        _ => {
+            let model = quiet::quietly(show, || {
+                ModelFile::open_with(&io.weights, Device::Cpu, policy)
+            })?;
+            let vars = model.var_store().variables();
+            let shapes = model
+                .parameters()
+                .iter()
+                .filter_map(|(n, _)| vars.get(n).map(|t| (n.clone(), t.size(), t.kind())))
+                .collect();
+            (model.parameters(), model.buffers(), shapes)
+        }
+    };
+    let shape_of: HashMap<&str, (&Vec<i64>, tch::Kind)> = shapes
+        .iter()
+        .map(|(n, s, k)| (n.as_str(), (s, *k)))
+        .collect();
+    let mut selections = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let names = step
+            .select(&parameters, &buffers)
+            .with_context(|| format!("step {}", i + 1))?;
+        let numel: i64 = names
+            .iter()
+            .filter_map(|n| shape_of.get(n.as_str()))
+            .map(|(s, _)| s.iter().product::<i64>())
+            .sum();
+        println!(
+            "step {} ({}): {} tensors, {numel} elements",
+            i + 1,
+            step.method,
+            names.len()
+        );
+        for name in &names {
+            match shape_of.get(name.as_str()) {
+                Some((shape, kind)) => println!("  {name}  {shape:?}  {kind:?}"),
+                None => println!("  {name}"),
+            }
+        }
+        if step.params.is_none() && step.transformer {
+            let left: Vec<&str> = parameters
+                .iter()
+                .filter(|(n, d)| n.ends_with("weight") && *d >= 2)
+                .map(|(n, _)| n.as_str())
+                .filter(|n| plan::is_embedding_or_head(n))
+                .collect();
+            if !left.is_empty() {
+                println!(
+                    "  left out by default (a model folder's embedding tables and output head): {}",
+                    left.join(", ")
+                );
+            }
+        }
+        selections.push(names);
+    }
+    plan::print_warnings(&selections, &parameters);
+    println!("dry run: nothing was pruned or written");
     Ok(())
 }
 
@@ -486,6 +644,12 @@ fn report(
     policy: CodePolicy,
     show: bool,
 ) -> Result<()> {
+    // A model folder is reported by its weights.
+    let weights = match input.is_dir() {
+        true => HfFolder::open(input)?.weights_path().to_path_buf(),
+        false => input.to_path_buf(),
+    };
+    let input = weights.as_path();
     let sharded = ShardIndex::locate(input).is_some();
     if !sharded {
         outputs::check(input, None, None)?;

@@ -1,5 +1,7 @@
 //! Pruning plans: the steps the CLI's `--plan` (or its flags) describe, applied in order.
 
+pub use crate::pattern::glob_match;
+use crate::pattern::is_glob;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::str::FromStr;
@@ -75,10 +77,18 @@ impl FromStr for MethodName {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Names or glob patterns (`*`, `?`); `None` selects the default: every parameter whose
-    /// name ends in `weight` and that has at least two dimensions.
+    /// Names or patterns (see `pattern.rs`); `None` selects the default: every parameter whose
+    /// name ends in `weight` and that has at least two dimensions (in a model folder, but the
+    /// embedding tables and the output head).
     #[serde(default, deserialize_with = "patterns")]
     pub params: Option<Vec<String>>,
+    /// Names or patterns left out of what `params` selects.
+    #[serde(default, deserialize_with = "patterns")]
+    pub exclude: Option<Vec<String>>,
+    /// The input is a model folder with a `config.json` (a transformer): the default selection
+    /// leaves out its embedding tables and output head. Set by the CLI, not by a plan.
+    #[serde(skip)]
+    pub transformer: bool,
     /// The pruning method.
     #[serde(deserialize_with = "from_str_value")]
     pub method: MethodName,
@@ -195,10 +205,35 @@ impl Step {
     /// Selecting nothing is an error, with or without `global`: a mistyped pattern must not
     /// give a copy of the model that looks pruned.
     pub fn select(&self, available: &[(String, usize)], buffers: &[String]) -> Result<Vec<String>> {
+        let mut selected = self.included(available, buffers)?;
+        let Some(exclude) = &self.exclude else {
+            return Ok(selected);
+        };
+        for pattern in exclude {
+            if !available.iter().any(|(n, _)| glob_match(pattern, n)) {
+                return Err(PruneError::InvalidArgument(format!(
+                    "--exclude '{}' matches no parameter of the model (the parameters are {})",
+                    cut(pattern),
+                    some_names(available)
+                )));
+            }
+        }
+        selected.retain(|n| !exclude.iter().any(|p| glob_match(p, n)));
+        if selected.is_empty() {
+            return Err(PruneError::InvalidArgument(
+                "nothing to prune: --exclude leaves out every tensor the step selects".into(),
+            ));
+        }
+        Ok(selected)
+    }
+
+    /// What `params` (or the default) selects, before `exclude`.
+    fn included(&self, available: &[(String, usize)], buffers: &[String]) -> Result<Vec<String>> {
         let Some(patterns) = &self.params else {
             let selected: Vec<String> = available
                 .iter()
                 .filter(|(name, dims)| name.ends_with("weight") && *dims >= 2)
+                .filter(|(name, _)| !(self.transformer && is_embedding_or_head(name)))
                 .map(|(name, _)| name.clone())
                 .collect();
             if selected.is_empty() {
@@ -284,6 +319,64 @@ impl Step {
     }
 }
 
+/// Whether `name` is an embedding table or a language model's output head, by the names
+/// transformers gives them: a module whose name holds `embed` (`embed_tokens`,
+/// `word_embeddings`, `embed_positions`), GPT-2's `wte` and `wpe`, T5's `shared`, `lm_head`.
+pub fn is_embedding_or_head(name: &str) -> bool {
+    let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+    let last = module.rsplit('.').next().unwrap_or("");
+    last.contains("embed") || matches!(last, "wte" | "wpe" | "shared" | "lm_head")
+}
+
+/// The warnings a selection deserves: one-dimensional tensors (norm weights, biases), whose
+/// pruning zeroes whole features, and embedding tables or output heads, whose pruning zeroes
+/// parts of token vectors (of the output head too, when they are tied). `dims` gives each
+/// name's number of dimensions.
+pub fn warnings(selected: &[&str], dims: &std::collections::HashMap<&str, usize>) -> Vec<String> {
+    let mut out = Vec::new();
+    let flat: Vec<&str> = selected
+        .iter()
+        .copied()
+        .filter(|n| dims.get(n).is_some_and(|&d| d < 2))
+        .collect();
+    if let Some(first) = flat.first() {
+        out.push(format!(
+            "warning: the selection includes {} one-dimensional tensors (norm weights and biases, e.g. '{}'), whose pruning zeroes whole features: leave them out with --exclude (e.g. '*norm*,*.bias') or select the weights by name ('*_proj.weight')",
+            flat.len(),
+            cut(first)
+        ));
+    }
+    let tables: Vec<&str> = selected
+        .iter()
+        .copied()
+        .filter(|n| is_embedding_or_head(n))
+        .collect();
+    if let Some(first) = tables.first() {
+        out.push(format!(
+            "warning: the selection includes {} embedding tables or output heads (e.g. '{}'), whose pruning zeroes parts of token vectors (and of the output head, where the two are tied): leave them out with --exclude '*embed*,lm_head.*'",
+            tables.len(),
+            cut(first)
+        ));
+    }
+    out
+}
+
+/// Prints [`warnings`] for the steps' selections on stderr, each once.
+pub fn print_warnings(selections: &[Vec<String>], available: &[(String, usize)]) {
+    let dims: std::collections::HashMap<&str, usize> =
+        available.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let selected: Vec<&str> = selections
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|n| seen.insert(*n))
+        .collect();
+    for line in warnings(&selected, &dims) {
+        eprintln!("{line}");
+    }
+}
+
 /// The first few names of `available`, for a message.
 fn some_names(available: &[(String, usize)]) -> String {
     let some: Vec<String> = available.iter().take(8).map(|(n, _)| cut(n)).collect();
@@ -317,41 +410,12 @@ pub fn parse_plan(json: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// A pattern with a wildcard (`*`, `?`), as opposed to a tensor's name.
-fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?'])
-}
-
 /// The error for a pattern that selects nothing, listing the first few parameters.
 fn no_match(pattern: &str, available: &[(String, usize)]) -> PruneError {
     PruneError::NoMatch {
         pattern: cut(pattern),
         available: some_names(available),
     }
-}
-
-/// Shell-style matching of a whole name: `*` any run of characters, `?` one character.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Classic two-pointer match with backtracking to the last `*`.
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 fn from_str_value<'de, D: Deserializer<'de>, T: FromStr<Err = PruneError>>(
@@ -417,19 +481,6 @@ fn norm<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Norm>, D:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_whole_names() {
-        assert!(glob_match("*.weight", "layer1.0.conv1.weight"));
-        assert!(glob_match("features.*", "features.0.weight"));
-        assert!(glob_match("fc?.weight", "fc1.weight"));
-        assert!(glob_match("fc1.weight", "fc1.weight"));
-        assert!(!glob_match("fc1.weight", "fc1.weight_orig"));
-        assert!(!glob_match("*.weight", "fc1.bias"));
-        assert!(glob_match("*", "x"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
-    }
 
     #[test]
     fn plans_parse_counts_fractions_and_norms_as_python_would() {

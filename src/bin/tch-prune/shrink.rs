@@ -17,21 +17,38 @@ use tch_prune::Amount;
 
 #[derive(Args)]
 pub struct ShrinkArgs {
-    /// A TorchScript .pt (torch.jit.save).
-    input: PathBuf,
+    /// A TorchScript .pt (torch.jit.save), or a Hugging Face model folder of a decoder family
+    /// shrink knows (config.json's model_type llama, mistral or qwen2): see --mlp-amount.
+    pub(crate) input: PathBuf,
     /// Where to write the smaller TorchScript model: a regular file or a new name in an existing
     /// folder (links, devices and folders are refused), not the input. Written last, after
     /// --verify passed: a failing run writes nothing.
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
+    /// For a model folder: MLP neurons to remove in every layer (a fraction of
+    /// intermediate_size, or a count); default --amount. Each neuron is a row of gate_proj and
+    /// up_proj and a column of down_proj.
+    #[arg(long)]
+    pub(crate) mlp_amount: Option<String>,
+    /// For a model folder: attention heads to remove in every layer (a fraction, or a count of
+    /// key/value heads); default --amount. A key/value head goes with the query heads that
+    /// read it (grouped-query attention); for llama the count is rounded to one that divides
+    /// hidden_size, as transformers' LlamaConfig requires, and the summary says so.
+    #[arg(long)]
+    pub(crate) head_amount: Option<String>,
+    /// For a model folder: a safetensors file of importance scores (higher is kept):
+    /// 'model.layers.<i>.mlp' (one per neuron), 'model.layers.<i>.self_attn' (one per key/value
+    /// head, or per attention head). Default: the L2 norm of each group's weights.
+    #[arg(long, value_name = "SCORES.safetensors")]
+    pub(crate) scores: Option<PathBuf>,
     /// Load the TorchScript file even if its code would run (see prune --help): shrink runs the
     /// model's forward, so only for files you would run as programs.
     #[arg(long)]
     trust_code: bool,
     /// Channels to remove per group: a fraction (0.5) or a count (16), as PyTorch reads amounts.
     /// With --global, of all shrinkable channels together.
-    #[arg(long, required_unless_present = "exact")]
-    amount: Option<String>,
+    #[arg(long, required_unless_present_any = ["exact", "mlp_amount", "head_amount"])]
+    pub(crate) amount: Option<String>,
     /// Remove exactly the channels whose every coupled parameter slice is already zero: the
     /// layer's weight rows and bias, its batch norm's scale and shift, and the input columns of
     /// the layers that read it (ln-structured pruning of the conv alone leaves those). The
@@ -60,7 +77,15 @@ pub struct ShrinkArgs {
     verify: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// The example input's dtype: float32, float16, bfloat16, float64, or int64 / int32 for
+    /// models that take token ids or other indices (then give --input-range).
+    #[arg(long, default_value = "float32")]
+    input_dtype: String,
+    /// For an integer --input-dtype: the values drawn, LOW inclusive to HIGH exclusive
+    /// (token ids: 0,VOCAB_SIZE).
+    #[arg(long, value_name = "LOW,HIGH")]
+    input_range: Option<String>,
     /// Timed runs per model for the latency (after two warm-up runs).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -88,7 +113,41 @@ struct Summary<'a> {
     file_bytes_after: u64,
     latency_ms_before: f64,
     latency_ms_after: f64,
+    /// Timed runs per model behind each latency (their median).
+    runs: usize,
     verify_relative_error: Option<f64>,
+}
+
+/// The example input: random normal floats, or for an integer dtype, integers drawn from
+/// `--input-range` (token ids into an embedding must be integers in range).
+fn example_input(args: &ShrinkArgs, shape: &[i64], device: Device) -> Result<Tensor> {
+    let kind = match args.input_dtype.to_ascii_lowercase().as_str() {
+        "float32" | "float" => Kind::Float,
+        "float16" | "half" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "float64" | "double" => Kind::Double,
+        "int64" | "long" => Kind::Int64,
+        "int32" | "int" => Kind::Int,
+        other => {
+            bail!("--input-dtype {other}: use float32, float16, bfloat16, float64, int64 or int32")
+        }
+    };
+    let integer = matches!(kind, Kind::Int64 | Kind::Int);
+    match (&args.input_range, integer) {
+        (None, false) => Ok(Tensor::randn(shape, (kind, device))),
+        (None, true) => bail!("--input-dtype {}: give the values to draw, --input-range LOW,HIGH (token ids: 0,VOCAB_SIZE)", args.input_dtype),
+        (Some(_), false) => bail!("--input-range is for an integer --input-dtype (int64, int32)"),
+        (Some(range), true) => {
+            let bounds: Vec<i64> = range
+                .split(',')
+                .map(|v| v.trim().parse::<i64>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|b: &Vec<i64>| b.len() == 2 && b[0] < b[1])
+                .with_context(|| format!("--input-range '{range}': give LOW,HIGH with LOW < HIGH, e.g. 0,32000"))?;
+            Ok(Tensor::randint_low(bounds[0], bounds[1], shape, (kind, device)))
+        }
+    }
 }
 
 fn parse_shape(s: &str) -> Result<Vec<i64>> {
@@ -133,7 +192,7 @@ fn timed_outputs(m: &ScriptModel, x: &Tensor, limits: &Limits) -> Result<(Tensor
         .map_err(|e| {
             anyhow::anyhow!(
                 "the model's forward failed: {}",
-                crate::text::torchscript_reason(&e.to_string())
+                crate::text::torchscript_whole(&e.to_string())
             )
         })?;
         // The first tensor of the result, waited for on a GPU.
@@ -229,6 +288,26 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
 }
 
 pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
+    if args.input.is_dir() {
+        if args.exact || args.global || args.verify || args.params.is_some() || args.round_to != 1 {
+            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files", args.input.display());
+        }
+        return crate::shrink_hf::run(&crate::shrink_hf::FolderArgs {
+            input: args.input,
+            output: args.output,
+            amount: args.amount,
+            mlp_amount: args.mlp_amount,
+            head_amount: args.head_amount,
+            scores: args.scores,
+            json: args.json,
+        });
+    }
+    if args.mlp_amount.is_some() || args.head_amount.is_some() || args.scores.is_some() {
+        bail!(
+            "{}: --mlp-amount, --head-amount and --scores are for a Hugging Face model folder",
+            args.input.display()
+        );
+    }
     let shape = parse_shape(&args.input_shape)?;
     let norm = match args.n.as_str() {
         "1" => 1.0,
@@ -277,13 +356,30 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         exact: args.exact,
     };
     tch::manual_seed(0);
-    let x = Tensor::randn(shape.as_slice(), (Kind::Float, device));
+    let x = example_input(&args, &shape, device)?;
     let report = limits
         .run("forward (the analysis)", || Ok(model.shrink(&x, &opts)?))
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
     let shrunk = model.snapshot(&report.buffers)?;
+    if report.groups.iter().all(|g| g.after == g.before) {
+        let why = report
+            .groups
+            .iter()
+            .find_map(|g| {
+                g.blocked
+                    .first()
+                    .map(|b| format!(" (e.g. {}: {b})", g.producer))
+            })
+            .unwrap_or_default();
+        bail!(
+            "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
+            report.groups.len(),
+            if args.exact { ", none entirely zero" } else { "" },
+            args.output.display()
+        );
+    }
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -318,6 +414,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         file_bytes_after: std::fs::metadata(&args.output)?.len(),
         latency_ms_before: before,
         latency_ms_after: after,
+        runs: args.runs.max(1),
         verify_relative_error,
     };
     if args.json {
@@ -363,6 +460,10 @@ fn print_table(s: &Summary) {
         s.file_bytes_before as f64,
         s.file_bytes_after as f64,
         "",
+    );
+    println!(
+        "latency: the median of {} forward passes per model after 2 warm-up runs, the models alternating, on the input below",
+        s.runs
     );
     println!(
         "{:<12} {:>14} {:>14} {:>8.3}",

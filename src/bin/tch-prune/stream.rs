@@ -2,11 +2,12 @@
 //! and `.pt2` archives pruned through a memory map, written tensor by tensor ([`StreamedModel`]). Taken whenever it gives the
 //! in-memory path's answer; the summary says which path ran.
 
+use crate::folder::Io;
 use crate::plan::Step;
 use crate::PruneArgs;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
-use tch_prune::checkpoint::{Format, ShardIndex};
+use tch_prune::checkpoint::Format;
 use tch_prune::distributed::ProcessGroup;
 use tch_prune::model::{StreamStep, StreamedModel};
 use tch_prune::PruningMethod;
@@ -29,26 +30,30 @@ pub enum Outcome {
     InMemory(String),
 }
 
-/// Prunes `args.input` on the streaming path if it gives the same answer as the in-memory one.
-pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
-    let sharded = ShardIndex::locate(&args.input).is_some();
+/// Prunes the input on the streaming path if it gives the same answer as the in-memory one.
+pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io) -> Result<Outcome> {
+    let sharded = io.is_sharded();
     let group = group()?;
-    if group.is_some() && !sharded {
-        bail!(
-            "{}: several ranks prune a sharded checkpoint (a folder or its index.json) only; run one process for a single file",
-            args.input.display()
-        );
+    if let Some(group) = &group {
+        if !sharded {
+            bail!(
+                "{}: several ranks prune a sharded checkpoint (a folder or its index.json) only; run one process for a single file",
+                args.input.display()
+            );
+        }
+        if let Some(other) = io.carried.carried.first() {
+            bail!(
+                "{}: several ranks write the shards and their index only, and this folder also holds {other}: run one process (which carries every file), or prune a folder of the shards and index alone and copy the other files yourself (rank {} of {})",
+                args.input.display(),
+                group.rank(),
+                group.world_size()
+            );
+        }
     }
     let in_memory = |reason: &str| -> Result<Outcome> {
         if group.is_some() {
             bail!(
                 "{}: several ranks prune by streaming only, and {reason}",
-                args.input.display()
-            );
-        }
-        if sharded {
-            bail!(
-                "{}: a sharded checkpoint is only pruned by streaming, and {reason}",
                 args.input.display()
             );
         }
@@ -65,7 +70,7 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     }
     if !sharded
         && !matches!(
-            Format::detect(&args.input)?,
+            Format::detect(&io.weights)?,
             Format::Safetensors | Format::TorchZip | Format::Pt2
         )
     {
@@ -73,7 +78,7 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
             "only safetensors files, torch.save zips and .pt2 archives are streamed".to_string(),
         ));
     }
-    let model = StreamedModel::open(&args.input)?;
+    let model = StreamedModel::open(&io.weights)?;
     // What the file itself rules out (a checkpoint saved pruned, ties, a torch.save layout that
     // is not a plain slice of the file), before the steps pick names the in-memory path reads
     // otherwise (`<name>` for `<name>_orig` and `<name>_mask`).
@@ -103,6 +108,8 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
     if let Some(reason) = model.unsupported(&stream_steps) {
         return in_memory(&reason);
     }
+    let selected: Vec<Vec<String>> = stream_steps.iter().map(|s| s.names.clone()).collect();
+    crate::plan::print_warnings(&selected, &parameters);
     if let Some(seed) = args.seed {
         tch::manual_seed(seed);
     }
@@ -112,11 +119,10 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         .map_or(Ok(()), |i| {
             Err(tch_prune::PruneError::NothingToPrune).with_context(|| format!("step {}", i + 1))
         })
-        .and_then(|()| {
-            Ok(match &group {
-                Some(group) => model.prune_across(&stream_steps, &args.output, group)?,
-                None => model.prune(&stream_steps, &args.output)?,
-            })
+        .and_then(|()| match &group {
+            // The ranks commit the output folder together (no carried files: checked above).
+            Some(group) => Ok(model.prune_across(&stream_steps, &io.output, group)?),
+            None => io.write(|dest| Ok(model.prune(&stream_steps, dest)?)),
         })?;
     if let Some(group) = group.as_ref().filter(|g| g.rank() != 0) {
         // Rank 0 says what the group did.
@@ -150,12 +156,13 @@ pub fn prune(args: &PruneArgs, steps: &[Step]) -> Result<Outcome> {
         "one file".to_string()
     };
     Ok(Outcome::Streamed(format!(
-        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files}, {})",
+        "pruned {} tensors to {:.2}% sparsity ({:.2}% of all {} elements are zero); wrote {} (streamed from a memory map: {files}, {}){}",
         pruned.len(),
         ratio(report.pruned_zeros, report.pruned_numel),
         ratio(report.zeros, report.numel),
         report.numel,
-        args.output.display(),
+        io.output.display(),
         report.writes.describe(),
+        io.carried_summary(),
     )))
 }

@@ -115,7 +115,7 @@ impl ScriptModel {
                 self.module()
                     .forward_is(&[tch::IValue::Tensor(input.shallow_clone())])
             }) {
-                Err(full) => crate::checkpoint::torchscript_reason(&full.to_string()),
+                Err(full) => crate::checkpoint::torchscript_whole(&full.to_string()),
                 Ok(_) => e.to_string(),
             };
             PruneError::Shrink(format!(

@@ -178,6 +178,14 @@ impl StreamedModel {
             .collect()
     }
 
+    /// Every tensor's name, shape and dtype, in the checkpoint's order, as the headers give
+    /// them (nothing is read).
+    pub fn shapes(&self) -> Vec<(String, Vec<i64>, Kind)> {
+        self.tensors()
+            .map(|(_, t)| (t.name.clone(), t.shape.clone(), t.kind))
+            .collect()
+    }
+
     /// Every tensor with its file, in the checkpoint's order.
     fn tensors(&self) -> impl Iterator<Item = (usize, &MappedTensor)> {
         self.files
