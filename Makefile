@@ -49,9 +49,11 @@ msrv:
 	rustup toolchain install --profile minimal $(MSRV)
 	$(TORCH_ENV) && cargo +$(MSRV) build --locked --lib --bins
 
-## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes).
+## The crate against PyTorch's own pruning, side by side (BENCH_SIZES=99M,470M to pick sizes),
+## then width pruning of a Llama-shaped folder beside Torch-Pruning (as `make bench-hf`).
 bench:
 	$(TORCH_ENV) && cargo build --release --example bench --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench.py
+	$(TORCH_ENV) && $$TCH_PRUNE_PYTHON scripts/bench_hf_shrink.py
 
 ## The streamed CLI against the disk (issue 26): each case beside `cp` + sync and `dd
 ## oflag=direct` of the same file in the same run, and the out-of-core case (docs/write-path.md).

@@ -14,13 +14,14 @@ use tch_prune::checkpoint::{read_safetensors, read_state_dict, write_safetensors
 const SCRIPT: &str = include_str!("../py/same_answer.py");
 const FORMATS: [(&str, &str); 3] = [("ts", "ts.pt"), ("sd", "sd.pt"), ("st", "safetensors")];
 
-/// The one line a failing run prints.
+/// The one error line a failing run prints (after any warnings about the selection).
 fn fails(cli: &Cli) -> String {
     let out = cli.run();
     assert_eq!(out.status.code(), Some(1), "{cli} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    err
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    errors[0].to_string()
 }
 
 /// The model files PyTorch wrote, made once per test binary.
