@@ -25,7 +25,8 @@ use tch_prune::Amount;
 const PYTORCH_RUNS: &str = r#"
 import sys, torch
 m = torch.jit.load(sys.argv[1])
-m(torch.randn(*[int(d) for d in sys.argv[2].split(",")]))
+shape = [int(d) for d in sys.argv[2].split(",")]
+m(torch.randint(0, 100, shape) if sys.argv[3] == "ids" else torch.randn(shape))
 print(sum(p.numel() for p in m.parameters()))
 "#;
 
@@ -79,16 +80,20 @@ fn eval_model(path: &Path) -> ScriptModel {
 /// Shrinks the model `name` at 0.5 per group and checks the result against PyTorch and the
 /// group-zeroed original; returns the report.
 fn shrink(name: &str) -> ShrinkReport {
-    shrink_on(name, &[1, 3, 64, 64])
+    shrink_on(name, &[1, 3, 64, 64], false)
 }
 
-/// [`shrink`] on a random input of `shape`.
-fn shrink_on(name: &str, shape: &[i64]) -> ShrinkReport {
+/// [`shrink`] on a random input of `shape`: floats, or token ids below 100 when `ids`.
+fn shrink_on(name: &str, shape: &[i64], ids: bool) -> ShrinkReport {
     let original = models().join(format!("{name}.pt"));
     let x = {
         let _generator = common::generator();
         tch::manual_seed(7);
-        Tensor::randn(shape, (Kind::Float, Device::Cpu))
+        if ids {
+            Tensor::randint(100, shape, (Kind::Int64, Device::Cpu))
+        } else {
+            Tensor::randn(shape, (Kind::Float, Device::Cpu))
+        }
     };
     let half = ShrinkOptions {
         amount: Some(Amount::Fraction(0.5)),
@@ -119,7 +124,8 @@ fn shrink_on(name: &str, shape: &[i64]) -> ShrinkReport {
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let counted = common::run_python(PYTORCH_RUNS, &[out.as_path(), Path::new(&dims)])
+    let input = Path::new(if ids { "ids" } else { "floats" });
+    let counted = common::run_python(PYTORCH_RUNS, &[out.as_path(), Path::new(&dims), input])
         .expect("these tests need TCH_PRUNE_PYTHON with torch (make test provides it)");
     assert_eq!(
         counted.trim().parse::<i64>().unwrap(),
@@ -255,12 +261,27 @@ fn split_with_fixed_sizes_keeps_its_channels() {
 
 #[test]
 fn gpt2_mlp_conv1d_addmm() {
-    let r = shrink_on("gpt2_mlp", &[2, 5, 16]);
+    let r = shrink_on("gpt2_mlp", &[2, 5, 16], false);
     // c_fc's output features (its weight's dim 1, its bias) and c_proj's input features (its
     // weight's dim 0) go together; c_proj's outputs are the block's output and stay.
     halved(&r, "c_fc (addmm output features)");
     let proj = group(&r, "c_proj ");
     assert_eq!(proj.after, proj.before, "{proj:?}");
+}
+
+#[test]
+fn gpt2_scripted_mlp_neurons() {
+    let r = shrink_on("gpt2_scripted", &[1, 8], true);
+    // Every layer's MLP neurons shrink; the heads (one c_attn split three ways by the width
+    // read at run time) stay, saying why, and so does the residual stream (layer-normalised).
+    halved(&r, "h.0.c_fc (addmm output features)");
+    halved(&r, "h.1.c_fc (addmm output features)");
+    let attn = group(&r, "h.0.c_attn ");
+    assert_eq!(attn.after, attn.before, "{attn:?}");
+    assert!(
+        attn.blocked.iter().any(|b| b.contains("aten::split")),
+        "{attn:?}"
+    );
 }
 
 /// Tracing writes `x.size()[:-1] + (self.nf,)` as the constant width: the traced code would ask
