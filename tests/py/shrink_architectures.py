@@ -7,7 +7,8 @@ concatenate; mnasnet0_5; googlenet: inception branches), reduced configurations 
 families (a ResNeXt, a DenseNet, a ConvNeXt: channels-last layer norm, linear layers and a
 layer-scale parameter), and hand-written blocks for chunk and split: a GLU, a channel-split
 block that concatenates back, and a split with sizes fixed in the code (which must keep its
-channels).
+channels). GPT-2's MLP (Hugging Face `Conv1D`: `addmm` with a weight laid out [in, out]),
+scripted and traced, and a small GPT-2 traced from transformers (input: token ids).
 """
 import sys
 
@@ -62,6 +63,98 @@ class ChannelSplit(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))
 
 
+class Gpt2Mlp(nn.Module):
+    """GPT-2's MLP block with transformers' own Conv1D: c_fc -> gelu -> c_proj, input [B, T, 16]."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.c_fc = Conv1D(64, 16)
+        self.c_proj = Conv1D(16, 64)
+
+    def forward(self, x):
+        return self.c_proj(nn.functional.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Gpt2Block(nn.Module):
+    """A GPT-2 block written with transformers' Conv1D, scriptable (transformers' own is not):
+    q/k/v from one c_attn split by the width read at run time, heads by view."""
+
+    def __init__(self, d, h):
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.n_head = h
+        self.ln_1 = nn.LayerNorm(d)
+        self.c_attn = Conv1D(3 * d, d)
+        self.attn_proj = Conv1D(d, d)
+        self.ln_2 = nn.LayerNorm(d)
+        self.c_fc = Conv1D(4 * d, d)
+        self.c_proj = Conv1D(d, 4 * d)
+
+    def forward(self, x):
+        b, t, d = x.size()
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+        q = q.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        k = k.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        v = v.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, d))
+        return x + self.c_proj(nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+class MiniGpt2(nn.Module):
+    """A 2-layer GPT-2 of Gpt2Blocks over token ids (vocabulary 100), scripted."""
+
+    def __init__(self, vocab=100, d=32, h=4, n=2, ctx=64):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(ctx, d)
+        self.h = nn.ModuleList([Gpt2Block(d, h) for _ in range(n)])
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.size(1), device=ids.device)
+        x = self.wte(ids) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+class Gpt2Logits(nn.Module):
+    """A transformers GPT-2 returning its logits only (tracing refuses its output dict)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(input_ids=ids, use_cache=False, return_dict=False)[0]
+
+
+def gpt2_models(out):
+    """GPT-2's MLP scripted and traced, a 2-layer GPT-2 (vocabulary 100) of Conv1D scripted, and
+    transformers' GPT-2 of the same size traced."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    mlp = Gpt2Mlp().eval()
+    for p in mlp.parameters():
+        nn.init.normal_(p, std=0.1)
+    torch.jit.save(torch.jit.script(mlp), f"{out}/gpt2_mlp.pt")
+    torch.jit.save(torch.jit.trace(mlp, torch.randn(2, 5, 16)), f"{out}/gpt2_mlp_traced.pt")
+    gpt2 = MiniGpt2().eval()
+    for p in gpt2.parameters():
+        if p.dim() == 1 and p.abs().max() == 0:
+            nn.init.normal_(p, std=0.05)
+    torch.jit.save(torch.jit.script(gpt2), f"{out}/gpt2_scripted.pt")
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=100,
+                        bos_token_id=0, eos_token_id=0, use_cache=False)
+    gpt2 = Gpt2Logits(GPT2LMHeadModel(config).eval()).eval()
+    traced = torch.jit.trace(gpt2, torch.randint(0, 100, (1, 8)), check_trace=False)
+    torch.jit.save(traced, f"{out}/gpt2_traced.pt")
+
+
 def randomise(m):
     for mod in m.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -102,6 +195,7 @@ def main():
     out = sys.argv[1]
     for name, m in models().items():
         torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
+    gpt2_models(out)
     print("ok")
 
 

@@ -2,7 +2,9 @@
 //! chains: channel shuffles (`chunk` + `view`/`transpose`), grouped convolutions (RegNet,
 //! ResNeXt), concatenating modules (SqueezeNet, GoogLeNet, DenseNet), channels-last layer norm
 //! and layer scale (ConvNeXt), a GLU (`chunk` into a product), and `split` with sizes fixed in
-//! the code, which must keep its channels. The models are made at test time by
+//! the code, which must keep its channels; GPT-2's MLP with Hugging Face's `Conv1D` (`addmm`
+//! with a weight laid out `[in, out]`), and the traced models whose widths tracing wrote into
+//! the code as constants, which must keep theirs. The models are made at test time by
 //! tests/py/shrink_architectures.py (random init, reduced configurations of the heavy
 //! families); `scripts/shrink_sweep.py` runs the same check over every torchvision model.
 //!
@@ -23,7 +25,8 @@ use tch_prune::Amount;
 const PYTORCH_RUNS: &str = r#"
 import sys, torch
 m = torch.jit.load(sys.argv[1])
-m(torch.randn(2, 3, 64, 64))
+shape = [int(d) for d in sys.argv[2].split(",")]
+m(torch.randint(0, 100, shape) if sys.argv[3] == "ids" else torch.randn(shape))
 print(sum(p.numel() for p in m.parameters()))
 "#;
 
@@ -77,11 +80,20 @@ fn eval_model(path: &Path) -> ScriptModel {
 /// Shrinks the model `name` at 0.5 per group and checks the result against PyTorch and the
 /// group-zeroed original; returns the report.
 fn shrink(name: &str) -> ShrinkReport {
+    shrink_on(name, &[1, 3, 64, 64], false)
+}
+
+/// [`shrink`] on a random input of `shape`: floats, or token ids below 100 when `ids`.
+fn shrink_on(name: &str, shape: &[i64], ids: bool) -> ShrinkReport {
     let original = models().join(format!("{name}.pt"));
     let x = {
         let _generator = common::generator();
         tch::manual_seed(7);
-        Tensor::randn([1, 3, 64, 64], (Kind::Float, Device::Cpu))
+        if ids {
+            Tensor::randint(100, shape, (Kind::Int64, Device::Cpu))
+        } else {
+            Tensor::randn(shape, (Kind::Float, Device::Cpu))
+        }
     };
     let half = ShrinkOptions {
         amount: Some(Amount::Fraction(0.5)),
@@ -107,7 +119,13 @@ fn shrink(name: &str) -> ShrinkReport {
             assert_eq!(g.after, g.before, "{name}: blocked group changed: {g:?}");
         }
     }
-    let counted = common::run_python(PYTORCH_RUNS, &[&out])
+    let dims = shape
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let input = Path::new(if ids { "ids" } else { "floats" });
+    let counted = common::run_python(PYTORCH_RUNS, &[out.as_path(), Path::new(&dims), input])
         .expect("these tests need TCH_PRUNE_PYTHON with torch (make test provides it)");
     assert_eq!(
         counted.trim().parse::<i64>().unwrap(),
@@ -238,5 +256,76 @@ fn split_with_fixed_sizes_keeps_its_channels() {
             .iter()
             .any(|b| b.contains("sizes fixed in the code")),
         "{fixed:?}"
+    );
+}
+
+#[test]
+fn gpt2_mlp_conv1d_addmm() {
+    let r = shrink_on("gpt2_mlp", &[2, 5, 16], false);
+    // c_fc's output features (its weight's dim 1, its bias) and c_proj's input features (its
+    // weight's dim 0) go together; c_proj's outputs are the block's output and stay.
+    halved(&r, "c_fc (addmm output features)");
+    let proj = group(&r, "c_proj ");
+    assert_eq!(proj.after, proj.before, "{proj:?}");
+    // The two products' multiply-accumulates: 10 rows of 16 -> 64 -> 16, then of 16 -> 32 -> 16.
+    assert_eq!((r.macs_before, r.macs_after), (20480, 10240));
+}
+
+#[test]
+fn gpt2_scripted_mlp_neurons() {
+    let r = shrink_on("gpt2_scripted", &[1, 8], true);
+    // Every layer's MLP neurons shrink; the heads (one c_attn split three ways by the width
+    // read at run time) stay, saying why, and so does the residual stream (layer-normalised).
+    halved(&r, "h.0.c_fc (addmm output features)");
+    halved(&r, "h.1.c_fc (addmm output features)");
+    let attn = group(&r, "h.0.c_attn ");
+    assert_eq!(attn.after, attn.before, "{attn:?}");
+    assert!(
+        attn.blocked.iter().any(|b| b.contains("aten::split")),
+        "{attn:?}"
+    );
+}
+
+/// Tracing writes `x.size()[:-1] + (self.nf,)` as the constant width: the traced code would ask
+/// for the old width after a shrink, so the analysis keeps those channels and says why (the CLI
+/// then refuses the run as shrinking nothing).
+fn kept_as_traced(name: &str, x: &Tensor, producer: &str) {
+    let mut model = eval_model(&models().join(format!("{name}.pt")));
+    let half = ShrinkOptions {
+        amount: Some(Amount::Fraction(0.5)),
+        ..Default::default()
+    };
+    let r = model.shrink(x, &half).expect("the analysis runs");
+    assert_eq!(r.parameters_after, r.parameters_before, "{name}: {r:#?}");
+    let g = group(&r, producer);
+    assert!(
+        g.blocked
+            .iter()
+            .any(|b| b.contains("a traced model; script it")),
+        "{name}: {g:?}"
+    );
+}
+
+#[test]
+fn gpt2_mlp_traced_keeps_its_constant_widths() {
+    let x = {
+        let _generator = common::generator();
+        tch::manual_seed(7);
+        Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu))
+    };
+    kept_as_traced("gpt2_mlp_traced", &x, "c_fc (addmm output features)");
+}
+
+#[test]
+fn gpt2_traced_from_transformers_keeps_its_constant_widths() {
+    let ids = {
+        let _generator = common::generator();
+        tch::manual_seed(7);
+        Tensor::randint(100, [1, 8], (Kind::Int64, Device::Cpu))
+    };
+    kept_as_traced(
+        "gpt2_traced",
+        &ids,
+        "model.transformer.h.0.mlp.c_fc (addmm output features)",
     );
 }

@@ -276,9 +276,10 @@ impl Graph {
         matches!(self.kind(v), ValueKind::Const(Const::None))
     }
 
-    /// Multiply-accumulates of the convolutions and linear layers for the measured input: per
-    /// output element, one per weight it reads (`in_channels / groups × kernel` or
-    /// `in_features`).
+    /// Multiply-accumulates of the convolutions, linear layers and matrix products (`matmul`,
+    /// `mm`, `addmm`: Hugging Face's `Conv1D`) for the measured input: per output element, one
+    /// per weight it reads (`in_channels / groups × kernel`, `in_features`, or the contracted
+    /// dimension).
     pub(crate) fn macs(&self) -> i64 {
         let mut total = 0i64;
         for n in &self.nodes {
@@ -286,7 +287,13 @@ impl Graph {
                 n.kind.as_str(),
                 "aten::conv1d" | "aten::conv2d" | "aten::conv3d"
             );
-            if !(conv || n.kind == "aten::linear" || n.kind == "aten::matmul") {
+            // The product's left matrix: `addmm(bias, a, b)` reads it second.
+            let left = match n.kind.as_str() {
+                "aten::matmul" | "aten::mm" => 0,
+                "aten::addmm" => 1,
+                _ => usize::MAX,
+            };
+            if !(conv || n.kind == "aten::linear" || left != usize::MAX) {
                 continue;
             }
             let (Some(out), Some(w)) = (
@@ -301,9 +308,9 @@ impl Graph {
             } else if n.kind == "aten::linear" {
                 *w.last().unwrap_or(&1)
             } else {
-                // matmul: the contracted dimension is the first input's last.
+                // A product: the contracted dimension is the left matrix's last.
                 n.inputs
-                    .first()
+                    .get(left)
                     .and_then(|&a| self.shape(a))
                     .and_then(|a| a.last().copied())
                     .unwrap_or(0)

@@ -109,6 +109,11 @@ pub(crate) fn rewrite(
                 wanted.push((layer.path.clone(), "out_features", shape[0]));
                 wanted.push((layer.path.clone(), "in_features", shape[1]));
             }
+            LayerKind::Transposed => {
+                // Hugging Face's `Conv1D` reads `nf` for its output's shape (scripted code).
+                wanted.push((layer.path.clone(), "nf", shape[1]));
+                wanted.push((layer.path.clone(), "nx", shape[0]));
+            }
             LayerKind::BatchNorm => wanted.push((layer.path.clone(), "num_features", shape[0])),
         }
     }

@@ -36,8 +36,13 @@ pub struct ChannelGroup {
 /// A layer with channel-count attributes to update after a rewrite.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LayerKind {
-    Conv { groups: i64, depthwise: bool },
+    Conv {
+        groups: i64,
+        depthwise: bool,
+    },
     Linear,
+    /// A weight laid out `[in, out]` (`addmm`/`mm`/`matmul`, Hugging Face's `Conv1D`).
+    Transposed,
     BatchNorm,
 }
 

@@ -1,6 +1,8 @@
 //! The layers that make channels: a convolution (plain, depthwise or grouped) or a linear layer
-//! creates the space of its output channels and ties its input's to its weight's dim 1; a batch
-//! norm ties its four vectors to its input's channels.
+//! creates the space of its output channels and ties its input's to its weight's dim 1; a
+//! product with a parameter weight laid out `[in, out]` (`addmm`, `mm`, `matmul`: Hugging
+//! Face's `Conv1D` in GPT-2) does the same with the weight's dims swapped; a batch norm ties its
+//! four vectors to its input's channels.
 
 use super::analysis::{Layer, LayerKind};
 use super::shapes::pass_through;
@@ -267,6 +269,62 @@ pub(super) fn linear(st: &mut State, g: &Graph, n: &Node) -> bool {
         path,
         weight: io.weight,
         kind: LayerKind::Linear,
+    });
+    true
+}
+
+/// `aten::addmm(bias, x, weight)`, `aten::mm(x, weight)` or `aten::matmul(x, weight)` with a
+/// parameter `weight` of shape `[in, out]`: a linear layer stored transposed, as Hugging Face's
+/// `Conv1D` (GPT-2's `c_attn`, `c_fc`, `c_proj`) computes `addmm(bias, x.view(-1, in), weight)`.
+/// Its output features are the weight's dim 1 and the bias's dim 0, its input features the
+/// weight's dim 0 (matched against `x`'s last dim). Anything else (a weight that is an
+/// activation, a bias that is not a parameter vector) is not a layer: the caller blocks it.
+pub(super) fn matmul(st: &mut State, g: &Graph, n: &Node, op: &str) -> bool {
+    let (bias, x, w) = match op {
+        "addmm" => (Some(n.inputs[0]), n.inputs[1], n.inputs[2]),
+        _ => (None, n.inputs[0], n.inputs[1]),
+    };
+    let Some(weight) = param(st, w) else {
+        return false;
+    };
+    let bias = match bias {
+        None => None,
+        Some(b) => match (param(st, b), g.shape(b)) {
+            (Some(name), Some([_])) => Some(name),
+            _ => return false,
+        },
+    };
+    let Some(o) = n.outputs.first().copied() else {
+        return false;
+    };
+    let (Some(xs), Some(ws), Some(os)) = (g.shape(x), g.shape(w), g.shape(o)) else {
+        return false;
+    };
+    // `matmul` broadcasts a 1-D input or batches of weights: only `[..., in] @ [in, out]`.
+    if ws.len() != 2 || xs.len() < 2 || os.len() != xs.len() || xs[xs.len() - 1] != ws[0] {
+        return false;
+    }
+    let last = xs.len() - 1;
+    let path = module_of(&weight);
+    if let Some(t) = st.tag(x, last) {
+        st.couple(&weight, 0, &t);
+    }
+    for d in 0..last {
+        if let Some(t) = st.tag(x, d) {
+            st.set_tag(o, os.len(), d, t);
+        }
+    }
+    let s = st.new_space(ws[1], format!("{path} ({op} output features)"));
+    let tag = vec![Seg { space: s, inner: 1 }];
+    st.couple(&weight, 1, &tag);
+    if let Some(b) = &bias {
+        st.couple(b, 0, &tag);
+    }
+    st.set_tag(o, os.len(), last, tag);
+    st.layers.push(Layer {
+        path,
+        weight,
+        kind: LayerKind::Transposed,
     });
     true
 }

@@ -41,7 +41,7 @@ mod tests;
 pub(crate) use self::analysis::LayerKind;
 pub use self::analysis::{Analysis, ChannelGroup, Slice};
 use self::finish::finish;
-use self::layers::{batch_norm, conv, linear};
+use self::layers::{batch_norm, conv, linear, matmul};
 use self::shapes::{cat, elementwise, pass_through, pool, reshape};
 use self::spaces::{State, Tag};
 use super::graph::{Graph, ValueKind};
@@ -213,6 +213,7 @@ pub(crate) fn analyse(g: &Graph) -> Analysis {
         let handled = match op {
             "conv1d" | "conv2d" | "conv3d" => conv(&mut st, g, n, op),
             "linear" => linear(&mut st, g, n),
+            "addmm" | "mm" | "matmul" => matmul(&mut st, g, n, op),
             "batch_norm" | "instance_norm" if op == "batch_norm" => batch_norm(&mut st, g, n),
             "layer_norm" => {
                 let x = n.inputs[0];

@@ -219,7 +219,39 @@ pub(super) fn reshape(st: &mut State, g: &Graph, n: &Node) -> bool {
             }
         }
     }
+    fixed_sizes(st, g, n, o, os.len());
     true
+}
+
+/// A `view`/`reshape` whose size names a channel dim's width as a constant (what tracing makes
+/// of `x.size()[:-1] + (self.nf,)`): the code would ask for the old width after a shrink, so
+/// those channels stay.
+fn fixed_sizes(st: &mut State, g: &Graph, n: &Node, o: usize, rank: usize) {
+    let Some(&sizes) = n.inputs.get(1) else {
+        return;
+    };
+    let constant: Vec<Option<i64>> = match (g.ints(sizes), st.containers.get(&sizes)) {
+        (Some(list), _) => list.iter().map(|&v| Some(v)).collect(),
+        (None, Some(elements)) => elements.iter().map(|&e| g.int(e)).collect(),
+        _ => return,
+    };
+    if constant.len() != rank {
+        return;
+    }
+    for (d, c) in constant.iter().enumerate() {
+        let (Some(c), Some(t)) = (c, st.tag(o, d)) else {
+            continue;
+        };
+        if *c >= 0 {
+            st.block_tag(
+                &t,
+                &format!("{} sizes a channel dim with a constant of the code ({c}: a traced model; script it to shrink these channels)", n.kind),
+            );
+            if let Some(tags) = st.tags.get_mut(&o) {
+                tags[d] = None;
+            }
+        }
+    }
 }
 
 /// `cat` along a dim: the output layout along it is the inputs' layouts in order (an input
