@@ -567,7 +567,7 @@ fn run_ranks(device: &str) {
         })
         .collect::<Vec<_>>()
         .into_iter()
-        .map(|c| c.wait_with_output().expect("a rank's output"))
+        .map(|c| common::wait_within(c, "a rank"))
         .collect();
     for (rank, out) in children.iter().enumerate() {
         let stdout = String::from_utf8_lossy(&out.stdout);

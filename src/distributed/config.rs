@@ -35,6 +35,11 @@ pub struct GroupConfig {
     /// The launcher's restart count (`TORCHELASTIC_RESTART_COUNT`): a restarted attempt meets
     /// under keys of its own in the launcher's store.
     pub attempt: u32,
+    /// The network interfaces Gloo's sockets use (`GLOO_SOCKET_IFNAME`, comma-separated, as
+    /// for `torch.distributed`). When empty: loopback if `master_addr` is a loopback address
+    /// (every rank is then on this machine), else the address this machine's hostname resolves
+    /// to, as c10d does.
+    pub interfaces: Vec<String>,
 }
 
 /// The timeout when `TCH_PRUNE_DIST_TIMEOUT` is not set.
@@ -56,6 +61,7 @@ impl GroupConfig {
             timeout: DEFAULT_TIMEOUT,
             launcher_store: false,
             attempt: 0,
+            interfaces: Vec::new(),
         }
     }
 
@@ -146,6 +152,16 @@ impl GroupConfig {
             Some(text) => number("TORCHELASTIC_RESTART_COUNT", text)?.min(u32::MAX as u64) as u32,
             None => 0,
         };
+        let interfaces = var("GLOO_SOCKET_IFNAME")
+            .map(|names| {
+                names
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(GroupConfig {
             rank: rank as usize,
             world_size: world_size as usize,
@@ -155,6 +171,7 @@ impl GroupConfig {
             timeout,
             launcher_store,
             attempt,
+            interfaces,
         })
     }
 }
@@ -187,6 +204,7 @@ mod tests {
             ("TORCHELASTIC_USE_AGENT_STORE", "True"),
             ("TORCHELASTIC_RESTART_COUNT", "2"),
             ("TCH_PRUNE_DIST_TIMEOUT", "1.5"),
+            ("GLOO_SOCKET_IFNAME", "eth0, ib0"),
         ]);
         let c = read(&vars).unwrap();
         assert_eq!((c.rank, c.world_size, c.local_rank), (1, 3, 0));
@@ -194,7 +212,9 @@ mod tests {
         assert!(c.launcher_store);
         assert_eq!(c.attempt, 2);
         assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(c.interfaces, ["eth0", "ib0"]);
         let plain = read(&OK).unwrap();
+        assert!(plain.interfaces.is_empty());
         assert_eq!(plain.local_rank, 1);
         assert!(!plain.launcher_store);
         assert_eq!(plain.timeout, DEFAULT_TIMEOUT);

@@ -56,6 +56,7 @@ impl ProcessGroup {
         // Under torchrun the agent's store holds the launcher's own keys: ours live under a
         // prefix of their own, one per restart of the job.
         let prefix = format!("tch_prune/attempt_{}/", config.attempt);
+        let interfaces = config.interfaces.join(",");
         let address = GroupAddress {
             host: &config.master_addr,
             port: config.master_port,
@@ -64,6 +65,7 @@ impl ProcessGroup {
             host_store: !config.launcher_store && config.rank == 0,
             timeout_ms,
             prefix: &prefix,
+            interfaces: &interfaces,
         };
         let group = GlooGroup::new(&address).map_err(|e| {
             PruneError::Distributed(format!(

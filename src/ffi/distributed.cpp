@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <thread>
 #include <stdexcept>
 #include <string>
@@ -70,12 +71,35 @@ std::vector<uint8_t> bytes_of(const char* value, size_t len) {
   return std::vector<uint8_t>(value, value + len);
 }
 
+// Where Gloo's sockets listen. Python's torch.distributed honours GLOO_SOCKET_IFNAME (a list of
+// interfaces, one device each); c10d's own default resolves this machine's hostname, which
+// fails or picks an unreachable address on machines whose hostname is not in /etc/hosts. When
+// the store is on a loopback address every rank is on this machine, so loopback is always right.
+c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> gloo_devices(
+    const std::string& host, const std::string& interfaces, std::chrono::milliseconds timeout) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  std::stringstream names(interfaces);
+  for (std::string name; std::getline(names, name, ',');) {
+    if (!name.empty()) {
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+    }
+  }
+  if (options->devices.empty()) {
+    const bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+    options->devices.push_back(loopback
+                                   ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  return options;
+}
+
 }  // namespace
 
 extern "C" {
 
 char* tp_group_new(const char* host, int port, int rank, int world_size, int host_store,
-                   int64_t timeout_ms, const char* prefix, TpGroup** group) noexcept {
+                   int64_t timeout_ms, const char* prefix, const char* interfaces,
+                   TpGroup** group) noexcept {
   return tp::protect([&] {
     const std::chrono::milliseconds timeout(timeout_ms);
     c10d::TCPStoreOptions options;
@@ -90,7 +114,7 @@ char* tp_group_new(const char* host, int port, int rank, int world_size, int hos
     options.multiTenant = true;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(host, options);
     auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, tcp);
-    auto gloo_options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    auto gloo_options = gloo_devices(host, interfaces, timeout);
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::static_intrusive_pointer_cast<c10d::Store>(store), rank, world_size, gloo_options);
     auto owned = std::make_unique<TpGroup>();

@@ -135,6 +135,7 @@ extern "C" {
         host_store: c_int,
         timeout_ms: i64,
         prefix: *const c_char,
+        interfaces: *const c_char,
         group: *mut *mut TpGroup,
     ) -> *mut c_char;
     fn tp_group_all_reduce(group: *mut TpGroup, tensor: *const C_tensor, op: c_int) -> *mut c_char;
@@ -647,6 +648,8 @@ pub(crate) struct GroupAddress<'a> {
     pub timeout_ms: i64,
     /// The prefix of the group's keys in the store.
     pub prefix: &'a str,
+    /// The network interfaces for Gloo's sockets, comma-separated; empty for the default.
+    pub interfaces: &'a str,
 }
 
 /// A c10d TCPStore and Gloo process group (distributed.cpp), owned; left on drop.
@@ -671,6 +674,7 @@ impl GlooGroup {
     pub(crate) fn new(address: &GroupAddress<'_>) -> Result<Self> {
         let host = c_string(address.host)?;
         let prefix = c_string(address.prefix)?;
+        let interfaces = c_string(address.interfaces)?;
         let mut group = ptr::null_mut();
         // SAFETY: valid C strings and one writable out-parameter; the handle is ours.
         unsafe {
@@ -682,6 +686,7 @@ impl GlooGroup {
                 c_int::from(address.host_store),
                 address.timeout_ms,
                 prefix.as_ptr(),
+                interfaces.as_ptr(),
                 &mut group,
             ))?;
         }

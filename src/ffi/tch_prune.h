@@ -163,9 +163,12 @@ void tp_calibration_probe_free(TpCalibrationProbe* probe) noexcept;
 
 // Joins the group of `world_size` ranks as `rank`: a TCPStore client of `host:port` (its server
 // too when `host_store` is non-zero), keys under `prefix`, then Gloo's rendezvous, which waits for
-// every rank up to `timeout_ms`. `*group` receives the owned handle.
+// every rank up to `timeout_ms`. Gloo's sockets bind to the comma-separated network `interfaces`
+// when there are any, else to the loopback address when `host` is one, else to the address this
+// machine's hostname resolves to. `*group` receives the owned handle.
 char* tp_group_new(const char* host, int port, int rank, int world_size, int host_store,
-                   int64_t timeout_ms, const char* prefix, TpGroup** group) noexcept;
+                   int64_t timeout_ms, const char* prefix, const char* interfaces,
+                   TpGroup** group) noexcept;
 // In place, on every rank: the element-wise sum (`op` 0) or maximum (`op` 1) of `tensor` over
 // the ranks (a dense contiguous CPU tensor).
 char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op) noexcept;

@@ -64,7 +64,10 @@ fn ranks(cli: &Cli, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
                 .env("WORLD_SIZE", world.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
+                // A rank that cannot reach its peers fails this test within a minute.
+                .env("TCH_PRUNE_DIST_TIMEOUT", "60")
                 .envs(extra.iter().copied())
+                .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -76,7 +79,7 @@ fn ranks(cli: &Cli, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
 fn outputs(children: Vec<Child>) -> Vec<Output> {
     children
         .into_iter()
-        .map(|c| c.wait_with_output().expect("a rank's output"))
+        .map(|c| common::wait_within(c, "a rank"))
         .collect()
 }
 
@@ -202,7 +205,7 @@ fn a_rank_killed_mid_write_leaves_no_output_and_is_named() {
     write_sharded(&input, Kind::Float, 8, 1 << 21, false, 4);
     let out = dir.path().join("out");
     let cli = Cli::prune(&input, &out).flags("--method l1-unstructured --amount 0.5 --global");
-    let mut children = ranks(&cli, 2, &[("TCH_PRUNE_DIST_TIMEOUT", "60")]);
+    let mut children = ranks(&cli, 2, &[]);
     // Stop rank 1 the moment its first shard appears in the temporary folder, then kill it.
     let start = Instant::now();
     let mut stopped = false;
@@ -267,23 +270,23 @@ fn torchrun_prunes_a_sharded_checkpoint() {
     Cli::prune(&input, &one).flags(flags).ok();
     let many = dir.path().join("many");
     let port = free_port().to_string();
-    let out = Command::new(python)
-        .args([
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--no-python",
-        ])
-        .args(["--master-addr", "127.0.0.1", "--master-port", &port])
-        .arg(env!("CARGO_BIN_EXE_tch-prune"))
-        .args(["prune"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&many)
-        .args(flags.split(' '))
-        .output()
-        .expect("start torchrun");
+    let out = common::output_within(
+        Command::new(python)
+            .args([
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--no-python",
+            ])
+            .args(["--master-addr", "127.0.0.1", "--master-port", &port])
+            .arg(env!("CARGO_BIN_EXE_tch-prune"))
+            .args(["prune"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&many)
+            .args(flags.split(' ')),
+    );
     assert!(
         out.status.success(),
         "torchrun failed: {}",

@@ -19,7 +19,10 @@ fn fails(cli: &Cli) -> String {
     let out = cli.run();
     assert_eq!(out.status.code(), Some(1), "{cli} should fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning: ")).collect();
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .collect();
     assert_eq!(errors.len(), 1, "{err}");
     errors[0].to_string()
 }

@@ -2,10 +2,69 @@
 // Each test binary (an area of tests/) uses part of it.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use tch::Tensor;
+
+/// The longest any process a test starts may run. A process that hangs (a rank waiting for a
+/// peer, a store nobody answers) fails its test with what it printed, instead of stalling the
+/// suite until CI gives up on it without saying which test hung.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs `command` to its end with its output captured and no input; kills it and fails the
+/// test, showing what it printed, past [`CHILD_LIMIT`].
+pub fn output_within(command: &mut Command) -> Output {
+    let what = format!("{command:?}");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    wait_within(child, &what)
+}
+
+/// Waits for a started `child` (its output piped) as [`output_within`] does.
+pub fn wait_within(mut child: Child, what: &str) -> Output {
+    // Read on threads, so that a child printing more than a pipe holds never blocks.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            break status;
+        }
+        if start.elapsed() > CHILD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
+            panic!(
+                "{what} ran for over {} s and was killed; it printed:\n{}",
+                CHILD_LIMIT.as_secs(),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
 
 /// The Python that has torch 2.13 (set by `make test` through scripts/torch-env.sh).
 ///
@@ -67,13 +126,13 @@ pub fn run_python_env(script: &str, args: &[&Path], env: &[(&str, &str)]) -> Opt
         .tempfile()
         .expect("temporary script");
     std::io::Write::write_all(&mut file, script.as_bytes()).expect("write script");
-    let out = Command::new(python)
-        .arg(file.path())
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("failed to start python");
+    let out = output_within(
+        Command::new(python)
+            .arg(file.path())
+            .args(args)
+            .env("OMP_NUM_THREADS", "1")
+            .envs(env.iter().copied()),
+    );
     assert!(
         out.status.success(),
         "python failed:\n{}",
@@ -189,7 +248,7 @@ impl Cli {
 
     /// Runs it to the end.
     pub fn run(&self) -> Output {
-        self.command().output().expect("failed to start tch-prune")
+        output_within(&mut self.command())
     }
 
     /// Runs it, which must succeed; its standard output.

@@ -229,12 +229,12 @@ fn fixtures_are_what_the_script_makes() {
     };
     let dir = common::tempdir();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/make_fixtures.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .arg(dir.path())
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("failed to start python");
+    let out = common::output_within(
+        std::process::Command::new(python)
+            .arg(&script)
+            .arg(dir.path())
+            .env("OMP_NUM_THREADS", "1"),
+    );
     assert!(
         out.status.success(),
         "make_fixtures.py failed:\n{}",

@@ -21,12 +21,12 @@ pub fn run_py(script: &str, args: &[&Path]) -> Option<String> {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py/formats")
         .join(script);
-    let out = Command::new(python)
-        .arg(&file)
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("failed to start python");
+    let out = crate::common::output_within(
+        Command::new(python)
+            .arg(&file)
+            .args(args)
+            .env("OMP_NUM_THREADS", "1"),
+    );
     assert!(
         out.status.success(),
         "{script} failed:\n{}",

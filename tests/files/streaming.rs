@@ -187,7 +187,11 @@ fn a_failing_sharded_write_leaves_no_output() {
     assert!(!failed.status.success());
     let err = String::from_utf8_lossy(&failed.stderr);
     // One error line, after the warnings about what the selection includes.
-    let errors: Vec<&str> = err.trim().lines().filter(|l| !l.starts_with("warning: ")).collect();
+    let errors: Vec<&str> = err
+        .trim()
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("multidimensional"), "{err}");
     assert!(

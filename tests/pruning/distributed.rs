@@ -50,6 +50,8 @@ fn spawn(scenario: &str, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
                 .env("OMP_NUM_THREADS", "1")
+                // A rank that cannot reach its peers fails this test within a minute.
+                .env("TCH_PRUNE_DIST_TIMEOUT", "60")
                 .envs(extra.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -87,7 +89,12 @@ fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
 
 /// Runs `scenario` on `world` ranks and checks that each says `rank R: ok`.
 fn run_ok(scenario: &str, world: usize) -> Vec<String> {
-    let outputs = wait_all(spawn(scenario, world, &[]), Duration::from_secs(240));
+    run_ok_with(scenario, world, &[])
+}
+
+/// The same with `extra` variables.
+fn run_ok_with(scenario: &str, world: usize, extra: &[(&str, &str)]) -> Vec<String> {
+    let outputs = wait_all(spawn(scenario, world, extra), Duration::from_secs(240));
     outputs
         .iter()
         .enumerate()
@@ -201,32 +208,56 @@ fn a_rank_that_does_not_join_times_out_with_one_line() {
 }
 
 #[test]
+fn gloo_socket_ifname_chooses_the_interface_as_for_torch_distributed() {
+    run_ok_with("collectives", 2, &[("GLOO_SOCKET_IFNAME", "lo")]);
+    let outputs = wait_all(
+        spawn(
+            "join",
+            2,
+            &[
+                ("GLOO_SOCKET_IFNAME", "no-such-if0"),
+                ("TCH_PRUNE_DIST_TIMEOUT", "10"),
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    for out in &outputs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("error:"))
+            .unwrap_or_else(|| panic!("no error line: {stderr}"));
+        assert!(line.contains("no-such-if0"), "{line}");
+    }
+}
+
+#[test]
 fn torchrun_launches_the_ranks() {
     let Some(python) = crate::common::python() else {
         return;
     };
     let exe = std::env::current_exe().expect("the test binary");
     let port = free_port().to_string();
-    let out = Command::new(python)
-        .args([
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--no-python",
-        ])
-        .args(["--master-addr", "127.0.0.1", "--master-port", &port])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "distributed::worker",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SCENARIO, "collectives")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("start torchrun");
+    let out = crate::common::output_within(
+        Command::new(python)
+            .args([
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--no-python",
+            ])
+            .args(["--master-addr", "127.0.0.1", "--master-port", &port])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "distributed::worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SCENARIO, "collectives")
+            .env("OMP_NUM_THREADS", "1"),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -345,9 +376,17 @@ fn collectives(group: &ProcessGroup) -> Check {
         format!("all_gather {gathered}")
     })?;
     group.barrier().map_err(e)?;
+    // The launcher's timeout: TCH_PRUNE_DIST_TIMEOUT where the test sets it, 300 s under torchrun.
+    let timeout = std::env::var("TCH_PRUNE_DIST_TIMEOUT").map_or(300, |s| s.parse().unwrap());
     ensure(
-        group.payload_bytes() > 0 && group.timeout() == Duration::from_secs(300),
-        || "payload".into(),
+        group.payload_bytes() > 0 && group.timeout() == Duration::from_secs(timeout),
+        || {
+            format!(
+                "payload {} bytes, timeout {:?}",
+                group.payload_bytes(),
+                group.timeout()
+            )
+        },
     )?;
     let store = if std::env::var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Ok("True") {
         " (launcher store)"
