@@ -543,29 +543,15 @@ fn process_group_on_cuda_tensors() {
 }
 
 fn run_ranks(device: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
     let exe = std::env::current_exe().expect("the test binary");
-    let children: Vec<_> = (0..2)
-        .map(|rank| {
-            std::process::Command::new(&exe)
-                .args(["--exact", "distributed_worker", "--nocapture"])
-                .env("TCH_PRUNE_DIST_WORKER", device)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("TCH_PRUNE_DIST_TIMEOUT", "60")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("start a rank")
-        })
-        .collect::<Vec<_>>()
+    let worker = || {
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["--exact", "distributed_worker", "--nocapture"])
+            .env("TCH_PRUNE_DIST_WORKER", device);
+        command
+    };
+    let children: Vec<_> = common::ranks::spawn(worker, 2, &[])
         .into_iter()
         .map(|c| common::wait_within(c, "a rank"))
         .collect();

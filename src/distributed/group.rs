@@ -69,7 +69,7 @@ impl ProcessGroup {
         };
         let group = GlooGroup::new(&address).map_err(|e| {
             PruneError::Distributed(format!(
-                "rank {} of {} could not join the group at {}:{} within {:.0} s: {e}",
+                "rank {} of {} could not join the group at {}:{} (timeout {:.0} s): {e}",
                 config.rank,
                 config.world_size,
                 config.master_addr,

@@ -80,8 +80,16 @@ c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> gloo_devices(
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   std::stringstream names(interfaces);
   for (std::string name; std::getline(names, name, ',');) {
-    if (!name.empty()) {
+    if (name.empty()) {
+      continue;
+    }
+    try {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+    } catch (const std::exception&) {
+      // Gloo's own message is an assertion's ("ifa != nullptr").
+      throw std::invalid_argument("GLOO_SOCKET_IFNAME names '" + name +
+                                  "', which is no network interface of this machine with an "
+                                  "address: name one that `ip addr` lists, or unset it");
     }
   }
   if (options->devices.empty()) {
@@ -102,6 +110,9 @@ char* tp_group_new(const char* host, int port, int rank, int world_size, int hos
                    TpGroup** group) noexcept {
   return tp::protect([&] {
     const std::chrono::milliseconds timeout(timeout_ms);
+    // Before the store: an interface that does not exist fails every rank at once, naming it,
+    // instead of rank 0 leaving and the others timing out on its store.
+    auto gloo_options = gloo_devices(host, interfaces, timeout);
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(port);
     options.isServer = host_store != 0;
@@ -114,7 +125,6 @@ char* tp_group_new(const char* host, int port, int rank, int world_size, int hos
     options.multiTenant = true;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(host, options);
     auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, tcp);
-    auto gloo_options = gloo_devices(host, interfaces, timeout);
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::static_intrusive_pointer_cast<c10d::Store>(store), rank, world_size, gloo_options);
     auto owned = std::make_unique<TpGroup>();

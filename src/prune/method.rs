@@ -81,6 +81,14 @@ pub trait PruningMethod: Debug {
         None
     }
 
+    /// Whether [`compute_mask`](Self::compute_mask) draws from libtorch's generator (the
+    /// random methods do): who prunes part of a model must then still draw for the rest, in
+    /// order, to draw what one process pruning the whole would (the streamed prune on several
+    /// ranks does).
+    fn draws_random(&self) -> bool {
+        false
+    }
+
     /// Prunes a tensor without any `VarStore`: `t * mask`, the mask computed from
     /// `importance_scores` (default: `t`) and `default_mask` (default: all ones).
     fn prune(

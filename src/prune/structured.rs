@@ -33,6 +33,10 @@ impl PruningMethod for RandomStructured {
         PruningType::Structured { dim: self.dim }
     }
 
+    fn draws_random(&self) -> bool {
+        true
+    }
+
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
         let (dim, channels, k) = channels_to_prune(scores, self.dim, self.amount)?;
         if k == 0 {

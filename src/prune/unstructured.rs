@@ -45,6 +45,10 @@ impl PruningMethod for RandomUnstructured {
         PruningType::Unstructured
     }
 
+    fn draws_random(&self) -> bool {
+        true
+    }
+
     fn compute_mask(&self, scores: &Tensor, default_mask: &Tensor) -> Result<Tensor> {
         let k = self.amount.to_count(scores.numel() as i64)?;
         let mask = fresh_copy(default_mask)?;

@@ -194,6 +194,7 @@ pub fn generator() -> std::sync::MutexGuard<'static, ()> {
 pub mod cuda;
 pub mod moves;
 pub mod parity;
+pub mod ranks;
 
 /// A `tch-prune` command line, built up and then run: the one way the tests assemble one.
 /// Paths and values are passed as they are; [`Cli::flags`] splits a string of flags at spaces,
@@ -313,6 +314,34 @@ pub fn both_paths(input: &Path, flags: &[&str], dir: &Path) -> (Vec<u8>, Vec<u8>
     );
     let read = |p: &Path| std::fs::read(p).expect("read output");
     (read(&chosen), read(&in_memory), said)
+}
+
+/// [`both_paths`] where the CLI must choose to stream: asserts that it did and that both runs
+/// wrote the same bytes (`what` names the case in a failure); returns those bytes.
+pub fn streamed_as_in_memory(input: &Path, flags: &[&str], dir: &Path, what: &str) -> Vec<u8> {
+    let (streamed, in_memory, said) = both_paths(input, flags, dir);
+    assert!(
+        said.contains("streamed from a memory map"),
+        "{what} {flags:?}: {said}"
+    );
+    assert!(
+        streamed == in_memory,
+        "{what} {flags:?}: the streamed output differs from the in-memory one"
+    );
+    streamed
+}
+
+/// The peak anonymous memory of a run of `cli` that must succeed and stream (see
+/// [`peak_anon`]).
+pub fn streamed_peak(cli: &Cli) -> u64 {
+    let (peak, output) = peak_anon(cli);
+    assert!(
+        output.status.success(),
+        "{cli}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
+    peak
 }
 
 /// Runs tch-prune, sampling its `RssAnon` from /proc every millisecond; returns the peak in
@@ -435,16 +464,7 @@ pub fn assert_streamed_memory_under(small: &Path, large: &Path, out: &Path, budg
         "--method l1-unstructured --amount 0.5 --global",
         "--method l1-unstructured --amount 0.5",
     ] {
-        let run = |input: &Path| {
-            let (peak, output) = peak_anon(&Cli::prune(input, out).flags(method));
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
-            peak
-        };
+        let run = |input: &Path| streamed_peak(&Cli::prune(input, out).flags(method));
         let baseline = run(small);
         let peak = run(large);
         let extra = peak.saturating_sub(baseline);

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::{both_paths, peak_anon, Cli};
+use common::{streamed_as_in_memory, streamed_peak, Cli};
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::write_safetensors;
 
@@ -76,12 +76,7 @@ fn streamed_nm_writes_the_in_memory_bytes() {
         for run in runs {
             let mut flags = vec!["--method", "nm", "--params", "*.weight"];
             flags.extend(*run);
-            let (x, y, said) = both_paths(&input, &flags, dir.path());
-            assert!(said.contains("streamed"), "{kind:?} {run:?}: {said}");
-            assert!(
-                x == y,
-                "{kind:?} {run:?}: the two paths wrote different bytes"
-            );
+            let x = streamed_as_in_memory(&input, &flags, dir.path(), &format!("{kind:?}"));
             assert_ne!(x, std::fs::read(&input).expect("read"), "{kind:?} {run:?}");
         }
     }
@@ -130,14 +125,7 @@ fn streamed_nm_memory_does_not_grow_with_the_tensor() {
         let run = |input: &std::path::Path| {
             let cli =
                 Cli::prune(input, &out).args(["--method", "nm", "--pattern", "2:4", "--dim", dim]);
-            let (peak, output) = peak_anon(&cli);
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(String::from_utf8_lossy(&output.stdout).contains("streamed"));
-            peak
+            streamed_peak(&cli)
         };
         let extra = run(&large).saturating_sub(run(&small));
         eprintln!(

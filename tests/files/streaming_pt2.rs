@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{both_paths, run_python, Cli};
+use common::{run_python, streamed_as_in_memory, Cli};
 use std::path::{Path, PathBuf};
 
 const SCRIPT: &str = include_str!("../py/streaming_pt2.py");
@@ -60,15 +60,7 @@ fn streamed_and_in_memory_runs_write_identical_pt2_bytes_that_pytorch_runs() {
         let input = folder.join(format!("{model}.pt2"));
         for flags in METHODS {
             let work = common::tempdir();
-            let (streamed, in_memory, said) = both_paths(&input, flags, work.path());
-            assert!(
-                said.contains("streamed from a memory map"),
-                "{model} {flags:?}: {said}"
-            );
-            assert!(
-                streamed == in_memory,
-                "{model} {flags:?}: the streamed output differs from the in-memory one"
-            );
+            streamed_as_in_memory(&input, flags, work.path(), model);
             let out = run_python(
                 SCRIPT,
                 &[Path::new("check"), &input, &work.path().join("chosen.pt2")],

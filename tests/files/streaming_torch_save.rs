@@ -7,7 +7,7 @@ use crate::common;
 
 use common::{
     assert_streamed_memory_under, both_paths, folder_entries, kill_when, large_headers, run_python,
-    stream_runs, Cli,
+    stream_runs, streamed_as_in_memory, Cli,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,15 +37,7 @@ fn streamed_and_in_memory_runs_write_identical_bytes() {
     for dtype in ["float32", "float16", "bfloat16"] {
         let input = folder.join(format!("model-{dtype}.pt"));
         for run in &runs {
-            let (streamed, in_memory, said) = both_paths(&input, run, dir.path());
-            assert!(
-                said.contains("streamed from a memory map"),
-                "{dtype} {run:?}: {said}"
-            );
-            assert!(
-                streamed == in_memory,
-                "{dtype} {run:?}: the two paths wrote different bytes"
-            );
+            streamed_as_in_memory(&input, run, dir.path(), dtype);
         }
     }
     // A training checkpoint's state dict streams too, written as the in-memory path writes it.

@@ -8,9 +8,9 @@
 //! line `rank R: ok <what>`; the test checks every rank's exit and line. `worker` does nothing
 //! when run as an ordinary test.
 
+use crate::common::ranks;
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::nn::{self, Module};
@@ -22,43 +22,22 @@ use tch_prune::*;
 /// The scenario a worker runs: what the test passes in `TCH_PRUNE_DIST_WORKER`.
 const SCENARIO: &str = "TCH_PRUNE_DIST_WORKER";
 
-/// A port free now (the store's).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts `world` workers running `scenario`, with `extra` variables; returns them in rank order.
 fn spawn(scenario: &str, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
-    let port = free_port().to_string();
     let exe = std::env::current_exe().expect("the test binary");
-    (0..world)
-        .map(|rank| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "distributed::worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(SCENARIO, scenario)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("OMP_NUM_THREADS", "1")
-                // A rank that cannot reach its peers fails this test within a minute.
-                .env("TCH_PRUNE_DIST_TIMEOUT", "60")
-                .envs(extra.iter().copied())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start a rank")
-        })
-        .collect()
+    let worker = || {
+        let mut command = Command::new(&exe);
+        command
+            .args([
+                "--exact",
+                "distributed::worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SCENARIO, scenario);
+        command
+    };
+    ranks::spawn(worker, world, extra)
 }
 
 /// Waits for every rank, at most `limit`; kills those still running after it.
@@ -227,7 +206,10 @@ fn gloo_socket_ifname_chooses_the_interface_as_for_torch_distributed() {
             .lines()
             .find(|l| l.contains("error:"))
             .unwrap_or_else(|| panic!("no error line: {stderr}"));
-        assert!(line.contains("no-such-if0"), "{line}");
+        assert!(
+            line.contains("GLOO_SOCKET_IFNAME names 'no-such-if0', which is no network interface"),
+            "{line}"
+        );
     }
 }
 
@@ -237,26 +219,15 @@ fn torchrun_launches_the_ranks() {
         return;
     };
     let exe = std::env::current_exe().expect("the test binary");
-    let port = free_port().to_string();
     let out = crate::common::output_within(
-        Command::new(python)
-            .args([
-                "-m",
-                "torch.distributed.run",
-                "--nproc-per-node",
-                "2",
-                "--no-python",
-            ])
-            .args(["--master-addr", "127.0.0.1", "--master-port", &port])
-            .arg(&exe)
+        ranks::torchrun(&python, &exe)
             .args([
                 "--exact",
                 "distributed::worker",
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(SCENARIO, "collectives")
-            .env("OMP_NUM_THREADS", "1"),
+            .env(SCENARIO, "collectives"),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

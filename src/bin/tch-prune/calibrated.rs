@@ -1,14 +1,14 @@
 //! `tch-prune prune --method wanda|sparsegpt --calibration FILE`: calibrated pruning of a
 //! TorchScript model's linear layers, from the inputs of its forward.
 
-use crate::limits::{self, Limits};
+use crate::limits::Limits;
 use crate::plan::{split_patterns, MethodName, Step};
-use crate::{device, one_line, policy, quiet, PruneArgs};
+use crate::{device, one_line, outputs, policy, quiet, PruneArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::Path;
-use tch_prune::checkpoint::{write_all_or_nothing, write_safetensors_as};
+use tch_prune::checkpoint::write_all_or_nothing;
 use tch_prune::model::{CalibrationInputs, ModelFile};
 use tch_prune::{CalibratedMethod, Calibration, LayerReport, Order, SparseGpt, Sparsity, Wanda};
 
@@ -128,7 +128,7 @@ pub(crate) fn run(args: PruneArgs, output: &Path, show: bool) -> Result<()> {
     bar.set_message("calibrating");
     // Each forward pass runs the model's code: under the time and memory limits, as shrink's
     // runs (a failure inside is kept whole, to be reported as the run's error).
-    let limits = limits_of(&args)?;
+    let limits = Limits::from_flags(&args.time_limit, args.memory_limit.as_deref(), &args.input)?;
     let batches = inputs.batches(batch_size, device)?;
     let calibration = Calibration::with_hessian();
     let mut failure: Option<anyhow::Error> = None;
@@ -168,11 +168,7 @@ pub(crate) fn run(args: PruneArgs, output: &Path, show: bool) -> Result<()> {
     write_all_or_nothing(|| -> Result<()> {
         quiet::quietly(show, || model.save(output, &pruner))?;
         if let Some((path, state)) = &state {
-            let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
-                .iter()
-                .map(|(name, tensor, kind)| (name.as_str(), tensor, *kind))
-                .collect();
-            write_safetensors_as(path, &entries, &Default::default())?;
+            outputs::write_state(path, state)?;
         }
         Ok(())
     })?;
@@ -216,19 +212,6 @@ pub(crate) fn run(args: PruneArgs, output: &Path, show: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The limits of each calibration forward pass, from the flags (as shrink's).
-fn limits_of(args: &PruneArgs) -> Result<Limits> {
-    let time = limits::parse_duration(&args.time_limit, "--time-limit")?;
-    let memory = match &args.memory_limit {
-        Some(text) => limits::parse_bytes(text, "--memory-limit")?,
-        None => {
-            let file = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
-            (2u64 << 30).max(file.saturating_mul(4))
-        }
-    };
-    Ok(Limits { time, memory })
 }
 
 fn layer(r: &LayerReport) -> Layer {

@@ -27,6 +27,22 @@ pub struct Limits {
     pub memory: u64,
 }
 
+impl Limits {
+    /// From `--time-limit` and `--memory-limit`; the memory limit defaults to 2 GiB or four
+    /// times the `input` file, whichever is larger.
+    pub fn from_flags(time: &str, memory: Option<&str>, input: &std::path::Path) -> Result<Self> {
+        let time = parse_duration(time, "--time-limit")?;
+        let memory = match memory {
+            Some(text) => parse_bytes(text, "--memory-limit")?,
+            None => {
+                let file = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+                (2u64 << 30).max(file.saturating_mul(4))
+            }
+        };
+        Ok(Limits { time, memory })
+    }
+}
+
 /// "60", "90s", "2m": seconds unless suffixed.
 pub fn parse_duration(text: &str, flag: &str) -> Result<Duration> {
     let t = text.trim();

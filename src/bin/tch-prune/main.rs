@@ -26,8 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Device;
 use tch_prune::checkpoint::{
-    read_input, write_all_or_nothing, write_safetensors_as, CodePolicy, HfFolder, ShardIndex,
-    MAX_SMALL_FILE,
+    read_input, write_all_or_nothing, CodePolicy, HfFolder, ShardIndex, MAX_SMALL_FILE,
 };
 use tch_prune::model::{ModelFile, Report, StreamedModel};
 
@@ -507,11 +506,7 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
     };
     let write_state = || -> Result<()> {
         if let Some((path, state)) = &state {
-            let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
-                .iter()
-                .map(|(name, tensor, kind)| (name.as_str(), tensor, *kind))
-                .collect();
-            write_safetensors_as(path, &entries, &Default::default())?;
+            outputs::write_state(path, state)?;
         }
         Ok(())
     };

@@ -2,7 +2,18 @@
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use tch_prune::checkpoint::check_destination;
+use tch_prune::checkpoint::{check_destination, write_safetensors_as};
+
+/// Writes `--state-out`: the reparametrized state (`<name>_orig`, `<name>_mask`, the rest), each
+/// entry in its dtype.
+pub fn write_state(path: &Path, state: &[(String, tch::Tensor, Option<tch::Kind>)]) -> Result<()> {
+    let entries: Vec<(&str, &tch::Tensor, Option<tch::Kind>)> = state
+        .iter()
+        .map(|(name, tensor, kind)| (name.as_str(), tensor, *kind))
+        .collect();
+    write_safetensors_as(path, &entries, &Default::default())?;
+    Ok(())
+}
 
 /// Checks the input and every destination up front. Each destination must be a regular file or
 /// nothing, in an existing folder (no link, device, pipe or folder is replaced); `-o` and

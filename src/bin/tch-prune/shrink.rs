@@ -260,19 +260,6 @@ fn check_input_size(text: &str, shape: &[i64], limits: &Limits) -> Result<()> {
     }
 }
 
-/// The limits of the runs of the model's code, from the flags.
-fn limits_of(args: &ShrinkArgs) -> Result<Limits> {
-    let time = limits::parse_duration(&args.time_limit, "--time-limit")?;
-    let memory = match &args.memory_limit {
-        Some(text) => limits::parse_bytes(text, "--memory-limit")?,
-        None => {
-            let file = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
-            (2u64 << 30).max(file.saturating_mul(4))
-        }
-    };
-    Ok(Limits { time, memory })
-}
-
 /// Fails unless `input` is a TorchScript file, naming what it is otherwise.
 fn check_torchscript(input: &std::path::Path) -> Result<()> {
     let what = match Format::detect(input)? {
@@ -319,7 +306,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     // The output is written once every run has passed, from the module in memory: the input
     // is loaded twice (the shrunk model and the reference), so it may not be the output.
     crate::outputs::check_other(&args.input, &args.output, "-o")?;
-    let limits = limits_of(&args)?;
+    let limits = Limits::from_flags(&args.time_limit, args.memory_limit.as_deref(), &args.input)?;
     check_input_size(&args.input_shape, &shape, &limits)?;
     check_torchscript(&args.input)?;
     let policy = crate::policy(args.trust_code);

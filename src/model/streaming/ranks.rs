@@ -36,9 +36,9 @@ impl StreamedModel {
     /// tensor of the step), and the output folder (one that every rank sees: a shared
     /// filesystem) appears whole, with the index, only when every rank succeeded. Its bytes are
     /// those of [`prune`](Self::prune) in one process. Every rank calls it with the same steps
-    /// and output; methods that draw random numbers are refused (each rank would draw for its
-    /// own tensors only, so the draws would not be those of one process). The report is the
-    /// whole checkpoint's, on every rank. On error, on any rank, no output appears and every
+    /// and output (and, for the methods that draw random numbers, the same seed: each rank also
+    /// draws for the shards of the others, without reading them, so that its draws are those of
+    /// one process). The report is the whole checkpoint's, on every rank. On error, on any rank, no output appears and every
     /// rank returns an error naming the rank that failed.
     pub fn prune_across(
         &self,
@@ -65,16 +65,6 @@ impl StreamedModel {
                  process for a single file"
                     .into(),
             ));
-        }
-        if let Some(step) = steps
-            .iter()
-            .find(|s| format!("{:?}", s.method).starts_with("Random"))
-        {
-            return Err(PruneError::NotStreamable(format!(
-                "{:?} draws random numbers, which several ranks cannot draw as one process \
-                 does: prune with one process, or use a method that does not draw",
-                step.method
-            )));
         }
         let report = self.prune_with(steps, output, Some(group))?;
         // Every rank's counts, summed: the whole checkpoint's report on every rank.
@@ -141,13 +131,15 @@ pub(super) fn global_thresholds<'a>(
     Ok(roles)
 }
 
-/// Writes this rank's shards into the output folder rank 0 prepares (`write_file(f, path)`
-/// writes file `f` of the input, pruned), and commits it with the other ranks (the protocol
-/// above). Returns the number of shards of the whole output.
+/// Writes this rank's shards into the output folder rank 0 prepares, and commits it with the
+/// other ranks (the protocol above). Every file of the input is visited in order:
+/// `visit(f, Some(path))` writes file `f`, pruned, to `path`; `visit(f, None)` is a file
+/// another rank writes (for the random draws its tensors take). Returns the number of shards of
+/// the whole output.
 pub(super) fn write_all(
     model: &StreamedModel,
     output: &Path,
-    mut write_file: impl FnMut(usize, &Path) -> Result<()>,
+    mut visit: impl FnMut(usize, Option<&Path>) -> Result<()>,
     group: &ProcessGroup,
 ) -> Result<usize> {
     let Some(index) = &model.index else {
@@ -156,9 +148,11 @@ pub(super) fn write_all(
     let shards = index.shards();
     let mut write_mine = |folder: &Path| -> Result<()> {
         for (f, shard) in shards.iter().enumerate() {
-            if handles(group, f) {
+            if !handles(group, f) {
+                visit(f, None)?;
+            } else {
                 let path = folder.join(shard);
-                write_file(f, &path)?;
+                visit(f, Some(&path))?;
                 // Rank 0 syncs the folder before the rename; each rank syncs its own files,
                 // on its own machine.
                 std::fs::File::open(&path)

@@ -115,8 +115,9 @@ impl StreamedModel {
                         }
                     }
                 }
+                // Every tensor's, this rank's or not: a rank draws for the others' tensors too.
                 None => {
-                    for n in step.names.iter().filter(|n| mine(locations[n.as_str()].0)) {
+                    for n in &step.names {
                         roles.insert(n, Role::Method(step.method));
                     }
                 }
@@ -161,7 +162,10 @@ impl StreamedModel {
                 Some(group) => ranks::write_all(
                     self,
                     output,
-                    |f, path| self.write_file(f, path, &mut writer),
+                    |f, path| match path {
+                        Some(path) => self.write_file(f, path, &mut writer),
+                        None => self.draw_for(f, &writer),
+                    },
                     group,
                 ),
                 None => self.write_all(output, &mut writer),
@@ -205,6 +209,28 @@ impl StreamedModel {
                 Ok(shards.len())
             }
         }
+    }
+
+    /// The random draws of file `f`'s tensors, which another rank writes: each tensor pruned by
+    /// a method that draws is pruned as a tensor of zeros of its shape and dtype, in write
+    /// order, so that this rank's generator is where one process's would be after the file.
+    fn draw_for(&self, f: usize, writer: &Writer<'_, '_>) -> Result<()> {
+        let file = &self.files[f];
+        let by_name: HashMap<&str, &MappedTensor> = file
+            .tensors()
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        for header in file.headers() {
+            let t = by_name[header.name.as_str()];
+            if let Some(Role::Method(method)) = writer.roles.get(t.name.as_str()) {
+                if method.draws_random() {
+                    let zeros = Tensor::f_zeros(t.shape.as_slice(), (t.kind, Device::Cpu))?;
+                    let _drawn = pruned_whole(&t.name, zeros, *method)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes file `f` of the input, pruned, to `path`.
@@ -301,6 +327,22 @@ enum Share {
 
 fn io_error(path: &Path, e: std::io::Error) -> PruneError {
     crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
+}
+
+/// `tensor` (the one named `name`) pruned by `method` and made permanent, in memory, as the
+/// in-memory path prunes it (the same checks, the same draws); contiguous.
+fn pruned_whole(name: &str, tensor: Tensor, method: &dyn PruningMethod) -> Result<Tensor> {
+    let vs = VarStore::new(Device::Cpu);
+    let _ = add_dotted(&vs, "t", tensor, true);
+    let pruner = Pruner::with_bool_masks(&vs);
+    pruner
+        .prune_and_remove("t", method, None)
+        .map_err(|e| e.in_tensor(name))?;
+    Ok(vs
+        .variables()
+        .remove("t")
+        .ok_or_else(|| PruneError::UnknownTensor(name.to_string()))?
+        .f_contiguous()?)
 }
 
 /// A tensor not pruned: its bytes as they are, from the mapping (booleans normalised to 0/1,
@@ -461,17 +503,7 @@ fn write_pruned_whole(
             raw.bytes.len(),
         );
     }
-    let vs = VarStore::new(Device::Cpu);
-    let _ = add_dotted(&vs, "t", tensor, true);
-    let pruner = Pruner::with_bool_masks(&vs);
-    pruner
-        .prune_and_remove("t", method, None)
-        .map_err(|e| e.in_tensor(&t.name))?;
-    let pruned = vs
-        .variables()
-        .remove("t")
-        .ok_or_else(|| PruneError::UnknownTensor(t.name.clone()))?
-        .f_contiguous()?;
+    let pruned = pruned_whole(&t.name, tensor, method)?;
     // SAFETY: contiguous CPU tensor of the mapped tensor's shape and dtype.
     let bytes =
         unsafe { std::slice::from_raw_parts(pruned.data_ptr() as *const u8, raw.bytes.len()) };
