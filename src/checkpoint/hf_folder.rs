@@ -167,16 +167,31 @@ impl HfFolder {
     pub fn carried(&self) -> Result<Carried, CheckpointError> {
         let weights = self.weight_files()?;
         let mut out = Carried::default();
+        // Where a link may lead: into the folder, or into the blobs of the Hugging Face cache
+        // repository whose snapshot the folder is. Unresolvable, no link is followed.
+        let dir = std::fs::canonicalize(&self.dir).ok();
+        let blobs = dir.as_deref().and_then(cache_blobs);
         for name in list(&self.dir)? {
             if weights.contains(&name) {
                 continue;
             }
             let path = self.dir.join(&name);
+            let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink());
+            let inside = |target: &Path| {
+                dir.as_deref().is_some_and(|d| target.starts_with(d))
+                    || blobs.as_deref().is_some_and(|b| target.starts_with(b))
+            };
             // `metadata` follows links and opens nothing: a pipe is never waited on.
             let why = match std::fs::metadata(&path) {
                 Ok(m) if m.is_dir() => Some("a folder"),
                 Ok(m) if !m.is_file() => Some("not a regular file"),
                 Err(_) => Some("unreadable, or a broken link"),
+                // A folder from a stranger (a git clone, an unpacked archive) may hold links
+                // to `/proc/self/environ` or `~/.ssh/id_rsa`: carried, their bytes would be
+                // published with the pruned model.
+                Ok(_) if is_link && !std::fs::canonicalize(&path).is_ok_and(|t| inside(&t)) => {
+                    Some("a link to a file outside the folder (copy the file in if you mean to carry it)")
+                }
                 Ok(_) if is_other_weights(&name) => {
                     Some("weights in another format, which would be carried unpruned")
                 }
@@ -207,6 +222,14 @@ impl HfFolder {
         }
         Ok(())
     }
+}
+
+/// The `blobs` folder of the Hugging Face cache repository (`models--<org>--<name>/`) whose
+/// snapshot `dir` (resolved) is, `<repo>/snapshots/<revision>`: its files are links there.
+fn cache_blobs(dir: &Path) -> Option<PathBuf> {
+    let snapshots = dir.parent()?;
+    let repo = snapshots.parent()?;
+    (snapshots.file_name()? == "snapshots").then(|| repo.join("blobs"))
 }
 
 /// Whether `name` is a weight file of another format (or a second safetensors checkpoint): the

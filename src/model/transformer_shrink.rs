@@ -119,6 +119,16 @@ impl Widths {
             Some(Value::Null) | None => hidden / heads,
             Some(_) => int("head_dim")?,
         };
+        if head_dim == 0 {
+            return Err(bad(format!(
+                "hidden_size {hidden} is smaller than num_attention_heads {heads}, which leaves heads of no width: give head_dim"
+            )));
+        }
+        if heads.checked_mul(head_dim).is_none() {
+            return Err(bad(format!(
+                "num_attention_heads {heads} times head_dim {head_dim} is past any tensor's size"
+            )));
+        }
         if heads % kv_heads != 0 {
             return Err(bad(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
@@ -276,6 +286,22 @@ pub fn shrink_transformer(
         })?;
     let w = Widths::read(&config, &config_path)?;
     let (weights, index) = Weights::open(&folder)?;
+    // The widths are the config's word until the tensors confirm them: checked against the
+    // first layer's before any count is used, so that an absurd one (2^62 heads) is refused
+    // rather than looped over. Past that check each width is bounded by a tensor in the file.
+    let p = "model.layers.0";
+    let _ = weights.expect(
+        &format!("{p}.self_attn.q_proj.weight"),
+        &[w.heads * w.head_dim, w.hidden],
+    )?;
+    let _ = weights.expect(
+        &format!("{p}.self_attn.k_proj.weight"),
+        &[w.kv_heads * w.head_dim, w.hidden],
+    )?;
+    let _ = weights.expect(
+        &format!("{p}.mlp.gate_proj.weight"),
+        &[w.intermediate, w.hidden],
+    )?;
     let scores = match &options.scores {
         Some(path) => crate::checkpoint::read_safetensors(path)?
             .into_iter()

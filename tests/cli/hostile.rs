@@ -864,3 +864,209 @@ fn a_wrong_shaped_custom_mask_names_its_tensor() {
     );
     assert!(!text.contains("the tensor'"), "{text}");
 }
+
+/// A safetensors file of zero-filled f32 tensors of these names and shapes.
+fn zeros_safetensors(tensors: &[(&str, &[usize])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).expect("JSON");
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.resize(out.len() + offset, 0);
+    out
+}
+
+/// `shrink DIR` on configs that lie about the widths: absurd head counts (2^62, or 2^40 with
+/// an explicit head_dim, once looped over one by one: a run that never ended), heads wider
+/// than hidden_size (head_dim 0: once a division by zero, a panic, over empty projections),
+/// and a product of widths past i64 (once an overflow, a panic). Each is one line and exit 1
+/// at once, with no output folder.
+#[test]
+fn shrink_refuses_config_widths_the_tensors_do_not_have() {
+    let layer = |h: usize, q: usize, kv: usize| -> Vec<u8> {
+        let p = "model.layers.0";
+        let (gate, up, down) = (
+            format!("{p}.mlp.gate_proj.weight"),
+            format!("{p}.mlp.up_proj.weight"),
+            format!("{p}.mlp.down_proj.weight"),
+        );
+        let (qn, kn, vn, on, qb) = (
+            format!("{p}.self_attn.q_proj.weight"),
+            format!("{p}.self_attn.k_proj.weight"),
+            format!("{p}.self_attn.v_proj.weight"),
+            format!("{p}.self_attn.o_proj.weight"),
+            format!("{p}.self_attn.q_proj.bias"),
+        );
+        zeros_safetensors(&[
+            (&gate, &[8, h]),
+            (&up, &[8, h]),
+            (&down, &[h, 8]),
+            (&qn, &[q, h]),
+            (&kn, &[kv, h]),
+            (&vn, &[kv, h]),
+            (&on, &[h, q]),
+            (&qb, &[q]),
+        ])
+    };
+    let cases: [(&str, serde_json::Value, Vec<u8>, &[&str]); 4] = [
+        (
+            "2^62 heads",
+            serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 62}),
+            layer(64, 64, 64),
+            &[
+                "config.json",
+                "num_attention_heads 4611686018427387904",
+                "head_dim",
+            ],
+        ),
+        (
+            "2^40 heads of head_dim 1",
+            serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 40, "head_dim": 1}),
+            layer(64, 64, 64),
+            &[
+                "q_proj.weight",
+                "has shape [64, 64]",
+                "config.json says [1099511627776, 64]",
+            ],
+        ),
+        (
+            "heads wider than hidden_size, empty projections",
+            serde_json::json!({"model_type": "qwen2", "hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}),
+            layer(4, 0, 0),
+            &[
+                "config.json",
+                "smaller than num_attention_heads 8",
+                "head_dim",
+            ],
+        ),
+        (
+            "heads times head_dim past i64",
+            serde_json::json!({"model_type": "mistral", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 40, "head_dim": 1u64 << 40}),
+            layer(64, 64, 64),
+            &["config.json", "past any tensor's size"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, config, weights, words) in cases {
+        let work = common::tempdir();
+        let model = work.path().join("model");
+        std::fs::create_dir(&model).expect("folder");
+        std::fs::write(model.join("config.json"), config.to_string()).expect("config");
+        std::fs::write(model.join("model.safetensors"), weights).expect("weights");
+        let args: Vec<String> = ["shrink", "model", "-o", "out", "--amount", "0.5"]
+            .map(String::from)
+            .into();
+        let out = run(&args, work.path());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        let ok = out.status == 1
+            && lines.len() == 1
+            && words.iter().all(|w| lines[0].contains(w))
+            && !work.path().join("out").exists()
+            && out.cpu_secs < 10.0;
+        if !ok {
+            failures.push(format!(
+                "{what}: status {}, {:.1} s of CPU, stderr: {}",
+                out.status,
+                out.cpu_secs,
+                out.stderr.chars().take(300).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A model folder from a stranger (a git clone, an unpacked archive) holding links to files
+/// outside it (`/proc/self/environ`, a secret beside the folder) carries none of them into the
+/// output, which would publish their bytes with the pruned model; a link to a file inside the
+/// folder and the links of a Hugging Face cache snapshot to its blobs are carried. Names with a
+/// newline or a terminal escape are shown escaped on the summary's one line.
+#[test]
+fn a_model_folder_carries_no_link_out_of_it() {
+    let work = common::tempdir();
+    let w = work.path();
+    std::fs::write(w.join("secret.txt"), b"SECRET").expect("secret");
+    let weights = safetensors_bytes("fc.weight", 8);
+    // A stranger's folder, and a cache snapshot of the same files.
+    let model = w.join("model");
+    let repo = w.join("models--org--tiny");
+    let snapshot = repo.join("snapshots").join("0123abc");
+    std::fs::create_dir(&model).expect("folder");
+    std::fs::create_dir_all(&snapshot).expect("folder");
+    std::fs::create_dir(repo.join("blobs")).expect("folder");
+    std::fs::write(model.join("model.safetensors"), &weights).expect("weights");
+    std::fs::write(model.join("config.json"), b"{}").expect("config");
+    std::fs::write(model.join("odd\n\u{1b}[31mname.txt"), b"x").expect("odd name");
+    use std::os::unix::fs::symlink;
+    symlink("/proc/self/environ", model.join("environ.txt")).expect("link");
+    symlink("../secret.txt", model.join("relative.txt")).expect("link");
+    symlink(w.join("secret.txt"), model.join("absolute.txt")).expect("link");
+    symlink("config.json", model.join("inside.json")).expect("link");
+    std::fs::write(repo.join("blobs/aaa"), &weights).expect("blob");
+    std::fs::write(repo.join("blobs/bbb"), b"{}").expect("blob");
+    symlink("../../blobs/aaa", snapshot.join("model.safetensors")).expect("link");
+    symlink("../../blobs/bbb", snapshot.join("config.json")).expect("link");
+    symlink("../../../secret.txt", snapshot.join("tokenizer.json")).expect("link");
+
+    let prune = |input: &Path, output: &str| {
+        let args: Vec<String> = [
+            "prune".to_string(),
+            input.display().to_string(),
+            "-o".into(),
+            output.into(),
+            "--method".into(),
+            "l1-unstructured".into(),
+            "--amount".into(),
+            "0.5".into(),
+        ]
+        .into();
+        run(&args, w)
+    };
+    let out = prune(&model, "out");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let carried = names_in(&w.join("out"));
+    let expected: BTreeSet<String> = [
+        "config.json",
+        "inside.json",
+        "model.safetensors",
+        "odd\n\u{1b}[31mname.txt",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(carried, expected, "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    for words in [
+        "left out environ.txt: a link to a file outside the folder",
+        "left out relative.txt",
+        "left out absolute.txt",
+        "odd\\n\\u{1b}[31mname.txt",
+    ] {
+        assert!(out.stdout.contains(words), "{words}: {}", out.stdout);
+    }
+
+    let out = prune(&snapshot, "out2");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let carried = names_in(&w.join("out2"));
+    assert_eq!(
+        carried,
+        ["config.json", "model.safetensors"]
+            .map(String::from)
+            .into(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("left out tokenizer.json: a link to a file outside the folder"),
+        "{}",
+        out.stdout
+    );
+}
