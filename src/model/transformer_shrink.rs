@@ -277,6 +277,13 @@ pub fn shrink_transformer(
     options: &TransformerShrinkOptions,
 ) -> Result<TransformerShrinkReport> {
     let folder = HfFolder::open(input)?;
+    // Before anything is read: a weights file linked from outside the folder is refused.
+    let carried = folder.carried()?;
+    let carried: Vec<String> = carried
+        .carried
+        .into_iter()
+        .filter(|n| n != "config.json")
+        .collect();
     let config_path = input.join("config.json");
     let text = read_input(&config_path, MAX_SMALL_FILE, "a config")?;
     let mut config: Value =
@@ -482,12 +489,6 @@ pub fn shrink_transformer(
     let mut config_text = serde_json::to_string_pretty(&config).unwrap_or_default();
     config_text.push('\n');
 
-    let carried = folder.carried()?;
-    let carried: Vec<String> = carried
-        .carried
-        .into_iter()
-        .filter(|n| n != "config.json")
-        .collect();
     atomic_write_dir(output, |tmp| -> Result<()> {
         let mut weight_map = BTreeMap::new();
         let mut total: u64 = 0;

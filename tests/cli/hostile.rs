@@ -986,9 +986,10 @@ fn shrink_refuses_config_widths_the_tensors_do_not_have() {
 
 /// A model folder from a stranger (a git clone, an unpacked archive) holding links to files
 /// outside it (`/proc/self/environ`, a secret beside the folder) carries none of them into the
-/// output, which would publish their bytes with the pruned model; a link to a file inside the
-/// folder and the links of a Hugging Face cache snapshot to its blobs are carried. Names with a
-/// newline or a terminal escape are shown escaped on the summary's one line.
+/// output, which would publish their bytes with the pruned model, and weights linked from
+/// outside are refused; a link to a file inside the folder and the links of a Hugging Face
+/// cache snapshot to its blobs are followed. Names with a newline or a terminal escape are
+/// shown escaped on the summary's one line.
 #[test]
 fn a_model_folder_carries_no_link_out_of_it() {
     let work = common::tempdir();
@@ -1051,6 +1052,23 @@ fn a_model_folder_carries_no_link_out_of_it() {
     ] {
         assert!(out.stdout.contains(words), "{words}: {}", out.stdout);
     }
+
+    // Weights linked from outside the folder: another model of this machine, which the
+    // output would publish pruned.
+    let linked = w.join("linked");
+    std::fs::create_dir(&linked).expect("folder");
+    std::fs::write(w.join("private.safetensors"), &weights).expect("weights");
+    symlink("../private.safetensors", linked.join("model.safetensors")).expect("link");
+    let out = prune(&linked, "out3");
+    assert_eq!(out.status, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("weights file 'model.safetensors' is a link to a file outside the folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.join("out3").exists());
 
     let out = prune(&snapshot, "out2");
     assert_eq!(out.status, 0, "{}", out.stderr);
