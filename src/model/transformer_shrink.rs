@@ -279,6 +279,15 @@ pub fn shrink_transformer(
     let folder = HfFolder::open(input)?;
     // Before anything is read: a weights file linked from outside the folder is refused.
     let carried = folder.carried()?;
+    // config.json is read and written back rewritten: one the folder leaves out (a link out
+    // of it, a pipe) is not the folder's.
+    if let Some((_, why)) = carried.left_out.iter().find(|(n, _)| n == "config.json") {
+        return Err(CheckpointError::ModelFolder {
+            path: input.join("config.json"),
+            reason: format!("config.json is {why}"),
+        }
+        .into());
+    }
     let carried: Vec<String> = carried
         .carried
         .into_iter()

@@ -1070,6 +1070,25 @@ fn a_model_folder_carries_no_link_out_of_it() {
     );
     assert!(!w.join("out3").exists());
 
+    // shrink reads config.json and writes it back rewritten: one linked from outside is refused.
+    let config_out = w.join("config_out");
+    std::fs::create_dir(&config_out).expect("folder");
+    std::fs::write(config_out.join("model.safetensors"), &weights).expect("weights");
+    symlink("../secret.txt", config_out.join("config.json")).expect("link");
+    let args: Vec<String> = ["shrink", "config_out", "-o", "out4", "--amount", "0.5"]
+        .map(String::from)
+        .into();
+    let out = run(&args, w);
+    assert_eq!(out.status, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("config.json is a link to a file outside the folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.join("out4").exists());
+
     let out = prune(&snapshot, "out2");
     assert_eq!(out.status, 0, "{}", out.stderr);
     let carried = names_in(&w.join("out2"));
