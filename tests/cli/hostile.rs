@@ -1194,3 +1194,29 @@ fn shrink_of_a_wide_layer_takes_no_quadratic_time() {
     );
     assert!(out.cpu_secs < 10.0, "{:.1} s of CPU", out.cpu_secs);
 }
+
+/// A tensor name with a newline and a terminal escape (any reader's: safetensors here, a
+/// `.pt2`'s weights config alike) is shown escaped in `report`'s table: one row, and nothing
+/// the file chose reaches the terminal.
+#[test]
+fn report_shows_names_with_control_characters_escaped() {
+    let work = common::tempdir();
+    let name = "fc.we\nig\u{1b}[2Jht";
+    let file = work.path().join("names.safetensors");
+    std::fs::write(&file, zeros_safetensors(&[(name, &[2, 2])])).expect("write");
+    let args: Vec<String> = ["report".to_string(), file.display().to_string()].into();
+    let out = run(&args, work.path());
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("fc.we"))
+        .collect();
+    assert_eq!(row.len(), 1, "{:?}", out.stdout);
+    assert!(
+        row[0].starts_with("fc.we\\nig\\u{1b}[2Jht  [2, 2]"),
+        "{:?}",
+        row[0]
+    );
+}
