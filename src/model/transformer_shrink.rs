@@ -256,10 +256,14 @@ fn add_runs(a: &mut [f64], b: &[f64], run: usize) {
 /// zero): the `remove` lowest go, zero groups first, ties to the lower index.
 fn keep(score: &[f64], zero: &[bool], remove: usize) -> Vec<i64> {
     let mut order: Vec<usize> = (0..score.len()).collect();
+    // A total order, NaN scores (weights holding NaN) last, as torch.topk ranks NaN largest:
+    // a NaN equal to every score is no order at all, and the standard sort panics on one.
     order.sort_by(|&a, &b| {
-        (!zero[a], score[a], a)
-            .partial_cmp(&(!zero[b], score[b], b))
-            .unwrap_or(std::cmp::Ordering::Equal)
+        (!zero[a])
+            .cmp(&!zero[b])
+            .then(score[a].is_nan().cmp(&score[b].is_nan()))
+            .then(score[a].total_cmp(&score[b]))
+            .then(a.cmp(&b))
     });
     let mut kept: Vec<i64> = order[remove..].iter().map(|&i| i as i64).collect();
     kept.sort_unstable();

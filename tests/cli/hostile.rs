@@ -1220,3 +1220,62 @@ fn report_shows_names_with_control_characters_escaped() {
         row[0]
     );
 }
+
+/// `shrink DIR` on a layer whose weights hold NaN (eight gate rows): the neurons are ranked in
+/// a total order, NaN last as torch.topk ranks it, where a comparison that called NaN equal to
+/// every score made the sort panic (exit 101) on this layout.
+#[test]
+fn shrink_ranks_neurons_with_nan_weights_without_a_panic() {
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("model");
+    std::fs::create_dir(&model).expect("folder");
+    let (n, h) = (30usize, 2usize);
+    let p = "model.layers.0";
+    let names = [
+        format!("{p}.mlp.gate_proj.weight"),
+        format!("{p}.mlp.up_proj.weight"),
+        format!("{p}.mlp.down_proj.weight"),
+        format!("{p}.self_attn.q_proj.weight"),
+        format!("{p}.self_attn.k_proj.weight"),
+        format!("{p}.self_attn.v_proj.weight"),
+        format!("{p}.self_attn.o_proj.weight"),
+    ];
+    let shapes: [&[usize]; 7] = [
+        &[n, h],
+        &[n, h],
+        &[h, n],
+        &[h, h],
+        &[h, h],
+        &[h, h],
+        &[h, h],
+    ];
+    let tensors: Vec<(&str, &[usize])> = names.iter().map(String::as_str).zip(shapes).collect();
+    let mut bytes = zeros_safetensors(&tensors);
+    // Values 1 to 101, none zero, and these gate rows NaN.
+    let nan_rows = [1, 8, 12, 13, 15, 16, 24, 27];
+    let data = bytes.len() - 4 * (3 * n * h + 4 * h * h);
+    for (i, v) in bytes[data..].chunks_mut(4).enumerate() {
+        let nan = i < n * h && nan_rows.contains(&(i / h));
+        let x = if nan {
+            f32::NAN
+        } else {
+            1.0 + ((i * 37) % 101) as f32
+        };
+        v.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(model.join("model.safetensors"), bytes).expect("weights");
+    let config = serde_json::json!({"model_type": "mistral", "hidden_size": h, "intermediate_size": n, "num_hidden_layers": 1, "num_attention_heads": 2});
+    std::fs::write(model.join("config.json"), config.to_string()).expect("config");
+    let args: Vec<String> = "shrink model -o out --mlp-amount 0.5 --head-amount 0"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let out = run(&args, w);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("intermediate_size 30 -> 15"),
+        "{}",
+        out.stdout
+    );
+}
