@@ -63,8 +63,9 @@ pub enum HfWeights {
 pub struct Carried {
     /// Regular files (or links to one) copied as they are, by name, sorted.
     pub carried: Vec<String>,
-    /// Entries left out, each with the reason: folders, pipes and devices, and weights in
-    /// another format, which would be copies of the weights left unpruned.
+    /// Entries left out, each with the reason: folders, pipes and devices, links leading out
+    /// of the folder (but for a Hugging Face cache snapshot's links to its blobs), and weights
+    /// in another format, which would be copies of the weights left unpruned.
     pub left_out: Vec<(String, &'static str)>,
 }
 
@@ -162,10 +163,23 @@ impl HfFolder {
     }
 
     /// What a copy of the folder carries: every regular file that is not one of its weight
-    /// files (links to regular files count as the file they point to: a Hugging Face cache
-    /// snapshot is made of links), and what it leaves out, with why.
+    /// files (a link to a regular file inside the folder counts as that file, and so does a
+    /// link of a Hugging Face cache snapshot, `models--*/snapshots/<revision>/`, to the
+    /// repository's `blobs/`; any other link is left out), and what it leaves out, with why.
+    ///
+    /// Errors: a weight file that is a link out of the folder (its weights, pruned, would be
+    /// published as the folder's), and an unreadable listing or index.
     pub fn carried(&self) -> Result<Carried, CheckpointError> {
         let weights = self.weight_files()?;
+        let scope = LinkScope::of(&self.dir);
+        for name in &weights {
+            if scope.leads_out(&self.dir.join(name)) {
+                return Err(CheckpointError::ModelFolder {
+                    path: self.dir.clone(),
+                    reason: format!("its weights file '{}' is a link to a file outside the folder: copy the file into the folder, or name the file itself", shown(name)),
+                });
+            }
+        }
         let mut out = Carried::default();
         for name in list(&self.dir)? {
             if weights.contains(&name) {
@@ -177,6 +191,12 @@ impl HfFolder {
                 Ok(m) if m.is_dir() => Some("a folder"),
                 Ok(m) if !m.is_file() => Some("not a regular file"),
                 Err(_) => Some("unreadable, or a broken link"),
+                // A folder from a stranger (a git clone, an unpacked archive) may hold links
+                // to `/proc/self/environ` or `~/.ssh/id_rsa`: carried, their bytes would be
+                // published with the pruned model.
+                Ok(_) if scope.leads_out(&path) => {
+                    Some("a link to a file outside the folder (copy the file in if you mean to carry it)")
+                }
                 Ok(_) if is_other_weights(&name) => {
                     Some("weights in another format, which would be carried unpruned")
                 }
@@ -207,6 +227,41 @@ impl HfFolder {
         }
         Ok(())
     }
+}
+
+/// Where a link in a model folder may lead: into the folder, or into the blobs of the Hugging
+/// Face cache repository whose snapshot the folder is.
+struct LinkScope {
+    dir: Option<PathBuf>,
+    blobs: Option<PathBuf>,
+}
+
+impl LinkScope {
+    fn of(dir: &Path) -> Self {
+        let dir = std::fs::canonicalize(dir).ok();
+        let blobs = dir.as_deref().and_then(cache_blobs);
+        LinkScope { dir, blobs }
+    }
+
+    /// Whether `path` is a link that resolves out of the scope (a broken one is left to the
+    /// reader, which says so).
+    fn leads_out(&self, path: &Path) -> bool {
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
+            return false;
+        }
+        std::fs::canonicalize(path).is_ok_and(|target| {
+            !(self.dir.as_deref().is_some_and(|d| target.starts_with(d))
+                || self.blobs.as_deref().is_some_and(|b| target.starts_with(b)))
+        })
+    }
+}
+
+/// The `blobs` folder of the Hugging Face cache repository (`models--<org>--<name>/`) whose
+/// snapshot `dir` (resolved) is, `<repo>/snapshots/<revision>`: its files are links there.
+fn cache_blobs(dir: &Path) -> Option<PathBuf> {
+    let snapshots = dir.parent()?;
+    let repo = snapshots.parent()?;
+    (snapshots.file_name()? == "snapshots").then(|| repo.join("blobs"))
 }
 
 /// Whether `name` is a weight file of another format (or a second safetensors checkpoint): the

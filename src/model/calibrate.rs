@@ -34,10 +34,14 @@ impl CalibrationInputs {
         } else {
             (0..names.len()).map(|i| format!("input.{i}")).collect()
         };
+        // By name through a map: a file of a million tensors is looked up in linear time, not
+        // searched once for each name.
+        let index: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut by_name: Vec<Tensor> = Vec::new();
         for name in &expected {
-            match tensors.iter().find(|(n, _)| n == name) {
-                Some((_, t)) => by_name.push(t.shallow_clone()),
+            match index.get(name.as_str()) {
+                Some(t) => by_name.push(t.shallow_clone()),
                 None => {
                     return Err(bad(format!(
                         "a calibration file holds one tensor named 'input' (or input.0, \

@@ -215,11 +215,13 @@ const NAME_WIDTH: usize = 120;
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names from files can be any length: past NAME_WIDTH a name runs over its column (a
-        // formatting width over 65,535 panics).
+        // formatting width over 65,535 panics). They can hold newlines and terminal escapes
+        // too, shown escaped: a row is one line, and a file writes nothing to the terminal.
+        let shown = |name: &str| crate::checkpoint::escaped_and_cut(name, usize::MAX);
         let width = self
             .tensors
             .iter()
-            .map(|r| r.name.len())
+            .map(|r| shown(&r.name).len())
             .max()
             .unwrap_or(4)
             .clamp(5, NAME_WIDTH);
@@ -233,7 +235,7 @@ impl fmt::Display for Report {
             write!(
                 f,
                 "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
-                r.name,
+                shown(&r.name),
                 shape,
                 r.dtype,
                 r.numel,
@@ -241,7 +243,7 @@ impl fmt::Display for Report {
                 100.0 * r.sparsity
             )?;
             match &r.tied_to {
-                Some(to) => writeln!(f, "  tied to {to} (counted once)")?,
+                Some(to) => writeln!(f, "  tied to {} (counted once)", shown(to))?,
                 None => writeln!(f)?,
             }
         }
@@ -262,7 +264,7 @@ impl fmt::Display for Report {
                 writeln!(
                     f,
                     "{:<width$}  {:<18} {:<8} {:>12} {:>12} {:>8.2}%",
-                    g.name,
+                    shown(&g.name),
                     g.tensors,
                     "",
                     g.numel,

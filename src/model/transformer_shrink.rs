@@ -119,6 +119,16 @@ impl Widths {
             Some(Value::Null) | None => hidden / heads,
             Some(_) => int("head_dim")?,
         };
+        if head_dim == 0 {
+            return Err(bad(format!(
+                "hidden_size {hidden} is smaller than num_attention_heads {heads}, which leaves heads of no width: give head_dim"
+            )));
+        }
+        if heads.checked_mul(head_dim).is_none() {
+            return Err(bad(format!(
+                "num_attention_heads {heads} times head_dim {head_dim} is past any tensor's size"
+            )));
+        }
         if heads % kv_heads != 0 {
             return Err(bad(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
@@ -246,10 +256,14 @@ fn add_runs(a: &mut [f64], b: &[f64], run: usize) {
 /// zero): the `remove` lowest go, zero groups first, ties to the lower index.
 fn keep(score: &[f64], zero: &[bool], remove: usize) -> Vec<i64> {
     let mut order: Vec<usize> = (0..score.len()).collect();
+    // A total order, NaN scores (weights holding NaN) last, as torch.topk ranks NaN largest:
+    // a NaN equal to every score is no order at all, and the standard sort panics on one.
     order.sort_by(|&a, &b| {
-        (!zero[a], score[a], a)
-            .partial_cmp(&(!zero[b], score[b], b))
-            .unwrap_or(std::cmp::Ordering::Equal)
+        (!zero[a])
+            .cmp(&!zero[b])
+            .then(score[a].is_nan().cmp(&score[b].is_nan()))
+            .then(score[a].total_cmp(&score[b]))
+            .then(a.cmp(&b))
     });
     let mut kept: Vec<i64> = order[remove..].iter().map(|&i| i as i64).collect();
     kept.sort_unstable();
@@ -267,6 +281,22 @@ pub fn shrink_transformer(
     options: &TransformerShrinkOptions,
 ) -> Result<TransformerShrinkReport> {
     let folder = HfFolder::open(input)?;
+    // Before anything is read: a weights file linked from outside the folder is refused.
+    let carried = folder.carried()?;
+    // config.json is read and written back rewritten: one the folder leaves out (a link out
+    // of it, a pipe) is not the folder's.
+    if let Some((_, why)) = carried.left_out.iter().find(|(n, _)| n == "config.json") {
+        return Err(CheckpointError::ModelFolder {
+            path: input.join("config.json"),
+            reason: format!("config.json is {why}"),
+        }
+        .into());
+    }
+    let carried: Vec<String> = carried
+        .carried
+        .into_iter()
+        .filter(|n| n != "config.json")
+        .collect();
     let config_path = input.join("config.json");
     let text = read_input(&config_path, MAX_SMALL_FILE, "a config")?;
     let mut config: Value =
@@ -276,6 +306,22 @@ pub fn shrink_transformer(
         })?;
     let w = Widths::read(&config, &config_path)?;
     let (weights, index) = Weights::open(&folder)?;
+    // The widths are the config's word until the tensors confirm them: checked against the
+    // first layer's before any count is used, so that an absurd one (2^62 heads) is refused
+    // rather than looped over. Past that check each width is bounded by a tensor in the file.
+    let p = "model.layers.0";
+    let _ = weights.expect(
+        &format!("{p}.self_attn.q_proj.weight"),
+        &[w.heads * w.head_dim, w.hidden],
+    )?;
+    let _ = weights.expect(
+        &format!("{p}.self_attn.k_proj.weight"),
+        &[w.kv_heads * w.head_dim, w.hidden],
+    )?;
+    let _ = weights.expect(
+        &format!("{p}.mlp.gate_proj.weight"),
+        &[w.intermediate, w.hidden],
+    )?;
     let scores = match &options.scores {
         Some(path) => crate::checkpoint::read_safetensors(path)?
             .into_iter()
@@ -362,11 +408,13 @@ pub fn shrink_transformer(
             None => scored(&scores, &attn, w.heads, g as usize, true)?.unwrap_or(heads),
         };
         let kv_kept = keep(&head_score, &head_zero, (w.kv_heads - kv_keep) as usize);
+        // `keep` returns its indices sorted: a binary search each, not a scan (a layer of
+        // 200,000 zero neurons would take seconds scanning, a few million hours).
         zeros.0 += (0..w.intermediate as usize)
-            .filter(|i| mlp_zero[*i] && !mlp_kept.contains(&(*i as i64)))
+            .filter(|i| mlp_zero[*i] && mlp_kept.binary_search(&(*i as i64)).is_err())
             .count();
         zeros.1 += (0..w.kv_heads as usize)
-            .filter(|i| head_zero[*i] && !kv_kept.contains(&(*i as i64)))
+            .filter(|i| head_zero[*i] && kv_kept.binary_search(&(*i as i64)).is_err())
             .count();
 
         // Row indices: of the kv heads' rows, and of their query heads' rows.
@@ -456,12 +504,6 @@ pub fn shrink_transformer(
     let mut config_text = serde_json::to_string_pretty(&config).unwrap_or_default();
     config_text.push('\n');
 
-    let carried = folder.carried()?;
-    let carried: Vec<String> = carried
-        .carried
-        .into_iter()
-        .filter(|n| n != "config.json")
-        .collect();
     atomic_write_dir(output, |tmp| -> Result<()> {
         let mut weight_map = BTreeMap::new();
         let mut total: u64 = 0;

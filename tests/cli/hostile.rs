@@ -864,3 +864,418 @@ fn a_wrong_shaped_custom_mask_names_its_tensor() {
     );
     assert!(!text.contains("the tensor'"), "{text}");
 }
+
+/// A safetensors file of zero-filled f32 tensors of these names and shapes.
+fn zeros_safetensors(tensors: &[(&str, &[usize])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).expect("JSON");
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.resize(out.len() + offset, 0);
+    out
+}
+
+/// `shrink DIR` on configs that lie about the widths: absurd head counts (2^62, or 2^40 with
+/// an explicit head_dim, once looped over one by one: a run that never ended), heads wider
+/// than hidden_size (head_dim 0: once a division by zero, a panic, over empty projections),
+/// and a product of widths past i64 (once an overflow, a panic). Each is one line and exit 1
+/// at once, with no output folder.
+#[test]
+fn shrink_refuses_config_widths_the_tensors_do_not_have() {
+    let layer = |h: usize, q: usize, kv: usize| -> Vec<u8> {
+        let p = "model.layers.0";
+        let (gate, up, down) = (
+            format!("{p}.mlp.gate_proj.weight"),
+            format!("{p}.mlp.up_proj.weight"),
+            format!("{p}.mlp.down_proj.weight"),
+        );
+        let (qn, kn, vn, on, qb) = (
+            format!("{p}.self_attn.q_proj.weight"),
+            format!("{p}.self_attn.k_proj.weight"),
+            format!("{p}.self_attn.v_proj.weight"),
+            format!("{p}.self_attn.o_proj.weight"),
+            format!("{p}.self_attn.q_proj.bias"),
+        );
+        zeros_safetensors(&[
+            (&gate, &[8, h]),
+            (&up, &[8, h]),
+            (&down, &[h, 8]),
+            (&qn, &[q, h]),
+            (&kn, &[kv, h]),
+            (&vn, &[kv, h]),
+            (&on, &[h, q]),
+            (&qb, &[q]),
+        ])
+    };
+    let cases: [(&str, serde_json::Value, Vec<u8>, &[&str]); 4] = [
+        (
+            "2^62 heads",
+            serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 62}),
+            layer(64, 64, 64),
+            &[
+                "config.json",
+                "num_attention_heads 4611686018427387904",
+                "head_dim",
+            ],
+        ),
+        (
+            "2^40 heads of head_dim 1",
+            serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 40, "head_dim": 1}),
+            layer(64, 64, 64),
+            &[
+                "q_proj.weight",
+                "has shape [64, 64]",
+                "config.json says [1099511627776, 64]",
+            ],
+        ),
+        (
+            "heads wider than hidden_size, empty projections",
+            serde_json::json!({"model_type": "qwen2", "hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}),
+            layer(4, 0, 0),
+            &[
+                "config.json",
+                "smaller than num_attention_heads 8",
+                "head_dim",
+            ],
+        ),
+        (
+            "heads times head_dim past i64",
+            serde_json::json!({"model_type": "mistral", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1u64 << 40, "head_dim": 1u64 << 40}),
+            layer(64, 64, 64),
+            &["config.json", "past any tensor's size"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, config, weights, words) in cases {
+        let work = common::tempdir();
+        let model = work.path().join("model");
+        std::fs::create_dir(&model).expect("folder");
+        std::fs::write(model.join("config.json"), config.to_string()).expect("config");
+        std::fs::write(model.join("model.safetensors"), weights).expect("weights");
+        let args: Vec<String> = ["shrink", "model", "-o", "out", "--amount", "0.5"]
+            .map(String::from)
+            .into();
+        let out = run(&args, work.path());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        let ok = out.status == 1
+            && lines.len() == 1
+            && words.iter().all(|w| lines[0].contains(w))
+            && !work.path().join("out").exists()
+            && out.cpu_secs < 10.0;
+        if !ok {
+            failures.push(format!(
+                "{what}: status {}, {:.1} s of CPU, stderr: {}",
+                out.status,
+                out.cpu_secs,
+                out.stderr.chars().take(300).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A model folder from a stranger (a git clone, an unpacked archive) holding links to files
+/// outside it (`/proc/self/environ`, a secret beside the folder) carries none of them into the
+/// output, which would publish their bytes with the pruned model, and weights linked from
+/// outside are refused; a link to a file inside the folder and the links of a Hugging Face
+/// cache snapshot to its blobs are followed. Names with a newline or a terminal escape are
+/// shown escaped on the summary's one line.
+#[test]
+fn a_model_folder_carries_no_link_out_of_it() {
+    let work = common::tempdir();
+    let w = work.path();
+    std::fs::write(w.join("secret.txt"), b"SECRET").expect("secret");
+    let weights = safetensors_bytes("fc.weight", 8);
+    // A stranger's folder, and a cache snapshot of the same files.
+    let model = w.join("model");
+    let repo = w.join("models--org--tiny");
+    let snapshot = repo.join("snapshots").join("0123abc");
+    std::fs::create_dir(&model).expect("folder");
+    std::fs::create_dir_all(&snapshot).expect("folder");
+    std::fs::create_dir(repo.join("blobs")).expect("folder");
+    std::fs::write(model.join("model.safetensors"), &weights).expect("weights");
+    std::fs::write(model.join("config.json"), b"{}").expect("config");
+    std::fs::write(model.join("odd\n\u{1b}[31mname.txt"), b"x").expect("odd name");
+    use std::os::unix::fs::symlink;
+    symlink("/proc/self/environ", model.join("environ.txt")).expect("link");
+    symlink("../secret.txt", model.join("relative.txt")).expect("link");
+    symlink(w.join("secret.txt"), model.join("absolute.txt")).expect("link");
+    symlink("config.json", model.join("inside.json")).expect("link");
+    std::fs::write(repo.join("blobs/aaa"), &weights).expect("blob");
+    std::fs::write(repo.join("blobs/bbb"), b"{}").expect("blob");
+    symlink("../../blobs/aaa", snapshot.join("model.safetensors")).expect("link");
+    symlink("../../blobs/bbb", snapshot.join("config.json")).expect("link");
+    symlink("../../../secret.txt", snapshot.join("tokenizer.json")).expect("link");
+
+    let prune = |input: &Path, output: &str| {
+        let args: Vec<String> = [
+            "prune".to_string(),
+            input.display().to_string(),
+            "-o".into(),
+            output.into(),
+            "--method".into(),
+            "l1-unstructured".into(),
+            "--amount".into(),
+            "0.5".into(),
+        ]
+        .into();
+        run(&args, w)
+    };
+    let out = prune(&model, "out");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let carried = names_in(&w.join("out"));
+    let expected: BTreeSet<String> = [
+        "config.json",
+        "inside.json",
+        "model.safetensors",
+        "odd\n\u{1b}[31mname.txt",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(carried, expected, "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    for words in [
+        "left out environ.txt: a link to a file outside the folder",
+        "left out relative.txt",
+        "left out absolute.txt",
+        "odd\\n\\u{1b}[31mname.txt",
+    ] {
+        assert!(out.stdout.contains(words), "{words}: {}", out.stdout);
+    }
+
+    // Weights linked from outside the folder: another model of this machine, which the
+    // output would publish pruned.
+    let linked = w.join("linked");
+    std::fs::create_dir(&linked).expect("folder");
+    std::fs::write(w.join("private.safetensors"), &weights).expect("weights");
+    symlink("../private.safetensors", linked.join("model.safetensors")).expect("link");
+    let out = prune(&linked, "out3");
+    assert_eq!(out.status, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("weights file 'model.safetensors' is a link to a file outside the folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.join("out3").exists());
+
+    // shrink reads config.json and writes it back rewritten: one linked from outside is refused.
+    let config_out = w.join("config_out");
+    std::fs::create_dir(&config_out).expect("folder");
+    std::fs::write(config_out.join("model.safetensors"), &weights).expect("weights");
+    symlink("../secret.txt", config_out.join("config.json")).expect("link");
+    let args: Vec<String> = ["shrink", "config_out", "-o", "out4", "--amount", "0.5"]
+        .map(String::from)
+        .into();
+    let out = run(&args, w);
+    assert_eq!(out.status, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("config.json is a link to a file outside the folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.join("out4").exists());
+
+    let out = prune(&snapshot, "out2");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let carried = names_in(&w.join("out2"));
+    assert_eq!(
+        carried,
+        ["config.json", "model.safetensors"]
+            .map(String::from)
+            .into(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("left out tokenizer.json: a link to a file outside the folder"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A calibration file of 200,000 one-element tensors (17 MB), one misnamed: refused on one line
+/// in linear time. Each name was once searched for through all the others, 41 s of CPU for
+/// this file and hours for a million tensors, before the model was even loaded.
+#[test]
+fn a_calibration_file_of_many_tensors_is_read_in_linear_time() {
+    let work = common::tempdir();
+    let w = work.path();
+    let n = 200_000;
+    let mut header = serde_json::Map::new();
+    for i in 0..n {
+        let name = if i + 1 < n {
+            format!("input.{i}")
+        } else {
+            "x".into()
+        };
+        header.insert(
+            name,
+            serde_json::json!({"dtype": "F32", "shape": [1, 1], "data_offsets": [4 * i, 4 * i + 4]}),
+        );
+    }
+    let mut header = serde_json::to_vec(&header).expect("JSON");
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.resize(bytes.len() + 4 * n, 0);
+    std::fs::write(w.join("calibration.safetensors"), bytes).expect("calibration");
+    // Never loaded: the calibration file is checked first.
+    std::fs::write(w.join("model.pt"), b"not read").expect("model");
+    let args: Vec<String> = "prune model.pt -o out.pt --method wanda --amount 0.5 --calibration calibration.safetensors"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let out = run(&args, w);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("named 'input'"), "{}", out.stderr);
+    assert!(out.cpu_secs < 10.0, "{:.1} s of CPU", out.cpu_secs);
+    assert!(!w.join("out.pt").exists());
+}
+
+/// `shrink DIR` on a layer of a million MLP neurons, all zero (a 12 MB folder): the neurons
+/// removed are counted in n log n. Each was once looked for among the kept ones (80 s of CPU
+/// for this folder, hours for a few million).
+#[test]
+fn shrink_of_a_wide_layer_takes_no_quadratic_time() {
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("model");
+    std::fs::create_dir(&model).expect("folder");
+    let n = 1 << 20;
+    let p = "model.layers.0";
+    let names = [
+        format!("{p}.mlp.gate_proj.weight"),
+        format!("{p}.mlp.up_proj.weight"),
+        format!("{p}.mlp.down_proj.weight"),
+        format!("{p}.self_attn.q_proj.weight"),
+        format!("{p}.self_attn.k_proj.weight"),
+        format!("{p}.self_attn.v_proj.weight"),
+        format!("{p}.self_attn.o_proj.weight"),
+    ];
+    let shapes: [&[usize]; 7] = [
+        &[n, 1],
+        &[n, 1],
+        &[1, n],
+        &[1, 1],
+        &[1, 1],
+        &[1, 1],
+        &[1, 1],
+    ];
+    let tensors: Vec<(&str, &[usize])> = names.iter().map(String::as_str).zip(shapes).collect();
+    std::fs::write(model.join("model.safetensors"), zeros_safetensors(&tensors)).expect("weights");
+    let config = serde_json::json!({"model_type": "mistral", "hidden_size": 1, "intermediate_size": n, "num_hidden_layers": 1, "num_attention_heads": 1});
+    std::fs::write(model.join("config.json"), config.to_string()).expect("config");
+    let args: Vec<String> = "shrink model -o out --mlp-amount 0.5 --head-amount 0"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let out = run(&args, w);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("removed 524288 neurons"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.cpu_secs < 10.0, "{:.1} s of CPU", out.cpu_secs);
+}
+
+/// A tensor name with a newline and a terminal escape (any reader's: safetensors here, a
+/// `.pt2`'s weights config alike) is shown escaped in `report`'s table: one row, and nothing
+/// the file chose reaches the terminal.
+#[test]
+fn report_shows_names_with_control_characters_escaped() {
+    let work = common::tempdir();
+    let name = "fc.we\nig\u{1b}[2Jht";
+    let file = work.path().join("names.safetensors");
+    std::fs::write(&file, zeros_safetensors(&[(name, &[2, 2])])).expect("write");
+    let args: Vec<String> = ["report".to_string(), file.display().to_string()].into();
+    let out = run(&args, work.path());
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("fc.we"))
+        .collect();
+    assert_eq!(row.len(), 1, "{:?}", out.stdout);
+    assert!(
+        row[0].starts_with("fc.we\\nig\\u{1b}[2Jht  [2, 2]"),
+        "{:?}",
+        row[0]
+    );
+}
+
+/// `shrink DIR` on a layer whose weights hold NaN (eight gate rows): the neurons are ranked in
+/// a total order, NaN last as torch.topk ranks it, where a comparison that called NaN equal to
+/// every score made the sort panic (exit 101) on this layout.
+#[test]
+fn shrink_ranks_neurons_with_nan_weights_without_a_panic() {
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("model");
+    std::fs::create_dir(&model).expect("folder");
+    let (n, h) = (30usize, 2usize);
+    let p = "model.layers.0";
+    let names = [
+        format!("{p}.mlp.gate_proj.weight"),
+        format!("{p}.mlp.up_proj.weight"),
+        format!("{p}.mlp.down_proj.weight"),
+        format!("{p}.self_attn.q_proj.weight"),
+        format!("{p}.self_attn.k_proj.weight"),
+        format!("{p}.self_attn.v_proj.weight"),
+        format!("{p}.self_attn.o_proj.weight"),
+    ];
+    let shapes: [&[usize]; 7] = [
+        &[n, h],
+        &[n, h],
+        &[h, n],
+        &[h, h],
+        &[h, h],
+        &[h, h],
+        &[h, h],
+    ];
+    let tensors: Vec<(&str, &[usize])> = names.iter().map(String::as_str).zip(shapes).collect();
+    let mut bytes = zeros_safetensors(&tensors);
+    // Values 1 to 101, none zero, and these gate rows NaN.
+    let nan_rows = [1, 8, 12, 13, 15, 16, 24, 27];
+    let data = bytes.len() - 4 * (3 * n * h + 4 * h * h);
+    for (i, v) in bytes[data..].chunks_mut(4).enumerate() {
+        let nan = i < n * h && nan_rows.contains(&(i / h));
+        let x = if nan {
+            f32::NAN
+        } else {
+            1.0 + ((i * 37) % 101) as f32
+        };
+        v.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(model.join("model.safetensors"), bytes).expect("weights");
+    let config = serde_json::json!({"model_type": "mistral", "hidden_size": h, "intermediate_size": n, "num_hidden_layers": 1, "num_attention_heads": 2});
+    std::fs::write(model.join("config.json"), config.to_string()).expect("config");
+    let args: Vec<String> = "shrink model -o out --mlp-amount 0.5 --head-amount 0"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let out = run(&args, w);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("intermediate_size 30 -> 15"),
+        "{}",
+        out.stdout
+    );
+}

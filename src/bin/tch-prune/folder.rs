@@ -104,17 +104,21 @@ impl Io {
         if self.folder.is_none() {
             return String::new();
         }
+        // Names come from the folder's listing: a newline or a terminal escape in one must not
+        // break the summary's line or reach the terminal.
+        let shown = |name: &str| crate::text::escaped_and_cut(name, 200);
         let mut text = format!(
             "; carried {} other files{}",
             self.carried.carried.len(),
             if self.carried.carried.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", self.carried.carried.join(", "))
+                let names: Vec<String> = self.carried.carried.iter().map(|n| shown(n)).collect();
+                format!(" ({})", names.join(", "))
             }
         );
         for (name, why) in &self.carried.left_out {
-            text.push_str(&format!("; left out {name}: {why}"));
+            text.push_str(&format!("; left out {}: {why}", shown(name)));
         }
         text
     }
