@@ -7,6 +7,7 @@
 use super::error::{shown, CheckpointError};
 use super::input_file::open_input;
 use super::shard_index::ShardIndex;
+use super::temp_file::check_room;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
@@ -211,15 +212,33 @@ impl HfFolder {
     }
 
     /// Copies the carried files (names from [`carried`](Self::carried)) into `into`, byte for
-    /// byte, each opened as a regular file ([`open_input`]) and created new.
+    /// byte, each opened as a regular file ([`open_input`]) and created new with the source's
+    /// permission bits (a file only its owner may read stays so). Their total size is checked
+    /// against the room `into` has first: a sparse file from an archive takes its full size
+    /// once copied, and a copy must not fill the disk.
     pub fn copy_carried(&self, names: &[String], into: &Path) -> Result<(), CheckpointError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Sizes as the copies will have them (a folder may carry more files than a process may
+        // hold open: each is opened only for its copy).
+        let total = names
+            .iter()
+            .map(|name| std::fs::metadata(self.dir.join(name)).map_or(0, |m| m.len()))
+            .fold(0u64, u64::saturating_add);
+        check_room(into.join("carried"), total)?;
         for name in names {
             let from = self.dir.join(name);
-            let to = into.join(name);
             let mut source = open_input(&from)?;
+            let mode = source
+                .metadata()
+                .map_err(|e| CheckpointError::io(&from, "cannot read", e))?
+                .permissions()
+                .mode()
+                & 0o777;
+            let to = into.join(name);
             let mut target = File::options()
                 .write(true)
                 .create_new(true)
+                .mode(mode)
                 .open(&to)
                 .map_err(|e| CheckpointError::io(&to, "cannot write", e))?;
             io::copy(&mut source, &mut target)

@@ -1279,3 +1279,59 @@ fn shrink_ranks_neurons_with_nan_weights_without_a_panic() {
         out.stdout
     );
 }
+
+/// The files a model folder carries keep their permission bits (a tokenizer only its owner may
+/// read is not made readable by all), and a carried file's size is checked against the room
+/// the output has before anything is copied: a sparse file from an archive (8 TiB that take no
+/// block) would fill the disk once copied.
+#[test]
+fn carried_files_keep_their_mode_and_never_fill_the_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("model");
+    std::fs::create_dir(&model).expect("folder");
+    std::fs::write(
+        model.join("model.safetensors"),
+        safetensors_bytes("fc.weight", 8),
+    )
+    .expect("weights");
+    std::fs::write(model.join("config.json"), b"{}").expect("config");
+    let private = model.join("private.json");
+    std::fs::write(&private, b"{}").expect("file");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let prune = |output: &str| {
+        let args: Vec<String> = [
+            "prune",
+            "model",
+            "-o",
+            output,
+            "--method",
+            "l1-unstructured",
+            "--amount",
+            "0.5",
+        ]
+        .map(String::from)
+        .into();
+        run(&args, w)
+    };
+    let out = prune("out");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let mode = |p: &Path| std::fs::metadata(p).expect("carried").permissions().mode() & 0o777;
+    assert_eq!(mode(&w.join("out/private.json")), 0o600);
+
+    let sparse = std::fs::File::create(model.join("vocab.txt")).expect("file");
+    if sparse.set_len(1 << 43).is_err() {
+        eprintln!("skipped the sparse file: this filesystem holds no 8 TiB file");
+        return;
+    }
+    let out = prune("out2");
+    assert_eq!(out.status, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("make room, or write it elsewhere"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(names_in(w), ["model", "out"].map(String::from).into());
+}
