@@ -191,6 +191,22 @@ impl ScriptCalibrator<'_> {
     /// Runs one batch (one tensor per argument of forward) through the model, adding each
     /// seen layer's input to `calibration`.
     pub fn run(&self, calibration: &Calibration, inputs: &[Tensor]) -> Result<()> {
+        // Checked by forward's schema first: the instrumented graph runs without it, and more
+        // inputs than it takes fail inside libtorch with an internal assertion's message.
+        use super::shrink::checks::{forward_arguments, required};
+        if let Ok(Some(arguments)) = forward_arguments(self.model.module()) {
+            if inputs.len() < required(&arguments) || inputs.len() > arguments.len() {
+                let plural = |n: usize| if n == 1 { "" } else { "s" };
+                let needs = required(&arguments);
+                return Err(PruneError::Calibration(format!(
+                    "the model's forward takes {needs} input{} (forward({})) and the calibration \
+                     file holds {}: give one tensor per argument (input, or input.0, input.1, ...)",
+                    plural(needs),
+                    arguments.join(", "),
+                    inputs.len()
+                )));
+            }
+        }
         let taps = self.probe.run(self.model.module(), inputs).map_err(|e| {
             PruneError::Calibration(format!(
                 "the model's forward failed on the calibration inputs (check their shape \

@@ -165,6 +165,14 @@ fn bad_calibration_inputs_are_one_clear_error_and_nothing_written() {
             ],
             "samples",
         ),
+        (
+            "too-many",
+            vec![
+                ("input.0", good.shallow_clone()),
+                ("input.1", good.shallow_clone()),
+            ],
+            "the model's forward takes 1 input (forward(Tensor x)) and the calibration file holds 2",
+        ),
     ];
     for (label, tensors, says) in cases {
         let path = dir.path().join(format!("{label}.safetensors"));

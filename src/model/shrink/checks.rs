@@ -11,31 +11,55 @@ use crate::ffi;
 use std::collections::{BTreeMap, HashMap};
 use tch::{CModule, IValue, Tensor};
 
-/// Fails unless `forward` takes exactly one argument (besides `self`), without running it:
-/// called with none, libtorch refuses it by its schema and names every argument ("forward() is
-/// missing value for argument 'x'. Declaration: forward(__torch__.M self, Tensor x, Tensor y)").
-/// Arguments with a default (`y: Optional[Tensor] = None`) need no value.
-pub(crate) fn check_one_input(module: &CModule) -> Result<()> {
+/// The arguments of `forward` besides `self` (`Tensor x`, `Optional[Tensor] y=None`), without
+/// running it: called with none, libtorch refuses it by its schema and names every argument
+/// ("forward() is missing value for argument 'x'. Declaration: forward(__torch__.M self,
+/// Tensor x, Tensor y)"). `Ok(None)` when that call succeeds: forward needs no argument (it
+/// then ran once, on none). `Err` holds the first line of libtorch's message when the call
+/// failed otherwise.
+pub(in crate::model) fn forward_arguments(
+    module: &CModule,
+) -> std::result::Result<Option<Vec<String>>, String> {
     let none: [IValue; 0] = [];
-    let message =
-        match tch::no_grad(|| module.forward_is(&none)) {
-            Ok(_) => return Err(PruneError::Shrink(
+    let message = match tch::no_grad(|| module.forward_is(&none)) {
+        Ok(_) => return Ok(None),
+        Err(e) => e.to_string(),
+    };
+    match message.split("Declaration: forward(").nth(1) {
+        Some(declaration) => Ok(Some(arguments(declaration))),
+        None => Err(first_line(&message).to_string()),
+    }
+}
+
+/// How many of `arguments` need a value (no default, not `*args`).
+pub(in crate::model) fn required(arguments: &[String]) -> usize {
+    arguments
+        .iter()
+        .filter(|a| !a.contains('=') && !a.starts_with('*'))
+        .count()
+}
+
+/// Fails unless `forward` takes exactly one argument (besides `self`), without running it
+/// ([`forward_arguments`]); arguments with a default need no value.
+pub(crate) fn check_one_input(module: &CModule) -> Result<()> {
+    let arguments =
+        match forward_arguments(module) {
+            Ok(Some(arguments)) => arguments,
+            Ok(None) => return Err(PruneError::Shrink(
                 "the model's forward takes no input; shrink feeds it one tensor (--input-shape)"
                     .into(),
             )),
-            Err(e) => e.to_string(),
+            Err(message) => {
+                return Err(PruneError::Shrink(format!(
+                    "cannot call the model's forward: {message}"
+                )))
+            }
         };
-    let Some(declaration) = message.split("Declaration: forward(").nth(1) else {
-        return Err(PruneError::Shrink(format!(
-            "cannot call the model's forward: {}",
-            first_line(&message)
-        )));
-    };
-    let required = required_arguments(declaration);
+    let required = required(&arguments);
     if required != 1 {
         return Err(PruneError::Shrink(format!(
             "the model's forward takes {required} inputs (forward({})); shrink feeds it one tensor (--input-shape)",
-            arguments(declaration).join(", ")
+            arguments.join(", ")
         )));
     }
     Ok(())
@@ -64,13 +88,6 @@ fn arguments(declaration: &str) -> Vec<String> {
     }
     // The first is `self` (`__torch__.M self`).
     out.into_iter().skip(1).collect()
-}
-
-fn required_arguments(declaration: &str) -> usize {
-    arguments(declaration)
-        .iter()
-        .filter(|a| !a.contains('=') && !a.starts_with('*'))
-        .count()
 }
 
 /// Copies of a model's parameters and of the buffers its `forward` reads, taken before its
@@ -181,10 +198,10 @@ mod tests {
     #[test]
     fn declarations_are_counted_by_required_arguments() {
         let d = "__torch__.M self, Tensor x, Tensor y) -> Tensor";
-        assert_eq!(required_arguments(d), 2);
+        assert_eq!(required(&arguments(d)), 2);
         assert_eq!(arguments(d), ["Tensor x", "Tensor y"]);
         let d = "__torch__.M self, Tuple[Tensor, Tensor] x, Tensor? y=None) -> Tensor";
-        assert_eq!(required_arguments(d), 1);
-        assert_eq!(required_arguments("__torch__.M self) -> Tensor"), 0);
+        assert_eq!(required(&arguments(d)), 1);
+        assert_eq!(required(&arguments("__torch__.M self) -> Tensor")), 0);
     }
 }

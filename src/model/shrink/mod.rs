@@ -10,7 +10,7 @@
 //! builds the reference the result must equal: the original with the removed channels zeroed
 //! in every coupled parameter.
 
-mod checks;
+pub(in crate::model) mod checks;
 mod graph;
 mod groups;
 mod rewrite;
