@@ -55,6 +55,20 @@ impl ModelFile {
             add_saved_aliases(&mut part, &checkpoint::read_safetensors_metadata(&path)?);
             tensors.append(&mut part);
         }
+        // As the streamed reader: an index naming a tensor no shard holds is refused, not
+        // written back naming it still.
+        let held: std::collections::HashSet<&str> =
+            tensors.iter().map(|(name, _)| name.as_str()).collect();
+        if let Some(missing) = index.weight_map.keys().find(|n| !held.contains(n.as_str())) {
+            return Err(CheckpointError::InvalidIndex {
+                path: index.path.clone(),
+                reason: format!(
+                    "it maps '{missing}' to '{}', which does not hold it: a shard lacks a tensor the index names",
+                    index.weight_map[missing]
+                ),
+            }
+            .into());
+        }
         let (contents, ties) = state_contents(tensors, device)?;
         Ok(ModelFile {
             format: Format::Safetensors,

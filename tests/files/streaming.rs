@@ -357,3 +357,28 @@ fn report_reads_sharded_and_single_files_as_in_memory() {
     // The folder holding the index names it too.
     assert_eq!(report(index.parent().expect("folder")), sharded);
 }
+
+/// An index that names a tensor no shard holds is refused by both paths, naming it, and
+/// nothing is written: the in-memory path wrote an output whose index still named it.
+#[test]
+fn an_index_naming_a_tensor_no_shard_holds_is_refused_by_both_paths() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let index = write_sharded(&dir.path().join("in"), &model(Kind::Float, 3), 2);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).expect("index")).expect("json");
+    json["weight_map"]["ghost.weight"] = "model-00001-of-00002.safetensors".into();
+    std::fs::write(&index, json.to_string()).expect("index");
+    for extra in [None, Some("--in-memory")] {
+        let out = dir.path().join("out");
+        let mut args = vec!["prune", s(&index), "-o", s(&out), "--method", "identity"];
+        args.extend(extra);
+        let run = cli(&args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(
+            err.contains("ghost.weight") || err.contains("lacks a tensor"),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists(), "{extra:?}: an output was written");
+    }
+}
