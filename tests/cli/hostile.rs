@@ -984,6 +984,22 @@ fn shrink_refuses_config_widths_the_tensors_do_not_have() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `tch-prune prune INPUT -o OUTPUT --method l1-unstructured --amount 0.5`, run in `work`.
+fn prune_half(input: &Path, output: &str, work: &Path) -> Run {
+    let args: Vec<String> = [
+        "prune".to_string(),
+        input.display().to_string(),
+        "-o".into(),
+        output.into(),
+        "--method".into(),
+        "l1-unstructured".into(),
+        "--amount".into(),
+        "0.5".into(),
+    ]
+    .into();
+    run(&args, work)
+}
+
 /// A model folder from a stranger (a git clone, an unpacked archive) holding links to files
 /// outside it (`/proc/self/environ`, a secret beside the folder) carries none of them into the
 /// output, which would publish their bytes with the pruned model, and weights linked from
@@ -1017,20 +1033,7 @@ fn a_model_folder_carries_no_link_out_of_it() {
     symlink("../../blobs/bbb", snapshot.join("config.json")).expect("link");
     symlink("../../../secret.txt", snapshot.join("tokenizer.json")).expect("link");
 
-    let prune = |input: &Path, output: &str| {
-        let args: Vec<String> = [
-            "prune".to_string(),
-            input.display().to_string(),
-            "-o".into(),
-            output.into(),
-            "--method".into(),
-            "l1-unstructured".into(),
-            "--amount".into(),
-            "0.5".into(),
-        ]
-        .into();
-        run(&args, w)
-    };
+    let prune = |input: &Path, output: &str| prune_half(input, output, w);
     let out = prune(&model, "out");
     assert_eq!(out.status, 0, "{}", out.stderr);
     let carried = names_in(&w.join("out"));
@@ -1300,21 +1303,7 @@ fn carried_files_keep_their_mode_and_never_fill_the_disk() {
     let private = model.join("private.json");
     std::fs::write(&private, b"{}").expect("file");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("mode");
-    let prune = |output: &str| {
-        let args: Vec<String> = [
-            "prune",
-            "model",
-            "-o",
-            output,
-            "--method",
-            "l1-unstructured",
-            "--amount",
-            "0.5",
-        ]
-        .map(String::from)
-        .into();
-        run(&args, w)
-    };
+    let prune = |output: &str| prune_half(&model, output, w);
     let out = prune("out");
     assert_eq!(out.status, 0, "{}", out.stderr);
     let mode = |p: &Path| std::fs::metadata(p).expect("carried").permissions().mode() & 0o777;
