@@ -142,6 +142,9 @@ impl CalibrationInputs {
 pub struct ScriptCalibrator<'a> {
     model: &'a ScriptModel,
     probe: CalibrationProbe,
+    /// forward's arguments, read from its schema on the first run (`None` inside: forward
+    /// needs none, or its schema could not be read).
+    arguments: std::sync::OnceLock<Option<Vec<String>>>,
 }
 
 impl ScriptModel {
@@ -152,6 +155,7 @@ impl ScriptModel {
         Ok(ScriptCalibrator {
             model: self,
             probe: CalibrationProbe::new(self.module(), weights)?,
+            arguments: std::sync::OnceLock::new(),
         })
     }
 }
@@ -194,7 +198,10 @@ impl ScriptCalibrator<'_> {
         // Checked by forward's schema first: the instrumented graph runs without it, and more
         // inputs than it takes fail inside libtorch with an internal assertion's message.
         use super::shrink::checks::{forward_arguments, required};
-        if let Ok(Some(arguments)) = forward_arguments(self.model.module()) {
+        let arguments = self
+            .arguments
+            .get_or_init(|| forward_arguments(self.model.module()).ok().flatten());
+        if let Some(arguments) = arguments {
             if inputs.len() < required(&arguments) || inputs.len() > arguments.len() {
                 let plural = |n: usize| if n == 1 { "" } else { "s" };
                 let needs = required(&arguments);

@@ -984,6 +984,18 @@ fn shrink_refuses_config_widths_the_tensors_do_not_have() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A model folder made at `dir`: `model.safetensors` (`fc.weight`, 8 entries) and an empty
+/// `config.json`.
+fn plain_folder(dir: &Path) {
+    std::fs::create_dir(dir).expect("folder");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes("fc.weight", 8),
+    )
+    .expect("weights");
+    std::fs::write(dir.join("config.json"), b"{}").expect("config");
+}
+
 /// `tch-prune prune INPUT -o OUTPUT --method l1-unstructured --amount 0.5`, run in `work`.
 fn prune_half(input: &Path, output: &str, work: &Path) -> Run {
     let args: Vec<String> = [
@@ -1016,11 +1028,9 @@ fn a_model_folder_carries_no_link_out_of_it() {
     let model = w.join("model");
     let repo = w.join("models--org--tiny");
     let snapshot = repo.join("snapshots").join("0123abc");
-    std::fs::create_dir(&model).expect("folder");
+    plain_folder(&model);
     std::fs::create_dir_all(&snapshot).expect("folder");
     std::fs::create_dir(repo.join("blobs")).expect("folder");
-    std::fs::write(model.join("model.safetensors"), &weights).expect("weights");
-    std::fs::write(model.join("config.json"), b"{}").expect("config");
     std::fs::write(model.join("odd\n\u{1b}[31mname.txt"), b"x").expect("odd name");
     use std::os::unix::fs::symlink;
     symlink("/proc/self/environ", model.join("environ.txt")).expect("link");
@@ -1293,13 +1303,7 @@ fn carried_files_keep_their_mode_and_never_fill_the_disk() {
     let work = common::tempdir();
     let w = work.path();
     let model = w.join("model");
-    std::fs::create_dir(&model).expect("folder");
-    std::fs::write(
-        model.join("model.safetensors"),
-        safetensors_bytes("fc.weight", 8),
-    )
-    .expect("weights");
-    std::fs::write(model.join("config.json"), b"{}").expect("config");
+    plain_folder(&model);
     let private = model.join("private.json");
     std::fs::write(&private, b"{}").expect("file");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("mode");
