@@ -202,9 +202,9 @@ impl ScriptCalibrator<'_> {
             .arguments
             .get_or_init(|| forward_arguments(self.model.module()).ok().flatten());
         if let Some(arguments) = arguments {
-            if inputs.len() < required(&arguments) || inputs.len() > arguments.len() {
+            if inputs.len() < required(arguments) || inputs.len() > arguments.len() {
                 let plural = |n: usize| if n == 1 { "" } else { "s" };
-                let needs = required(&arguments);
+                let needs = required(arguments);
                 return Err(PruneError::Calibration(format!(
                     "the model's forward takes {needs} input{} (forward({})) and the calibration \
                      file holds {}: give one tensor per argument (input, or input.0, input.1, ...)",
