@@ -33,6 +33,9 @@ const CPP_SOURCES: [&str; 7] = [
     "src/ffi/calibration_graph.cpp",
 ];
 
+/// The NCCL part, built as its own shared library (`nccl_plugin`).
+const NCCL_SOURCE: &str = "src/ffi/nccl.cpp";
+
 /// The libtorch libraries that hold its GPU backends: present in CUDA (or ROCm) builds only.
 const BACKEND_LIBRARIES: [&str; 4] = ["torch_cuda", "torch_cuda_cu", "torch_cuda_cpp", "torch_hip"];
 
@@ -51,6 +54,8 @@ fn main() {
     {
         println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_LIB=");
         println!("cargo:rustc-env=TCH_PRUNE_LIBTORCH_CUDA=0");
+        println!("cargo:rustc-env=TCH_PRUNE_NCCL_PLUGIN=");
+        println!("cargo:rustc-env=TCH_PRUNE_NCCL_MISSING=a documentation-only build");
         return;
     }
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
@@ -157,6 +162,107 @@ fn main() {
         build.flag("-Wmissing-declarations");
     }
     build.files(CPP_SOURCES).compile("tch_prune_ffi");
+
+    let nccl = if backends.contains(&"torch_cuda") {
+        nccl_plugin(&build, &lib, packaged)
+    } else {
+        Err("this libtorch has no CUDA backend (no libtorch_cuda.so)".to_string())
+    };
+    match nccl {
+        Ok(plugin) => {
+            println!("cargo:rustc-env=TCH_PRUNE_NCCL_PLUGIN={}", plugin.display());
+            println!("cargo:rustc-env=TCH_PRUNE_NCCL_MISSING=");
+            println!("cargo:nccl_plugin={}", plugin.display());
+        }
+        Err(why) => {
+            println!("cargo:rustc-env=TCH_PRUNE_NCCL_PLUGIN=");
+            println!("cargo:rustc-env=TCH_PRUNE_NCCL_MISSING={why}");
+        }
+    }
+}
+
+/// Builds src/ffi/nccl.cpp as its own shared library, linked with libtorch's CUDA part, for the
+/// process groups to load when a program asks for NCCL (a static part of the crate would tie
+/// every binary to libtorch_cuda.so). Its headers (NCCL's and the CUDA runtime's) come from
+/// `TCH_PRUNE_CUDA_INCLUDE` (folders separated by `:`), else from the `nvidia/*/include` folders
+/// of PyTorch's wheels beside libtorch (`nvidia-nccl`, `nvidia-cuda-runtime`, and
+/// `nvidia-cuda-crt` and `nvidia-cuda-cccl`, which torch does not pull in), else from
+/// `/usr/local/cuda/include`. Without them the crate is built without NCCL and says why when
+/// NCCL is asked for.
+fn nccl_plugin(build: &cc::Build, lib: &Path, packaged: bool) -> Result<PathBuf, String> {
+    println!("cargo:rerun-if-env-changed=TCH_PRUNE_CUDA_INCLUDE");
+    println!("cargo:rerun-if-changed={NCCL_SOURCE}");
+    let mut folders: Vec<PathBuf> = match std::env::var_os("TCH_PRUNE_CUDA_INCLUDE") {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => {
+            // site-packages/torch/lib -> site-packages/nvidia/*/include
+            let nvidia = lib
+                .parent()
+                .and_then(Path::parent)
+                .map(|p| p.join("nvidia"));
+            let mut found: Vec<PathBuf> = nvidia
+                .and_then(|n| std::fs::read_dir(n).ok())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path().join("include")))
+                .filter(|p| p.is_dir())
+                .collect();
+            found.sort();
+            found.push(PathBuf::from("/usr/local/cuda/include"));
+            found
+        }
+    };
+    folders.retain(|f| f.is_dir());
+    for header in [
+        "nccl.h",
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+    ] {
+        if !folders.iter().any(|f| f.join(header).exists()) {
+            return Err(format!(
+                "{header} was not found when the crate was built (install PyTorch's \
+                 nvidia-cuda-crt and nvidia-cuda-cccl wheels of your CUDA version beside \
+                 torch, or set TCH_PRUNE_CUDA_INCLUDE to the folders of NCCL's and CUDA's \
+                 headers, then rebuild it: cargo clean -p tch-prune)"
+            ));
+        }
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    let plugin = out.join("libtch_prune_nccl.so");
+    let mut command = build.get_compiler().to_command();
+    for folder in &folders {
+        command.arg("-isystem").arg(folder);
+    }
+    command
+        .arg(format!(
+            "-I{}",
+            Path::new(CPP_HEADER).parent().unwrap().display()
+        ))
+        .args(["-shared", "-O2", "-o"])
+        .arg(&plugin)
+        .arg(NCCL_SOURCE)
+        .arg(format!("-L{}", lib.display()))
+        .args(["-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()));
+    let output = command
+        .output()
+        .map_err(|e| format!("the C++ compiler did not start: {e}"))?;
+    if output.status.success() {
+        return Ok(plugin);
+    }
+    let why = format!(
+        "compiling {NCCL_SOURCE} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if packaged {
+        println!("cargo:warning=tch-prune is built without NCCL: {why}");
+        Err(format!(
+            "the NCCL part failed to compile when the crate was built ({NCCL_SOURCE})"
+        ))
+    } else {
+        fail(&why)
+    }
 }
 
 /// Stops the build with one line saying what to do (cargo shows a failed build script's output).

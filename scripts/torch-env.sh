@@ -34,6 +34,17 @@ if ! "$venv/bin/python" -c "import torch, safetensors, numpy, sklearn, torchvisi
   "$venv/bin/pip" install --quiet "torch==$torch_version" "torchvision==$torchvision_version.*" safetensors numpy scikit-learn transformers "torch-pruning==$torch_pruning_version" >&2
 fi
 
+# The headers the NCCL part of the crate compiles against (build.rs): the wheel brings NCCL's
+# and the CUDA runtime's, not the two header-only packages those include. Of the wheel's CUDA
+# version; nothing when torch is a CPU build.
+if ! "$venv/bin/python" -c "from importlib.metadata import version; version('nvidia-cuda-crt'); version('nvidia-cuda-cccl')" 2>/dev/null; then
+  cuda=$("$venv/bin/python" -c "from importlib.metadata import version; print('.'.join(version('nvidia-cuda-runtime').split('.')[:2]))" 2>/dev/null || true)
+  if [ -n "$cuda" ]; then
+    echo "Provisioning CUDA $cuda's crt and cccl headers into $venv (for NCCL)..." >&2
+    "$venv/bin/pip" install --quiet "nvidia-cuda-crt==$cuda.*" "nvidia-cuda-cccl==$cuda.*" >&2
+  fi
+fi
+
 site=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 echo "export LIBTORCH=$site"
 echo "export TCH_PRUNE_PYTHON=$venv/bin/python"

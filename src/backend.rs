@@ -73,6 +73,9 @@ pub struct Backend {
     pub cudnn_version: Option<i64>,
     /// Whether cuDNN can be used (`torch.backends.cudnn.is_available()`: built in and a device).
     pub cudnn_available: bool,
+    /// Why the crate was built without its NCCL library (the process groups' CUDA backend,
+    /// [`crate::distributed::Backend::Nccl`]); `None` when it has one.
+    pub nccl_missing: Option<String>,
 }
 
 /// The libtorch version of the headers this crate was compiled against, e.g. `2.13.0`.
@@ -103,6 +106,9 @@ impl Backend {
             cuda_unavailable_reason,
             cudnn_version: cudnn,
             cudnn_available: cudnn.is_some() && cuda_devices > 0,
+            nccl_missing: Some(env!("TCH_PRUNE_NCCL_MISSING"))
+                .filter(|why| !why.is_empty())
+                .map(String::from),
         }
     }
 }
@@ -165,7 +171,7 @@ impl fmt::Display for Backend {
                 } else {
                     (v / 1000, v % 1000)
                 };
-                write!(
+                writeln!(
                     f,
                     "cuDNN          {} (cuDNN {major}.{}.{})",
                     if self.cudnn_available {
@@ -175,9 +181,13 @@ impl fmt::Display for Backend {
                     },
                     rest / 100,
                     rest % 100
-                )
+                )?
             }
-            None => write!(f, "cuDNN          no"),
+            None => writeln!(f, "cuDNN          no")?,
+        }
+        match &self.nccl_missing {
+            None => write!(f, "NCCL           built (process groups' CUDA tensors)"),
+            Some(why) => write!(f, "NCCL           no ({why})"),
         }
     }
 }

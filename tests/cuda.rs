@@ -529,20 +529,22 @@ fn torchscript_from_a_cuda_model_loads_without_a_gpu() {
     assert_eq!(on_cuda.trim(), "{'cuda'}");
 }
 
-/// The process group's collectives and the data-parallel check on CUDA tensors, 2 ranks over
-/// localhost (this binary run again as each rank): Gloo stages a CUDA tensor through the CPU;
-/// the masks pruned on the GPU are identical on both ranks; the selection across ranks refuses
-/// CUDA tensors with one line on every rank (no rank waits for the others). The CPU run first.
+/// The process group's collectives and the data-parallel check on CUDA tensors, over localhost
+/// (this binary run again as each rank): Gloo stages a CUDA tensor through the CPU; NCCL reduces
+/// it on the GPU, one rank per GPU (NCCL refuses two ranks on one device); the masks pruned on
+/// the GPU are identical on every rank; the selection across ranks refuses CUDA tensors with one
+/// line on every rank (no rank waits for the others). The CPU run first.
 #[test]
 fn process_group_on_cuda_tensors() {
     let test = "process_group_on_cuda_tensors";
-    run_ranks("cpu");
+    run_ranks("cpu", 2);
     if cuda::device(test).is_some() {
-        run_ranks("cuda");
+        run_ranks("cuda", 2);
+        run_ranks("nccl", (tch::Cuda::device_count() as usize).min(2));
     }
 }
 
-fn run_ranks(device: &str) {
+fn run_ranks(device: &str, world: usize) {
     let exe = std::env::current_exe().expect("the test binary");
     let worker = || {
         let mut command = std::process::Command::new(&exe);
@@ -551,7 +553,7 @@ fn run_ranks(device: &str) {
             .env("TCH_PRUNE_DIST_WORKER", device);
         command
     };
-    let children: Vec<_> = common::ranks::spawn(worker, 2, &[])
+    let children: Vec<_> = common::ranks::spawn(worker, world, &[])
         .into_iter()
         .map(|c| common::wait_within(c, "a rank"))
         .collect();
@@ -568,13 +570,20 @@ fn run_ranks(device: &str) {
 /// One rank of [`process_group_on_cuda_tensors`]; nothing when run as an ordinary test.
 #[test]
 fn distributed_worker() {
-    use tch_prune::distributed::{ProcessGroup, ReduceOp};
+    use tch_prune::distributed::{Backend, GroupConfig, ProcessGroup, ReduceOp};
     let Ok(which) = std::env::var("TCH_PRUNE_DIST_WORKER") else {
         return;
     };
-    let group = ProcessGroup::from_env().unwrap();
+    let backend = if which == "nccl" {
+        Backend::Nccl
+    } else {
+        Backend::Gloo
+    };
+    let config = GroupConfig::from_env().unwrap().with_backend(backend);
+    let group = ProcessGroup::new(&config).unwrap();
+    assert_eq!(group.backend(), backend);
     let device = match which.as_str() {
-        "cuda" => Device::Cuda(group.local_rank() % tch::Cuda::device_count() as usize),
+        "cuda" | "nccl" => Device::Cuda(group.local_rank() % tch::Cuda::device_count() as usize),
         _ => Device::Cpu,
     };
     let w = group.world_size() as f64;
@@ -582,8 +591,30 @@ fn distributed_worker() {
     group.all_reduce(&t, ReduceOp::Sum).unwrap();
     assert_eq!(t.device(), device);
     assert_eq!(t.sum(Kind::Double).double_value(&[]), 5.0 * w);
+    // A strided view, reduced through a contiguous copy on the same device.
+    let m = Tensor::ones([4, 3], (Kind::Float, device));
+    group.all_reduce(&m.tr(), ReduceOp::Max).unwrap();
+    assert_eq!(m.sum(Kind::Double).double_value(&[]), 12.0);
+    let root = Tensor::full([3], group.rank() as f64, (Kind::Double, device));
+    group.broadcast(&root, 0).unwrap();
+    assert_eq!(root.sum(Kind::Double).double_value(&[]), 0.0);
     let gathered = group.all_gather(&t).unwrap();
-    assert_eq!(gathered.size(), [2, 5]);
+    assert_eq!(gathered.size(), [group.world_size() as i64, 5]);
+    let on = if backend == Backend::Nccl {
+        device
+    } else {
+        Device::Cpu
+    };
+    assert_eq!(gathered.device(), on);
+    // Gradients averaged over the ranks, on the GPU with NCCL.
+    let grads = VarStore::new(device);
+    let x = grads.root().var("x", &[6], nn::Init::Const(0.0));
+    (&x * (group.rank() as f64 + 1.0))
+        .sum(Kind::Float)
+        .backward();
+    group.all_reduce_gradients(&grads).unwrap();
+    let mean = (1..=group.world_size()).sum::<usize>() as f64 / w;
+    assert_eq!(x.grad().mean(Kind::Double).double_value(&[]), mean);
 
     tch::manual_seed(1);
     let vs = VarStore::new(device);

@@ -1,5 +1,6 @@
 //! Where a process joins its group: `torch.distributed`'s `env://` variables, read and checked.
 
+use super::Backend;
 use crate::error::{PruneError, Result};
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub struct GroupConfig {
     /// (every rank is then on this machine), else the address this machine's hostname resolves
     /// to, as c10d does.
     pub interfaces: Vec<String>,
+    /// The backend of CUDA tensors (`TCH_PRUNE_DIST_BACKEND`: `gloo`, the default, or `nccl`);
+    /// CPU tensors always take Gloo.
+    pub backend: Backend,
 }
 
 /// The timeout when `TCH_PRUNE_DIST_TIMEOUT` is not set.
@@ -62,6 +66,7 @@ impl GroupConfig {
             launcher_store: false,
             attempt: 0,
             interfaces: Vec::new(),
+            backend: Backend::Gloo,
         }
     }
 
@@ -71,10 +76,16 @@ impl GroupConfig {
         self
     }
 
+    /// The same with another backend for CUDA tensors.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// The variables `torchrun` sets (those of `torch.distributed`'s `env://`): `RANK`,
     /// `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` required, `LOCAL_RANK`,
-    /// `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT` and
-    /// `TCH_PRUNE_DIST_TIMEOUT` (seconds) optional. A missing or malformed one is an error
+    /// `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT`, `GLOO_SOCKET_IFNAME`,
+    /// `TCH_PRUNE_DIST_TIMEOUT` (seconds) and `TCH_PRUNE_DIST_BACKEND` optional. A missing or malformed one is an error
     /// naming it and saying what to do.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
@@ -162,6 +173,12 @@ impl GroupConfig {
                     .collect()
             })
             .unwrap_or_default();
+        let backend = match var("TCH_PRUNE_DIST_BACKEND").filter(|v| !v.is_empty()) {
+            Some(text) => text.parse().map_err(|e: PruneError| {
+                PruneError::Distributed(format!("TCH_PRUNE_DIST_BACKEND: {e}"))
+            })?,
+            None => Backend::Gloo,
+        };
         Ok(GroupConfig {
             rank: rank as usize,
             world_size: world_size as usize,
@@ -172,6 +189,7 @@ impl GroupConfig {
             launcher_store,
             attempt,
             interfaces,
+            backend,
         })
     }
 }
@@ -205,6 +223,7 @@ mod tests {
             ("TORCHELASTIC_RESTART_COUNT", "2"),
             ("TCH_PRUNE_DIST_TIMEOUT", "1.5"),
             ("GLOO_SOCKET_IFNAME", "eth0, ib0"),
+            ("TCH_PRUNE_DIST_BACKEND", "cpu:gloo,cuda:nccl"),
         ]);
         let c = read(&vars).unwrap();
         assert_eq!((c.rank, c.world_size, c.local_rank), (1, 3, 0));
@@ -213,7 +232,9 @@ mod tests {
         assert_eq!(c.attempt, 2);
         assert_eq!(c.timeout, Duration::from_millis(1500));
         assert_eq!(c.interfaces, ["eth0", "ib0"]);
+        assert_eq!(c.backend, Backend::Nccl);
         let plain = read(&OK).unwrap();
+        assert_eq!(plain.backend, Backend::Gloo);
         assert!(plain.interfaces.is_empty());
         assert_eq!(plain.local_rank, 1);
         assert!(!plain.launcher_store);
@@ -244,5 +265,10 @@ mod tests {
         assert!(bad("MASTER_PORT", "70000").contains("MASTER_PORT=\"70000\" is not a port"));
         assert!(bad("LOCAL_RANK", "x").contains("LOCAL_RANK"));
         assert!(bad("TCH_PRUNE_DIST_TIMEOUT", "0").contains("TCH_PRUNE_DIST_TIMEOUT"));
+        let e = bad("TCH_PRUNE_DIST_BACKEND", "mpi");
+        assert!(
+            e.contains("TCH_PRUNE_DIST_BACKEND") && e.contains("use gloo, or nccl"),
+            "{e}"
+        );
     }
 }

@@ -1,9 +1,11 @@
-//! [`ProcessGroup`]: a joined group and its collectives (Gloo), with the failure of a collective
-//! traced to the rank that caused it.
+//! [`ProcessGroup`]: a joined group and its collectives (Gloo, and NCCL for CUDA tensors), with
+//! the failure of a collective traced to the rank that caused it.
 
+use super::backend::nccl_factory;
 use super::config::GroupConfig;
+use super::Backend;
 use crate::error::{PruneError, Result};
-use crate::ffi::{GlooGroup, GroupAddress, Reduce};
+use crate::ffi::{C10dGroup, GroupAddress, Reduce};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,7 +21,8 @@ pub enum ReduceOp {
 }
 
 /// The processes of one job, joined through PyTorch's c10d: a `TCPStore` at the launcher's
-/// address and a Gloo process group over it.
+/// address and a Gloo process group over it, with NCCL for CUDA tensors when the
+/// [`GroupConfig`] asks for [`Backend::Nccl`].
 ///
 /// Every collective must be called by every rank, in the same order, with tensors of the same
 /// shape and dtype (what `torch.distributed` asks too). Each waits at most the group's timeout
@@ -27,12 +30,15 @@ pub enum ReduceOp {
 /// names that rank when the group can tell (each rank records its own failure in the store
 /// before it leaves: [`ProcessGroup::fail`]).
 ///
-/// Collectives run on dense CPU tensors; a CUDA tensor (or a strided view) is copied to a
-/// contiguous CPU tensor, reduced there and copied back. The methods take `&self`: the group
-/// can be shared by the threads of a rank, which take turns.
+/// Gloo's collectives run on dense CPU tensors, NCCL's on dense CUDA tensors; any other
+/// tensor (a strided view, a CUDA tensor without NCCL) is copied to a contiguous one, reduced
+/// there and copied back. The methods take `&self`: the group can be shared by the threads of
+/// a rank, which take turns.
 pub struct ProcessGroup {
-    inner: Mutex<GlooGroup>,
+    inner: Mutex<C10dGroup>,
     config: GroupConfig,
+    /// Whether CUDA tensors go through NCCL.
+    nccl: bool,
     payload: AtomicU64,
     /// Why the group broke, once a collective failed: later calls say so.
     broken: Mutex<Option<String>>,
@@ -50,7 +56,8 @@ impl ProcessGroup {
     }
 
     /// Joins the group `config` describes. Returns when every rank has joined, or fails after
-    /// the timeout naming the address it waited at.
+    /// the timeout naming the address it waited at. With [`Backend::Nccl`], every rank then
+    /// adds NCCL, and all fail together, naming the ranks that could not.
     pub fn new(config: &GroupConfig) -> Result<Self> {
         let timeout_ms = i64::try_from(config.timeout.as_millis()).unwrap_or(i64::MAX);
         // Under torchrun the agent's store holds the launcher's own keys: ours live under a
@@ -67,7 +74,7 @@ impl ProcessGroup {
             prefix: &prefix,
             interfaces: &interfaces,
         };
-        let group = GlooGroup::new(&address).map_err(|e| {
+        let group = C10dGroup::new(&address).map_err(|e| {
             PruneError::Distributed(format!(
                 "rank {} of {} could not join the group at {}:{} (timeout {:.0} s): {e}",
                 config.rank,
@@ -77,12 +84,31 @@ impl ProcessGroup {
                 config.timeout.as_secs_f64()
             ))
         })?;
-        Ok(ProcessGroup {
+        let mut joined = ProcessGroup {
             inner: Mutex::new(group),
             config: config.clone(),
+            nccl: false,
             payload: AtomicU64::new(0),
             broken: Mutex::new(None),
-        })
+        };
+        if config.backend == Backend::Nccl {
+            let added = nccl_factory().and_then(|factory| {
+                // SAFETY: the factory is the NCCL library's tp_nccl_backend_new.
+                unsafe { joined.lock().use_nccl(factory) }.map_err(|e| e.to_string())
+            });
+            joined.all_succeeded(added.err().map(|e| format!("cannot use NCCL: {e}")))?;
+            joined.nccl = true;
+        }
+        Ok(joined)
+    }
+
+    /// The backend of the group's CUDA tensors.
+    pub fn backend(&self) -> Backend {
+        if self.nccl {
+            Backend::Nccl
+        } else {
+            Backend::Gloo
+        }
     }
 
     /// This process's rank, in `0..world_size()`.
@@ -119,7 +145,7 @@ impl ProcessGroup {
             ReduceOp::Sum => Reduce::Sum,
             ReduceOp::Max => Reduce::Max,
         };
-        self.staged("all_reduce", tensor, |g, t| g.all_reduce(t, op))
+        self.staged("all_reduce", tensor, |g, t, nccl| g.all_reduce(t, op, nccl))
     }
 
     /// Copies rank `root`'s `tensor` into `tensor` on every other rank.
@@ -130,16 +156,19 @@ impl ProcessGroup {
                 self.world_size() - 1
             )));
         }
-        self.staged("broadcast", tensor, |g, t| g.broadcast(t, root as i32))
+        self.staged("broadcast", tensor, |g, t, nccl| {
+            g.broadcast(t, root as i32, nccl)
+        })
     }
 
     /// Every rank's `tensor` (the same shape and dtype on all), stacked in rank order along a
-    /// new first dimension, on the CPU.
+    /// new first dimension: on the tensor's GPU when NCCL carries it, else on the CPU.
     pub fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
-        let cpu = tensor.f_to(Device::Cpu)?.f_contiguous()?;
-        self.count(&cpu);
+        let (device, nccl) = self.route(tensor);
+        let input = tensor.f_to(device)?.f_contiguous()?;
+        self.count(&input);
         let mut group = self.lock();
-        let result = group.all_gather(&cpu);
+        let result = group.all_gather(&input, nccl);
         result.map_err(|e| self.failed("all_gather", &mut group, e.to_string()))
     }
 
@@ -172,9 +201,14 @@ impl ProcessGroup {
         kinds.dedup();
         for kind in kinds {
             let same: Vec<&Tensor> = grads.iter().filter(|g| g.kind() == kind).collect();
+            // Flattened where their backend reduces them: one GPU for NCCL, else the CPU.
+            let device = match self.route(same[0]) {
+                (gpu, true) if same.iter().all(|g| g.device() == gpu) => gpu,
+                _ => Device::Cpu,
+            };
             let flat: Vec<Tensor> = same
                 .iter()
-                .map(|g| g.f_to(Device::Cpu)?.f_reshape([-1]))
+                .map(|g| g.f_to(device)?.f_reshape([-1]))
                 .collect::<Result<_, _>>()?;
             let mut all = Tensor::f_cat(&flat, 0)?;
             drop(flat);
@@ -254,7 +288,7 @@ impl ProcessGroup {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GlooGroup> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, C10dGroup> {
         // A panic while holding the lock left the group as it was: Gloo's state is its own.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -264,28 +298,38 @@ impl ProcessGroup {
         self.payload.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Runs an in-place collective on `tensor`, through a contiguous CPU copy when it is not
-    /// one already.
+    /// Where a collective on `tensor` runs: on its GPU through NCCL, or on the CPU through
+    /// Gloo.
+    fn route(&self, tensor: &Tensor) -> (Device, bool) {
+        match tensor.device() {
+            device @ Device::Cuda(_) if self.nccl => (device, true),
+            _ => (Device::Cpu, false),
+        }
+    }
+
+    /// Runs an in-place collective on `tensor`, through a contiguous copy on the device of its
+    /// backend when it is not one already.
     fn staged(
         &self,
         what: &str,
         tensor: &Tensor,
-        op: impl FnOnce(&mut GlooGroup, &Tensor) -> crate::ffi::Result<()>,
+        op: impl FnOnce(&mut C10dGroup, &Tensor, bool) -> crate::ffi::Result<()>,
     ) -> Result<()> {
-        let direct = tensor.device() == Device::Cpu && tensor.is_contiguous();
-        let cpu = if direct {
+        let (device, nccl) = self.route(tensor);
+        let direct = tensor.device() == device && tensor.is_contiguous();
+        let staged = if direct {
             tensor.shallow_clone()
         } else {
-            tensor.f_to(Device::Cpu)?.f_contiguous()?
+            tensor.f_to(device)?.f_contiguous()?
         };
-        self.count(&cpu);
+        self.count(&staged);
         {
             let mut group = self.lock();
-            let result = op(&mut group, &cpu);
+            let result = op(&mut group, &staged, nccl);
             result.map_err(|e| self.failed(what, &mut group, e.to_string()))?;
         }
         if !direct {
-            tch::no_grad(|| tensor.shallow_clone().f_copy_(&cpu))?;
+            tch::no_grad(|| tensor.shallow_clone().f_copy_(&staged))?;
         }
         Ok(())
     }
@@ -294,7 +338,7 @@ impl ProcessGroup {
     /// this rank records that it aborts, then waits a little for every other rank to record
     /// something; a rank that recorded a failure is named with its reason, a rank that recorded
     /// nothing as gone.
-    fn failed(&self, what: &str, group: &mut GlooGroup, error: String) -> PruneError {
+    fn failed(&self, what: &str, group: &mut C10dGroup, error: String) -> PruneError {
         let me = self.rank();
         let mine = status_key(me);
         if !matches!(group.store_check(&mine), Ok(true)) {
@@ -311,7 +355,7 @@ impl ProcessGroup {
         // The ranks still waiting on this one fail at once when its connections close, and
         // record that they abort: only the ranks that caused the failure stay silent.
         group.abort();
-        let beats = |group: &mut GlooGroup| -> Vec<Option<String>> {
+        let beats = |group: &mut C10dGroup| -> Vec<Option<String>> {
             (0..self.world_size())
                 .map(|r| {
                     let key = format!("alive/{r}");
@@ -403,7 +447,7 @@ impl std::fmt::Debug for ProcessGroup {
         f.debug_struct("ProcessGroup")
             .field("rank", &self.rank())
             .field("world_size", &self.world_size())
-            .field("backend", &"gloo")
+            .field("backend", &self.backend().to_string())
             .finish()
     }
 }

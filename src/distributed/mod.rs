@@ -5,8 +5,9 @@
 //! [`ProcessGroup::from_env`] joins the group the launcher describes, with the variables of
 //! `torch.distributed`'s `env://` (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
 //! `MASTER_PORT`), so that `torchrun --nproc-per-node 4 --no-python ./my-binary` works, as do
-//! `mpirun`-style launchers or variables set by hand. Its collectives are Gloo's, on CPU
-//! tensors; a CUDA tensor is staged through the CPU (`docs/distributed.md`).
+//! `mpirun`-style launchers or variables set by hand. Its collectives are Gloo's on CPU
+//! tensors; CUDA tensors go through NCCL when the group is joined with [`Backend::Nccl`], else
+//! they are staged through the CPU (`docs/distributed.md`).
 //!
 //! What the pruning calls built on it guarantee (identical masks on every rank, exact global
 //! selection over tensors spread over the ranks) is written in `docs/distributed.md`.
@@ -22,10 +23,12 @@
 //! # Ok::<(), tch_prune::PruneError>(())
 //! ```
 
+mod backend;
 mod config;
 mod digest;
 mod group;
 
+pub use backend::Backend;
 pub use config::GroupConfig;
 pub use digest::mask_digest;
 pub use group::{ProcessGroup, ReduceOp};

@@ -30,6 +30,8 @@
 struct TpGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // For CUDA tensors, when the program asked for NCCL (nccl.cpp).
+  c10::intrusive_ptr<c10d::Backend> nccl;
   std::chrono::milliseconds timeout;
   // The heartbeat: a thread that counts up the key `alive/<rank>` twice a second, on a store
   // connection of its own, so that a rank whose collective broke can tell a rank that is gone
@@ -40,6 +42,14 @@ struct TpGroup {
   bool stop = false;
 
   ~TpGroup() {
+    if (nccl) {
+      try {
+        // ProcessGroupNCCL warns when destroyed without it, and its watchdog stops here.
+        nccl->shutdown();
+      } catch (...) {
+        // Leaving anyway.
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mutex);
       stop = true;
@@ -59,12 +69,15 @@ void finish(TpGroup* group, const c10::intrusive_ptr<c10d::Work>& work) {
   }
 }
 
-// The group's Gloo backend; an error once tp_group_abort has torn it down.
-c10d::Backend& backend(TpGroup* group) {
+// The group's Gloo backend, or its NCCL one when `nccl` is non-zero; an error once
+// tp_group_abort has torn them down.
+c10d::Backend& backend(TpGroup* group, int nccl = 0) {
   if (!group->backend) {
     throw std::runtime_error("the process group failed earlier and was torn down");
   }
-  return *group->backend;
+  if (nccl == 0) return *group->backend;
+  if (!group->nccl) throw std::logic_error("the group has no NCCL backend");
+  return *group->nccl;
 }
 
 std::vector<uint8_t> bytes_of(const char* value, size_t len) {
@@ -152,28 +165,38 @@ char* tp_group_new(const char* host, int port, int rank, int world_size, int hos
   });
 }
 
-char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op) noexcept {
+char* tp_group_use_nccl(TpGroup* group, void* factory) noexcept {
+  return tp::protect([&] {
+    using Factory = decltype(&tp_nccl_backend_new);
+    auto made = reinterpret_cast<Factory>(factory)(group->store.get(), backend(group).getRank(),
+                                                   backend(group).getSize(),
+                                                   group->timeout.count());
+    group->nccl = c10::intrusive_ptr<c10d::Backend>::reclaim(static_cast<c10d::Backend*>(made));
+  });
+}
+
+char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op, int nccl) noexcept {
   return tp::protect([&] {
     std::vector<at::Tensor> tensors{*tensor};
     c10d::AllreduceOptions options;
     options.reduceOp = op == 1 ? c10d::ReduceOp(c10d::ReduceOp::MAX)
                                : c10d::ReduceOp(c10d::ReduceOp::SUM);
     options.timeout = group->timeout;
-    finish(group, backend(group).allreduce(tensors, options));
+    finish(group, backend(group, nccl).allreduce(tensors, options));
   });
 }
 
-char* tp_group_broadcast(TpGroup* group, const at::Tensor* tensor, int root) noexcept {
+char* tp_group_broadcast(TpGroup* group, const at::Tensor* tensor, int root, int nccl) noexcept {
   return tp::protect([&] {
     std::vector<at::Tensor> tensors{*tensor};
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = group->timeout;
-    finish(group, backend(group).broadcast(tensors, options));
+    finish(group, backend(group, nccl).broadcast(tensors, options));
   });
 }
 
-char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor,
+char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor, int nccl,
                           at::Tensor** gathered) noexcept {
   return tp::protect([&] {
     std::vector<at::Tensor> inputs{*tensor};
@@ -183,7 +206,7 @@ char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor,
     }
     c10d::AllgatherOptions options;
     options.timeout = group->timeout;
-    finish(group, backend(group).allgather(outputs, inputs, options));
+    finish(group, backend(group, nccl).allgather(outputs, inputs, options));
     *gathered = new at::Tensor(at::stack(outputs[0]));
   });
 }
@@ -198,6 +221,8 @@ char* tp_group_barrier(TpGroup* group) noexcept {
 
 void tp_group_abort(TpGroup* group) noexcept {
   try {
+    if (group->nccl) group->nccl->abort();
+    group->nccl.reset();
     group->backend.reset();
   } catch (...) {
     // Tearing down a failed group: its connections close either way.

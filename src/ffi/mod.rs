@@ -20,7 +20,7 @@
 //! `unsafe` code.
 
 use crate::error::{first_line, PruneError};
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::marker::{PhantomData, PhantomPinned};
 use std::ptr::{self, NonNull};
 use tch::{CModule, Tensor};
@@ -138,12 +138,23 @@ extern "C" {
         interfaces: *const c_char,
         group: *mut *mut TpGroup,
     ) -> *mut c_char;
-    fn tp_group_all_reduce(group: *mut TpGroup, tensor: *const C_tensor, op: c_int) -> *mut c_char;
-    fn tp_group_broadcast(group: *mut TpGroup, tensor: *const C_tensor, root: c_int)
-        -> *mut c_char;
+    fn tp_group_use_nccl(group: *mut TpGroup, factory: *mut c_void) -> *mut c_char;
+    fn tp_group_all_reduce(
+        group: *mut TpGroup,
+        tensor: *const C_tensor,
+        op: c_int,
+        nccl: c_int,
+    ) -> *mut c_char;
+    fn tp_group_broadcast(
+        group: *mut TpGroup,
+        tensor: *const C_tensor,
+        root: c_int,
+        nccl: c_int,
+    ) -> *mut c_char;
     fn tp_group_all_gather(
         group: *mut TpGroup,
         tensor: *const C_tensor,
+        nccl: c_int,
         gathered: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn tp_group_barrier(group: *mut TpGroup) -> *mut c_char;
@@ -289,6 +300,24 @@ pub(crate) fn load_library(path: &std::path::Path) -> std::result::Result<(), St
         return Err(loader_error());
     }
     Ok(())
+}
+
+/// The function `symbol` of the shared library at `path`, which is loaded for the life of the
+/// process (`RTLD_NOW | RTLD_LOCAL`: its symbols stay its own). The error is the loader's reason.
+#[cfg(unix)]
+pub(crate) fn load_symbol(
+    path: &std::path::Path,
+    symbol: &CStr,
+) -> std::result::Result<NonNull<c_void>, String> {
+    let name = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: a NUL-terminated path; the library is never unloaded.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return Err(loader_error());
+    }
+    // SAFETY: a live handle and a NUL-terminated name.
+    NonNull::new(unsafe { libc::dlsym(handle, symbol.as_ptr()) }).ok_or_else(loader_error)
 }
 
 /// Whether a shared library can be loaded: it is loaded, on its own (`RTLD_LAZY | RTLD_LOCAL`),
@@ -652,23 +681,24 @@ pub(crate) struct GroupAddress<'a> {
     pub interfaces: &'a str,
 }
 
-/// A c10d TCPStore and Gloo process group (distributed.cpp), owned; left on drop.
+/// A c10d TCPStore and Gloo process group, with NCCL for CUDA tensors once
+/// [`use_nccl`](Self::use_nccl) added it (distributed.cpp), owned; left on drop.
 ///
 /// libtorch's c10d objects are thread-safe, and the handle is only ever used through `&mut`
 /// or by the one owner, so moving it to another thread is sound.
-pub(crate) struct GlooGroup(NonNull<TpGroup>);
+pub(crate) struct C10dGroup(NonNull<TpGroup>);
 
 // SAFETY: see above; the C++ object has no thread affinity.
-unsafe impl Send for GlooGroup {}
+unsafe impl Send for C10dGroup {}
 
-/// The reduction of [`GlooGroup::all_reduce`].
+/// The reduction of [`C10dGroup::all_reduce`].
 #[derive(Clone, Copy)]
 pub(crate) enum Reduce {
     Sum = 0,
     Max = 1,
 }
 
-impl GlooGroup {
+impl C10dGroup {
     /// Joins the group; returns when every rank has joined (Gloo's rendezvous), or fails at the
     /// timeout.
     pub(crate) fn new(address: &GroupAddress<'_>) -> Result<Self> {
@@ -691,36 +721,56 @@ impl GlooGroup {
             ))?;
         }
         NonNull::new(group)
-            .map(GlooGroup)
+            .map(C10dGroup)
             .ok_or_else(|| FfiError::Cpp("no process group was made".into()))
     }
 
-    /// In place on every rank (a dense contiguous CPU tensor, checked by the caller).
-    pub(crate) fn all_reduce(&mut self, tensor: &Tensor, op: Reduce) -> Result<()> {
+    /// Adds NCCL for CUDA tensors: `factory` is `tp_nccl_backend_new` of the NCCL library
+    /// ([`load_symbol`]).
+    ///
+    /// # Safety
+    /// `factory` must be that function.
+    pub(crate) unsafe fn use_nccl(&mut self, factory: NonNull<c_void>) -> Result<()> {
+        // SAFETY: a live group; the caller vouches for the function.
+        unsafe { check(tp_group_use_nccl(self.0.as_ptr(), factory.as_ptr())) }
+    }
+
+    /// In place on every rank. The collectives take a dense contiguous tensor (checked by the
+    /// caller): on the CPU through Gloo, or on a GPU through NCCL when `nccl`.
+    pub(crate) fn all_reduce(&mut self, tensor: &Tensor, op: Reduce, nccl: bool) -> Result<()> {
         // SAFETY: a live group and a live tensor.
         unsafe {
             check(tp_group_all_reduce(
                 self.0.as_ptr(),
                 tensor.as_ptr(),
                 op as c_int,
+                c_int::from(nccl),
             ))
         }
     }
 
     /// Rank `root`'s `tensor` into every rank's, in place.
-    pub(crate) fn broadcast(&mut self, tensor: &Tensor, root: i32) -> Result<()> {
+    pub(crate) fn broadcast(&mut self, tensor: &Tensor, root: i32, nccl: bool) -> Result<()> {
         // SAFETY: as above.
-        unsafe { check(tp_group_broadcast(self.0.as_ptr(), tensor.as_ptr(), root)) }
+        unsafe {
+            check(tp_group_broadcast(
+                self.0.as_ptr(),
+                tensor.as_ptr(),
+                root,
+                c_int::from(nccl),
+            ))
+        }
     }
 
     /// Every rank's `tensor`, stacked in rank order.
-    pub(crate) fn all_gather(&mut self, tensor: &Tensor) -> Result<Tensor> {
+    pub(crate) fn all_gather(&mut self, tensor: &Tensor, nccl: bool) -> Result<Tensor> {
         let mut gathered = ptr::null_mut();
         // SAFETY: as above, and one out-parameter receiving a new handle we own.
         unsafe {
             check(tp_group_all_gather(
                 self.0.as_ptr(),
                 tensor.as_ptr(),
+                c_int::from(nccl),
                 &mut gathered,
             ))?;
             Ok(Tensor::from_ptr(gathered))
@@ -787,7 +837,7 @@ impl GlooGroup {
     }
 }
 
-impl Drop for GlooGroup {
+impl Drop for C10dGroup {
     fn drop(&mut self) {
         // SAFETY: the handle is ours and not used again.
         unsafe { tp_group_free(self.0.as_ptr()) }

@@ -169,14 +169,21 @@ void tp_calibration_probe_free(TpCalibrationProbe* probe) noexcept;
 char* tp_group_new(const char* host, int port, int rank, int world_size, int host_store,
                    int64_t timeout_ms, const char* prefix, const char* interfaces,
                    TpGroup** group) noexcept;
+// Adds NCCL to the group, for its CUDA tensors: `factory` is tp_nccl_backend_new of the NCCL
+// library (nccl.cpp), which the Rust side loaded. Its communicators are made by the first
+// collective on each device, on every rank.
+char* tp_group_use_nccl(TpGroup* group, void* factory) noexcept;
+// The collectives below run on Gloo (a dense contiguous CPU tensor) when `nccl` is 0, on the
+// group's NCCL (a dense contiguous CUDA tensor) when it is 1.
+//
 // In place, on every rank: the element-wise sum (`op` 0) or maximum (`op` 1) of `tensor` over
-// the ranks (a dense contiguous CPU tensor).
-char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op) noexcept;
+// the ranks.
+char* tp_group_all_reduce(TpGroup* group, const at::Tensor* tensor, int op, int nccl) noexcept;
 // In place: `tensor` of rank `root` copied into `tensor` of every rank.
-char* tp_group_broadcast(TpGroup* group, const at::Tensor* tensor, int root) noexcept;
+char* tp_group_broadcast(TpGroup* group, const at::Tensor* tensor, int root, int nccl) noexcept;
 // Every rank's `tensor` (same shape and dtype on all), stacked in rank order into `*gathered`
 // (a new handle owned by the caller).
-char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor,
+char* tp_group_all_gather(TpGroup* group, const at::Tensor* tensor, int nccl,
                           at::Tensor** gathered) noexcept;
 // Returns when every rank has called it.
 char* tp_group_barrier(TpGroup* group) noexcept;
@@ -192,6 +199,12 @@ char* tp_group_store_check(TpGroup* group, const char* key, int* present) noexce
 char* tp_group_store_get(TpGroup* group, const char* key, char** value) noexcept;
 // Leaves the group and frees the handle.
 void tp_group_free(TpGroup* group) noexcept;
+
+// The NCCL library (nccl.cpp, a shared library of its own, loaded by the Rust side when NCCL is
+// asked for). The one function outside the error convention: it throws, and is called only by
+// tp_group_use_nccl, inside tp::protect. A new c10d::ProcessGroupNCCL of `rank` among `size`
+// over the c10d::Store `store` (shared, not taken), as an owned c10d::Backend*.
+void* tp_nccl_backend_new(void* store, int rank, int size, int64_t timeout_ms);
 
 }  // extern "C"
 

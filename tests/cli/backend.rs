@@ -184,6 +184,7 @@ fn doctor_reports_the_backend() {
         "cudnn_version",
         "cudnn_available",
         "cuda_runtime_version",
+        "nccl_missing",
     ] {
         assert!(report.get(field).is_some(), "no {field} in {report}");
     }
@@ -193,7 +194,7 @@ fn doctor_reports_the_backend() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!(lines.len(), 7, "{text}");
     assert!(lines[0].ends_with(env!("CARGO_PKG_VERSION")), "{text}");
     let loaded = if libtorch_has_cuda() {
         "CUDA loaded    yes"
@@ -201,6 +202,13 @@ fn doctor_reports_the_backend() {
         "CUDA loaded    no"
     };
     assert!(lines[3].starts_with(loaded), "{text}");
+    // Built wherever libtorch has CUDA and the provisioned wheels bring NCCL's headers.
+    let nccl = if libtorch_has_cuda() {
+        "NCCL           built"
+    } else {
+        "NCCL           no"
+    };
+    assert!(lines[6].starts_with(nccl), "{text}");
 
     let out = Cli::new("--version").run();
     let version = String::from_utf8(out.stdout).unwrap();

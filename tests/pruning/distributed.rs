@@ -213,6 +213,39 @@ fn gloo_socket_ifname_chooses_the_interface_as_for_torch_distributed() {
     }
 }
 
+/// NCCL asked for where there is no GPU: every rank fails at once, with one line saying why. The
+/// reason is the missing GPU, which only the NCCL library itself reports: so it was built and
+/// loaded. With a GPU, tests/cuda.rs runs the collectives on NCCL.
+#[test]
+fn nccl_without_a_gpu_fails_every_rank_with_one_line() {
+    if tch::Cuda::is_available() {
+        eprintln!("skipped nccl_without_a_gpu: a GPU is here (tests/cuda.rs runs NCCL on it)");
+        return;
+    }
+    let outputs = wait_all(
+        spawn(
+            "join",
+            2,
+            &[
+                ("TCH_PRUNE_DIST_BACKEND", "nccl"),
+                ("TCH_PRUNE_DIST_TIMEOUT", "30"),
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    for out in &outputs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+        assert!(
+            errors.len() == 1
+                && errors[0].contains(
+                    "cannot use NCCL: NCCL needs CUDA devices and this process sees none"
+                ),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn torchrun_launches_the_ranks() {
     let Some(python) = crate::common::python() else {
