@@ -40,6 +40,8 @@ pub struct ProcessGroup {
     /// Whether CUDA tensors go through NCCL.
     nccl: bool,
     payload: AtomicU64,
+    /// How many exchanges through the store the crate made ([`fresh_keys`](Self::fresh_keys)).
+    exchanges: AtomicU64,
     /// Why the group broke, once a collective failed: later calls say so.
     broken: Mutex<Option<String>>,
 }
@@ -89,6 +91,7 @@ impl ProcessGroup {
             config: config.clone(),
             nccl: false,
             payload: AtomicU64::new(0),
+            exchanges: AtomicU64::new(0),
             broken: Mutex::new(None),
         };
         if config.backend == Backend::Nccl {
@@ -276,16 +279,24 @@ impl ProcessGroup {
         Ok(self.lock().store_set(key, value)?)
     }
 
-    /// The value of `key` in the group's store, waiting for it up to the timeout.
-    pub(crate) fn store_get(&self, key: &str) -> Result<String> {
+    /// The value of `key`, which rank `from` sets, in the group's store, waiting for it up to
+    /// the timeout.
+    pub(crate) fn store_get(&self, key: &str, from: usize) -> Result<String> {
         let value = self.lock().store_get(key);
         value.map_err(|e| {
             PruneError::Distributed(format!(
-                "rank {}: no word from rank 0 within {:.0} s: {e}",
+                "rank {}: no word from rank {from} within {:.0} s: {e}",
                 self.rank(),
                 self.config.timeout.as_secs_f64()
             ))
         })
+    }
+
+    /// A prefix for the store keys of one exchange of the crate's (`what`), fresh at each call:
+    /// every rank makes the same calls in the same order, so it is the same on every rank, and
+    /// a second exchange of the same kind never reads the first one's keys.
+    pub(crate) fn fresh_keys(&self, what: &str) -> String {
+        format!("{what}/{}/", self.exchanges.fetch_add(1, Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, C10dGroup> {

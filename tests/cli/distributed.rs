@@ -150,6 +150,99 @@ fn several_ranks_write_the_bytes_of_one_process() {
     }
 }
 
+/// Ranks on machines that do not share a filesystem, each naming a folder on its own disk (here:
+/// ranks given different output folders, as the command of each machine names its own): each
+/// machine's ranks write one folder, rank 0's holds the index, and their union is the
+/// one-process output, with nothing else left. When one rank cannot create its folder, no
+/// folder appears anywhere.
+#[test]
+fn ranks_without_a_shared_folder_write_a_folder_per_machine() {
+    let dir = common::tempdir();
+    let input = dir.path().join("in");
+    write_sharded(&input, Kind::Float, 7, 4096, true, 5);
+    let flags = "--method l1-unstructured --amount 0.5 --global";
+    let one = dir.path().join("one");
+    Cli::prune(&input, &one).flags(flags).ok();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("a");
+    std::fs::create_dir_all(&b).expect("b");
+    // Ranks 0 and 2 on machine a, rank 1 on machine b.
+    let machine = |rank: usize| if rank == 1 { &b } else { &a };
+    let run = |name: &str| {
+        outputs(common::ranks::spawn_each(
+            |rank| {
+                Cli::prune(&input, &machine(rank).join(name))
+                    .flags(flags)
+                    .command()
+            },
+            3,
+            &[],
+        ))
+    };
+    let outs = run("out");
+    for (rank, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let said = String::from_utf8_lossy(&outs[0].stdout);
+    assert!(
+        said.contains("by 3 ranks into 2 folders, one per machine"),
+        "{said}"
+    );
+    let (on_a, on_b) = (files(&a.join("out")), files(&b.join("out")));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    // Shards go round-robin: rank 1 writes the second and the fifth.
+    assert_eq!(
+        names(&on_b),
+        [
+            "model-00002-of-00005.safetensors",
+            "model-00005-of-00005.safetensors"
+        ]
+    );
+    assert!(names(&on_a).contains(&"model.safetensors.index.json".to_string()));
+    let mut union = [on_a, on_b].concat();
+    union.sort();
+    assert_eq!(
+        union,
+        files(&one),
+        "the folders together differ from one process"
+    );
+
+    // Machine b's folder is taken: nothing is written anywhere.
+    std::fs::create_dir_all(b.join("taken")).expect("folder");
+    std::fs::write(b.join("taken/file"), b"mine").expect("file");
+    let outs = {
+        let cli = |rank: usize| {
+            let out = if rank == 1 {
+                b.join("taken")
+            } else {
+                a.join("taken")
+            };
+            Cli::prune(&input, &out).flags(flags).command()
+        };
+        outputs(common::ranks::spawn_each(cli, 3, &[]))
+    };
+    for (rank, out) in outs.iter().enumerate() {
+        assert!(!out.status.success(), "rank {rank} succeeded");
+    }
+    let stderr = String::from_utf8_lossy(&outs[0].stderr);
+    assert!(
+        stderr.contains("rank 1"),
+        "rank 0 does not name rank 1: {stderr}"
+    );
+    assert!(!a.join("taken").exists(), "machine a's folder appeared");
+    assert_eq!(files(&b.join("taken")).len(), 1);
+    for machine in [&a, &b] {
+        assert!(
+            temporary_folder(machine).is_none(),
+            "a temporary folder was left"
+        );
+    }
+}
+
 #[test]
 fn single_files_are_refused_on_several_ranks() {
     let dir = common::tempdir();

@@ -17,10 +17,20 @@ pub fn free_port() -> u16 {
 /// (the store at 127.0.0.1 on a free port) and `extra`; returns them in rank order, their
 /// output piped.
 pub fn spawn(command: impl Fn() -> Command, world: usize, extra: &[(&str, &str)]) -> Vec<Child> {
+    spawn_each(|_| command(), world, extra)
+}
+
+/// [`spawn`] with a command of each rank's own (`command(rank)`), as ranks on several machines
+/// are started with commands of their own.
+pub fn spawn_each(
+    command: impl Fn(usize) -> Command,
+    world: usize,
+    extra: &[(&str, &str)],
+) -> Vec<Child> {
     let port = free_port().to_string();
     (0..world)
         .map(|rank| {
-            command()
+            command(rank)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", world.to_string())

@@ -354,6 +354,16 @@ fn device(name: &str) -> Result<Device> {
 }
 
 fn prune(args: PruneArgs, show: bool) -> Result<()> {
+    let ranks = stream::Ranks::join()?;
+    let result = prune_as(args, show, ranks.as_ref());
+    if let (Err(e), Some(ranks)) = (&result, &ranks) {
+        ranks.failed(e);
+    }
+    result
+}
+
+/// [`prune`], as one of `ranks` when there are several.
+fn prune_as(args: PruneArgs, show: bool, ranks: Option<&stream::Ranks>) -> Result<()> {
     // Before anything is read: a run that fails writes nothing, and what it may not replace
     // it never touches.
     // A model folder (or a shard index) goes to a new folder, checked (new or empty) here, not
@@ -369,6 +379,9 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
         outputs::check_other(&io.weights, state, "--state-out")?;
     }
     if calibrated::wanted(&args) {
+        if ranks.is_some() {
+            bail!("wanda and sparsegpt run in one process: launch it without torchrun (WORLD_SIZE unset or 1)");
+        }
         if args.dry_run {
             bail!("--dry-run lists what the magnitude methods select; wanda and sparsegpt prune the linear layers forward calls (--params narrows them), listed in their summary");
         }
@@ -386,7 +399,7 @@ fn prune(args: PruneArgs, show: bool) -> Result<()> {
         return dry_run(&io, &steps, show, policy(args.trust_code));
     }
     let device = device(&args.device)?;
-    let why_in_memory = match stream::prune(&args, &steps, &io)? {
+    let why_in_memory = match stream::prune(&args, &steps, &io, ranks)? {
         stream::Outcome::Streamed(summary) => {
             println!("{summary}");
             return Ok(());

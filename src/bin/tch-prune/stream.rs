@@ -6,6 +6,7 @@ use crate::folder::Io;
 use crate::plan::Step;
 use crate::PruneArgs;
 use anyhow::{bail, Context, Result};
+use std::cell::Cell;
 use std::collections::HashSet;
 use tch_prune::checkpoint::Format;
 use tch_prune::distributed::ProcessGroup;
@@ -14,11 +15,38 @@ use tch_prune::PruningMethod;
 
 /// The process group of a run launched as several ranks (`torchrun --nproc-per-node N
 /// --no-python tch-prune prune ...`, or `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` set
-/// by hand): `None` when `WORLD_SIZE` is unset or 1.
-fn group() -> Result<Option<ProcessGroup>> {
-    match std::env::var("WORLD_SIZE") {
-        Ok(w) if !w.trim().is_empty() && w.trim() != "1" => Ok(Some(ProcessGroup::from_env()?)),
-        _ => Ok(None),
+/// by hand), joined before anything else, so that a rank whose arguments, input or output fail
+/// its checks tells the others instead of leaving them to wait: every rank takes part in one
+/// agreement before the ranks write, with its error if it failed before it.
+pub struct Ranks {
+    pub group: ProcessGroup,
+    agreed: Cell<bool>,
+}
+
+impl Ranks {
+    /// Joins the group; `None` when `WORLD_SIZE` is unset or 1.
+    pub fn join() -> Result<Option<Ranks>> {
+        match std::env::var("WORLD_SIZE") {
+            Ok(w) if !w.trim().is_empty() && w.trim() != "1" => Ok(Some(Ranks {
+                group: ProcessGroup::from_env()?,
+                agreed: Cell::new(false),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The agreement: `Ok` when every rank is ready to write, else an error naming those that
+    /// are not and why.
+    fn agree(&self, error: Option<String>) -> Result<()> {
+        self.agreed.set(true);
+        Ok(self.group.all_succeeded(error)?)
+    }
+
+    /// Takes part in the agreement with `error`, when this rank failed before it.
+    pub fn failed(&self, error: &anyhow::Error) {
+        if !self.agreed.get() {
+            let _ = self.agree(Some(format!("{error:#}")));
+        }
     }
 }
 
@@ -31,10 +59,10 @@ pub enum Outcome {
 }
 
 /// Prunes the input on the streaming path if it gives the same answer as the in-memory one.
-pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io) -> Result<Outcome> {
+pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io, ranks: Option<&Ranks>) -> Result<Outcome> {
     let sharded = io.is_sharded();
-    let group = group()?;
-    if let Some(group) = &group {
+    let group = ranks.map(|r| &r.group);
+    if let Some(group) = group {
         if !sharded {
             bail!(
                 "{}: several ranks prune a sharded checkpoint (a folder or its index.json) only; run one process for a single file",
@@ -119,17 +147,21 @@ pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io) -> Result<Outcome> {
         .map_or(Ok(()), |i| {
             Err(tch_prune::PruneError::NothingToPrune).with_context(|| format!("step {}", i + 1))
         })
-        .and_then(|()| match &group {
+        .and_then(|()| match ranks {
             // The ranks commit the output folder together (no carried files: checked above).
-            Some(group) => Ok(model.prune_across(&stream_steps, &io.output, group)?),
+            Some(ranks) => {
+                ranks.agree(None)?;
+                Ok(model.prune_across(&stream_steps, &io.output, &ranks.group)?)
+            }
             None => io.write(|dest| Ok(model.prune(&stream_steps, dest)?)),
         })?;
-    if let Some(group) = group.as_ref().filter(|g| g.rank() != 0) {
+    if let Some(group) = group.filter(|g| g.rank() != 0) {
         // Rank 0 says what the group did.
         return Ok(Outcome::Streamed(format!(
-            "rank {} of {}: wrote its shards (rank 0 reports the run)",
+            "rank {} of {}: wrote its shards into {} (rank 0 reports the run)",
             group.rank(),
-            group.world_size()
+            group.world_size(),
+            io.output.display()
         )));
     }
     let pruned: HashSet<&str> = stream_steps
@@ -143,9 +175,16 @@ pub fn prune(args: &PruneArgs, steps: &[Step], io: &Io) -> Result<Outcome> {
             100.0 * z as f64 / n as f64
         }
     };
-    let files = if let Some(group) = &group {
+    let files = if let Some(group) = group {
+        let folders = match report.folders {
+            1 => String::new(),
+            n => format!(
+                " into {n} folders, one per machine (the ranks do not all see this one): this \
+                 one holds the index and its machine's shards"
+            ),
+        };
         format!(
-            "{} shards and their index, by {} ranks; {} bytes to collectives per rank",
+            "{} shards and their index, by {} ranks{folders}; {} bytes to collectives per rank",
             report.files,
             group.world_size(),
             group.payload_bytes()

@@ -62,6 +62,9 @@ pub struct StreamReport {
     pub pruned_zeros: i64,
     /// Files written: 1, or the shards (the index not counted).
     pub files: usize,
+    /// Folders the output went to: 1, or, for ranks on machines that do not share a
+    /// filesystem, one per machine ([`StreamedModel::prune_across`]).
+    pub folders: usize,
     /// How the files were written (direct I/O or the page cache; bytes copied in the kernel).
     pub writes: crate::checkpoint::WriteStats,
 }

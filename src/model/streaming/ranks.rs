@@ -3,13 +3,18 @@
 //! committed for all ranks at once. Hooks around the one-process write of `write.rs`, which
 //! does the rest (the same selections, the same bytes).
 //!
-//! The protocol of the output folder: rank 0 creates the temporary folder beside the output
-//! (`atomic_write_dir`) and publishes its path in the group's store; every rank writes its
-//! shards there and says whether it succeeded (one all-reduce); only when every rank did does
-//! rank 0 write the index and rename the folder into place, then tell the others (a
-//! broadcast). A rank that fails says why in the store, and every rank stops naming it; a rank
-//! killed outright breaks the group's connections, and the others stop naming it as gone. In
-//! both cases rank 0 removes the temporary folder and no output appears.
+//! The protocol of the output folders. In rank order, each rank says in the group's store which
+//! folder it writes into: the temporary folder of a rank before it that writes the same output
+//! and whose folder it sees (a marker file there holds the word that rank published: same path
+//! is not enough, another machine may have one too), or, when there is none, a temporary folder
+//! of its own beside its output (`atomic_write_dir`), which it leads. Rank 0 always leads. Every
+//! rank writes its shards into its folder and says whether it succeeded (one all-reduce); only
+//! when every rank did does rank 0 write the index and each leader rename its folder into
+//! place, and a second all-reduce says whether every rename did (a leader whose rename succeeded
+//! removes its folder when another's failed). A rank that fails says why in the store, and every
+//! rank stops naming it; a rank killed outright breaks the group's connections, and the others
+//! stop naming it as gone. In both cases the leaders remove their temporary folders and no
+//! output appears.
 
 use super::{StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{atomic_write_dir, CheckpointError};
@@ -17,11 +22,8 @@ use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::prune::selection::{smallest_threshold_across, Across, RawScores, Threshold};
 use crate::Amount;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
-use tch::Tensor;
-
-/// The store key under which rank 0 publishes the temporary output folder.
-const FOLDER_KEY: &str = "stream/folder";
 
 /// Whether this rank writes file `f` of the checkpoint: shards go round-robin over the ranks in
 /// the index's order.
@@ -33,13 +35,19 @@ impl StreamedModel {
     /// [`prune`](Self::prune) of a sharded checkpoint by every rank of `group` together, each
     /// reading and writing only its shards (round-robin in the index's order): the global L1
     /// thresholds are agreed through the group (histograms of fixed size, and one count per
-    /// tensor of the step), and the output folder (one that every rank sees: a shared
-    /// filesystem) appears whole, with the index, only when every rank succeeded. Its bytes are
-    /// those of [`prune`](Self::prune) in one process. Every rank calls it with the same steps
-    /// and output (and, for the methods that draw random numbers, the same seed: each rank also
-    /// draws for the shards of the others, without reading them, so that its draws are those of
-    /// one process). The report is the whole checkpoint's, on every rank. On error, on any rank, no output appears and every
-    /// rank returns an error naming the rank that failed.
+    /// tensor of the step), and the output appears, with the index, only when every rank
+    /// succeeded. Its bytes are those of [`prune`](Self::prune) in one process. Every rank
+    /// calls it with the same steps (and, for the methods that draw random numbers, the same
+    /// seed: each rank also draws for the shards of the others, without reading them, so that
+    /// its draws are those of one process). The report is the whole checkpoint's, on every
+    /// rank. On error, on any rank, no output appears and every rank returns an error naming
+    /// the rank that failed.
+    ///
+    /// The output is one folder when every rank sees the same `output` (a shared filesystem,
+    /// or one machine). Ranks that do not see it (other machines with their own disks), or
+    /// that name another `output`, write their shards into a folder of their own, one per
+    /// machine and output; rank 0's holds the index, and the union of the folders is the
+    /// checkpoint ([`StreamReport::folders`] counts them).
     pub fn prune_across(
         &self,
         steps: &[StreamStep<'_>],
@@ -81,6 +89,7 @@ impl StreamedModel {
             pruned_numel: counts[2] as i64,
             pruned_zeros: counts[3] as i64,
             files: report.files,
+            folders: report.folders,
             // This rank's own writes: how its shards were written.
             writes: report.writes,
         })
@@ -131,21 +140,24 @@ pub(super) fn global_thresholds<'a>(
     Ok(roles)
 }
 
-/// Writes this rank's shards into the output folder rank 0 prepares, and commits it with the
-/// other ranks (the protocol above). Every file of the input is visited in order:
-/// `visit(f, Some(path))` writes file `f`, pruned, to `path`; `visit(f, None)` is a file
-/// another rank writes (for the random draws its tensors take). Returns the number of shards of
-/// the whole output.
+/// Writes this rank's shards and commits the output with the other ranks (the protocol
+/// above). Every file of the input is visited in order: `visit(f, Some(path))` writes file `f`,
+/// pruned, to `path`; `visit(f, None)` is a file another rank writes (for the random draws its
+/// tensors take). Returns the number of shards of the whole output, and the number of output
+/// folders (1, or one per machine when the ranks do not share a filesystem).
 pub(super) fn write_all(
     model: &StreamedModel,
     output: &Path,
     mut visit: impl FnMut(usize, Option<&Path>) -> Result<()>,
     group: &ProcessGroup,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let Some(index) = &model.index else {
         return Err(PruneError::NotStreamable("no shard index".into()));
     };
     let shards = index.shards();
+    let keys = group.fresh_keys("stream/folder");
+    let output = std::path::absolute(output)
+        .map_err(|e| CheckpointError::io(output, "cannot resolve", e))?;
     let mut write_mine = |folder: &Path| -> Result<()> {
         for (f, shard) in shards.iter().enumerate() {
             if !handles(group, f) {
@@ -153,8 +165,8 @@ pub(super) fn write_all(
             } else {
                 let path = folder.join(shard);
                 visit(f, Some(&path))?;
-                // Rank 0 syncs the folder before the rename; each rank syncs its own files,
-                // on its own machine.
+                // The folder's leader syncs the folder before the rename; each rank syncs its
+                // own files, on its own machine.
                 std::fs::File::open(&path)
                     .and_then(|file| file.sync_all())
                     .map_err(|e| CheckpointError::io(&path, "cannot write", e))?;
@@ -163,18 +175,71 @@ pub(super) fn write_all(
         // Before the commit: a shard read first may have changed since.
         model.unchanged()
     };
-    if group.rank() == 0 {
-        let (mut published, mut all_wrote) = (false, false);
-        let result = atomic_write_dir(output, |tmp| -> Result<()> {
-            let folder = std::path::absolute(tmp)
-                .map_err(|e| CheckpointError::io(tmp, "cannot resolve", e))?;
-            group.store_set(FOLDER_KEY, &format!("ok {}", folder.display()))?;
-            published = true;
-            let written = write_mine(tmp);
-            let agreed = group.all_succeeded(written.as_ref().err().map(|e| e.to_string()));
-            written?;
-            agreed?;
-            all_wrote = true;
+    let said = |rank: usize| -> Result<Folder> {
+        let text = group.store_get(&format!("{keys}{rank}"), rank)?;
+        serde_json::from_str(&text).map_err(|e| {
+            PruneError::Distributed(format!("rank {rank} said {text:?} of its folder: {e}"))
+        })
+    };
+    let say = |folder: &Folder| {
+        let text = serde_json::to_string(folder).unwrap_or_default();
+        group.store_set(&format!("{keys}{}", group.rank()), &text)
+    };
+
+    // Join the folder of a rank before this one that writes the same output and whose folder
+    // this rank sees (its marker holds the word it published), else lead a folder of its own.
+    let mut joined = None;
+    let mut folders = 0;
+    for rank in 0..group.rank() {
+        match said(rank) {
+            Ok(Folder::Leads {
+                output: theirs,
+                folder,
+                word,
+            }) => {
+                folders += 1;
+                let seen = std::fs::read_to_string(Path::new(&folder).join(MARKER))
+                    .is_ok_and(|w| w == word);
+                if joined.is_none() && theirs == output.to_string_lossy() && seen {
+                    joined = Some(PathBuf::from(folder));
+                }
+            }
+            Ok(Folder::Joins | Folder::Failed) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(folder) = joined {
+        say(&Folder::Joins)?;
+        let written = write_mine(&folder);
+        let agreed = group.all_succeeded(written.as_ref().err().map(|e| e.to_string()));
+        written?;
+        agreed?;
+        group.all_succeeded(None)?;
+        return Ok((shards.len(), count_folders(group, &said, folders)?));
+    }
+
+    let (mut published, mut wrote) = (false, None);
+    let result = atomic_write_dir(&output, |tmp| -> Result<()> {
+        let folder =
+            std::path::absolute(tmp).map_err(|e| CheckpointError::io(tmp, "cannot resolve", e))?;
+        let word = format!("{:016x}", RandomState::new().hash_one(&folder));
+        let marker = tmp.join(MARKER);
+        std::fs::write(&marker, &word)
+            .map_err(|e| CheckpointError::io(&marker, "cannot write", e))?;
+        say(&Folder::Leads {
+            output: output.to_string_lossy().into_owned(),
+            folder: folder.to_string_lossy().into_owned(),
+            word,
+        })?;
+        published = true;
+        let written = write_mine(tmp);
+        let agreed = group.all_succeeded(written.as_ref().err().map(|e| e.to_string()));
+        wrote = Some(agreed.is_ok());
+        written?;
+        agreed?;
+        std::fs::remove_file(&marker)
+            .map_err(|e| CheckpointError::io(&marker, "cannot remove", e))?;
+        if group.rank() == 0 {
             let index_name = index
                 .path
                 .file_name()
@@ -183,50 +248,62 @@ pub(super) fn write_all(
             let index_path = tmp.join(index_name);
             std::fs::write(&index_path, index.to_json())
                 .map_err(|e| CheckpointError::io(&index_path, "cannot write", e))?;
-            Ok(())
-        });
-        if let (Err(e), false) = (&result, published) {
-            // The others wait for the folder's path: tell them there is none, and why.
-            let _ = group.store_set(FOLDER_KEY, &format!("failed {e}"));
         }
-        // Past the agreement the others wait to hear whether the folder is in place; before
-        // it, they stopped with the agreement's error.
-        if all_wrote {
-            let committed = Tensor::from_slice(&[i64::from(result.is_ok())]);
-            group.broadcast(&committed, 0)?;
-        }
-        result.map(|()| shards.len())
-    } else {
-        let said = group.store_get(FOLDER_KEY)?;
-        let folder = match said.strip_prefix("ok ") {
-            Some(path) => PathBuf::from(path),
-            None => {
-                return Err(PruneError::Distributed(format!(
-                    "rank 0 could not prepare the output folder: {}",
-                    said.strip_prefix("failed ").unwrap_or(&said)
-                )))
-            }
-        };
-        let written = if folder.is_dir() {
-            write_mine(&folder)
-        } else {
-            Err(PruneError::Distributed(format!(
-                "rank {} does not see rank 0's temporary output folder {}: the output must be \
-                 on a filesystem every rank shares",
-                group.rank(),
-                folder.display()
-            )))
-        };
-        let agreed = group.all_succeeded(written.as_ref().err().map(|e| e.to_string()));
-        written?;
-        agreed?;
-        let committed = Tensor::from_slice(&[0i64]);
-        group.broadcast(&committed, 0)?;
-        if committed.int64_value(&[0]) != 1 {
-            return Err(PruneError::Distributed(
-                "rank 0 could not put the output folder in place (its error says why)".into(),
-            ));
-        }
-        Ok(shards.len())
+        Ok(())
+    });
+    if !published {
+        // The ranks after this one wait for its word: tell them it has no folder.
+        let _ = say(&Folder::Failed);
     }
+    let Some(true) = wrote else {
+        // Failed before the agreement on the writes: this rank still takes part, with its
+        // error (past the agreement, every rank stopped at it).
+        if wrote.is_none() {
+            let _ = group.all_succeeded(result.as_ref().err().map(|e| e.to_string()));
+        }
+        return Err(result.err().unwrap_or_else(|| {
+            PruneError::Distributed("the ranks did not agree on the writes".into())
+        }));
+    };
+    // Every leader renamed its folder into place, or failed to: all commit or none does.
+    let committed = group.all_succeeded(result.as_ref().err().map(|e| e.to_string()));
+    if result.is_ok() && committed.is_err() {
+        let _ = std::fs::remove_dir_all(&output);
+    }
+    result?;
+    committed?;
+    Ok((shards.len(), count_folders(group, &said, folders + 1)?))
+}
+
+/// The marker a folder's leader leaves in its temporary folder until the writes are agreed on:
+/// a rank that reads the leader's word in it sees the same folder.
+const MARKER: &str = ".tch-prune-leader";
+
+/// What a rank said, in the store, of the folder it writes into.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Folder {
+    /// It leads the temporary `folder` of `output` (absolute paths); its marker holds `word`.
+    Leads {
+        output: String,
+        folder: String,
+        word: String,
+    },
+    /// It writes into the folder of a rank before it.
+    Joins,
+    /// It could not prepare a folder (its error comes with the agreement).
+    Failed,
+}
+
+/// The number of output folders: the leaders among every rank (`before` among those up to this
+/// one, read already).
+fn count_folders(
+    group: &ProcessGroup,
+    said: &impl Fn(usize) -> Result<Folder>,
+    before: usize,
+) -> Result<usize> {
+    let mut count = before;
+    for rank in group.rank() + 1..group.world_size() {
+        count += usize::from(matches!(said(rank)?, Folder::Leads { .. }));
+    }
+    Ok(count)
 }

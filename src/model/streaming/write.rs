@@ -168,12 +168,16 @@ impl StreamedModel {
                     },
                     group,
                 ),
-                None => self.write_all(output, &mut writer),
+                None => self.write_all(output, &mut writer).map(|files| (files, 1)),
             };
             // The receiver goes with the writer, before the scope waits for the thread: a thread
             // blocked on sending a threshold nobody will take then returns.
             let Writer { report, .. } = writer;
-            written.map(|files| StreamReport { files, ..report })
+            written.map(|(files, folders)| StreamReport {
+                files,
+                folders,
+                ..report
+            })
         })
     }
 
