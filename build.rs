@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// The C++ part, one interface (tch_prune.h) and the files implementing it.
 const CPP_HEADER: &str = "src/ffi/tch_prune.h";
-const CPP_SOURCES: [&str; 7] = [
+const CPP_SOURCES: [&str; 8] = [
     "src/ffi/tch_prune.cpp",
+    "src/ffi/op_call.cpp",
     "src/ffi/distributed.cpp",
     "src/ffi/backend.cpp",
     "src/ffi/grad_redirect.cpp",

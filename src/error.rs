@@ -206,6 +206,11 @@ pub enum PruneError {
     #[error("shrink: {0}")]
     Shrink(String),
 
+    /// A `torch.export` program could not be run ([`run_program`](crate::model::run_program)):
+    /// the node, input or operator, and why.
+    #[error("cannot run the program: {0}")]
+    Program(String),
+
     /// Drawing an SVG plot failed (the recorder's, or the CLI's `report --svg`).
     #[error("cannot draw {what}: {reason}")]
     Plot {

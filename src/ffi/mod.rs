@@ -126,6 +126,16 @@ extern "C" {
     ) -> *mut c_char;
     fn tp_calibration_probe_free(probe: *mut TpCalibrationProbe);
 
+    // op_call.cpp
+    fn tp_op_call(
+        name: *const c_char,
+        overload: *const c_char,
+        args: *const TpOpArg,
+        count: usize,
+        outputs: *mut *mut *mut C_tensor,
+        outputs_count: *mut usize,
+    ) -> *mut c_char;
+
     // distributed.cpp
     fn tp_group_new(
         host: *const c_char,
@@ -665,6 +675,126 @@ mod tests {
 
 // ---------------------------------------------------------------------------------------------
 // distributed.cpp
+
+/// One named argument of [`op_call`] (op_call.cpp's `TpOpArg`).
+#[repr(C)]
+struct TpOpArg {
+    name: *const c_char,
+    kind: c_int,
+    i: i64,
+    f: f64,
+    ints: *const i64,
+    floats: *const f64,
+    tensors: *const *mut C_tensor,
+    len: usize,
+    text: *const c_char,
+}
+
+/// The value of one argument of [`op_call`], as an exported node gives it.
+#[derive(Debug)]
+pub(crate) enum OpArg<'a> {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+    Tensor(&'a Tensor),
+    /// `None` entries for a `Tensor?[]`.
+    Tensors(Vec<Option<&'a Tensor>>),
+    /// `c10::ScalarType`, `c10::MemoryFormat` and `c10::Layout` by their numbers.
+    ScalarType(i64),
+    MemoryFormat(i64),
+    Layout(i64),
+    Device(String),
+    Text(String),
+}
+
+/// Calls the operator `name` (`aten::conv2d`) of overload `overload` (`""` for the default)
+/// with `args` by name, the others at the schema's defaults: the tensors it returns, in order
+/// (a returned list flattened; an undefined tensor for a returned non-tensor).
+pub(crate) fn op_call(
+    name: &str,
+    overload: &str,
+    args: &[(&str, OpArg<'_>)],
+) -> Result<Vec<Tensor>> {
+    let name = c_string(name)?;
+    let overload = c_string(overload)?;
+    // Everything the C structures point into, alive until the call returns.
+    let names: Vec<CString> = args
+        .iter()
+        .map(|(n, _)| c_string(n))
+        .collect::<Result<_>>()?;
+    let texts: Vec<Option<CString>> = args
+        .iter()
+        .map(|(_, a)| match a {
+            OpArg::Device(t) | OpArg::Text(t) => c_string(t).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let lists: Vec<Vec<*mut C_tensor>> = args
+        .iter()
+        .map(|(_, a)| match a {
+            OpArg::Tensor(t) => vec![t.as_ptr() as *mut C_tensor],
+            OpArg::Tensors(ts) => ts
+                .iter()
+                .map(|t| t.map_or(ptr::null_mut(), |t| t.as_ptr() as *mut C_tensor))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let c_args: Vec<TpOpArg> = args
+        .iter()
+        .enumerate()
+        .map(|(k, (_, a))| {
+            let mut c = TpOpArg {
+                name: names[k].as_ptr(),
+                kind: 0,
+                i: 0,
+                f: 0.0,
+                ints: ptr::null(),
+                floats: ptr::null(),
+                tensors: lists[k].as_ptr(),
+                len: lists[k].len(),
+                text: texts[k].as_ref().map_or(ptr::null(), |t| t.as_ptr()),
+            };
+            match a {
+                OpArg::None => c.kind = 0,
+                OpArg::Bool(b) => (c.kind, c.i) = (1, i64::from(*b)),
+                OpArg::Int(i) => (c.kind, c.i) = (2, *i),
+                OpArg::Float(f) => (c.kind, c.f) = (3, *f),
+                OpArg::Ints(v) => (c.kind, c.ints, c.len) = (4, v.as_ptr(), v.len()),
+                OpArg::Floats(v) => (c.kind, c.floats, c.len) = (5, v.as_ptr(), v.len()),
+                OpArg::Tensor(_) => c.kind = 6,
+                OpArg::Tensors(_) => c.kind = 7,
+                OpArg::ScalarType(i) => (c.kind, c.i) = (8, *i),
+                OpArg::MemoryFormat(i) => (c.kind, c.i) = (9, *i),
+                OpArg::Layout(i) => (c.kind, c.i) = (10, *i),
+                OpArg::Device(_) => c.kind = 11,
+                OpArg::Text(_) => c.kind = 12,
+            }
+            c
+        })
+        .collect();
+    let mut outputs = ptr::null_mut();
+    let mut count = 0usize;
+    // SAFETY: every pointer in `c_args` points into `names`, `texts`, `lists` or `args`, alive
+    // for the call; the out-parameters are written on success only.
+    unsafe {
+        check(tp_op_call(
+            name.as_ptr(),
+            overload.as_ptr(),
+            c_args.as_ptr(),
+            c_args.len(),
+            &mut outputs,
+            &mut count,
+        ))?;
+        let handles = std::slice::from_raw_parts(outputs, count);
+        let tensors = handles.iter().map(|&h| Tensor::from_ptr(h)).collect();
+        libc::free(outputs.cast());
+        Ok(tensors)
+    }
+}
 
 /// Where a process joins its group: the launcher's store and this rank's place in the group.
 pub(crate) struct GroupAddress<'a> {

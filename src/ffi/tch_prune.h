@@ -158,6 +158,46 @@ char* tp_calibration_probe_run(const TpCalibrationProbe* probe, torch::jit::Modu
 // Frees the probe.
 void tp_calibration_probe_free(TpCalibrationProbe* probe) noexcept;
 
+// Operators called by name (op_call.cpp).
+
+// The kinds of TpOpArg, one per kind of argument an exported node gives.
+enum TpArgKind {
+  TP_ARG_NONE = 0,
+  TP_ARG_BOOL = 1,           // i
+  TP_ARG_INT = 2,            // i
+  TP_ARG_FLOAT = 3,          // f
+  TP_ARG_INTS = 4,           // ints[0..len]
+  TP_ARG_FLOATS = 5,         // floats[0..len]
+  TP_ARG_TENSOR = 6,         // tensors[0]
+  TP_ARG_TENSORS = 7,        // tensors[0..len], null for None in a `Tensor?[]`
+  TP_ARG_SCALAR_TYPE = 8,    // i: c10::ScalarType
+  TP_ARG_MEMORY_FORMAT = 9,  // i: c10::MemoryFormat
+  TP_ARG_LAYOUT = 10,        // i: c10::Layout
+  TP_ARG_DEVICE = 11,        // text: "cpu", "cuda:0"
+  TP_ARG_STRING = 12,        // text
+};
+
+// One named argument of an operator call; the fields its kind does not use are ignored.
+struct TpOpArg {
+  const char* name;
+  int kind;
+  int64_t i;
+  double f;
+  const int64_t* ints;
+  const double* floats;
+  at::Tensor* const* tensors;
+  size_t len;
+  const char* text;
+};
+
+// Calls the operator `name` (`aten::conv2d`) of overload `overload` (`` for the default one)
+// through libtorch's dispatcher, with the `count` arguments `args` matched to its schema by name
+// and the others at the schema's defaults. `*outputs` receives a malloc'd array of
+// `*outputs_count` new handles, each returned tensor in order (a returned list flattened, an
+// undefined tensor for a returned non-tensor); the caller frees the array with free().
+char* tp_op_call(const char* name, const char* overload, const TpOpArg* args, size_t count,
+                 at::Tensor*** outputs, size_t* outputs_count) noexcept;
+
 // Process groups (distributed.cpp). Every collective is called in the same order on every rank
 // and waits for its result within the group's timeout.
 

@@ -11,6 +11,7 @@
 //! public as [`train::Recorder`](crate::train::Recorder).
 
 mod calibrate;
+mod interpreter;
 pub(crate) mod model_file;
 #[cfg(feature = "plot")]
 mod plot;
@@ -25,6 +26,7 @@ pub(crate) mod transformer_shrink;
 
 pub use crate::checkpoint::CodePolicy;
 pub use calibrate::{CalibrationInputs, ScriptCalibrator};
+pub use interpreter::run_program;
 pub use model_file::ModelFile;
 pub use report::{GroupReport, Report, TensorReport};
 pub use script_model::ScriptModel;

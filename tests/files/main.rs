@@ -5,6 +5,7 @@
 mod common;
 mod formats;
 
+mod exported_program;
 mod fixtures;
 mod interop;
 mod rejections;

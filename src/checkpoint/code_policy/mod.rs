@@ -53,7 +53,7 @@ mod tests;
 mod tokens;
 
 use self::rules::{check, declared_names};
-pub use self::rules::{ALLOWED_OPERATORS, DENIED_OPERATORS};
+pub use self::rules::{is_allowed_operator, ALLOWED_OPERATORS, DENIED_OPERATORS};
 use self::tokens::{tokenize, Finding};
 use super::error::{shown, CheckpointError};
 use super::zip_entries::open_archive;

@@ -108,6 +108,13 @@ pub(super) fn operators() -> &'static Operators {
     })
 }
 
+/// Whether code may call the operator `namespace::name`: in [`ALLOWED_OPERATORS`], so not
+/// denied. The same list holds for any program of a file: TorchScript code, and the nodes of a
+/// `torch.export` program that tch-prune runs.
+pub fn is_allowed_operator(qualified: &str) -> bool {
+    !DENIED_OPERATORS.contains(&qualified) && operators().qualified.contains(qualified)
+}
+
 /// The names the archive's code declares: methods (`def name`), attributes and fields
 /// (`name : Type` in a class body, and anything else followed by a colon), attributes that are
 /// not identifiers (`__annotations__["0"] = ...`). A value's attribute must be one of these or
