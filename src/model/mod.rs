@@ -28,4 +28,5 @@ pub use calibrate::{CalibrationInputs, ScriptCalibrator};
 pub use model_file::ModelFile;
 pub use report::{GroupReport, Report, TensorReport};
 pub use script_model::ScriptModel;
+pub use shrink::ExportedModel;
 pub use streaming::{StreamReport, StreamStep, StreamedModel};

@@ -11,6 +11,7 @@
 //! in every coupled parameter.
 
 pub(in crate::model) mod checks;
+mod export;
 mod graph;
 mod groups;
 mod rewrite;
@@ -18,6 +19,7 @@ mod round_trip;
 mod select;
 
 pub use checks::TensorSnapshot;
+pub use export::ExportedModel;
 pub use groups::{ChannelGroup, Slice};
 pub use select::ShrinkOptions;
 

@@ -1,0 +1,390 @@
+//! The second front end of the channel analysis: a `torch.export` program
+//! (`models/<model>.json`) written as the graph description src/model/shrink/graph.rs
+//! specifies, as src/ffi/shrink_graph.cpp writes it for TorchScript. Nothing runs: the shapes
+//! are the program's own (`tensor_values`, recorded for the input it was exported with).
+//!
+//! What the program holds, and what it becomes:
+//!
+//! | program | description |
+//! |---|---|
+//! | a parameter or buffer placeholder (`graph_signature`: `p_conv1_weight` is `conv1.weight`) | an `A` line and a `prim::GetAttr` of its dotted name |
+//! | a lifted tensor constant, a user input | a tensor of fixed channels |
+//! | a node with a target of [`schema`](super::schema) | its kind (`aten::conv2d`), its arguments at their schema positions, omitted ones filled with their defaults |
+//! | any other node | its full target as the kind (which the analysis does not know: what it touches keeps its channels), its arguments in the program's order |
+//! | a list of tensors (`cat`'s) | a `prim::ListConstruct` |
+//! | a node returning a list (`split`) | the list, then a `prim::ListUnpack` into its tensors |
+//! | every output of the signature (user outputs, mutated buffers) | `O` |
+//!
+//! A value whose sizes are symbolic (dynamic shapes) is a tensor of unknown shape: what reads
+//! it keeps its channels.
+
+use super::schema::{schema, Default};
+use crate::error::{PruneError, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// The description and how its value ids map back to the program.
+pub(super) struct Described {
+    pub text: String,
+    /// Tensor name in the program -> value id.
+    pub ids: HashMap<String, usize>,
+    /// Placeholder name -> dotted parameter or buffer name, for those the archive holds.
+    pub placeholders: HashMap<String, String>,
+}
+
+/// `s` as one field of the description: whitespace as `_`, empty as `_`.
+fn token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+/// The sizes of a `tensor_values` entry, `None` if any is symbolic or unreadable.
+pub(super) fn sizes(meta: &Value) -> Option<Vec<i64>> {
+    meta.get("sizes")?
+        .as_array()?
+        .iter()
+        .map(|s| s.get("as_int")?.as_i64())
+        .collect()
+}
+
+/// The program's graph, its `tensor_values` and its signature.
+pub(super) fn parts(program: &Value) -> Result<(&Value, &serde_json::Map<String, Value>, &Value)> {
+    let bad = |what: &str| {
+        PruneError::Shrink(format!(
+            "the archive's program is not one torch.export wrote: it has no {what}"
+        ))
+    };
+    let module = program
+        .get("graph_module")
+        .ok_or_else(|| bad("graph_module"))?;
+    let graph = module.get("graph").ok_or_else(|| bad("graph"))?;
+    let values = graph
+        .get("tensor_values")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("tensor_values"))?;
+    let signature = module.get("signature").ok_or_else(|| bad("signature"))?;
+    Ok((graph, values, signature))
+}
+
+struct Writer<'p> {
+    tensor_values: &'p serde_json::Map<String, Value>,
+    ids: HashMap<String, usize>,
+    next: usize,
+    /// The `V` lines, the `N` lines.
+    values: String,
+    nodes: String,
+}
+
+impl<'p> Writer<'p> {
+    fn fresh(&mut self, value: &str) -> usize {
+        let id = self.next;
+        self.next += 1;
+        let _ = writeln!(self.values, "V {id} {value}");
+        id
+    }
+
+    /// The id of the tensor `name`, its `V` line written the first time.
+    fn tensor(&mut self, name: &str) -> usize {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let shape = match self.tensor_values.get(name).and_then(sizes) {
+            Some(s) => {
+                let mut line = format!("t {}", s.len());
+                for d in s {
+                    let _ = write!(line, " {d}");
+                }
+                line
+            }
+            None => "t ?".into(),
+        };
+        let id = self.fresh(&shape);
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn node(&mut self, kind: &str, attr: &str, inputs: &[usize], outputs: &[usize]) {
+        let _ = write!(self.nodes, "N {kind} {attr} {}", inputs.len());
+        for i in inputs {
+            let _ = write!(self.nodes, " {i}");
+        }
+        let _ = write!(self.nodes, " {}", outputs.len());
+        for o in outputs {
+            let _ = write!(self.nodes, " {o}");
+        }
+        self.nodes.push('\n');
+    }
+
+    fn constant(&mut self, d: &Default) -> usize {
+        let line = match d {
+            Default::None => "c n".to_string(),
+            Default::Bool(b) => format!("c b {}", u8::from(*b)),
+            Default::Int(i) => format!("c i {i}"),
+            Default::Float(f) => format!("c f {f:?}"),
+            Default::Str(s) => format!("c s {}", token(s)),
+            Default::Ints(v) if v.is_empty() => "c il -".into(),
+            Default::Ints(v) => format!(
+                "c il {}",
+                v.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            ),
+            Default::Unread => "o".into(),
+        };
+        self.fresh(&line)
+    }
+
+    /// The value an argument of a node is (`as_tensor`, `as_int`, ...).
+    fn argument(&mut self, arg: &Value) -> usize {
+        let Some((key, v)) = arg.as_object().and_then(|o| o.iter().next()) else {
+            return self.fresh("o");
+        };
+        let constant = match key.as_str() {
+            "as_none" => Some(Default::None),
+            "as_bool" => v.as_bool().map(Default::Bool),
+            "as_int" => v.as_i64().map(Default::Int),
+            "as_float" => v.as_f64().map(Default::Float),
+            "as_string" => v.as_str().map(|s| Default::Str(s.to_string())),
+            "as_ints" => v
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
+                .map(Default::Ints),
+            _ => None,
+        };
+        if let Some(c) = constant {
+            return self.constant(&c);
+        }
+        match key.as_str() {
+            "as_tensor" => match v.get("name").and_then(Value::as_str) {
+                Some(name) => self.tensor(name),
+                None => self.fresh("o"),
+            },
+            "as_tensors" | "as_optional_tensors" => {
+                let elements: Vec<usize> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|e| self.list_element(e)).collect())
+                    .unwrap_or_default();
+                let list = self.fresh("o");
+                self.node("prim::ListConstruct", "-", &elements, &[list]);
+                list
+            }
+            _ => self.fresh("o"),
+        }
+    }
+
+    /// An element of a tensor list: `{"name": ..}`, or an optional tensor (`{"as_tensor":
+    /// {"name": ..}}`, `{"as_none": ..}`).
+    fn list_element(&mut self, e: &Value) -> usize {
+        if let Some(name) = e.get("name").and_then(Value::as_str) {
+            return self.tensor(name);
+        }
+        self.argument(e)
+    }
+
+    /// A node's outputs: a tensor each, a list and its unpacking for `as_tensors`.
+    fn outputs(&mut self, outputs: &[Value]) -> (Vec<usize>, Vec<(usize, Vec<usize>)>) {
+        let mut ids = Vec::new();
+        let mut lists = Vec::new();
+        for out in outputs {
+            if let Some(name) = out
+                .get("as_tensor")
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+            {
+                ids.push(self.tensor(name));
+            } else if let Some(elements) = out.get("as_tensors").and_then(Value::as_array) {
+                let list = self.fresh("o");
+                let items: Vec<usize> = elements
+                    .iter()
+                    .map(|e| match e.get("name").and_then(Value::as_str) {
+                        Some(name) => self.tensor(name),
+                        None => self.fresh("o"),
+                    })
+                    .collect();
+                ids.push(list);
+                lists.push((list, items));
+            } else {
+                ids.push(self.fresh("o"));
+            }
+        }
+        (ids, lists)
+    }
+}
+
+/// The sizes of the program's first user input, as it was exported.
+pub(super) fn input_shape(program: &Value) -> Option<Vec<i64>> {
+    let (_, tensor_values, sig) = parts(program).ok()?;
+    let (_, inputs, _) = signature(sig);
+    let name = inputs.first()?.get("as_tensor")?.get("name")?.as_str()?;
+    sizes(tensor_values.get(name)?)
+}
+
+/// The `(placeholder, dotted name, is_param)` of every parameter and buffer input of the
+/// signature, and the names of the user inputs' and every output's values.
+fn signature(sig: &Value) -> (Vec<(String, String, bool)>, Vec<Value>, Vec<Value>) {
+    let mut weights = Vec::new();
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    let specs = |key: &str| {
+        sig.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for spec in specs("input_specs") {
+        let Some((kind, body)) = spec.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let arg = body.get("arg").cloned().unwrap_or(Value::Null);
+        let placeholder = arg.get("name").and_then(Value::as_str).map(str::to_string);
+        match kind.as_str() {
+            "parameter" | "buffer" => {
+                let field = if kind == "parameter" {
+                    "parameter_name"
+                } else {
+                    "buffer_name"
+                };
+                if let (Some(p), Some(name)) =
+                    (placeholder, body.get(field).and_then(Value::as_str))
+                {
+                    weights.push((p, name.to_string(), kind == "parameter"));
+                }
+            }
+            "user_input" => inputs.push(arg),
+            _ => {}
+        }
+    }
+    for spec in specs("output_specs") {
+        if let Some(arg) = spec
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|b| b.get("arg"))
+        {
+            outputs.push(arg.clone());
+        }
+    }
+    (weights, inputs, outputs)
+}
+
+/// The description of `program`; `archive_names` are the parameters and buffers the archive's
+/// weights config holds (a placeholder of another name, a non-persistent buffer kept among
+/// the constants, is a tensor of fixed channels).
+pub(super) fn describe(program: &Value, archive_names: &dyn Fn(&str) -> bool) -> Result<Described> {
+    let (graph, tensor_values, sig) = parts(program)?;
+    let mut w = Writer {
+        tensor_values,
+        ids: HashMap::new(),
+        next: 0,
+        values: String::new(),
+        nodes: String::new(),
+    };
+    let mut header = String::new();
+    let (weights, user_inputs, outputs) = signature(sig);
+    let mut placeholders = HashMap::new();
+    for (placeholder, name, is_param) in weights {
+        if !archive_names(&name) {
+            continue;
+        }
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(PruneError::Shrink(format!(
+                "the program names a weight {name:?}, which is not a dotted name"
+            )));
+        }
+        let _ = writeln!(
+            header,
+            "A {name} {}",
+            if is_param { "param" } else { "buffer" }
+        );
+        let id = w.tensor(&placeholder);
+        w.node("prim::GetAttr", &name, &[], &[id]);
+        placeholders.insert(placeholder, name);
+    }
+    let inputs: Vec<usize> = user_inputs.iter().map(|a| w.argument(a)).collect();
+    let nodes = graph
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for node in nodes {
+        let target = node.get("target").and_then(Value::as_str).unwrap_or("");
+        let given: Vec<(&str, &Value)> = node
+            .get("inputs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        (
+                            i.get("name").and_then(Value::as_str).unwrap_or(""),
+                            i.get("arg").unwrap_or(&Value::Null),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let schema = schema(target).filter(|s| {
+            given
+                .iter()
+                .all(|(n, _)| s.args.iter().any(|a| a.name == *n))
+        });
+        let (kind, inputs) = match &schema {
+            Some(s) => {
+                let mut ids = Vec::with_capacity(s.args.len());
+                for a in &s.args {
+                    let arg = given.iter().find(|(n, _)| *n == a.name).map(|(_, v)| *v);
+                    let id = match (arg, &a.default) {
+                        (Some(v), _) if a.owned => {
+                            // A size literal: read as unknown, rewritten by the rewrite.
+                            let _ = v;
+                            w.fresh("o")
+                        }
+                        (Some(v), _) => w.argument(v),
+                        (None, Some(d)) => w.constant(d),
+                        // A required argument missing: an unknown value.
+                        (None, None) => w.fresh("o"),
+                    };
+                    ids.push(id);
+                }
+                (s.kind.to_string(), ids)
+            }
+            None => {
+                // Not understood: its full target (never an `aten::`/`prim::` kind the analysis
+                // knows), its arguments as given.
+                let kind = if target.contains("::") || target.is_empty() {
+                    format!("export:{}", token(target))
+                } else {
+                    token(target)
+                };
+                let ids = given.iter().map(|(_, v)| w.argument(v)).collect();
+                (kind, ids)
+            }
+        };
+        let outs = node
+            .get("outputs")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (out_ids, lists) = w.outputs(outs);
+        w.node(&kind, "-", &inputs, &out_ids);
+        for (list, items) in lists {
+            w.node("prim::ListUnpack", "-", &[list], &items);
+        }
+    }
+    let outputs: Vec<usize> = outputs.iter().map(|a| w.argument(a)).collect();
+    let mut text = header;
+    text.push_str(&w.values);
+    let join = |ids: &[usize]| ids.iter().map(|i| format!(" {i}")).collect::<String>();
+    let _ = writeln!(text, "I{}", join(&inputs));
+    text.push_str(&w.nodes);
+    let _ = writeln!(text, "O{}", join(&outputs));
+    Ok(Described {
+        text,
+        ids: w.ids,
+        placeholders,
+    })
+}
