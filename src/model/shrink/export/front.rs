@@ -21,7 +21,7 @@
 use super::schema::{schema, Default};
 use crate::error::{PruneError, Result};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 /// The description and how its value ids map back to the program.
@@ -76,7 +76,13 @@ pub(super) fn parts(program: &Value) -> Result<(&Value, &serde_json::Map<String,
 
 struct Writer<'p> {
     tensor_values: &'p serde_json::Map<String, Value>,
+    /// The true shapes of the placeholders of parameters and buffers (their weights').
+    weight_shapes: HashMap<String, Vec<i64>>,
     ids: HashMap<String, usize>,
+    /// The tensors defined so far (inputs, then node outputs), and the first read of one
+    /// that is not.
+    defined: HashSet<String>,
+    undefined: Option<String>,
     next: usize,
     /// The `V` lines, the `N` lines.
     values: String,
@@ -96,7 +102,8 @@ impl<'p> Writer<'p> {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
-        let shape = match self.tensor_values.get(name).and_then(sizes) {
+        let recorded = self.weight_shapes.get(name).cloned();
+        let shape = match recorded.or_else(|| self.tensor_values.get(name).and_then(sizes)) {
             Some(s) => {
                 let mut line = format!("t {}", s.len());
                 for d in s {
@@ -162,7 +169,7 @@ impl<'p> Writer<'p> {
         }
         match key.as_str() {
             "as_tensor" => match v.get("name").and_then(Value::as_str) {
-                Some(name) => self.tensor(name),
+                Some(name) => self.read(name),
                 None => self.fresh("o"),
             },
             "as_tensors" | "as_optional_tensors" => {
@@ -182,13 +189,34 @@ impl<'p> Writer<'p> {
     /// {"name": ..}}`, `{"as_none": ..}`).
     fn list_element(&mut self, e: &Value) -> usize {
         if let Some(name) = e.get("name").and_then(Value::as_str) {
-            return self.tensor(name);
+            return self.read(name);
         }
         self.argument(e)
     }
 
-    /// A node's outputs: a tensor each, a list and its unpacking for `as_tensors`.
-    fn outputs(&mut self, outputs: &[Value]) -> (Vec<usize>, Vec<(usize, Vec<usize>)>) {
+    /// The id of a tensor a node reads, noting the first that nothing defined before.
+    fn read(&mut self, name: &str) -> usize {
+        if !self.defined.contains(name) && self.undefined.is_none() {
+            self.undefined = Some(name.to_string());
+        }
+        self.tensor(name)
+    }
+
+    /// The id of a tensor a node or input defines; `Err` names one defined twice.
+    fn define(&mut self, name: &str) -> std::result::Result<usize, String> {
+        if !self.defined.insert(name.to_string()) {
+            return Err(name.to_string());
+        }
+        Ok(self.tensor(name))
+    }
+
+    /// A node's outputs: a tensor each, a list and its unpacking for `as_tensors`; `Err`
+    /// names a tensor defined twice.
+    #[allow(clippy::type_complexity)]
+    fn outputs(
+        &mut self,
+        outputs: &[Value],
+    ) -> std::result::Result<(Vec<usize>, Vec<(usize, Vec<usize>)>), String> {
         let mut ids = Vec::new();
         let mut lists = Vec::new();
         for out in outputs {
@@ -197,37 +225,45 @@ impl<'p> Writer<'p> {
                 .and_then(|t| t.get("name"))
                 .and_then(Value::as_str)
             {
-                ids.push(self.tensor(name));
+                ids.push(self.define(name)?);
             } else if let Some(elements) = out.get("as_tensors").and_then(Value::as_array) {
                 let list = self.fresh("o");
-                let items: Vec<usize> = elements
-                    .iter()
-                    .map(|e| match e.get("name").and_then(Value::as_str) {
-                        Some(name) => self.tensor(name),
+                let mut items = Vec::with_capacity(elements.len());
+                for e in elements {
+                    items.push(match e.get("name").and_then(Value::as_str) {
+                        Some(name) => self.define(name)?,
                         None => self.fresh("o"),
-                    })
-                    .collect();
+                    });
+                }
                 ids.push(list);
                 lists.push((list, items));
             } else {
                 ids.push(self.fresh("o"));
             }
         }
-        (ids, lists)
+        Ok((ids, lists))
     }
 }
 
 /// The sizes of the program's first user input, as it was exported.
 pub(super) fn input_shape(program: &Value) -> Option<Vec<i64>> {
     let (_, tensor_values, sig) = parts(program).ok()?;
-    let (_, inputs, _) = signature(sig);
+    let inputs = signature(sig).inputs;
     let name = inputs.first()?.get("as_tensor")?.get("name")?.as_str()?;
     sizes(tensor_values.get(name)?)
 }
 
-/// The `(placeholder, dotted name, is_param)` of every parameter and buffer input of the
-/// signature, and the names of the user inputs' and every output's values.
-fn signature(sig: &Value) -> (Vec<(String, String, bool)>, Vec<Value>, Vec<Value>) {
+/// What the signature says: the `(placeholder, dotted name, is_param)` of every parameter and
+/// buffer input, the user inputs, every output, and the names of every input placeholder.
+struct Signature {
+    weights: Vec<(String, String, bool)>,
+    inputs: Vec<Value>,
+    outputs: Vec<Value>,
+    names: Vec<String>,
+}
+
+fn signature(sig: &Value) -> Signature {
+    let mut names = Vec::new();
     let mut weights = Vec::new();
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
@@ -243,6 +279,15 @@ fn signature(sig: &Value) -> (Vec<(String, String, bool)>, Vec<Value>, Vec<Value
         };
         let arg = body.get("arg").cloned().unwrap_or(Value::Null);
         let placeholder = arg.get("name").and_then(Value::as_str).map(str::to_string);
+        // A parameter's `arg` is a tensor argument (`{"name": ..}`), a user input's an
+        // argument (`{"as_tensor": {"name": ..}}`).
+        let defined = placeholder.clone().or_else(|| {
+            arg.get("as_tensor")
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        names.extend(defined);
         match kind.as_str() {
             "parameter" | "buffer" => {
                 let field = if kind == "parameter" {
@@ -269,26 +314,57 @@ fn signature(sig: &Value) -> (Vec<(String, String, bool)>, Vec<Value>, Vec<Value
             outputs.push(arg.clone());
         }
     }
-    (weights, inputs, outputs)
+    Signature {
+        weights,
+        inputs,
+        outputs,
+        names,
+    }
 }
 
-/// The description of `program`; `archive_names` are the parameters and buffers the archive's
-/// weights config holds (a placeholder of another name, a non-persistent buffer kept among
-/// the constants, is a tensor of fixed channels).
-pub(super) fn describe(program: &Value, archive_names: &dyn Fn(&str) -> bool) -> Result<Described> {
+/// The description of `program`; `weights` gives the shape of each parameter and buffer the
+/// archive's weights config holds (what their placeholders are described with, whatever the
+/// program records; a placeholder of another name, a non-persistent buffer kept among the
+/// constants, is a tensor of fixed channels). Refused: a program that reads a tensor nothing
+/// defined before, or defines one twice.
+pub(super) fn describe(
+    program: &Value,
+    weights: &dyn Fn(&str) -> Option<Vec<i64>>,
+) -> Result<Described> {
     let (graph, tensor_values, sig) = parts(program)?;
+    let Signature {
+        weights: weight_inputs,
+        inputs: user_inputs,
+        outputs,
+        names,
+    } = signature(sig);
     let mut w = Writer {
         tensor_values,
+        weight_shapes: HashMap::new(),
         ids: HashMap::new(),
+        defined: HashSet::new(),
+        undefined: None,
         next: 0,
         values: String::new(),
         nodes: String::new(),
     };
+    let twice = |name: String| {
+        PruneError::Shrink(format!(
+            "the program defines the tensor '{name}' twice: it is not a program torch.export wrote"
+        ))
+    };
+    for (placeholder, name, _) in &weight_inputs {
+        if let Some(shape) = weights(name) {
+            w.weight_shapes.insert(placeholder.clone(), shape);
+        }
+    }
+    for name in &names {
+        w.define(name).map_err(twice)?;
+    }
     let mut header = String::new();
-    let (weights, user_inputs, outputs) = signature(sig);
     let mut placeholders = HashMap::new();
-    for (placeholder, name, is_param) in weights {
-        if !archive_names(&name) {
+    for (placeholder, name, is_param) in weight_inputs {
+        if weights(&name).is_none() {
             continue;
         }
         if name.is_empty() || name.contains(char::is_whitespace) {
@@ -369,13 +445,18 @@ pub(super) fn describe(program: &Value, archive_names: &dyn Fn(&str) -> bool) ->
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let (out_ids, lists) = w.outputs(outs);
+        let (out_ids, lists) = w.outputs(outs).map_err(twice)?;
         w.node(&kind, "-", &inputs, &out_ids);
         for (list, items) in lists {
             w.node("prim::ListUnpack", "-", &[list], &items);
         }
     }
     let outputs: Vec<usize> = outputs.iter().map(|a| w.argument(a)).collect();
+    if let Some(name) = w.undefined {
+        return Err(PruneError::Shrink(format!(
+            "the program reads the tensor '{name}' before anything defines it: it is not a program torch.export wrote"
+        )));
+    }
     let mut text = header;
     text.push_str(&w.values);
     let join = |ids: &[usize]| ids.iter().map(|i| format!(" {i}")).collect::<String>();

@@ -24,6 +24,41 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+/// Blocks, and takes out of the analysis, every layout that does not fit its weight (a
+/// program whose recorded sizes are not its weights' couples a weight's dim to more or fewer
+/// channels than it has): its groups keep their channels, saying why, and nothing reads or
+/// slices the weight along that dim.
+fn fit_layouts(analysis: &mut Analysis, shapes: &HashMap<&str, Vec<i64>>) {
+    let mut misfits = Vec::new();
+    for ((name, dim), layout) in &analysis.layouts {
+        let width: i64 = layout
+            .iter()
+            .map(|&(g, inner)| analysis.groups[g].channels * inner)
+            .sum();
+        let actual = shapes.get(name.as_str()).and_then(|s| s.get(*dim)).copied();
+        if actual != Some(width) {
+            misfits.push(((name.clone(), *dim), width, actual));
+        }
+    }
+    for ((name, dim), width, actual) in misfits {
+        let why = match actual {
+            Some(a) => format!(
+                "the program's recorded sizes do not fit {name}: {width} channels along its dim {dim}, which has {a}"
+            ),
+            None => format!("the program's recorded sizes do not fit {name}: it has no dim {dim}"),
+        };
+        if let Some(layout) = analysis.layouts.remove(&(name.clone(), dim)) {
+            for (g, _) in layout {
+                let group = &mut analysis.groups[g];
+                group.slices.retain(|s| !(s.name == name && s.dim == dim));
+                if !group.blocked.contains(&why) {
+                    group.blocked.push(why.clone());
+                }
+            }
+        }
+    }
+}
+
 /// A `torch.export` archive (`torch.export.save`) opened for channel removal: its weights and
 /// its program, read without running anything.
 ///
@@ -107,9 +142,10 @@ impl ExportedModel {
             .iter()
             .map(|(n, t)| (n.as_str(), t.size()))
             .collect();
-        let described = front::describe(program, &|n| names.contains_key(n))?;
+        let described = front::describe(program, &|n| names.get(n).cloned())?;
         let graph = Graph::parse(&described.text)?;
         let mut analysis = groups::analyse(&graph);
+        fit_layouts(&mut analysis, &names);
         let mut blocks: Vec<(usize, String)> = apply::unfollowable(program, &described, &analysis)?;
         // A placeholder whose recorded sizes are not its weight's: the program lies about it.
         let (_, tensor_values, _) = front::parts(program)?;
@@ -117,10 +153,14 @@ impl ExportedModel {
         for (placeholder, name) in &described.placeholders {
             let recorded = tensor_values.get(placeholder).and_then(front::sizes);
             if recorded.as_ref() != names.get(name.as_str()) {
+                let recorded = match recorded {
+                    Some(r) => format!("{r:?}"),
+                    None => "no integer sizes".into(),
+                };
                 lied.insert(
                     name.as_str(),
                     format!(
-                        "the program records {name} as {recorded:?}, the weights config as {:?}",
+                        "the program records {name} as {recorded}, the weights config as {:?}",
                         names[name.as_str()]
                     ),
                 );
@@ -232,6 +272,9 @@ impl ExportedModel {
         };
         let (_, tensor_values, _) = front::parts(&program)?;
         for (placeholder, name) in &again.described.placeholders {
+            if !shapes.contains_key(name) {
+                continue;
+            }
             let recorded = tensor_values.get(placeholder).and_then(front::sizes);
             let actual = self.tensor(name)?.size();
             if recorded.as_ref() != Some(&actual) {
