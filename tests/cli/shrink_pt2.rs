@@ -163,6 +163,44 @@ fn pt2_efficientnet_b0() {
     check("efficientnet_b0");
 }
 
+/// ShuffleNetV2's channel shuffle, `view(b, 2, c / 2, h, w)`, is written in the program with
+/// its sizes (`[1, 2, 24, 16, 16]`): the shrink rewrites them. Each depthwise convolution of the
+/// program has its own `groups`, where TorchScript's instances of a class share one: the
+/// groups that TorchScript keeps for that reason shrink here.
+#[test]
+fn pt2_channel_shuffle_views() {
+    let dir = common::tempdir();
+    let input = models().join("shufflenet_v2_x0_5.pt2");
+    let out = dir.path().join("out.pt2");
+    let v = json(&shrink(&[
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--amount",
+        "0.5",
+        "--json",
+    ]));
+    for producer in [
+        "stage2.0.branch2.0 ",
+        "stage3.0.branch2.0 ",
+        "stage4.0.branch2.0 ",
+    ] {
+        let g = group(&v, producer).unwrap_or_else(|| panic!("{producer}: {v}"));
+        assert_eq!(
+            g["after"].as_i64().unwrap() * 2,
+            g["before"].as_i64().unwrap(),
+            "{g}"
+        );
+    }
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, v.to_string()).unwrap();
+    common::run_python(
+        SCRIPT,
+        &[Path::new("check"), &input, &out, Path::new("-"), &report],
+    )
+    .expect("these tests need TCH_PRUNE_PYTHON with torch");
+}
+
 /// The small net's archive changed as `mode` says (tests/py/shrink_pt2.py's HOSTILE).
 fn hostile(mode: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{mode}.pt2"));
