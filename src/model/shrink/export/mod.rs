@@ -15,9 +15,9 @@ mod schema;
 
 use super::graph::Graph;
 use super::groups::{self, Analysis};
+use super::report::{ChannelAnalysis, GroupChange, Removed, ShrinkReport};
 use super::rewrite::{kept_per_tensor, removed_indices, sliced};
 use super::select::{self, ShrinkOptions};
-use super::{ChannelAnalysis, GroupChange, Removed, ShrinkReport};
 use crate::checkpoint::Pt2Archive;
 use crate::error::{PruneError, Result};
 use std::collections::HashMap;
@@ -270,6 +270,34 @@ impl ExportedModel {
                 return Err(e);
             }
         };
+        // Every width the rewritten program records must be what the kept channels make: a
+        // layout that no longer lines up (a size the rewrite missed) is a block the first
+        // analysis did not have.
+        let mismatched = |a: &Analysis| -> std::collections::BTreeSet<(String, String)> {
+            a.groups
+                .iter()
+                .flat_map(|g| {
+                    g.blocked
+                        .iter()
+                        .filter(|b| {
+                            b.contains("gives a layout the analysis cannot follow")
+                                || b.contains("do not fit")
+                                || b.contains("the program records")
+                        })
+                        .map(|b| (g.producer.clone(), b.clone()))
+                })
+                .collect()
+        };
+        let before = mismatched(&a);
+        if let Some((producer, why)) = mismatched(&again.analysis)
+            .into_iter()
+            .find(|m| !before.contains(m))
+        {
+            self.tensors = old;
+            return Err(PruneError::Shrink(format!(
+                "the rewritten program's sizes do not line up ({producer}: {why}); nothing was changed (a bug of the .pt2 shrink: please report it)"
+            )));
+        }
         let (_, tensor_values, _) = front::parts(&program)?;
         for (placeholder, name) in &again.described.placeholders {
             if !shapes.contains_key(name) {
