@@ -141,6 +141,8 @@ HOSTILE = {
     "spoofed_kind": "conv2d",
     # A node reading a value nothing defines, and one with no inputs field.
     "dangling": "relu",
+    # Sizes whose product overflows 64 bits.
+    "huge_sizes": "relu_1",
 }
 
 
@@ -164,6 +166,9 @@ def hostile(src, dst, mode):
                 elif mode == "spoofed_kind":
                     n = next(n for n in nodes if n["target"] == "torch.ops.aten.conv2d.default")
                     n["target"] = "aten::conv2d"
+                elif mode == "huge_sizes":
+                    meta = g["tensor_values"]["relu_1"]
+                    meta["sizes"] = [{"as_int": n} for n in (1, 8, 1 << 40, 1 << 40)]
                 elif mode == "dangling":
                     n = next(n for n in nodes if "relu" in n["target"])
                     n["inputs"][0]["arg"] = {"as_tensor": {"name": "nothing_defines_this"}}

@@ -308,7 +308,8 @@ impl Graph {
             ) else {
                 continue;
             };
-            let out_numel: i64 = out.iter().product();
+            // Saturating: a `torch.export` program's recorded sizes are not measured, and may lie.
+            let out_numel: i64 = out.iter().fold(1i64, |n, &d| n.saturating_mul(d));
             let per = if conv {
                 w[1..].iter().product::<i64>()
             } else if n.kind == "aten::linear" {
@@ -321,7 +322,7 @@ impl Graph {
                     .and_then(|a| a.last().copied())
                     .unwrap_or(0)
             };
-            total += out_numel * per;
+            total = total.saturating_add(out_numel.saturating_mul(per));
         }
         total
     }

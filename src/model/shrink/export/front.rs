@@ -46,13 +46,28 @@ fn token(s: &str) -> String {
     }
 }
 
-/// The sizes of a `tensor_values` entry, `None` if any is symbolic or unreadable.
+/// The most elements a recorded tensor may have (2^50: far beyond any real one). The sizes are
+/// the program's word, not measured: past this, or with a negative size, a value is of
+/// unknown shape, so that no product of sizes in the analysis can overflow.
+const MAX_NUMEL: i64 = 1 << 50;
+
+/// The sizes of a `tensor_values` entry, `None` if any is symbolic, unreadable, negative, or
+/// they make more than [`MAX_NUMEL`] elements.
 pub(super) fn sizes(meta: &Value) -> Option<Vec<i64>> {
-    meta.get("sizes")?
+    let sizes: Vec<i64> = meta
+        .get("sizes")?
         .as_array()?
         .iter()
         .map(|s| s.get("as_int")?.as_i64())
-        .collect()
+        .collect::<Option<_>>()?;
+    let mut numel = 1i64;
+    for &d in &sizes {
+        // A zero-size dim still bounds the others (their product is checked alone).
+        numel = numel
+            .checked_mul(d.max(1))
+            .filter(|&n| d >= 0 && n <= MAX_NUMEL)?;
+    }
+    Some(sizes)
 }
 
 /// The program's graph, its `tensor_values` and its signature.
