@@ -339,3 +339,51 @@ fn pt2_refused_flags() {
     assert_eq!(group(&v, "a ").unwrap()["after"], 8, "{v}");
     assert_eq!(group(&v, "b ").unwrap()["after"], 4, "{v}");
 }
+
+/// The small net's archive with its program mutated at random (sizes, strides, targets,
+/// argument values, inputs and outputs dropped or repeated, wrong JSON types): every run
+/// shrinks or refuses on one line, none panics or dies of a signal, and a refusal writes
+/// nothing.
+#[test]
+fn pt2_mutated_programs() {
+    let dir = common::tempdir();
+    let printed = common::run_python(
+        SCRIPT,
+        &[
+            Path::new("mutate"),
+            &models().join("tiny.pt2"),
+            dir.path(),
+            Path::new("120"),
+        ],
+    )
+    .expect("these tests need TCH_PRUNE_PYTHON with torch");
+    assert_eq!(printed.trim(), "ok");
+    let out = dir.path().join("out.pt2");
+    let (mut shrunk, mut refused) = (0, 0);
+    for k in 0..120 {
+        let input = dir.path().join(format!("mutant_{k}.pt2"));
+        let _ = std::fs::remove_file(&out);
+        let r = shrink(&[
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--amount",
+            "0.5",
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        match r.status.code() {
+            Some(0) => shrunk += 1,
+            Some(1) => {
+                refused += 1;
+                assert_eq!(err.trim().lines().count(), 1, "mutant {k}: {err}");
+                assert!(!out.exists(), "mutant {k}: refused, yet written");
+            }
+            other => panic!("mutant {k}: exit {other:?}: {err}"),
+        }
+    }
+    // Both outcomes are exercised.
+    assert!(
+        shrunk > 10 && refused > 10,
+        "{shrunk} shrunk, {refused} refused"
+    );
+}

@@ -19,6 +19,11 @@
 
     shrink_pt2.py hostile SRC.pt2 DST.pt2 MODE
         SRC with its program changed as MODE says (see HOSTILE below), every other entry kept.
+
+    shrink_pt2.py mutate SRC.pt2 OUT N
+        N archives OUT/mutant_<i>.pt2: SRC with its program mutated at random (seeded): sizes,
+        strides, targets, argument values and names, inputs and outputs dropped or repeated,
+        wrong JSON types. Prints "ok".
 """
 import json
 import sys
@@ -183,6 +188,69 @@ def hostile(src, dst, mode):
     print("ok")
 
 
+def mutate_program(p, rng):
+    """One to four random changes anywhere in the program's JSON tree."""
+    import random
+
+    def walk(v, path=()):
+        yield path, v
+        if isinstance(v, dict):
+            for k, c in v.items():
+                yield from walk(c, path + (k,))
+        elif isinstance(v, list):
+            for i, c in enumerate(v):
+                yield from walk(c, path + (i,))
+
+    spots = [s for s in walk(p) if s[0]]
+    for _ in range(rng.randint(1, 4)):
+        path, value = rng.choice(spots)
+        parent = p
+        for k in path[:-1]:
+            parent = parent[k]
+        key = path[-1]
+        choice = rng.random()
+        if isinstance(value, bool) or choice < 0.1:
+            new = rng.choice([None, True, "x", [], {}, -1, 0, 1 << 62, 1.5])
+        elif isinstance(value, int):
+            new = rng.choice([value + 1, value - 1, 0, -1, -(1 << 63), (1 << 63) - 1, value * 1000])
+        elif isinstance(value, str):
+            new = rng.choice([value + "_", "", "torch.ops.aten.view.default",
+                              "torch.ops.aten.conv2d.default", "aten::cat", "p_a_weight", "x"])
+        elif isinstance(value, list) and value:
+            new = list(value)
+            if rng.random() < 0.5:
+                new.pop(rng.randrange(len(new)))
+            else:
+                new.insert(rng.randrange(len(new) + 1), rng.choice(new))
+        elif isinstance(value, dict) and value:
+            new = dict(value)
+            new.pop(rng.choice(list(new)))
+        else:
+            new = None
+        try:
+            parent[key] = new
+        except (TypeError, IndexError):
+            pass
+
+
+def mutate(src, out, n):
+    import random
+
+    rng = random.Random(0)
+    with zipfile.ZipFile(src) as zin:
+        infos = zin.infolist()
+        blobs = {i.filename: zin.read(i.filename) for i in infos}
+    program = next(n for n in blobs if n.endswith("models/model.json"))
+    for k in range(int(n)):
+        p = json.loads(blobs[program])
+        mutate_program(p, rng)
+        with zipfile.ZipFile(f"{out}/mutant_{k}.pt2", "w", zipfile.ZIP_STORED) as zout:
+            for info in infos:
+                data = json.dumps(p).encode() if info.filename == program else blobs[info.filename]
+                zout.writestr(info, data)
+    print("ok")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "models":
@@ -191,5 +259,7 @@ if __name__ == "__main__":
         check(*sys.argv[2:6])
     elif cmd == "hostile":
         hostile(*sys.argv[2:5])
+    elif cmd == "mutate":
+        mutate(*sys.argv[2:5])
     else:
         raise SystemExit(f"unknown command {cmd}")

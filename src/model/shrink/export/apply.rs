@@ -197,10 +197,15 @@ pub(super) fn rewrite(
             let Some(meta) = values.get_mut(name).and_then(Value::as_object_mut) else {
                 continue;
             };
-            let old = meta.get("sizes").and_then(ints).unwrap_or_default();
-            let old_strides = meta.get("strides").and_then(ints).unwrap_or_default();
-            let order = dense_order(&old, &old_strides)
-                .ok_or_else(|| bug(format!("{name} has strides that are not dense")))?;
+            let order = if described.placeholders.contains_key(name) {
+                // A sliced weight is written row-major, whatever the program recorded.
+                (0..new.len()).collect()
+            } else {
+                let old = meta.get("sizes").and_then(ints).unwrap_or_default();
+                let old_strides = meta.get("strides").and_then(ints).unwrap_or_default();
+                dense_order(&old, &old_strides)
+                    .ok_or_else(|| bug(format!("{name} has strides that are not dense")))?
+            };
             meta.insert("sizes".into(), as_ints(new));
             meta.insert("strides".into(), as_ints(&strides_in(&order, new)));
         }
