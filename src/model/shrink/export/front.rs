@@ -484,3 +484,143 @@ pub(super) fn describe(
         placeholders,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::shrink::graph::{Const, Graph, ValueKind};
+    use serde_json::json;
+
+    fn meta(sizes: &[i64]) -> Value {
+        let strides = {
+            let mut s = vec![1i64; sizes.len()];
+            for d in (0..sizes.len().saturating_sub(1)).rev() {
+                s[d] = s[d + 1] * sizes[d + 1];
+            }
+            s
+        };
+        json!({
+            "dtype": 7, "layout": 7, "requires_grad": false,
+            "device": {"type": "cpu", "index": null},
+            "sizes": sizes.iter().map(|&n| json!({"as_int": n})).collect::<Vec<_>>(),
+            "strides": strides.iter().map(|&n| json!({"as_int": n})).collect::<Vec<_>>(),
+            "storage_offset": {"as_int": 0},
+        })
+    }
+
+    fn input(name: &str, arg: Value) -> Value {
+        json!({"name": name, "arg": arg, "kind": 1})
+    }
+
+    fn tensor(name: &str) -> Value {
+        json!({"as_tensor": {"name": name}})
+    }
+
+    /// A conv without its default arguments, a chunk into a list, a cat of a list, an op the
+    /// table does not have, and one whose target spells a TorchScript kind.
+    fn program() -> Value {
+        json!({"graph_module": {
+            "graph": {
+                "tensor_values": {
+                    "x": meta(&[1, 3, 8, 8]), "p_c_weight": meta(&[8, 3, 3, 3]),
+                    "conv2d": meta(&[1, 8, 8, 8]), "a": meta(&[1, 4, 8, 8]),
+                    "b": meta(&[1, 4, 8, 8]), "cat": meta(&[1, 8, 8, 8]),
+                    "odd": meta(&[1, 8, 8, 8]), "spoof": meta(&[1, 8, 8, 8]),
+                },
+                "nodes": [
+                    {"target": "torch.ops.aten.conv2d.default", "inputs": [
+                        input("input", tensor("x")), input("weight", tensor("p_c_weight")),
+                        input("bias", json!({"as_none": true})),
+                        input("padding", json!({"as_ints": [1, 1]}))],
+                     "outputs": [tensor("conv2d")]},
+                    {"target": "torch.ops.aten.chunk.default", "inputs": [
+                        input("self", tensor("conv2d")), input("chunks", json!({"as_int": 2})),
+                        input("dim", json!({"as_int": 1}))],
+                     "outputs": [{"as_tensors": [{"name": "a"}, {"name": "b"}]}]},
+                    {"target": "torch.ops.aten.cat.default", "inputs": [
+                        input("tensors", json!({"as_tensors": [{"name": "b"}, {"name": "a"}]})),
+                        input("dim", json!({"as_int": 1}))],
+                     "outputs": [tensor("cat")]},
+                    {"target": "torch.ops.aten.fancy.default", "inputs": [
+                        input("self", tensor("cat"))], "outputs": [tensor("odd")]},
+                    {"target": "aten::relu", "inputs": [
+                        input("self", tensor("odd"))], "outputs": [tensor("spoof")]},
+                ],
+            },
+            "signature": {
+                "input_specs": [
+                    {"parameter": {"arg": {"name": "p_c_weight"}, "parameter_name": "c.weight"}},
+                    {"user_input": {"arg": tensor("x")}},
+                ],
+                "output_specs": [{"user_output": {"arg": tensor("spoof")}}],
+            },
+        }})
+    }
+
+    #[test]
+    fn an_exported_graph_is_described_in_schema_order() {
+        let p = program();
+        let d = describe(&p, &|n| (n == "c.weight").then(|| vec![8, 3, 3, 3])).unwrap();
+        let g = Graph::parse(&d.text).unwrap();
+        assert_eq!(g.tensors.get("c.weight"), Some(&true));
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "prim::GetAttr",
+                "aten::conv2d",
+                "aten::chunk",
+                "prim::ListUnpack",
+                "prim::ListConstruct",
+                "aten::cat",
+                "torch.ops.aten.fancy.default",
+                "export:aten::relu",
+            ]
+        );
+        // conv2d(input, weight, bias, stride, padding, dilation, groups): the omitted ones
+        // filled with their defaults.
+        let conv = &g.nodes[1];
+        assert_eq!(conv.inputs.len(), 7);
+        assert!(g.is_none(conv.inputs[2]));
+        assert_eq!(g.ints(conv.inputs[3]), Some(&[1, 1][..]));
+        assert_eq!(g.ints(conv.inputs[4]), Some(&[1, 1][..]));
+        assert_eq!(g.ints(conv.inputs[5]), Some(&[1, 1][..]));
+        assert_eq!(g.int(conv.inputs[6]), Some(1));
+        assert_eq!(g.nodes[0].attr.as_deref(), Some("c.weight"));
+        assert_eq!(g.nodes[0].outputs, [conv.inputs[1]]);
+        assert_eq!(g.shape(conv.outputs[0]), Some(&[1, 8, 8, 8][..]));
+        // The chunk's list, unpacked into its named tensors.
+        let (split, unpack) = (&g.nodes[2], &g.nodes[3]);
+        assert_eq!(unpack.inputs, split.outputs);
+        assert_eq!(unpack.outputs, [d.ids["a"], d.ids["b"]]);
+        assert_eq!(g.kind(split.inputs[2]), &ValueKind::Const(Const::Int(1)));
+        // The cat reads the list it is given, in its order.
+        assert_eq!(g.nodes[4].inputs, [d.ids["b"], d.ids["a"]]);
+        assert_eq!(g.nodes[5].inputs[0], g.nodes[4].outputs[0]);
+        assert_eq!(g.outputs, [d.ids["spoof"]]);
+        assert_eq!(g.inputs, [d.ids["x"]]);
+        assert_eq!(d.placeholders["p_c_weight"], "c.weight");
+
+        // The analysis: the conv's channels go through the chunk (along dim 1, as the named
+        // argument says) and the cat, then reach an op it does not know, which keeps them,
+        // naming the op.
+        let a = crate::model::shrink::groups::analyse(&g);
+        assert_eq!(a.groups.len(), 1);
+        assert!(a.groups[0].blocked.iter().any(|b| b.contains("fancy")));
+    }
+
+    #[test]
+    fn undefined_and_twice_defined_tensors_are_refused() {
+        let mut p = program();
+        p["graph_module"]["graph"]["nodes"][3]["inputs"][0]["arg"] = tensor("nowhere");
+        let err = describe(&p, &|_| None).err().unwrap().to_string();
+        assert!(
+            err.contains("'nowhere' before anything defines it"),
+            "{err}"
+        );
+        let mut p = program();
+        p["graph_module"]["graph"]["nodes"][3]["outputs"][0] = tensor("a");
+        let err = describe(&p, &|_| None).err().unwrap().to_string();
+        assert!(err.contains("defines the tensor 'a' twice"), "{err}");
+    }
+}
