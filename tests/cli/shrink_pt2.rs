@@ -75,11 +75,17 @@ fn removed(v: &Value) -> Vec<String> {
 /// Shrinks `name`'s archive and its TorchScript twin at 0.5 and checks everything the issue
 /// asks of the archive.
 fn check(name: &str) {
+    check_as(name, name);
+}
+
+/// [`check`] of the archive `exported` against the TorchScript file `scripted`.
+fn check_as(exported: &str, scripted: &str) {
+    let name = exported;
     let dir = common::tempdir();
     let models = models();
     let (pt2, pt) = (
-        models.join(format!("{name}.pt2")),
-        models.join(format!("{name}.pt")),
+        models.join(format!("{exported}.pt2")),
+        models.join(format!("{scripted}.pt")),
     );
     let (out_pt2, out_pt) = (dir.path().join("out.pt2"), dir.path().join("out.pt"));
     let exported = json(&shrink(&[
@@ -146,6 +152,14 @@ fn check(name: &str) {
 #[test]
 fn pt2_resnet18() {
     check("resnet18");
+}
+
+/// resnet18's program in the core ATen opset (`run_decompositions`): `convolution` read as the
+/// `conv2d` it computes, `addmm(bias, x, permute(weight))` as a linear layer; it shrinks as the
+/// TorchScript file does.
+#[test]
+fn pt2_resnet18_core_aten() {
+    check_as("resnet18_core", "resnet18");
 }
 
 #[test]

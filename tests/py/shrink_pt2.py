@@ -4,7 +4,8 @@
         torchvision resnet18, resnet50, mobilenet_v2 and efficientnet_b0 (random init, seeded,
         non-trivial batch-norm statistics), each saved twice with the same weights:
         OUT/<name>.pt2 (torch.export.export on a 1x3x32x32 input, torch.export.save) and
-        OUT/<name>.pt (torch.jit.script, torch.jit.save); OUT/shufflenet_v2_x0_5.pt2 (its channel
+        OUT/<name>.pt (torch.jit.script, torch.jit.save); OUT/resnet18_core.pt2 (resnet18's
+        program after run_decompositions); OUT/shufflenet_v2_x0_5.pt2 (its channel
         shuffle is a `view` whose sizes the shrink rewrites); and OUT/tiny.pt2, a small conv net
         for the hostile rows. Prints "ok".
 
@@ -67,8 +68,13 @@ def models(out):
     x = torch.randn(*SHAPE)
     for name in ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"]:
         m = randomise(getattr(torchvision.models, name)(weights=None))
-        torch.export.save(torch.export.export(m, (x,)), f"{out}/{name}.pt2")
+        ep = torch.export.export(m, (x,))
+        torch.export.save(ep, f"{out}/{name}.pt2")
         torch.jit.save(torch.jit.script(m), f"{out}/{name}.pt")
+        if name == "resnet18":
+            # The core ATen opset (`convolution`, `_native_batch_norm_legit_no_training`,
+            # `addmm` of a permuted weight): what `run_decompositions` makes of it.
+            torch.export.save(ep.run_decompositions(), f"{out}/resnet18_core.pt2")
     # The channel shuffle: `view(b, 2, c / 2, h, w)` with its sizes written in the program.
     m = randomise(torchvision.models.shufflenet_v2_x0_5(weights=None))
     torch.export.save(torch.export.export(m, (x,)), f"{out}/shufflenet_v2_x0_5.pt2")

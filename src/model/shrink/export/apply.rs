@@ -183,6 +183,17 @@ pub(super) fn rewrite(
             }
         }
     }
+    // A weight's transpose read as a linear layer's weight: its sizes swap the weight's, its
+    // strides are the weight's row-major ones swapped.
+    for (value, placeholder) in &described.transposed {
+        let new = described
+            .placeholders
+            .get(placeholder)
+            .and_then(|dotted| shapes.get(dotted));
+        if let Some([out, inp]) = new.map(Vec::as_slice) {
+            new_sizes.insert(value.clone(), vec![*inp, *out]);
+        }
+    }
     let module = program
         .get_mut("graph_module")
         .ok_or_else(|| bug("no graph_module".into()))?;
@@ -200,6 +211,9 @@ pub(super) fn rewrite(
             let order = if described.placeholders.contains_key(name) {
                 // A sliced weight is written row-major, whatever the program recorded.
                 (0..new.len()).collect()
+            } else if described.transposed.contains_key(name) {
+                // The transpose of a row-major weight: its dim 1 outermost.
+                vec![1, 0]
             } else {
                 let old = meta.get("sizes").and_then(ints).unwrap_or_default();
                 let old_strides = meta.get("strides").and_then(ints).unwrap_or_default();

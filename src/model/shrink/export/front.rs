@@ -31,6 +31,10 @@ pub(super) struct Described {
     pub ids: HashMap<String, usize>,
     /// Placeholder name -> dotted parameter or buffer name, for those the archive holds.
     pub placeholders: HashMap<String, String>,
+    /// A weight's transpose that a product reads as a linear layer's weight (what
+    /// `run_decompositions` makes of `linear`: `addmm(bias, x, permute(weight, [1, 0]))`):
+    /// its value's name -> the weight's placeholder. Its recorded sizes follow the weight's.
+    pub transposed: HashMap<String, String>,
 }
 
 /// `s` as one field of the description: whitespace as `_`, empty as `_`.
@@ -98,6 +102,12 @@ struct Writer<'p> {
     /// that is not.
     defined: HashSet<String>,
     undefined: Option<String>,
+    /// Transposes of 2-D weights (`permute(w, [1, 0])`, `t(w)`): value -> placeholder.
+    transposes: HashMap<String, String>,
+    /// Those read by a product as a linear layer's weight.
+    linear_weights: HashMap<String, String>,
+    /// How many times each tensor is read (by nodes and the signature's outputs).
+    uses: HashMap<String, usize>,
     next: usize,
     /// The `V` lines, the `N` lines.
     values: String,
@@ -268,6 +278,111 @@ pub(super) fn input_shape(program: &Value) -> Option<Vec<i64>> {
     sizes(tensor_values.get(name)?)
 }
 
+/// Counts the tensors an argument reads (`as_tensor`, the elements of `as_tensors`).
+fn count_reads(arg: &Value, uses: &mut HashMap<String, usize>) {
+    let mut count = |t: &Value| {
+        if let Some(name) = t.get("name").and_then(Value::as_str) {
+            *uses.entry(name.to_string()).or_default() += 1;
+        }
+    };
+    if let Some(t) = arg.get("as_tensor") {
+        count(t);
+    }
+    for key in ["as_tensors", "as_optional_tensors"] {
+        for e in arg.get(key).and_then(Value::as_array).into_iter().flatten() {
+            count(e.get("as_tensor").unwrap_or(e));
+        }
+    }
+}
+
+/// Records a node's output that is the transpose of a 2-D weight: `permute(w, [1, 0])` or
+/// `t(w)`.
+fn note_transpose(w: &mut Writer, target: &str, given: &[(&str, &Value)], outs: &[Value]) {
+    let arg = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let swaps = match target {
+        "torch.ops.aten.t.default" => given.len() == 1,
+        "torch.ops.aten.permute.default" => {
+            given.len() == 2
+                && arg("dims").and_then(|d| d.get("as_ints")) == Some(&serde_json::json!([1, 0]))
+        }
+        _ => false,
+    };
+    let weight = arg("self").and_then(|v| v.get("as_tensor")?.get("name")?.as_str());
+    let output = outs
+        .first()
+        .and_then(|o| o.get("as_tensor")?.get("name")?.as_str());
+    if let (true, Some(weight), Some(output), 1) = (swaps, weight, output, outs.len()) {
+        if w.weight_shapes.get(weight).is_some_and(|s| s.len() == 2) {
+            w.transposes.insert(output.to_string(), weight.to_string());
+        }
+    }
+}
+
+/// `addmm(bias, x, wt)` / `mm(x, wt)` where `wt` is a weight's transpose read by nothing else
+/// (and `beta`, `alpha` are 1): the `linear(x, weight, bias)` it computes, which is how the
+/// analysis reads it.
+fn linear_product(
+    w: &mut Writer,
+    target: &str,
+    given: &[(&str, &Value)],
+) -> Option<(String, Vec<usize>)> {
+    let arg = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let (x, bias) = match target {
+        "torch.ops.aten.addmm.default" => {
+            let one = |v: Option<&Value>| {
+                v.is_none_or(|v| {
+                    v.get("as_int").and_then(Value::as_i64) == Some(1)
+                        || v.get("as_float").and_then(Value::as_f64) == Some(1.0)
+                })
+            };
+            if !(one(arg("beta")) && one(arg("alpha"))) || given.len() > 5 {
+                return None;
+            }
+            (arg("mat1")?, Some(arg("self")?))
+        }
+        "torch.ops.aten.mm.default" if given.len() == 2 => (arg("self")?, None),
+        _ => return None,
+    };
+    let wt = arg("mat2")?.get("as_tensor")?.get("name")?.as_str()?;
+    let weight = w.transposes.get(wt)?.clone();
+    if w.uses.get(wt) != Some(&1) {
+        return None;
+    }
+    w.linear_weights.insert(wt.to_string(), weight.clone());
+    let x = w.argument(x);
+    let weight = w.read(&weight);
+    let bias = match bias {
+        Some(b) => w.argument(b),
+        None => w.constant(&Default::None),
+    };
+    Some(("aten::linear".into(), vec![x, weight, bias]))
+}
+
+/// `convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+/// groups)` (what `run_decompositions` makes of every convolution) as the `conv{1,2,3}d(input,
+/// weight, bias, stride, padding, dilation, groups)` it computes when it is not transposed (the
+/// rank of its weight gives the `d`); a transposed one stays `aten::convolution`, which the
+/// analysis does not know.
+fn convolution(w: &Writer, given: &[(&str, &Value)], ids: Vec<usize>) -> (String, Vec<usize>) {
+    let arg = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let plain = arg("transposed").and_then(|t| t.get("as_bool")) == Some(&Value::Bool(false));
+    let weight = arg("weight")
+        .and_then(|v| v.get("as_tensor")?.get("name")?.as_str())
+        .and_then(|name| {
+            w.weight_shapes
+                .get(name)
+                .cloned()
+                .or_else(|| w.tensor_values.get(name).and_then(sizes))
+        });
+    match weight.map(|s| s.len()) {
+        Some(rank @ 3..=5) if plain && ids.len() == 9 => (
+            format!("aten::conv{}d", rank - 2),
+            [0, 1, 2, 3, 4, 5, 8].iter().map(|&i| ids[i]).collect(),
+        ),
+        _ => ("aten::convolution".into(), ids),
+    }
+}
+
 /// What the signature says: the `(placeholder, dotted name, is_param)` of every parameter and
 /// buffer input, the user inputs, every output, and the names of every input placeholder.
 struct Signature {
@@ -359,6 +474,9 @@ pub(super) fn describe(
         ids: HashMap::new(),
         defined: HashSet::new(),
         undefined: None,
+        transposes: HashMap::new(),
+        linear_weights: HashMap::new(),
+        uses: HashMap::new(),
         next: 0,
         values: String::new(),
         nodes: String::new(),
@@ -403,6 +521,19 @@ pub(super) fn describe(
         .map(Vec::as_slice)
         .unwrap_or_default();
     for node in nodes {
+        for input in node
+            .get("inputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            count_reads(input.get("arg").unwrap_or(&Value::Null), &mut w.uses);
+        }
+    }
+    for out in &outputs {
+        count_reads(out, &mut w.uses);
+    }
+    for node in nodes {
         let target = node.get("target").and_then(Value::as_str).unwrap_or("");
         let given: Vec<(&str, &Value)> = node
             .get("inputs")
@@ -423,7 +554,9 @@ pub(super) fn describe(
                 .iter()
                 .all(|(n, _)| s.args.iter().any(|a| a.name == *n))
         });
+        let product = linear_product(&mut w, target, &given);
         let (kind, inputs) = match &schema {
+            _ if product.is_some() => product.unwrap_or_default(),
             Some(s) => {
                 let mut ids = Vec::with_capacity(s.args.len());
                 for a in &s.args {
@@ -441,7 +574,11 @@ pub(super) fn describe(
                     };
                     ids.push(id);
                 }
-                (s.kind.to_string(), ids)
+                if s.kind == "aten::convolution" {
+                    convolution(&w, &given, ids)
+                } else {
+                    (s.kind.to_string(), ids)
+                }
             }
             None => {
                 // Not understood: its full target (never an `aten::`/`prim::` kind the analysis
@@ -461,6 +598,7 @@ pub(super) fn describe(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let (out_ids, lists) = w.outputs(outs).map_err(twice)?;
+        note_transpose(&mut w, target, &given, outs);
         w.node(&kind, "-", &inputs, &out_ids);
         for (list, items) in lists {
             w.node("prim::ListUnpack", "-", &[list], &items);
@@ -482,6 +620,7 @@ pub(super) fn describe(
         text,
         ids: w.ids,
         placeholders,
+        transposed: w.linear_weights,
     })
 }
 

@@ -46,6 +46,12 @@ const OPS: &[(&str, &str, &str)] = &[
         "aten::conv3d",
         "input weight bias=None stride=[1,1,1] padding='valid' dilation=[1,1,1] groups=1",
     ),
+    // Made `conv{1,2,3}d` by the front end when not transposed (front.rs, `convolution`).
+    (
+        "convolution.default",
+        "aten::convolution",
+        "input weight bias stride padding dilation transposed output_padding groups",
+    ),
     ("linear.default", "aten::linear", "input weight bias=None"),
     (
         "batch_norm.default",
