@@ -122,7 +122,6 @@ impl Pt2Archive {
         // Entry name -> the new bytes of a reshaped storage.
         let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
         let mut metas: HashMap<&str, Vec<i64>> = HashMap::new();
-        let mut same: Vec<(String, Tensor)> = Vec::new();
         for w in &self.weights {
             let t = given.get(w.name.as_str()).ok_or_else(|| {
                 invalid(
@@ -138,7 +137,6 @@ impl Pt2Archive {
                 ));
             }
             if t.size() == w.view.size {
-                same.push((w.name.clone(), t.shallow_clone()));
                 continue;
             }
             if let Some(why) = self.reshape_refusal(&w.name) {
@@ -152,11 +150,6 @@ impl Pt2Archive {
             })?;
             storages.insert(self.storages[w.storage].entry.clone(), bytes);
             metas.insert(w.name.as_str(), t.size());
-            // A stand-in of the old shape for the unchanged-shape path (never written: its
-            // storage is replaced whole).
-            let stand_in = Tensor::f_zeros(w.view.size.as_slice(), (kind, Device::Cpu))
-                .map_err(|e| invalid(&w.name, first_line(&e.to_string()).to_string()))?;
-            same.push((w.name.clone(), stand_in));
         }
         let config_name = format!(
             "{}data/weights/{}_weights_config.json",
@@ -165,11 +158,14 @@ impl Pt2Archive {
         let config = self.read_entry(&config_name, MAX_CONFIG_BYTES)?;
         let config = self.rewrite_config(&config, &metas, &config_name)?;
         let program_name = format!("{}models/{}.json", self.root, self.model);
+        // The storages that keep their size: rewritten where a view over them changed.
         let mut over: HashMap<&str, Vec<(usize, &Tensor)>> = HashMap::new();
         for (i, w) in self.weights.iter().enumerate() {
             let entry = self.storages[w.storage].entry.as_str();
             if !storages.contains_key(entry) {
-                over.entry(entry).or_default().push((i, &same[i].1));
+                over.entry(entry)
+                    .or_default()
+                    .push((i, given[w.name.as_str()]));
             }
         }
         atomic_write(path, |tmp| {

@@ -562,11 +562,8 @@ pub(super) fn describe(
                 for a in &s.args {
                     let arg = given.iter().find(|(n, _)| *n == a.name).map(|(_, v)| *v);
                     let id = match (arg, &a.default) {
-                        (Some(v), _) if a.owned => {
-                            // A size literal: read as unknown, rewritten by the rewrite.
-                            let _ = v;
-                            w.fresh("o")
-                        }
+                        // A size literal: read as unknown, rewritten by the rewrite.
+                        (Some(_), _) if a.owned => w.fresh("o"),
                         (Some(v), _) => w.argument(v),
                         (None, Some(d)) => w.constant(d),
                         // A required argument missing: an unknown value.
