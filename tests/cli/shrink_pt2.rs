@@ -215,6 +215,35 @@ fn pt2_channel_shuffle_views() {
     .expect("these tests need TCH_PRUNE_PYTHON with torch");
 }
 
+/// A weight two layers share (its storage under two names) keeps its shape, saying why; the
+/// rest shrinks and the output runs.
+#[test]
+fn pt2_tied_weights_keep_their_channels() {
+    let dir = common::tempdir();
+    let input = models().join("tied.pt2");
+    let out = dir.path().join("out.pt2");
+    let v = json(&shrink(&[
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--amount",
+        "0.5",
+        "--json",
+    ]));
+    let tied = group(&v, "b ").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(tied["after"], tied["before"], "{tied}");
+    assert!(
+        tied["blocked"]
+            .to_string()
+            .contains("b.weight cannot change shape: its storage is shared with a.weight"),
+        "{tied}"
+    );
+    assert_eq!(group(&v, "c ").unwrap()["after"], 4, "{v}");
+    let run = "import sys, torch\nep = torch.export.load(sys.argv[1])\nprint(tuple(ep.module()(torch.randn(2, 8)).shape), tuple(ep.state_dict['c.weight'].shape))";
+    let printed = common::run_python(run, &[&out]).expect("needs TCH_PRUNE_PYTHON with torch");
+    assert_eq!(printed.trim(), "(2, 4) (4, 8)");
+}
+
 /// The small net's archive changed as `mode` says (tests/py/shrink_pt2.py's HOSTILE).
 fn hostile(mode: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{mode}.pt2"));

@@ -6,8 +6,8 @@
         OUT/<name>.pt2 (torch.export.export on a 1x3x32x32 input, torch.export.save) and
         OUT/<name>.pt (torch.jit.script, torch.jit.save); OUT/resnet18_core.pt2 (resnet18's
         program after run_decompositions); OUT/shufflenet_v2_x0_5.pt2 (its channel
-        shuffle is a `view` whose sizes the shrink rewrites); and OUT/tiny.pt2, a small conv net
-        for the hostile rows. Prints "ok".
+        shuffle is a `view` whose sizes the shrink rewrites); OUT/tied.pt2 (two linear layers over
+        one weight); and OUT/tiny.pt2, a small conv net for the hostile rows. Prints "ok".
 
     shrink_pt2.py check ORIGINAL.pt2 SHRUNK.pt2 SHRUNK.pt REPORT.json
         The shrunk archive loads (torch.export.load) and its module runs; its state dict is the
@@ -61,6 +61,22 @@ class Tiny(torch.nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class Tied(torch.nn.Module):
+    """Two linear layers over one weight (tied): its storage is shared, so it keeps its shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.c = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.out(torch.relu(self.c(h)))
+
+
 def models(out):
     import torchvision
 
@@ -78,6 +94,7 @@ def models(out):
     # The channel shuffle: `view(b, 2, c / 2, h, w)` with its sizes written in the program.
     m = randomise(torchvision.models.shufflenet_v2_x0_5(weights=None))
     torch.export.save(torch.export.export(m, (x,)), f"{out}/shufflenet_v2_x0_5.pt2")
+    torch.export.save(torch.export.export(Tied().eval(), (torch.randn(2, 8),)), f"{out}/tied.pt2")
     tiny = randomise(Tiny())
     torch.export.save(torch.export.export(tiny, (torch.randn(1, 3, 8, 8),)), f"{out}/tiny.pt2")
     print("ok")
