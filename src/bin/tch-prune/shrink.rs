@@ -282,7 +282,7 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
 pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     if args.input.is_dir() {
         if args.exact || args.global || args.verify || args.params.is_some() || args.round_to != 1 {
-            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files", args.input.display());
+            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files and .pt2 archives", args.input.display());
         }
         return crate::shrink_hf::run(&crate::shrink_hf::FolderArgs {
             input: args.input,
