@@ -6,7 +6,7 @@ TORCH_ENV = eval "$$(scripts/torch-env.sh)"
 REQUIRE_PYTHON = export TCH_PRUNE_REQUIRE_PYTHON=1
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo data-parallel bench-pt2 bench-hf
+.PHONY: test test-cuda downstream demo gradual build bench bench-disk lint msrv llm-demo data-parallel bench-pt2 bench-hf bench-shrink-pt2
 
 ## Runs the whole test suite (unit, integration, parity with PyTorch, doc tests), then builds and
 ## runs the downstream example crate.
@@ -68,6 +68,11 @@ llm-demo:
 ## tch-prune on torch.export archives (.pt2): streamed, in memory, and PyTorch's load-prune-save (scripts/bench_pt2.py).
 bench-pt2:
 	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench_pt2.py
+
+## tch-prune shrink on torch.export archives beside the TorchScript shrink of the same weights
+## (time, parameters, file size, the exported program's CPU latency; scripts/bench_shrink_pt2.py).
+bench-shrink-pt2:
+	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/bench_shrink_pt2.py
 
 ## Width pruning of a Llama-shaped Hugging Face folder: tch-prune shrink beside Torch-Pruning
 ## (parameters, weight bytes, pruning time, CPU tokens/s before and after; scripts/bench_hf_shrink.py).

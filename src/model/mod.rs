@@ -4,7 +4,7 @@
 //! [`StreamedModel`]: safetensors checkpoints (sharded too) and `torch.save` zips pruned without
 //! holding them in memory. A TorchScript model's linear layers can be calibrated for Wanda and
 //! SparseGPT ([`ScriptCalibrator`], inputs from [`CalibrationInputs`]). TorchScript files are checked before libtorch loads them
-//! ([`CodePolicy`]).
+//! ([`CodePolicy`]). A `torch.export` archive shrinks as an [`ExportedModel`].
 //!
 //! Built on the file formats of [`checkpoint`](crate::checkpoint) and the pruning core. The
 //! training-curve recorder (with the `plot` feature, its SVG charts) lives here too and is
@@ -30,4 +30,5 @@ pub use interpreter::run_program;
 pub use model_file::ModelFile;
 pub use report::{GroupReport, Report, TensorReport};
 pub use script_model::ScriptModel;
+pub use shrink::ExportedModel;
 pub use streaming::{StreamReport, StreamStep, StreamedModel};

@@ -13,3 +13,4 @@ mod hostile;
 mod prune;
 mod same_answer;
 mod shrink;
+mod shrink_pt2;

@@ -11,6 +11,7 @@ mod plan;
 mod quiet;
 mod shrink;
 mod shrink_hf;
+mod shrink_pt2;
 mod signals;
 mod stream;
 // The library's one-line text helpers, compiled from the same source rather than exported.
@@ -51,9 +52,9 @@ enum Command {
         after_help = "Examples:\n  tch-prune prune model.pt -o pruned.pt --method l1-unstructured --amount 0.3\n  tch-prune prune sd.safetensors -o out.safetensors --method l1-unstructured --amount 0.5 --global\n  tch-prune prune model.pt -o out.pt --method ln-structured --amount 2 --n 2 --dim 0 --params 'features.*'\n  tch-prune prune model.pt -o out.pt --method nm --pattern 2:4\n  tch-prune prune model.pt -o out.pt --plan plan.json --seed 0 --state-out pruned-state.safetensors"
     )]
     Prune(Box<PruneArgs>),
-    /// Remove channels from a TorchScript model: smaller and faster, the code unchanged.
+    /// Remove channels from a TorchScript model or a torch.export archive (.pt2): smaller and faster, the code unchanged.
     #[command(
-        after_help = "Examples:\n  tch-prune shrink Llama-3.2-1B/ -o Llama-3.2-1B-shrunk/ --amount 0.25\n  tch-prune shrink qwen2/ -o out/ --mlp-amount 0.3 --head-amount 0.25\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
+        after_help = "Examples:\n  tch-prune shrink Llama-3.2-1B/ -o Llama-3.2-1B-shrunk/ --amount 0.25\n  tch-prune shrink resnet18.pt2 -o half.pt2 --amount 0.5\n  tch-prune shrink qwen2/ -o out/ --mlp-amount 0.3 --head-amount 0.25\n  tch-prune shrink resnet18.pt -o half.pt --amount 0.5 --input-shape 1,3,224,224 --verify\n  tch-prune shrink model.pt -o out.pt --amount 0.3 --global --round-to 8\n  tch-prune shrink pruned.pt -o out.pt --exact --verify"
     )]
     Shrink(Box<shrink::ShrinkArgs>),
     /// Show each tensor's shape, dtype, element count, zeros and sparsity, then totals.

@@ -17,12 +17,14 @@ use tch_prune::Amount;
 
 #[derive(Args)]
 pub struct ShrinkArgs {
-    /// A TorchScript .pt (torch.jit.save), or a Hugging Face model folder of a decoder family
-    /// shrink knows (config.json's model_type llama, mistral or qwen2): see --mlp-amount.
+    /// A TorchScript .pt (torch.jit.save), a torch.export archive .pt2 (torch.export.save:
+    /// analysed and rewritten without running anything, its shapes the program's own), or a
+    /// Hugging Face model folder of a decoder family shrink knows (config.json's model_type
+    /// llama, mistral or qwen2): see --mlp-amount.
     pub(crate) input: PathBuf,
-    /// Where to write the smaller TorchScript model: a regular file or a new name in an existing
-    /// folder (links, devices and folders are refused), not the input. Written last, after
-    /// --verify passed: a failing run writes nothing.
+    /// Where to write the smaller model (of the input's format): a regular file or a new name
+    /// in an existing folder (links, devices and folders are refused), not the input. Written
+    /// last, after --verify passed: a failing run writes nothing.
     #[arg(short, long)]
     pub(crate) output: PathBuf,
     /// For a model folder: MLP neurons to remove in every layer (a fraction of
@@ -68,11 +70,13 @@ pub struct ShrinkArgs {
     /// these parameters produces (a conv's or linear layer's output channels) shrink.
     #[arg(long)]
     params: Option<String>,
-    /// The example input's shape: the analysis, MACs and latency are for it.
-    #[arg(long, default_value = "1,3,224,224")]
-    input_shape: String,
+    /// The example input's shape: the analysis, MACs and latency are for it [default:
+    /// 1,3,224,224]. Not for a .pt2, whose program holds the shapes it was exported with.
+    #[arg(long)]
+    input_shape: Option<String>,
     /// Check that the shrunk model's output equals the original's with the removed channels
-    /// zeroed (relative error at most 1e-4) and fail otherwise, writing nothing.
+    /// zeroed (relative error at most 1e-4) and fail otherwise, writing nothing. TorchScript
+    /// only: tch-prune cannot run a .pt2 (check it in Python, see docs/pt2.md).
     #[arg(long)]
     verify: bool,
     /// Print JSON instead of a table.
@@ -266,7 +270,8 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
         Format::TorchScript => return Ok(()),
         Format::TorchZip => "a torch.save checkpoint (weights without the model's code)",
         Format::Safetensors => "a safetensors file (weights without the model's code)",
-        Format::Pt2 => "a torch.export archive (.pt2), which shrink does not rewrite yet (prune and report read it); for now save the same model with torch.jit.trace and torch.jit.save",
+        // Never reached: `run` takes a .pt2 down its own path first.
+        Format::Pt2 => "a torch.export archive (.pt2)",
     };
     bail!(
         "{}: shrink needs a TorchScript file (torch.jit.save, or torch.jit.trace then save), and this is {what}",
@@ -277,7 +282,7 @@ fn check_torchscript(input: &std::path::Path) -> Result<()> {
 pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     if args.input.is_dir() {
         if args.exact || args.global || args.verify || args.params.is_some() || args.round_to != 1 {
-            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files", args.input.display());
+            bail!("{}: a model folder shrinks by --amount, --mlp-amount, --head-amount and --scores; --exact, --global, --verify, --params and --round-to are for TorchScript files and .pt2 archives", args.input.display());
         }
         return crate::shrink_hf::run(&crate::shrink_hf::FolderArgs {
             input: args.input,
@@ -295,7 +300,11 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
             args.input.display()
         );
     }
-    let shape = parse_shape(&args.input_shape)?;
+    let shape_text = args
+        .input_shape
+        .clone()
+        .unwrap_or_else(|| "1,3,224,224".into());
+    let shape = parse_shape(&shape_text)?;
     let norm = match args.n.as_str() {
         "1" => 1.0,
         "2" => 2.0,
@@ -307,7 +316,10 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     // is loaded twice (the shrunk model and the reference), so it may not be the output.
     crate::outputs::check_other(&args.input, &args.output, "-o")?;
     let limits = Limits::from_flags(&args.time_limit, args.memory_limit.as_deref(), &args.input)?;
-    check_input_size(&args.input_shape, &shape, &limits)?;
+    if Format::detect(&args.input)? == Format::Pt2 {
+        return run_pt2(&args, amount, norm);
+    }
+    check_input_size(&shape_text, &shape, &limits)?;
     check_torchscript(&args.input)?;
     let policy = crate::policy(args.trust_code);
     let mut model = ScriptModel::load_with(&args.input, device, policy)?;
@@ -410,6 +422,55 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         print_table(&summary);
     }
     Ok(())
+}
+
+/// `shrink` on a `.pt2`: the flags that need the model run are refused, each saying why.
+fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64) -> Result<()> {
+    if args.verify {
+        bail!("{}: {}", args.input.display(), crate::shrink_pt2::NO_VERIFY);
+    }
+    if args.input_shape.is_some() {
+        bail!("{}: --input-shape is for TorchScript; a .pt2 program holds the shapes it was exported with, which shrink reads (export it again with another example input for other shapes)", args.input.display());
+    }
+    let params = match &args.params {
+        None => None,
+        Some(p) => {
+            let (archive, _) = tch_prune::checkpoint::Pt2Archive::read(&args.input)?;
+            let names: Vec<String> = archive
+                .names()
+                .filter(|n| archive.is_parameter(n))
+                .map(str::to_string)
+                .collect();
+            let mut set = HashSet::new();
+            for pat in split_patterns(p) {
+                let hits: Vec<&String> = names.iter().filter(|n| glob_match(&pat, n)).collect();
+                if hits.is_empty() {
+                    bail!(
+                        "--params '{pat}' matches no parameter of {}",
+                        args.input.display()
+                    );
+                }
+                set.extend(hits.into_iter().cloned());
+            }
+            Some(set)
+        }
+    };
+    let opts = ShrinkOptions {
+        amount,
+        norm,
+        global: args.global,
+        round_to: args.round_to,
+        params,
+        exact: args.exact,
+    };
+    crate::shrink_pt2::run(
+        &crate::shrink_pt2::Pt2Args {
+            input: args.input.clone(),
+            output: args.output.clone(),
+            json: args.json,
+        },
+        &opts,
+    )
 }
 
 fn print_table(s: &Summary) {

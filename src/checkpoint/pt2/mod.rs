@@ -27,6 +27,7 @@
 
 mod config;
 pub(super) mod mapped;
+mod reshaped;
 mod write;
 
 use self::config::{PayloadConfig, View};
@@ -66,6 +67,8 @@ const MAX_CONFIG_BYTES: u64 = 256 << 20;
 #[derive(Debug)]
 pub struct Pt2Archive {
     path: PathBuf,
+    /// The folder every entry sits under (`<root>/`).
+    root: String,
     /// The program's name (`model` for `torch.export.save`).
     model: String,
     /// Every entry of the input, for the second reading [`Pt2Archive::write`] makes.
@@ -298,6 +301,7 @@ impl Pt2Archive {
             .collect();
         let described = Pt2Archive {
             path: path.to_path_buf(),
+            root,
             model,
             stamps,
             weights,

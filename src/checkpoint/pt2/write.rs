@@ -156,7 +156,7 @@ impl Pt2Archive {
 
     /// A storage entry's new bytes: the input's, with each view over it written from its tensor
     /// (in the config's order; tied names write the same values).
-    fn storage_bytes(
+    pub(super) fn storage_bytes(
         &self,
         archive: &mut TorchArchive<'_, impl Read + Seek>,
         entry: &str,

@@ -55,6 +55,12 @@
 //! reads as `o`. The reader takes the lines in any order, skips empty ones, refuses an unknown
 //! tag or a line it cannot read (saying which), and reads an unknown value or constant kind as
 //! `o`.
+//!
+//! A second writer, src/model/shrink/export/front.rs, writes the same format from a
+//! `torch.export` program: no `M` lines (a depthwise convolution's `groups` is an argument of
+//! its own node there, shared with no other), each parameter and buffer read by a
+//! `prim::GetAttr` node without inputs, shapes from the program's `tensor_values`, the graph's
+//! user inputs in `I` (there is no `self`).
 
 use crate::error::{PruneError, Result};
 use std::collections::HashMap;
@@ -302,7 +308,8 @@ impl Graph {
             ) else {
                 continue;
             };
-            let out_numel: i64 = out.iter().product();
+            // Saturating: a `torch.export` program's recorded sizes are not measured, and may lie.
+            let out_numel: i64 = out.iter().fold(1i64, |n, &d| n.saturating_mul(d));
             let per = if conv {
                 w[1..].iter().product::<i64>()
             } else if n.kind == "aten::linear" {
@@ -315,7 +322,7 @@ impl Graph {
                     .and_then(|a| a.last().copied())
                     .unwrap_or(0)
             };
-            total += out_numel * per;
+            total = total.saturating_add(out_numel.saturating_mul(per));
         }
         total
     }

@@ -4,7 +4,7 @@
 //! changes: conv, linear and batch norm take their shapes from their tensors.
 
 use super::graph::Graph;
-use super::groups::{Analysis, LayerKind};
+use super::groups::{Analysis, LayerKind, ValueSeg};
 use crate::error::{PruneError, Result};
 use crate::ffi::{self, IntSlot};
 use std::collections::{BTreeMap, HashMap};
@@ -54,15 +54,11 @@ pub(crate) fn removed_indices(
     (0..total).filter(|&i| !keep[i as usize]).collect()
 }
 
-/// Applies `kept` to the module in place. Returns notes on what could not be made consistent
-/// (class constants shared by instances that now differ: metadata only, the code does not read
-/// them).
-pub(crate) fn rewrite(
-    module: &CModule,
-    graph: &Graph,
-    analysis: &Analysis,
+/// Per parameter or buffer that loses channels, the kept indices along each dim that does.
+pub(crate) fn kept_per_tensor<'a>(
+    analysis: &'a Analysis,
     kept: &[Vec<i64>],
-) -> Result<Vec<String>> {
+) -> BTreeMap<&'a str, Vec<(usize, Vec<i64>)>> {
     let mut per_tensor: BTreeMap<&str, Vec<(usize, Vec<i64>)>> = BTreeMap::new();
     for ((name, dim), layout) in &analysis.layouts {
         if let Some(idx) = kept_indices(layout, kept, analysis) {
@@ -72,16 +68,43 @@ pub(crate) fn rewrite(
                 .push((*dim, idx));
         }
     }
-    for (name, dims) in per_tensor {
+    per_tensor
+}
+
+/// `t` with only the kept indices along each of `dims` ([`kept_per_tensor`]), contiguous.
+pub(crate) fn sliced(t: &Tensor, dims: &[(usize, Vec<i64>)]) -> Tensor {
+    let mut new = tch::no_grad(|| t.detach());
+    for (dim, idx) in dims {
+        let index = Tensor::from_slice(idx)
+            .to_kind(Kind::Int64)
+            .to_device(new.device());
+        new = tch::no_grad(|| new.index_select(*dim as i64, &index));
+    }
+    new.contiguous()
+}
+
+/// The width of a value's dim laid out as `segs` once the groups keep `kept`.
+pub(crate) fn new_width(segs: &[ValueSeg], kept: &[Vec<i64>]) -> i64 {
+    segs.iter()
+        .map(|s| match s.group {
+            Some(g) => kept[g].len() as i64 * s.inner,
+            None => s.channels * s.inner,
+        })
+        .sum()
+}
+
+/// Applies `kept` to the module in place. Returns notes on what could not be made consistent
+/// (class constants shared by instances that now differ: metadata only, the code does not read
+/// them).
+pub(crate) fn rewrite(
+    module: &CModule,
+    graph: &Graph,
+    analysis: &Analysis,
+    kept: &[Vec<i64>],
+) -> Result<Vec<String>> {
+    for (name, dims) in kept_per_tensor(analysis, kept) {
         let t = ffi::get_tensor(module, name)?;
-        let mut new = tch::no_grad(|| t.detach());
-        for (dim, idx) in dims {
-            let index = Tensor::from_slice(&idx)
-                .to_kind(Kind::Int64)
-                .to_device(new.device());
-            new = tch::no_grad(|| new.index_select(dim as i64, &index));
-        }
-        ffi::set_tensor(module, name, &new.contiguous())?;
+        ffi::set_tensor(module, name, &sliced(&t, &dims))?;
     }
     // New widths per layer, from the new tensors.
     let mut wanted: Vec<(String, &'static str, i64)> = Vec::new();

@@ -63,4 +63,17 @@ pub struct Analysis {
     /// Group index per depthwise-conv layer (index into `layers`) whose channels are one group,
     /// laid out plainly.
     pub(crate) layer_group: HashMap<usize, usize>,
+    /// The layout of every dim of every value of the graph that holds channels: per value id,
+    /// per dim, its segments in order. What a rewrite of the program's own record of its
+    /// shapes (a `torch.export` graph's `tensor_values`) reads the new widths from.
+    pub(crate) values: HashMap<usize, Vec<Option<Vec<ValueSeg>>>>,
+}
+
+/// One segment of a value's dim: the group its channels belong to (`None`: channels no
+/// parameter holds, which never change), `inner` indices per channel, and the channel count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ValueSeg {
+    pub group: Option<usize>,
+    pub inner: i64,
+    pub channels: i64,
 }

@@ -2,7 +2,7 @@
 //! spaces that are not views, the depthwise layers that share a class checked, and one
 //! [`ChannelGroup`] per remaining root, in execution order, with its slices.
 
-use super::analysis::{Analysis, ChannelGroup, LayerKind, Slice};
+use super::analysis::{Analysis, ChannelGroup, LayerKind, Slice, ValueSeg};
 use super::spaces::{State, Tag};
 use crate::model::shrink::graph::Graph;
 use std::collections::{BTreeMap, HashMap};
@@ -124,10 +124,35 @@ pub(super) fn finish(mut st: State, g: &Graph) -> Analysis {
             }
         }
     }
+    let mut values = HashMap::new();
+    let tags: Vec<(usize, Vec<Option<Tag>>)> =
+        st.tags.iter().map(|(v, t)| (*v, t.clone())).collect();
+    for (v, dims) in tags {
+        let dims: Vec<Option<Vec<ValueSeg>>> = dims
+            .into_iter()
+            .map(|tag| {
+                tag.map(|tag| {
+                    let segs: Vec<_> = tag.into_iter().flat_map(|seg| st.expand(seg)).collect();
+                    segs.into_iter()
+                        .map(|seg| {
+                            let root = st.find(seg.space);
+                            ValueSeg {
+                                group: index.get(&root).copied(),
+                                inner: seg.inner,
+                                channels: st.spaces[root].size,
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        values.insert(v, dims);
+    }
     Analysis {
         groups,
         layouts,
         layers: st.layers,
         layer_group,
+        values,
     }
 }

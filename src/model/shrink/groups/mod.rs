@@ -38,8 +38,8 @@ mod split;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use self::analysis::LayerKind;
 pub use self::analysis::{Analysis, ChannelGroup, Slice};
+pub(crate) use self::analysis::{LayerKind, ValueSeg};
 use self::finish::finish;
 use self::layers::{batch_norm, conv, linear, matmul};
 use self::shapes::{cat, elementwise, pass_through, pool, reshape};

@@ -84,7 +84,8 @@ pub(super) fn split(st: &mut State, g: &Graph, n: &Node, op: &str) -> bool {
         if s < 1 {
             return false;
         }
-        (((width + s - 1) / s).max(1) as usize, false)
+        // Pieces of `s` (the last one shorter): never fewer than one, whatever `s` is.
+        (((width.max(1) - 1) / s + 1) as usize, false)
     } else if let Some(sizes) = g.ints(size_arg) {
         (sizes.len(), false)
     } else {
