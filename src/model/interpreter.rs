@@ -30,7 +30,9 @@ struct Call<'p> {
     outputs: Vec<Option<&'p str>>,
 }
 
-/// Runs the program `program` (the archive's `models/<model>.json`) on `inputs` (its user
+/// Runs the program `program` (the archive's `models/<model>.json`, as JSON: a program edited
+/// in memory; [`ExportedModel::forward`](crate::model::ExportedModel::forward) runs an
+/// archive's own) on `inputs` (its user
 /// inputs, in order), its parameters and buffers taken from `weights` by their dotted names:
 /// its user outputs, in order. Refused before anything runs: a node this interpreter cannot
 /// run (see the module's docs), a parameter or buffer `weights` lacks, a constant (lifted

@@ -430,7 +430,7 @@ fn rows() -> Vec<Row> {
         row(".pt2 duplicate storage entry", "report {gen}/pt2_dup_storage.pt2", 1, &["two entries", "weights/weight_0"]),
         row(".pt2 another archive_format", "report {gen}/pt2_format.pt2", 1, &["archive_format", "pt3"]),
         row(".pt2 two programs", "report {gen}/pt2_two_models.pt2", 1, &["2 programs", "model, other"]),
-        row(".pt2 shrink --verify", "shrink {gen}/pt2_mlp.pt2 -o out.pt2 --amount 0.5 --verify", 1, &["--verify runs the shrunk program", "tch-prune cannot run a .pt2"]),
+        row(".pt2 shrink --verify of a program that maps the victim (aten::from_file)", "shrink {gen}/pt2_from_file.pt2 -o out.pt2 --amount 0.5 --verify", 1, &["from_file", "cannot run the program"]),
         row("a half view of a float storage", "report {gen}/half_view.pt", 1, &["storage '0'", "float32", "float16"]),
         Row { bomb: true, max_secs: Some(30), ..row("1M one-element views of one storage", "prune {gen}/views_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params v*", 1, &["cop", "refused"]) },
         Row { bomb: true, max_secs: Some(30), ..row("one tensor under 1M names", "prune {gen}/tied_1m.pt -o out.pt --method l1-unstructured --amount 0.5 --params t*", 1, &["several names", "refused"]) },

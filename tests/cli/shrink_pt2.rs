@@ -88,6 +88,7 @@ fn check_as(exported: &str, scripted: &str) {
         models.join(format!("{scripted}.pt")),
     );
     let (out_pt2, out_pt) = (dir.path().join("out.pt2"), dir.path().join("out.pt"));
+    // --verify: tch-prune runs both programs itself (its interpreter).
     let exported = json(&shrink(&[
         pt2.to_str().unwrap(),
         "-o",
@@ -95,7 +96,13 @@ fn check_as(exported: &str, scripted: &str) {
         "--amount",
         "0.5",
         "--json",
+        "--verify",
     ]));
+    let verified = exported["verify_relative_error"].as_f64();
+    assert!(
+        verified.is_some_and(|e| e <= 1e-4),
+        "{name}: verify {verified:?}"
+    );
     let scripted = json(&shrink(&[
         pt.to_str().unwrap(),
         "-o",
@@ -347,34 +354,65 @@ fn pt2_hostile_programs() {
     }
 }
 
+/// `--verify` runs the programs (the shrunk one and the original with the removed channels
+/// zeroed) through tch-prune's interpreter: it passes on an honest program; on a program holding
+/// an operator outside libtorch's allowed aten operators, or a target that is not an operator,
+/// it refuses to run anything, on one line, and writes nothing.
+#[test]
+fn pt2_verify_runs_the_program_or_refuses_it() {
+    let dir = common::tempdir();
+    let out = dir.path().join("out.pt2");
+    let o = out.to_str().unwrap();
+    let run = |input: &Path| {
+        shrink(&[
+            input.to_str().unwrap(),
+            "-o",
+            o,
+            "--amount",
+            "0.5",
+            "--verify",
+        ])
+    };
+    let r = run(&models().join("tiny.pt2"));
+    let said = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(said.contains("verify: relative error"), "{said}");
+    assert!(said.contains("run only by --verify"), "{said}");
+    std::fs::remove_file(&out).unwrap();
+    for (mode, message) in [
+        (
+            "unknown_op",
+            "cannot run the program: its node relu (torch.ops.aten.fancy_op.default) calls an operator the code policy does not allow",
+        ),
+        (
+            "spoofed_kind",
+            "(aten::conv2d) is not an operator of libtorch's aten namespace",
+        ),
+    ] {
+        let r = run(&hostile(mode, dir.path()));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{mode}");
+        assert!(err.contains(message), "{mode}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{mode}: {err}");
+        assert!(!out.exists(), "{mode}: an output was written");
+    }
+}
+
 #[test]
 fn pt2_refused_flags() {
     let dir = common::tempdir();
     let input = models().join("tiny.pt2");
     let out = dir.path().join("out.pt2");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    for (flags, message) in [
-        (
-            &["--verify"][..],
-            "--verify runs the shrunk program, and tch-prune cannot run a .pt2",
-        ),
-        (
-            &["--input-shape", "1,3,8,8"][..],
-            "a .pt2 program holds the shapes it was exported with",
-        ),
-    ] {
-        let args: Vec<&str> = [i, "-o", o, "--amount", "0.5"]
-            .iter()
-            .chain(flags)
-            .copied()
-            .collect();
-        let r = shrink(&args);
-        assert!(!r.status.success(), "{flags:?}");
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(err.contains(message), "{flags:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{flags:?}: {err}");
-        assert!(!out.exists());
-    }
+    let r = shrink(&[i, "-o", o, "--amount", "0.5", "--input-shape", "1,3,8,8"]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("a .pt2 program holds the shapes it was exported with"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.exists());
     // --params names the archive's parameters.
     let v = json(&shrink(&[
         i, "-o", o, "--amount", "0.5", "--params", "b.*", "--json",

@@ -422,8 +422,25 @@ def pt2_inputs():
             z.writestr(zipfile.ZipInfo(n), json.dumps(c).encode() if n == config_name else d)
     # Not pt2: another archive_format.
     write_zip(OUT / "pt2_format.pt2", [(n, b"pt3" if n.endswith("/archive_format") else d) for n, d in items])
-    # Two programs.
+    # A program with a node of its own that maps the victim shared (aten::from_file creates or
+    # overwrites it): `shrink --verify` runs programs, and must refuse this one before any node
+    # runs. The node feeds nothing, so the channel analysis still shrinks fc1.
     model_json = f"{root}/models/model.json"
+    program = json.loads(dict(items)[model_json])
+    graph = program["graph_module"]["graph"]
+    graph["nodes"].insert(0, {
+        "target": "torch.ops.aten.from_file.default",
+        "inputs": [{"name": "filename", "arg": {"as_string": VICTIM}, "kind": 1},
+                   {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                   {"name": "size", "arg": {"as_int": 4096}, "kind": 1}],
+        "outputs": [{"as_tensor": {"name": "mapped"}}],
+        "metadata": {}, "is_hop_single_tensor_return": None, "name": "mapped"})
+    meta_of = json.loads(json.dumps(next(iter(graph["tensor_values"].values()))))
+    meta_of["sizes"] = [{"as_int": 4096}]
+    meta_of["strides"] = [{"as_int": 1}]
+    graph["tensor_values"]["mapped"] = meta_of
+    write_zip(OUT / "pt2_from_file.pt2", [(n, json.dumps(program).encode() if n == model_json else d) for n, d in items])
+    # Two programs.
     write_zip(OUT / "pt2_two_models.pt2", items + [(f"{root}/models/other.json", dict(items)[model_json])])
     # An AOTInductor package, laid out as torch._inductor.aoti_compile_and_package writes one
     # (PyTorch 2.13, CPU): generated C++, its metadata, the compiled library holding the weights.

@@ -317,7 +317,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     crate::outputs::check_other(&args.input, &args.output, "-o")?;
     let limits = Limits::from_flags(&args.time_limit, args.memory_limit.as_deref(), &args.input)?;
     if Format::detect(&args.input)? == Format::Pt2 {
-        return run_pt2(&args, amount, norm);
+        return run_pt2(&args, amount, norm, limits);
     }
     check_input_size(&shape_text, &shape, &limits)?;
     check_torchscript(&args.input)?;
@@ -425,10 +425,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
 }
 
 /// `shrink` on a `.pt2`: the flags that need the model run are refused, each saying why.
-fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64) -> Result<()> {
-    if args.verify {
-        bail!("{}: {}", args.input.display(), crate::shrink_pt2::NO_VERIFY);
-    }
+fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64, limits: Limits) -> Result<()> {
     if args.input_shape.is_some() {
         bail!("{}: --input-shape is for TorchScript; a .pt2 program holds the shapes it was exported with, which shrink reads (export it again with another example input for other shapes)", args.input.display());
     }
@@ -468,6 +465,8 @@ fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64) -> Result<()> {
             input: args.input.clone(),
             output: args.output.clone(),
             json: args.json,
+            verify: args.verify,
+            limits,
         },
         &opts,
     )

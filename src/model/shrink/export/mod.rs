@@ -336,6 +336,16 @@ impl ExportedModel {
         })
     }
 
+    /// Runs the program on `inputs` (its user inputs, in order) with this model's weights, the
+    /// shrunk ones after [`shrink`](Self::shrink): its outputs, as
+    /// `torch.export.load(path).module()(*inputs)` computes them. The nodes are called one by
+    /// one through libtorch's dispatcher, on the CPU; only operators of libtorch's `aten`
+    /// namespace that the code policy allows are run, and a program holding anything else (or
+    /// reading lifted constants, which are not read) is refused before anything runs.
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        crate::model::run_program(&self.program, &self.tensors, inputs)
+    }
+
     /// Zeroes every removed slice of a parameter in this (unshrunk) model's tensors: the
     /// weights of the model whose outputs the shrunk one reproduces.
     pub fn zero_channels(&mut self, removed: &[Removed]) -> Result<()> {
