@@ -7,7 +7,7 @@ use crate::plan::{glob_match, split_patterns};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::Format;
@@ -324,36 +324,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     let policy = crate::policy(args.trust_code);
     let mut model = ScriptModel::load_with(&args.input, device, policy)?;
     model.set_train(false)?;
-    let params = match &args.params {
-        None => None,
-        Some(p) => {
-            let patterns = split_patterns(p);
-            let mut set = HashSet::new();
-            for pat in &patterns {
-                let hits: Vec<&String> = model
-                    .parameter_names()
-                    .iter()
-                    .filter(|n| glob_match(pat, n))
-                    .collect();
-                if hits.is_empty() {
-                    bail!(
-                        "--params '{pat}' matches no parameter of {}",
-                        args.input.display()
-                    );
-                }
-                set.extend(hits.into_iter().cloned());
-            }
-            Some(set)
-        }
-    };
-    let opts = ShrinkOptions {
-        amount,
-        norm,
-        global: args.global,
-        round_to: args.round_to,
-        params,
-        exact: args.exact,
-    };
+    let opts = options(&args, amount, norm, model.parameter_names())?;
     tch::manual_seed(0);
     let x = example_input(&args, &shape, device)?;
     let report = limits
@@ -362,23 +333,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
     let shrunk = model.snapshot(&report.buffers)?;
-    if report.groups.iter().all(|g| g.after == g.before) {
-        let why = report
-            .groups
-            .iter()
-            .find_map(|g| {
-                g.blocked
-                    .first()
-                    .map(|b| format!(" (e.g. {}: {b})", g.producer))
-            })
-            .unwrap_or_default();
-        bail!(
-            "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
-            report.groups.len(),
-            if args.exact { ", none entirely zero" } else { "" },
-            args.output.display()
-        );
-    }
+    check_shrank(&report, args.exact, &args.output)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -387,22 +342,13 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         original.zero_channels(&report.removed)?;
         let reference = outputs(&original, &x, &limits)?;
         let y = outputs(&model, &x, &limits)?;
-        let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
-        let err = f64::try_from((&y - &reference).abs().max())? / scale;
-        Some(err)
+        Some(relative_error(&y, &reference)?)
     } else {
         None
     };
     model.check_unchanged(&shrunk)?;
     // Decided before anything is written: a failed check leaves no file.
-    if let Some(err) = verify_relative_error {
-        if err.is_nan() || err > 1e-4 {
-            bail!(
-                "verify: the shrunk model differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4); {} was not written",
-                args.output.display()
-            );
-        }
-    }
+    check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
@@ -424,23 +370,38 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// `shrink` on a `.pt2`: the flags that need the model run are refused, each saying why.
+/// `shrink` on a `.pt2`: its shapes are the program's own, so `--input-shape` is refused.
 fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64, limits: Limits) -> Result<()> {
     if args.input_shape.is_some() {
         bail!("{}: --input-shape is for TorchScript; a .pt2 program holds the shapes it was exported with, which shrink reads (export it again with another example input for other shapes)", args.input.display());
     }
+    crate::shrink_pt2::run(
+        &crate::shrink_pt2::Pt2Args {
+            input: args.input.clone(),
+            output: args.output.clone(),
+            json: args.json,
+            verify: args.verify,
+            limits,
+        },
+        |parameters| options(args, amount, norm, parameters),
+    )
+}
+
+/// The options of the command line; `--params` is matched against `parameters`, each of its
+/// patterns matching one at least.
+pub(crate) fn options(
+    args: &ShrinkArgs,
+    amount: Option<Amount>,
+    norm: f64,
+    parameters: &[String],
+) -> Result<ShrinkOptions> {
     let params = match &args.params {
         None => None,
         Some(p) => {
-            let (archive, _) = tch_prune::checkpoint::Pt2Archive::read(&args.input)?;
-            let names: Vec<String> = archive
-                .names()
-                .filter(|n| archive.is_parameter(n))
-                .map(str::to_string)
-                .collect();
             let mut set = HashSet::new();
             for pat in split_patterns(p) {
-                let hits: Vec<&String> = names.iter().filter(|n| glob_match(&pat, n)).collect();
+                let hits: Vec<&String> =
+                    parameters.iter().filter(|n| glob_match(&pat, n)).collect();
                 if hits.is_empty() {
                     bail!(
                         "--params '{pat}' matches no parameter of {}",
@@ -452,24 +413,55 @@ fn run_pt2(args: &ShrinkArgs, amount: Option<Amount>, norm: f64, limits: Limits)
             Some(set)
         }
     };
-    let opts = ShrinkOptions {
+    Ok(ShrinkOptions {
         amount,
         norm,
         global: args.global,
         round_to: args.round_to,
         params,
         exact: args.exact,
-    };
-    crate::shrink_pt2::run(
-        &crate::shrink_pt2::Pt2Args {
-            input: args.input.clone(),
-            output: args.output.clone(),
-            json: args.json,
-            verify: args.verify,
-            limits,
-        },
-        &opts,
+    })
+}
+
+/// Fails, naming the groups' first reason, when the analysis left every channel in place.
+pub(crate) fn check_shrank(report: &ShrinkReport, exact: bool, output: &Path) -> Result<()> {
+    if report.groups.iter().any(|g| g.after != g.before) {
+        return Ok(());
+    }
+    let why = report
+        .groups
+        .iter()
+        .find_map(|g| {
+            g.blocked
+                .first()
+                .map(|b| format!(" (e.g. {}: {b})", g.producer))
+        })
+        .unwrap_or_default();
+    bail!(
+        "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
+        report.groups.len(),
+        if exact { ", none entirely zero" } else { "" },
+        output.display()
     )
+}
+
+/// The largest difference of `y` from `reference`, relative to the reference's largest
+/// magnitude: what `--verify` holds to 1e-4.
+pub(crate) fn relative_error(y: &Tensor, reference: &Tensor) -> Result<f64> {
+    let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
+    Ok(f64::try_from((y - reference).abs().max())? / scale)
+}
+
+/// Fails when `--verify` measured more than 1e-4 (or nothing comparable): before anything is
+/// written, so a failed check leaves no file.
+pub(crate) fn check_verified(error: Option<f64>, output: &Path) -> Result<()> {
+    match error {
+        Some(err) if err.is_nan() || err > 1e-4 => bail!(
+            "verify: the shrunk model differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4); {} was not written",
+            output.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn print_table(s: &Summary) {

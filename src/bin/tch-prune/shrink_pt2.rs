@@ -63,49 +63,33 @@ fn verify(args: &Pt2Args, model: &ExportedModel, report: &ShrinkReport) -> Resul
             Ok(Tensor::cat(&flat, 0))
         })
     };
-    let reference = outputs(&original)?;
-    let y = outputs(model)?;
-    let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
-    Ok(f64::try_from((&y - &reference).abs().max())? / scale)
+    crate::shrink::relative_error(&outputs(model)?, &outputs(&original)?)
 }
 
-/// Shrinks the archive, writes the output and prints the summary.
-pub(crate) fn run(args: &Pt2Args, opts: &ShrinkOptions) -> Result<()> {
+/// Shrinks the archive with the options `options` makes of its parameters' names, writes the
+/// output and prints the summary.
+pub(crate) fn run(
+    args: &Pt2Args,
+    options: impl FnOnce(&[String]) -> Result<ShrinkOptions>,
+) -> Result<()> {
     let mut model = ExportedModel::load(&args.input)
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
+    let parameters: Vec<String> = model
+        .tensors()
+        .iter()
+        .map(|(name, _)| name.clone())
+        .filter(|name| model.is_parameter(name))
+        .collect();
+    let opts = options(&parameters)?;
     let report = model
-        .shrink(opts)
+        .shrink(&opts)
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
-    if report.groups.iter().all(|g| g.after == g.before) {
-        let why = report
-            .groups
-            .iter()
-            .find_map(|g| {
-                g.blocked
-                    .first()
-                    .map(|b| format!(" (e.g. {}: {b})", g.producer))
-            })
-            .unwrap_or_default();
-        bail!(
-            "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
-            report.groups.len(),
-            if opts.exact { ", none entirely zero" } else { "" },
-            args.output.display()
-        );
-    }
+    crate::shrink::check_shrank(&report, opts.exact, &args.output)?;
     let verify_relative_error = match args.verify {
         true => Some(verify(args, &model, &report)?),
         false => None,
     };
-    // Decided before anything is written: a failed check leaves no file.
-    if let Some(err) = verify_relative_error {
-        if err.is_nan() || err > 1e-4 {
-            bail!(
-                "verify: the shrunk program differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4); {} was not written",
-                args.output.display()
-            );
-        }
-    }
+    crate::shrink::check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
