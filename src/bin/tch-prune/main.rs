@@ -10,6 +10,7 @@ mod pattern;
 mod plan;
 mod quiet;
 mod shrink;
+mod shrink_checks;
 mod shrink_hf;
 mod shrink_pt2;
 mod signals;

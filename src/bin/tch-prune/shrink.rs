@@ -7,7 +7,7 @@ use crate::plan::{glob_match, split_patterns};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tch_prune::checkpoint::Format;
@@ -333,7 +333,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
     let shrunk = model.snapshot(&report.buffers)?;
-    check_shrank(&report, args.exact, &args.output)?;
+    crate::shrink_checks::check_shrank(&report, args.exact, &args.output)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -342,13 +342,13 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         original.zero_channels(&report.removed)?;
         let reference = outputs(&original, &x, &limits)?;
         let y = outputs(&model, &x, &limits)?;
-        Some(relative_error(&y, &reference)?)
+        Some(crate::shrink_checks::relative_error(&y, &reference)?)
     } else {
         None
     };
     model.check_unchanged(&shrunk)?;
     // Decided before anything is written: a failed check leaves no file.
-    check_verified(verify_relative_error, &args.output)?;
+    crate::shrink_checks::check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
@@ -421,47 +421,6 @@ pub(crate) fn options(
         params,
         exact: args.exact,
     })
-}
-
-/// Fails, naming the groups' first reason, when the analysis left every channel in place.
-pub(crate) fn check_shrank(report: &ShrinkReport, exact: bool, output: &Path) -> Result<()> {
-    if report.groups.iter().any(|g| g.after != g.before) {
-        return Ok(());
-    }
-    let why = report
-        .groups
-        .iter()
-        .find_map(|g| {
-            g.blocked
-                .first()
-                .map(|b| format!(" (e.g. {}: {b})", g.producer))
-        })
-        .unwrap_or_default();
-    bail!(
-        "nothing could be shrunk: all {} channel groups keep every channel{}{why}; {} was not written",
-        report.groups.len(),
-        if exact { ", none entirely zero" } else { "" },
-        output.display()
-    )
-}
-
-/// The largest difference of `y` from `reference`, relative to the reference's largest
-/// magnitude: what `--verify` holds to 1e-4.
-pub(crate) fn relative_error(y: &Tensor, reference: &Tensor) -> Result<f64> {
-    let scale = f64::try_from(reference.abs().max())?.max(f64::MIN_POSITIVE);
-    Ok(f64::try_from((y - reference).abs().max())? / scale)
-}
-
-/// Fails when `--verify` measured more than 1e-4 (or nothing comparable): before anything is
-/// written, so a failed check leaves no file.
-pub(crate) fn check_verified(error: Option<f64>, output: &Path) -> Result<()> {
-    match error {
-        Some(err) if err.is_nan() || err > 1e-4 => bail!(
-            "verify: the shrunk model differs from the original with the removed channels zeroed (relative error {err:.3e} > 1e-4); {} was not written",
-            output.display()
-        ),
-        _ => Ok(()),
-    }
 }
 
 fn print_table(s: &Summary) {

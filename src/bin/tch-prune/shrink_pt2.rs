@@ -63,7 +63,7 @@ fn verify(args: &Pt2Args, model: &ExportedModel, report: &ShrinkReport) -> Resul
             Ok(Tensor::cat(&flat, 0))
         })
     };
-    crate::shrink::relative_error(&outputs(model)?, &outputs(&original)?)
+    crate::shrink_checks::relative_error(&outputs(model)?, &outputs(&original)?)
 }
 
 /// Shrinks the archive with the options `options` makes of its parameters' names, writes the
@@ -84,12 +84,12 @@ pub(crate) fn run(
     let report = model
         .shrink(&opts)
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
-    crate::shrink::check_shrank(&report, opts.exact, &args.output)?;
+    crate::shrink_checks::check_shrank(&report, opts.exact, &args.output)?;
     let verify_relative_error = match args.verify {
         true => Some(verify(args, &model, &report)?),
         false => None,
     };
-    crate::shrink::check_verified(verify_relative_error, &args.output)?;
+    crate::shrink_checks::check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),

@@ -182,17 +182,7 @@ impl ScriptModel {
                     "the shrunk model does not run on the example input: {e}"
                 )),
             })?;
-        let groups = a
-            .groups
-            .iter()
-            .zip(&kept)
-            .map(|(gr, k)| GroupChange {
-                producer: gr.producer.clone(),
-                before: gr.channels,
-                after: k.len() as i64,
-                blocked: gr.blocked.clone(),
-            })
-            .collect();
+        let groups = GroupChange::of_all(&a, &kept);
         Ok(ShrinkReport {
             groups,
             parameters_before,

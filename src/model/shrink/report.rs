@@ -26,6 +26,26 @@ pub struct GroupChange {
     pub blocked: Vec<String>,
 }
 
+impl GroupChange {
+    /// Each group of `analysis` with the channels `kept` of it (the selection's, in order).
+    pub(crate) fn of_all(
+        analysis: &super::groups::Analysis,
+        kept: &[Vec<i64>],
+    ) -> Vec<GroupChange> {
+        analysis
+            .groups
+            .iter()
+            .zip(kept)
+            .map(|(group, k)| GroupChange {
+                producer: group.producer.clone(),
+                before: group.channels,
+                after: k.len() as i64,
+                blocked: group.blocked.clone(),
+            })
+            .collect()
+    }
+}
+
 /// A removed stretch: along `dim` of `name`, these indices of the original tensor.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Removed {

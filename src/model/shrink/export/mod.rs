@@ -313,17 +313,7 @@ impl ExportedModel {
             }
         }
         self.program = program;
-        let groups = a
-            .groups
-            .iter()
-            .zip(&kept)
-            .map(|(gr, k)| GroupChange {
-                producer: gr.producer.clone(),
-                before: gr.channels,
-                after: k.len() as i64,
-                blocked: gr.blocked.clone(),
-            })
-            .collect();
+        let groups = GroupChange::of_all(&a, &kept);
         Ok(ShrinkReport {
             groups,
             parameters_before,
