@@ -63,10 +63,11 @@ const NCCL_LIBRARY: &str = "libtch_prune_nccl.so";
 pub(super) fn nccl_factory() -> std::result::Result<NonNull<c_void>, String> {
     static FACTORY: std::sync::OnceLock<std::result::Result<usize, String>> =
         std::sync::OnceLock::new();
-    FACTORY
+    // Kept as an address: a pointer is not `Sync`, and the function lives as long as the process.
+    let address = FACTORY
         .get_or_init(|| load_nccl().map(|f| f.as_ptr() as usize))
-        .clone()
-        .map(|address| NonNull::new(address as *mut c_void).expect("a loaded function"))
+        .clone()?;
+    NonNull::new(address as *mut c_void).ok_or_else(|| "the NCCL library's factory is null".into())
 }
 
 fn load_nccl() -> std::result::Result<NonNull<c_void>, String> {

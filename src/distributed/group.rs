@@ -37,8 +37,6 @@ pub enum ReduceOp {
 pub struct ProcessGroup {
     inner: Mutex<C10dGroup>,
     config: GroupConfig,
-    /// Whether CUDA tensors go through NCCL.
-    nccl: bool,
     payload: AtomicU64,
     /// How many exchanges through the store the crate made ([`fresh_keys`](Self::fresh_keys)).
     exchanges: AtomicU64,
@@ -86,10 +84,9 @@ impl ProcessGroup {
                 config.timeout.as_secs_f64()
             ))
         })?;
-        let mut joined = ProcessGroup {
+        let joined = ProcessGroup {
             inner: Mutex::new(group),
             config: config.clone(),
-            nccl: false,
             payload: AtomicU64::new(0),
             exchanges: AtomicU64::new(0),
             broken: Mutex::new(None),
@@ -99,19 +96,16 @@ impl ProcessGroup {
                 // SAFETY: the factory is the NCCL library's tp_nccl_backend_new.
                 unsafe { joined.lock().use_nccl(factory) }.map_err(|e| e.to_string())
             });
+            // Its own collective is on the CPU: Gloo's, whatever the backend.
             joined.all_succeeded(added.err().map(|e| format!("cannot use NCCL: {e}")))?;
-            joined.nccl = true;
         }
         Ok(joined)
     }
 
-    /// The backend of the group's CUDA tensors.
+    /// The backend of the group's CUDA tensors (the [`GroupConfig`]'s: a group that could not
+    /// add NCCL was not made).
     pub fn backend(&self) -> Backend {
-        if self.nccl {
-            Backend::Nccl
-        } else {
-            Backend::Gloo
-        }
+        self.config.backend
     }
 
     /// This process's rank, in `0..world_size()`.
@@ -313,7 +307,7 @@ impl ProcessGroup {
     /// Gloo.
     fn route(&self, tensor: &Tensor) -> (Device, bool) {
         match tensor.device() {
-            device @ Device::Cuda(_) if self.nccl => (device, true),
+            device @ Device::Cuda(_) if self.backend() == Backend::Nccl => (device, true),
             _ => (Device::Cpu, false),
         }
     }

@@ -51,7 +51,8 @@ fn model(dir: &Path) -> PathBuf {
     path
 }
 
-fn shrink(args: &[&str]) -> std::process::Output {
+/// `tch-prune shrink ARGS`, run to the end.
+pub(crate) fn shrink(args: &[&str]) -> std::process::Output {
     Cli::new("shrink").args(args).run()
 }
 
@@ -67,7 +68,8 @@ fn shrink_json(input: &str, output: &str, args: &[&str]) -> serde_json::Value {
     json(&shrink(&all))
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
+/// The JSON a successful run printed.
+pub(crate) fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "failed: {}",
@@ -76,7 +78,8 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
-fn afters(v: &serde_json::Value) -> Vec<(String, i64, i64)> {
+/// Each group's producer, width before and width after, from `--json`.
+pub(crate) fn afters(v: &serde_json::Value) -> Vec<(String, i64, i64)> {
     v["groups"]
         .as_array()
         .unwrap()

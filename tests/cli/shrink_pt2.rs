@@ -13,7 +13,7 @@
 //! they fail rather than pass having compared nothing.
 
 use crate::common;
-use common::Cli;
+use crate::shrink::{afters, json, shrink};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,34 +33,6 @@ fn models() -> &'static Path {
     })
 }
 
-fn shrink(args: &[&str]) -> std::process::Output {
-    Cli::new("shrink").args(args).run()
-}
-
-fn json(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-fn groups(v: &Value) -> Vec<(String, i64, i64)> {
-    v["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["producer"].as_str().unwrap().to_string(),
-                g["before"].as_i64().unwrap(),
-                g["after"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn removed(v: &Value) -> Vec<String> {
     let mut r: Vec<String> = v["removed"]
         .as_array()
@@ -70,6 +42,15 @@ fn removed(v: &Value) -> Vec<String> {
         .collect();
     r.sort();
     r
+}
+
+/// A run refused on one line saying `message`, nothing written to `out`.
+fn refused(r: &std::process::Output, what: &str, message: &str, out: &Path) {
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{what}");
+    assert!(err.contains(message), "{what}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+    assert!(!out.exists(), "{what}: an output was written");
 }
 
 /// Shrinks `name`'s archive and its TorchScript twin at 0.5 and checks everything the issue
@@ -117,12 +98,12 @@ fn check_as(exported: &str, scripted: &str) {
     ]));
     // The same analysis and the same selection as the TorchScript path.
     assert_eq!(
-        groups(&exported),
-        groups(&scripted),
+        afters(&exported),
+        afters(&scripted),
         "{name}: groups differ"
     );
     assert!(
-        groups(&exported).iter().any(|(_, b, a)| a < b),
+        afters(&exported).iter().any(|(_, b, a)| a < b),
         "{name}: nothing shrank"
     );
     for key in [
@@ -345,12 +326,7 @@ fn pt2_hostile_programs() {
         ),
         ("not_json", "is not JSON this reader takes"),
     ] {
-        let r = run(&hostile(mode, dir.path()));
-        assert!(!r.status.success(), "{mode}");
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(err.contains(message), "{mode}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{mode}: {err}");
-        assert!(!out.exists(), "{mode}: an output was written");
+        refused(&run(&hostile(mode, dir.path())), mode, message, &out);
     }
 }
 
@@ -389,12 +365,7 @@ fn pt2_verify_runs_the_program_or_refuses_it() {
             "(aten::conv2d) is not an operator of libtorch's aten namespace",
         ),
     ] {
-        let r = run(&hostile(mode, dir.path()));
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success(), "{mode}");
-        assert!(err.contains(message), "{mode}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{mode}: {err}");
-        assert!(!out.exists(), "{mode}: an output was written");
+        refused(&run(&hostile(mode, dir.path())), mode, message, &out);
     }
 }
 
@@ -404,15 +375,12 @@ fn pt2_refused_flags() {
     let input = models().join("tiny.pt2");
     let out = dir.path().join("out.pt2");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let r = shrink(&[i, "-o", o, "--amount", "0.5", "--input-shape", "1,3,8,8"]);
-    assert!(!r.status.success());
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        err.contains("a .pt2 program holds the shapes it was exported with"),
-        "{err}"
+    refused(
+        &shrink(&[i, "-o", o, "--amount", "0.5", "--input-shape", "1,3,8,8"]),
+        "--input-shape",
+        "a .pt2 program holds the shapes it was exported with",
+        &out,
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(!out.exists());
     // --params names the archive's parameters.
     let v = json(&shrink(&[
         i, "-o", o, "--amount", "0.5", "--params", "b.*", "--json",

@@ -10,9 +10,9 @@ mod pattern;
 mod plan;
 mod quiet;
 mod shrink;
-mod shrink_checks;
 mod shrink_hf;
 mod shrink_pt2;
+mod shrink_result;
 mod signals;
 mod stream;
 // The library's one-line text helpers, compiled from the same source rather than exported.

@@ -4,6 +4,7 @@
 
 use crate::limits::{self, Limits};
 use crate::plan::{glob_match, split_patterns};
+use crate::shrink_result::{check_shrank, check_verified, print_sizes, ratio, relative_error};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::HashSet;
@@ -333,7 +334,7 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
     // What is saved: the shrunk model as the analysis left it (checked unchanged by its runs),
     // compared again after the timed runs and the check, which run its code too.
     let shrunk = model.snapshot(&report.buffers)?;
-    crate::shrink_checks::check_shrank(&report, args.exact, &args.output)?;
+    check_shrank(&report, args.exact, &args.output)?;
 
     let mut original = ScriptModel::load_with(&args.input, device, policy)?;
     original.set_train(false)?;
@@ -342,13 +343,13 @@ pub fn run(args: ShrinkArgs, device: Device) -> Result<()> {
         original.zero_channels(&report.removed)?;
         let reference = outputs(&original, &x, &limits)?;
         let y = outputs(&model, &x, &limits)?;
-        Some(crate::shrink_checks::relative_error(&y, &reference)?)
+        Some(relative_error(&y, &reference)?)
     } else {
         None
     };
     model.check_unchanged(&shrunk)?;
     // Decided before anything is written: a failed check leaves no file.
-    crate::shrink_checks::check_verified(verify_relative_error, &args.output)?;
+    check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
@@ -425,40 +426,7 @@ pub(crate) fn options(
 
 fn print_table(s: &Summary) {
     let r = s.report;
-    println!("{:>8} {:>8}  group (producer)", "before", "after");
-    for g in &r.groups {
-        let why = if g.blocked.is_empty() {
-            String::new()
-        } else {
-            format!("  [kept: {}]", g.blocked.join("; "))
-        };
-        println!("{:>8} {:>8}  {}{}", g.before, g.after, g.producer, why);
-    }
-    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
-    println!();
-    println!("{:<12} {:>14} {:>14} {:>8}", "", "before", "after", "ratio");
-    let row = |name: &str, a: f64, b: f64, unit: &str| {
-        println!(
-            "{:<12} {:>14} {:>14} {:>8.3}",
-            name,
-            format!("{a:.0}{unit}"),
-            format!("{b:.0}{unit}"),
-            ratio(a, b)
-        );
-    };
-    row(
-        "parameters",
-        r.parameters_before as f64,
-        r.parameters_after as f64,
-        "",
-    );
-    row("MACs", r.macs_before as f64, r.macs_after as f64, "");
-    row(
-        "file bytes",
-        s.file_bytes_before as f64,
-        s.file_bytes_after as f64,
-        "",
-    );
+    print_sizes(r, s.file_bytes_before, s.file_bytes_after);
     println!(
         "latency: the median of {} forward passes per model after 2 warm-up runs, the models alternating, on the input below",
         s.runs

@@ -6,6 +6,7 @@
 //! the program compiled.
 
 use crate::limits::Limits;
+use crate::shrink_result::{check_shrank, check_verified, print_sizes, relative_error};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 use tch::Tensor;
@@ -63,7 +64,7 @@ fn verify(args: &Pt2Args, model: &ExportedModel, report: &ShrinkReport) -> Resul
             Ok(Tensor::cat(&flat, 0))
         })
     };
-    crate::shrink_checks::relative_error(&outputs(model)?, &outputs(&original)?)
+    relative_error(&outputs(model)?, &outputs(&original)?)
 }
 
 /// Shrinks the archive with the options `options` makes of its parameters' names, writes the
@@ -84,12 +85,12 @@ pub(crate) fn run(
     let report = model
         .shrink(&opts)
         .with_context(|| format!("cannot shrink {}", args.input.display()))?;
-    crate::shrink_checks::check_shrank(&report, opts.exact, &args.output)?;
+    check_shrank(&report, opts.exact, &args.output)?;
     let verify_relative_error = match args.verify {
         true => Some(verify(args, &model, &report)?),
         false => None,
     };
-    crate::shrink_checks::check_verified(verify_relative_error, &args.output)?;
+    check_verified(verify_relative_error, &args.output)?;
     model.save(&args.output)?;
     let summary = Summary {
         input: args.input.display().to_string(),
@@ -110,39 +111,7 @@ pub(crate) fn run(
 
 fn print_table(s: &Summary) {
     let r = s.report;
-    println!("{:>8} {:>8}  group (producer)", "before", "after");
-    for g in &r.groups {
-        let why = if g.blocked.is_empty() {
-            String::new()
-        } else {
-            format!("  [kept: {}]", g.blocked.join("; "))
-        };
-        println!("{:>8} {:>8}  {}{}", g.before, g.after, g.producer, why);
-    }
-    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
-    println!();
-    println!("{:<12} {:>14} {:>14} {:>8}", "", "before", "after", "ratio");
-    for (name, a, b) in [
-        (
-            "parameters",
-            r.parameters_before as f64,
-            r.parameters_after as f64,
-        ),
-        ("MACs", r.macs_before as f64, r.macs_after as f64),
-        (
-            "file bytes",
-            s.file_bytes_before as f64,
-            s.file_bytes_after as f64,
-        ),
-    ] {
-        println!(
-            "{:<12} {:>14} {:>14} {:>8.3}",
-            name,
-            format!("{a:.0}"),
-            format!("{b:.0}"),
-            ratio(a, b)
-        );
-    }
+    print_sizes(r, s.file_bytes_before, s.file_bytes_after);
     for n in &r.notes {
         println!("note: {n}");
     }

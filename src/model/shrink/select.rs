@@ -9,7 +9,7 @@
 //! (Torch-Pruning's "mean" normaliser), so wide and narrow layers compete fairly.
 
 use super::graph::Graph;
-use super::groups::{Analysis, LayerKind};
+use super::groups::Analysis;
 use crate::error::{PruneError, Result};
 use crate::prune::amount::Amount;
 use std::collections::{HashMap, HashSet};
@@ -217,13 +217,7 @@ pub(crate) fn select(
         let mut by_class: HashMap<&str, Vec<usize>> = HashMap::new();
         for (li, &gi) in &analysis.layer_group {
             let layer = &analysis.layers[*li];
-            if matches!(
-                layer.kind,
-                LayerKind::Conv {
-                    depthwise: true,
-                    ..
-                }
-            ) {
+            if layer.is_depthwise() {
                 if let Some(m) = graph.modules.get(&layer.path) {
                     by_class.entry(m.class.as_str()).or_default().push(gi);
                 }

@@ -189,7 +189,6 @@ pub(super) fn write_all(
     // Join the folder of a rank before this one that writes the same output and whose folder
     // this rank sees (its marker holds the word it published), else lead a folder of its own.
     let mut joined = None;
-    let mut folders = 0;
     for rank in 0..group.rank() {
         match said(rank) {
             Ok(Folder::Leads {
@@ -197,7 +196,6 @@ pub(super) fn write_all(
                 folder,
                 word,
             }) => {
-                folders += 1;
                 let seen = std::fs::read_to_string(Path::new(&folder).join(MARKER))
                     .is_ok_and(|w| w == word);
                 if joined.is_none() && theirs == output.to_string_lossy() && seen {
@@ -215,7 +213,7 @@ pub(super) fn write_all(
         written?;
         agreed?;
         group.all_succeeded(None)?;
-        return Ok((shards.len(), count_folders(group, &said, folders)?));
+        return Ok((shards.len(), count_folders(group, &said, false)?));
     }
 
     let (mut published, mut wrote) = (false, None);
@@ -272,7 +270,7 @@ pub(super) fn write_all(
     }
     result?;
     committed?;
-    Ok((shards.len(), count_folders(group, &said, folders + 1)?))
+    Ok((shards.len(), count_folders(group, &said, true)?))
 }
 
 /// The marker a folder's leader leaves in its temporary folder until the writes are agreed on:
@@ -294,15 +292,15 @@ enum Folder {
     Failed,
 }
 
-/// The number of output folders: the leaders among every rank (`before` among those up to this
-/// one, read already).
+/// The number of output folders: the leaders among every rank, this one (which `leads` or
+/// not) and the others (whose words are all in the store by the agreement on the writes).
 fn count_folders(
     group: &ProcessGroup,
     said: &impl Fn(usize) -> Result<Folder>,
-    before: usize,
+    leads: bool,
 ) -> Result<usize> {
-    let mut count = before;
-    for rank in group.rank() + 1..group.world_size() {
+    let mut count = usize::from(leads);
+    for rank in (0..group.world_size()).filter(|&r| r != group.rank()) {
         count += usize::from(matches!(said(rank)?, Folder::Leads { .. }));
     }
     Ok(count)

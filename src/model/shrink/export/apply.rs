@@ -6,7 +6,7 @@
 
 use super::front::{sizes, Described};
 use crate::error::{PruneError, Result};
-use crate::model::shrink::groups::{Analysis, LayerKind, ValueSeg};
+use crate::model::shrink::groups::{Analysis, ValueSeg};
 use crate::model::shrink::rewrite::new_width;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -228,15 +228,7 @@ pub(super) fn rewrite(
     let depthwise: BTreeSet<&str> = analysis
         .layers
         .iter()
-        .filter(|l| {
-            matches!(
-                l.kind,
-                LayerKind::Conv {
-                    depthwise: true,
-                    ..
-                }
-            )
-        })
+        .filter(|l| l.is_depthwise())
         .map(|l| l.weight.as_str())
         .collect();
     let by_placeholder: HashMap<&str, &str> = described

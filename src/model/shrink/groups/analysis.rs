@@ -54,6 +54,19 @@ pub(crate) struct Layer {
     pub kind: LayerKind,
 }
 
+impl Layer {
+    /// A depthwise convolution: one group per channel, so its `groups` follows its width.
+    pub(crate) fn is_depthwise(&self) -> bool {
+        matches!(
+            self.kind,
+            LayerKind::Conv {
+                depthwise: true,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Analysis {
     pub groups: Vec<ChannelGroup>,

@@ -2,7 +2,7 @@
 //! spaces that are not views, the depthwise layers that share a class checked, and one
 //! [`ChannelGroup`] per remaining root, in execution order, with its slices.
 
-use super::analysis::{Analysis, ChannelGroup, LayerKind, Slice, ValueSeg};
+use super::analysis::{Analysis, ChannelGroup, Slice, ValueSeg};
 use super::spaces::{State, Tag};
 use crate::model::shrink::graph::Graph;
 use std::collections::{BTreeMap, HashMap};
@@ -15,15 +15,7 @@ fn check_depthwise(st: &mut State, g: &Graph, expanded: &BTreeMap<(String, usize
     let depthwise: Vec<(String, String)> = st
         .layers
         .iter()
-        .filter(|l| {
-            matches!(
-                l.kind,
-                LayerKind::Conv {
-                    depthwise: true,
-                    ..
-                }
-            )
-        })
+        .filter(|l| l.is_depthwise())
         .map(|l| (l.path.clone(), l.weight.clone()))
         .collect();
     let class = |path: &str| g.modules.get(path).map(|m| m.class.clone());
@@ -112,13 +104,7 @@ pub(super) fn finish(mut st: State, g: &Graph) -> Analysis {
     }
     let mut layer_group = HashMap::new();
     for (i, l) in st.layers.iter().enumerate() {
-        if matches!(
-            l.kind,
-            LayerKind::Conv {
-                depthwise: true,
-                ..
-            }
-        ) {
+        if l.is_depthwise() {
             if let Some([(gi, 1)]) = layouts.get(&(l.weight.clone(), 0)).map(Vec::as_slice) {
                 layer_group.insert(i, *gi);
             }

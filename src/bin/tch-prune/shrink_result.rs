@@ -1,5 +1,6 @@
-//! The checks both `shrink` paths (TorchScript, `.pt2`) make of a result before anything is
-//! written: that something shrank, and `--verify`'s comparison.
+//! What both `shrink` paths (TorchScript, `.pt2`) do with a result: the checks before anything
+//! is written (that something shrank, `--verify`'s comparison), and the table of its groups
+//! and sizes.
 
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -44,5 +45,46 @@ pub(crate) fn check_verified(error: Option<f64>, output: &Path) -> Result<()> {
             output.display()
         ),
         _ => Ok(()),
+    }
+}
+
+/// `after / before`, NaN for nothing before.
+pub(crate) fn ratio(before: f64, after: f64) -> f64 {
+    if before > 0.0 {
+        after / before
+    } else {
+        f64::NAN
+    }
+}
+
+/// Each group's widths, then the parameters, MACs and file bytes before and after.
+pub(crate) fn print_sizes(r: &ShrinkReport, file_bytes_before: u64, file_bytes_after: u64) {
+    println!("{:>8} {:>8}  group (producer)", "before", "after");
+    for g in &r.groups {
+        let why = if g.blocked.is_empty() {
+            String::new()
+        } else {
+            format!("  [kept: {}]", g.blocked.join("; "))
+        };
+        println!("{:>8} {:>8}  {}{}", g.before, g.after, g.producer, why);
+    }
+    println!();
+    println!("{:<12} {:>14} {:>14} {:>8}", "", "before", "after", "ratio");
+    for (name, a, b) in [
+        ("parameters", r.parameters_before, r.parameters_after),
+        ("MACs", r.macs_before, r.macs_after),
+        (
+            "file bytes",
+            file_bytes_before as i64,
+            file_bytes_after as i64,
+        ),
+    ] {
+        println!(
+            "{:<12} {:>14} {:>14} {:>8.3}",
+            name,
+            a,
+            b,
+            ratio(a as f64, b as f64)
+        );
     }
 }
