@@ -73,7 +73,7 @@ pub use self::mapped::{
     MappedSafetensors, MappedTensor, TensorHeader,
 };
 pub use self::mapped_torch_save::MappedTorchSave;
-pub use self::output_file::{InputRange, OutputFile, TensorSink, WriteStats};
+pub use self::output_file::{InputRange, OutputFile, TensorSink, WritePath, WriteStats};
 
 pub use self::pt2::mapped::MappedPt2;
 pub use self::pt2::Pt2Archive;

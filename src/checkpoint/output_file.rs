@@ -1,23 +1,26 @@
 //! Writing a large output file at the disk's speed: what the streamed writers write into.
 //!
-//! Written through the page cache, a multi-GB output costs three to four times what the same
-//! bytes cost written with direct I/O or copied in the kernel (measured on this project's
-//! machine: `dd bs=4M conv=fsync` 5-7 s for 1.9 GB, `dd oflag=direct` 1.7 s, `cp` + `sync`
-//! 1.7 s). So an [`OutputFile`] writes where the filesystem allows it with `O_DIRECT`: large
-//! aligned buffers (three of [`BUFFER`] bytes), written by a thread of their own while the
-//! next one is filled, so the pruning's computation and the disk overlap. Bytes that are the
-//! input's own (a tensor kept as it is) are copied in the kernel with `copy_file_range` where
-//! they are large, without passing through this process. Where `O_DIRECT` is refused (tmpfs,
-//! some network or FUSE filesystems, other systems) the same buffers are written through the
-//! page cache; [`OutputFile::stats`] says which path ran.
+//! How a multi-GB output is written decides most of a streamed run's time. Measured on this
+//! project's machine (ext4 on a virtual disk, 1.9 GB, side by side in one run): `cp` + `sync`
+//! 1.1-1.5 s (`copy_file_range`, then the kernel's writeback), `dd oflag=direct` 1.5-1.7 s,
+//! `dd bs=8M conv=fsync` 5.4-5.5 s (buffered writes that leave the whole file in the page
+//! cache), and buffered writes that start each range's writeback as soon as it is written
+//! (`sync_file_range`) and wait for it, then drop it from the cache, a few ranges behind:
+//! 0.8-0.95 s, the fastest. So an [`OutputFile`] writes in large buffers (three of [`BUFFER`]
+//! bytes) on a thread of their own, while the next one is filled, and, by default on Linux,
+//! writes them back as it goes ([`WritePath::Writeback`]); direct I/O (`O_DIRECT`, large
+//! aligned buffers) and plain page-cache writes are the other paths. Bytes that are the input's
+//! own (a tensor kept as it is) are copied in the kernel with `copy_file_range` where they are
+//! large, without passing through this process. [`OutputFile::stats`] says which path ran.
 //!
 //! The file's last partial block is written through a second, ordinary descriptor, so the file
 //! ends exactly where its data ends. [`OutputFile::finish`] syncs it. The file is where the
 //! caller asked (a temporary file of [`atomic_write`](super::atomic_write) for the crate's
 //! writers): nothing here changes how outputs are put in place.
 //!
-//! `TCH_PRUNE_DIRECT_IO=0` in the environment turns direct I/O off (to compare, or on a
-//! filesystem that accepts `O_DIRECT` and then serves it badly).
+//! `TCH_PRUNE_WRITE=direct` asks for direct I/O (where the filesystem refuses it, the page
+//! cache is used), `TCH_PRUNE_WRITE=cache` for plain page-cache writes, to compare or where a
+//! filesystem serves the default badly.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -30,8 +33,13 @@ use std::thread::JoinHandle;
 const ALIGN: usize = 4096;
 
 /// Bytes per buffer: large writes are what makes direct I/O fast (`dd` measured 16 MiB blocks
-/// at the disk's speed); three buffers are 24 MiB of memory whatever the file's size.
+/// at the disk's speed), and a range the writeback path starts at once.
 pub const BUFFER: usize = 8 << 20;
+
+/// Ranges the writeback path lets be in flight before it waits for the oldest and drops it
+/// from the page cache: 32 MiB of dirty or written-back pages at most. Without the wait and
+/// the drop, the page cache fills with the output and the same writes took 2-4x longer.
+const WRITEBACK_LAG: usize = 4;
 
 /// Buffers in use at once: one being filled, up to two queued or being written.
 const BUFFERS: usize = 3;
@@ -40,12 +48,48 @@ const BUFFERS: usize = 3;
 /// cheaper to append to the buffer than a system call and a split buffer.
 const COPY_MIN: usize = 1 << 20;
 
+/// How an [`OutputFile`]'s buffers reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WritePath {
+    /// Through the page cache, each range's writeback started as it is written and waited for a
+    /// few ranges later, which then leave the cache (`sync_file_range`, `POSIX_FADV_DONTNEED`):
+    /// the default on Linux.
+    #[default]
+    Writeback,
+    /// Direct I/O (`O_DIRECT`) in aligned buffers: `TCH_PRUNE_WRITE=direct`.
+    Direct,
+    /// Through the page cache, synced at the end: other systems, or `TCH_PRUNE_WRITE=cache`.
+    PageCache,
+}
+
+impl WritePath {
+    /// The path the environment asks for (`TCH_PRUNE_WRITE`), else the default for this
+    /// system.
+    fn wanted() -> WritePath {
+        match std::env::var("TCH_PRUNE_WRITE").as_deref() {
+            Ok("direct") => WritePath::Direct,
+            Ok("cache") => WritePath::PageCache,
+            _ if cfg!(target_os = "linux") => WritePath::Writeback,
+            _ => WritePath::PageCache,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            WritePath::Writeback => "written back as it went",
+            WritePath::Direct => "direct I/O",
+            WritePath::PageCache => "the page cache",
+        }
+    }
+}
+
 /// What was written, and how: for the summary of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Whether the buffers were written with direct I/O (`O_DIRECT`); `false`: through the page
-    /// cache, because the filesystem refused it or `TCH_PRUNE_DIRECT_IO=0` asked for that.
-    pub direct: bool,
+    /// How the buffers were written: [`WritePath::Direct`] only where the filesystem took
+    /// `O_DIRECT`. For several files, the first file's path, or [`WritePath::PageCache`] if
+    /// the files differ.
+    pub path: WritePath,
     /// Bytes written from this process's buffers.
     pub written: u64,
     /// Bytes copied from the input in the kernel (`copy_file_range`).
@@ -53,33 +97,33 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
-    /// Adds another file's counts (a sharded output); `direct` stays true only if every file
-    /// was written directly.
+    /// Adds another file's counts (a sharded output).
     pub fn add(&mut self, other: WriteStats) {
         let first = self.written == 0 && self.copied == 0;
-        self.direct = if first {
-            other.direct
-        } else {
-            self.direct && other.direct
-        };
+        if first {
+            self.path = other.path;
+        } else if self.path != other.path {
+            self.path = WritePath::PageCache;
+        }
         self.written += other.written;
         self.copied += other.copied;
     }
 
-    /// One phrase for a summary: "direct I/O, 12.0 MB copied in the kernel".
+    /// One phrase for a summary: "written with direct I/O, 12.0 MB ... copied in the kernel".
     pub fn describe(&self) -> String {
-        let path = if self.direct {
-            "direct I/O"
-        } else {
-            "the page cache"
+        let path = match self.path {
+            WritePath::Writeback => {
+                "written through the page cache, written back as it went".to_string()
+            }
+            other => format!("written with {}", other.describe()),
         };
         if self.copied > 0 {
             format!(
-                "written with {path}, {:.1} MB of unchanged data copied in the kernel",
+                "{path}, {:.1} MB of unchanged data copied in the kernel",
                 self.copied as f64 / 1e6
             )
         } else {
-            format!("written with {path}")
+            path
         }
     }
 }
@@ -185,37 +229,45 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
-    /// Creates (or truncates) the file at `path`, with direct I/O where the filesystem takes
-    /// it (and `TCH_PRUNE_DIRECT_IO` is not `0`).
+    /// Creates (or truncates) the file at `path`, to be written by the path the environment
+    /// asks for ([`WritePath`]; `TCH_PRUNE_WRITE`), or the default.
     pub fn create(path: &Path) -> io::Result<OutputFile> {
-        Self::create_with(path, direct_wanted())
+        Self::create_with(path, WritePath::wanted())
     }
 
-    /// [`create`](Self::create), direct I/O tried only if `direct`.
-    fn create_with(path: &Path, direct: bool) -> io::Result<OutputFile> {
+    /// [`create`](Self::create) by `path`; direct I/O falls back to the page cache where the
+    /// filesystem refuses `O_DIRECT`.
+    fn create_with(file_path: &Path, path: WritePath) -> io::Result<OutputFile> {
         let plain = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(path)?;
-        match direct.then(|| open_direct(path)).flatten() {
-            Some(file) => Self::with_handles(file, plain, true),
-            None => Self::with_handles(plain.try_clone()?, plain, false),
+            .open(file_path)?;
+        if path == WritePath::Direct {
+            if let Some(file) = open_direct(file_path) {
+                return Self::with_handles(file, plain, WritePath::Direct);
+            }
+            return Self::with_handles(plain.try_clone()?, plain, WritePath::PageCache);
         }
+        Self::with_handles(plain.try_clone()?, plain, path)
     }
 
-    /// Writes buffers through `file` (opened with `O_DIRECT` if `direct`), copies and the last
-    /// block through `plain`, both on the same empty file.
-    fn with_handles(file: File, plain: File, direct: bool) -> io::Result<OutputFile> {
+    /// Writes buffers through `file` (opened with `O_DIRECT` for [`WritePath::Direct`]), copies
+    /// and the last block through `plain`, both on the same empty file.
+    fn with_handles(file: File, plain: File, path: WritePath) -> io::Result<OutputFile> {
         let (jobs, queue) = sync_channel::<Job>(BUFFERS - 1);
         let (give_back, free) = sync_channel::<Aligned>(BUFFERS);
-        // The thread owns the buffers' descriptor (with `O_DIRECT` when `direct`).
+        // The thread owns the buffers' descriptor (with `O_DIRECT` when direct).
         let writer = file;
         let thread = std::thread::Builder::new()
             .name("tch-prune-write".into())
             .spawn(move || -> io::Result<()> {
+                let mut behind = std::collections::VecDeque::new();
                 for job in queue {
                     write_at(&writer, &job.buffer.bytes()[..job.len], job.offset)?;
+                    if path == WritePath::Writeback {
+                        writeback(&writer, job.offset, job.len, &mut behind)?;
+                    }
                     // The owner may be gone (it stops at the first error): nothing to give.
                     let _ = give_back.send(job.buffer);
                 }
@@ -232,7 +284,7 @@ impl OutputFile {
             thread: Some(thread),
             can_copy: cfg!(target_os = "linux"),
             stats: WriteStats {
-                direct,
+                path,
                 ..WriteStats::default()
             },
         })
@@ -291,7 +343,7 @@ impl OutputFile {
     /// Writes everything out, ends the file at its last byte and syncs it. Returns how it was
     /// written.
     pub fn finish(mut self) -> io::Result<WriteStats> {
-        let whole = if self.stats.direct {
+        let whole = if self.stats.path == WritePath::Direct {
             self.filled / ALIGN * ALIGN
         } else {
             self.filled
@@ -330,12 +382,13 @@ impl OutputFile {
             return Ok(false);
         }
         let position = self.position();
-        let head = if self.stats.direct {
+        let direct = self.stats.path == WritePath::Direct;
+        let head = if direct {
             (ALIGN - (position as usize) % ALIGN) % ALIGN
         } else {
             0
         };
-        let middle = if self.stats.direct {
+        let middle = if direct {
             (len - head) / ALIGN * ALIGN
         } else {
             len
@@ -354,7 +407,13 @@ impl OutputFile {
             dst,
             middle,
         ) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.stats.path == WritePath::Writeback {
+                    // Started now, on the disk by `finish`'s sync (the copy's pages are not
+                    // waited for here: the main thread would wait on the disk).
+                    start_writeback(&self.plain, dst, middle)?;
+                }
+            }
             Err(e) if copy_unsupported(&e) => {
                 self.can_copy = false;
                 self.append(&range.bytes[head..])?;
@@ -416,8 +475,63 @@ impl Drop for OutputFile {
     }
 }
 
-fn direct_wanted() -> bool {
-    std::env::var_os("TCH_PRUNE_DIRECT_IO").is_none_or(|v| v != "0")
+/// Starts the writeback of the range just written, then, once [`WRITEBACK_LAG`] ranges are in
+/// flight, waits for the oldest and drops its pages from the cache (they are on the disk).
+#[cfg(target_os = "linux")]
+fn writeback(
+    file: &File,
+    offset: u64,
+    len: usize,
+    behind: &mut std::collections::VecDeque<(u64, usize)>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    start_writeback(file, offset, len)?;
+    behind.push_back((offset, len));
+    // SAFETY: plain system calls on an open descriptor, over ranges of its file.
+    unsafe {
+        while behind.len() > WRITEBACK_LAG {
+            let Some((offset, len)) = behind.pop_front() else {
+                break;
+            };
+            let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            if libc::sync_file_range(fd, offset as i64, len as i64, all) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Advice only: a failure changes nothing written.
+            let _ = libc::posix_fadvise(fd, offset as i64, len as i64, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    Ok(())
+}
+
+/// Starts writing `len` bytes of `file` from `offset` back to the disk, without waiting.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WRITE;
+    // SAFETY: a plain system call on an open descriptor, over a range of its file.
+    match unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File, _: u64, _: usize) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn writeback(
+    _: &File,
+    _: u64,
+    _: usize,
+    _: &mut std::collections::VecDeque<(u64, usize)>,
+) -> io::Result<()> {
+    Ok(())
 }
 
 /// `path` opened again for writing with `O_DIRECT`, if the filesystem takes it.
@@ -527,8 +641,8 @@ mod tests {
             .collect()
     }
 
-    /// Writes, unchanged ranges and odd sizes interleaved, with and without direct I/O: the
-    /// file is exactly the bytes in order, whichever path each piece took.
+    /// Writes, unchanged ranges and odd sizes interleaved, on every write path: the file is
+    /// exactly the bytes in order, whichever path each piece took.
     #[test]
     fn every_mix_of_writes_and_copies_gives_the_bytes_in_order() {
         let dir = tempfile::tempdir().expect("temporary folder");
@@ -548,9 +662,13 @@ mod tests {
             (1, BUFFER + ALIGN),
             (0, 1),
         ];
-        for direct in [true, false] {
-            let out = dir.path().join(format!("out-{direct}"));
-            let mut file = OutputFile::create_with(&out, direct).expect("create");
+        for path in [
+            WritePath::Direct,
+            WritePath::Writeback,
+            WritePath::PageCache,
+        ] {
+            let out = dir.path().join(format!("out-{path:?}"));
+            let mut file = OutputFile::create_with(&out, path).expect("create");
             let mut expected = Vec::new();
             let mut at = 0usize;
             for (i, &(kind, len)) in pieces.iter().enumerate() {
@@ -571,11 +689,8 @@ mod tests {
             }
             let stats = file.finish().expect("finish");
             assert_eq!(stats.written + stats.copied, expected.len() as u64);
-            assert!(!direct || stats.copied > 0 || !cfg!(target_os = "linux"));
-            assert!(
-                std::fs::read(&out).expect("read") == expected,
-                "direct: {direct}"
-            );
+            assert!(stats.copied > 0 || !cfg!(target_os = "linux"));
+            assert!(std::fs::read(&out).expect("read") == expected, "{path:?}");
         }
     }
 
@@ -591,7 +706,7 @@ mod tests {
                 .write(true)
                 .open(&out)
                 .expect("plain"),
-            false,
+            WritePath::Writeback,
         )
         .expect("create");
         let err = (|| -> io::Result<WriteStats> {

@@ -210,7 +210,7 @@ where
     write_zip(path, path, &names, &storage_of, tensors, fill)?;
     let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(WriteStats {
-        direct: false,
+        path: crate::checkpoint::WritePath::PageCache,
         written,
         copied: 0,
     })

@@ -105,10 +105,11 @@ fn a_tensor_nm_refuses_fails_as_in_memory() {
     assert!(!dir.path().join("a.safetensors").exists());
 }
 
-/// 2:4 on a 256 MiB tensor, along dim 1 and dim 0: the whole-tensor path would hold the tensor
-/// and its mask (more than 256 MiB); the streamed one holds chunks.
+/// 2:4 and the structured methods on a 256 MiB tensor, along dim 1 and dim 0: the whole-tensor
+/// path would hold the tensor and its mask or product (more than 256 MiB); the streamed one
+/// holds chunks (and, structured, one norm per channel).
 #[test]
-fn streamed_nm_memory_does_not_grow_with_the_tensor() {
+fn streamed_nm_and_structured_memory_does_not_grow_with_the_tensor() {
     let dir = common::tempdir();
     let large = dir.path().join("large.safetensors");
     let small = dir.path().join("small.safetensors");
@@ -121,20 +122,25 @@ fn streamed_nm_memory_does_not_grow_with_the_tensor() {
         write_safetensors(&small, &[("big.weight", &little)]).expect("write small");
     }
     let out = dir.path().join("out.safetensors");
-    for dim in ["1", "0"] {
-        let run = |input: &std::path::Path| {
-            let cli =
-                Cli::prune(input, &out).args(["--method", "nm", "--pattern", "2:4", "--dim", dim]);
-            streamed_peak(&cli)
-        };
-        let extra = run(&large).saturating_sub(run(&small));
-        eprintln!(
-            "2:4 along dim {dim}: {:.1} MB over a tiny model's",
-            extra as f64 / 1e6
-        );
-        assert!(
-            extra < 64 << 20,
-            "dim {dim}: {extra} bytes over the baseline"
-        );
+    let methods = [
+        "--method nm --pattern 2:4 --dim",
+        "--method ln-structured --amount 0.5 --n 2 --dim",
+        "--method random-structured --amount 0.5 --dim",
+    ];
+    for method in methods {
+        for dim in ["1", "0"] {
+            let run = |input: &std::path::Path| {
+                streamed_peak(&Cli::prune(input, &out).flags(&format!("{method} {dim}")))
+            };
+            let extra = run(&large).saturating_sub(run(&small));
+            eprintln!(
+                "{method} {dim}: {:.1} MB over a tiny model's",
+                extra as f64 / 1e6
+            );
+            assert!(
+                extra < 64 << 20,
+                "{method} {dim}: {extra} bytes over the baseline"
+            );
+        }
     }
 }

@@ -158,7 +158,7 @@ impl MappedPt2 {
         // A zip rewritten entry by entry goes through the page cache, as `torch.save`'s does.
         let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(WriteStats {
-            direct: false,
+            path: crate::checkpoint::WritePath::PageCache,
             written,
             copied: 0,
         })

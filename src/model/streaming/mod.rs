@@ -19,9 +19,11 @@
 //! `write` the pruning and the write.
 
 mod nm;
+mod nm4;
 
 mod ranks;
 mod source;
+mod structured;
 mod write;
 
 use self::source::Source;

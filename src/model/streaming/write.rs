@@ -4,6 +4,7 @@
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
 use super::nm::{write_nm, NmScratch};
+use super::structured::write_structured;
 use super::{count_zeros, ranks, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
@@ -271,13 +272,13 @@ impl StreamedModel {
                     }
                 },
                 Some(Role::Method(method)) => {
+                    let size = t.kind.elt_size_in_bytes();
+                    let buffer = output_bytes(&mut scratch.output, size);
                     let streamed = match method.semi_structured() {
                         Some(pattern) => {
-                            let size = t.kind.elt_size_in_bytes();
-                            let buffer = output_bytes(&mut scratch.output, size);
                             write_nm(t, &raw, pattern, buffer, &mut scratch.nm, out, path)?
                         }
-                        None => None,
+                        None => write_structured(t, &raw, *method, buffer, out, path)?,
                     };
                     match streamed {
                         Some(zeros) => zeros,

@@ -23,6 +23,7 @@ mod radix;
 mod threads;
 mod threshold;
 mod view;
+mod window;
 
 use crate::error::{PruneError, Result};
 use radix::{radix_select, radix_select_across};

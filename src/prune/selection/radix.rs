@@ -7,6 +7,7 @@ use super::across::Across;
 use super::keys::key_table;
 use super::threads::{parallel_map, parallel_sum};
 use super::view::{chunks, Chunk, View};
+use super::window::window;
 use crate::error::{PruneError, Result};
 use tch::Kind;
 
@@ -90,7 +91,9 @@ const BATCH: usize = 1 << 12;
 /// a radix select, most significant digit first, one histogram pass per digit.
 pub(super) fn kth_key(views: &[View], k: i64, wide: bool) -> (u64, u64) {
     let all_bf16 = views.iter().all(|v| v.score_kind == Kind::BFloat16);
-    let result = kth_key_with(views, k, wide, all_bf16, &mut |_| Ok(()));
+    // Only a local select samples: each rank's sample would give another window.
+    let window = (!wide && !all_bf16).then(|| window(views, k)).flatten();
+    let result = kth_key_with(views, k, wide, all_bf16, window, &mut |_| Ok(()));
     result.unwrap_or_else(|e: PruneError| unreachable!("a local select cannot fail: {e}"))
 }
 
@@ -103,15 +106,19 @@ pub(super) fn kth_key_across(
     across: &dyn Across,
 ) -> Result<(u64, u64)> {
     let all_bf16 = !across.any(views.iter().any(|v| v.score_kind != Kind::BFloat16))?;
-    kth_key_with(views, k, wide, all_bf16, &mut |h| across.sum(h))
+    kth_key_with(views, k, wide, all_bf16, None, &mut |h| across.sum(h))
 }
 
-/// The select of [`kth_key`], `sum` adding the other ranks' counts into each histogram.
+/// The select of [`kth_key`], `sum` adding the other ranks' counts into each histogram. With a
+/// `window` (f32 keys, two digits), the first pass also counts the low digits of the window's
+/// high digits ([`super::window`]): the second pass is not made when the key's high digit is
+/// one of them.
 fn kth_key_with(
     views: &[View],
     k: i64,
     wide: bool,
     all_bf16: bool,
+    window: Option<(u64, usize)>,
     sum: &mut dyn FnMut(&mut [u64]) -> Result<()>,
 ) -> Result<(u64, u64)> {
     let digits = if wide { 4 } else { 2 };
@@ -124,17 +131,42 @@ fn kth_key_with(
     // After each pass, `prefix` holds the digits of the k-th smallest key found so far and
     // `below` how many live keys are smaller.
     let (mut prefix, mut below) = (0u64, 0u64);
+    // The window's low-digit histograms, once the first pass has counted them.
+    let mut counted: Vec<u64> = Vec::new();
     for pass in 0..passes {
         let shift = (digits - 1 - pass) * DIGIT_BITS;
-        let mut histogram = vec![0u64; BUCKETS];
-        for_each_batch(views, |batch| {
-            let part = parallel_sum(batch, BUCKETS, |c, h| {
-                // Only keys whose higher digits are the prefix found so far.
-                let high = (pass > 0).then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
-                c.count_digits(wide, shift, high, h);
-            });
-            histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+        // The second digit's histogram, if the first pass counted it.
+        let known = window.filter(|_| pass == 1).and_then(|(lo, width)| {
+            let d = (prefix >> DIGIT_BITS).wrapping_sub(lo) as usize;
+            (d < width).then(|| counted[BUCKETS * (1 + d)..][..BUCKETS].to_vec())
         });
+        let read = known.is_none();
+        let mut histogram = known.unwrap_or_else(|| vec![0u64; BUCKETS]);
+        let windowed = window.filter(|_| pass == 0);
+        let buckets = BUCKETS * (1 + windowed.map_or(0, |(_, width)| width));
+        if windowed.is_some() {
+            counted = vec![0u64; buckets];
+        }
+        if read {
+            for_each_batch(views, |batch| {
+                let part = parallel_sum(batch, buckets, |c, h| match windowed {
+                    Some(_) => c.count(shift, windowed, h),
+                    None => {
+                        // Only keys whose higher digits are the prefix found so far.
+                        let high = (pass > 0)
+                            .then(|| (shift + DIGIT_BITS, prefix >> (shift + DIGIT_BITS)));
+                        c.count_digits(wide, shift, high, h);
+                    }
+                });
+                match windowed {
+                    Some(_) => counted.iter_mut().zip(part).for_each(|(a, x)| *a += x),
+                    None => histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x),
+                }
+            });
+            if windowed.is_some() {
+                histogram.copy_from_slice(&counted[..BUCKETS]);
+            }
+        }
         sum(&mut histogram)?;
         let mut seen = below;
         let digit = histogram

@@ -1,0 +1,175 @@
+//! One read for a radix select of f32, f16 or bf16 keys: its first pass also counts the low
+//! digits of the few high digits where a sample says the `k`-th key lies, so that the second
+//! pass (the low digit under the high digit found) needs no read when the sample was right.
+//! A streamed `--global` selection then reads the checkpoint once before writing it, where it
+//! read it twice; a wrong sample costs the second pass, never a wrong answer.
+//!
+//! The sample is a run at the start of every chunk: pages spread evenly over all the data, a
+//! 64th of it at most, read in order. The window holds the high digits between the sample's
+//! quantiles `k/n` plus and minus ten standard deviations of a sample quantile (at most
+//! [`WINDOW`] of them: the memory of the pass).
+
+use super::keys::key_table;
+use super::radix::{BUCKETS, DIGIT_BITS};
+use super::view::{Chunk, View, CHUNK};
+use tch::Kind;
+
+/// High digits whose low digits the first pass counts: `WINDOW` histograms of 512 KiB per
+/// thread.
+pub(super) const WINDOW: usize = 4;
+
+/// Below this many entries the second pass costs less than the sample.
+const SAMPLED_FROM: usize = 1 << 22;
+
+/// Sampled entries aimed at: enough that ten standard deviations of the sample's quantile span
+/// about one high digit of gaussian-like weights.
+const SAMPLE: usize = 1 << 22;
+
+/// The high digits `lo .. lo + width` (`width <= WINDOW`) the `k`-th smallest key very probably
+/// has, or `None` where no sample is taken (live masks, few entries) or it cannot narrow the
+/// key to [`WINDOW`] digits.
+pub(super) fn window(views: &[View], k: i64) -> Option<(u64, usize)> {
+    if views.iter().any(|v| v.live.is_some()) {
+        return None;
+    }
+    let total: usize = views.iter().map(|v| v.numel).sum();
+    if total < SAMPLED_FROM {
+        return None;
+    }
+    let run = (CHUNK * SAMPLE / total).clamp(CHUNK / 64, CHUNK);
+    let mut histogram = vec![0u64; BUCKETS];
+    let mut sampled = 0u64;
+    for chunk in views.iter().flat_map(View::chunks) {
+        let end = (chunk.start + run).min(chunk.end);
+        let head = Chunk { end, ..chunk };
+        head.count(DIGIT_BITS, None, &mut histogram);
+        sampled += (end - chunk.start) as u64;
+    }
+    let n = sampled as f64;
+    let q = (k as f64 / total as f64).clamp(0.0, 1.0);
+    let margin = 10.0 * (n * q * (1.0 - q)).sqrt() + 16.0;
+    let at = |rank: f64| -> u64 {
+        let rank = rank.clamp(0.0, n - 1.0) as u64;
+        let mut seen = 0;
+        histogram
+            .iter()
+            .position(|&c| {
+                seen += c;
+                seen > rank
+            })
+            .unwrap_or(BUCKETS - 1) as u64
+    };
+    let (lo, hi) = (at(q * n - margin), at(q * n + margin));
+    let width = (hi - lo + 1) as usize;
+    (width <= WINDOW).then_some((lo, width))
+}
+
+impl Chunk<'_> {
+    /// Adds to `h[..BUCKETS]` the high digit (at `shift`) of every key, and, where `window` is
+    /// `Some((lo, width))`, to `h[BUCKETS * (1 + d - lo)..][..BUCKETS]` the low digit of each
+    /// key whose high digit `d` is in the window. For views without live masks and with f32
+    /// keys (no f64 among the parts).
+    pub(super) fn count(&self, shift: u32, window: Option<(u64, usize)>, h: &mut [u64]) {
+        let v = self.view;
+        let n = self.end - self.start;
+        let low = BUCKETS as u64 - 1;
+        let (lo, width) = window.unwrap_or((0, 0));
+        let mut add = |key: u64| {
+            let d = key >> shift;
+            h[d as usize] += 1;
+            let w = d.wrapping_sub(lo);
+            if w < width as u64 {
+                h[BUCKETS * (1 + w as usize) + (key & low) as usize] += 1;
+            }
+        };
+        // SAFETY: [start, end) lies within the view's `numel` elements of its dtype.
+        unsafe {
+            match v.score_kind {
+                Kind::Float => {
+                    let x = std::slice::from_raw_parts((v.scores as *const u32).add(self.start), n);
+                    x.iter().for_each(|&b| add((b & 0x7fff_ffff) as u64));
+                }
+                Kind::Half | Kind::BFloat16 => {
+                    let table = key_table(v.score_kind);
+                    let x = std::slice::from_raw_parts((v.scores as *const u16).add(self.start), n);
+                    x.iter().for_each(|&b| add(table[b as usize] as u64));
+                }
+                _ => self.for_each_live(false, |_, key| add(key)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::radix::kth_key;
+    use super::super::view::RawScores;
+    use super::*;
+
+    /// The `k`-th smallest key (1-based) and how many keys are smaller, by sorting.
+    fn sorted_kth(keys: &mut [u64], k: usize) -> (u64, u64) {
+        keys.sort_unstable();
+        let key = keys[k - 1];
+        (key, keys.partition_point(|&x| x < key) as u64)
+    }
+
+    fn select(bytes: &[u8], kind: Kind, k: i64) -> ((u64, u64), Option<(u64, usize)>) {
+        let view = View::raw(&RawScores { bytes, kind }).expect("aligned");
+        let views = [view];
+        (kth_key(&views, k, false), window(&views, k))
+    }
+
+    #[test]
+    fn one_read_finds_the_key_two_passes_find() {
+        let n = SAMPLED_FROM + 12345;
+        let values = tch::Tensor::randn([n as i64], tch::kind::FLOAT_CPU);
+        let values = Vec::<f32>::try_from(&values).expect("f32");
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut keys: Vec<u64> = values.iter().map(|v| v.abs().to_bits() as u64).collect();
+        for k in [1, n / 3, n / 2, n - 7, n] {
+            let (found, window) = select(&bytes, Kind::Float, k as i64);
+            // The extremes lie where the sample is thin: a window there may be too wide.
+            if k == n / 3 || k == n / 2 {
+                assert!(
+                    window.is_some(),
+                    "a sample of gaussian weights narrows the key"
+                );
+            }
+            assert_eq!(found, sorted_kth(&mut keys, k), "k = {k}");
+        }
+        // f16: the same keys through the table.
+        let half = tch::Tensor::from_slice(&values).to_kind(Kind::Half);
+        let bits = Vec::<i16>::try_from(&half.view_dtype(Kind::Int16)).expect("bits");
+        let halves: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let widened = Vec::<f32>::try_from(&half.to_kind(Kind::Float)).expect("f32");
+        let mut keys: Vec<u64> = widened.iter().map(|v| v.abs().to_bits() as u64).collect();
+        let (found, window) = select(&halves, Kind::Half, (n / 2) as i64);
+        assert!(window.is_some());
+        assert_eq!(found, sorted_kth(&mut keys, n / 2));
+    }
+
+    /// A sample that misleads (the head of every chunk unlike the rest) costs the second pass,
+    /// not the answer.
+    #[test]
+    fn a_misleading_sample_falls_back_to_the_second_pass() {
+        let n = SAMPLED_FROM * 2;
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let small = 1.0 + (i % 977) as f32 / 977.0;
+                if i % CHUNK < CHUNK / 8 {
+                    1000.0 + small
+                } else {
+                    small
+                }
+            })
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut keys: Vec<u64> = values.iter().map(|v| v.abs().to_bits() as u64).collect();
+        let k = n / 2;
+        let (found, window) = select(&bytes, Kind::Float, k as i64);
+        let (lo, width) = window.expect("a narrow (wrong) window");
+        let (expect, _) = sorted_kth(&mut keys.clone(), k);
+        assert!(expect >> DIGIT_BITS < lo || expect >> DIGIT_BITS >= lo + width as u64);
+        assert_eq!(found, sorted_kth(&mut keys, k));
+    }
+}
