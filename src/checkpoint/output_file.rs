@@ -6,8 +6,8 @@
 //! `dd bs=8M conv=fsync` 5.4-5.5 s (buffered writes that leave the whole file in the page
 //! cache), and buffered writes that start each range's writeback as soon as it is written
 //! (`sync_file_range`) and wait for it, then drop it from the cache, a few ranges behind:
-//! 0.8-0.95 s, the fastest. So an [`OutputFile`] writes in large buffers (three of [`BUFFER`]
-//! bytes) on a thread of their own, while the next one is filled, and, by default on Linux,
+//! 0.8-0.95 s, the fastest. So an [`OutputFile`] writes in buffers (three of [`BUFFER`] bytes)
+//! on a thread of their own, while the next one is filled, and, by default on Linux,
 //! writes them back as it goes ([`WritePath::Writeback`]); direct I/O (`O_DIRECT`, large
 //! aligned buffers) and plain page-cache writes are the other paths. Bytes that are the input's
 //! own (a tensor kept as it is) are copied in the kernel with `copy_file_range` where they are
@@ -32,14 +32,15 @@ use std::thread::JoinHandle;
 /// every disk's logical block size.
 const ALIGN: usize = 4096;
 
-/// Bytes per buffer: large writes are what makes direct I/O fast (`dd` measured 16 MiB blocks
-/// at the disk's speed), and a range the writeback path starts at once.
-pub const BUFFER: usize = 8 << 20;
+/// Bytes per buffer, and the range whose writeback the default path starts at once: 1 to 8 MiB
+/// writes ran at the same speed on that path here; three buffers are 12 MiB of anonymous
+/// memory, whatever the file's size.
+pub const BUFFER: usize = 4 << 20;
 
 /// Ranges the writeback path lets be in flight before it waits for the oldest and drops it
 /// from the page cache: 32 MiB of dirty or written-back pages at most. Without the wait and
 /// the drop, the page cache fills with the output and the same writes took 2-4x longer.
-const WRITEBACK_LAG: usize = 4;
+const WRITEBACK_LAG: usize = 8;
 
 /// Buffers in use at once: one being filled, up to two queued or being written.
 const BUFFERS: usize = 3;

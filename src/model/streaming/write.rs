@@ -13,7 +13,7 @@ use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
-use crate::prune::selection::{smallest_threshold, RawScores, Threshold};
+use crate::prune::selection::{on_this_thread, smallest_threshold, RawScores, Threshold};
 use crate::{Pruner, PruningMethod};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ impl StreamedModel {
             let (send, thresholds) = std::sync::mpsc::sync_channel(0);
             s.spawn(move || {
                 for (_, raw, k) in ahead {
-                    let threshold = smallest_threshold(&[raw], k);
+                    let threshold = on_this_thread(|| smallest_threshold(&[raw], k));
                     let failed = threshold.is_err();
                     // A send fails once the writer has stopped: nothing more is wanted.
                     if send.send(threshold).is_err() || failed {

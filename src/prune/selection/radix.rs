@@ -138,14 +138,15 @@ fn kth_key_with(
         // The second digit's histogram, if the first pass counted it.
         let known = window.filter(|_| pass == 1).and_then(|(lo, width)| {
             let d = (prefix >> DIGIT_BITS).wrapping_sub(lo) as usize;
-            (d < width).then(|| counted[BUCKETS * (1 + d)..][..BUCKETS].to_vec())
+            (d < width && !counted.is_empty())
+                .then(|| counted[BUCKETS * (1 + d)..][..BUCKETS].to_vec())
         });
         let read = known.is_none();
-        let mut histogram = known.unwrap_or_else(|| vec![0u64; BUCKETS]);
+        let mut histogram = known.unwrap_or_default();
         let windowed = window.filter(|_| pass == 0);
         let buckets = BUCKETS * (1 + windowed.map_or(0, |(_, width)| width));
         if windowed.is_some() {
-            counted = vec![0u64; buckets];
+            counted = Vec::new();
         }
         if read {
             for_each_batch(views, |batch| {
@@ -158,15 +159,18 @@ fn kth_key_with(
                         c.count_digits(wide, shift, high, h);
                     }
                 });
-                match windowed {
-                    Some(_) => counted.iter_mut().zip(part).for_each(|(a, x)| *a += x),
-                    None => histogram.iter_mut().zip(part).for_each(|(a, x)| *a += x),
-                }
+                let sum = match windowed {
+                    Some(_) => &mut counted,
+                    None => &mut histogram,
+                };
+                add_into(sum, part);
             });
-            if windowed.is_some() {
-                histogram.copy_from_slice(&counted[..BUCKETS]);
+            if windowed.is_some() && !counted.is_empty() {
+                histogram = counted[..BUCKETS].to_vec();
             }
         }
+        // No entries at all: an empty histogram.
+        histogram.resize(BUCKETS, 0);
         sum(&mut histogram)?;
         let mut seen = below;
         let digit = histogram
@@ -180,6 +184,16 @@ fn kth_key_with(
         prefix |= (digit as u64) << shift;
     }
     Ok((prefix, below))
+}
+
+/// Adds a batch's histogram into the sum so far (taken whole as the first: no second copy of
+/// the window's histograms in memory).
+fn add_into(sum: &mut Vec<u64>, part: Vec<u64>) {
+    if sum.is_empty() {
+        *sum = part;
+    } else {
+        sum.iter_mut().zip(part).for_each(|(a, x)| *a += x);
+    }
 }
 
 /// Calls `f` on the chunks of all views in order, at most [`BATCH`] at a time.

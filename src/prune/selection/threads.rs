@@ -5,10 +5,28 @@
 use super::view::{element_size, Chunk};
 use std::thread;
 
+thread_local! {
+    /// Set by [`on_this_thread`].
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the selections it makes on the calling thread only: for a selection that runs
+/// beside other work (a streamed write's per-tensor thresholds, one tensor ahead of the
+/// masking), where more threads would take the cores that work needs, and hold a histogram
+/// each.
+pub(crate) fn on_this_thread<T>(f: impl FnOnce() -> T) -> T {
+    ALONE.with(|alone| {
+        let before = alone.replace(true);
+        let result = f();
+        alone.set(before);
+        result
+    })
+}
+
 /// Threads for a selection over `chunks`: libtorch's intra-op count, but one for small inputs,
-/// where starting threads costs more than it saves.
+/// where starting threads costs more than it saves, or under [`on_this_thread`].
 fn threads(chunks: usize) -> usize {
-    if chunks < 32 {
+    if chunks < 32 || ALONE.with(std::cell::Cell::get) {
         return 1;
     }
     (tch::get_num_threads().max(1) as usize).min(64)

@@ -5,8 +5,8 @@
 //! read it twice; a wrong sample costs the second pass, never a wrong answer.
 //!
 //! The sample is a run at the start of every chunk: pages spread evenly over all the data, a
-//! 64th of it at most, read in order. The window holds the high digits between the sample's
-//! quantiles `k/n` plus and minus ten standard deviations of a sample quantile (at most
+//! 64th of it at least, read in order. The window holds the high digits between the sample's
+//! quantiles `k/n` plus and minus six standard deviations of a sample quantile (at most
 //! [`WINDOW`] of them: the memory of the pass).
 
 use super::keys::key_table;
@@ -14,16 +14,17 @@ use super::radix::{BUCKETS, DIGIT_BITS};
 use super::view::{Chunk, View, CHUNK};
 use tch::Kind;
 
-/// High digits whose low digits the first pass counts: `WINDOW` histograms of 512 KiB per
-/// thread.
-pub(super) const WINDOW: usize = 4;
+/// High digits whose low digits the first pass counts: at most `WINDOW` histograms of 512 KiB
+/// per thread.
+pub(super) const WINDOW: usize = 8;
 
 /// Below this many entries the second pass costs less than the sample.
-const SAMPLED_FROM: usize = 1 << 22;
+const SAMPLED_FROM: usize = 1 << 20;
 
-/// Sampled entries aimed at: enough that ten standard deviations of the sample's quantile span
-/// about one high digit of gaussian-like weights.
-const SAMPLE: usize = 1 << 22;
+/// Sampled entries aimed at (a 64th of the data at least): six standard deviations of the
+/// sample's quantile then span about four high digits of gaussian-like weights (a high digit
+/// holds 0.3 % of them near the median).
+const SAMPLE: usize = 1 << 18;
 
 /// The high digits `lo .. lo + width` (`width <= WINDOW`) the `k`-th smallest key very probably
 /// has, or `None` where no sample is taken (live masks, few entries) or it cannot narrow the
@@ -47,7 +48,7 @@ pub(super) fn window(views: &[View], k: i64) -> Option<(u64, usize)> {
     }
     let n = sampled as f64;
     let q = (k as f64 / total as f64).clamp(0.0, 1.0);
-    let margin = 10.0 * (n * q * (1.0 - q)).sqrt() + 16.0;
+    let margin = 6.0 * (n * q * (1.0 - q)).sqrt() + 16.0;
     let at = |rank: f64| -> u64 {
         let rank = rank.clamp(0.0, n - 1.0) as u64;
         let mut seen = 0;
