@@ -149,6 +149,23 @@ pub trait TensorSink: Write {
     fn write_unchanged(&mut self, range: InputRange<'_>) -> io::Result<()> {
         self.write_all(range.bytes)
     }
+
+    /// Room for the next bytes, to be written in place: up to `max` bytes at the current
+    /// position, which [`commit`](Self::commit) then takes as written. Empty (the default) where
+    /// the sink has no buffer of its own; callers then write through [`Write`]. Saves a copy of
+    /// every masked byte.
+    fn room(&mut self, max: usize) -> &mut [u8] {
+        let _ = max;
+        &mut []
+    }
+
+    /// Takes the first `n` bytes of the last [`room`](Self::room) as written.
+    fn commit(&mut self, n: usize) -> io::Result<()> {
+        match n {
+            0 => Ok(()),
+            _ => Err(io::Error::other("this sink has no room to commit")),
+        }
+    }
 }
 
 /// A [`TensorSink`] over any writer: unchanged ranges are written as bytes.
@@ -460,6 +477,23 @@ impl TensorSink for OutputFile {
     fn write_unchanged(&mut self, range: InputRange<'_>) -> io::Result<()> {
         if !self.copy(range)? {
             self.append(range.bytes)?;
+        }
+        Ok(())
+    }
+
+    fn room(&mut self, max: usize) -> &mut [u8] {
+        let end = self.filled.saturating_add(max).min(BUFFER);
+        let start = self.filled;
+        &mut self.buffer.bytes_mut()[start..end]
+    }
+
+    fn commit(&mut self, n: usize) -> io::Result<()> {
+        if self.filled + n > BUFFER {
+            return Err(io::Error::other("committed more than the room given"));
+        }
+        self.filled += n;
+        if self.filled == BUFFER {
+            self.send(BUFFER)?;
         }
         Ok(())
     }

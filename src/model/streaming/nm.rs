@@ -17,6 +17,7 @@
 //! NaN; every NaN is one key above infinity, as the sort ranks them equal.
 
 use super::nm4::mask_blocks4;
+use super::write::write_entries;
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::Result;
 use crate::prune::selection::RawScores;
@@ -272,6 +273,20 @@ pub(super) fn write_nm(
         return Ok(None);
     }
     let numel = raw.bytes.len() / size;
+    let (m, prune) = (layout.m, layout.pruned);
+    // Whole contiguous blocks (2:4 on a Linear weight): decided and masked in place.
+    if layout.inner == 1
+        && layout.len % m == 0
+        && mask_blocks_of(raw.kind, m, prune, &[], &mut []).is_some()
+    {
+        let zeros = write_entries(out, numel, size, m, buffer, path, |start, dst| {
+            let n = dst.len() / size / m * m;
+            let src = &raw.bytes[start * size..(start + n) * size];
+            let zeros = mask_blocks_of(raw.kind, m, prune, src, &mut dst[..n * size]);
+            Ok((n, zeros.unwrap_or(0) as i64))
+        })?;
+        return Ok(Some(zeros));
+    }
     let slab = layout.len * layout.inner;
     if scratch.keep.len() < chunk_len {
         scratch.keep = vec![true; chunk_len];
@@ -300,14 +315,6 @@ pub(super) fn write_nm(
         let n = end - start;
         let chunk = &mut buffer[..n * size];
         let src = &raw.bytes[start * size..end * size];
-        if layout.inner == 1 && layout.len % layout.m == 0 {
-            if let Some(z) = mask_blocks_of(raw.kind, layout.m, layout.pruned, src, chunk) {
-                zeros += z as i64;
-                out.write_all(chunk).map_err(io_error)?;
-                start = end;
-                continue;
-            }
-        }
         keys(src, raw.kind, keys_buf);
         let mut at = start;
         // Rows left in the current slab (of `len`).
@@ -445,7 +452,7 @@ mod tests {
                 .flat_map(|_| {
                     let r = next();
                     let magnitude = [0, 1, 2, 3, inf - 1][(r % 5) as usize] << (r >> 8 & 1);
-                    let bits = (magnitude.min(inf - 1) | (r >> 16 & 1) << (8 * size - 1)) as u64;
+                    let bits = magnitude.min(inf - 1) | (r >> 16 & 1) << (8 * size - 1);
                     bits.to_le_bytes()[..size].to_vec()
                 })
                 .collect();

@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 pub(super) fn mask_blocks4(size: usize, prune: usize, src: &[u8], out: &mut [u8]) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
     {
-        debug_assert!(src.len() == out.len() && src.len() % (4 * size) == 0 && prune <= 4);
+        debug_assert!(src.len() == out.len() && src.len().is_multiple_of(4 * size) && prune <= 4);
         // SAFETY: SSE2 is part of x86_64; the lengths are checked by the callers' layout (whole
         // blocks, equal slices), and every load and store is unaligned.
         match size {

@@ -1,9 +1,13 @@
 //! Structured methods streamed (Ln and random structured): the method's own `compute_mask` run
 //! on the mapped tensor in place, whose first-prune mask is one value per channel broadcast
-//! over the tensor, then the tensor written a chunk at a time with whole channels kept or
-//! zeroed. Held in memory: the norms (one per channel) and a chunk, where the in-memory code
-//! held the tensor, its product and the method's temporaries (6.2 % of a 1.9 GB file's size
-//! in anonymous memory, the largest tensor's working set).
+//! over the tensor, then each tensor written a chunk at a time with whole channels kept or
+//! zeroed. Methods that do not draw find every tensor's channels before the write: libtorch's
+//! threads, which the norms use, spin after each use, and between writes that spinning took a
+//! third of the CPU. Methods that draw find them tensor by tensor as they are written, so that
+//! their draws come in write order. Held in memory: one
+//! flag per channel and a chunk, where the in-memory code held the tensor, its product and the
+//! method's temporaries (6.2 % of a 1.9 GB file's size in anonymous memory, the largest
+//! tensor's working set).
 //!
 //! The mask is the in-memory path's (the same call on the same values, shape and strides), and
 //! so are the bytes: for finite values the product by 1 is the value and the product by 0 the
@@ -11,7 +15,7 @@
 //! the in-memory code, as N:M leaves it.
 
 use super::nm::all_finite;
-use super::write::WRITE_CHUNK;
+use super::write::write_entries;
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::{PruneError, Result};
 use crate::prune::method::all_ones;
@@ -20,47 +24,50 @@ use crate::{PruningMethod, PruningType};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Writes `t` pruned by the structured `method` (`Some(zeros written)`), or returns `None`,
-/// having written nothing, where the in-memory code must do it: not a structured method, a
-/// tensor with non-finite values or without entries, data not aligned to its dtype, or a
-/// method whose mask is not one value per channel.
-pub(super) fn write_structured(
+/// The channels `method` keeps along `dim` of `t` (`Some((dim, kept))`), which
+/// [`write_channels`] writes, or `None` where the in-memory code must prune the tensor: not a
+/// structured method, a tensor with non-finite values or without entries, data not aligned to
+/// its dtype, or a mask that is not one value per channel. A method that draws draws here.
+pub(super) fn channels(
     t: &MappedTensor,
     raw: &RawScores<'_>,
     method: &dyn PruningMethod,
-    buffer: &mut [u8],
-    out: &mut dyn TensorSink,
-    path: &Path,
-) -> Result<Option<i64>> {
+) -> Result<Option<(usize, Vec<bool>)>> {
     let PruningType::Structured { dim } = method.pruning_type() else {
         return Ok(None);
     };
     if !raw.usable() || t.numel() == 0 || t.shape.is_empty() || !all_finite(raw.bytes, raw.kind) {
         return Ok(None);
     }
-    let Some(keep) = channels_kept(t, raw, method)? else {
-        return Ok(None);
-    };
     let ndim = t.shape.len() as i64;
     let dim = (if dim < 0 { dim + ndim } else { dim }) as usize;
-    let inner: usize = t.shape[dim + 1..].iter().map(|&d| d as usize).product();
+    Ok(channels_kept(t, raw, method)?.map(|kept| (dim, kept)))
+}
+
+/// Writes `t` with the channels along `dim` that `kept` says kept as they are and the others
+/// zeroed (the zero of each value's sign), a chunk of `buffer` at a time; returns the zeros
+/// written.
+pub(super) fn write_channels(
+    raw: &RawScores<'_>,
+    shape: &[i64],
+    (dim, kept): (usize, &[bool]),
+    buffer: &mut [u8],
+    out: &mut dyn TensorSink,
+    path: &Path,
+) -> Result<i64> {
+    let inner: usize = shape[dim + 1..].iter().map(|&d| d as usize).product();
     let size = raw.kind.elt_size_in_bytes();
-    let chunk_len = (buffer.len() / size).min(WRITE_CHUNK);
-    let io_error = |e| crate::checkpoint::CheckpointError::io(path, "cannot write", e);
-    let mut zeros = 0;
     let numel = raw.bytes.len() / size;
-    let mut start = 0;
-    while start < numel {
-        let end = (start + chunk_len).min(numel);
-        let chunk = &mut buffer[..(end - start) * size];
-        // Runs of entries of one channel: `inner` long, cut by the chunk's ends.
+    write_entries(out, numel, size, 1, buffer, path, |start, dst| {
+        let end = start + dst.len() / size;
+        let mut zeros = 0;
+        // Runs of entries of one channel: `inner` long, cut by the piece's ends.
         let mut at = start;
         while at < end {
-            let channel = (at / inner) % keep.len();
             let run_end = ((at / inner + 1) * inner).min(end);
             let src = &raw.bytes[at * size..run_end * size];
-            let dst = &mut chunk[(at - start) * size..(run_end - start) * size];
-            if keep[channel] {
+            let dst = &mut dst[(at - start) * size..(run_end - start) * size];
+            if kept[(at / inner) % kept.len()] {
                 dst.copy_from_slice(src);
                 zeros += super::count_zeros(dst, raw.kind);
             } else {
@@ -69,10 +76,8 @@ pub(super) fn write_structured(
             }
             at = run_end;
         }
-        out.write_all(chunk).map_err(io_error)?;
-        start = end;
-    }
-    Ok(Some(zeros))
+        Ok((end - start, zeros))
+    })
 }
 
 /// Whether each channel is kept, from `method.compute_mask` on the mapped data (read in

@@ -4,7 +4,7 @@
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
 use super::nm::{write_nm, NmScratch};
-use super::structured::write_structured;
+use super::structured::{channels, write_channels};
 use super::{count_zeros, ranks, StreamReport, StreamStep, StreamedModel};
 use crate::checkpoint::{
     atomic_write, atomic_write_dir, check_room, InputRange, MappedTensor, TensorSink,
@@ -13,7 +13,9 @@ use crate::distributed::ProcessGroup;
 use crate::error::{PruneError, Result};
 use crate::model::script_model::add_dotted;
 use crate::prune::pruner::MASK_PIECE;
-use crate::prune::selection::{on_this_thread, smallest_threshold, RawScores, Threshold};
+use crate::prune::selection::{
+    in_memory, on_this_thread, smallest_threshold, RawScores, Threshold,
+};
 use crate::{Pruner, PruningMethod};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -125,9 +127,24 @@ impl StreamedModel {
             }
         }
 
-        // Per-tensor thresholds are found one or two tensors ahead of the write, on a thread of
-        // their own: the selection's passes over the next tensor overlap the masked write of
-        // this one.
+        // Structured methods that do not draw: every tensor's channels before the write.
+        for (name, role) in roles.iter_mut() {
+            let (f, i) = locations[*name];
+            if let Role::Method(method) = role {
+                if !method.draws_random() && mine(f) {
+                    let t = &self.files[f].tensors()[i];
+                    self.files[f].check(t)?;
+                    if let Some((dim, kept)) = channels(t, &self.raw(f, t), *method)? {
+                        *role = Role::Channels(dim, kept);
+                    }
+                }
+            }
+        }
+
+        // Per-tensor thresholds: where the data is in memory, all of them before the write, a
+        // tensor per core at a time (the write then has the cores to itself); else one tensor
+        // ahead of the write, on a thread of their own, so that the pages the selection reads
+        // from the disk are still in memory when the write reads them.
         let mut ahead: Vec<(usize, RawScores<'_>, i64)> = roles
             .iter()
             .filter_map(|(n, role)| match role {
@@ -139,20 +156,31 @@ impl StreamedModel {
             })
             .collect();
         ahead.sort_by_key(|(rank, _, _)| *rank);
+        let raws: Vec<RawScores<'_>> = ahead.iter().map(|(_, raw, _)| *raw).collect();
+        let found = in_memory(&raws).then(|| thresholds_now(&ahead));
         std::thread::scope(|s| {
-            // A rendezvous: the next threshold waits for the writer, so the selection is never
-            // more than one tensor ahead of the write (its pages stay in memory between the two).
-            let (send, thresholds) = std::sync::mpsc::sync_channel(0);
-            s.spawn(move || {
-                for (_, raw, k) in ahead {
-                    let threshold = on_this_thread(|| smallest_threshold(&[raw], k));
-                    let failed = threshold.is_err();
-                    // A send fails once the writer has stopped: nothing more is wanted.
-                    if send.send(threshold).is_err() || failed {
-                        break;
-                    }
+            let (send, thresholds) =
+                std::sync::mpsc::sync_channel(found.as_ref().map_or(0, Vec::len));
+            match found {
+                Some(found) => {
+                    // The receiver is still here: these sends cannot fail.
+                    found.into_iter().for_each(|t| drop(send.send(t)));
                 }
-            });
+                // A rendezvous: the next threshold waits for the writer, so the selection is
+                // never more than one tensor ahead of the write.
+                None => {
+                    s.spawn(move || {
+                        for (_, raw, k) in ahead {
+                            let threshold = on_this_thread(|| smallest_threshold(&[raw], k));
+                            let failed = threshold.is_err();
+                            // A send fails once the writer has stopped: nothing more is wanted.
+                            if send.send(threshold).is_err() || failed {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
             let mut writer = Writer {
                 roles: &roles,
                 thresholds,
@@ -255,6 +283,10 @@ impl StreamedModel {
             let scratch = &mut writer.scratch;
             let zeros = match role {
                 None => write_unchanged(&raw, file.input_range(t), out, path)?,
+                Some(Role::Channels(dim, kept)) => {
+                    let buffer = output_bytes(&mut scratch.output, t.kind.elt_size_in_bytes());
+                    write_channels(&raw, &t.shape, (*dim, kept), buffer, out, path)?
+                }
                 Some(Role::L1(share)) => match share {
                     Share::Shared(shared) => {
                         write_masked(&raw, &mut shared.borrow_mut(), scratch, out, path)?
@@ -278,7 +310,17 @@ impl StreamedModel {
                         Some(pattern) => {
                             write_nm(t, &raw, pattern, buffer, &mut scratch.nm, out, path)?
                         }
-                        None => write_structured(t, &raw, *method, buffer, out, path)?,
+                        None => match channels(t, &raw, *method)? {
+                            Some((dim, kept)) => Some(write_channels(
+                                &raw,
+                                &t.shape,
+                                (dim, &kept),
+                                buffer,
+                                out,
+                                path,
+                            )?),
+                            None => None,
+                        },
                     };
                     match streamed {
                         Some(zeros) => zeros,
@@ -302,6 +344,38 @@ impl StreamedModel {
     }
 }
 
+/// The per-tensor thresholds of `ahead` (write order, scores, count), in its order: each found on
+/// one thread, the tensors spread over libtorch's intra-op thread count.
+fn thresholds_now(ahead: &[(usize, RawScores<'_>, i64)]) -> Vec<Result<Threshold>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found: Vec<std::sync::Mutex<Option<Result<Threshold>>>> =
+        ahead.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let threads = (tch::get_num_threads().max(1) as usize).min(ahead.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((_, raw, k)) = ahead.get(i) else {
+                    break;
+                };
+                let threshold = on_this_thread(|| smallest_threshold(&[*raw], *k));
+                if let Ok(mut slot) = found[i].lock() {
+                    *slot = Some(threshold);
+                }
+            });
+        }
+    });
+    found
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(PruneError::torch("a selection thread stopped".to_string())))
+        })
+        .collect()
+}
+
 /// The state of one streamed write, carried from file to file.
 struct Writer<'r, 'a> {
     roles: &'r HashMap<&'a str, Role<'a>>,
@@ -315,8 +389,11 @@ struct Writer<'r, 'a> {
 enum Role<'a> {
     /// Its L1 selection.
     L1(Share),
-    /// Another method, on the whole tensor in memory.
+    /// Another method: N:M and methods that draw a block or a tensor at a time as it is
+    /// written, anything that does not stream on the whole tensor in memory.
     Method(&'a dyn PruningMethod),
+    /// A structured method's channels along a dimension, found before the write: kept or not.
+    Channels(usize, Vec<bool>),
 }
 
 /// A tensor's part of an L1 selection.
@@ -400,23 +477,71 @@ fn write_masked(
 ) -> Result<i64> {
     let size = raw.kind.elt_size_in_bytes();
     let numel = raw.bytes.len() / size;
-    let (buffer, keep) = scratch.buffers(size);
-    let mut zeros = 0;
-    for start in (0..numel).step_by(WRITE_CHUNK) {
-        let n = WRITE_CHUNK.min(numel - start);
-        let chunk = &mut buffer[..n * size];
-        for (p, piece) in chunk.chunks_mut(MASK_PIECE * size).enumerate() {
-            let first = start + p * MASK_PIECE;
+    let (spare, keep) = scratch.buffers(size);
+    write_entries(out, numel, size, 1, spare, path, |start, dst| {
+        let n = dst.len() / size;
+        let mut zeros = 0;
+        let mut at = 0;
+        while at < n {
+            // Pieces end where the in-memory path's do: at multiples of MASK_PIECE entries.
+            let first = start + at;
+            let len = (MASK_PIECE - first % MASK_PIECE).min(n - at);
+            let piece = &mut dst[at * size..(at + len) * size];
             zeros += match threshold.apply_finite(raw, first, piece) {
                 Some(z) => z as i64,
                 None => {
-                    let keep = &mut keep[..piece.len() / size];
+                    let keep = &mut keep[..len];
                     threshold.keep(raw, first, keep);
                     multiply_by_libtorch(raw, first, keep, piece)?
                 }
             };
+            at += len;
         }
-        out.write_all(chunk).map_err(|e| io_error(path, e))?;
+        Ok((n, zeros))
+    })
+}
+
+/// Writes a tensor's `numel` entries of `size` bytes, made by `fill(first, dst)`: into the
+/// sink's own buffer where it has room aligned to `size` (no copy; see
+/// [`TensorSink::room`]), else into `spare` ([`WRITE_CHUNK`] entries), then written. `fill`
+/// fills a prefix of `dst` with whole entries from entry `first` and returns how many and the
+/// exact zeros among them; given `unit` entries or more, it fills at least `unit` (blocks that
+/// are decided together), and it fills all of `spare`'s entries that remain, or a multiple of
+/// `unit` of them. Returns the zeros written.
+pub(super) fn write_entries(
+    out: &mut dyn TensorSink,
+    numel: usize,
+    size: usize,
+    unit: usize,
+    spare: &mut [u8],
+    path: &Path,
+    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(usize, i64)>,
+) -> Result<i64> {
+    let mut zeros = 0;
+    let mut start = 0;
+    while start < numel {
+        let want = (numel - start).min(WRITE_CHUNK).min(spare.len() / size);
+        let room = out.room(want * size);
+        let fits = room.len() / size;
+        if fits >= unit.min(want) && fits > 0 && (room.as_ptr() as usize).is_multiple_of(size) {
+            let (done, z) = fill(start, &mut room[..fits * size])?;
+            out.commit(done * size).map_err(|e| io_error(path, e))?;
+            if done > 0 {
+                zeros += z;
+                start += done;
+                continue;
+            }
+        }
+        let (done, z) = fill(start, &mut spare[..want * size])?;
+        if done == 0 {
+            return Err(PruneError::torch(format!(
+                "a streamed write filled no entry at {start} of {numel}"
+            )));
+        }
+        out.write_all(&spare[..done * size])
+            .map_err(|e| io_error(path, e))?;
+        zeros += z;
+        start += done;
     }
     Ok(zeros)
 }

@@ -31,7 +31,7 @@ use view::View;
 
 pub(crate) use across::Across;
 pub(crate) use ops::zero_smallest_by_ops;
-pub(crate) use threads::on_this_thread;
+pub(crate) use threads::{in_memory, on_this_thread};
 pub(crate) use threshold::{smallest_threshold, smallest_threshold_across, Threshold};
 pub(crate) use view::{Part, RawScores};
 

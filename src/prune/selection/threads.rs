@@ -71,6 +71,13 @@ fn resident(chunks: &[Chunk<'_>]) -> bool {
     present * 10 >= pages * 9
 }
 
+/// Whether (nine tenths of) the pages of `parts` are in memory, as [`resident`] tells: parts it
+/// cannot read in place count as in memory.
+pub(crate) fn in_memory(parts: &[super::RawScores<'_>]) -> bool {
+    let views: Vec<super::view::View> = parts.iter().filter_map(super::view::View::raw).collect();
+    resident(&super::view::chunks(&views))
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
