@@ -6,12 +6,14 @@
 //! fly. The result is byte for byte what [`ModelFile`](crate::model::ModelFile) writes after the
 //! same pruning made permanent at once.
 //!
-//! Anonymous memory: the selection's histograms (512 KiB per thread), a few chunk buffers of
-//! [`WRITE_CHUNK`](write::WRITE_CHUNK) entries, the output's write buffers
-//! ([`OutputFile`](crate::checkpoint::OutputFile), 24 MiB), and, for per-tensor methods other
-//! than L1 and N:M (random, structured, identity), one tensor's working set at a time (the
-//! tensor, its mask, the method's temporaries). N:M is pruned a block of rows at a time
-//! (`nm`). Nothing grows with the number or total size of the tensors.
+//! Anonymous memory: the selection's histograms (512 KiB per thread, and up to 8 windows of as
+//! much: `prune::selection::window`), a chunk buffer of [`WRITE_CHUNK`](write::WRITE_CHUNK)
+//! entries, the output's write buffers ([`OutputFile`](crate::checkpoint::OutputFile), 12 MiB),
+//! one flag per channel of the structured tensors, and, for per-tensor methods that do not
+//! stream (random unstructured, identity; any method on a tensor holding an infinity or a NaN),
+//! one tensor's working set at a time (the tensor, its mask, the method's temporaries). N:M and
+//! structured methods are pruned a chunk at a time (`nm`, `structured`). Nothing grows with the
+//! number or total size of the tensors.
 //!
 //! This file is the reading side: the checkpoint opened and checked (one file or the shards of
 //! an index), its tensors listed and reported, and whether a pruning streams at all

@@ -127,8 +127,11 @@ impl StreamedModel {
             }
         }
 
-        // Structured methods that do not draw: every tensor's channels before the write.
-        for (name, role) in roles.iter_mut() {
+        // Structured methods that do not draw: every tensor's channels before the write, in
+        // write order (the first tensor the method refuses is the one the write would reach).
+        let mut structured: Vec<(&&str, &mut Role<'_>)> = roles.iter_mut().collect();
+        structured.sort_by_key(|(name, _)| order[**name]);
+        for (name, role) in structured {
             let (f, i) = locations[*name];
             if let Role::Method(method) = role {
                 if !method.draws_random() && mine(f) {

@@ -75,7 +75,12 @@ fn resident(chunks: &[Chunk<'_>]) -> bool {
 /// cannot read in place count as in memory.
 pub(crate) fn in_memory(parts: &[super::RawScores<'_>]) -> bool {
     let views: Vec<super::view::View> = parts.iter().filter_map(super::view::View::raw).collect();
-    resident(&super::view::chunks(&views))
+    views_resident(&views)
+}
+
+/// Whether (nine tenths of) the views' pages are in memory ([`resident`]).
+pub(super) fn views_resident(views: &[super::view::View]) -> bool {
+    resident(&super::view::chunks(views))
 }
 
 fn page_size() -> usize {
