@@ -151,8 +151,8 @@ where
 
 /// [`write_safetensors_streamed`] into an [`OutputFile`]: `fill(i, out)` may write bytes, or
 /// hand over an input's bytes with [`TensorSink::write_unchanged`], which copies them in the
-/// kernel where it can. The file is written with direct I/O where the filesystem takes it, and
-/// synced; the returned [`WriteStats`] say how it was written.
+/// kernel where it can. The file is written by the [`WritePath`](super::WritePath) the
+/// environment asks for, and synced; the returned [`WriteStats`] say how it was written.
 pub fn write_safetensors_to_sink<E>(
     path: &Path,
     tensors: &[TensorHeader],

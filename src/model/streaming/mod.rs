@@ -69,7 +69,8 @@ pub struct StreamReport {
     /// Folders the output went to: 1, or, for ranks on machines that do not share a
     /// filesystem, one per machine ([`StreamedModel::prune_across`]).
     pub folders: usize,
-    /// How the files were written (direct I/O or the page cache; bytes copied in the kernel).
+    /// How the files were written (written back as they went, direct I/O or the page cache;
+    /// bytes copied in the kernel).
     pub writes: crate::checkpoint::WriteStats,
 }
 
