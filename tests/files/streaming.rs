@@ -382,3 +382,44 @@ fn an_index_naming_a_tensor_no_shard_holds_is_refused_by_both_paths() {
         assert!(!out.exists(), "{extra:?}: an output was written");
     }
 }
+
+/// Every write path (written back as it goes, the default on Linux; direct I/O; the page cache)
+/// writes the same bytes, and the summary says which one ran.
+#[test]
+fn every_write_path_writes_the_same_bytes_and_says_which_ran() {
+    let dir = common::tempdir();
+    let input = dir.path().join("model.safetensors");
+    write_safetensors(&input, &model(Kind::Float, 3)).expect("write model");
+    let default = if cfg!(target_os = "linux") {
+        "written back as it went"
+    } else {
+        "the page cache"
+    };
+    // A filesystem that refuses O_DIRECT (tmpfs) gets the page cache, and says so.
+    let paths = [
+        (None, [default, default]),
+        (Some("direct"), ["direct I/O", "the page cache"]),
+        (Some("cache"), ["the page cache", "the page cache"]),
+    ];
+    let mut outputs = Vec::new();
+    for (path, said) in paths {
+        let out = dir
+            .path()
+            .join(format!("{}.safetensors", path.unwrap_or("default")));
+        let mut command = Cli::prune(&input, &out)
+            .flags("--method l1-unstructured --amount 0.5 --global")
+            .command();
+        if let Some(path) = path {
+            command.env("TCH_PRUNE_WRITE", path);
+        }
+        let run = common::output_within(&mut command);
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{path:?}: {stdout}");
+        assert!(
+            said.iter().any(|s| stdout.contains(s)),
+            "{path:?}: {stdout}"
+        );
+        outputs.push(std::fs::read(&out).expect("read output"));
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+}
