@@ -1,6 +1,7 @@
 //! The one table of the dtypes the file formats read and write: for each, tch's `Kind`,
 //! PyTorch's name, the storage class `torch.save` pickles its tensors with, the dtype tag of
-//! safetensors, and the `ScalarType` number of `torch.export`'s serialized schema. Every reader and writer looks dtypes up here, so a dtype is supported by all of
+//! safetensors, and the `ScalarType` number of `torch.export`'s serialized schema and libtorch's own
+//! (`c10::ScalarType`). Every reader and writer looks dtypes up here, so a dtype is supported by all of
 //! them or by none.
 
 use safetensors::Dtype;
@@ -17,28 +18,31 @@ pub(super) struct DType {
     pub(super) safetensors: Dtype,
     /// `torch._export.serde.schema.ScalarType`: the `dtype` of a `.pt2` archive's `tensor_meta`.
     pub(super) export: i64,
+    /// `c10::ScalarType`: what libtorch's operators take for a dtype argument.
+    pub(super) c10: i64,
 }
 
 /// The dtypes both formats are read and written in. The list of
 /// [`CheckpointError::UnsupportedDtype`](super::CheckpointError::UnsupportedDtype)'s message
 /// names the same ones.
 pub(super) const DTYPES: [DType; 10] = [
-    DType::new(Kind::Float, "float32", "FloatStorage", Dtype::F32, 7),
-    DType::new(Kind::Half, "float16", "HalfStorage", Dtype::F16, 6),
+    DType::new(Kind::Float, "float32", "FloatStorage", Dtype::F32, 7, 6),
+    DType::new(Kind::Half, "float16", "HalfStorage", Dtype::F16, 6, 5),
     DType::new(
         Kind::BFloat16,
         "bfloat16",
         "BFloat16Storage",
         Dtype::BF16,
         13,
+        15,
     ),
-    DType::new(Kind::Double, "float64", "DoubleStorage", Dtype::F64, 8),
-    DType::new(Kind::Int64, "int64", "LongStorage", Dtype::I64, 5),
-    DType::new(Kind::Int, "int32", "IntStorage", Dtype::I32, 4),
-    DType::new(Kind::Int16, "int16", "ShortStorage", Dtype::I16, 3),
-    DType::new(Kind::Int8, "int8", "CharStorage", Dtype::I8, 2),
-    DType::new(Kind::Uint8, "uint8", "ByteStorage", Dtype::U8, 1),
-    DType::new(Kind::Bool, "bool", "BoolStorage", Dtype::BOOL, 12),
+    DType::new(Kind::Double, "float64", "DoubleStorage", Dtype::F64, 8, 7),
+    DType::new(Kind::Int64, "int64", "LongStorage", Dtype::I64, 5, 4),
+    DType::new(Kind::Int, "int32", "IntStorage", Dtype::I32, 4, 3),
+    DType::new(Kind::Int16, "int16", "ShortStorage", Dtype::I16, 3, 2),
+    DType::new(Kind::Int8, "int8", "CharStorage", Dtype::I8, 2, 1),
+    DType::new(Kind::Uint8, "uint8", "ByteStorage", Dtype::U8, 1, 0),
+    DType::new(Kind::Bool, "bool", "BoolStorage", Dtype::BOOL, 12, 11),
 ];
 
 impl DType {
@@ -48,6 +52,7 @@ impl DType {
         storage: &'static str,
         safetensors: Dtype,
         export: i64,
+        c10: i64,
     ) -> Self {
         DType {
             kind,
@@ -55,6 +60,7 @@ impl DType {
             storage,
             safetensors,
             export,
+            c10,
         }
     }
 
@@ -83,6 +89,12 @@ impl DType {
     pub(super) fn of_safetensors(dtype: Dtype) -> Option<&'static DType> {
         DTYPES.iter().find(|d| d.safetensors == dtype)
     }
+}
+
+/// The `c10::ScalarType` of a `torch.export` `ScalarType` number (a dtype argument of an
+/// exported program's node), for the dtypes the formats support.
+pub(crate) fn c10_of_export(code: i64) -> Option<i64> {
+    DType::of_export(code).map(|d| d.c10)
 }
 
 /// PyTorch's name for `kind`, or a phrase saying it is not supported.

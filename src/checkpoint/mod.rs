@@ -40,6 +40,7 @@ mod atomic;
 mod atomic_dir;
 pub mod code_policy;
 mod dtype;
+pub(crate) use self::dtype::c10_of_export;
 mod error;
 mod guarded_map;
 mod hf_folder;

@@ -11,6 +11,7 @@
 //! Python function, a symbolic size, a custom object) is refused with the node that holds it,
 //! before anything runs.
 
+use crate::checkpoint::c10_of_export;
 use crate::checkpoint::code_policy::is_allowed_operator;
 use crate::error::{PruneError, Result};
 use crate::ffi::{op_call, OpArg};
@@ -255,9 +256,11 @@ fn argument<'v>(
         ),
         // torch._export.serde.schema's enums: ScalarType, MemoryFormat and Layout are written
         // with their own numbers, which differ from c10's.
-        "as_scalar_type" => {
-            OpArg::ScalarType(scalar_type(v).ok_or_else(|| refuse(format!("has a dtype {v}")))?)
-        }
+        "as_scalar_type" => OpArg::ScalarType(
+            v.as_i64()
+                .and_then(c10_of_export)
+                .ok_or_else(|| refuse(format!("has a dtype {v}")))?,
+        ),
         "as_memory_format" => OpArg::MemoryFormat(
             memory_format(v).ok_or_else(|| refuse(format!("has a memory format {v}")))?,
         ),
@@ -277,28 +280,6 @@ fn argument<'v>(
                 "has an argument of kind {other}, which tch-prune does not run"
             )))
         }
-    })
-}
-
-/// c10::ScalarType of torch.export's serialized ScalarType.
-fn scalar_type(v: &Value) -> Option<i64> {
-    // schema.py: UNKNOWN 0, BYTE 1, CHAR 2, SHORT 3, INT 4, LONG 5, HALF 6, FLOAT 7, DOUBLE 8,
-    // COMPLEXHALF 9, COMPLEXFLOAT 10, COMPLEXDOUBLE 11, BOOL 12, BFLOAT16 13, UINT16 28.
-    Some(match v.as_i64()? {
-        1 => 0,   // Byte
-        2 => 1,   // Char
-        3 => 2,   // Short
-        4 => 3,   // Int
-        5 => 4,   // Long
-        6 => 5,   // Half
-        7 => 6,   // Float
-        8 => 7,   // Double
-        9 => 8,   // ComplexHalf
-        10 => 9,  // ComplexFloat
-        11 => 10, // ComplexDouble
-        12 => 11, // Bool
-        13 => 15, // BFloat16
-        _ => return None,
     })
 }
 

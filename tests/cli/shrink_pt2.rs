@@ -44,6 +44,19 @@ fn removed(v: &Value) -> Vec<String> {
     r
 }
 
+/// `tch-prune shrink INPUT -o OUT --amount 0.5` and `extra` flags.
+fn shrink_half(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--amount",
+        "0.5",
+    ];
+    args.extend_from_slice(extra);
+    shrink(&args)
+}
+
 /// A run refused on one line saying `message`, nothing written to `out`.
 fn refused(r: &std::process::Output, what: &str, message: &str, out: &Path) {
     let err = String::from_utf8_lossy(&r.stderr);
@@ -70,32 +83,17 @@ fn check_as(exported: &str, scripted: &str) {
     );
     let (out_pt2, out_pt) = (dir.path().join("out.pt2"), dir.path().join("out.pt"));
     // --verify: tch-prune runs both programs itself (its interpreter).
-    let exported = json(&shrink(&[
-        pt2.to_str().unwrap(),
-        "-o",
-        out_pt2.to_str().unwrap(),
-        "--amount",
-        "0.5",
-        "--json",
-        "--verify",
-    ]));
+    let exported = json(&shrink_half(&pt2, &out_pt2, &["--json", "--verify"]));
     let verified = exported["verify_relative_error"].as_f64();
     assert!(
         verified.is_some_and(|e| e <= 1e-4),
         "{name}: verify {verified:?}"
     );
-    let scripted = json(&shrink(&[
-        pt.to_str().unwrap(),
-        "-o",
-        out_pt.to_str().unwrap(),
-        "--amount",
-        "0.5",
-        "--json",
-        "--input-shape",
-        "1,3,32,32",
-        "--runs",
-        "1",
-    ]));
+    let scripted = json(&shrink_half(
+        &pt,
+        &out_pt,
+        &["--json", "--input-shape", "1,3,32,32", "--runs", "1"],
+    ));
     // The same analysis and the same selection as the TorchScript path.
     assert_eq!(
         afters(&exported),
@@ -174,14 +172,7 @@ fn pt2_channel_shuffle_views() {
     let dir = common::tempdir();
     let input = models().join("shufflenet_v2_x0_5.pt2");
     let out = dir.path().join("out.pt2");
-    let v = json(&shrink(&[
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--amount",
-        "0.5",
-        "--json",
-    ]));
+    let v = json(&shrink_half(&input, &out, &["--json"]));
     for producer in [
         "stage2.0.branch2.0 ",
         "stage3.0.branch2.0 ",
@@ -210,14 +201,7 @@ fn pt2_tied_weights_keep_their_channels() {
     let dir = common::tempdir();
     let input = models().join("tied.pt2");
     let out = dir.path().join("out.pt2");
-    let v = json(&shrink(&[
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--amount",
-        "0.5",
-        "--json",
-    ]));
+    let v = json(&shrink_half(&input, &out, &["--json"]));
     let tied = group(&v, "b ").unwrap_or_else(|| panic!("{v}"));
     assert_eq!(tied["after"], tied["before"], "{tied}");
     assert!(
@@ -261,17 +245,7 @@ fn group<'v>(v: &'v Value, producer: &str) -> Option<&'v Value> {
 fn pt2_hostile_programs() {
     let dir = common::tempdir();
     let out = dir.path().join("out.pt2");
-    let o = out.to_str().unwrap();
-    let run = |input: &Path| {
-        shrink(&[
-            input.to_str().unwrap(),
-            "-o",
-            o,
-            "--amount",
-            "0.5",
-            "--json",
-        ])
-    };
+    let run = |input: &Path| shrink_half(input, &out, &["--json"]);
     // The unchanged net: `a` and `b` both shrink.
     let v = json(&run(&models().join("tiny.pt2")));
     assert_eq!(group(&v, "a ").unwrap()["after"], 4, "{v}");
@@ -338,17 +312,7 @@ fn pt2_hostile_programs() {
 fn pt2_verify_runs_the_program_or_refuses_it() {
     let dir = common::tempdir();
     let out = dir.path().join("out.pt2");
-    let o = out.to_str().unwrap();
-    let run = |input: &Path| {
-        shrink(&[
-            input.to_str().unwrap(),
-            "-o",
-            o,
-            "--amount",
-            "0.5",
-            "--verify",
-        ])
-    };
+    let run = |input: &Path| shrink_half(input, &out, &["--verify"]);
     let r = run(&models().join("tiny.pt2"));
     let said = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -374,17 +338,14 @@ fn pt2_refused_flags() {
     let dir = common::tempdir();
     let input = models().join("tiny.pt2");
     let out = dir.path().join("out.pt2");
-    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
     refused(
-        &shrink(&[i, "-o", o, "--amount", "0.5", "--input-shape", "1,3,8,8"]),
+        &shrink_half(&input, &out, &["--input-shape", "1,3,8,8"]),
         "--input-shape",
         "a .pt2 program holds the shapes it was exported with",
         &out,
     );
     // --params names the archive's parameters.
-    let v = json(&shrink(&[
-        i, "-o", o, "--amount", "0.5", "--params", "b.*", "--json",
-    ]));
+    let v = json(&shrink_half(&input, &out, &["--params", "b.*", "--json"]));
     assert_eq!(group(&v, "a ").unwrap()["after"], 8, "{v}");
     assert_eq!(group(&v, "b ").unwrap()["after"], 4, "{v}");
 }
@@ -412,13 +373,7 @@ fn pt2_mutated_programs() {
     for k in 0..120 {
         let input = dir.path().join(format!("mutant_{k}.pt2"));
         let _ = std::fs::remove_file(&out);
-        let r = shrink(&[
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--amount",
-            "0.5",
-        ]);
+        let r = shrink_half(&input, &out, &[]);
         let err = String::from_utf8_lossy(&r.stderr);
         match r.status.code() {
             Some(0) => shrunk += 1,

@@ -41,7 +41,7 @@ pub(super) fn channels(
     }
     let ndim = t.shape.len() as i64;
     let dim = (if dim < 0 { dim + ndim } else { dim }) as usize;
-    Ok(channels_kept(t, raw, method)?.map(|kept| (dim, kept)))
+    Ok(channels_kept(t, raw, method, dim)?.map(|kept| (dim, kept)))
 }
 
 /// Writes `t` with the channels along `dim` that `kept` says kept as they are and the others
@@ -86,6 +86,7 @@ fn channels_kept(
     t: &MappedTensor,
     raw: &RawScores<'_>,
     method: &dyn PruningMethod,
+    dim: usize,
 ) -> Result<Option<Vec<bool>>> {
     let strides = contiguous_strides(&t.shape);
     // SAFETY: the mapped bytes hold `numel` aligned entries of `kind` in this shape (checked by
@@ -103,23 +104,18 @@ fn channels_kept(
     let mask = method
         .compute_mask(&scores, &all_ones(&scores, raw.kind)?)
         .map_err(|e| e.in_tensor(&t.name))?;
-    let PruningType::Structured { dim } = method.pruning_type() else {
-        return Ok(None);
-    };
-    let ndim = t.shape.len() as i64;
-    let dim = if dim < 0 { dim + ndim } else { dim };
     let broadcast = mask.size() == t.shape
         && mask
             .stride()
             .iter()
             .enumerate()
-            .all(|(d, &s)| d as i64 == dim || s == 0);
+            .all(|(d, &s)| d == dim || s == 0);
     if !broadcast {
         return Ok(None);
     }
     // The channels' values: the mask at index 0 of every other dimension.
     let mut channels = mask;
-    for d in (0..ndim).rev().filter(|&d| d != dim) {
+    for d in (0..t.shape.len() as i64).rev().filter(|&d| d != dim as i64) {
         channels = channels.f_select(d, 0)?;
     }
     let values = Vec::<f64>::try_from(&channels.f_to_kind(Kind::Double)?)

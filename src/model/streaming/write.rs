@@ -351,30 +351,35 @@ impl StreamedModel {
 /// one thread, the tensors spread over libtorch's intra-op thread count.
 fn thresholds_now(ahead: &[(usize, RawScores<'_>, i64)]) -> Vec<Result<Threshold>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let found: Vec<std::sync::Mutex<Option<Result<Threshold>>>> =
-        ahead.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let threads = (tch::get_num_threads().max(1) as usize).min(ahead.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((_, raw, k)) = ahead.get(i) else {
-                    break;
-                };
-                let threshold = on_this_thread(|| smallest_threshold(&[*raw], *k));
-                if let Ok(mut slot) = found[i].lock() {
-                    *slot = Some(threshold);
-                }
-            });
-        }
+    let mut found: Vec<(usize, Result<Threshold>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, raw, k)) = ahead.get(i) else {
+                            return mine;
+                        };
+                        mine.push((i, on_this_thread(|| smallest_threshold(&[*raw], *k))));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
     });
-    found
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Err(PruneError::torch("a selection thread stopped".to_string())))
+    found.sort_by_key(|(i, _)| *i);
+    let stopped = || Err(PruneError::torch("a selection thread stopped".to_string()));
+    // A thread that panicked left its tensors out: each missing one is an error in its place.
+    let mut found = found.into_iter().peekable();
+    (0..ahead.len())
+        .map(|i| match found.next_if(|(j, _)| *j == i) {
+            Some((_, threshold)) => threshold,
+            None => stopped(),
         })
         .collect()
 }
