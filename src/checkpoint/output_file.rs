@@ -13,6 +13,10 @@
 //! own (a tensor kept as it is) are copied in the kernel with `copy_file_range` where they are
 //! large, without passing through this process. [`OutputFile::stats`] says which path ran.
 //!
+//! A zip writer goes back to fill in each entry's header: an [`OutputFile`] made by
+//! [`OutputFile::create_seekable`] can [`Seek`], the bytes written after a seek going to the
+//! disk in order after those before it (never with direct I/O).
+//!
 //! The file's last partial block is written through a second, ordinary descriptor, so the file
 //! ends exactly where its data ends. [`OutputFile::finish`] syncs it. The file is where the
 //! caller asked (a temporary file of [`atomic_write`](super::atomic_write) for the crate's
@@ -23,7 +27,7 @@
 //! filesystem serves the default badly.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
@@ -237,6 +241,8 @@ pub struct OutputFile {
     filled: usize,
     /// Offset in the file of `buffer[0]`: a multiple of [`ALIGN`] when direct.
     offset: u64,
+    /// The file's end so far, past the position after a seek back ([`Seek`]).
+    end: u64,
     jobs: Option<SyncSender<Job>>,
     free: Receiver<Aligned>,
     allocated: usize,
@@ -251,6 +257,17 @@ impl OutputFile {
     /// asks for ([`WritePath`]; `TCH_PRUNE_WRITE`), or the default.
     pub fn create(path: &Path) -> io::Result<OutputFile> {
         Self::create_with(path, WritePath::wanted())
+    }
+
+    /// [`create`](Self::create) for a writer that goes back over what it wrote ([`Seek`]): a
+    /// zip archive's writer fills in each entry's header once its data is written. Direct I/O,
+    /// whose writes must stay aligned, is not used: the default path is.
+    pub fn create_seekable(path: &Path) -> io::Result<OutputFile> {
+        let wanted = match WritePath::wanted() {
+            WritePath::Direct => WritePath::default(),
+            other => other,
+        };
+        Self::create_with(path, wanted)
     }
 
     /// [`create`](Self::create) by `path`; direct I/O falls back to the page cache where the
@@ -296,6 +313,7 @@ impl OutputFile {
             buffer: Aligned::new(),
             filled: 0,
             offset: 0,
+            end: 0,
             jobs: Some(jobs),
             free,
             allocated: 1,
@@ -382,7 +400,7 @@ impl OutputFile {
             self.offset,
         )?;
         self.stats.written += self.filled as u64;
-        let end = self.offset + self.filled as u64;
+        let end = self.end.max(self.offset + self.filled as u64);
         self.filled = 0;
         // A copy that reached further than the data cannot happen, but the length is the
         // writer's contract: the file ends at its last byte.
@@ -470,6 +488,37 @@ impl Write for OutputFile {
     /// the rest.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// For writers that patch what they wrote (a zip entry's header once its data is known):
+/// the bytes so far go to the writing thread, and the next ones are written from the new
+/// position, in order after them. Not on a file written with direct I/O, whose writes must stay
+/// aligned ([`OutputFile::create_seekable`] never uses it).
+impl Seek for OutputFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let position = self.position();
+        let end = self.end.max(position);
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => position.checked_add_signed(d),
+            SeekFrom::End(d) => end.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a seek before the start"))?;
+        if target == position {
+            return Ok(target);
+        }
+        if self.stats.path == WritePath::Direct {
+            return Err(io::Error::other(
+                "a file written with direct I/O cannot seek",
+            ));
+        }
+        if self.filled > 0 {
+            self.send(self.filled)?;
+        }
+        self.end = end;
+        self.offset = target;
+        Ok(target)
     }
 }
 
@@ -725,6 +774,57 @@ mod tests {
             let stats = file.finish().expect("finish");
             assert_eq!(stats.written + stats.copied, expected.len() as u64);
             assert!(stats.copied > 0 || !cfg!(target_os = "linux"));
+            assert!(std::fs::read(&out).expect("read") == expected, "{path:?}");
+        }
+    }
+
+    /// A writer that goes back over what it wrote (a zip's headers) leaves the bytes it wrote
+    /// last at every position, whether the place it patches is still in the buffer or already
+    /// written; direct I/O refuses to go back.
+    #[test]
+    fn a_seek_back_patches_in_place_and_the_file_ends_at_its_end() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        for path in [
+            WritePath::Writeback,
+            WritePath::PageCache,
+            WritePath::Direct,
+        ] {
+            let out = dir.path().join(format!("out-{path:?}"));
+            let mut file = OutputFile::create_with(&out, path).expect("create");
+            let mut expected = pattern(2 * BUFFER + 100, 7);
+            file.write_all(&expected).expect("write");
+            if file.stats().path == WritePath::Direct {
+                assert!(file.seek(SeekFrom::Start(10)).is_err());
+                assert_eq!(
+                    file.stream_position().expect("position"),
+                    expected.len() as u64
+                );
+                continue;
+            }
+            // In a buffer already written, across two of them, then in the one being filled.
+            for (at, len) in [(10, 5), (BUFFER - 2, 4), (2 * BUFFER + 50, 9)] {
+                let patch = pattern(len, at as u64);
+                assert_eq!(
+                    file.seek(SeekFrom::Start(at as u64)).expect("seek"),
+                    at as u64
+                );
+                file.write_all(&patch).expect("patch");
+                expected[at..at + len].copy_from_slice(&patch);
+            }
+            assert_eq!(
+                file.seek(SeekFrom::Current(-9)).expect("back"),
+                2 * BUFFER as u64 + 50
+            );
+            assert_eq!(
+                file.seek(SeekFrom::End(0)).expect("end"),
+                expected.len() as u64
+            );
+            let tail = pattern(BUFFER + 3, 9);
+            file.write_all(&tail).expect("write on");
+            expected.extend_from_slice(&tail);
+            // Ending the file back inside it still keeps every byte written.
+            file.seek(SeekFrom::Start(1)).expect("seek");
+            file.finish().expect("finish");
             assert!(std::fs::read(&out).expect("read") == expected, "{path:?}");
         }
     }

@@ -7,13 +7,12 @@ use super::dtype::DType;
 use super::error::{shown as shown_name, CheckpointError};
 use super::host_tensor::{check_names, HostTensor, TensorHeader};
 use super::mapped::Counted;
-use super::output_file::{Plain, TensorSink, WriteStats};
+use super::output_file::{OutputFile, Plain, TensorSink, WriteStats};
 use super::pickle_writer::{state_dict_pickle, PickledStorage};
 use super::sniff::Sniff;
 use super::unpickler::Unpickler;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::Path;
 use tch::Tensor;
 
@@ -174,6 +173,7 @@ where
             out.write_all(&hosts[key].bytes()?)
                 .map_err(|e| CheckpointError::io(path, "cannot write", e))
         })
+        .map(drop)
     })
 }
 
@@ -194,7 +194,7 @@ where
 }
 
 /// [`write_torch_zip_streamed`] with a [`TensorSink`] for `fill`, as the streamed writers of
-/// every format take it; returns how the file was written (through the page cache: the zip
+/// every format take it; returns how the file was written (never with direct I/O: the zip
 /// writer seeks back over its entries, which direct I/O's aligned buffers do not allow).
 pub fn write_torch_zip_to_sink<E>(
     path: &Path,
@@ -207,18 +207,13 @@ where
     check_names(path, tensors.iter().map(|t| t.name.as_str()))?;
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     let storage_of: Vec<usize> = (0..tensors.len()).collect();
-    write_zip(path, path, &names, &storage_of, tensors, fill)?;
-    let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    Ok(WriteStats {
-        path: crate::checkpoint::WritePath::PageCache,
-        written,
-        copied: 0,
-    })
+    write_zip(path, path, &names, &storage_of, tensors, fill)
 }
 
 /// The one writer of `torch.save` archives: name `n` over storage `storage_of[n]`, storage `i`
 /// of `storages[i]`'s dtype and shape (its name unused), its bytes from `fill(i, out)`. The file
-/// is created at `file`; messages name `shown` (the destination, when `file` is temporary).
+/// is created at `file` (an [`OutputFile`]) and synced; messages name `shown` (the destination,
+/// when `file` is temporary). Returns how it was written.
 fn write_zip<E>(
     file: &Path,
     shown: &Path,
@@ -226,7 +221,7 @@ fn write_zip<E>(
     storage_of: &[usize],
     storages: &[TensorHeader],
     mut fill: impl FnMut(usize, &mut dyn TensorSink) -> Result<(), E>,
-) -> Result<(), E>
+) -> Result<WriteStats, E>
 where
     E: From<CheckpointError>,
 {
@@ -249,8 +244,8 @@ where
     let zip_err = |e: zip::result::ZipError| {
         CheckpointError::io(path, "cannot write", std::io::Error::other(e.to_string()))
     };
-    let created = File::create(file).map_err(write_err)?;
-    let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 22, created));
+    let created = OutputFile::create_seekable(file).map_err(write_err)?;
+    let mut zip = zip::ZipWriter::new(created);
     // Stored and aligned as torch.save does, so that torch.load(mmap=True) can map storages.
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
@@ -280,11 +275,6 @@ where
     }
     start(&mut zip, "version", 2)?;
     zip.write_all(b"3\n").map_err(write_err)?;
-    // Flushed here (so that errors are seen); `atomic_write` syncs the file.
-    let writer = zip.finish().map_err(zip_err)?;
-    writer
-        .into_inner()
-        .map(drop)
-        .map_err(|e| write_err(e.into_error()))?;
-    Ok(())
+    let written = zip.finish().map_err(zip_err)?;
+    Ok(written.finish().map_err(write_err)?)
 }

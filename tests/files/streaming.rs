@@ -11,7 +11,9 @@ use common::{
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-use tch_prune::checkpoint::{read_safetensors, write_safetensors, write_safetensors_streamed};
+use tch_prune::checkpoint::{
+    read_safetensors, write_safetensors, write_safetensors_streamed, write_torch_zip,
+};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
@@ -384,42 +386,56 @@ fn an_index_naming_a_tensor_no_shard_holds_is_refused_by_both_paths() {
 }
 
 /// Every write path (written back as it goes, the default on Linux; direct I/O; the page cache)
-/// writes the same bytes, and the summary says which one ran.
+/// writes the same bytes, and the summary says which one ran. A `torch.save` output, whose zip
+/// writer goes back over its entries' headers, is written back as it goes too, never with
+/// direct I/O.
 #[test]
 fn every_write_path_writes_the_same_bytes_and_says_which_ran() {
     let dir = common::tempdir();
-    let input = dir.path().join("model.safetensors");
-    write_safetensors(&input, &model(Kind::Float, 3)).expect("write model");
+    let tensors = model(Kind::Float, 3);
     let default = if cfg!(target_os = "linux") {
         "written back as it went"
     } else {
         "the page cache"
     };
-    // A filesystem that refuses O_DIRECT (tmpfs) gets the page cache, and says so.
-    let paths = [
-        (None, [default, default]),
-        (Some("direct"), ["direct I/O", "the page cache"]),
-        (Some("cache"), ["the page cache", "the page cache"]),
-    ];
-    let mut outputs = Vec::new();
-    for (path, said) in paths {
-        let out = dir
-            .path()
-            .join(format!("{}.safetensors", path.unwrap_or("default")));
-        let mut command = Cli::prune(&input, &out)
-            .flags("--method l1-unstructured --amount 0.5 --global")
-            .command();
-        if let Some(path) = path {
-            command.env("TCH_PRUNE_WRITE", path);
+    for format in ["safetensors", "pt"] {
+        let input = dir.path().join(format!("model.{format}"));
+        if format == "pt" {
+            write_torch_zip(&input, &tensors).expect("write model");
+        } else {
+            write_safetensors(&input, &tensors).expect("write model");
         }
-        let run = common::output_within(&mut command);
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(run.status.success(), "{path:?}: {stdout}");
-        assert!(
-            said.iter().any(|s| stdout.contains(s)),
-            "{path:?}: {stdout}"
-        );
-        outputs.push(std::fs::read(&out).expect("read output"));
+        // A filesystem that refuses O_DIRECT (tmpfs) gets the page cache, and says so.
+        let direct = match format {
+            "pt" => [default, default],
+            _ => ["direct I/O", "the page cache"],
+        };
+        let paths = [
+            (None, [default, default]),
+            (Some("direct"), direct),
+            (Some("cache"), ["the page cache", "the page cache"]),
+        ];
+        let mut outputs = Vec::new();
+        for (path, said) in paths {
+            let out = dir
+                .path()
+                .join(format!("{}.{format}", path.unwrap_or("default")));
+            let mut command = Cli::prune(&input, &out)
+                .flags("--method l1-unstructured --amount 0.5 --global")
+                .command();
+            if let Some(path) = path {
+                command.env("TCH_PRUNE_WRITE", path);
+            }
+            let run = common::output_within(&mut command);
+            let stdout = String::from_utf8_lossy(&run.stdout);
+            assert!(run.status.success(), "{format} {path:?}: {stdout}");
+            assert!(stdout.contains("streamed"), "{format} {path:?}: {stdout}");
+            assert!(
+                said.iter().any(|s| stdout.contains(s)),
+                "{format} {path:?}: {stdout}"
+            );
+            outputs.push(std::fs::read(&out).expect("read output"));
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{format}");
     }
-    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
 }

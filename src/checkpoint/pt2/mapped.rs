@@ -141,27 +141,18 @@ impl MappedPt2 {
             .enumerate()
             .map(|(i, e)| (e.name.as_str(), i))
             .collect();
-        let copied: Result<(), E> =
-            self.archive
-                .copy_archive(Cursor::new(self.map.map()), path, path, |_, stamp, out| {
-                    let Some(&i) = by_entry.get(stamp.name.as_str()) else {
-                        return Ok(false);
-                    };
-                    Counted {
-                        inner: Plain(out),
-                        written: 0,
-                    }
-                    .fill_exactly(path, i, &headers[i], &mut fill)?;
-                    Ok(true)
-                });
-        copied?;
-        // A zip rewritten entry by entry goes through the page cache, as `torch.save`'s does.
-        let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        Ok(WriteStats {
-            path: crate::checkpoint::WritePath::PageCache,
-            written,
-            copied: 0,
-        })
+        self.archive
+            .copy_archive(Cursor::new(self.map.map()), path, path, |_, stamp, out| {
+                let Some(&i) = by_entry.get(stamp.name.as_str()) else {
+                    return Ok(false);
+                };
+                Counted {
+                    inner: Plain(out),
+                    written: 0,
+                }
+                .fill_exactly(path, i, &headers[i], &mut fill)?;
+                Ok(true)
+            })
     }
 }
 

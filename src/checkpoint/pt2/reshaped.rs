@@ -192,6 +192,7 @@ impl Pt2Archive {
                 }
                 Ok::<bool, CheckpointError>(true)
             })
+            .map(drop)
         })
     }
 

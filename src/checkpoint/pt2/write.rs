@@ -8,9 +8,9 @@ use crate::checkpoint::archive::{EntryStamp, Opened, TorchArchive};
 use crate::checkpoint::atomic::atomic_write;
 use crate::checkpoint::error::{first_line, shown, CheckpointError};
 use crate::checkpoint::input_file::open_input;
+use crate::checkpoint::output_file::{OutputFile, WriteStats};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -94,13 +94,14 @@ impl Pt2Archive {
                 _ => Ok(false),
             }
         })
+        .map(drop)
     }
 
     /// Writes at `file` (messages name `shown_path`) the archive `reader` holds again, which
     /// must be the one read (the same entries, sizes and CRCs): each entry, in order and under
     /// its name, stored and 64-byte aligned as PyTorch's writer stores it, its bytes written
     /// by `replace` (which says it wrote them) or else copied as they are read (checked
-    /// against the entry's CRC).
+    /// against the entry's CRC). Synced; returns how it was written.
     pub(super) fn copy_archive<R, E>(
         &self,
         reader: R,
@@ -111,7 +112,7 @@ impl Pt2Archive {
             &EntryStamp,
             &mut dyn Write,
         ) -> Result<bool, E>,
-    ) -> Result<(), E>
+    ) -> Result<WriteStats, E>
     where
         R: Read + Seek,
         E: From<CheckpointError>,
@@ -132,8 +133,8 @@ impl Pt2Archive {
                 std::io::Error::other(e.to_string()),
             )
         };
-        let created = File::create(file).map_err(write_err)?;
-        let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 22, created));
+        let created = OutputFile::create_seekable(file).map_err(write_err)?;
+        let mut zip = zip::ZipWriter::new(created);
         // Stored and aligned as PyTorch's writer does, so that storages can be mapped.
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
@@ -146,12 +147,8 @@ impl Pt2Archive {
                 archive.copy_entry(&stamp.name, &mut zip)?;
             }
         }
-        let writer = zip.finish().map_err(zip_err)?;
-        writer
-            .into_inner()
-            .map(drop)
-            .map_err(|e| write_err(e.into_error()))?;
-        Ok(())
+        let written = zip.finish().map_err(zip_err)?;
+        Ok(written.finish().map_err(write_err)?)
     }
 
     /// A storage entry's new bytes: the input's, with each view over it written from its tensor
