@@ -82,7 +82,9 @@ pub use self::safetensors::{
     read_safetensors, read_safetensors_metadata, write_safetensors, write_safetensors_as,
     write_safetensors_with_metadata,
 };
-pub use self::script_archive::{read_torchscript_state, read_torchscript_state_from};
+pub use self::script_archive::{
+    check_torchscript_pickles, read_torchscript_state, read_torchscript_state_from,
+};
 pub use self::shard_index::ShardIndex;
 pub(crate) use self::temp_file::check_room;
 pub use self::temp_file::{check_destination, remove_temporary_files};

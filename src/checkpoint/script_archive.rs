@@ -72,6 +72,41 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
     name: impl AsRef<Path>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let path = name.as_ref();
+    let mut archive = open_script_archive(reader, path)?;
+
+    let code = format!("{}code/", archive.prefix());
+    let sources: Vec<String> = archive
+        .entry_names()
+        .filter(|name| name.starts_with(&code) && name.ends_with(".py"))
+        .map(str::to_string)
+        .collect();
+    let mut classes = ScriptClasses::default();
+    let mut total = 0u64;
+    for name in sources {
+        let source = archive.read(&name, MAX_CODE_FILE_BYTES)?;
+        total += source.len() as u64;
+        if total > MAX_CODE_BYTES {
+            return Err(CheckpointError::CorruptArchive {
+                path: path.to_path_buf(),
+                reason: format!("its code/ holds more than {MAX_CODE_BYTES} bytes"),
+            });
+        }
+        let qualifier = name[code.len()..name.len() - ".py".len()].replace('/', ".");
+        classes.add_file(&qualifier, &String::from_utf8_lossy(&source));
+    }
+
+    check_constants(&mut archive, path)?;
+    let pickle = archive.data_pkl()?;
+    let mut storages = archive.into_storages();
+    read_module_state(&pickle, path, &mut storages, &classes)
+}
+
+/// The TorchScript archive in `reader`, its prefix entered; an archive of another kind is
+/// named as such.
+fn open_script_archive<R: Read + Seek>(
+    reader: R,
+    path: &Path,
+) -> Result<TorchArchive<'_, R>, CheckpointError> {
     const EXPECTED: &str = "a TorchScript archive written by torch.jit.save";
     let wrong = |found: &'static str| CheckpointError::WrongFormat {
         path: path.to_path_buf(),
@@ -105,41 +140,42 @@ pub fn read_torchscript_state_from<R: Read + Seek>(
         }
     };
     archive.enter(prefix)?;
+    Ok(archive)
+}
 
-    let code = format!("{}code/", archive.prefix());
-    let sources: Vec<String> = archive
-        .entry_names()
-        .filter(|name| name.starts_with(&code) && name.ends_with(".py"))
-        .map(str::to_string)
-        .collect();
-    let mut classes = ScriptClasses::default();
-    let mut total = 0u64;
-    for name in sources {
-        let source = archive.read(&name, MAX_CODE_FILE_BYTES)?;
-        total += source.len() as u64;
-        if total > MAX_CODE_BYTES {
-            return Err(CheckpointError::CorruptArchive {
-                path: path.to_path_buf(),
-                reason: format!("its code/ holds more than {MAX_CODE_BYTES} bytes"),
-            });
-        }
-        let qualifier = name[code.len()..name.len() - ".py".len()].replace('/', ".");
-        classes.add_file(&qualifier, &String::from_utf8_lossy(&source));
-    }
+/// Runs the pickles libtorch unpickles while it loads the TorchScript archive at `path`
+/// (`constants.pkl`, `data.pkl`) through the crate's unpickler, without reading a tensor: what
+/// [`read_torchscript_state`] refuses of them is refused before libtorch sees the file. Quantized
+/// tensors and packed parameters are unsupported; globals outside the reader's list, and
+/// objects of custom classes (`__torch__.torch.classes.*`) other than libtorch's `xnnpack` and
+/// `rnn` ones, are forbidden: libtorch would run their C++ `__setstate__` on the file's state
+/// even where no code of the archive names the class.
+pub fn check_torchscript_pickles(path: impl AsRef<Path>) -> Result<(), CheckpointError> {
+    let path = path.as_ref();
+    let file = super::input_file::open_input(path)?;
+    let mut archive = open_script_archive(BufReader::new(file), path)?;
+    check_constants(&mut archive, path)?;
+    let pickle = archive.data_pkl()?;
+    Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+    Ok(())
+}
 
+/// Runs the archive's `constants.pkl`, if any, through the crate's unpickler, its tensors
+/// checked but not read: libtorch unpickles it while it loads the module.
+fn check_constants<R: Read + Seek>(
+    archive: &mut TorchArchive<'_, R>,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     let constants = format!("{}constants.pkl", archive.prefix());
     if archive.entry_names().any(|name| name == constants) {
         let pickle = archive.read(&constants, MAX_PICKLE_BYTES)?;
         Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
     }
-
-    let pickle = archive.data_pkl()?;
-    let mut storages = archive.into_storages();
-    read_module_state(&pickle, path, &mut storages, &classes)
+    Ok(())
 }
 
-/// The storages of `constants.pkl`: its tensors are checked as `data.pkl`'s are (their globals,
-/// dtypes and sizes), never read.
+/// The storages of a pickle only checked: its tensors are checked as `data.pkl`'s are (their
+/// globals, dtypes and sizes), never read.
 struct Unread;
 
 impl StorageSource for Unread {
@@ -450,6 +486,18 @@ mod tests {
         );
         let err = unpickle(b"\x80\x02c__torch__\nNope\n)\x81}b.", &classes).expect_err("undefined");
         assert!(err.to_string().contains("__torch__.Nope"), "{err}");
+        // An object of a custom class libtorch would give the file's state to (its C++
+        // `__setstate__`), though no code names it; by GLOBAL or STACK_GLOBAL.
+        for pickle in [
+            &b"\x80\x02c__torch__.torch.classes.mkldnn\nConvOpContext\n)\x81}b."[..],
+            &b"\x80\x04\x8c\x21__torch__.torch.classes.profiling\x8c\x0e_ScriptProfile\x93)\x81."[..],
+        ] {
+            let err = unpickle(pickle, &classes).expect_err("custom class");
+            assert!(
+                matches!(&err, CheckpointError::ForbiddenGlobal { global, .. } if global.contains("torch.classes.")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

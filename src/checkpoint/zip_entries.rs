@@ -84,6 +84,7 @@ pub(crate) fn open_archive<R: Read + Seek>(
     // The zip crate gives no access to its reader but by taking it back; the archive is parsed
     // again afterwards (a cost per entry, not per byte).
     let mut reader = archive.into_inner();
+    flatbuffer_magic(&mut reader, path)?;
     let (start, entries) = miniz_directory(&mut reader, path)?;
     let mut seen = HashSet::with_capacity(entries.len());
     for entry in &entries {
@@ -100,6 +101,25 @@ pub(crate) fn open_archive<R: Read + Seek>(
     let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     agree(&mut archive, start, &entries, path)?;
     Ok(archive)
+}
+
+/// Refuses a file whose bytes 4 to 8 are `PTMF`: libtorch's loader (`torch::jit::load`) checks
+/// for that mark before the zip's, and loads such a file as a flatbuffer (mobile) module, code
+/// and all, whatever zip follows. A zip's own bytes there are its version and flags, never
+/// those letters, so a file that has both is made to be read two ways.
+fn flatbuffer_magic<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<(), CheckpointError> {
+    let mut head = [0u8; 8];
+    reader
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| reader.read_exact(&mut head))
+        .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+    if &head[4..] == b"PTMF" {
+        return Err(CheckpointError::AmbiguousArchive {
+            path: path.to_path_buf(),
+            reason: "is also a flatbuffer module (PTMF at byte 4), which libtorch's loader reads instead of the zip".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A `zip` crate error, as the one-line reason of a corrupt archive.

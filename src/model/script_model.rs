@@ -1,6 +1,8 @@
 //! TorchScript modules whose parameters live in a VarStore under their PyTorch names.
 
-use crate::checkpoint::{atomic_write, check_torchscript_code, CodePolicy};
+use crate::checkpoint::{
+    atomic_write, check_torchscript_code, check_torchscript_pickles, CodePolicy,
+};
 use crate::error::{first_line, PruneError, Result};
 use crate::ffi::{self, FfiError};
 use std::path::Path;
@@ -53,6 +55,10 @@ impl ScriptModel {
         if policy == CodePolicy::Checked {
             check_torchscript_code(path)?;
         }
+        // Whatever the policy: libtorch unpickles these while it loads, running the C++
+        // `__setstate__` of custom classes on the file's state, and quantized models are
+        // refused as unsupported (SECURITY.md, promises 1 and 10).
+        check_torchscript_pickles(path)?;
         let module =
             CModule::load_on_device(path, device).map_err(|source| PruneError::TorchScript {
                 path: path.to_path_buf(),

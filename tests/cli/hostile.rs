@@ -296,6 +296,19 @@ fn rows() -> Vec<Row> {
             writes: &["out.pt"],
             ..row("getattr(torch, 'from_file') trusted: runs", "shrink {gen}/getattr_from_file.pt -o out.pt --amount 0.5 --input-shape 1,3,8,8 --trust-code", 0, &[])
         },
+        // Where libtorch reads a file otherwise than a checker might: code in a `# type:`
+        // comment, lines joined by a backslash, custom-class objects only data.pkl names,
+        // quantized attributes, a zip that is also a flatbuffer module (read first by libtorch).
+        row("type comment hides __setstate__, report", "report {gen}/type_comment.pt", 1, &["__setstate__", "--trust-code"]),
+        row("type comment hides __setstate__, shrink", "shrink {gen}/type_comment.pt -o out.pt --amount 0.5 --input-shape 1,4", 1, &["__setstate__", "--trust-code"]),
+        row("type comment hides forward's from_file, shrink", "shrink {gen}/type_comment_forward.pt -o out.pt --amount 0.5 --input-shape 1,4", 1, &["'torch.from_file'", "line 14"]),
+        row("line continuation to a custom class, shrink", "shrink {gen}/continuation.pt -o out.pt --amount 0.5 --input-shape 1,4", 1, &["'profiling'"]),
+        row("custom class object only in data.pkl, report", "report {gen}/custom_class_in_pickle.pt", 1, &["mkldnn.ConvOpContext"]),
+        row("custom class object only in data.pkl, shrink", "shrink {gen}/custom_class_in_pickle.pt -o out.pt --amount 0.5 --input-shape 1,4", 1, &["mkldnn.ConvOpContext"]),
+        row("custom class object only in data.pkl, trusted shrink", "shrink {gen}/custom_class_in_pickle.pt -o out.pt --amount 0.5 --input-shape 1,4 --trust-code", 1, &["mkldnn.ConvOpContext"]),
+        row("quantized packed attribute, trusted shrink", "shrink {gen}/packed_attribute.pt -o out.pt --amount 0.5 --input-shape 1,4 --trust-code", 1, &["quantized"]),
+        row("zip that is also a flatbuffer module, report", "report {gen}/flatbuffer_zip.pt", 1, &["flatbuffer", "PTMF"]),
+        row("zip that is also a flatbuffer module, shrink", "shrink {gen}/flatbuffer_zip.pt -o out.pt --amount 0.5 --input-shape 1,4", 1, &["flatbuffer"]),
         // 2. Small files do not take the machine.
         Row { bomb: true, ..row("pickle bomb", "report {gen}/pickle_bomb.pt", 1, &["data.pkl"]) },
         Row { bomb: true, ..row("deflate bomb", "prune {gen}/deflate_bomb.pt -o out.pt --method l1-unstructured --amount 0.5 --params w", 1, &["data/0"]) },

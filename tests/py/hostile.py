@@ -14,7 +14,7 @@ import sys
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 
@@ -454,6 +454,124 @@ def pt2_inputs():
     write_zip(OUT / "pt2_aoti.pt2", aoti)
 
 
+# --- Where libtorch's lexer and loader read a file otherwise than a checker might.
+class Lin4(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class Trigger(torch.nn.Module):
+    """A module with an exported __setstate__ of its own (harmless as written)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = 1
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> Dict[str, int]:
+        return {"k": self.k}
+
+    @torch.jit.export
+    def __setstate__(self, state: Dict[str, int]) -> None:
+        self.k = state["k"]
+        self.training = False
+
+
+class WithTrigger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.trig = Trigger()
+
+    def forward(self, x):
+        return self.trig(self.lin(x))
+
+
+def edit_code(module, out, edit):
+    """Saves `module` scripted to `out`, its code/__torch__.py passed through `edit`."""
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buf)
+    items = [(n, edit(d.decode()).encode() if n.endswith("code/__torch__.py") else d) for n, d in entries(buf)]
+    write_zip(out, items)
+
+
+# A `# type:` comment is code to libtorch: a triple-quoted string opened there, closed by a
+# quote inside a later string literal, made a checker that skips the comment see the code in
+# between as one string.
+OPEN_IN_TYPE_COMMENT = "  def _pad(self, x):\n    # type: ('''torch.classes.quantized.LinearPackedParamsBase\n    ''') -> int\n    return 1\n"
+CLOSE = "  def _close(self) -> str:\n    return \"'''\"  # \"\n"
+
+
+def lexer_tricks():
+    def hidden_setstate(src):
+        i = src.index("  def __setstate__")
+        payload = ("    self.k = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(65))\n"
+                   "    return None\n" % VICTIM)
+        return src[:i] + OPEN_IN_TYPE_COMMENT + src[i:].replace("    return None\n", payload, 1) + CLOSE
+    edit_code(WithTrigger(), OUT / "type_comment.pt", hidden_setstate)
+
+    def hidden_forward(src):
+        i = src.index("  def forward")
+        payload = ("    n = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(67))\n"
+                   "    return torch.add((lin).forward(x, ), torch.mul(n, 0))\n" % VICTIM)
+        return src[:i] + OPEN_IN_TYPE_COMMENT + src[i:].replace("    return (lin).forward(x, )\n", payload, 1) + CLOSE
+    edit_code(Lin4(), OUT / "type_comment_forward.pt", hidden_forward)
+
+    # A backslash-newline joins `__torch__.torch.` and `classes.profiling...` into one path.
+    def continued(src):
+        src = src.replace("    lin = self.lin\n",
+                          "    p = __torch__.torch.\\\n    classes.profiling._ScriptProfile()\n    lin = self.lin\n")
+        return src + "  def profiling(self) -> int:\n    return 0\n  def _ScriptProfile(self) -> int:\n    return 0\n"
+    edit_code(Lin4(), OUT / "continuation.pt", continued)
+
+    # An object of a custom class (mkldnn's, whose C++ __setstate__ takes the file's state)
+    # that only data.pkl names: its declaration and class stub removed from the code.
+    class HoldsContext(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.ctx = torch.ops.mkldnn_prepacked.conv2d_prepack(
+                torch.randn(4, 3, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, [1, 3, 8, 8], "none")
+
+        def forward(self, x):
+            return self.lin(x)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(HoldsContext()), buf)
+    items = [(n, d.replace(b"  ctx : __torch__.torch.classes.mkldnn.ConvOpContext\n", b"")
+              if n.endswith("code/__torch__.py") else d)
+             for n, d in entries(buf) if "classes/mkldnn" not in n]
+    write_zip(OUT / "custom_class_in_pickle.pt", items)
+
+    # Quantized packed parameters as a plain attribute (no __setstate__ in the file's code).
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.packed = torch.ops.quantized.linear_prepack(
+                torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8), None)
+
+        def forward(self, x):
+            return self.lin(x)
+    torch.jit.save(torch.jit.script(Packed()), OUT / "packed_attribute.pt")
+
+    # A zip that is also a flatbuffer module: libtorch's loader looks for PTMF at byte 4
+    # before it looks for a zip (the flatbuffer itself is left out here: the mark decides).
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Lin4()), buf)
+    with open(OUT / "flatbuffer_zip.pt", "wb") as f:
+        f.write(b"PK\x03\x04PTMF" + bytes(56))
+    with zipfile.ZipFile(OUT / "flatbuffer_zip.pt", "a") as z:
+        for name, data in entries(buf):
+            z.writestr(zipfile.ZipInfo(name), data)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -495,6 +613,8 @@ def main():
               b")\x81\x85q\x00.")
     write_zip(OUT / "quantized_constants.pt",
               [(n, packed if n.endswith("/constants.pkl") else d) for n, d in entries(OUT / "mlp.ts.pt")])
+
+    lexer_tricks()
 
     # --- State dicts.
     sd = {"fc1.weight": torch.randn(16, 8), "fc1.bias": torch.randn(16),

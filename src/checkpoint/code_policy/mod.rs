@@ -34,7 +34,11 @@
 //!   loading);
 //! * custom classes (`__torch__.torch.classes.<namespace>`) are libtorch's native ones
 //!   (`quantized`, `xnnpack`, `rnn`, whose `__setstate__` is libtorch's C++, not the file's);
-//! * it can be tokenized (no string that never ends).
+//! * it can be tokenized (no string that never ends), read as libtorch's lexer reads it: the
+//!   text of a `# type:` comment is code, a backslash before a newline joins the lines.
+//!
+//! The objects the archive's pickles hold are checked apart, whatever the policy, by
+//! [`check_torchscript_pickles`](super::check_torchscript_pickles).
 //!
 //! Names inside string literals (but `getattr`'s) and comments are not code and are not looked
 //! at. The allowed operators are those of the PyTorch the data file was generated from

@@ -169,6 +169,24 @@ fn names_hidden_from_a_deny_list_are_refused() {
     }
 }
 
+/// What libtorch's lexer reads as code is read as code: a `# type:` comment's text (a string
+/// opened there must not hide what follows), lines joined by a backslash, blanks that C's
+/// `isspace` takes (the vertical tab).
+#[test]
+fn what_libtorch_reads_as_code_is_read_as_code() {
+    let type_comment = "  def _pad(self, x):\n    # type: ('''torch.classes.quantized.LinearPackedParamsBase\n    ''') -> int\n    return 1\n  def forward(self, x):\n    t = torch.from_file(\"p\", True, 8)\n    return x\n  def _close(self) -> str:\n    return \"'''\"  # \"\n";
+    let found = refused(type_comment).expect("refused");
+    assert_eq!(found.0, 6, "{}", found.1);
+    assert!(found.1.contains("'torch.from_file'"), "{}", found.1);
+    let continued = "  def profiling(self) -> int:\n    return 0\n  def forward(self, x):\n    p = __torch__.torch.\\\n    classes.profiling._ScriptProfile()\n    return x\n";
+    let found = refused(continued).expect("refused");
+    assert!(found.1.contains("'profiling'"), "{}", found.1);
+    let found = refused("y = torch\x0b.from_file(p)\n").expect("refused");
+    assert!(found.1.contains("'torch.from_file'"), "{}", found.1);
+    // A comment that only starts like one stays a comment.
+    assert_eq!(refused("x = 1  # typed: torch.save(x)\n"), None);
+}
+
 /// A denied operator's name stays refused as an attribute even when the archive declares
 /// it (a method `save` of its own would not make `x.save(p)` safe on a tensor).
 #[test]

@@ -32,7 +32,8 @@ pub(super) struct Token<'a> {
 /// Tokenizes TorchScript source as libtorch's lexer does for what matters here: names, dots,
 /// brackets, commas, colons, numbers (`1.`, `1e-5`, `0x1f`: a dot inside a number is not an
 /// attribute access, a dot after one is), string literals with backslash escapes, single or
-/// triple quoted, and `#` comments.
+/// triple quoted, `#` comments (but type comments, whose text is code), and backslashes that
+/// join lines.
 pub(super) fn tokenize(source: &[u8]) -> Result<Vec<Token<'_>>, Finding> {
     let mut tokens = Vec::new();
     let mut line = 1;
@@ -46,13 +47,27 @@ pub(super) fn tokenize(source: &[u8]) -> Result<Vec<Token<'_>>, Finding> {
                 i += 1;
                 continue;
             }
+            // A type comment is code to libtorch's lexer: `# type:` is one token and the rest
+            // of the line is read as code (a string opened there is a string).
+            b'#' if source[i..].starts_with(b"# type:") => {
+                i += b"# type:".len();
+                Kind::Other
+            }
             b'#' => {
                 while i < source.len() && source[i] != b'\n' {
                     i += 1;
                 }
                 continue;
             }
-            c if c.is_ascii_whitespace() => {
+            // A backslash before a newline joins the lines, as in libtorch's lexer:
+            // `a.\<newline>b` is the path `a.b`.
+            b'\\' if source.get(i + 1) == Some(&b'\n') => {
+                line += 1;
+                i += 2;
+                continue;
+            }
+            // C's `isspace`, as libtorch's lexer takes blanks (the vertical tab included).
+            c if c.is_ascii_whitespace() || c == 0x0b => {
                 i += 1;
                 continue;
             }

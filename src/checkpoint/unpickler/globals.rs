@@ -43,11 +43,25 @@ pub(in crate::checkpoint) enum Global {
     Complex,
 }
 
+/// The custom classes (`torch.classes.<namespace>`) whose objects a TorchScript `data.pkl` or
+/// `constants.pkl` may hold, besides the quantized ones (unsupported).
+const NATIVE_CLASS_NAMESPACES: [&str; 2] = ["xnnpack", "rnn"];
+
 impl Global {
     pub(in crate::checkpoint) fn resolve(module: &str, name: &str, mode: Mode) -> Option<Global> {
         if mode == Mode::TorchScript {
             if (module == "__torch__" || module.starts_with("__torch__.")) && !name.is_empty() {
-                return Some(Global::ScriptClass(Rc::from(format!("{module}.{name}"))));
+                let qualified = format!("{module}.{name}");
+                // A custom class is C++ registered in libtorch, whose `__setstate__` libtorch
+                // runs on the file's state: only its own xnnpack and rnn ones are read
+                // (quantized ones are refused as unsupported before this).
+                if let Some(class) = qualified.strip_prefix("__torch__.torch.classes.") {
+                    let namespace = class.split('.').next().unwrap_or_default();
+                    if !NATIVE_CLASS_NAMESPACES.contains(&namespace) {
+                        return None;
+                    }
+                }
+                return Some(Global::ScriptClass(Rc::from(qualified)));
             }
             let helper = match (module, name) {
                 ("torch.jit._pickle", "build_intlist") => "build_intlist",
