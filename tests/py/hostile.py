@@ -554,6 +554,17 @@ def main():
                 continue
             z.writestr(zipfile.ZipInfo(name), data)
 
+    # Many storages, each deflated from 12 MiB of zeros: each within the bound one entry may
+    # expand to (16 MiB for a small file), 288 MiB all together from a file of under 1 MB.
+    many = io.BytesIO()
+    torch.save({f"w{i}": torch.zeros(3 << 20) for i in range(24)}, many)
+    with zipfile.ZipFile(OUT / "deflate_many.pt", "w") as z:
+        for name, data in entries(many):
+            info = zipfile.ZipInfo(name)
+            if "/data/" in name:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+
     # A stride-0 expansion: [16384, 16384] over one element (PyTorch keeps it a view).
     torch.save({"w": torch.zeros(1).expand(16384, 16384)}, OUT / "stride0.pt")
 
