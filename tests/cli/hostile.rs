@@ -299,6 +299,7 @@ fn rows() -> Vec<Row> {
         // 2. Small files do not take the machine.
         Row { bomb: true, ..row("pickle bomb", "report {gen}/pickle_bomb.pt", 1, &["data.pkl"]) },
         Row { bomb: true, ..row("deflate bomb", "prune {gen}/deflate_bomb.pt -o out.pt --method l1-unstructured --amount 0.5 --params w", 1, &["data/0"]) },
+        Row { bomb: true, ..row("one module under 60000 names of 60 KiB", "report {gen}/wide_prefix.pt", 1, &["dotted names", "more than"]) },
         Row { bomb: true, ..row("24 storages deflated, 288 MiB in all", "report {gen}/deflate_many.pt", 1, &["24 compressed entries", "decompression bomb"]) },
         Row { bomb: true, ..row("24 storages deflated, pruned", "prune {gen}/deflate_many.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["24 compressed entries", "decompression bomb"]) },
         Row { bomb: true, ..row("stride-0 expansion", "prune {gen}/stride0.pt -o out.pt --method l1-unstructured --amount 0.5 --params w", 1, &["'w'", "stride"]) },
