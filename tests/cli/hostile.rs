@@ -1331,3 +1331,96 @@ fn carried_files_keep_their_mode_and_never_fill_the_disk() {
     );
     assert_eq!(names_in(w), ["model", "out"].map(String::from).into());
 }
+
+/// A sharded model folder at `dir`: two shards (`a.weight`, `b.weight`), their index and a
+/// `config.json`.
+fn sharded_folder(dir: &Path) {
+    std::fs::create_dir(dir).expect("folder");
+    let shards = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    for (shard, name) in shards.iter().zip(["a.weight", "b.weight"]) {
+        std::fs::write(dir.join(shard), safetensors_bytes(name, 8)).expect("shard");
+    }
+    let index = format!(
+        r#"{{"metadata": {{}}, "weight_map": {{"a.weight": "{}", "b.weight": "{}"}}}}"#,
+        shards[0], shards[1]
+    );
+    std::fs::write(dir.join("model.safetensors.index.json"), index).expect("index");
+    std::fs::write(dir.join("config.json"), b"{}").expect("config");
+}
+
+/// No destination names a file the run reads: `--state-out` a shard of the input (which it
+/// replaced before), its index, a file the folder carries, a hard link to a shard; `--svg` a
+/// shard; `-o` the plan file. Each is refused in one line before anything is read, and every
+/// input file is left as it was.
+#[test]
+fn no_destination_replaces_a_file_the_run_reads() {
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("hfs");
+    sharded_folder(&model);
+    std::fs::hard_link(
+        model.join("model-00002-of-00002.safetensors"),
+        w.join("linked.safetensors"),
+    )
+    .expect("hard link");
+    std::fs::write(
+        w.join("plain.safetensors"),
+        safetensors_bytes("fc.weight", 8),
+    )
+    .expect("file");
+    std::fs::write(
+        w.join("plan.json"),
+        br#"[{"params": "*", "method": "l1-unstructured", "amount": 0.5}]"#,
+    )
+    .expect("plan");
+    let files = [
+        "hfs/model-00001-of-00002.safetensors",
+        "hfs/model-00002-of-00002.safetensors",
+        "hfs/model.safetensors.index.json",
+        "hfs/config.json",
+        "plain.safetensors",
+        "plan.json",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(w.join(f)).expect("read"))
+        .collect();
+    let prune = "prune hfs -o hfso --method l1-unstructured --amount 0.5 --state-out";
+    let cases = [
+        format!("{prune} hfs/model-00001-of-00002.safetensors"),
+        format!("{prune} hfs/model.safetensors.index.json"),
+        format!("{prune} hfs/config.json"),
+        format!("{prune} linked.safetensors"),
+        "report hfs --svg hfs/model-00002-of-00002.safetensors".to_string(),
+        "report hfs/model.safetensors.index.json --svg linked.safetensors".to_string(),
+        "prune plain.safetensors -o plan.json --plan plan.json".to_string(),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let args: Vec<String> = case.split(' ').map(String::from).collect();
+        let out = run(&args, w);
+        let refused = out.status == 1
+            && out.stderr.lines().count() == 1
+            && (out.stderr.contains("a file this run reads")
+                || out.stderr.contains("names the input file"));
+        if !refused {
+            failures.push(format!(
+                "{case}: status {} [{}]",
+                out.status,
+                out.stderr.trim()
+            ));
+        }
+        for (file, bytes) in files.iter().zip(&before) {
+            if std::fs::read(w.join(file)).ok().as_ref() != Some(bytes) {
+                failures.push(format!("{case}: {file} changed"));
+            }
+        }
+        if w.join("hfso").exists() {
+            failures.push(format!("{case}: wrote hfso"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

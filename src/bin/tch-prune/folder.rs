@@ -64,6 +64,21 @@ impl Io {
         })
     }
 
+    /// Every file the run reads its model from, which no destination may name: the input file;
+    /// for a model folder or a shard index, the index, every shard and every file the output
+    /// carries (each joined to the folder).
+    pub fn read_files(&self) -> Result<Vec<PathBuf>> {
+        let Some(folder) = &self.folder else {
+            return Ok(vec![self.weights.clone()]);
+        };
+        let weights = folder.weight_files()?;
+        Ok(weights
+            .iter()
+            .chain(&self.carried.carried)
+            .map(|name| folder.dir.join(name))
+            .collect())
+    }
+
     /// Whether the weights are shards.
     pub fn is_sharded(&self) -> bool {
         self.folder.as_ref().is_some_and(HfFolder::is_sharded)

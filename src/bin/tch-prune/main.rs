@@ -380,6 +380,19 @@ fn prune_as(args: PruneArgs, show: bool, ranks: Option<&stream::Ranks>) -> Resul
     } else if let Some(state) = args.state_out.as_ref().filter(|_| !args.dry_run) {
         outputs::check_other(&io.weights, state, "--state-out")?;
     }
+    if !args.dry_run {
+        // No destination replaces a file the run reads: a shard, a file of the input folder, the
+        // plan, the calibration inputs. `-o` may name a model file (it is then pruned in place);
+        // a folder's `-o` is a new or empty folder, checked above.
+        let beside: Vec<PathBuf> = args.plan.iter().chain(&args.calibration).cloned().collect();
+        if io.folder.is_none() {
+            outputs::check_not_read(&beside, &output, "-o")?;
+        }
+        if let Some(state) = &args.state_out {
+            let read = [io.read_files()?, beside].concat();
+            outputs::check_not_read(&read, state, "--state-out")?;
+        }
+    }
     if calibrated::wanted(&args) {
         if ranks.is_some() {
             bail!("wanda and sparsegpt run in one process: launch it without torchrun (WORLD_SIZE unset or 1)");
@@ -666,6 +679,10 @@ fn report(
     }
     if let Some(svg) = svg {
         outputs::check_other(input, svg, "--svg")?;
+        if sharded {
+            let read = folder::Io::resolve(input, None)?.read_files()?;
+            outputs::check_not_read(&read, svg, "--svg")?;
+        }
     }
     // Counted over a memory map where that gives the in-memory report (any size, sharded
     // checkpoints); TorchScript, tied weights and checkpoints saved pruned are read in memory.
