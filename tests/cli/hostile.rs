@@ -1424,3 +1424,98 @@ fn no_destination_replaces_a_file_the_run_reads() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Permissions (SECURITY.md §11): a private (0600) file pruned in place stays 0600; a new
+/// output takes its input's permission bits (under the umask, as `cp` does), by every write
+/// path (in memory with `--state-out`, streamed, a folder, a sharded folder); an existing
+/// destination that is replaced keeps its own.
+#[test]
+fn outputs_are_no_more_readable_than_their_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = common::tempdir();
+    let w = work.path();
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("mode")
+    };
+    let mode = |p: &Path| std::fs::metadata(p).expect("output").permissions().mode() & 0o777;
+    let input = w.join("priv.safetensors");
+    std::fs::write(&input, safetensors_bytes("fc.weight", 8)).expect("input");
+    set(&input, 0o600);
+    let model = w.join("model");
+    plain_folder(&model);
+    set(&model.join("model.safetensors"), 0o600);
+    let shards = w.join("shards");
+    sharded_folder(&shards);
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        set(&shards.join(shard), 0o600);
+    }
+    std::fs::write(w.join("shared.safetensors"), b"old").expect("destination");
+    set(&w.join("shared.safetensors"), 0o640);
+
+    let cases: [(&Path, &str, &[&str], &str, u32); 7] = [
+        (&input, "priv.safetensors", &[], "priv.safetensors", 0o600),
+        (&input, "new.safetensors", &[], "new.safetensors", 0o600),
+        (
+            &input,
+            "mem.safetensors",
+            &["--state-out", "state.safetensors"],
+            "state.safetensors",
+            0o600,
+        ),
+        (
+            &input,
+            "mem2.safetensors",
+            &["--in-memory"],
+            "mem2.safetensors",
+            0o600,
+        ),
+        (
+            &input,
+            "shared.safetensors",
+            &[],
+            "shared.safetensors",
+            0o640,
+        ),
+        (&model, "out", &[], "out/model.safetensors", 0o600),
+        (
+            &shards,
+            "sout",
+            &[],
+            "sout/model-00002-of-00002.safetensors",
+            0o600,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (from, to, extra, check, want) in cases {
+        let mut args: Vec<String> = [
+            "prune",
+            &from.display().to_string(),
+            "-o",
+            to,
+            "--method",
+            "l1-unstructured",
+            "--amount",
+            "0.5",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run(&args, w);
+        if out.status != 0 {
+            failures.push(format!(
+                "{to}: status {} [{}]",
+                out.status,
+                out.stderr.trim()
+            ));
+            continue;
+        }
+        let got = mode(&w.join(check));
+        if got != want {
+            failures.push(format!("{check}: mode {got:o}, expected {want:o}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -71,10 +71,23 @@ impl Io {
         let Some(folder) = &self.folder else {
             return Ok(vec![self.weights.clone()]);
         };
-        let weights = folder.weight_files()?;
-        Ok(weights
+        let carried = self
+            .carried
+            .carried
             .iter()
-            .chain(&self.carried.carried)
+            .map(|name| folder.dir.join(name));
+        Ok(self.weight_files()?.into_iter().chain(carried).collect())
+    }
+
+    /// The files the weights are read from: the input file, or a folder's weights file, or its
+    /// index and every shard.
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
+        let Some(folder) = &self.folder else {
+            return Ok(vec![self.weights.clone()]);
+        };
+        Ok(folder
+            .weight_files()?
+            .iter()
             .map(|name| folder.dir.join(name))
             .collect())
     }

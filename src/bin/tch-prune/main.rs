@@ -265,7 +265,16 @@ fn main() -> ExitCode {
             svg,
             trust_code,
         } => report(&input, json, svg.as_deref(), policy(trust_code), show),
-        Command::Shrink(args) => device(&args.device_name()).and_then(|d| shrink::run(*args, d)),
+        Command::Shrink(args) => {
+            // As for prune: new outputs take the permission bits of the weights they come from
+            // (an input that cannot be resolved is reported by the run itself).
+            let weights = folder::Io::resolve(&args.input, None)
+                .and_then(|io| io.weight_files())
+                .unwrap_or_default();
+            tch_prune::checkpoint::with_permissions_of(&weights, || {
+                device(&args.device_name()).and_then(|d| shrink::run(*args, d))
+            })
+        }
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -393,6 +402,22 @@ fn prune_as(args: PruneArgs, show: bool, ranks: Option<&stream::Ranks>) -> Resul
             outputs::check_not_read(&read, state, "--state-out")?;
         }
     }
+    // New outputs take the permission bits of the weights they are made from (a replaced file
+    // keeps its own): a private model pruned stays private.
+    let weights = io.weight_files()?;
+    tch_prune::checkpoint::with_permissions_of(&weights, || {
+        prune_checked(args, io, output, show, ranks)
+    })
+}
+
+/// [`prune_as`] once its input and destinations are checked.
+fn prune_checked(
+    args: PruneArgs,
+    io: folder::Io,
+    output: PathBuf,
+    show: bool,
+    ranks: Option<&stream::Ranks>,
+) -> Result<()> {
     if calibrated::wanted(&args) {
         if ranks.is_some() {
             bail!("wanda and sparsegpt run in one process: launch it without torchrun (WORLD_SIZE unset or 1)");
