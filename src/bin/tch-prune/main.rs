@@ -156,7 +156,8 @@ pub(crate) struct PruneArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
-    /// safetensors. Must differ from -o and from the input. Both files are written, or neither.
+    /// safetensors. Must differ from -o and from every file the run reads (the input, each shard,
+    /// the index, the files of an input folder). Both files are written, or neither.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "exclude", "method", "amount", "n", "dim", "global",
