@@ -9,7 +9,7 @@
 //! persistent id `('storage', torch.FloatStorage, key, location, numel)`, and `data/<key>` holds
 //! that storage's raw little-endian bytes. `torch.jit.save` adds `code/` and `constants.pkl`.
 
-use super::error::{first_line, shown, CheckpointError};
+use super::error::{shown, CheckpointError};
 use super::host_tensor::read_into;
 use super::sniff::{sniff_reader, Sniff};
 use super::zip_entries::corrupt;
@@ -22,12 +22,6 @@ use tch::{Kind, Tensor};
 /// A state dict's `data.pkl` takes about 100 bytes per tensor; this bound only stops a corrupt
 /// zip header from requesting an absurd allocation.
 pub(super) const MAX_PICKLE_BYTES: u64 = 1 << 30;
-
-/// A compressed entry (torch.save stores them uncompressed) may expand to this many times the
-/// file's size, or [`INFLATE_FLOOR`] if more: deflate reaches about 1000 times, so a small file
-/// could otherwise claim gigabytes.
-const INFLATE_FACTOR: u64 = 32;
-const INFLATE_FLOOR: u64 = 16 << 20;
 
 /// A file opened by [`TorchArchive::open`]: a zip archive, or what else its first bytes say it is.
 pub(super) enum Opened<'p, R> {
@@ -136,8 +130,9 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
     ) -> Result<u64, CheckpointError> {
         let mut entry = self.zip.by_name(name).map_err(|e| corrupt(self.path, e))?;
         let size = entry.size();
+        // What a compressed entry may expand to was bounded when the archive was opened
+        // (`zip_entries::check_inflation`), and the copy is held to the declared size.
         let shown_name = shown(name);
-        check_inflation(self.path, &shown_name, &entry, self.file_len)?;
         let failed = |e: std::io::Error| CheckpointError::CorruptArchive {
             path: self.path.to_path_buf(),
             reason: format!("cannot read entry {shown_name}: {e}"),
@@ -252,12 +247,19 @@ fn read_entry<R: Read + Seek>(
             reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
         });
     }
-    check_inflation(path, &name, &entry, file_len)?;
-    // Reserving up front is only safe when the bytes must physically be in the file (torch.save
-    // stores entries uncompressed); a compressed entry's claimed size could be anything.
-    let stored = entry.compression() == zip::CompressionMethod::Stored;
-    let capacity = if stored && size <= file_len { size } else { 0 };
-    let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    // A stored entry's bytes must physically be in the file; a compressed one's declared size was
+    // held to the archive's inflation budget when it was opened (`zip_entries::check_inflation`).
+    // So the size can be reserved up front, and a failed allocation is an error, not an abort.
+    if entry.compression() == zip::CompressionMethod::Stored && size > file_len {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!("entry {name} is stored as {size} bytes, in a file of {file_len}"),
+        });
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))
+        .map_err(|_| no_memory(path, &name, size))?;
     (&mut entry)
         .take(max.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -421,7 +423,6 @@ impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
             .archive
             .by_name(&name)
             .map_err(|e| corrupt(self.path, e))?;
-        check_inflation(self.path, &shown(&name), &entry, self.file_len)?;
         if entry.size() != nbytes {
             return Err(wrong_storage_size(self.path, &name, entry.size(), nbytes));
         }
@@ -463,31 +464,22 @@ impl<R: Read + Seek> StorageSource for LocatedStorages<'_, R> {
     }
 }
 
-/// Refuses a compressed entry that would expand beyond [`INFLATE_FACTOR`] times the file (a
-/// decompression bomb), before anything is decompressed. `name` is already made safe to show.
-fn check_inflation<R: Read>(
-    path: &Path,
-    name: &str,
-    entry: &zip::read::ZipFile<'_, R>,
-    file_len: u64,
-) -> Result<(), CheckpointError> {
-    let size = entry.size();
-    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
-    if entry.compression() != zip::CompressionMethod::Stored && size > budget {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!(
-                "entry {name} is compressed from {} to {size} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed",
-                entry.compressed_size()
-            ),
-        });
-    }
-    Ok(())
+/// The one-line error for an entry whose bytes cannot be allocated (a file within the limits
+/// can still ask for more than this machine has): reported, never an abort.
+fn no_memory(path: &Path, name: &str, size: u64) -> CheckpointError {
+    CheckpointError::io(
+        path,
+        "not enough memory",
+        std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("cannot allocate {size} bytes for entry {name}"),
+        ),
+    )
 }
 
-/// Reads a storage entry into a new byte tensor: straight into the tensor's memory when the
-/// entry is stored uncompressed with the expected size (as torch.save writes them), so a model
-/// is never held twice; through [`read_entry`] otherwise.
+/// Reads a storage entry into a new byte tensor, straight into the tensor's memory (so a model
+/// is never held twice), whether the entry is stored (as torch.save writes them) or compressed.
+/// The tensor is allocated fallibly: a file can ask for more memory than the machine has.
 fn read_storage<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
     path: &Path,
@@ -496,20 +488,26 @@ fn read_storage<R: Read + Seek>(
     file_len: u64,
 ) -> Result<Tensor, CheckpointError> {
     let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
-    let direct = entry.compression() == zip::CompressionMethod::Stored
-        && entry.size() == nbytes
-        && nbytes <= file_len;
-    if !direct {
-        drop(entry);
-        let bytes = read_entry(archive, path, name, nbytes, file_len)?;
-        return Ok(Tensor::from_slice(&bytes));
+    if entry.size() != nbytes {
+        return Err(wrong_storage_size(path, name, entry.size(), nbytes));
+    }
+    // A compressed entry's size was held to the archive's inflation budget when it was opened.
+    if entry.compression() == zip::CompressionMethod::Stored && nbytes > file_len {
+        return Err(CheckpointError::CorruptArchive {
+            path: path.to_path_buf(),
+            reason: format!(
+                "entry {} is stored as {nbytes} bytes, in a file of {file_len}",
+                shown(name)
+            ),
+        });
     }
     let failed = |reason: String| CheckpointError::CorruptArchive {
         path: path.to_path_buf(),
         reason: format!("cannot read entry {}: {reason}", shown(name)),
     };
-    let tensor = Tensor::f_empty([nbytes as i64], (Kind::Uint8, tch::Device::Cpu))
-        .map_err(|e| failed(first_line(&e.to_string())))?;
+    let len = i64::try_from(nbytes).map_err(|_| no_memory(path, &shown(name), nbytes))?;
+    let tensor = Tensor::f_empty([len], (Kind::Uint8, tch::Device::Cpu))
+        .map_err(|_| no_memory(path, &shown(name), nbytes))?;
     read_into(&mut entry, &tensor).map_err(|e| failed(e.to_string()))?;
     // Reading on to the end is what makes the zip crate check the entry's CRC.
     match entry.read(&mut [0u8; 1]) {

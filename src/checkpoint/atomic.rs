@@ -184,6 +184,67 @@ mod tests {
         assert!(entries(dir.path()).is_empty());
     }
 
+    /// A replaced file keeps its permission bits; a new one takes those of the files it is made
+    /// from inside `with_permissions_of` (their intersection, under the umask), by every
+    /// writer: `atomic_write`, and a file created in a folder being assembled (a shard).
+    #[cfg(unix)]
+    #[test]
+    fn outputs_keep_or_take_the_permission_bits_they_should() {
+        use crate::checkpoint::output_file::OutputFile;
+        use crate::checkpoint::with_permissions_of;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let at = |name: &str| dir.path().join(name);
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("mode")
+        };
+        let mode = |p: &Path| std::fs::metadata(p).expect("file").permissions().mode() & 0o777;
+        let write = |p: &Path| -> Result<(), CheckpointError> {
+            atomic_write(p, |tmp| {
+                std::fs::write(tmp, b"new").map_err(|e| CheckpointError::io(tmp, "x", e))
+            })
+        };
+        std::fs::write(at("private"), b"in").expect("input");
+        set(&at("private"), 0o600);
+        std::fs::write(at("group"), b"in").expect("input");
+        set(&at("group"), 0o640);
+        std::fs::write(at("replaced"), b"old").expect("destination");
+        set(&at("replaced"), 0o604);
+
+        write(&at("replaced")).expect("replace");
+        assert_eq!(
+            mode(&at("replaced")),
+            0o604,
+            "a replaced file keeps its bits"
+        );
+        with_permissions_of([at("private")], || write(&at("replaced"))).expect("replace");
+        assert_eq!(mode(&at("replaced")), 0o604, "whatever the inputs");
+        with_permissions_of([at("private"), at("group")], || {
+            write(&at("new"))?;
+            OutputFile::create(&at("shard"))
+                .map_err(|e| CheckpointError::io(&at("shard"), "x", e))?;
+            crate::checkpoint::write_new(&at("index"), b"{}")
+                .map_err(|e| CheckpointError::io(&at("index"), "x", e))
+        })
+        .expect("new files");
+        for name in ["new", "shard", "index"] {
+            assert_eq!(mode(&at(name)) & 0o077, 0, "{name} is readable by others");
+        }
+        // Outside the scope, the default again (0o666 under the umask).
+        write(&at("plain")).expect("new file");
+        let umask_allows_group_read = mode(&at("plain")) & 0o040 != 0;
+        let inner = with_permissions_of([at("group")], || {
+            write(&at("grouped")).expect("new file");
+            mode(&at("grouped"))
+        });
+        assert_eq!(
+            inner & 0o007,
+            0,
+            "others may not read what the input kept from them"
+        );
+        assert_eq!(inner & 0o040 != 0, umask_allows_group_read);
+    }
+
     #[test]
     fn files_written_together_appear_together_or_not_at_all() {
         let dir = tempfile::tempdir().expect("temporary folder");

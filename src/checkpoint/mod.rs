@@ -86,8 +86,8 @@ pub use self::script_archive::{
     check_torchscript_pickles, read_torchscript_state, read_torchscript_state_from,
 };
 pub use self::shard_index::ShardIndex;
-pub(crate) use self::temp_file::check_room;
-pub use self::temp_file::{check_destination, remove_temporary_files};
+pub use self::temp_file::{check_destination, remove_temporary_files, with_permissions_of};
+pub(crate) use self::temp_file::{check_room, write_new};
 pub(crate) use self::text::{escaped_and_cut, first_line, torchscript_whole};
 pub use self::torch_save::{
     read_torch_zip, read_torch_zip_from, read_torch_zip_tied, write_torch_zip,

@@ -273,11 +273,13 @@ impl OutputFile {
     /// [`create`](Self::create) by `path`; direct I/O falls back to the page cache where the
     /// filesystem refuses `O_DIRECT`.
     fn create_with(file_path: &Path, path: WritePath) -> io::Result<OutputFile> {
-        let plain = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(file_path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // A new file (a shard in an output folder) takes the mode of what it is made from
+        // (`with_permissions_of`); an existing one keeps its own.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, super::temp_file::create_mode());
+        let plain = options.open(file_path)?;
         if path == WritePath::Direct {
             if let Some(file) = open_direct(file_path) {
                 return Self::with_handles(file, plain, WritePath::Direct);

@@ -193,6 +193,18 @@ const MAX_WALK_STEPS: usize = 1 << 24;
 /// through its memo at every level for two bytes each, so longer names are refused.
 const MAX_NAME_BYTES: usize = 1 << 16;
 
+/// A module reached under several names is walked, and its state named, under each (as
+/// `Module.state_dict()` does), so a `data.pkl` that makes its tree a DAG multiplies names: one
+/// module under a 60 KiB name holding 60 000 attributes that all name one leaf would queue
+/// 60 000 copies of that name (3.6 GB from a 1 MB file). So every dotted name the walk builds
+/// (a module's prefix, a state dict key) counts, with [`STEP_COST`] per module entered, against
+/// this many times the size of `data.pkl`, or [`NAME_BUDGET_FLOOR`] if more: a real module tree
+/// writes every name it has into `data.pkl`, and a dotted name is a few of them joined.
+const NAME_BUDGET_FACTOR: usize = 16;
+const NAME_BUDGET_FLOOR: usize = 64 << 20;
+/// What one pending module costs the walk beside its name.
+const STEP_COST: usize = 64;
+
 /// Runs the `data.pkl` of a TorchScript archive in [`Mode::TorchScript`] and returns the state
 /// dict of the module it holds (see [`Unpickler::into_module_state`]).
 fn read_module_state(
@@ -203,7 +215,11 @@ fn read_module_state(
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let mut vm = Unpickler::with_mode(pickle, path, storages, Mode::TorchScript);
     let root = vm.run()?;
-    vm.into_module_state(root, classes)
+    let name_budget = pickle
+        .len()
+        .saturating_mul(NAME_BUDGET_FACTOR)
+        .max(NAME_BUDGET_FLOOR);
+    vm.into_module_state(root, classes, name_budget)
 }
 
 impl Unpickler<'_> {
@@ -217,10 +233,14 @@ impl Unpickler<'_> {
     /// is listed there *and* holds a tensor (a `bias=False` Linear lists `bias`, holding None);
     /// submodules are the attributes holding objects of module classes. Other attributes, tensors
     /// included (plain tensor attributes are neither parameters nor buffers), are not state.
+    ///
+    /// A module reached under several names is walked under each; the bytes of the names built
+    /// (plus [`STEP_COST`] per module) may come to at most `name_budget`.
     fn into_module_state(
         mut self,
         root: Value,
         classes: &ScriptClasses,
+        name_budget: usize,
     ) -> VmResult<Vec<(String, Tensor)>> {
         let path = self.path;
         let not_a_module = |reason: String| CheckpointError::NotAStateDict {
@@ -245,6 +265,17 @@ impl Unpickler<'_> {
         // Modules being walked: a module inside itself would make Python recurse forever.
         let mut on_path = HashSet::new();
         let mut steps_taken = 0usize;
+        // Checked before each name is built, so what the walk holds never exceeds the budget.
+        let mut name_bytes = 0usize;
+        let mut charge = |bytes: usize| {
+            name_bytes = name_bytes.saturating_add(bytes);
+            if name_bytes > name_budget {
+                return Err(not_a_module(format!(
+                    "its module tree's dotted names come to more than {name_budget} bytes, {NAME_BUDGET_FACTOR} times data.pkl's size (a module reached under very many names?)"
+                )));
+            }
+            Ok(())
+        };
         let mut keys: Vec<(String, usize)> = Vec::new();
         let mut positions: HashMap<String, usize> = HashMap::new();
         while let Some(step) = steps.pop() {
@@ -332,6 +363,7 @@ impl Unpickler<'_> {
                 for (name, (_, value)) in names.iter().zip(&attributes.entries) {
                     if let Value::Obj(tensor) = value {
                         if listed.contains(&**name) && self.is_tensor(value) {
+                            charge(prefix.len() + name.len())?;
                             add(format!("{prefix}{name}"), *tensor);
                         }
                     }
@@ -342,6 +374,7 @@ impl Unpickler<'_> {
                 if let Value::Obj(child) = value {
                     if let Some(Obj::Object { class, .. }) = self.arena.get(*child) {
                         if classes.module(path, class)?.is_some() {
+                            charge(prefix.len() + name.len() + 1 + STEP_COST)?;
                             children.push(Step::Enter(*child, format!("{prefix}{name}.")));
                         }
                     }
@@ -524,6 +557,39 @@ mod tests {
         long.extend_from_slice(b"bsbsb.");
         let err = unpickle(&long, &classes).expect_err("name too long");
         assert!(err.to_string().contains("longer than 65536 bytes"), "{err}");
+    }
+
+    /// One module under a 60 000-byte name holding 1 200 attributes that all name one leaf: the
+    /// walk would build 1 200 copies of the long name (72 MB from a pickle of 75 kB); it stops
+    /// at the name budget instead.
+    #[test]
+    fn a_module_reached_under_many_long_names_is_refused_within_the_name_budget() {
+        let classes = small_classes();
+        let list = b"c__torch__.torch.nn.modules.container\nModuleList\n)\x81}";
+        let mut dag = b"\x80\x02".to_vec();
+        dag.extend_from_slice(list);
+        dag.extend_from_slice(b"bq\x00"); // the leaf, memo 0
+        dag.extend_from_slice(list);
+        dag.push(b'(');
+        for i in 0..1200 {
+            let key = format!("k{i}");
+            dag.push(b'X');
+            dag.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            dag.extend_from_slice(key.as_bytes());
+            dag.extend_from_slice(b"h\x00");
+        }
+        dag.extend_from_slice(b"ubq\x01"); // A, memo 1
+        dag.extend_from_slice(list);
+        dag.push(b'X');
+        dag.extend_from_slice(&60_000u32.to_le_bytes());
+        dag.extend(std::iter::repeat_n(b'L', 60_000));
+        dag.extend_from_slice(b"h\x01sb.");
+        let err = unpickle(&dag, &classes).expect_err("too many names");
+        assert!(
+            err.to_string()
+                .contains("dotted names come to more than 67108864 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! node, a pipe, a socket or a folder is never replaced: renaming over it would replace the node
 //! itself with a regular file (`/dev/null` for root), and following a link would write where the
 //! user did not name.
+//!
+//! Permissions: a destination that is replaced keeps its permission bits (the temporary file
+//! takes them before the rename: pruning a private file in place leaves it private). A new file
+//! is created with 0o666 under the umask, or, inside [`with_permissions_of`], with the permission
+//! bits of the files it is made from under the umask (as `cp` creates a new file from its
+//! source's mode): a model made from a private file is private too.
 
 use super::error::CheckpointError;
 use std::ffi::OsString;
@@ -31,6 +37,68 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Named temporary files not yet renamed into place, for [`remove_temporary_files`].
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The permission bits new outputs are created with on this thread (under the umask), set
+    /// by [`with_permissions_of`]; `None`: 0o666.
+    static CREATE_MODE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `write` with every new file the crate's writers create on this thread (a model file, a
+/// shard, a `--state-out`, an index) given the permission bits common to all `inputs` (their
+/// intersection: an output made of several files is no more readable than the least readable
+/// of them), under the umask, as `cp` gives a new file its source's mode. A file that is
+/// replaced keeps its own permission bits whatever this says. Inputs that cannot be read are
+/// left out; with none left, new files get the default 0o666 under the umask.
+///
+/// ```no_run
+/// use tch_prune::checkpoint::{with_permissions_of, write_safetensors};
+/// # let state: Vec<(String, tch::Tensor)> = Vec::new();
+/// // model.safetensors is 0600: pruned.safetensors is created 0600 too.
+/// with_permissions_of(["model.safetensors"], || write_safetensors("pruned.safetensors", &state))?;
+/// # Ok::<(), tch_prune::checkpoint::CheckpointError>(())
+/// ```
+pub fn with_permissions_of<P: AsRef<Path>, T>(
+    inputs: impl IntoIterator<Item = P>,
+    write: impl FnOnce() -> T,
+) -> T {
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        inputs
+            .into_iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.permissions().mode() & 0o777)
+            .reduce(|a, b| a & b)
+    };
+    #[cfg(not(unix))]
+    let mode = inputs.into_iter().next().map(|_| 0o666);
+    /// Restores the outer setting however `write` ends (a panic included).
+    struct Restore(Option<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CREATE_MODE.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(CREATE_MODE.with(|m| m.replace(mode.or(m.get()))));
+    write()
+}
+
+/// The permission bits a new output file is created with on this thread (the umask applies).
+pub(crate) fn create_mode() -> u32 {
+    CREATE_MODE.with(|m| m.get()).unwrap_or(0o666)
+}
+
+/// Writes `bytes` to the new file `path` (in a folder being assembled, such as a shard index),
+/// created with [`create_mode`] as every other output is.
+pub(crate) fn write_new(path: &Path, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, create_mode());
+    options.open(path)?.write_all(bytes.as_ref())
+}
 
 const PREFIX: &str = ".tch-prune-";
 const SUFFIX: &str = ".tmp";
@@ -195,7 +263,7 @@ impl TempFile {
             .read(true)
             .write(true)
             .custom_flags(libc::O_TMPFILE)
-            .mode(0o666)
+            .mode(create_mode())
             .open(dir)
             .ok()?;
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
@@ -210,11 +278,11 @@ impl TempFile {
 
     fn named(dir: &Path) -> io::Result<TempFile> {
         let name = register(dir);
-        let created = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&name);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, create_mode());
+        let created = options.open(&name);
         match created {
             Ok(file) => Ok(TempFile {
                 file,
@@ -242,6 +310,13 @@ impl TempFile {
     /// Syncs the file and renames it over `target` (in the same folder). On error the
     /// temporary file is removed (dropping `self`), and `target` is as it was.
     pub(crate) fn persist(mut self, target: &Path) -> io::Result<()> {
+        // A file replaced keeps its permission bits (a private file pruned in place stays
+        // private); set before the rename, so the new file is never more readable.
+        if let Ok(old) = std::fs::symlink_metadata(target) {
+            if old.is_file() {
+                self.file.set_permissions(old.permissions())?;
+            }
+        }
         self.file.sync_all()?;
         let name = match self.name.clone() {
             Some(name) => name,

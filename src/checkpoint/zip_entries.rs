@@ -41,6 +41,15 @@ use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+/// What the compressed entries of one archive may expand to, all together: this many times the
+/// file's size, or [`INFLATE_FLOOR`] if more. `torch.save`, `torch.jit.save` and
+/// `torch.export.save` store every entry uncompressed, so a real model never needs inflating;
+/// deflate reaches about 1000 times, so without a bound a small file could claim gigabytes, and
+/// a bound per entry alone is multiplied by the number of entries (32 entries of 128 MiB of
+/// zeros fit in a 12.5 MB file).
+pub(crate) const INFLATE_FACTOR: u64 = 32;
+pub(crate) const INFLATE_FLOOR: u64 = 16 << 20;
+
 /// Signatures and sizes of the records miniz reads.
 const END_SIG: u32 = 0x0605_4b50;
 const END_LEN: u64 = 22;
@@ -86,6 +95,9 @@ pub(crate) fn open_archive<R: Read + Seek>(
     let mut reader = archive.into_inner();
     flatbuffer_magic(&mut reader, path)?;
     let (start, entries) = miniz_directory(&mut reader, path)?;
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
     let mut seen = HashSet::with_capacity(entries.len());
     for entry in &entries {
         if !seen.insert(entry.name.to_ascii_lowercase()) {
@@ -100,6 +112,7 @@ pub(crate) fn open_archive<R: Read + Seek>(
         .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
     let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     agree(&mut archive, start, &entries, path)?;
+    check_inflation(&entries, file_len, path)?;
     Ok(archive)
 }
 
@@ -118,6 +131,49 @@ fn flatbuffer_magic<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<(), C
             path: path.to_path_buf(),
             reason: "is also a flatbuffer module (PTMF at byte 4), which libtorch's loader reads instead of the zip".into(),
         });
+    }
+    Ok(())
+}
+
+/// Refuses an archive whose compressed entries would expand, one of them or all together, beyond
+/// [`INFLATE_FACTOR`] times the file (a decompression bomb), before anything is decompressed.
+/// Every reader holds an entry to the size its header declares (and the zip reader checks the
+/// CRC at its end), so the declared sizes bound what is inflated, whatever readers come later.
+fn check_inflation(
+    entries: &[RawEntry],
+    file_len: u64,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
+    let refused = |what: String, size: u64| {
+        CheckpointError::CorruptArchive {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{what} {size} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed"
+        ),
+    }
+    };
+    let mut total = 0u64;
+    let mut compressed = 0usize;
+    for entry in entries.iter().filter(|e| e.method != 0) {
+        if entry.uncompressed > budget {
+            return Err(refused(
+                format!(
+                    "entry {} is compressed from {} to",
+                    shown(&String::from_utf8_lossy(&entry.name)),
+                    entry.compressed
+                ),
+                entry.uncompressed,
+            ));
+        }
+        total = total.saturating_add(entry.uncompressed);
+        compressed += 1;
+    }
+    if total > budget {
+        return Err(refused(
+            format!("its {compressed} compressed entries expand to"),
+            total,
+        ));
     }
     Ok(())
 }

@@ -127,7 +127,7 @@ impl ModelFile {
             metadata,
             weight_map,
         };
-        std::fs::write(&written.path, written.to_json())
+        crate::checkpoint::write_new(&written.path, written.to_json())
             .map_err(|e| CheckpointError::io(&written.path, "cannot write", e))?;
         Ok(())
     }

@@ -535,7 +535,7 @@ pub fn shrink_transformer(
                 metadata,
                 weight_map,
             };
-            std::fs::write(&written.path, written.to_json())
+            crate::checkpoint::write_new(&written.path, written.to_json())
                 .map_err(|e| CheckpointError::io(&written.path, "cannot write", e))?;
         }
         let config_out = tmp.join("config.json");

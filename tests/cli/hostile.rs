@@ -312,6 +312,9 @@ fn rows() -> Vec<Row> {
         // 2. Small files do not take the machine.
         Row { bomb: true, ..row("pickle bomb", "report {gen}/pickle_bomb.pt", 1, &["data.pkl"]) },
         Row { bomb: true, ..row("deflate bomb", "prune {gen}/deflate_bomb.pt -o out.pt --method l1-unstructured --amount 0.5 --params w", 1, &["data/0"]) },
+        Row { bomb: true, ..row("one module under 60000 names of 60 KiB", "report {gen}/wide_prefix.pt", 1, &["dotted names", "more than"]) },
+        Row { bomb: true, ..row("24 storages deflated, 288 MiB in all", "report {gen}/deflate_many.pt", 1, &["24 compressed entries", "decompression bomb"]) },
+        Row { bomb: true, ..row("24 storages deflated, pruned", "prune {gen}/deflate_many.pt -o out.pt --method l1-unstructured --amount 0.5", 1, &["24 compressed entries", "decompression bomb"]) },
         Row { bomb: true, ..row("stride-0 expansion", "prune {gen}/stride0.pt -o out.pt --method l1-unstructured --amount 0.5 --params w", 1, &["'w'", "stride"]) },
         Row { bomb: true, ..row("one storage under 256 views", "prune {gen}/shared_views.pt -o out.pt --method l1-unstructured --amount 0.5 --params v*", 1, &["cop"]) },
         // 3. Two readers, two answers.
@@ -1340,4 +1343,192 @@ fn carried_files_keep_their_mode_and_never_fill_the_disk() {
         out.stderr
     );
     assert_eq!(names_in(w), ["model", "out"].map(String::from).into());
+}
+
+/// A sharded model folder at `dir`: two shards (`a.weight`, `b.weight`), their index and a
+/// `config.json`.
+fn sharded_folder(dir: &Path) {
+    std::fs::create_dir(dir).expect("folder");
+    let shards = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    for (shard, name) in shards.iter().zip(["a.weight", "b.weight"]) {
+        std::fs::write(dir.join(shard), safetensors_bytes(name, 8)).expect("shard");
+    }
+    let index = format!(
+        r#"{{"metadata": {{}}, "weight_map": {{"a.weight": "{}", "b.weight": "{}"}}}}"#,
+        shards[0], shards[1]
+    );
+    std::fs::write(dir.join("model.safetensors.index.json"), index).expect("index");
+    std::fs::write(dir.join("config.json"), b"{}").expect("config");
+}
+
+/// No destination names a file the run reads: `--state-out` a shard of the input (which it
+/// replaced before), its index, a file the folder carries, a hard link to a shard; `--svg` a
+/// shard; `-o` the plan file. Each is refused in one line before anything is read, and every
+/// input file is left as it was.
+#[test]
+fn no_destination_replaces_a_file_the_run_reads() {
+    let work = common::tempdir();
+    let w = work.path();
+    let model = w.join("hfs");
+    sharded_folder(&model);
+    std::fs::hard_link(
+        model.join("model-00002-of-00002.safetensors"),
+        w.join("linked.safetensors"),
+    )
+    .expect("hard link");
+    std::fs::write(
+        w.join("plain.safetensors"),
+        safetensors_bytes("fc.weight", 8),
+    )
+    .expect("file");
+    std::fs::write(
+        w.join("plan.json"),
+        br#"[{"params": "*", "method": "l1-unstructured", "amount": 0.5}]"#,
+    )
+    .expect("plan");
+    let files = [
+        "hfs/model-00001-of-00002.safetensors",
+        "hfs/model-00002-of-00002.safetensors",
+        "hfs/model.safetensors.index.json",
+        "hfs/config.json",
+        "plain.safetensors",
+        "plan.json",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(w.join(f)).expect("read"))
+        .collect();
+    let prune = "prune hfs -o hfso --method l1-unstructured --amount 0.5 --state-out";
+    let cases = [
+        format!("{prune} hfs/model-00001-of-00002.safetensors"),
+        format!("{prune} hfs/model.safetensors.index.json"),
+        format!("{prune} hfs/config.json"),
+        format!("{prune} linked.safetensors"),
+        "report hfs --svg hfs/model-00002-of-00002.safetensors".to_string(),
+        "report hfs/model.safetensors.index.json --svg linked.safetensors".to_string(),
+        "prune plain.safetensors -o plan.json --plan plan.json".to_string(),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let args: Vec<String> = case.split(' ').map(String::from).collect();
+        let out = run(&args, w);
+        let refused = out.status == 1
+            && out.stderr.lines().count() == 1
+            && (out.stderr.contains("a file this run reads")
+                || out.stderr.contains("names the input file"));
+        if !refused {
+            failures.push(format!(
+                "{case}: status {} [{}]",
+                out.status,
+                out.stderr.trim()
+            ));
+        }
+        for (file, bytes) in files.iter().zip(&before) {
+            if std::fs::read(w.join(file)).ok().as_ref() != Some(bytes) {
+                failures.push(format!("{case}: {file} changed"));
+            }
+        }
+        if w.join("hfso").exists() {
+            failures.push(format!("{case}: wrote hfso"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Permissions (SECURITY.md §11): a private (0600) file pruned in place stays 0600; a new
+/// output takes its input's permission bits (under the umask, as `cp` does), by every write
+/// path (in memory with `--state-out`, streamed, a folder, a sharded folder); an existing
+/// destination that is replaced keeps its own.
+#[test]
+fn outputs_are_no_more_readable_than_their_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = common::tempdir();
+    let w = work.path();
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("mode")
+    };
+    let mode = |p: &Path| std::fs::metadata(p).expect("output").permissions().mode() & 0o777;
+    let input = w.join("priv.safetensors");
+    std::fs::write(&input, safetensors_bytes("fc.weight", 8)).expect("input");
+    set(&input, 0o600);
+    let model = w.join("model");
+    plain_folder(&model);
+    set(&model.join("model.safetensors"), 0o600);
+    let shards = w.join("shards");
+    sharded_folder(&shards);
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        set(&shards.join(shard), 0o600);
+    }
+    std::fs::write(w.join("shared.safetensors"), b"old").expect("destination");
+    set(&w.join("shared.safetensors"), 0o640);
+
+    let cases: [(&Path, &str, &[&str], &str, u32); 7] = [
+        (&input, "priv.safetensors", &[], "priv.safetensors", 0o600),
+        (&input, "new.safetensors", &[], "new.safetensors", 0o600),
+        (
+            &input,
+            "mem.safetensors",
+            &["--state-out", "state.safetensors"],
+            "state.safetensors",
+            0o600,
+        ),
+        (
+            &input,
+            "mem2.safetensors",
+            &["--in-memory"],
+            "mem2.safetensors",
+            0o600,
+        ),
+        (
+            &input,
+            "shared.safetensors",
+            &[],
+            "shared.safetensors",
+            0o640,
+        ),
+        (&model, "out", &[], "out/model.safetensors", 0o600),
+        (
+            &shards,
+            "sout",
+            &[],
+            "sout/model-00002-of-00002.safetensors",
+            0o600,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (from, to, extra, check, want) in cases {
+        let mut args: Vec<String> = [
+            "prune",
+            &from.display().to_string(),
+            "-o",
+            to,
+            "--method",
+            "l1-unstructured",
+            "--amount",
+            "0.5",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run(&args, w);
+        if out.status != 0 {
+            failures.push(format!(
+                "{to}: status {} [{}]",
+                out.status,
+                out.stderr.trim()
+            ));
+            continue;
+        }
+        let got = mode(&w.join(check));
+        if got != want {
+            failures.push(format!("{check}: mode {got:o}, expected {want:o}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -572,6 +572,27 @@ def lexer_tricks():
             z.writestr(zipfile.ZipInfo(name), data)
 
 
+def wide_prefix(path, k):
+    """A TorchScript module tree made a DAG: the root holds A under a 60 000-byte name, A holds k
+    attributes that all name one leaf B. Walked under each name (as state_dict() does), it
+    would build k copies of the long name: about 60 KiB each from 10 bytes of data.pkl."""
+    b = io.BytesIO()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), b)
+    zin = zipfile.ZipFile(io.BytesIO(b.getvalue()))
+    pre = zin.infolist()[0].filename.split("/")[0]
+    p = bytearray(b"\x80\x02")
+    p += b"c__torch__\nB\n)\x81}b" + b"r" + struct.pack("<I", 0)
+    p += b"c__torch__\nA\n)\x81}("
+    for i in range(k):
+        p += pickle_str(f"k{i}") + b"j" + struct.pack("<I", 0)
+    p += b"ub" + b"r" + struct.pack("<I", 1)
+    p += b"c__torch__\nR\n)\x81}(" + pickle_str("L" * 60000) + b"j" + struct.pack("<I", 1) + b"ub."
+    code = "".join(f"class {c}(Module):\n  __parameters__ = []\n  __buffers__ = []\n  training : bool\n" for c in "RAB")
+    items = [(n, bytes(p) if n == f"{pre}/data.pkl" else zin.read(n))
+             for n in zin.namelist() if "/code/" not in n and "/data/" not in n]
+    write_zip(path, items + [(f"{pre}/code/__torch__.py", code.encode())])
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -581,6 +602,7 @@ def main():
     torch.jit.save(torch.jit.script(ReadsInForward(VICTIM)), OUT / "forward_from_file.pt")
     mlp = torch.jit.script(Mlp())
     torch.jit.save(mlp, OUT / "mlp.ts.pt")
+    wide_prefix(OUT / "wide_prefix.pt", 60000)
     # An operator of a namespace libtorch does not define (a custom op library's).
     replace_code(OUT / "mlp.ts.pt", OUT / "custom_op.pt", "torch.relu(", "ops.evilext.run(")
     # An operator libtorch does not know: its message starts with a newline.
@@ -673,6 +695,17 @@ def main():
                         entry.write(chunk)
                 continue
             z.writestr(zipfile.ZipInfo(name), data)
+
+    # Many storages, each deflated from 12 MiB of zeros: each within the bound one entry may
+    # expand to (16 MiB for a small file), 288 MiB all together from a file of under 1 MB.
+    many = io.BytesIO()
+    torch.save({f"w{i}": torch.zeros(3 << 20) for i in range(24)}, many)
+    with zipfile.ZipFile(OUT / "deflate_many.pt", "w") as z:
+        for name, data in entries(many):
+            info = zipfile.ZipInfo(name)
+            if "/data/" in name:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
 
     # A stride-0 expansion: [16384, 16384] over one element (PyTorch keeps it a view).
     torch.save({"w": torch.zeros(1).expand(16384, 16384)}, OUT / "stride0.pt")

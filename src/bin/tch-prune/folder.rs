@@ -64,6 +64,34 @@ impl Io {
         })
     }
 
+    /// Every file the run reads its model from, which no destination may name: the input file;
+    /// for a model folder or a shard index, the index, every shard and every file the output
+    /// carries (each joined to the folder).
+    pub fn read_files(&self) -> Result<Vec<PathBuf>> {
+        let Some(folder) = &self.folder else {
+            return Ok(vec![self.weights.clone()]);
+        };
+        let carried = self
+            .carried
+            .carried
+            .iter()
+            .map(|name| folder.dir.join(name));
+        Ok(self.weight_files()?.into_iter().chain(carried).collect())
+    }
+
+    /// The files the weights are read from: the input file, or a folder's weights file, or its
+    /// index and every shard.
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
+        let Some(folder) = &self.folder else {
+            return Ok(vec![self.weights.clone()]);
+        };
+        Ok(folder
+            .weight_files()?
+            .iter()
+            .map(|name| folder.dir.join(name))
+            .collect())
+    }
+
     /// Whether the weights are shards.
     pub fn is_sharded(&self) -> bool {
         self.folder.as_ref().is_some_and(HfFolder::is_sharded)

@@ -156,7 +156,8 @@ pub(crate) struct PruneArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Also write the reparametrized state (<name>_orig, <name>_mask, everything else) as
-    /// safetensors. Must differ from -o and from the input. Both files are written, or neither.
+    /// safetensors. Must differ from -o and from every file the run reads (the input, each shard,
+    /// the index, the files of an input folder). Both files are written, or neither.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
     /// A JSON list of steps ({"params", "exclude", "method", "amount", "n", "dim", "global",
@@ -265,7 +266,16 @@ fn main() -> ExitCode {
             svg,
             trust_code,
         } => report(&input, json, svg.as_deref(), policy(trust_code), show),
-        Command::Shrink(args) => device(&args.device_name()).and_then(|d| shrink::run(*args, d)),
+        Command::Shrink(args) => {
+            // As for prune: new outputs take the permission bits of the weights they come from
+            // (an input that cannot be resolved is reported by the run itself).
+            let weights = folder::Io::resolve(&args.input, None)
+                .and_then(|io| io.weight_files())
+                .unwrap_or_default();
+            tch_prune::checkpoint::with_permissions_of(&weights, || {
+                device(&args.device_name()).and_then(|d| shrink::run(*args, d))
+            })
+        }
         Command::Doctor { json } => doctor(json),
     };
     match result {
@@ -380,6 +390,35 @@ fn prune_as(args: PruneArgs, show: bool, ranks: Option<&stream::Ranks>) -> Resul
     } else if let Some(state) = args.state_out.as_ref().filter(|_| !args.dry_run) {
         outputs::check_other(&io.weights, state, "--state-out")?;
     }
+    if !args.dry_run {
+        // No destination replaces a file the run reads: a shard, a file of the input folder, the
+        // plan, the calibration inputs. `-o` may name a model file (it is then pruned in place);
+        // a folder's `-o` is a new or empty folder, checked above.
+        let beside: Vec<PathBuf> = args.plan.iter().chain(&args.calibration).cloned().collect();
+        if io.folder.is_none() {
+            outputs::check_not_read(&beside, &output, "-o")?;
+        }
+        if let Some(state) = &args.state_out {
+            let read = [io.read_files()?, beside].concat();
+            outputs::check_not_read(&read, state, "--state-out")?;
+        }
+    }
+    // New outputs take the permission bits of the weights they are made from (a replaced file
+    // keeps its own): a private model pruned stays private.
+    let weights = io.weight_files()?;
+    tch_prune::checkpoint::with_permissions_of(&weights, || {
+        prune_checked(args, io, output, show, ranks)
+    })
+}
+
+/// [`prune_as`] once its input and destinations are checked.
+fn prune_checked(
+    args: PruneArgs,
+    io: folder::Io,
+    output: PathBuf,
+    show: bool,
+    ranks: Option<&stream::Ranks>,
+) -> Result<()> {
     if calibrated::wanted(&args) {
         if ranks.is_some() {
             bail!("wanda and sparsegpt run in one process: launch it without torchrun (WORLD_SIZE unset or 1)");
@@ -666,6 +705,10 @@ fn report(
     }
     if let Some(svg) = svg {
         outputs::check_other(input, svg, "--svg")?;
+        if sharded {
+            let read = folder::Io::resolve(input, None)?.read_files()?;
+            outputs::check_not_read(&read, svg, "--svg")?;
+        }
     }
     // Counted over a memory map where that gives the in-memory report (any size, sharded
     // checkpoints); TorchScript, tied weights and checkpoints saved pruned are read in memory.

@@ -64,6 +64,22 @@ pub fn check_other(input: &Path, path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `path` (a destination, `flag` naming it) if it is one of the files the run reads
+/// `read` (every shard, the index, every file of an input folder, a plan or calibration file):
+/// writing it would replace an input, and a failure part way would lose it. A destination that
+/// does not exist yet is none of them; one that exists is compared by inode, so a hard link to
+/// an input is refused too.
+pub fn check_not_read(read: &[PathBuf], path: &Path, flag: &str) -> Result<()> {
+    if let Some(input) = read.iter().find(|input| same_file(input, path)) {
+        bail!(
+            "{}: {flag} names {}, a file this run reads, which it would replace: name another file",
+            path.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether two paths name one file: the same inode if both exist, else the same name in the
 /// same (canonical) folder.
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -167,7 +167,8 @@ impl Pt2Archive {
             tensor: shown(name),
             reason: format!("cannot write it: {}", first_line(&e.to_string())),
         };
-        let raw = Tensor::from_slice(&bytes);
+        // Fallible: the bytes are in memory, but a copy of them may not fit.
+        let raw = Tensor::f_from_slice(&bytes).map_err(|e| torch(entry, e))?;
         let base = raw
             .f_view_dtype(storage.kind)
             .map_err(|e| torch(entry, e))?;

@@ -244,7 +244,7 @@ pub(super) fn write_all(
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("model.safetensors.index.json"));
             let index_path = tmp.join(index_name);
-            std::fs::write(&index_path, index.to_json())
+            crate::checkpoint::write_new(&index_path, index.to_json())
                 .map_err(|e| CheckpointError::io(&index_path, "cannot write", e))?;
         }
         Ok(())

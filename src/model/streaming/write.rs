@@ -236,7 +236,7 @@ impl StreamedModel {
                         self.write_file(f, &tmp.join(shard), writer)?;
                     }
                     let index_path = tmp.join(&index_name);
-                    std::fs::write(&index_path, index.to_json()).map_err(|e| {
+                    crate::checkpoint::write_new(&index_path, index.to_json()).map_err(|e| {
                         crate::checkpoint::CheckpointError::io(&index_path, "cannot write", e)
                     })?;
                     // Before the rename: a shard written first may have changed since.
