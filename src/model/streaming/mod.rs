@@ -7,7 +7,7 @@
 //! same pruning made permanent at once.
 //!
 //! Anonymous memory: the selection's histograms (512 KiB per thread, and up to 8 windows of as
-//! much: `prune::selection::window`), a chunk buffer of [`WRITE_CHUNK`](write::WRITE_CHUNK)
+//! much: `prune::selection::window`), a chunk buffer of [`WRITE_CHUNK`](entries::WRITE_CHUNK)
 //! entries, the output's write buffers ([`OutputFile`](crate::checkpoint::OutputFile), 12 MiB),
 //! one flag per channel of the structured tensors, and, for per-tensor methods that do not
 //! stream (random unstructured, identity; any method on a tensor holding an infinity or a NaN),
@@ -20,6 +20,7 @@
 //! ([`StreamedModel::unsupported`]). `source` is the file layer (safetensors, `torch.save` or `.pt2`),
 //! `write` the pruning and the write.
 
+mod entries;
 mod nm;
 mod nm4;
 

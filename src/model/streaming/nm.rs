@@ -16,8 +16,8 @@
 //! as the value's bits with the sign cleared, which order like the values for everything but
 //! NaN; every NaN is one key above infinity, as the sort ranks them equal.
 
+use super::entries::write_entries;
 use super::nm4::mask_blocks4;
-use super::write::write_entries;
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::Result;
 use crate::prune::selection::RawScores;

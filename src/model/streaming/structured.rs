@@ -14,8 +14,8 @@
 //! zero of its sign, which is what is written. A tensor holding an infinity or a NaN is left to
 //! the in-memory code, as N:M leaves it.
 
+use super::entries::write_entries;
 use super::nm::all_finite;
-use super::write::write_entries;
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::{PruneError, Result};
 use crate::prune::method::all_ones;

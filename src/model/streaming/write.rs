@@ -3,6 +3,7 @@
 //! tensor by tensor, a bounded chunk at a time, each tensor as it is, masked, or pruned whole in
 //! memory by another method, and the input checked unchanged before anything is put in place.
 
+use super::entries::{io_error, write_entries, WRITE_CHUNK};
 use super::nm::{write_nm, NmScratch};
 use super::structured::{channels, write_channels};
 use super::{count_zeros, ranks, StreamReport, StreamStep, StreamedModel};
@@ -21,10 +22,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-
-/// Entries per chunk of the masked write: 4 MiB of f32, small against any budget, large enough
-/// for libtorch's vectorized multiply to dominate its call overhead.
-pub(crate) const WRITE_CHUNK: usize = 1 << 20;
 
 impl StreamedModel {
     /// Prunes the steps' tensors, each pruning made permanent, and writes the checkpoint to
@@ -415,10 +412,6 @@ enum Share {
     PerTensor(i64),
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> PruneError {
-    crate::checkpoint::CheckpointError::io(path, "cannot write", e).into()
-}
-
 /// `tensor` (the one named `name`) pruned by `method` and made permanent, in memory, as the
 /// in-memory path prunes it (the same checks, the same draws); contiguous.
 fn pruned_whole(name: &str, tensor: Tensor, method: &dyn PruningMethod) -> Result<Tensor> {
@@ -507,51 +500,6 @@ fn write_masked(
         }
         Ok((n, zeros))
     })
-}
-
-/// Writes a tensor's `numel` entries of `size` bytes, made by `fill(first, dst)`: into the
-/// sink's own buffer where it has room aligned to `size` (no copy; see
-/// [`TensorSink::room`]), else into `spare` ([`WRITE_CHUNK`] entries), then written. `fill`
-/// fills a prefix of `dst` with whole entries from entry `first` and returns how many and the
-/// exact zeros among them; given `unit` entries or more, it fills at least `unit` (blocks that
-/// are decided together), and it fills all of `spare`'s entries that remain, or a multiple of
-/// `unit` of them. Returns the zeros written.
-pub(super) fn write_entries(
-    out: &mut dyn TensorSink,
-    numel: usize,
-    size: usize,
-    unit: usize,
-    spare: &mut [u8],
-    path: &Path,
-    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(usize, i64)>,
-) -> Result<i64> {
-    let mut zeros = 0;
-    let mut start = 0;
-    while start < numel {
-        let want = (numel - start).min(WRITE_CHUNK).min(spare.len() / size);
-        let room = out.room(want * size);
-        let fits = room.len() / size;
-        if fits >= unit.min(want) && fits > 0 && (room.as_ptr() as usize).is_multiple_of(size) {
-            let (done, z) = fill(start, &mut room[..fits * size])?;
-            out.commit(done * size).map_err(|e| io_error(path, e))?;
-            if done > 0 {
-                zeros += z;
-                start += done;
-                continue;
-            }
-        }
-        let (done, z) = fill(start, &mut spare[..want * size])?;
-        if done == 0 {
-            return Err(PruneError::torch(format!(
-                "a streamed write filled no entry at {start} of {numel}"
-            )));
-        }
-        out.write_all(&spare[..done * size])
-            .map_err(|e| io_error(path, e))?;
-        zeros += z;
-        start += done;
-    }
-    Ok(zeros)
 }
 
 /// `value * keep` for the entries `first..first + keep.len()` of `raw`, into `out`, by

@@ -6,6 +6,10 @@
 use super::view::{is_one, Chunk};
 use tch::Kind;
 
+/// Bits of the digit a radix pass sorts by, on the CPU and on the device alike.
+pub(super) const DIGIT_BITS: u32 = 16;
+pub(super) const BUCKETS: usize = 1 << DIGIT_BITS;
+
 /// Marks an entry that does not take part; no magnitude has this key (its sign bit is clear).
 const NOT_LIVE: u64 = u64::MAX;
 

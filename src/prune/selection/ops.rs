@@ -2,7 +2,7 @@
 //! views): the radix select of [`super::radix`] with each pass's histogram summed on the
 //! device. One idea: the same select as the CPU path, in as few device syncs as it allows.
 
-use super::radix::{BUCKETS, DIGIT_BITS};
+use super::keys::{BUCKETS, DIGIT_BITS};
 use super::view::Part;
 use crate::error::Result;
 use tch::{Kind, Tensor};

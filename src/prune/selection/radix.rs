@@ -4,16 +4,12 @@
 //! [`super::view`] and the keys of [`super::keys`], spread by [`super::threads`].
 
 use super::across::Across;
-use super::keys::key_table;
+use super::keys::{key_table, BUCKETS, DIGIT_BITS};
 use super::threads::{parallel_map, parallel_sum};
 use super::view::{chunks, Chunk, View};
 use super::window::window;
 use crate::error::{PruneError, Result};
 use tch::Kind;
-
-/// Bits of the digit a radix pass sorts by, on the CPU and on the device alike.
-pub(super) const DIGIT_BITS: u32 = 16;
-pub(super) const BUCKETS: usize = 1 << DIGIT_BITS;
 
 /// The radix select of [`zero_smallest`] on CPU views.
 pub(super) fn radix_select(views: &[View], k: i64) {
@@ -250,5 +246,91 @@ impl Chunk<'_> {
                 _ => self.for_each_live(wide, |_, key| add(std::iter::once(key), shift, high, h)),
             }
         }
+    }
+}
+
+/// The one-read select ([`super::window`]) against sorting.
+#[cfg(test)]
+mod window_tests {
+    use super::super::view::{RawScores, CHUNK};
+    use super::super::window::{window, SAMPLED_FROM};
+    use super::*;
+
+    /// The `k`-th smallest key (1-based) and how many keys are smaller, by sorting.
+    fn sorted_kth(keys: &mut [u64], k: usize) -> (u64, u64) {
+        keys.sort_unstable();
+        let key = keys[k - 1];
+        (key, keys.partition_point(|&x| x < key) as u64)
+    }
+
+    fn select(bytes: &[u8], kind: Kind, k: i64) -> ((u64, u64), Option<(u64, usize)>) {
+        let view = View::raw(&RawScores { bytes, kind }).expect("aligned");
+        let views = [view];
+        (kth_key(&views, k, false), window(&views, k))
+    }
+
+    #[test]
+    fn one_read_finds_the_key_two_passes_find() {
+        let n = SAMPLED_FROM + 12345;
+        // Gaussian values from a fixed seed (Box-Muller over xorshift): the same test every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                let (a, b) = (uniform(), uniform());
+                ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
+            })
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut keys: Vec<u64> = values.iter().map(|v| v.abs().to_bits() as u64).collect();
+        for k in [1, n / 3, n / 2, n - 7, n] {
+            let (found, window) = select(&bytes, Kind::Float, k as i64);
+            // The extremes lie where the sample is thin: a window there may be too wide.
+            // and where it narrows it, the key is in the window: the second pass is not made.
+            if k == n / 3 || k == n / 2 {
+                let (lo, width) = window.expect("a sample of gaussian weights narrows the key");
+                assert!((lo..lo + width as u64).contains(&(found.0 >> DIGIT_BITS)));
+            }
+            assert_eq!(found, sorted_kth(&mut keys, k), "k = {k}");
+        }
+        // f16: the same keys through the table.
+        let half = tch::Tensor::from_slice(&values).to_kind(Kind::Half);
+        let bits = Vec::<i16>::try_from(&half.view_dtype(Kind::Int16)).expect("bits");
+        let halves: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let widened = Vec::<f32>::try_from(&half.to_kind(Kind::Float)).expect("f32");
+        let mut keys: Vec<u64> = widened.iter().map(|v| v.abs().to_bits() as u64).collect();
+        let (found, window) = select(&halves, Kind::Half, (n / 2) as i64);
+        assert!(window.is_some());
+        assert_eq!(found, sorted_kth(&mut keys, n / 2));
+    }
+
+    /// A sample that misleads (the head of every chunk unlike the rest) costs the second pass,
+    /// not the answer.
+    #[test]
+    fn a_misleading_sample_falls_back_to_the_second_pass() {
+        let n = SAMPLED_FROM * 2;
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let small = 1.0 + (i % 977) as f32 / 977.0;
+                if i % CHUNK < CHUNK / 8 {
+                    1000.0 + small
+                } else {
+                    small
+                }
+            })
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut keys: Vec<u64> = values.iter().map(|v| v.abs().to_bits() as u64).collect();
+        let k = n / 2;
+        let (found, window) = select(&bytes, Kind::Float, k as i64);
+        let (lo, width) = window.expect("a narrow (wrong) window");
+        let (expect, _) = sorted_kth(&mut keys.clone(), k);
+        assert!(expect >> DIGIT_BITS < lo || expect >> DIGIT_BITS >= lo + width as u64);
+        assert_eq!(found, sorted_kth(&mut keys, k));
     }
 }
