@@ -93,7 +93,7 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
 
     /// The whole entry `name` (a full name, prefix included), at most `max` bytes.
     pub(super) fn read(&mut self, name: &str, max: u64) -> Result<Vec<u8>, CheckpointError> {
-        read_entry(&mut self.zip, self.path, name, max, self.file_len)
+        read_entry(&mut self.zip, self.path, name, max)
     }
 
     /// The size an entry declares (a full name), if the archive has it.
@@ -130,8 +130,8 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
     ) -> Result<u64, CheckpointError> {
         let mut entry = self.zip.by_name(name).map_err(|e| corrupt(self.path, e))?;
         let size = entry.size();
-        // What a compressed entry may expand to was bounded when the archive was opened
-        // (`zip_entries::check_inflation`), and the copy is held to the declared size.
+        // The declared size was bounded when the archive was opened
+        // (`zip_entries::check_sizes`), and the copy is held to it.
         let shown_name = shown(name);
         let failed = |e: std::io::Error| CheckpointError::CorruptArchive {
             path: self.path.to_path_buf(),
@@ -160,7 +160,6 @@ impl<'p, R: Read + Seek> TorchArchive<'p, R> {
             archive: self.zip,
             path: self.path,
             prefix: self.prefix,
-            file_len: self.file_len,
             cache: HashMap::new(),
         }
     }
@@ -235,7 +234,6 @@ fn read_entry<R: Read + Seek>(
     path: &Path,
     name: &str,
     max: u64,
-    file_len: u64,
 ) -> Result<Vec<u8>, CheckpointError> {
     let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
     let size = entry.size();
@@ -247,15 +245,8 @@ fn read_entry<R: Read + Seek>(
             reason: format!("entry {name} claims {size} bytes, more than the {max} expected"),
         });
     }
-    // A stored entry's bytes must physically be in the file; a compressed one's declared size was
-    // held to the archive's inflation budget when it was opened (`zip_entries::check_inflation`).
-    // So the size can be reserved up front, and a failed allocation is an error, not an abort.
-    if entry.compression() == zip::CompressionMethod::Stored && size > file_len {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!("entry {name} is stored as {size} bytes, in a file of {file_len}"),
-        });
-    }
+    // The declared size was bounded when the archive was opened (`zip_entries::check_sizes`),
+    // so it can be reserved up front; a failed allocation is an error, not an abort.
     let mut bytes = Vec::new();
     bytes
         .try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))
@@ -292,7 +283,6 @@ pub(super) struct ZipStorages<'p, R> {
     archive: zip::ZipArchive<R>,
     path: &'p Path,
     prefix: String,
-    file_len: u64,
     /// Storages shared by several tensors are read once.
     cache: HashMap<String, Tensor>,
 }
@@ -306,8 +296,7 @@ impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
                 if self.archive.index_for_name(&name).is_none() {
                     return Err(no_storage_entry(self.path, key, &name));
                 }
-                let bytes =
-                    read_storage(&mut self.archive, self.path, &name, nbytes, self.file_len)?;
+                let bytes = read_storage(&mut self.archive, self.path, &name, nbytes)?;
                 slot.insert(bytes).shallow_clone()
             }
         };
@@ -485,22 +474,12 @@ fn read_storage<R: Read + Seek>(
     path: &Path,
     name: &str,
     nbytes: u64,
-    file_len: u64,
 ) -> Result<Tensor, CheckpointError> {
     let mut entry = archive.by_name(name).map_err(|e| corrupt(path, e))?;
     if entry.size() != nbytes {
         return Err(wrong_storage_size(path, name, entry.size(), nbytes));
     }
-    // A compressed entry's size was held to the archive's inflation budget when it was opened.
-    if entry.compression() == zip::CompressionMethod::Stored && nbytes > file_len {
-        return Err(CheckpointError::CorruptArchive {
-            path: path.to_path_buf(),
-            reason: format!(
-                "entry {} is stored as {nbytes} bytes, in a file of {file_len}",
-                shown(name)
-            ),
-        });
-    }
+    // The declared size was bounded when the archive was opened (`zip_entries::check_sizes`).
     let failed = |reason: String| CheckpointError::CorruptArchive {
         path: path.to_path_buf(),
         reason: format!("cannot read entry {}: {reason}", shown(name)),

@@ -47,8 +47,8 @@ use std::path::Path;
 /// deflate reaches about 1000 times, so without a bound a small file could claim gigabytes, and
 /// a bound per entry alone is multiplied by the number of entries (32 entries of 128 MiB of
 /// zeros fit in a 12.5 MB file).
-pub(crate) const INFLATE_FACTOR: u64 = 32;
-pub(crate) const INFLATE_FLOOR: u64 = 16 << 20;
+const INFLATE_FACTOR: u64 = 32;
+const INFLATE_FLOOR: u64 = 16 << 20;
 
 /// Signatures and sizes of the records miniz reads.
 const END_SIG: u32 = 0x0605_4b50;
@@ -112,7 +112,7 @@ pub(crate) fn open_archive<R: Read + Seek>(
         .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
     let mut archive = zip::ZipArchive::new(reader).map_err(corrupt)?;
     agree(&mut archive, start, &entries, path)?;
-    check_inflation(&entries, file_len, path)?;
+    check_sizes(&entries, file_len, path)?;
     Ok(archive)
 }
 
@@ -135,47 +135,41 @@ fn flatbuffer_magic<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<(), C
     Ok(())
 }
 
-/// Refuses an archive whose compressed entries would expand, one of them or all together, beyond
-/// [`INFLATE_FACTOR`] times the file (a decompression bomb), before anything is decompressed.
-/// Every reader holds an entry to the size its header declares (and the zip reader checks the
-/// CRC at its end), so the declared sizes bound what is inflated, whatever readers come later.
-fn check_inflation(
-    entries: &[RawEntry],
-    file_len: u64,
-    path: &Path,
-) -> Result<(), CheckpointError> {
-    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
-    let refused = |what: String, size: u64| {
-        CheckpointError::CorruptArchive {
+/// Refuses an archive whose entries declare more bytes than it can hold, before anything is
+/// read: a stored entry more than the file's size, or compressed entries that would expand, all
+/// together, beyond [`INFLATE_FACTOR`] times the file (a decompression bomb). Every reader holds
+/// an entry to the size its header declares (and the zip reader checks the CRC at its end), so
+/// the readers after this one may reserve an entry's declared size up front.
+fn check_sizes(entries: &[RawEntry], file_len: u64, path: &Path) -> Result<(), CheckpointError> {
+    let refused = |reason: String| CheckpointError::CorruptArchive {
         path: path.to_path_buf(),
-        reason: format!(
-            "{what} {size} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed"
-        ),
-    }
+        reason,
     };
-    let mut total = 0u64;
-    let mut compressed = 0usize;
-    for entry in entries.iter().filter(|e| e.method != 0) {
-        if entry.uncompressed > budget {
-            return Err(refused(
-                format!(
-                    "entry {} is compressed from {} to",
-                    shown(&String::from_utf8_lossy(&entry.name)),
-                    entry.compressed
-                ),
-                entry.uncompressed,
-            ));
-        }
-        total = total.saturating_add(entry.uncompressed);
-        compressed += 1;
+    let shown_name = |entry: &RawEntry| shown(&String::from_utf8_lossy(&entry.name));
+    if let Some(entry) = entries
+        .iter()
+        .find(|e| e.method == 0 && e.uncompressed > file_len)
+    {
+        return Err(refused(format!(
+            "entry {} is stored as {} bytes, in a file of {file_len}",
+            shown_name(entry),
+            entry.uncompressed
+        )));
     }
-    if total > budget {
-        return Err(refused(
-            format!("its {compressed} compressed entries expand to"),
-            total,
-        ));
+    let compressed: Vec<&RawEntry> = entries.iter().filter(|e| e.method != 0).collect();
+    let total = compressed
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.uncompressed));
+    let budget = file_len.saturating_mul(INFLATE_FACTOR).max(INFLATE_FLOOR);
+    match compressed.iter().max_by_key(|e| e.uncompressed) {
+        Some(largest) if total > budget => Err(refused(format!(
+            "its {} compressed entries (the largest, {}, from {} bytes) expand to {total} bytes, more than {INFLATE_FACTOR} times the file's {file_len} (a decompression bomb?); refused: torch.save stores entries uncompressed",
+            compressed.len(),
+            shown_name(largest),
+            largest.compressed
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A `zip` crate error, as the one-line reason of a corrupt archive.
