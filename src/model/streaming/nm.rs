@@ -16,7 +16,7 @@
 //! as the value's bits with the sign cleared, which order like the values for everything but
 //! NaN; every NaN is one key above infinity, as the sort ranks them equal.
 
-use super::entries::write_entries;
+use super::entries::{io_error, write_entries};
 use super::nm4::mask_blocks4;
 use crate::checkpoint::{MappedTensor, TensorSink};
 use crate::error::Result;
@@ -296,7 +296,6 @@ pub(super) fn write_nm(
         keys: keys_buf,
         order,
     } = scratch;
-    let io_error = |e| crate::checkpoint::CheckpointError::io(path, "cannot write", e);
     let mut zeros = 0;
     let unit = layout.m * layout.inner;
     // Whole slabs where they fit in a chunk, else whole units of one slab (its last unit may be
@@ -331,7 +330,7 @@ pub(super) fn write_nm(
             }
         }
         zeros += apply_finite(src, raw.kind, &keep[..n], chunk) as i64;
-        out.write_all(chunk).map_err(io_error)?;
+        out.write_all(chunk).map_err(|e| io_error(path, e))?;
         start = end;
     }
     Ok(Some(zeros))

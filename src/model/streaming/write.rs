@@ -349,7 +349,7 @@ impl StreamedModel {
 fn thresholds_now(ahead: &[(usize, RawScores<'_>, i64)]) -> Vec<Result<Threshold>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = (tch::get_num_threads().max(1) as usize).min(ahead.len().max(1));
-    let mut found: Vec<(usize, Result<Threshold>)> = std::thread::scope(|s| {
+    let found: Vec<(usize, Result<Threshold>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -369,14 +369,15 @@ fn thresholds_now(ahead: &[(usize, RawScores<'_>, i64)]) -> Vec<Result<Threshold
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    found.sort_by_key(|(i, _)| *i);
-    let stopped = || Err(PruneError::torch("a selection thread stopped".to_string()));
     // A thread that panicked left its tensors out: each missing one is an error in its place.
-    let mut found = found.into_iter().peekable();
-    (0..ahead.len())
-        .map(|i| match found.next_if(|(j, _)| *j == i) {
-            Some((_, threshold)) => threshold,
-            None => stopped(),
+    let mut slots: Vec<Option<Result<Threshold>>> = ahead.iter().map(|_| None).collect();
+    for (i, threshold) in found {
+        slots[i] = Some(threshold);
+    }
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| Err(PruneError::torch("a selection thread stopped".to_string())))
         })
         .collect()
 }
