@@ -20,7 +20,8 @@
 //! * `<prefix>/constants.pkl` holds the constants the code uses, which are not part of the state
 //!   dict. libtorch unpickles it as it loads the module (a packed quantized class among them
 //!   would run its C++ `__setstate__` on the file's bytes), so it is held to the same globals as
-//!   `data.pkl` by the same virtual machine; its tensors are looked at, never read.
+//!   `data.pkl` by the same virtual machine; its tensors are looked at, never read. So are the
+//!   `code/*.py.debug_pkl` source-range tables, which libtorch unpickles when it reports an error.
 
 use super::archive::{Opened, StorageSource, TorchArchive, MAX_PICKLE_BYTES};
 use super::error::{shown, CheckpointError};
@@ -144,7 +145,7 @@ fn open_script_archive<R: Read + Seek>(
 }
 
 /// Runs the pickles libtorch unpickles while it loads the TorchScript archive at `path`
-/// (`constants.pkl`, `data.pkl`) through the crate's unpickler, without reading a tensor: what
+/// (`constants.pkl`, `data.pkl`, and the `.debug_pkl` it reads later) through the crate's unpickler, without reading a tensor: what
 /// [`read_torchscript_state`] refuses of them is refused before libtorch sees the file. Quantized
 /// tensors and packed parameters are unsupported; globals outside the reader's list, and
 /// objects of custom classes (`__torch__.torch.classes.*`) other than libtorch's `xnnpack` and
@@ -157,6 +158,25 @@ pub fn check_torchscript_pickles(path: impl AsRef<Path>) -> Result<(), Checkpoin
     check_constants(&mut archive, path)?;
     let pickle = archive.data_pkl()?;
     Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+    check_debug_pickles(&mut archive, path)
+}
+
+/// Runs every `code/*.debug_pkl` (the source ranges libtorch unpickles lazily, when it reports
+/// an error in the code) through the same virtual machine: they hold strings, ints and tuples,
+/// so whatever else one names is refused before libtorch could come to read it.
+fn check_debug_pickles<R: Read + Seek>(
+    archive: &mut TorchArchive<'_, R>,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let debug: Vec<String> = archive
+        .entry_names()
+        .filter(|name| name.ends_with(".debug_pkl"))
+        .map(str::to_owned)
+        .collect();
+    for name in debug {
+        let pickle = archive.read(&name, MAX_PICKLE_BYTES)?;
+        Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+    }
     Ok(())
 }
 

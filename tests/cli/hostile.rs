@@ -358,6 +358,7 @@ fn rows() -> Vec<Row> {
         row("quantized TorchScript", "report {gen}/quantized.pt", 1, &["quantized", "not supported"]),
         row("quantized TorchScript, trusted", "report {gen}/quantized.pt --trust-code", 1, &["quantized", "not supported"]),
         row("a packed quantized object in constants.pkl", "report {gen}/quantized_constants.pt", 1, &["quantized", "not supported"]),
+        row("a packed quantized object in a .debug_pkl", "report {gen}/quantized_debug_pkl.pt --trust-code", 1, &["quantized", "not supported"]),
         // The allow-list refuses an unknown operator itself; trusted, libtorch's message shows.
         row("unknown operator", "report {gen}/unknown_op.pt", 1, &["torch.no_such_op", "not an operator"]),
         row("libtorch message after a newline", "report {gen}/unknown_op.pt --trust-code", 1, &["cannot load as TorchScript: Unknown builtin op"]),

@@ -637,6 +637,11 @@ def main():
     write_zip(OUT / "quantized_constants.pt",
               [(n, packed if n.endswith("/constants.pkl") else d) for n, d in entries(OUT / "mlp.ts.pt")])
 
+    # The same object in a source-range table, which libtorch unpickles only when it reports an
+    # error in the code: every pickle of the archive is checked, read now or later.
+    write_zip(OUT / "quantized_debug_pkl.pt",
+              [(n, packed if n.endswith(".debug_pkl") else d) for n, d in entries(OUT / "mlp.ts.pt")])
+
     lexer_tricks()
 
     # --- State dicts.
