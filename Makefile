@@ -61,7 +61,7 @@ bench-disk:
 	$(TORCH_ENV) && cargo build --release --bin tch-prune && BENCH_CASES=cli,cli-l1,cli-ln,cli-nm,out-of-core $$TCH_PRUNE_PYTHON scripts/bench.py
 
 ## Wanda and SparseGPT against magnitude on a small causal LM trained on Python's standard library
-## (cached in ~/.cache/tch-prune/llm-demo-*; LLM_DEMO_STEPS=300), and the references timed in the same run.
+## (cached in ~/.cache/tch-prune/llm-demo-*; LLM_DEMO_STEPS=3000), and the references timed in the same run.
 llm-demo:
 	$(TORCH_ENV) && cargo build --release --bin tch-prune && $$TCH_PRUNE_PYTHON scripts/llm_demo.py $${CARGO_TARGET_DIR:-target}/release/tch-prune --json $${CARGO_TARGET_DIR:-target}/llm-demo.json
 
