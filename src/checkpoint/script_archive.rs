@@ -144,13 +144,14 @@ fn open_script_archive<R: Read + Seek>(
     Ok(archive)
 }
 
-/// Runs the pickles libtorch unpickles while it loads the TorchScript archive at `path`
-/// (`constants.pkl`, `data.pkl`, and the `.debug_pkl` it reads later) through the crate's unpickler, without reading a tensor: what
-/// [`read_torchscript_state`] refuses of them is refused before libtorch sees the file. Quantized
-/// tensors and packed parameters are unsupported; globals outside the reader's list, and
-/// objects of custom classes (`__torch__.torch.classes.*`) other than libtorch's `xnnpack` and
-/// `rnn` ones, are forbidden: libtorch would run their C++ `__setstate__` on the file's state
-/// even where no code of the archive names the class.
+/// Runs the pickles libtorch unpickles from the TorchScript archive at `path` (`constants.pkl`
+/// and `data.pkl` while it loads it, the `.debug_pkl` tables later) through the crate's
+/// unpickler, without reading a tensor: what [`read_torchscript_state`] refuses of them is
+/// refused before libtorch sees the file. Quantized tensors and packed parameters are
+/// unsupported; globals outside the reader's list, and objects of custom classes
+/// (`__torch__.torch.classes.*`) other than libtorch's `xnnpack` and `rnn` ones, are forbidden:
+/// libtorch would run their C++ `__setstate__` on the file's state even where no code of the
+/// archive names the class.
 pub fn check_torchscript_pickles(path: impl AsRef<Path>) -> Result<(), CheckpointError> {
     let path = path.as_ref();
     let file = super::input_file::open_input(path)?;
