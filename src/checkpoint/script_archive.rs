@@ -175,9 +175,20 @@ fn check_debug_pickles<R: Read + Seek>(
         .map(str::to_owned)
         .collect();
     for name in debug {
-        let pickle = archive.read(&name, MAX_PICKLE_BYTES)?;
-        Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+        check_pickle(archive, &name, path)?;
     }
+    Ok(())
+}
+
+/// Runs the archive's entry `name` (a full name) through the crate's unpickler in
+/// [`Mode::TorchScript`], its tensors checked but not read.
+fn check_pickle<R: Read + Seek>(
+    archive: &mut TorchArchive<'_, R>,
+    name: &str,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let pickle = archive.read(name, MAX_PICKLE_BYTES)?;
+    Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
     Ok(())
 }
 
@@ -189,8 +200,7 @@ fn check_constants<R: Read + Seek>(
 ) -> Result<(), CheckpointError> {
     let constants = format!("{}constants.pkl", archive.prefix());
     if archive.entry_names().any(|name| name == constants) {
-        let pickle = archive.read(&constants, MAX_PICKLE_BYTES)?;
-        Unpickler::with_mode(&pickle, path, &mut Unread, Mode::TorchScript).run()?;
+        check_pickle(archive, &constants, path)?;
     }
     Ok(())
 }
